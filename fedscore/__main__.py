@@ -1,0 +1,3 @@
+from fedscore.cli import main
+
+raise SystemExit(main())

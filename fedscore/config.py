@@ -1,0 +1,256 @@
+"""Job files, party daemon configs and the coordinator config (TOML), checked on load.
+
+A job file names the training parameters and the parties; exactly one party
+carries the label (the card center), every other party is a partner. Paths in
+a job file are relative to the job file; paths in a daemon config are relative
+to that config file.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fedscore.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)
+
+
+@dataclass(frozen=True)
+class PartySpec:
+    name: str
+    data: str
+    id_columns: tuple[str, ...]
+    label: str | None = None
+    address: str = ""
+
+    @property
+    def is_card_center(self) -> bool:
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    parties: tuple[PartySpec, ...]
+    epochs: int = 10
+    batch_size: int = 0
+    learning_rate: float = 0.15
+    l2: float = 0.0
+    validation: float = 0.3
+    seed: int = 42
+    key_bits: int = 2048
+    early_stop_tol: float = 0.0
+    coordinator_address: str = ""
+
+    @property
+    def card_center(self) -> PartySpec:
+        return next(p for p in self.parties if p.is_card_center)
+
+    @property
+    def partners(self) -> tuple[PartySpec, ...]:
+        return tuple(p for p in self.parties if not p.is_card_center)
+
+    def party(self, name: str) -> PartySpec:
+        for spec in self.parties:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"job {self.name!r} has no party named {name!r}")
+
+    def with_parties(self, parties: tuple[PartySpec, ...]) -> "JobSpec":
+        return replace(self, parties=parties)
+
+    def validate(self) -> "JobSpec":
+        where = f"job {self.name!r}"
+        if not NAME_PATTERN.match(self.name):
+            raise ConfigError(f"job name {self.name!r}: use letters, digits, '-' and '_' (at most 64)")
+        if not 1 <= self.epochs <= 100_000:
+            raise ConfigError(f"{where}: epochs must be between 1 and 100000, got {self.epochs}")
+        if self.batch_size < 0:
+            raise ConfigError(f"{where}: batch_size must be 0 (whole set) or positive, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"{where}: learning_rate must be a positive number, got {self.learning_rate}")
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise ConfigError(f"{where}: l2 must be zero or positive, got {self.l2}")
+        if not (math.isfinite(self.validation) and 0 <= self.validation < 1):
+            raise ConfigError(f"{where}: validation must be in [0, 1), got {self.validation}")
+        if not (math.isfinite(self.early_stop_tol) and self.early_stop_tol >= 0):
+            raise ConfigError(f"{where}: early_stop_tol must be zero (off) or positive, got {self.early_stop_tol}")
+        if self.key_bits not in KEY_BITS:
+            raise ConfigError(f"{where}: key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {self.key_bits}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{where}: seed must be a non-negative integer below 2^63, got {self.seed}")
+        names = [p.name for p in self.parties]
+        for name in names:
+            if not NAME_PATTERN.match(name):
+                raise ConfigError(f"{where}: party name {name!r}: use letters, digits, '-' and '_' (at most 64)")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{where}: party {duplicates[0]!r} is listed twice")
+        labelled = [p.name for p in self.parties if p.is_card_center]
+        if len(labelled) != 1:
+            detail = f"{len(labelled)} do ({', '.join(labelled)})" if labelled else "none does"
+            raise ConfigError(f"{where}: exactly one party must carry the label; {detail}")
+        if not self.partners:
+            raise ConfigError(f"{where}: at least one partner (a party without a label) is needed")
+        for p in self.parties:
+            if not p.data:
+                raise ConfigError(f"{where}: party {p.name!r} has no data file")
+            if not p.id_columns or any(not c for c in p.id_columns):
+                raise ConfigError(f"{where}: party {p.name!r} needs an id column")
+            if p.label is not None and p.label in p.id_columns:
+                raise ConfigError(f"{where}: party {p.name!r} uses {p.label!r} as both id and label")
+        return self
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{what} {path} is not valid TOML: {error}") from None
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: {key} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false"}[k] for k in kinds)
+
+
+def _unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
+    """A JobSpec from a parsed job TOML document (paths left as written)."""
+    _unknown_keys(document, {"job", "parties", "coordinator"}, where)
+    job = document.get("job")
+    if not isinstance(job, dict):
+        raise ConfigError(f"{where}: missing [job] table")
+    _unknown_keys(
+        job,
+        {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits", "early_stop_tol"},
+        f"{where} [job]",
+    )
+    parties_doc = document.get("parties")
+    if not isinstance(parties_doc, list) or not parties_doc:
+        raise ConfigError(f"{where}: no [[parties]] entries")
+    parties = []
+    for index, entry in enumerate(parties_doc, start=1):
+        at = f"{where} [[parties]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at}: must be a table")
+        _unknown_keys(entry, {"name", "data", "id", "label", "address"}, at)
+        name = _take(entry, "name", str, "", at)
+        if not name:
+            raise ConfigError(f"{at}: missing name")
+        at = f"{where} party {name!r}"
+        ids = _take(entry, "id", (str, list), "", at)
+        id_columns = (ids,) if isinstance(ids, str) else tuple(ids)
+        if not id_columns or not all(isinstance(c, str) and c for c in id_columns):
+            raise ConfigError(f"{at}: id must name a column, or a list of columns")
+        label = _take(entry, "label", str, None, at)
+        parties.append(
+            PartySpec(
+                name=name,
+                data=_take(entry, "data", str, "", at),
+                id_columns=id_columns,
+                label=label if label else None,
+                address=_take(entry, "address", str, "", at),
+            )
+        )
+    coordinator = document.get("coordinator", {})
+    if not isinstance(coordinator, dict):
+        raise ConfigError(f"{where}: [coordinator] must be a table")
+    _unknown_keys(coordinator, {"address"}, f"{where} [coordinator]")
+    at = f"{where} [job]"
+    spec = JobSpec(
+        name=_take(job, "name", str, "", at),
+        parties=tuple(parties),
+        epochs=_take(job, "epochs", int, 10, at),
+        batch_size=_take(job, "batch_size", int, 0, at),
+        learning_rate=float(_take(job, "learning_rate", (int, float), 0.15, at)),
+        l2=float(_take(job, "l2", (int, float), 0.0, at)),
+        validation=float(_take(job, "validation", (int, float), 0.3, at)),
+        seed=_take(job, "seed", int, 42, at),
+        key_bits=_take(job, "key_bits", int, 2048, at),
+        early_stop_tol=float(_take(job, "early_stop_tol", (int, float), 0.0, at)),
+        coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
+    )
+    return spec.validate()
+
+
+def load_job(path: Path | str) -> tuple[JobSpec, Path]:
+    """(spec, folder the job's relative paths start from)."""
+    path = Path(path)
+    return parse_job(_read_toml(path, "job file"), where=f"job file {path.name}"), path.resolve().parent
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Settings of a coordinator or party daemon."""
+
+    name: str
+    listen: str
+    state_dir: Path
+    data_dir: Path | None = None
+    workers: int = 0          # 0 = every core
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
+    document = _read_toml(path, f"{section} config")
+    where = f"{section} config {path.name}"
+    table = document.get(section)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: missing [{section}] table")
+    known = {"name", "listen", "state_dir", "workers"} | ({"data_dir"} if needs_data else set())
+    _unknown_keys(table, known, f"{where} [{section}]")
+    base = path.resolve().parent
+    name = _take(table, "name", str, "coordinator" if section == "coordinator" else "", where)
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}: name {name!r}: use letters, digits, '-' and '_'")
+    listen = _take(table, "listen", str, "127.0.0.1:0", where)
+    workers = _take(table, "workers", int, 0, where)
+    if workers < 0:
+        raise ConfigError(f"{where}: workers must be 0 (every core) or positive")
+    state_dir = base / _take(table, "state_dir", str, "state", where)
+    data_dir = None
+    if needs_data:
+        data_dir = base / _take(table, "data_dir", str, "data", where)
+    return DaemonConfig(name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers)
+
+
+def load_party_config(path: Path | str) -> DaemonConfig:
+    return _daemon_config(Path(path), "party", needs_data=True)
+
+
+def load_coordinator_config(path: Path | str) -> DaemonConfig:
+    return _daemon_config(Path(path), "coordinator", needs_data=False)
+
+
+def resolve_data_file(data_dir: Path, name: str, party: str) -> Path:
+    """The file a job names for this party, which must lie inside the party's data folder."""
+    root = data_dir.resolve()
+    candidate = (root / name).resolve()
+    if Path(name).is_absolute() or not candidate.is_relative_to(root):
+        raise ConfigError(f"party {party!r}: data file {name!r} is outside its data folder; jobs may only name files inside it")
+    return candidate

@@ -1,0 +1,1 @@
+"""Cryptography: Paillier arithmetic, obfuscators, multi-exponentiation, masks."""

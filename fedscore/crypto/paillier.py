@@ -1,0 +1,118 @@
+"""Paillier keys and the handful of operations the protocol needs, on plain integers.
+
+Ciphertexts are gmpy2 ``mpz`` values modulo n², not python-paillier objects:
+bulk vectors stay cheap to build, multiply and serialise. Key generation and
+CRT decryption come from python-paillier (``phe``), which uses gmpy2 inside.
+The generator is g = n + 1, so g^m = 1 + m·n (mod n²) costs one multiplication.
+
+Plaintexts live in Z_n. A signed integer m is stored as m mod n and read back
+with :func:`decode_signed` (values above n/2 are negative).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+import gmpy2
+from gmpy2 import mpz
+from phe import paillier as _phe
+
+from fedscore.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A Paillier public key: the modulus n (the generator is n + 1)."""
+
+    n: mpz
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "PublicKey":
+        n = mpz.from_bytes(data, "big")
+        if n < 3 or n % 2 == 0:
+            raise ProtocolError("public key is not an odd modulus")
+        return cls(n)
+
+    def to_bytes(self) -> bytes:
+        return self.n.to_bytes(self.plaintext_bytes, "big")
+
+    @cached_property
+    def nsquare(self) -> mpz:
+        return self.n * self.n
+
+    @property
+    def bits(self) -> int:
+        return int(self.n.bit_length())
+
+    @property
+    def plaintext_bytes(self) -> int:
+        """Byte width of a value modulo n."""
+        return (self.bits + 7) // 8
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        """Byte width of a ciphertext (a value modulo n²)."""
+        return (int(self.nsquare.bit_length()) + 7) // 8
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the modulus, hex: names the key in logs and reports."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+class PrivateKey:
+    """The coordinator's private key; decrypts with CRT through python-paillier."""
+
+    def __init__(self, public_key: PublicKey, phe_key: _phe.PaillierPrivateKey):
+        self.public_key = public_key
+        self._key = phe_key
+
+    def decrypt(self, ciphertext: mpz) -> int:
+        """The plaintext in [0, n)."""
+        return int(self._key.raw_decrypt(int(ciphertext)))
+
+    def decrypt_signed(self, ciphertext: mpz) -> int:
+        return decode_signed(self.decrypt(ciphertext), self.public_key.n)
+
+
+def generate_keypair(bits: int) -> tuple[PublicKey, PrivateKey]:
+    """A fresh key pair with an n of exactly ``bits`` bits."""
+    phe_public, phe_private = _phe.generate_paillier_keypair(n_length=bits)
+    public = PublicKey(mpz(phe_public.n))
+    return public, PrivateKey(public, phe_private)
+
+
+def decode_signed(value: int, n: int) -> int:
+    """Map a value of Z_n back to a signed integer (the upper half is negative)."""
+    value = int(value)
+    return value - int(n) if value > int(n) // 2 else value
+
+
+def plaintext_factor(public_key: PublicKey, m: int) -> mpz:
+    """g^m mod n² for g = n + 1, i.e. 1 + (m mod n)·n: a ciphertext of m without randomness."""
+    n = public_key.n
+    return (1 + (mpz(m) % n) * n) % public_key.nsquare
+
+
+def encrypt(public_key: PublicKey, m: int, obfuscator: mpz) -> mpz:
+    """[[m]] with the given obfuscator (a random n-th residue, see obfuscation.py)."""
+    return plaintext_factor(public_key, m) * obfuscator % public_key.nsquare
+
+
+def add_plain(public_key: PublicKey, ciphertext: mpz, m: int) -> mpz:
+    """[[x + m]] from [[x]]; carries no new randomness."""
+    return ciphertext * plaintext_factor(public_key, m) % public_key.nsquare
+
+
+def product(public_key: PublicKey, ciphertexts) -> mpz:
+    """[[Σ x_i]] from [[x_i]]."""
+    nsquare = public_key.nsquare
+    acc = mpz(1)
+    for c in ciphertexts:
+        acc = acc * c % nsquare
+    return acc
+
+
+def invert(public_key: PublicKey, ciphertext: mpz) -> mpz:
+    """[[-x]] from [[x]]."""
+    return gmpy2.invert(ciphertext, public_key.nsquare)

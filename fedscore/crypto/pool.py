@@ -1,0 +1,143 @@
+"""Bulk Paillier work spread over worker processes.
+
+Encryption and encrypted inner products are pure CPU on big integers, and
+gmpy2 holds the GIL, so every daemon runs them in a small process pool
+(``workers`` processes, default: every core). Vectors cross to the workers
+as packed big-endian bytes. Each worker builds its own obfuscator table the
+first time it sees a key, so each worker's randomness base is its own.
+
+With ``workers=0`` the same functions run in the calling process: tests and
+the in-process simulation use that.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.crypto import paillier
+from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
+from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, Obfuscator
+from fedscore.crypto.paillier import PublicKey
+
+_OBFUSCATORS: dict[tuple[int, int], Obfuscator] = {}
+
+
+def _obfuscator(public_key: PublicKey, window_bits: int) -> Obfuscator:
+    key = (int(public_key.n), window_bits)
+    if key not in _OBFUSCATORS:
+        _OBFUSCATORS.clear()  # one job's key at a time per process
+        _OBFUSCATORS[key] = Obfuscator(public_key, window_bits)
+    return _OBFUSCATORS[key]
+
+
+def pack(values: Sequence[int], width: int) -> bytes:
+    """Fixed-width big-endian bytes, back to back."""
+    return b"".join(mpz(v).to_bytes(width, "big") for v in values)
+
+
+def unpack(data: bytes, width: int) -> list[mpz]:
+    if width <= 0 or len(data) % width:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {width}-byte integers")
+    return [mpz.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
+
+
+def _encrypt_chunk(n_bytes: bytes, plaintexts: list[int], window_bits: int) -> bytes:
+    public_key = PublicKey.from_bytes(n_bytes)
+    obfuscator = _obfuscator(public_key, window_bits)
+    width = public_key.ciphertext_bytes
+    return pack([paillier.encrypt(public_key, m, obfuscator.draw()) for m in plaintexts], width)
+
+
+def _weighted_sum_chunk(n_bytes: bytes, ciphertexts: bytes, matrix: np.ndarray) -> bytes:
+    public_key = PublicKey.from_bytes(n_bytes)
+    width = public_key.ciphertext_bytes
+    parts = weighted_sum_parts(unpack(ciphertexts, width), matrix, public_key.nsquare)
+    return pack([value for pair in parts for value in pair], width)
+
+
+def _split(count: int, pieces: int) -> list[tuple[int, int]]:
+    pieces = max(1, min(pieces, count))
+    bounds = np.linspace(0, count, pieces + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class CryptoPool:
+    """Parallel encryption and encrypted inner products for one process."""
+
+    def __init__(self, workers: int | None = None, window_bits: int = DEFAULT_WINDOW_BITS):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        self.workers = workers
+        self.window_bits = window_bits
+        self._executor: Executor | None = None
+        if workers > 0:
+            # forkserver: workers never inherit a live gRPC server's threads.
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "CryptoPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _map(self, fn, argument_lists: list[tuple]) -> list:
+        if self._executor is None:
+            return [fn(*args) for args in argument_lists]
+        futures = [self._executor.submit(fn, *args) for args in argument_lists]
+        return [future.result() for future in futures]
+
+    def encrypt(self, public_key: PublicKey, plaintexts: Sequence[int]) -> list[mpz]:
+        """[[m_i]] for signed integers m_i, each with a fresh obfuscator."""
+        if not len(plaintexts):
+            return []
+        n_bytes = public_key.to_bytes()
+        values = [int(m) for m in plaintexts]
+        spans = _split(len(values), 4 * max(1, self.workers))
+        packed = self._map(
+            _encrypt_chunk, [(n_bytes, values[a:b], self.window_bits) for a, b in spans]
+        )
+        width = public_key.ciphertext_bytes
+        return [c for block in packed for c in unpack(block, width)]
+
+    def weighted_sums(
+        self, public_key: PublicKey, ciphertexts: Sequence[mpz], matrix: np.ndarray
+    ) -> list[mpz]:
+        """[[Σ_i X_ij·d_i]] for every column j, from [[d_i]] and an integer matrix X."""
+        rows, columns = matrix.shape
+        if rows != len(ciphertexts):
+            raise ValueError(f"{rows} matrix rows for {len(ciphertexts)} ciphertexts")
+        width, nsquare = public_key.ciphertext_bytes, public_key.nsquare
+        if columns == 0:
+            return []
+        if rows == 0:
+            return [mpz(1)] * columns
+        n_bytes = public_key.to_bytes()
+        spans = _split(rows, 2 * max(1, self.workers))
+        packed = self._map(
+            _weighted_sum_chunk,
+            [(n_bytes, pack(ciphertexts[a:b], width), matrix[a:b]) for a, b in spans],
+        )
+        positive = [mpz(1)] * columns
+        negative = [mpz(1)] * columns
+        for block in packed:
+            values = unpack(block, width)
+            for j in range(columns):
+                positive[j] = positive[j] * values[2 * j] % nsquare
+                negative[j] = negative[j] * values[2 * j + 1] % nsquare
+        return [combine_signed(p, q, nsquare) for p, q in zip(positive, negative)]
+
+    def obfuscator(self, public_key: PublicKey) -> Obfuscator:
+        """An in-process obfuscator without a table, for the few ciphertexts made outside the pool."""
+        return _obfuscator(public_key, 0)

@@ -1,0 +1,21 @@
+"""The errors fedscore raises on purpose: each says what was wrong and where."""
+
+
+class FedscoreError(Exception):
+    """Base class: anything a user can fix (a file, a config, a peer)."""
+
+
+class ConfigError(FedscoreError):
+    """A job, party or coordinator configuration is invalid."""
+
+
+class DataError(FedscoreError):
+    """A party's data file cannot be used as it is."""
+
+
+class ProtocolError(FedscoreError):
+    """A peer sent something out of order, of the wrong size, or for an unknown job."""
+
+
+class PeerError(FedscoreError):
+    """A peer did not answer or failed; the message names the peer."""

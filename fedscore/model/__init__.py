@@ -1,0 +1,1 @@
+"""Model maths: data loading, row splits, scaling, the Taylor-approximated loss, metrics."""

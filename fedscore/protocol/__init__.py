@@ -1,0 +1,1 @@
+"""The protocol steps of each role, free of any network code."""

@@ -1,0 +1,159 @@
+"""The card center's steps: it holds the labels and assembles the encrypted residual.
+
+Per step it encrypts its own part U_C − Y with fresh randomness, gathers every
+partner's [[U_k]], and sends partner k the product of its own ciphertext and
+the other partners' ciphertexts, i.e. [[D − U_k]]. Nobody receives a
+ciphertext built on their own, so nobody can divide their own randomness out
+and read what is left. The card center keeps [[ΣU]] for its own gradient.
+
+It also computes [[T]] with T = Σ(1 − 2y)·D, its share of the loss, using
+only multiplications of ciphertexts, and at the end adds up the masked
+partner scores for evaluation.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+from gmpy2 import mpz
+from sklearn.linear_model import LogisticRegression
+
+from fedscore.crypto import paillier
+from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
+from fedscore.errors import PeerError, ProtocolError
+from fedscore.model import metrics
+from fedscore.protocol.party import PartySession, Step
+
+
+class PartnerHandle(Protocol):
+    """How the card center reaches a partner: in-process, or over gRPC."""
+
+    def encrypted_partial(self, step: Step) -> list[mpz]: ...
+    def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...
+    def encrypted_loss_term(self, step: Step) -> mpz: ...
+    def masked_scores(self) -> np.ndarray: ...
+
+
+def call_partners(partners: Mapping[str, PartnerHandle], action: Callable[[str, PartnerHandle], object]) -> dict:
+    """Run ``action`` on every partner at once; the first failure names its partner."""
+    if not partners:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(partners)) as executor:
+        futures = {name: executor.submit(action, name, handle) for name, handle in partners.items()}
+        results = {}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except PeerError:
+                raise
+            except Exception as error:
+                raise PeerError(f"partner {name!r}: {error}") from error
+        return results
+
+
+class CardCenterSession(PartySession):
+    role = "card_center"
+    has_intercept = True
+
+    def __init__(self, *args, partners: Mapping[str, PartnerHandle], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.partners = dict(partners)
+        labels = self.table.labels
+        if labels is None:
+            raise ProtocolError(f"{self.party}: the card center's table has no labels")
+        self.labels = labels.astype(np.float64)
+        self.train_labels = self.labels[self.train_rows]
+        self._loss_part: mpz | None = None
+
+    def own_residual_part(self, rows: np.ndarray) -> list[int]:
+        """U_C − Y for the rows: the card center's plaintext share of D."""
+        labels = self.train_labels[rows]
+        scores = encode_scores(self.partial_scores(rows))
+        return [int(u) - (int(4 * y - 2) << SCORE_BITS) for u, y in zip(scores.tolist(), labels.tolist())]
+
+    def forward_step(self, step: Step) -> None:
+        """Gather [[U_k]], send each partner [[D − U_k]], keep [[ΣU]] and [[T]]."""
+        rows = self.step_rows(step)
+        own = self.own_residual_part(rows)
+        state = self._begin(step, own_part=own)
+        key, nsquare = self.public_key, self.public_key.nsquare
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            partial_calls = executor.submit(
+                call_partners, self.partners, lambda name, p: p.encrypted_partial(step)
+            )
+            encrypted_own = self.pool.encrypt(key, own)
+            partials: dict[str, list[mpz]] = partial_calls.result()
+        for name, values in partials.items():
+            if len(values) != len(rows):
+                raise PeerError(f"partner {name!r}: sent {len(values)} partial scores for {step}, the batch has {len(rows)} rows")
+        shares = self.residual_shares(encrypted_own, partials)
+        call_partners(self.partners, lambda name, p: p.receive_residual(step, shares[name]))
+        combined = self.combine(list(partials.values()))
+        state.encrypted_rest = combined
+        self._loss_part = self.encrypted_label_term(combined, own, rows)
+
+    def combine(self, vectors: list[list[mpz]]) -> list[mpz]:
+        """Element-wise product: [[Σ_k x_k,i]] from the vectors [[x_k,i]]."""
+        nsquare = self.public_key.nsquare
+        out = list(vectors[0])
+        for vector in vectors[1:]:
+            out = [a * b % nsquare for a, b in zip(out, vector)]
+        return out
+
+    def residual_shares(self, encrypted_own: list[mpz], partials: Mapping[str, list[mpz]]) -> dict[str, list[mpz]]:
+        """For each partner k: [[U_C − Y]]·Π_{j≠k}[[U_j]] = [[D − U_k]]."""
+        return {
+            name: self.combine([encrypted_own] + [v for other, v in partials.items() if other != name])
+            for name in partials
+        }
+
+    def encrypted_label_term(self, encrypted_sum: list[mpz], own: list[int], rows: np.ndarray) -> mpz:
+        """[[T]], T = Σ(1 − 2y)·D: Π_{y=0}[[ΣU]]·(Π_{y=1}[[ΣU]])⁻¹ times the plaintext part."""
+        key = self.public_key
+        labels = self.train_labels[rows]
+        goods = paillier.product(key, (c for c, y in zip(encrypted_sum, labels) if y == 0))
+        bads = paillier.product(key, (c for c, y in zip(encrypted_sum, labels) if y == 1))
+        plain = sum(o if y == 0 else -o for o, y in zip(own, labels))
+        return paillier.add_plain(key, goods * paillier.invert(key, bads) % key.nsquare, plain)
+
+    def loss_share(self, step: Step) -> mpz:
+        """[[Z]] = [[T + Σ_p loss share_p]], re-randomised: the coordinator decrypts only the sum."""
+        state = self._current(step, needs="applied")
+        terms = call_partners(self.partners, lambda name, p: p.encrypted_loss_term(step))
+        key = self.public_key
+        total = paillier.add_plain(key, paillier.product(key, [self._loss_part, *terms.values()]), state.loss_term)
+        return self.pool.obfuscator(key).rerandomise(total)
+
+    def evaluate(self, mask_sum: np.ndarray) -> dict:
+        """Metrics of the federated model and of a card-center-only model, train and held out."""
+        masked = call_partners(self.partners, lambda name, p: p.masked_scores())
+        total = np.zeros(self.table.rows, dtype=np.uint64)
+        for name, values in masked.items():
+            if len(values) != self.table.rows:
+                raise PeerError(f"partner {name!r}: sent {len(values)} scores, expected {self.table.rows}")
+            total += np.asarray(values, dtype=np.uint64)
+        if len(mask_sum) != self.table.rows:
+            raise ProtocolError(f"mask sum has {len(mask_sum)} words, expected {self.table.rows}")
+        total -= np.asarray(mask_sum, dtype=np.uint64)
+        partner_scores = total.view(np.int64) / 2.0**EVAL_SCORE_BITS
+        scores = self.matrix @ self.weights + partner_scores
+        return self.metrics(scores)
+
+    def metrics(self, scores: np.ndarray) -> dict:
+        train, test, labels = self.train_rows, self.test_rows, self.labels
+        result = {
+            "auc": metrics.auc(labels[train], scores[train]),
+            "ks": metrics.ks(labels[train], scores[train]),
+        }
+        own = self.matrix[:, :-1]  # without the intercept column
+        local = LogisticRegression(max_iter=1000).fit(own[train], labels[train])
+        local_scores = local.decision_function(own)
+        result["local_only_auc"] = metrics.auc(labels[train], local_scores[train])
+        if len(test) and len(set(labels[test].tolist())) == 2:
+            result["test_auc"] = metrics.auc(labels[test], scores[test])
+            result["test_ks"] = metrics.ks(labels[test], scores[test])
+            result["local_only_test_auc"] = metrics.auc(labels[test], local_scores[test])
+            result["local_only_test_ks"] = metrics.ks(labels[test], local_scores[test])
+        return result

@@ -1,0 +1,47 @@
+"""The coordinator's own computations: it holds the Paillier private key.
+
+It decrypts only masked gradients (uniform in Z_n whatever the gradient), the
+batch loss (one number), and sums the partners' evaluation mask seeds. It
+never receives a partial score, a residual or a label, encrypted or not.
+"""
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.config import JobSpec
+from fedscore.crypto.fixedpoint import SCORE_BITS
+from fedscore.crypto.masks import word_masks
+from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
+from fedscore.model.taylor import LOG2_MINUS_HALF
+
+
+def new_job_id(name: str) -> str:
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+class CoordinatorSession:
+    def __init__(self, job_id: str, spec: JobSpec, keys: tuple[PublicKey, PrivateKey] | None = None):
+        self.job_id = job_id
+        self.spec = spec
+        self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
+        self.id_nonce = secrets.token_bytes(16)
+
+    def decrypt_masked_gradient(self, masked: list[mpz]) -> list[int]:
+        """g + r mod n for each column: uniform values, returned to their owner."""
+        return [self._private_key.decrypt(c) for c in masked]
+
+    def decrypt_loss(self, encrypted_total: mpz, batch_rows: int) -> float:
+        """The batch's Taylor loss from [[Z]] = [[4·|B|·2^P·(loss − log 2 + 1/2)]]."""
+        total = self._private_key.decrypt_signed(encrypted_total)
+        return LOG2_MINUS_HALF + total / (4.0 * batch_rows * 2.0**SCORE_BITS)
+
+    @staticmethod
+    def score_mask_sum(seeds: list[bytes], rows: int) -> np.ndarray:
+        """Σ_k m_k (mod 2^64) over the partners' evaluation masks."""
+        total = np.zeros(rows, dtype=np.uint64)
+        for seed in seeds:
+            total += word_masks(seed, rows)
+        return total

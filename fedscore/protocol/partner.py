@@ -1,0 +1,50 @@
+"""A partner's steps: its encrypted partial scores out, the encrypted residual in.
+
+A partner never sees a label: it receives [[D − U_k]] (the residual without its
+own part), built by the card center from its own fresh encryption and the
+other partners' ciphertexts, so the partner cannot strip anything off it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, encode_scores
+from fedscore.crypto.masks import new_seed, word_masks
+from fedscore.errors import ProtocolError
+from fedscore.protocol.party import PartySession, Step
+
+
+class PartnerSession(PartySession):
+    role = "partner"
+    has_intercept = False
+    _score_seed: bytes | None = None
+
+    def encrypted_partial(self, step: Step) -> list[mpz]:
+        """[[U_k]] = [[round(X_k w_k · 2^P)]] for the step's rows, each freshly randomised."""
+        rows = self.step_rows(step)
+        own = encode_scores(self.partial_scores(rows)).tolist()
+        self._begin(step, own_part=own)
+        return self.pool.encrypt(self.public_key, own)
+
+    def receive_residual(self, step: Step, residual: list[mpz]) -> None:
+        """Keep [[D − U_k]] for this step's gradient."""
+        state = self._current(step, needs="")
+        if len(residual) != len(state.rows):
+            raise ProtocolError(
+                f"{self.party}: residual for {step} has {len(residual)} values, the batch has {len(state.rows)} rows"
+            )
+        state.encrypted_rest = list(residual)
+
+    def score_mask_seed(self) -> bytes:
+        """A fresh seed for this evaluation's masks; only the coordinator receives it."""
+        self._score_seed = new_seed()
+        return self._score_seed
+
+    def masked_scores(self) -> np.ndarray:
+        """u_k + m (mod 2^64) for every row, in fixed point, m expanded from the seed."""
+        if self._score_seed is None:
+            raise ProtocolError(f"{self.party}: scores asked for before a mask seed was drawn")
+        seed, self._score_seed = self._score_seed, None  # one use per seed
+        scores = encode_scores(self.matrix @ self.weights, EVAL_SCORE_BITS).view(np.uint64)
+        return scores + word_masks(seed, len(scores))

@@ -1,0 +1,203 @@
+"""What every party does each step: its masked encrypted gradient, and applying it.
+
+Notation (see fedscore.model.taylor): the residual of a batch is
+d = u/4 + 1/2 − y with u the sum of every party's partial score. Under
+encryption it travels as D = 4·d·2^P = ΣU + (U_C − Y), with U = round(u·2^P)
+and Y = (4y − 2)·2^P, so it is an integer. Each party holds one part of D in
+plaintext (its own U, or U_C − Y for the card center) and the rest encrypted,
+and computes its encrypted gradient as X̂ᵀ[[rest]] + X̂ᵀ(own part), where X̂ is
+its standardised training matrix quantised to 16-bit integers.
+
+Before the gradient leaves, the party adds a uniform mask r ∈ Z_n under
+encryption and re-randomises; the coordinator decrypts g + r, which tells it
+nothing, and returns it; the party removes r and takes its step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.config import JobSpec
+from fedscore.crypto import paillier
+from fedscore.crypto.fixedpoint import SCORE_BITS, quantise_columns
+from fedscore.crypto.masks import uniform_mask
+from fedscore.crypto.paillier import PublicKey
+from fedscore.crypto.pool import CryptoPool
+from fedscore.errors import DataError, ProtocolError
+from fedscore.model.data import PartyTable
+from fedscore.model.model_file import PartyModel
+from fedscore.model.rows import batches, split_rows
+from fedscore.model.scaling import Standardiser
+
+
+@dataclass(frozen=True, order=True)
+class Step:
+    epoch: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch + 1} batch {self.batch + 1}"
+
+
+@dataclass
+class StepState:
+    """What a party holds between the messages of one step."""
+
+    step: Step
+    rows: np.ndarray                       # positions within the training rows
+    own_part: list[int]                    # this party's plaintext share of D, per row
+    encrypted_rest: list[mpz] | None = None
+    masks: list[int] | None = None
+    loss_term: int | None = None
+
+
+def integer_gradient(quantised: np.ndarray, values: list[int]) -> list[int]:
+    """X̂ᵀv in exact Python integers (v can exceed 64 bits once multiplied)."""
+    column = np.array(values, dtype=object)
+    return [int(x) for x in quantised.T.astype(object).dot(column)] if len(values) else [0] * quantised.shape[1]
+
+
+class PartySession:
+    """One party's side of one job: its data, weights and the current step."""
+
+    role = "party"
+    has_intercept = False
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        party: str,
+        table: PartyTable,
+        public_key: PublicKey,
+        pool: CryptoPool,
+    ):
+        self.job_id = job_id
+        self.spec = spec
+        self.party = party
+        self.table = table
+        self.public_key = public_key
+        self.pool = pool
+        self.train_rows, self.test_rows = split_rows(table.rows, spec.validation, spec.seed)
+        if len(self.train_rows) < 2:
+            raise DataError(f"party {party!r}: {len(self.train_rows)} training rows is too few to train on")
+        self.scaler = Standardiser.fit(table.features[self.train_rows])
+        matrix = self.scaler.transform(table.features)
+        penalised = np.ones(matrix.shape[1])
+        if self.has_intercept:
+            matrix = np.hstack([matrix, np.ones((matrix.shape[0], 1))])
+            penalised = np.append(penalised, 0.0)
+        self.matrix = matrix                              # every row, standardised
+        self.train_matrix = matrix[self.train_rows]
+        self.quantised, self.quantisation = quantise_columns(self.train_matrix)
+        self.penalised = penalised
+        self.weights = np.zeros(matrix.shape[1])
+        self._state: StepState | None = None
+        self._last_done: Step | None = None
+        self._batches: tuple[int, list[np.ndarray]] | None = None
+
+    # -- step bookkeeping ---------------------------------------------------
+
+    @property
+    def feature_count(self) -> int:
+        return len(self.table.feature_names)
+
+    def step_rows(self, step: Step) -> np.ndarray:
+        if self._batches is None or self._batches[0] != step.epoch:
+            self._batches = (
+                step.epoch,
+                batches(len(self.train_rows), self.spec.batch_size, self.spec.seed, step.epoch),
+            )
+        plan = self._batches[1]
+        if not 0 <= step.batch < len(plan) or not 0 <= step.epoch < self.spec.epochs:
+            raise ProtocolError(f"{self.party}: there is no {step} in job {self.spec.name!r}")
+        return plan[step.batch]
+
+    def _begin(self, step: Step, own_part: list[int] | None = None) -> StepState:
+        if self._state is not None and self._state.loss_term is None:
+            raise ProtocolError(f"{self.party}: {step} started before {self._state.step} finished")
+        if self._last_done is not None and step <= self._last_done:
+            raise ProtocolError(f"{self.party}: {step} was already done (last done: {self._last_done})")
+        rows = self.step_rows(step)
+        self._state = StepState(step=step, rows=rows, own_part=own_part or [])
+        return self._state
+
+    def _current(self, step: Step, needs: str) -> StepState:
+        state = self._state
+        if state is None or state.step != step:
+            current = state.step if state else "none"
+            raise ProtocolError(f"{self.party}: message for {step}, but the current step is {current}")
+        if needs == "residual" and state.encrypted_rest is None:
+            raise ProtocolError(f"{self.party}: gradient asked for {step} before its residual arrived")
+        if needs == "masks" and state.masks is None:
+            raise ProtocolError(f"{self.party}: gradient values for {step} arrived before its gradient was sent")
+        if needs == "applied" and state.loss_term is None:
+            raise ProtocolError(f"{self.party}: loss asked for {step} before its gradient was applied")
+        return state
+
+    def partial_scores(self, rows: np.ndarray) -> np.ndarray:
+        """u_p = X_p w_p for training rows ``rows``."""
+        return self.train_matrix[rows] @ self.weights
+
+    # -- the gradient -------------------------------------------------------
+
+    def masked_gradient(self, step: Step) -> list[mpz]:
+        """[[X̂ᵀD + r]] per column, freshly randomised, r uniform in Z_n and kept here."""
+        state = self._current(step, needs="residual")
+        key, nsquare = self.public_key, self.public_key.nsquare
+        quantised = self.quantised[state.rows]
+        encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
+        plain = integer_gradient(quantised, state.own_part)
+        masks = [uniform_mask(key.n) for _ in plain]
+        obfuscator = self.pool.obfuscator(key)
+        state.masks = masks
+        return [
+            c * paillier.plaintext_factor(key, p + r) % nsquare * obfuscator.draw() % nsquare
+            for c, p, r in zip(encrypted, plain, masks)
+        ]
+
+    def apply_gradient(self, step: Step, masked_values: list[int]) -> None:
+        """Remove the masks, take the gradient step, and keep this party's loss term."""
+        state = self._current(step, needs="masks")
+        if len(masked_values) != len(state.masks):
+            raise ProtocolError(
+                f"{self.party}: {len(masked_values)} gradient values for {step}, expected {len(state.masks)}"
+            )
+        n = self.public_key.n
+        totals = [paillier.decode_signed((int(v) - r) % n, n) for v, r in zip(masked_values, state.masks)]
+        # X̂ᵀD / (scale · 4 · 2^P) = Xᵀd summed over the batch.
+        xtd = np.array([float(t) for t in totals]) / (self.quantisation * 4.0 * 2.0**SCORE_BITS)
+        size = len(state.rows)
+        penalised = self.weights * self.penalised
+        gradient = xtd / size + self.spec.l2 * penalised
+        # Σ_i d_i·u_p,i = w_p·(X_pᵀd); with the L2 term, this party's share of the batch loss.
+        share = 2.0 * float(self.weights @ xtd) + 2.0 * size * self.spec.l2 * float(penalised @ penalised)
+        state.loss_term = int(round(share * 2.0**SCORE_BITS))
+        state.masks = None
+        self.weights = self.weights - self.spec.learning_rate * gradient
+        self._last_done = step
+
+    def encrypted_loss_term(self, step: Step) -> mpz:
+        """[[this party's loss share]], fresh randomness."""
+        state = self._current(step, needs="applied")
+        return paillier.encrypt(self.public_key, state.loss_term, self.pool.obfuscator(self.public_key).draw())
+
+    # -- the model ----------------------------------------------------------
+
+    def model(self) -> PartyModel:
+        features = self.table.feature_names
+        weights = self.weights[: len(features)]
+        return PartyModel(
+            job_id=self.job_id,
+            job_name=self.spec.name,
+            party=self.party,
+            role=self.role,
+            id_columns=list(self.spec.party(self.party).id_columns),
+            features=list(features),
+            mean=[float(v) for v in self.scaler.mean],
+            scale=[float(v) for v in self.scaler.scale],
+            weights=[float(v) for v in weights],
+            intercept=float(self.weights[-1]) if self.has_intercept else None,
+        )
