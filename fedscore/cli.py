@@ -1,0 +1,141 @@
+"""The `fedscore` command.
+
+Exit codes: 0 success; 2 a problem the user can fix (a job file, a data file,
+a party that does not answer), named on one line; 1 an internal error;
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedscore import __version__
+from fedscore.errors import FedscoreError
+from fedscore.protocol.training import Progress
+
+EXAMPLES = {
+    "run": "example: fedscore run examples/default_credit/job.toml --local --report report.json",
+    "demo": "example: fedscore demo --workdir fedscore-demo",
+    "coordinator": "example: fedscore coordinator serve --config coordinator/coordinator.toml",
+    "party": "example: fedscore party serve --config parties/bureau/party.toml",
+}
+
+
+class ProgressPrinter:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def __call__(self, event: Progress) -> None:
+        if self.quiet:
+            return
+        if event.stage == "epoch":
+            width = len(str(event.epochs))
+            print(
+                f"epoch {event.epoch:>{width}}/{event.epochs}  loss {event.loss:.6f}  {event.seconds:6.1f} s",
+                flush=True,
+            )
+        elif event.stage == "evaluate":
+            print(f"evaluated through masked scores in {event.seconds:.1f} s", flush=True)
+        elif event.message:
+            print(f"{event.message} ...", flush=True)
+
+
+def _print_report(report: dict) -> None:
+    test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
+    print(f"trained {report['epochs']} epochs on {report['train_rows']} rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
+    for party in report["parties"]:
+        print(f"  {party['name']:<14} {party['role']:<12} model: {party['model']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedscore.runner import run_job_file
+
+    report = run_job_file(
+        args.job, local=args.local, report_path=args.report, state_dir=args.state,
+        workers=args.workers, progress=ProgressPrinter(args.quiet),
+    )
+    if not args.quiet:
+        _print_report(report)
+        if args.report:
+            print(f"report: {args.report}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fedscore.demo import summary_table, write_demo
+    from fedscore.runner import run_job_file
+
+    workdir: Path = args.workdir
+    job = write_demo(workdir, epochs=args.epochs, key_bits=args.key_bits, rows=args.rows)
+    print(f"demo consortium in {workdir}: card_center, bureau, ecommerce; {args.key_bits}-bit Paillier keys", flush=True)
+    report_path = workdir / "report.json"
+    report = run_job_file(
+        job, local=True, report_path=report_path, workers=args.workers, progress=ProgressPrinter(False)
+    )
+    _print_report(report)
+    print()
+    print(summary_table(report))
+    print(f"\nreport: {report_path}  (total {report['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fedscore.config import load_coordinator_config, load_party_config
+    from fedscore.daemons.server import serve
+
+    loader = load_party_config if args.role == "party" else load_coordinator_config
+    config = loader(args.config)
+    if args.listen:
+        config = replace(config, listen=args.listen)
+    return serve(args.role, config, args.ready_file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedscore",
+        description="Federated credit scoring: train one logistic regression across a card center and its partners.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedscore {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a training job", epilog=EXAMPLES["run"])
+    run.add_argument("job", type=Path, help="job file (TOML)")
+    run.add_argument("--local", action="store_true", help="start the coordinator and every party daemon here")
+    run.add_argument("--report", type=Path, help="write the JSON report here")
+    run.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
+    run.add_argument("--workers", type=int, default=0, help="with --local: processes per party for Paillier work (0 = every core)")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="train the bundled three-party consortium", epilog=EXAMPLES["demo"])
+    demo.add_argument("--workdir", type=Path, default=Path("fedscore-demo"), help="where the parties' files go (default: ./fedscore-demo)")
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--key-bits", type=int, default=2048)
+    demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
+    demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")
+    demo.set_defaults(handler=cmd_demo)
+
+    for role in ("coordinator", "party"):
+        group = commands.add_parser(role, help=f"run a {role} daemon")
+        actions = group.add_subparsers(dest="action", required=True)
+        serve = actions.add_parser("serve", help=f"serve as a {role} daemon until stopped", epilog=EXAMPLES[role])
+        serve.add_argument("--config", type=Path, required=True, help=f"{role} config (TOML)")
+        serve.add_argument("--listen", help="host:port to listen on (overrides the config)")
+        serve.add_argument("--ready-file", type=Path, help="write host:port here once serving")
+        serve.set_defaults(handler=cmd_serve, role=role)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except FedscoreError as error:
+        print(f"fedscore: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedscore: interrupted", file=sys.stderr)
+        return 130

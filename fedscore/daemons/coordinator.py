@@ -1,0 +1,139 @@
+"""The coordinator daemon: holds the Paillier private key and drives each job.
+
+A submitted job runs in its own thread: key generation, preparing every
+party, the training steps (fedscore.protocol.training) over gRPC clients,
+evaluation, and asking each party to write its model. Progress streams back
+to the submitter; the last event is the report. On any failure every party
+is told to abort, so no model is left from a failed job.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from fedscore import __version__
+from fedscore.config import DaemonConfig, JobSpec
+from fedscore.errors import FedscoreError, PeerError
+from fedscore.model.model_file import write_atomically
+from fedscore.model.rows import split_rows
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
+from fedscore.protocol.simulation import check_same_ids
+from fedscore.protocol.training import Progress, on_all, run_training
+from fedscore.report import build_report
+from fedscore.transport import codec
+from fedscore.transport.clients import PartyClient
+from fedscore.transport.rpc import servicer_errors, status_for
+
+log = logging.getLogger("fedscore.coordinator")
+handles_errors = servicer_errors("label")
+
+
+def run_job(spec: JobSpec, state_dir: Path, progress) -> dict:
+    """Run one job end to end over gRPC; returns the report."""
+    started = time.perf_counter()
+    job_id = new_job_id(spec.name)
+    for party in spec.parties:
+        if not party.address:
+            raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
+    clients = {p.name: PartyClient(p.name, p.address) for p in spec.parties}
+    center = spec.card_center.name
+    try:
+        pings = on_all(clients, lambda name, c: c.ping())
+        for name, reply in pings.items():
+            if reply.name != name:
+                raise PeerError(f"the daemon at {clients[name].address} is party {reply.name!r}, not {name!r}")
+        progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
+        coordinator = CoordinatorSession(job_id, spec)
+        progress(Progress("prepare", message="parties loading and checking their data"))
+        replies = on_all(
+            clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key, coordinator.id_nonce)
+        )
+        check_same_ids(center, {n: r.rows for n, r in replies.items()}, {n: r.id_digest for n, r in replies.items()})
+        rows = replies[center].rows
+        train_rows = len(split_rows(rows, spec.validation, spec.seed)[0])
+        partners = {p.name: clients[p.name] for p in spec.partners}
+        result = run_training(
+            coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows, progress=progress
+        )
+        finished = on_all(clients, lambda name, c: c.finish_job())
+    except BaseException:
+        for client in clients.values():
+            try:
+                client.abort_job()
+            except FedscoreError:
+                pass
+        raise
+    finally:
+        for client in clients.values():
+            client.close()
+    report = build_report(
+        spec, job_id, coordinator.public_key, rows, train_rows, result,
+        parties={
+            name: {
+                "role": replies[name].role,
+                "features": replies[name].features,
+                "model": finished[name].model_path,
+                "state_dir": finished[name].state_dir,
+            }
+            for name in clients
+        },
+        coordinator_state=str(state_dir),
+        seconds=time.perf_counter() - started,
+    )
+    write_atomically(state_dir / "jobs" / job_id / "job.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self.label = "coordinator"
+
+    @handles_errors
+    def Ping(self, request, context):
+        return pb.PingReply(name=self.config.name, role="coordinator", version=__version__)
+
+    def RunJob(self, request, context):
+        try:
+            spec = codec.spec_from_proto(request.job)
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+        events: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                report = run_job(spec, self.config.state_dir, events.put)
+                events.put(json.dumps(report))
+            except BaseException as error:  # handed to the streaming thread below
+                events.put(error)
+            events.put(done)
+
+        threading.Thread(target=work, name=f"job-{spec.name}", daemon=True).start()
+        while True:
+            item = events.get()
+            if item is done:
+                return
+            if isinstance(item, Progress):
+                yield pb.JobEvent(progress=pb.Progress(
+                    stage=item.stage, epoch=item.epoch, epochs=item.epochs, loss=item.loss,
+                    seconds=item.seconds, message=item.message,
+                ))
+            elif isinstance(item, str):
+                yield pb.JobEvent(report_json=item)
+            elif isinstance(item, FedscoreError):
+                log.warning("job %s failed: %s", spec.name, item)
+                context.abort(status_for(item), str(item))
+            else:
+                log.error("job %s failed", spec.name, exc_info=item)
+                context.abort(status_for(item), f"coordinator: internal error ({type(item).__name__}: {item})")
+
+
+def add_to_server(service: CoordinatorService, server) -> None:
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)

@@ -1,0 +1,145 @@
+"""`--local`: a whole consortium as separate OS processes on this machine.
+
+Each member gets its own state folder and config under the run's state root;
+each party daemon's data folder is the folder of its own data file, and it
+opens only the file the job names for it. Daemons bind port 0 and report the
+port they got through a ready file, so runs never collide on ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fedscore.config import JobSpec
+from fedscore.errors import DataError, PeerError
+
+STARTUP_SECONDS = 60.0
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # TOML basic strings share JSON's escapes
+
+
+class LocalConsortium:
+    """Start, watch and stop the coordinator and one daemon per party."""
+
+    def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0):
+        self.spec = spec
+        self.base_dir = base_dir
+        self.state_root = state_root.resolve()
+        self.workers = workers
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.coordinator_address = ""
+
+    def __enter__(self) -> "LocalConsortium":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _launch(self, member: str, role: str, settings: dict[str, str | int]) -> Path:
+        folder = self.state_root / member
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / f"{role}.toml"
+        lines = [f"[{role}]"] + [
+            f"{key} = {_toml_string(value) if isinstance(value, str) else value}" for key, value in settings.items()
+        ]
+        config.write_text("\n".join(lines) + "\n")
+        ready = folder / "ready"
+        ready.unlink(missing_ok=True)
+        log = (folder / "daemon.log").open("ab")
+        self.processes[member] = subprocess.Popen(
+            [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        return ready
+
+    def start(self) -> JobSpec:
+        ready_files: dict[str, Path] = {}
+        parties = []
+        for party in self.spec.parties:
+            data = (self.base_dir / party.data).resolve()
+            if not data.is_file():
+                raise DataError(f"party {party.name!r}: data file {party.data!r} not found (looked for {data})")
+            ready_files[party.name] = self._launch(
+                party.name, "party",
+                {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
+                 "workers": self.workers},
+            )
+            parties.append(replace(party, data=data.name))
+        ready_files["coordinator"] = self._launch(
+            "coordinator", "coordinator", {"name": "coordinator", "listen": "127.0.0.1:0", "state_dir": "."}
+        )
+        addresses = self._wait(ready_files)
+        self.coordinator_address = addresses["coordinator"]
+        self.spec = replace(
+            self.spec,
+            parties=tuple(replace(p, address=addresses[p.name]) for p in parties),
+            coordinator_address=self.coordinator_address,
+        )
+        return self.spec
+
+    def _wait(self, ready_files: dict[str, Path]) -> dict[str, str]:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        addresses: dict[str, str] = {}
+        while len(addresses) < len(ready_files):
+            for member, ready in ready_files.items():
+                if member in addresses:
+                    continue
+                if ready.exists():
+                    addresses[member] = ready.read_text().strip()
+                elif self.processes[member].poll() is not None:
+                    raise PeerError(f"{member} daemon exited at start-up: {self.log_tail(member)}")
+            if time.monotonic() > deadline:
+                missing = sorted(set(ready_files) - set(addresses))
+                raise PeerError(f"daemons not ready after {STARTUP_SECONDS:.0f} s: {', '.join(missing)}")
+            time.sleep(0.05)
+        return addresses
+
+    def log_tail(self, member: str, lines: int = 3) -> str:
+        path = self.state_root / member / "daemon.log"
+        try:
+            tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return " | ".join(tail) + f" (log: {path})"
+
+    def dead_members(self) -> list[str]:
+        return [m for m, p in self.processes.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait()
+        self.processes.clear()
+
+
+def state_dirs(state_root: Path, spec: JobSpec) -> dict[str, Path]:
+    return {name: state_root / name for name in ["coordinator", *(p.name for p in spec.parties)]}
+
+

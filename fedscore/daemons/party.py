@@ -1,0 +1,203 @@
+"""The party daemon: runs next to a party's data and answers the protocol's RPCs.
+
+It only moves bytes between gRPC and the party's session
+(fedscore.protocol.partner / card_center), checks what arrives, and writes
+the party's model to its own state folder. The card center's daemon also
+dials the partners named in the job.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fedscore import __version__
+from fedscore.config import DaemonConfig, resolve_data_file
+from fedscore.crypto.paillier import PublicKey
+from fedscore.crypto.pool import CryptoPool
+from fedscore.errors import ConfigError, ProtocolError
+from fedscore.model.data import load_party_table
+from fedscore.model.model_file import write_atomically
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.party import PartySession
+from fedscore.protocol.partner import PartnerSession
+from fedscore.transport import codec
+from fedscore.transport.clients import PartyClient
+from fedscore.transport.rpc import servicer_errors
+
+log = logging.getLogger("fedscore.party")
+handles_errors = servicer_errors("label")
+
+
+class PartyService(pb_grpc.PartyServicer):
+    def __init__(self, config: DaemonConfig, pool: CryptoPool):
+        self.config = config
+        self.name = config.name
+        self.label = f"party {config.name!r}"
+        self.pool = pool
+        self._sessions: dict[str, PartySession] = {}
+        self._lock = threading.Lock()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _session(self, job_id: str, kind: type = PartySession) -> PartySession:
+        with self._lock:
+            session = self._sessions.get(job_id)
+        if session is None:
+            raise ProtocolError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
+        if not isinstance(session, kind):
+            raise ProtocolError(f"{self.label}: this call is not for a {session.role} in job {job_id!r}")
+        return session
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.config.state_dir / "jobs" / job_id
+
+    # -- every party --------------------------------------------------------
+
+    @handles_errors
+    def Ping(self, request, context):
+        return pb.PingReply(name=self.name, role="party", version=__version__)
+
+    @handles_errors
+    def PrepareJob(self, request, context):
+        spec = codec.spec_from_proto(request.job)
+        if request.party != self.name:
+            raise ConfigError(
+                f"{self.label}: the job addresses this daemon as {request.party!r}; check the job's party addresses"
+            )
+        me = spec.party(self.name)
+        public_key = PublicKey.from_bytes(request.public_key)
+        if public_key.bits != spec.key_bits:
+            raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
+        path = resolve_data_file(self.config.data_dir, me.data, self.name)
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        common = (request.job_id, spec, self.name, table, public_key, self.pool)
+        if me.is_card_center:
+            partners = {p.name: PartyClient(p.name, p.address) for p in spec.partners}
+            for client in partners.values():
+                client.job_id, client.public_key = request.job_id, public_key
+            session: PartySession = CardCenterSession(*common, partners=partners)
+        else:
+            session = PartnerSession(*common)
+        with self._lock:
+            self._sessions[request.job_id] = session
+        log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, session.feature_count, path)
+        return pb.PrepareJobReply(
+            party=self.name, role=session.role, rows=table.rows, features=session.feature_count,
+            id_digest=table.id_digest(request.id_nonce), state_dir=str(self.config.state_dir),
+        )
+
+    @handles_errors
+    def MaskedGradient(self, request, context):
+        session = self._session(request.job_id)
+        values = session.masked_gradient(codec.step_from_proto(request))
+        return codec.single_block(values, session.public_key.ciphertext_bytes, request)
+
+    @handles_errors
+    def ApplyGradient(self, request, context):
+        session = self._session(request.step.job_id)
+        _, values = codec.join_integer_blocks([request.values], session.public_key.plaintext_bytes)
+        codec.check_residues(values, session.public_key)
+        session.apply_gradient(codec.step_from_proto(request.step), [int(v) for v in values])
+        return pb.Empty()
+
+    @handles_errors
+    def FinishJob(self, request, context):
+        session = self._session(request.job_id)
+        path = self.job_dir(request.job_id) / "model.json"
+        write_atomically(path, session.model().to_json())
+        self._close(request.job_id)
+        log.info("job %s finished: model written to %s", request.job_id, path)
+        return pb.FinishJobReply(model_path=str(path), state_dir=str(self.config.state_dir))
+
+    @handles_errors
+    def AbortJob(self, request, context):
+        self._close(request.job_id)
+        shutil.rmtree(self.job_dir(request.job_id), ignore_errors=True)
+        log.info("job %s aborted", request.job_id)
+        return pb.Empty()
+
+    def _close(self, job_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(job_id, None)
+        for client in getattr(session, "partners", {}).values():
+            client.close()
+
+    # -- coordinator -> card center -----------------------------------------
+
+    @handles_errors
+    def ForwardStep(self, request, context):
+        self._session(request.job_id, CardCenterSession).forward_step(codec.step_from_proto(request))
+        return pb.Empty()
+
+    @handles_errors
+    def LossShare(self, request, context):
+        session = self._session(request.job_id, CardCenterSession)
+        value = session.loss_share(codec.step_from_proto(request))
+        return codec.single_block([value], session.public_key.ciphertext_bytes, request)
+
+    @handles_errors
+    def Evaluate(self, request, context):
+        session = self._session(request.job_id, CardCenterSession)
+        if len(request.mask_sum) % 8:
+            raise ProtocolError(f"{self.label}: mask sum is not a whole number of 64-bit words")
+        mask_sum = np.frombuffer(request.mask_sum, dtype="<u8").astype(np.uint64)
+        return pb.EvaluateReply(metrics_json=json.dumps(session.evaluate(mask_sum)))
+
+    # -- coordinator -> partner ---------------------------------------------
+
+    @handles_errors
+    def ScoreMaskSeed(self, request, context):
+        return pb.Seed(seed=self._session(request.job_id, PartnerSession).score_mask_seed())
+
+    # -- card center -> partner ---------------------------------------------
+
+    def EncryptedPartial(self, request, context):
+        blocks = self._encrypted_partial(request, context)
+        yield from blocks
+
+    @handles_errors
+    def _encrypted_partial(self, request, context):
+        session = self._session(request.job_id, PartnerSession)
+        values = session.encrypted_partial(codec.step_from_proto(request))
+        return list(codec.integer_blocks(values, session.public_key.ciphertext_bytes, request))
+
+    @handles_errors
+    def PutResidual(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("step"):
+            raise ProtocolError(f"{self.label}: residual stream without a step header")
+        session = self._session(first.step.job_id, PartnerSession)
+
+        def blocks():
+            yield first
+            yield from request_iterator
+
+        step, values = codec.join_integer_blocks(blocks(), session.public_key.ciphertext_bytes)
+        codec.check_ciphertexts(values, session.public_key)
+        session.receive_residual(codec.step_from_proto(step), values)
+        return pb.Empty()
+
+    @handles_errors
+    def EncryptedLossTerm(self, request, context):
+        session = self._session(request.job_id, PartnerSession)
+        value = session.encrypted_loss_term(codec.step_from_proto(request))
+        return codec.single_block([value], session.public_key.ciphertext_bytes, request)
+
+    def MaskedScores(self, request, context):
+        yield from self._masked_scores(request, context)
+
+    @handles_errors
+    def _masked_scores(self, request, context):
+        session = self._session(request.job_id, PartnerSession)
+        return list(codec.word_blocks(session.masked_scores(), request.job_id))
+
+
+def add_to_server(service: PartyService, server) -> None:
+    pb_grpc.add_PartyServicer_to_server(service, server)

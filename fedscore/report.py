@@ -1,0 +1,57 @@
+"""The job report: what a data scientist reads after a run (JSON)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedscore.config import JobSpec
+from fedscore.crypto.paillier import PublicKey
+from fedscore.model.model_file import write_atomically
+from fedscore.protocol.training import TrainingResult
+
+
+def build_report(
+    spec: JobSpec,
+    job_id: str,
+    public_key: PublicKey,
+    rows: int,
+    train_rows: int,
+    result: TrainingResult,
+    parties: dict[str, dict],
+    coordinator_state: str,
+    seconds: float,
+) -> dict:
+    metrics = result.metrics
+    return {
+        "job": spec.name,
+        "job_id": job_id,
+        "auc": metrics["auc"],
+        "ks": metrics["ks"],
+        "test_auc": metrics.get("test_auc"),
+        "test_ks": metrics.get("test_ks"),
+        "local_only_auc": metrics.get("local_only_auc"),
+        "local_only_test_auc": metrics.get("local_only_test_auc"),
+        "local_only_test_ks": metrics.get("local_only_test_ks"),
+        "loss": result.losses,
+        "epoch_seconds": result.epoch_seconds,
+        "epochs": len(result.losses),
+        "epochs_planned": spec.epochs,
+        "stopped_early": result.stopped_early,
+        "steps": result.steps,
+        "rows": rows,
+        "train_rows": train_rows,
+        "test_rows": rows - train_rows,
+        "key_bits": spec.key_bits,
+        "public_key_fingerprint": public_key.fingerprint(),
+        "learning_rate": spec.learning_rate,
+        "batch_size": spec.batch_size,
+        "l2": spec.l2,
+        "seed": spec.seed,
+        "parties": [{"name": name, **info} for name, info in parties.items()],
+        "coordinator": {"state_dir": coordinator_state},
+        "seconds": seconds,
+    }
+
+
+def write_report(path: Path, report: dict) -> None:
+    write_atomically(path, json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""gRPC glue: message conversion, chunked streams, clients, error mapping."""

@@ -1,0 +1,156 @@
+"""gRPC clients: the coordinator's and the card center's view of a party daemon,
+and a job submitter's view of the coordinator. Each method mirrors a protocol
+step of fedscore.protocol and moves only bytes."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.config import JobSpec
+from fedscore.crypto.paillier import PublicKey
+from fedscore.errors import PeerError
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.party import Step
+from fedscore.protocol.training import Progress
+from fedscore.transport import codec
+from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT, insecure_channel, peer_error
+
+
+class PartyClient:
+    """Talks to one party daemon on behalf of one job."""
+
+    def __init__(self, name: str, address: str, timeout: float = STEP_TIMEOUT):
+        self.name = name
+        self.address = address
+        self.timeout = timeout
+        self._channel = insecure_channel(address)
+        self._stub = pb_grpc.PartyStub(self._channel)
+        self.job_id = ""
+        self.public_key: PublicKey | None = None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        timeout = timeout or self.timeout
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise peer_error(f"party {self.name!r}", self.address, error, timeout) from None
+
+    def _step(self, step: Step) -> pb.StepRef:
+        return codec.step_to_proto(self.job_id, step)
+
+    @property
+    def _width(self) -> int:
+        return self.public_key.ciphertext_bytes
+
+    # -- coordinator -> party ------------------------------------------------
+
+    def ping(self) -> pb.PingReply:
+        return self._call("Ping", pb.PingRequest(), timeout=PING_TIMEOUT)
+
+    def prepare_job(self, job_id: str, spec: JobSpec, public_key: PublicKey, id_nonce: bytes) -> pb.PrepareJobReply:
+        self.job_id, self.public_key = job_id, public_key
+        request = pb.PrepareJobRequest(
+            job_id=job_id, job=codec.spec_to_proto(spec), party=self.name,
+            public_key=public_key.to_bytes(), id_nonce=id_nonce,
+        )
+        return self._call("PrepareJob", request)
+
+    def masked_gradient(self, step: Step) -> list[mpz]:
+        block = self._call("MaskedGradient", self._step(step))
+        _, values = codec.join_integer_blocks([block], self._width)
+        return codec.check_ciphertexts(values, self.public_key)
+
+    def apply_gradient(self, step: Step, values: list[int]) -> None:
+        width = self.public_key.plaintext_bytes
+        block = codec.single_block([mpz(v) for v in values], width)
+        self._call("ApplyGradient", pb.MaskedGradientValues(step=self._step(step), values=block))
+
+    def finish_job(self) -> pb.FinishJobReply:
+        return self._call("FinishJob", pb.JobRef(job_id=self.job_id))
+
+    def abort_job(self) -> None:
+        self._call("AbortJob", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
+
+    # -- coordinator -> card center -----------------------------------------
+
+    def forward_step(self, step: Step) -> None:
+        self._call("ForwardStep", self._step(step))
+
+    def loss_share(self, step: Step) -> mpz:
+        _, values = codec.join_integer_blocks([self._call("LossShare", self._step(step))], self._width)
+        return codec.check_ciphertexts(values, self.public_key)[0]
+
+    def evaluate(self, mask_sum: np.ndarray) -> dict:
+        request = pb.EvaluateRequest(job_id=self.job_id, mask_sum=np.asarray(mask_sum, dtype="<u8").tobytes())
+        return json.loads(self._call("Evaluate", request).metrics_json)
+
+    # -- coordinator -> partner ---------------------------------------------
+
+    def score_mask_seed(self) -> bytes:
+        return self._call("ScoreMaskSeed", pb.JobRef(job_id=self.job_id)).seed
+
+    # -- card center -> partner ---------------------------------------------
+
+    def encrypted_partial(self, step: Step) -> list[mpz]:
+        try:
+            stream = self._stub.EncryptedPartial(self._step(step), timeout=self.timeout)
+            _, values = codec.join_integer_blocks(stream, self._width)
+        except grpc.RpcError as error:
+            raise peer_error(f"partner {self.name!r}", self.address, error, self.timeout) from None
+        return codec.check_ciphertexts(values, self.public_key)
+
+    def receive_residual(self, step: Step, residual: list[mpz]) -> None:
+        blocks = codec.integer_blocks(residual, self._width, self._step(step))
+        try:
+            self._stub.PutResidual(blocks, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise peer_error(f"partner {self.name!r}", self.address, error, self.timeout) from None
+
+    def encrypted_loss_term(self, step: Step) -> mpz:
+        _, values = codec.join_integer_blocks([self._call("EncryptedLossTerm", self._step(step))], self._width)
+        return codec.check_ciphertexts(values, self.public_key)[0]
+
+    def masked_scores(self) -> np.ndarray:
+        try:
+            return codec.join_word_blocks(self._stub.MaskedScores(pb.JobRef(job_id=self.job_id), timeout=self.timeout))
+        except grpc.RpcError as error:
+            raise peer_error(f"partner {self.name!r}", self.address, error, self.timeout) from None
+
+
+class CoordinatorClient:
+    """Submits a job to a coordinator and follows its progress."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self._channel = insecure_channel(address)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def ping(self) -> pb.PingReply:
+        try:
+            return self._stub.Ping(pb.PingRequest(), timeout=PING_TIMEOUT)
+        except grpc.RpcError as error:
+            raise peer_error("coordinator", self.address, error, PING_TIMEOUT) from None
+
+    def run_job(self, spec: JobSpec, progress: Callable[[Progress], None]) -> str:
+        """Run ``spec``; returns the report JSON."""
+        events: Iterator[pb.JobEvent] = self._stub.RunJob(pb.RunJobRequest(job=codec.spec_to_proto(spec)))
+        try:
+            for event in events:
+                if event.HasField("report_json"):
+                    return event.report_json
+                p = event.progress
+                progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message))
+        except grpc.RpcError as error:
+            raise peer_error("coordinator", self.address, error) from None
+        raise PeerError(f"coordinator at {self.address} ended the job without a report")

@@ -1,0 +1,152 @@
+"""Protocol values <-> protobuf messages, with every received vector checked.
+
+Big-integer vectors are cut into IntegerBlocks of at most BLOCK_BYTES so a
+30 000-row vector of 2048-bit ciphertexts (15 MB) never nears gRPC's message
+limit. A receiver checks widths, offsets and totals before allocating, and
+checks every ciphertext is a unit modulo n² (0 < c < n², gcd(c, n) = 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import gmpy2
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.config import JobSpec, PartySpec
+from fedscore.crypto.paillier import PublicKey
+from fedscore.crypto.pool import pack, unpack
+from fedscore.errors import ProtocolError
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.party import Step
+
+BLOCK_BYTES = 2 * 1024 * 1024
+MAX_VECTOR = 50_000_000
+
+
+def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    return pb.JobSpec(
+        name=spec.name,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        l2=spec.l2,
+        validation=spec.validation,
+        seed=spec.seed,
+        key_bits=spec.key_bits,
+        early_stop_tol=spec.early_stop_tol,
+        parties=[
+            pb.PartySpec(name=p.name, address=p.address, data=p.data, id_columns=list(p.id_columns), label=p.label or "")
+            for p in spec.parties
+        ],
+    )
+
+
+def spec_from_proto(message: pb.JobSpec) -> JobSpec:
+    return JobSpec(
+        name=message.name,
+        epochs=message.epochs,
+        batch_size=message.batch_size,
+        learning_rate=message.learning_rate,
+        l2=message.l2,
+        validation=message.validation,
+        seed=message.seed,
+        key_bits=message.key_bits,
+        early_stop_tol=message.early_stop_tol,
+        parties=tuple(
+            PartySpec(name=p.name, address=p.address, data=p.data, id_columns=tuple(p.id_columns), label=p.label or None)
+            for p in message.parties
+        ),
+    ).validate()
+
+
+def step_to_proto(job_id: str, step: Step) -> pb.StepRef:
+    return pb.StepRef(job_id=job_id, epoch=step.epoch, batch=step.batch)
+
+
+def step_from_proto(message: pb.StepRef) -> Step:
+    return Step(message.epoch, message.batch)
+
+
+def integer_blocks(values: list[mpz], width: int, step: pb.StepRef | None = None) -> Iterator[pb.IntegerBlock]:
+    per_block = max(1, BLOCK_BYTES // width)
+    total = len(values)
+    for offset in range(0, max(total, 1), per_block):
+        chunk = values[offset : offset + per_block]
+        yield pb.IntegerBlock(step=step, width=width, offset=offset, total=total, data=pack(chunk, width))
+
+
+def single_block(values: list[mpz], width: int, step: pb.StepRef | None = None) -> pb.IntegerBlock:
+    return pb.IntegerBlock(step=step, width=width, offset=0, total=len(values), data=pack(values, width))
+
+
+def join_integer_blocks(blocks: Iterable[pb.IntegerBlock], width: int) -> tuple[pb.StepRef | None, list[mpz]]:
+    """Reassemble a streamed vector, refusing gaps, overlaps, wrong widths and oversize totals."""
+    values: list[mpz] = []
+    step = None
+    total = None
+    for block in blocks:
+        if block.width != width:
+            raise ProtocolError(f"integers of {block.width} bytes where {width} were expected")
+        if total is None:
+            total, step = block.total, block.step if block.HasField("step") else None
+            if total > MAX_VECTOR:
+                raise ProtocolError(f"a vector of {total} values is over the limit of {MAX_VECTOR}")
+        elif block.total != total:
+            raise ProtocolError("blocks of one vector disagree on its length")
+        if block.offset != len(values):
+            raise ProtocolError(f"block at offset {block.offset} where {len(values)} was expected")
+        try:
+            chunk = unpack(block.data, width)
+        except ValueError as error:
+            raise ProtocolError(str(error)) from None
+        if len(values) + len(chunk) > total:
+            raise ProtocolError(f"more than the announced {total} values")
+        values.extend(chunk)
+    if total is None:
+        raise ProtocolError("an empty stream where a vector was expected")
+    if len(values) != total:
+        raise ProtocolError(f"stream ended after {len(values)} of {total} values")
+    return step, values
+
+
+def check_ciphertexts(values: list[mpz], public_key: PublicKey) -> list[mpz]:
+    """Every value must be a unit modulo n²; anything else is garbage or an attack."""
+    n, nsquare = public_key.n, public_key.nsquare
+    for index, c in enumerate(values):
+        if not 0 < c < nsquare or gmpy2.gcd(c, n) != 1:
+            raise ProtocolError(f"value {index} is not a valid ciphertext for this key")
+    return values
+
+
+def check_residues(values: list[mpz], public_key: PublicKey) -> list[mpz]:
+    for index, v in enumerate(values):
+        if not 0 <= v < public_key.n:
+            raise ProtocolError(f"value {index} is not below the modulus")
+    return values
+
+
+def word_blocks(words: np.ndarray, job_id: str) -> Iterator[pb.WordBlock]:
+    data = np.asarray(words, dtype="<u8").tobytes()
+    per_block = BLOCK_BYTES // 8
+    total = len(words)
+    for offset in range(0, max(total, 1), per_block):
+        yield pb.WordBlock(job_id=job_id, offset=offset, total=total, data=data[8 * offset : 8 * (offset + per_block)])
+
+
+def join_word_blocks(blocks: Iterable[pb.WordBlock]) -> np.ndarray:
+    parts: list[bytes] = []
+    received = 0
+    total = None
+    for block in blocks:
+        if total is None:
+            total = block.total
+            if total > MAX_VECTOR:
+                raise ProtocolError(f"a vector of {total} values is over the limit of {MAX_VECTOR}")
+        if block.total != total or block.offset != received or len(block.data) % 8:
+            raise ProtocolError("malformed score stream")
+        parts.append(block.data)
+        received += len(block.data) // 8
+    if total is None or received != total:
+        raise ProtocolError(f"score stream ended after {received} of {total} values")
+    return np.frombuffer(b"".join(parts), dtype="<u8").astype(np.uint64)

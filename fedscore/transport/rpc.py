@@ -1,0 +1,76 @@
+"""Channel settings and error translation shared by every client and server.
+
+Servers turn fedscore's own errors into gRPC statuses whose message already
+names the party at fault; clients turn transport failures (a daemon that is
+down, or silent past its deadline) into PeerError naming the peer.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError, ProtocolError
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+PING_TIMEOUT = 10.0
+STEP_TIMEOUT = 1800.0
+
+log = logging.getLogger("fedscore.rpc")
+
+
+def insecure_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=OPTIONS)
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, (DataError, ConfigError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, ProtocolError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, FedscoreError):
+        return grpc.StatusCode.ABORTED
+    return grpc.StatusCode.INTERNAL
+
+
+def servicer_errors(owner: str) -> Callable:
+    """Decorator for servicer methods: map exceptions to a status naming ``owner`` (unless already named)."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def unary(self, request, context):
+            try:
+                return method(self, request, context)
+            except FedscoreError as error:
+                log.warning("%s: %s", method.__name__, error)
+                context.abort(status_for(error), str(error))
+            except Exception as error:  # a bug here must not kill the daemon
+                log.exception("%s failed", method.__name__)
+                context.abort(grpc.StatusCode.INTERNAL, f"{getattr(self, owner)}: internal error ({type(error).__name__}: {error})")
+
+        return unary
+
+    return wrap
+
+
+def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | None = None) -> FedscoreError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return PeerError(f"{peer} at {address} did not answer ({details})")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        limit = f" within {timeout:.0f} s" if timeout else ""
+        return PeerError(f"{peer} at {address} did not answer{limit}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return DataError(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ProtocolError(details)
+    if code == grpc.StatusCode.CANCELLED:
+        return PeerError(f"{peer} at {address}: call cancelled")
+    # Servers name the party at fault in their messages; pass them on as they are.
+    return PeerError(details or f"{peer} at {address} failed ({code.name})")
