@@ -111,11 +111,20 @@ def join_integer_blocks(blocks: Iterable[pb.IntegerBlock], width: int) -> tuple[
 
 
 def check_ciphertexts(values: list[mpz], public_key: PublicKey) -> list[mpz]:
-    """Every value must be a unit modulo n²; anything else is garbage or an attack."""
+    """Every value must be a unit modulo n²; anything else is garbage or an attack.
+
+    Units are checked together: the product modulo n is coprime to n exactly
+    when every factor is, so one gcd serves the whole vector.
+    """
     n, nsquare = public_key.n, public_key.nsquare
+    product = mpz(1)
     for index, c in enumerate(values):
-        if not 0 < c < nsquare or gmpy2.gcd(c, n) != 1:
-            raise ProtocolError(f"value {index} is not a valid ciphertext for this key")
+        if not 0 < c < nsquare:
+            raise ProtocolError(f"value {index} is not a valid ciphertext for this key (out of range)")
+        product = product * (c % n) % n
+    if gmpy2.gcd(product, n) != 1:
+        bad = next(i for i, c in enumerate(values) if gmpy2.gcd(c, n) != 1)
+        raise ProtocolError(f"value {bad} is not a valid ciphertext for this key (shares a factor with n)")
     return values
 
 
