@@ -56,8 +56,11 @@ class Obfuscator:
         return table
 
     def draw(self) -> mpz:
-        """One fresh obfuscator."""
-        exponent = secrets.randbits(self.bits)
+        """One fresh obfuscator: base^a for a uniformly random ⌈k/2⌉-bit a."""
+        return self.power(secrets.randbits(self.bits))
+
+    def power(self, exponent: int) -> mpz:
+        """base^exponent mod n², from the table when there is one."""
         if self._table is None:
             return gmpy2.powmod(self.base, exponent, self.public_key.nsquare)
         nsquare, mask, width = self.public_key.nsquare, (1 << self.window_bits) - 1, self.window_bits

@@ -1,0 +1,101 @@
+"""Shared fixtures: small keys and small data unless a test says otherwise."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedscore.crypto.paillier import generate_keypair
+from fedscore.crypto.pool import CryptoPool
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+SHARED_DATA = HERE.parent.parent / "shared" / "data"
+TEST_KEY_BITS = 512  # unit tests only; demos and benchmarks use 2048
+
+
+@pytest.fixture(scope="session")
+def keypair():
+    return generate_keypair(TEST_KEY_BITS)
+
+
+@pytest.fixture(scope="session")
+def inline_pool():
+    pool = CryptoPool(0, window_bits=8)
+    yield pool
+    pool.close()
+
+
+def write_job(folder: Path, parties: list[dict], **job) -> Path:
+    """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables."""
+    settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "validation": 0.0,
+                "seed": 7, "key_bits": TEST_KEY_BITS, **job}
+
+    def value(v):
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = ["[job]"] + [f"{k} = {value(v)}" for k, v in settings.items()]
+    for party in parties:
+        lines += ["", "[[parties]]"] + [f"{k} = {value(v)}" for k, v in party.items()]
+    path = folder / "job.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def breast_parties() -> list[dict]:
+    return [
+        {"name": "guest", "data": "breast_hetero_guest.csv", "id": "id", "label": "y"},
+        {"name": "host", "data": "breast_hetero_host.csv", "id": "id"},
+    ]
+
+
+@pytest.fixture
+def breast_folder(tmp_path: Path) -> Path:
+    """The breast split copied into a temporary folder (tests may add files beside it)."""
+    for name in ("breast_hetero_guest.csv", "breast_hetero_host.csv"):
+        (tmp_path / name).write_bytes((DATA / name).read_bytes())
+    return tmp_path
+
+
+def split_three_ways(folder: Path) -> list[dict]:
+    """Split the breast host's 20 columns between two partners: three parties in all."""
+    host = pd.read_csv(DATA / "breast_hetero_host.csv")
+    host[["id"] + [f"x{i}" for i in range(0, 8)]].to_csv(folder / "partner_a.csv", index=False)
+    # shuffled rows and ids with spaces and upper case: the id rule must still align them
+    other = host[["id"] + [f"x{i}" for i in range(8, 20)]].sample(frac=1.0, random_state=3)
+    other["id"] = [f"  {v} " for v in other["id"]]
+    other.to_csv(folder / "partner_b.csv", index=False)
+    return [
+        {"name": "guest", "data": "breast_hetero_guest.csv", "id": "id", "label": "y"},
+        {"name": "partner_a", "data": "partner_a.csv", "id": "id"},
+        {"name": "partner_b", "data": "partner_b.csv", "id": "id"},
+    ]
+
+
+def joined_standardised(folder: Path, parties: list[dict]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Plaintext reference inputs: each party's standardised block, rows in id order."""
+    from fedscore.model.data import load_party_table
+
+    blocks, labels = [], None
+    for party in parties:
+        table = load_party_table(folder / party["data"], [party["id"]], party.get("label"))
+        matrix = (table.features - table.features.mean(0)) / table.features.std(0)
+        if party.get("label"):
+            matrix = np.hstack([matrix, np.ones((table.rows, 1))])
+            labels = table.labels.astype(float)
+        blocks.append(matrix)
+    return blocks, labels
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared data folder is not beside the repository")
+
+
+os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -1,0 +1,88 @@
+"""A party's CSV: every kind of bad file gets one clear error naming file, column and line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedscore.errors import DataError
+from fedscore.model.data import load_party_table
+
+GOOD = "id,y,a,b\n3,1,0.5,10\n1,0,1.5,20\n2,1,2.5,30\n"
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "party.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def load(path: Path, label: str | None = "y", ids=("id",)):
+    return load_party_table(path, list(ids), label, party="bank")
+
+
+def test_good_file_is_sorted_by_normalised_id(tmp_path):
+    table = load(write(tmp_path, GOOD))
+    assert table.ids.tolist() == ["1", "2", "3"]
+    assert table.feature_names == ["a", "b"]
+    assert table.labels.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(table.features, [[1.5, 20], [2.5, 30], [0.5, 10]])
+
+
+def test_id_rule_strips_and_casefolds_and_joins_columns(tmp_path):
+    one = load(write(tmp_path, "phone,nid,x\n 555 ,AB12,1\n556,cd34,2\n", "one.csv"), None, ("phone", "nid"))
+    two = load(write(tmp_path, "nid,phone,x\nCD34,556,5\nab12,555,6\n", "two.csv"), None, ("phone", "nid"))
+    assert one.ids.tolist() == two.ids.tolist()
+    assert one.id_digest(b"n") == two.id_digest(b"n") != two.id_digest(b"other nonce")
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "file is empty"),
+        ("id,y,a\n", "has a header but no rows"),
+        ("id,y,a\n1,0,2\n2,1\n", "line 3 has 2 fields, the header has 3"),
+        ("id,y,a,a\n1,0,2,3\n", "column 'a' appears twice"),
+        ("id,y,y,a\n1,0,1,3\n", "column 'y' appears twice"),
+        ("key,y,a\n1,0,2\n", "id column 'id' not found"),
+        ("id,a\n1,2\n", "label column 'y' not found"),
+        ("id,y,a\n1,0,2\n1,1,3\n", "2 rows share an id with another row (first at lines 2 and 3)"),
+        ("id,y,a\n1,0,2\n ,1,3\n", "id column 'id' is empty on 1 rows (first at line 3)"),
+        ("id,y,a\n1,0,2\n2,1,abc\n", "column 'a' is not numeric on 1 rows (first at line 3)"),
+        ("id,y,a\n1,0,2\n2,1,\n", "column 'a' has 1 missing or infinite values (first at line 3)"),
+        ("id,y,a\n1,0,NaN\n2,1,3\n", "column 'a' has 1 missing or infinite values (first at line 2)"),
+        ("id,y,a\n1,0,inf\n2,1,3\n", "column 'a' has 1 missing or infinite values"),
+        ("id,y,a\n1,0,1\n2,2,3\n", "label column 'y' must hold 0 or 1; 1 rows do not (first at line 3)"),
+        ("id,y,a\n1,1,1\n2,1,3\n", "holds only 1s"),
+        ("id,y\n1,0\n2,1\n", "no feature columns"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path, text, fragment):
+    with pytest.raises(DataError) as caught:
+        load(write(tmp_path, text))
+    message = str(caught.value)
+    assert fragment in message
+    assert message.startswith("party 'bank': party.csv:")
+    assert "\n" not in message
+
+
+def test_errors_never_quote_raw_values_or_ids(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load(write(tmp_path, "id,y,a\nsecret-id-77,0,hidden-value\n"))
+    assert "secret-id-77" not in str(caught.value) and "hidden-value" not in str(caught.value)
+    with pytest.raises(DataError) as caught:
+        load(write(tmp_path, "id,y,a\nsecret-id-77,0,1\nsecret-id-77,1,2\n"))
+    assert "secret-id-77" not in str(caught.value)
+
+
+def test_missing_file_and_bad_encoding(tmp_path):
+    with pytest.raises(DataError, match="file does not exist"):
+        load(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match="line 2 is not UTF-8 text"):
+        load(write(tmp_path, b"id,y,a\n1,0,\xff\xfe\n"))
+
+
+def test_partner_file_without_label(tmp_path):
+    table = load(write(tmp_path, "id,a\n2,1\n1,2\n"), label=None)
+    assert table.labels is None and table.ids.tolist() == ["1", "2"]

@@ -1,0 +1,177 @@
+"""The protocol driven in one process (same sessions and messages as the daemons, no network),
+compared with plaintext numpy on the same data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gmpy2
+import numpy as np
+import pytest
+
+from fedscore.config import load_job
+from fedscore.crypto.fixedpoint import SCORE_BITS
+from fedscore.errors import DataError, ProtocolError
+from fedscore.model import metrics
+from fedscore.model.taylor import fit_gradient_descent
+from fedscore.protocol.party import Step
+from fedscore.protocol.simulation import build_consortium, load_tables, simulate
+from fedscore.protocol.training import run_training
+
+from conftest import breast_parties, split_three_ways, write_job
+
+
+def consortium_for(folder: Path, parties: list[dict], keypair, pool, **job):
+    spec, base = load_job(write_job(folder, parties, **job))
+    return build_consortium(spec, load_tables(spec, base), pool, keypair)
+
+
+def reference(consortium, *, quantised: bool):
+    """Numpy gradient descent on the parties' own standardised training matrices."""
+    spec = consortium.coordinator.spec
+    sessions = [consortium.card_center, *consortium.partners.values()]
+    return fit_gradient_descent(
+        [s.train_matrix for s in sessions],
+        consortium.card_center.train_labels,
+        epochs=spec.epochs, learning_rate=spec.learning_rate, l2=spec.l2,
+        batch_size=spec.batch_size, seed=spec.seed,
+        unpenalised=[s.penalised == 0 for s in sessions],
+        gradient_blocks=[s.quantised / s.quantisation for s in sessions] if quantised else None,
+    )
+
+
+def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(
+        breast_folder, split_three_ways(breast_folder), keypair, inline_pool,
+        epochs=4, batch_size=100, l2=0.05, learning_rate=0.3, validation=0.25,
+    )
+    result = simulate(consortium)
+    sessions = [consortium.card_center, *consortium.partners.values()]
+    federated = [s.weights for s in sessions]
+
+    exact, exact_losses = reference(consortium, quantised=True)
+    for ours, theirs in zip(federated, exact):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.losses, exact_losses, rtol=0, atol=1e-6)
+
+    floating, _ = reference(consortium, quantised=False)  # the 16-bit feature quantisation is all that differs
+    for ours, theirs in zip(federated, floating):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-3 * np.max(np.abs(theirs)))
+    assert result.steps == 4 * int(np.ceil(len(consortium.card_center.train_rows) / 100))
+
+
+def test_evaluation_equals_plaintext_scores(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=3, validation=0.3)
+    result = simulate(consortium)
+    center, host = consortium.card_center, consortium.partners["host"]
+    scores = center.matrix @ center.weights + host.matrix @ host.weights
+    labels = center.labels
+    assert result.metrics["auc"] == pytest.approx(metrics.auc(labels[center.train_rows], scores[center.train_rows]), abs=1e-9)
+    assert result.metrics["test_auc"] == pytest.approx(metrics.auc(labels[center.test_rows], scores[center.test_rows]), abs=1e-9)
+    assert result.metrics["test_ks"] == pytest.approx(metrics.ks(labels[center.test_rows], scores[center.test_rows]), abs=1e-9)
+    assert 0.5 < result.metrics["local_only_test_auc"] < 1.0
+
+
+def test_early_stopping_on_loss_change(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=20, early_stop_tol=0.5)
+    result = simulate(consortium)
+    assert result.stopped_early and len(result.losses) == 2
+
+
+class Recorder:
+    """Stands in for a party handle and keeps every ciphertext that crosses it, by sender."""
+
+    def __init__(self, name: str, target, sent: dict[str, list]):
+        self.name, self.target, self.sent = name, target, sent
+
+    def __getattr__(self, attribute):
+        method = getattr(self.target, attribute)
+
+        def call(*args):
+            if attribute == "receive_residual":           # card center -> partner
+                self.sent.setdefault("card_center", []).extend(args[1])
+            result = method(*args)
+            if attribute in ("encrypted_partial", "masked_gradient"):
+                self.sent.setdefault(self.name, []).extend(result)
+            elif attribute in ("encrypted_loss_term", "loss_share"):
+                self.sent.setdefault(self.name, []).append(result)
+            return result
+
+        return call
+
+
+def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, split_three_ways(breast_folder), keypair, inline_pool, epochs=2, batch_size=150)
+    sent: dict[str, list] = {}
+    center = consortium.card_center
+    center.partners = {name: Recorder(name, p, sent) for name, p in consortium.partners.items()}
+    run_training(
+        consortium.coordinator,
+        ("card_center", Recorder("card_center", center, sent)),
+        {name: Recorder(name, p, sent) for name, p in consortium.partners.items()},
+        train_rows=len(center.train_rows), total_rows=center.table.rows,
+    )
+    n = keypair[0].n
+    assert set(sent) == {"card_center", "partner_a", "partner_b"}
+    for sender, ciphertexts in sent.items():
+        assert len(ciphertexts) > 500
+        assert len(set(ciphertexts)) == len(ciphertexts), f"{sender} sent a ciphertext twice"
+        # (1 + m·n) mod n² is a ciphertext without randomness: anyone reads m = (c − 1)/n
+        assert not any(c % n == 1 for c in ciphertexts), f"{sender} sent a ciphertext without randomness"
+
+
+def test_partner_cannot_strip_its_own_part_from_the_residual(breast_folder, keypair, inline_pool):
+    """FATE's leak: the residual built on a partner's own ciphertext, not re-randomised, lets the
+    partner divide its ciphertext out and read the label-holder's part. Here it reads nothing."""
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=1)
+    center, host = consortium.card_center, consortium.partners["host"]
+    public = keypair[0]
+    n, nsquare = public.n, public.nsquare
+    step = Step(0, 0)
+
+    center.partners = {}  # drive the exchange by hand to keep the partner's own ciphertexts
+    own_ciphertexts = host.encrypted_partial(step)
+    rows = center.step_rows(step)
+    own_part = center.own_residual_part(rows)
+    received = center.residual_shares(center.pool.encrypt(public, own_part), {"host": own_ciphertexts})["host"]
+
+    labels = center.train_labels[rows]
+
+    def stripped(residual):
+        """What the partner gets by removing its own ciphertext: (c − 1)/n if it is readable."""
+        leaked = []
+        for c, mine in zip(residual, own_ciphertexts):
+            q = c * gmpy2.invert(mine, nsquare) % nsquare
+            leaked.append(int((q - 1) // n) if q % n == 1 else None)
+        return leaked
+
+    assert all(value is None for value in stripped(received))
+
+    # Control: the same residual built FATE-style, the card center's part added without randomness.
+    naive = [c * (1 + (part % n) * n) % nsquare for c, part in zip(own_ciphertexts, own_part)]
+    leaked = stripped(naive)
+    recovered = [(v - (n if v > n // 2 else 0)) / 2**SCORE_BITS for v in leaked]  # = u_C − (4y − 2)
+    guessed_labels = [1 if v < 0 else 0 for v in recovered]                        # u_C = 0 at the first step
+    assert guessed_labels == labels.tolist()  # the attack reads every label from the naive form
+
+
+def test_messages_out_of_order_are_refused(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=2)
+    host = consortium.partners["host"]
+    with pytest.raises(ProtocolError, match="current step is none"):
+        host.masked_gradient(Step(0, 0))
+    host.encrypted_partial(Step(0, 0))
+    with pytest.raises(ProtocolError, match="before its residual arrived"):
+        host.masked_gradient(Step(0, 0))
+    with pytest.raises(ProtocolError, match="residual for epoch 1 batch 1 has 3 values"):
+        host.receive_residual(Step(0, 0), host.encrypted_partial.__self__.pool.encrypt(keypair[0], [1, 2, 3]))
+    with pytest.raises(ProtocolError, match="no epoch 9 batch 1"):
+        host.encrypted_partial(Step(8, 0))
+    with pytest.raises(ProtocolError, match="started before epoch 1 batch 1 finished"):
+        host.encrypted_partial(Step(1, 0))
+
+
+def test_parties_must_share_the_id_set(breast_folder, keypair, inline_pool):
+    host = (breast_folder / "breast_hetero_host.csv").read_text().splitlines()
+    (breast_folder / "breast_hetero_host.csv").write_text("\n".join(host[:-5]) + "\n")
+    with pytest.raises(DataError, match=r"party 'host' does not hold the same applicant ids as 'guest' \(564 rows vs 569\)"):
+        consortium_for(breast_folder, breast_parties(), keypair, inline_pool)
