@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
-from fedscore.errors import PeerError, ProtocolError
+from fedscore.errors import FedscoreError, PeerError, ProtocolError
 from fedscore.model import metrics
 from fedscore.protocol.party import PartySession, Step
 
@@ -46,8 +46,8 @@ def call_partners(partners: Mapping[str, PartnerHandle], action: Callable[[str, 
         for name, future in futures.items():
             try:
                 results[name] = future.result()
-            except PeerError:
-                raise
+            except FedscoreError:
+                raise  # already names the party
             except Exception as error:
                 raise PeerError(f"partner {name!r}: {error}") from error
         return results

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.errors import PeerError
+from fedscore.errors import FedscoreError, PeerError
 from fedscore.model.rows import batches
 from fedscore.protocol.coordinator import CoordinatorSession
 from fedscore.protocol.party import Step
@@ -67,8 +67,8 @@ def on_all(handles: Mapping[str, object], action: Callable[[str, object], object
         for name, future in futures.items():
             try:
                 results[name] = future.result()
-            except PeerError:
-                raise
+            except FedscoreError:
+                raise  # already names the party
             except Exception as error:
                 raise PeerError(f"party {name!r}: {error}") from error
         return results

@@ -1,0 +1,150 @@
+"""Real daemons: one OS process per member, gRPC on loopback, small keys."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from fedscore.config import load_job
+from fedscore.daemons.launcher import LocalConsortium
+from fedscore.errors import DataError, PeerError
+from fedscore.model.model_file import PartyModel
+from fedscore.model.taylor import taylor_optimum
+from fedscore.runner import run_job_file, submit
+
+from conftest import SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, write_job
+from test_protocol import consortium_for, reference
+
+
+def models_of(report: dict) -> dict[str, PartyModel]:
+    return {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
+
+
+def test_local_run_of_three_parties_matches_numpy(breast_folder, keypair, inline_pool):
+    parties = split_three_ways(breast_folder)
+    settings = dict(epochs=3, batch_size=128, l2=0.01, learning_rate=0.3, validation=0.25)
+    job = write_job(breast_folder, parties, **settings)
+    report_path = breast_folder / "report.json"
+    report = run_job_file(job, local=True, report_path=report_path, workers=1)
+
+    assert json.loads(report_path.read_text()) == report
+    assert report["epochs"] == 3 and len(report["loss"]) == 3 and len(report["epoch_seconds"]) == 3
+    assert report["rows"] == 569 and report["train_rows"] == 427 and report["key_bits"] == 512
+    assert report["loss"][0] > report["loss"][-1]
+    for key in ("auc", "ks", "test_auc", "test_ks", "local_only_test_auc"):
+        assert 0.5 < report[key] <= 1.0, key
+    assert {p["name"]: p["role"] for p in report["parties"]} == {
+        "guest": "card_center", "partner_a": "partner", "partner_b": "partner"
+    }
+
+    models = models_of(report)
+    assert models["partner_b"].features == [f"x{i}" for i in range(8, 20)]
+    assert models["guest"].intercept is not None and models["partner_a"].intercept is None
+    expected, _ = reference(consortium_for(breast_folder, parties, keypair, inline_pool, **settings), quantised=True)
+    ours = [
+        np.append(models["guest"].weights, models["guest"].intercept),
+        np.array(models["partner_a"].weights),
+        np.array(models["partner_b"].weights),
+    ]
+    for got, want in zip(ours, expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@needs_shared_data()
+def test_converges_to_the_taylor_optimum_on_default_credit(tmp_path):
+    """FATE's benchmark pair, whole data: within 0.003 AUC of the Taylor-loss optimum."""
+    for name in ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv"):
+        (tmp_path / name).symlink_to(SHARED_DATA / name)
+    job = write_job(
+        tmp_path,
+        [{"name": "guest", "data": "default_credit_hetero_guest.csv", "id": "id", "label": "y"},
+         {"name": "host", "data": "default_credit_hetero_host.csv", "id": "id"}],
+        epochs=3, batch_size=3000, learning_rate=1.0, validation=0.0,
+    )
+    report = run_job_file(job, local=True)
+
+    guest = pd.read_csv(tmp_path / "default_credit_hetero_guest.csv").sort_values("id")
+    host = pd.read_csv(tmp_path / "default_credit_hetero_host.csv").sort_values("id")
+    labels = guest["y"].to_numpy(float)
+    joined = np.hstack([guest.drop(columns=["id", "y"]).to_numpy(), host.drop(columns=["id"]).to_numpy()])
+    joined = (joined - joined.mean(0)) / joined.std(0)
+    with_intercept = np.hstack([joined, np.ones((len(labels), 1))])
+    optimum_auc = roc_auc_score(labels, with_intercept @ taylor_optimum(with_intercept, labels))
+    assert optimum_auc == pytest.approx(0.7185, abs=5e-4)
+    assert report["auc"] >= optimum_auc - 0.003
+    exact_auc = roc_auc_score(labels, LogisticRegression(max_iter=2000).fit(joined, labels).decision_function(joined))
+    assert report["auc"] < exact_auc  # the Taylor approximation's own ceiling
+    assert report["test_auc"] is None
+
+
+def test_bad_data_stops_the_job_and_leaves_nothing(breast_folder):
+    host = (breast_folder / "breast_hetero_host.csv").read_text().splitlines()
+    fields = host[40].split(",")
+    fields[3] = "n/a?"
+    host[40] = ",".join(fields)
+    (breast_folder / "breast_hetero_host.csv").write_text("\n".join(host) + "\n")
+    job = write_job(breast_folder, breast_parties())
+    report = breast_folder / "report.json"
+    with pytest.raises(DataError) as caught:
+        run_job_file(job, local=True, report_path=report, workers=1)
+    assert str(caught.value) == (
+        "party 'host': breast_hetero_host.csv: column 'x2' is not numeric on 1 rows (first at line 41)"
+    )
+    assert not report.exists()
+    assert not list((breast_folder / "state").rglob("model.json"))
+
+
+def test_missing_data_file_is_named(breast_folder):
+    parties = breast_parties()
+    parties[1]["data"] = "nowhere.csv"
+    with pytest.raises(DataError, match="party 'host': data file 'nowhere.csv' not found"):
+        run_job_file(write_job(breast_folder, parties), local=True)
+
+
+def test_a_party_that_dies_mid_job_is_named_and_no_model_is_kept(breast_folder):
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50))
+    with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
+        victim = consortium.processes["host"]
+
+        def kill_after_first_epoch(event):
+            if event.stage == "epoch" and event.epoch == 1:
+                os.killpg(victim.pid, signal.SIGKILL)
+
+        with pytest.raises(PeerError) as caught:
+            submit(consortium.spec, consortium.coordinator_address, kill_after_first_epoch)
+        assert "'host'" in str(caught.value) and "did not answer" in str(caught.value)
+        assert consortium.dead_members() == ["host"]
+    assert not list((breast_folder / "state").rglob("model.json"))
+
+
+def test_remote_mode_uses_the_job_file_addresses(breast_folder):
+    """Daemons started elsewhere (here: by the launcher), the job run without --local."""
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=2))
+    with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
+        addresses = {p.name: p.address for p in consortium.spec.parties}
+        remote = breast_parties()
+        for party in remote:
+            party["address"] = addresses[party["name"]]
+        job = write_job(breast_folder, remote, epochs=2)
+        text = job.read_text().replace("[job]", f'[coordinator]\naddress = "{consortium.coordinator_address}"\n\n[job]')
+        job.write_text(text)
+        report = run_job_file(job, local=False)
+    assert report["epochs"] == 2 and Path(report["parties"][1]["model"]).is_file()
+
+
+def test_unreachable_party_is_named(breast_folder):
+    spec, base = load_job(write_job(breast_folder, breast_parties()))
+    with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
+        closed_port = tuple(
+            replace(p, address="127.0.0.1:9") if p.name == "host" else p for p in consortium.spec.parties
+        )
+        with pytest.raises(PeerError, match=r"party 'host' at 127\.0\.0\.1:9 did not answer"):
+            submit(replace(consortium.spec, parties=closed_port), consortium.coordinator_address, lambda event: None)
