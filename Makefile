@@ -1,0 +1,23 @@
+# Set-up is part of each target: a fresh clone needs only `make demo` or `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test protos clean
+
+$(BIN)/fedscore: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/fedscore
+	$(BIN)/fedscore demo
+
+test: $(BIN)/fedscore
+	$(BIN)/python -m pytest -q
+
+protos: $(BIN)/fedscore
+	$(BIN)/python tools/gen_protos.py
+
+clean:
+	rm -rf $(VENV) fedscore-demo
