@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.errors import FedscoreError
+from fedscore.errors import FedscoreError, InternalError
 from fedscore.protocol.training import Progress
 
 EXAMPLES = {
@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except InternalError as error:
+        print(f"fedscore: internal error: {error}", file=sys.stderr)
+        return 1
     except FedscoreError as error:
         print(f"fedscore: error: {error}", file=sys.stderr)
         return 2

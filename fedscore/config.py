@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,6 @@ class JobSpec:
             if spec.name == name:
                 return spec
         raise ConfigError(f"job {self.name!r} has no party named {name!r}")
-
-    def with_parties(self, parties: tuple[PartySpec, ...]) -> "JobSpec":
-        return replace(self, parties=parties)
 
     def validate(self) -> "JobSpec":
         where = f"job {self.name!r}"
@@ -213,7 +210,8 @@ class DaemonConfig:
     state_dir: Path
     data_dir: Path | None = None
     workers: int = 0          # 0 = every core
-    extra: dict[str, Any] = field(default_factory=dict)
+    min_key_bits: int = 2048  # a party refuses jobs with smaller Paillier keys
+    min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
 
 
 def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
@@ -222,7 +220,9 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     table = document.get(section)
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
-    known = {"name", "listen", "state_dir", "workers"} | ({"data_dir"} if needs_data else set())
+    known = {"name", "listen", "state_dir", "workers"} | (
+        {"data_dir", "min_key_bits", "min_batch_rows"} if needs_data else set()
+    )
     _unknown_keys(table, known, f"{where} [{section}]")
     base = path.resolve().parent
     name = _take(table, "name", str, "coordinator" if section == "coordinator" else "", where)
@@ -236,7 +236,14 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     data_dir = None
     if needs_data:
         data_dir = base / _take(table, "data_dir", str, "data", where)
-    return DaemonConfig(name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers)
+    min_key_bits = _take(table, "min_key_bits", int, 2048, where)
+    min_batch_rows = _take(table, "min_batch_rows", int, 64, where)
+    if min_batch_rows < 1:
+        raise ConfigError(f"{where}: min_batch_rows must be at least 1")
+    return DaemonConfig(
+        name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
+        min_key_bits=min_key_bits, min_batch_rows=min_batch_rows,
+    )
 
 
 def load_party_config(path: Path | str) -> DaemonConfig:

@@ -19,3 +19,11 @@ class ProtocolError(FedscoreError):
 
 class PeerError(FedscoreError):
     """A peer did not answer or failed; the message names the peer."""
+
+
+class TrainingError(FedscoreError):
+    """Training itself went wrong (e.g. it diverged); the job's settings need changing."""
+
+
+class InternalError(FedscoreError):
+    """A daemon failed in a way no input explains: a bug to report, not a setting to fix."""

@@ -94,6 +94,18 @@ def joined_standardised(folder: Path, parties: list[dict]) -> tuple[list[np.ndar
     return blocks, labels
 
 
+def trained_weights(report: dict) -> dict[str, np.ndarray]:
+    """Each party's weights as its model file holds them, the intercept last for the card center."""
+    from fedscore.model.model_file import PartyModel
+
+    weights = {}
+    for party in report["parties"]:
+        model = PartyModel.from_json(Path(party["model"]).read_text())
+        extra = [] if model.intercept is None else [model.intercept]
+        weights[party["name"]] = np.array(model.weights + extra)
+    return weights
+
+
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared data folder is not beside the repository")
 

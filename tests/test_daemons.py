@@ -15,12 +15,12 @@ from sklearn.metrics import roc_auc_score
 
 from fedscore.config import load_job
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.errors import DataError, PeerError
+from fedscore.errors import DataError, FedscoreError, PeerError
 from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.runner import run_job_file, submit
 
-from conftest import SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, write_job
+from conftest import SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, trained_weights, write_job
 from test_protocol import consortium_for, reference
 
 
@@ -49,13 +49,9 @@ def test_local_run_of_three_parties_matches_numpy(breast_folder, keypair, inline
     assert models["partner_b"].features == [f"x{i}" for i in range(8, 20)]
     assert models["guest"].intercept is not None and models["partner_a"].intercept is None
     expected, _ = reference(consortium_for(breast_folder, parties, keypair, inline_pool, **settings), quantised=True)
-    ours = [
-        np.append(models["guest"].weights, models["guest"].intercept),
-        np.array(models["partner_a"].weights),
-        np.array(models["partner_b"].weights),
-    ]
-    for got, want in zip(ours, expected):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    weights = trained_weights(report)
+    for name, want in zip(["guest", "partner_a", "partner_b"], expected):
+        np.testing.assert_allclose(weights[name], want, rtol=0, atol=1e-9)
 
 
 @needs_shared_data()
@@ -148,3 +144,40 @@ def test_unreachable_party_is_named(breast_folder):
         )
         with pytest.raises(PeerError, match=r"party 'host' at 127\.0\.0\.1:9 did not answer"):
             submit(replace(consortium.spec, parties=closed_port), consortium.coordinator_address, lambda event: None)
+
+
+def test_parties_refuse_small_batches(breast_folder):
+    job = write_job(breast_folder, breast_parties(), batch_size=20)
+    with pytest.raises(FedscoreError, match="refuses batches of 20 rows .* at least 64"):
+        run_job_file(job, local=True, workers=1)
+
+
+class AbortCalled(Exception):
+    pass
+
+
+class FakeContext:
+    def abort(self, code, message):
+        raise AbortCalled(code, message)
+
+
+def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
+    from fedscore.config import DaemonConfig
+    from fedscore.crypto.pool import CryptoPool
+    from fedscore.daemons.party import PartyService
+    from fedscore.proto import fedscore_pb2 as pb
+    from fedscore.transport import codec
+
+    spec, _ = load_job(write_job(breast_folder, breast_parties()))
+    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
+    service = PartyService(config, CryptoPool(0))
+    request = pb.PrepareJobRequest(
+        job_id="j1", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes(), id_nonce=b"x"
+    )
+    with pytest.raises(AbortCalled) as caught:
+        service.PrepareJob(request, FakeContext())
+    assert "party 'host': refuses 512-bit keys; its policy asks for at least 2048" in caught.value.args[1]
+    relaxed = PartyService(replace(config, min_key_bits=512), CryptoPool(0))
+    assert relaxed.PrepareJob(request, FakeContext()).rows == 569
+    with pytest.raises(AbortCalled, match="already prepared"):
+        relaxed.PrepareJob(request, FakeContext())

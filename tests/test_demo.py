@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from fedscore.config import load_job
-from fedscore.model.model_file import PartyModel
 from fedscore.protocol.simulation import build_consortium, load_tables
 
+from conftest import trained_weights
 from test_protocol import reference
 
 
@@ -38,11 +36,6 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     spec, base = load_job(workdir / "job.toml")
     sessions = build_consortium(spec, load_tables(spec, base), inline_pool, keypair)
     expected, _ = reference(sessions, quantised=True)
-    models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
-    got = [
-        np.append(models["card_center"].weights, models["card_center"].intercept),
-        np.array(models["bureau"].weights),
-        np.array(models["ecommerce"].weights),
-    ]
-    for ours, theirs in zip(got, expected):
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+    weights = trained_weights(report)
+    for name, want in zip(["card_center", "bureau", "ecommerce"], expected):
+        np.testing.assert_allclose(weights[name], want, rtol=0, atol=1e-9)

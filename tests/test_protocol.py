@@ -56,7 +56,8 @@ def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inli
     floating, _ = reference(consortium, quantised=False)  # the 16-bit feature quantisation is all that differs
     for ours, theirs in zip(federated, floating):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-3 * np.max(np.abs(theirs)))
-    assert result.steps == 4 * int(np.ceil(len(consortium.card_center.train_rows) / 100))
+    # 427 training rows in batches of 100: 100, 100, 100 and 127 (the short remainder joins the last batch)
+    assert result.steps == 4 * 4 and consortium.card_center.smallest_batch() == 100
 
 
 def test_evaluation_equals_plaintext_scores(breast_folder, keypair, inline_pool):
@@ -168,6 +169,13 @@ def test_messages_out_of_order_are_refused(breast_folder, keypair, inline_pool):
         host.encrypted_partial(Step(8, 0))
     with pytest.raises(ProtocolError, match="started before epoch 1 batch 1 finished"):
         host.encrypted_partial(Step(1, 0))
+
+
+def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool)
+    too_many = inline_pool.encrypt(keypair[0], [0] * 21)
+    with pytest.raises(ProtocolError, match="party 'host' sent 21 gradient values; it has 20 columns"):
+        consortium.coordinator.decrypt_masked_gradient("host", too_many)
 
 
 def test_parties_must_share_the_id_set(breast_folder, keypair, inline_pool):

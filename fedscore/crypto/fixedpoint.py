@@ -1,7 +1,8 @@
 """Fixed-point encodings between floats and the integers Paillier works on.
 
-- Scores and residuals: round(v · 2^SCORE_BITS). A partial score u below 2^12
-  in magnitude stays exact in float64 before rounding (53-bit mantissa).
+- Scores and residuals: round(v · 2^SCORE_BITS), 2^-40 resolution. Scores
+  must stay below 2^22 in magnitude so the integers fit 64 bits; a score
+  that large means training diverged.
 - Features in encrypted inner products: each standardised column is scaled so
   its largest magnitude on the training rows maps to 2^15 − 1 (16-bit signed
   integers), which keeps the bucket multi-exponentiation at two digit passes.
@@ -11,6 +12,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from fedscore.errors import TrainingError
 
 SCORE_BITS = 40
 FEATURE_BITS = 15
@@ -22,7 +25,11 @@ def encode_scores(values: np.ndarray, bits: int = SCORE_BITS) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     limit = 2.0 ** (62 - bits)
     if values.size and not np.all(np.abs(values) < limit):
-        raise OverflowError(f"a score reached {np.max(np.abs(values)):.3g}; fixed point holds below {limit:.3g}")
+        peak = np.max(np.abs(values))
+        raise TrainingError(
+            f"a partial score reached {peak:.3g}, past the fixed-point range ({limit:.3g}): "
+            "training diverged; lower learning_rate"
+        )
     return np.rint(values * 2.0**bits).astype(np.int64)
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 from gmpy2 import mpz
@@ -24,15 +26,23 @@ from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
 from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, Obfuscator
 from fedscore.crypto.paillier import PublicKey
 
-_OBFUSCATORS: dict[tuple[int, int], Obfuscator] = {}
+_OBFUSCATORS: dict[int, dict[int, Obfuscator]] = {}
+_OBFUSCATORS_LOCK = threading.Lock()
+_KEYS_KEPT = 4
 
 
 def _obfuscator(public_key: PublicKey, window_bits: int) -> Obfuscator:
-    key = (int(public_key.n), window_bits)
-    if key not in _OBFUSCATORS:
-        _OBFUSCATORS.clear()  # one job's key at a time per process
-        _OBFUSCATORS[key] = Obfuscator(public_key, window_bits)
-    return _OBFUSCATORS[key]
+    """This process's obfuscator for a key (by table width), built once per key."""
+    n = int(public_key.n)
+    with _OBFUSCATORS_LOCK:
+        by_width = _OBFUSCATORS.get(n)
+        if by_width is None:
+            while len(_OBFUSCATORS) >= _KEYS_KEPT:  # drop the oldest job's key
+                _OBFUSCATORS.pop(next(iter(_OBFUSCATORS)))
+            by_width = _OBFUSCATORS[n] = {}
+        if window_bits not in by_width:
+            by_width[window_bits] = Obfuscator(public_key, window_bits)
+        return by_width[window_bits]
 
 
 def pack(values: Sequence[int], width: int) -> bytes:
@@ -74,12 +84,11 @@ class CryptoPool:
             workers = os.cpu_count() or 1
         self.workers = workers
         self.window_bits = window_bits
-        self._executor: Executor | None = None
-        if workers > 0:
-            # forkserver: workers never inherit a live gRPC server's threads.
-            self._executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
-            )
+        self._executor: ProcessPoolExecutor | None = self._new_executor() if workers > 0 else None
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # forkserver: workers never inherit a live gRPC server's threads.
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"))
 
     def close(self) -> None:
         if self._executor is not None:
@@ -95,8 +104,13 @@ class CryptoPool:
     def _map(self, fn, argument_lists: list[tuple]) -> list:
         if self._executor is None:
             return [fn(*args) for args in argument_lists]
-        futures = [self._executor.submit(fn, *args) for args in argument_lists]
-        return [future.result() for future in futures]
+        try:
+            return [f.result() for f in [self._executor.submit(fn, *args) for args in argument_lists]]
+        except BrokenProcessPool:
+            # A worker died (the OOM killer, a signal): start fresh workers and try once more.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            return [f.result() for f in [self._executor.submit(fn, *args) for args in argument_lists]]
 
     def encrypt(self, public_key: PublicKey, plaintexts: Sequence[int]) -> list[mpz]:
         """[[m_i]] for signed integers m_i, each with a fresh obfuscator."""

@@ -22,9 +22,9 @@ from fedscore.model.model_file import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
-from fedscore.protocol.simulation import check_same_ids
-from fedscore.protocol.training import Progress, on_all, run_training
+from fedscore.protocol.coordinator import CoordinatorSession, check_same_ids, new_job_id
+from fedscore.protocol.fanout import call_each
+from fedscore.protocol.training import Progress, run_training
 from fedscore.report import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
@@ -34,7 +34,7 @@ log = logging.getLogger("fedscore.coordinator")
 handles_errors = servicer_errors("label")
 
 
-def run_job(spec: JobSpec, state_dir: Path, progress) -> dict:
+def run_job(spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None) -> dict:
     """Run one job end to end over gRPC; returns the report."""
     started = time.perf_counter()
     job_id = new_job_id(spec.name)
@@ -44,24 +44,27 @@ def run_job(spec: JobSpec, state_dir: Path, progress) -> dict:
     clients = {p.name: PartyClient(p.name, p.address) for p in spec.parties}
     center = spec.card_center.name
     try:
-        pings = on_all(clients, lambda name, c: c.ping())
+        pings = call_each(clients, lambda name, c: c.ping())
         for name, reply in pings.items():
             if reply.name != name:
                 raise PeerError(f"the daemon at {clients[name].address} is party {reply.name!r}, not {name!r}")
         progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
         coordinator = CoordinatorSession(job_id, spec)
         progress(Progress("prepare", message="parties loading and checking their data"))
-        replies = on_all(
+        replies = call_each(
             clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key, coordinator.id_nonce)
         )
         check_same_ids(center, {n: r.rows for n, r in replies.items()}, {n: r.id_digest for n, r in replies.items()})
+        for name, reply in replies.items():
+            coordinator.expect_columns(name, reply.features + (1 if name == center else 0))
         rows = replies[center].rows
         train_rows = len(split_rows(rows, spec.validation, spec.seed)[0])
         partners = {p.name: clients[p.name] for p in spec.partners}
         result = run_training(
-            coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows, progress=progress
+            coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows,
+            progress=progress, cancelled=cancelled,
         )
-        finished = on_all(clients, lambda name, c: c.finish_job())
+        finished = call_each(clients, lambda name, c: c.finish_job())
     except BaseException:
         for client in clients.values():
             try:
@@ -106,10 +109,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             context.abort(status_for(error), str(error))
         events: queue.Queue = queue.Queue()
         done = object()
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)  # the submitter went away: stop and abort at the next step
 
         def work() -> None:
             try:
-                report = run_job(spec, self.config.state_dir, events.put)
+                report = run_job(spec, self.config.state_dir, events.put, cancelled)
                 events.put(json.dumps(report))
             except BaseException as error:  # handed to the streaming thread below
                 events.put(error)

@@ -75,8 +75,9 @@ class LocalConsortium:
                 raise DataError(f"party {party.name!r}: data file {party.data!r} not found (looked for {data})")
             ready_files[party.name] = self._launch(
                 party.name, "party",
+                # one owner runs every party here, so the job's key size is the policy
                 {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
-                 "workers": self.workers},
+                 "workers": self.workers, "min_key_bits": self.spec.key_bits},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(
@@ -137,9 +138,3 @@ class LocalConsortium:
                     pass
                 process.wait()
         self.processes.clear()
-
-
-def state_dirs(state_root: Path, spec: JobSpec) -> dict[str, Path]:
-    return {name: state_root / name for name in ["coordinator", *(p.name for p in spec.parties)]}
-
-

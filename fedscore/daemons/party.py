@@ -29,7 +29,7 @@ from fedscore.protocol.party import PartySession
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
-from fedscore.transport.rpc import servicer_errors
+from fedscore.transport.rpc import PARTNER_TIMEOUT, servicer_errors
 
 log = logging.getLogger("fedscore.party")
 handles_errors = servicer_errors("label")
@@ -71,6 +71,13 @@ class PartyService(pb_grpc.PartyServicer):
             raise ConfigError(
                 f"{self.label}: the job addresses this daemon as {request.party!r}; check the job's party addresses"
             )
+        with self._lock:
+            if request.job_id in self._sessions:
+                raise ProtocolError(f"{self.label}: job {request.job_id!r} is already prepared here")
+        if spec.key_bits < self.config.min_key_bits:
+            raise ConfigError(
+                f"{self.label}: refuses {spec.key_bits}-bit keys; its policy asks for at least {self.config.min_key_bits}"
+            )
         me = spec.party(self.name)
         public_key = PublicKey.from_bytes(request.public_key)
         if public_key.bits != spec.key_bits:
@@ -79,12 +86,18 @@ class PartyService(pb_grpc.PartyServicer):
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
         common = (request.job_id, spec, self.name, table, public_key, self.pool)
         if me.is_card_center:
-            partners = {p.name: PartyClient(p.name, p.address) for p in spec.partners}
+            partners = {p.name: PartyClient(p.name, p.address, timeout=PARTNER_TIMEOUT) for p in spec.partners}
             for client in partners.values():
                 client.job_id, client.public_key = request.job_id, public_key
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
             session = PartnerSession(*common)
+        smallest = session.smallest_batch()
+        if smallest < self.config.min_batch_rows:
+            raise ConfigError(
+                f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
+                f"applicants); its policy asks for at least {self.config.min_batch_rows}"
+            )
         with self._lock:
             self._sessions[request.job_id] = session
         log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, session.feature_count, path)

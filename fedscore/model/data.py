@@ -108,7 +108,7 @@ def _check_shape(text: str, where: str) -> list[str]:
     return header
 
 
-def _line_numbers(frame: pd.DataFrame, mask: np.ndarray) -> list[int]:
+def _line_numbers(mask: np.ndarray) -> list[int]:
     """File line numbers (header = 1) of the rows where ``mask`` holds."""
     return [int(i) + 2 for i in np.flatnonzero(mask)]
 
@@ -133,12 +133,12 @@ def load_party_table(
     for column, values in zip(id_columns, id_parts):
         empty = (values.str.strip() == "").to_numpy()
         if empty.any():
-            lines = _line_numbers(frame, empty)
+            lines = _line_numbers(empty)
             raise DataError(f"{where}: id column {column!r} is empty on {len(lines)} rows (first at line {lines[0]})")
     ids = normalise_ids(id_parts)
     duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
     if duplicated.any():
-        lines = _line_numbers(frame, duplicated)
+        lines = _line_numbers(duplicated)
         raise DataError(
             f"{where}: {int(duplicated.sum())} rows share an id with another row (first at lines {lines[0]} and {lines[1]})"
         )
@@ -149,7 +149,7 @@ def load_party_table(
         mapped = raw.map(LABEL_VALUES)
         bad = mapped.isna().to_numpy()
         if bad.any():
-            lines = _line_numbers(frame, bad)
+            lines = _line_numbers(bad)
             raise DataError(
                 f"{where}: label column {label!r} must hold 0 or 1; {len(lines)} rows do not (first at line {lines[0]})"
             )
@@ -167,13 +167,13 @@ def load_party_table(
         missing = raw.isin(["", "nan", "NaN", "NA", "null", "None"]).to_numpy()
         not_numeric = np.isnan(values) & ~missing
         if not_numeric.any():
-            lines = _line_numbers(frame, not_numeric)
+            lines = _line_numbers(not_numeric)
             raise DataError(
                 f"{where}: column {name!r} is not numeric on {len(lines)} rows (first at line {lines[0]})"
             )
         bad = ~np.isfinite(values)
         if bad.any():
-            lines = _line_numbers(frame, bad)
+            lines = _line_numbers(bad)
             raise DataError(
                 f"{where}: column {name!r} has {len(lines)} missing or infinite values (first at line {lines[0]}); "
                 "fill or drop them before training"

@@ -19,8 +19,14 @@ def batches(train_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.
     """Positions within the training rows for each step of ``epoch``.
 
     ``batch_size`` 0 (or at least the row count) means one step over every row.
+    A remainder shorter than half a batch joins the last full batch: a tiny
+    batch would hand every party a gradient over a handful of applicants.
     """
     if batch_size <= 0 or batch_size >= train_rows:
         return [np.arange(train_rows)]
     order = np.random.default_rng([seed, epoch]).permutation(train_rows)
-    return [np.sort(order[i : i + batch_size]) for i in range(0, train_rows, batch_size)]
+    starts = list(range(0, train_rows, batch_size))
+    if len(starts) > 1 and train_rows - starts[-1] < batch_size / 2:
+        starts.pop()
+    ends = starts[1:] + [train_rows]
+    return [np.sort(order[a:b]) for a, b in zip(starts, ends)]

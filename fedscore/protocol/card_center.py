@@ -12,7 +12,7 @@ partner scores for evaluation.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -22,8 +22,9 @@ from sklearn.linear_model import LogisticRegression
 
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
-from fedscore.errors import FedscoreError, PeerError, ProtocolError
+from fedscore.errors import PeerError, ProtocolError
 from fedscore.model import metrics
+from fedscore.protocol.fanout import call_each
 from fedscore.protocol.party import PartySession, Step
 
 
@@ -34,23 +35,6 @@ class PartnerHandle(Protocol):
     def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...
     def encrypted_loss_term(self, step: Step) -> mpz: ...
     def masked_scores(self) -> np.ndarray: ...
-
-
-def call_partners(partners: Mapping[str, PartnerHandle], action: Callable[[str, PartnerHandle], object]) -> dict:
-    """Run ``action`` on every partner at once; the first failure names its partner."""
-    if not partners:
-        return {}
-    with ThreadPoolExecutor(max_workers=len(partners)) as executor:
-        futures = {name: executor.submit(action, name, handle) for name, handle in partners.items()}
-        results = {}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except FedscoreError:
-                raise  # already names the party
-            except Exception as error:
-                raise PeerError(f"partner {name!r}: {error}") from error
-        return results
 
 
 class CardCenterSession(PartySession):
@@ -78,10 +62,10 @@ class CardCenterSession(PartySession):
         rows = self.step_rows(step)
         own = self.own_residual_part(rows)
         state = self._begin(step, own_part=own)
-        key, nsquare = self.public_key, self.public_key.nsquare
+        key = self.public_key
         with ThreadPoolExecutor(max_workers=1) as executor:
             partial_calls = executor.submit(
-                call_partners, self.partners, lambda name, p: p.encrypted_partial(step)
+                call_each, self.partners, lambda name, p: p.encrypted_partial(step), "partner"
             )
             encrypted_own = self.pool.encrypt(key, own)
             partials: dict[str, list[mpz]] = partial_calls.result()
@@ -89,7 +73,7 @@ class CardCenterSession(PartySession):
             if len(values) != len(rows):
                 raise PeerError(f"partner {name!r}: sent {len(values)} partial scores for {step}, the batch has {len(rows)} rows")
         shares = self.residual_shares(encrypted_own, partials)
-        call_partners(self.partners, lambda name, p: p.receive_residual(step, shares[name]))
+        call_each(self.partners, lambda name, p: p.receive_residual(step, shares[name]), "partner")
         combined = self.combine(list(partials.values()))
         state.encrypted_rest = combined
         self._loss_part = self.encrypted_label_term(combined, own, rows)
@@ -121,14 +105,14 @@ class CardCenterSession(PartySession):
     def loss_share(self, step: Step) -> mpz:
         """[[Z]] = [[T + Σ_p loss share_p]], re-randomised: the coordinator decrypts only the sum."""
         state = self._current(step, needs="applied")
-        terms = call_partners(self.partners, lambda name, p: p.encrypted_loss_term(step))
+        terms = call_each(self.partners, lambda name, p: p.encrypted_loss_term(step), "partner")
         key = self.public_key
         total = paillier.add_plain(key, paillier.product(key, [self._loss_part, *terms.values()]), state.loss_term)
         return self.pool.obfuscator(key).rerandomise(total)
 
     def evaluate(self, mask_sum: np.ndarray) -> dict:
         """Metrics of the federated model and of a card-center-only model, train and held out."""
-        masked = call_partners(self.partners, lambda name, p: p.masked_scores())
+        masked = call_each(self.partners, lambda name, p: p.masked_scores(), "partner")
         total = np.zeros(self.table.rows, dtype=np.uint64)
         for name, values in masked.items():
             if len(values) != self.table.rows:

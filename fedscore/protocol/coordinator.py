@@ -7,6 +7,7 @@ never receives a partial score, a residual or a label, encrypted or not.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 import numpy as np
 from gmpy2 import mpz
@@ -15,7 +16,19 @@ from fedscore.config import JobSpec
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.crypto.masks import word_masks
 from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
+from fedscore.errors import DataError, ProtocolError
 from fedscore.model.taylor import LOG2_MINUS_HALF
+
+
+def check_same_ids(center: str, rows: Mapping[str, int], digests: Mapping[str, bytes]) -> None:
+    """Stop unless every party holds exactly the card center's id set (compared by salted digest)."""
+    for name, digest in digests.items():
+        if digest != digests[center]:
+            raise DataError(
+                f"party {name!r} does not hold the same applicant ids as {center!r} "
+                f"({rows[name]} rows vs {rows[center]}); for now every party must hold the same id set "
+                "(private alignment of partly overlapping parties is not available yet)"
+            )
 
 
 def new_job_id(name: str) -> str:
@@ -28,9 +41,18 @@ class CoordinatorSession:
         self.spec = spec
         self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
         self.id_nonce = secrets.token_bytes(16)
+        self._columns: dict[str, int] = {}
 
-    def decrypt_masked_gradient(self, masked: list[mpz]) -> list[int]:
+    def expect_columns(self, party: str, columns: int) -> None:
+        """How many gradient values ``party`` may send per step (its features, plus the intercept)."""
+        self._columns[party] = columns
+
+    def decrypt_masked_gradient(self, party: str, masked: list[mpz]) -> list[int]:
         """g + r mod n for each column: uniform values, returned to their owner."""
+        if len(masked) != self._columns.get(party, len(masked)):
+            raise ProtocolError(
+                f"party {party!r} sent {len(masked)} gradient values; it has {self._columns[party]} columns"
+            )
         return [self._private_key.decrypt(c) for c in masked]
 
     def decrypt_loss(self, encrypted_total: mpz, batch_rows: int) -> float:

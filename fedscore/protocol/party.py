@@ -104,6 +104,11 @@ class PartySession:
     def feature_count(self) -> int:
         return len(self.table.feature_names)
 
+    def smallest_batch(self) -> int:
+        """Rows in the job's smallest step (the same in every epoch)."""
+        plan = batches(len(self.train_rows), self.spec.batch_size, self.spec.seed, 0)
+        return min(len(rows) for rows in plan)
+
     def step_rows(self, step: Step) -> np.ndarray:
         if self._batches is None or self._batches[0] != step.epoch:
             self._batches = (

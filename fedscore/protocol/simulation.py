@@ -12,10 +12,9 @@ from pathlib import Path
 from fedscore.config import JobSpec
 from fedscore.crypto.paillier import PrivateKey, PublicKey
 from fedscore.crypto.pool import CryptoPool
-from fedscore.errors import DataError
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
+from fedscore.protocol.coordinator import CoordinatorSession, check_same_ids, new_job_id
 from fedscore.protocol.partner import PartnerSession
 from fedscore.protocol.training import Progress, TrainingResult, run_training
 
@@ -32,17 +31,6 @@ def load_tables(spec: JobSpec, base: Path) -> dict[str, PartyTable]:
         p.name: load_party_table(base / p.data, list(p.id_columns), p.label, party=p.name)
         for p in spec.parties
     }
-
-
-def check_same_ids(center: str, rows: Mapping[str, int], digests: Mapping[str, bytes]) -> None:
-    """Stop unless every party holds exactly the card center's id set (compared by salted digest)."""
-    for name, digest in digests.items():
-        if digest != digests[center]:
-            raise DataError(
-                f"party {name!r} does not hold the same applicant ids as {center!r} "
-                f"({rows[name]} rows vs {rows[center]}); for now every party must hold the same id set "
-                "(private alignment of partly overlapping parties is not available yet)"
-            )
 
 
 def build_consortium(
@@ -63,6 +51,8 @@ def build_consortium(
         coordinator.job_id, spec, center_spec.name, tables[center_spec.name], coordinator.public_key, pool,
         partners=partners,
     )
+    for session in (center, *partners.values()):
+        coordinator.expect_columns(session.party, session.weights.size)
     return Consortium(coordinator, center, partners)
 
 

@@ -10,18 +10,19 @@ sessions (tests, notebooks) and over gRPC clients (the daemons).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.errors import FedscoreError, PeerError
+from fedscore.errors import PeerError
 from fedscore.model.rows import batches
 from fedscore.protocol.coordinator import CoordinatorSession
+from fedscore.protocol.fanout import call_each
 from fedscore.protocol.party import Step
 
 
@@ -59,21 +60,6 @@ class TrainingResult:
     metrics: dict = field(default_factory=dict)
 
 
-def on_all(handles: Mapping[str, object], action: Callable[[str, object], object]) -> dict:
-    """Call every party at once; the first failure is raised with the party's name."""
-    with ThreadPoolExecutor(max_workers=max(1, len(handles))) as executor:
-        futures = {name: executor.submit(action, name, handle) for name, handle in handles.items()}
-        results = {}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except FedscoreError:
-                raise  # already names the party
-            except Exception as error:
-                raise PeerError(f"party {name!r}: {error}") from error
-        return results
-
-
 def run_training(
     coordinator: CoordinatorSession,
     card_center: tuple[str, CardCenterHandle],
@@ -81,6 +67,7 @@ def run_training(
     train_rows: int,
     total_rows: int,
     progress: Callable[[Progress], None] = lambda event: None,
+    cancelled: threading.Event | None = None,
 ) -> TrainingResult:
     spec = coordinator.spec
     center_name, center = card_center
@@ -92,10 +79,12 @@ def run_training(
         weighted, counted = 0.0, 0
         for batch, rows in enumerate(batches(train_rows, spec.batch_size, spec.seed, epoch)):
             step = Step(epoch, batch)
+            if cancelled is not None and cancelled.is_set():
+                raise PeerError(f"job {spec.name!r} cancelled before {step}: its submitter went away")
             center.forward_step(step)
-            masked = on_all(parties, lambda name, p: p.masked_gradient(step))
-            values = {name: coordinator.decrypt_masked_gradient(cts) for name, cts in masked.items()}
-            on_all(parties, lambda name, p: p.apply_gradient(step, values[name]))
+            masked = call_each(parties, lambda name, p: p.masked_gradient(step))
+            values = {name: coordinator.decrypt_masked_gradient(name, cts) for name, cts in masked.items()}
+            call_each(parties, lambda name, p: p.apply_gradient(step, values[name]))
             loss = coordinator.decrypt_loss(center.loss_share(step), len(rows))
             weighted += loss * len(rows)
             counted += len(rows)
@@ -114,7 +103,7 @@ def run_training(
         previous_loss = epoch_loss
 
     started = time.perf_counter()
-    seeds = on_all(partners, lambda name, p: p.score_mask_seed())
+    seeds = call_each(partners, lambda name, p: p.score_mask_seed())
     mask_sum = coordinator.score_mask_sum(list(seeds.values()), total_rows)
     result.metrics = center.evaluate(mask_sum)
     progress(Progress("evaluate", seconds=time.perf_counter() - started))

@@ -94,6 +94,8 @@ def join_integer_blocks(blocks: Iterable[pb.IntegerBlock], width: int) -> tuple[
                 raise ProtocolError(f"a vector of {total} values is over the limit of {MAX_VECTOR}")
         elif block.total != total:
             raise ProtocolError("blocks of one vector disagree on its length")
+        elif (block.step if block.HasField("step") else None) != step:
+            raise ProtocolError("blocks of one vector name different steps")
         if block.offset != len(values):
             raise ProtocolError(f"block at offset {block.offset} where {len(values)} was expected")
         try:
@@ -156,6 +158,8 @@ def join_word_blocks(blocks: Iterable[pb.WordBlock]) -> np.ndarray:
             raise ProtocolError("malformed score stream")
         parts.append(block.data)
         received += len(block.data) // 8
-    if total is None or received != total:
+    if total is None:
+        raise ProtocolError("an empty stream where scores were expected")
+    if received != total:
         raise ProtocolError(f"score stream ended after {received} of {total} values")
     return np.frombuffer(b"".join(parts), dtype="<u8").astype(np.uint64)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import grpc
 
-from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError, ProtocolError
+from fedscore.errors import ConfigError, DataError, FedscoreError, InternalError, PeerError, ProtocolError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 OPTIONS = [
@@ -20,7 +20,8 @@ OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 PING_TIMEOUT = 10.0
-STEP_TIMEOUT = 1800.0
+STEP_TIMEOUT = 1800.0      # coordinator -> party
+PARTNER_TIMEOUT = 1200.0   # card center -> partner: shorter, so a silent partner is named before the card center is
 
 log = logging.getLogger("fedscore.rpc")
 
@@ -70,6 +71,8 @@ def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | N
         return DataError(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ProtocolError(details)
+    if code == grpc.StatusCode.INTERNAL:
+        return InternalError(details or f"{peer} at {address} failed")
     if code == grpc.StatusCode.CANCELLED:
         return PeerError(f"{peer} at {address}: call cancelled")
     # Servers name the party at fault in their messages; pass them on as they are.
