@@ -35,6 +35,8 @@ class ProgressPrinter:
                 f"epoch {event.epoch:>{width}}/{event.epochs}  loss {event.loss:.6f}  {event.seconds:6.1f} s",
                 flush=True,
             )
+        elif event.stage == "align" and event.seconds:
+            print(f"{event.message} (aligned in {event.seconds:.1f} s)", flush=True)
         elif event.stage == "evaluate":
             print(f"evaluated through masked scores in {event.seconds:.1f} s", flush=True)
         elif event.message:
@@ -43,7 +45,7 @@ class ProgressPrinter:
 
 def _print_report(report: dict) -> None:
     test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
-    print(f"trained {report['epochs']} epochs on {report['train_rows']} rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
+    print(f"trained {report['epochs']} epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
     for party in report["parties"]:
         print(f"  {party['name']:<14} {party['role']:<12} model: {party['model']}")
 
@@ -53,8 +55,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     report = run_job_file(
         args.job, local=args.local, report_path=args.report, state_dir=args.state,
-        workers=args.workers, progress=ProgressPrinter(args.quiet),
+        workers=args.workers, progress=ProgressPrinter(args.quiet), align_only=args.align_only,
     )
+    if args.align_only:
+        if not args.quiet:
+            overlaps = ", ".join(f"{name} {count}" for name, count in report["overlaps"].items())
+            print(f"aligned {report['aligned_rows']} applicants held by every party (card center shares: {overlaps})")
+        return 0
     if not args.quiet:
         _print_report(report)
         if args.report:
@@ -108,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
     run.add_argument("--workers", type=int, default=0, help="with --local: processes per party for Paillier work (0 = every core)")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument("--align-only", action="store_true", help="only find the applicants every party holds, then stop")
     run.set_defaults(handler=cmd_run)
 
     demo = commands.add_parser("demo", help="train the bundled three-party consortium", epilog=EXAMPLES["demo"])

@@ -45,6 +45,7 @@ class JobSpec:
     seed: int = 42
     key_bits: int = 2048
     early_stop_tol: float = 0.0
+    min_overlap: int = 100
     coordinator_address: str = ""
 
     @property
@@ -79,6 +80,8 @@ class JobSpec:
             raise ConfigError(f"{where}: early_stop_tol must be zero (off) or positive, got {self.early_stop_tol}")
         if self.key_bits not in KEY_BITS:
             raise ConfigError(f"{where}: key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {self.key_bits}")
+        if self.min_overlap < 0:
+            raise ConfigError(f"{where}: min_overlap must be zero or positive, got {self.min_overlap}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}: seed must be a non-negative integer below 2^63, got {self.seed}")
         names = [p.name for p in self.parties]
@@ -144,7 +147,8 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         raise ConfigError(f"{where}: missing [job] table")
     _unknown_keys(
         job,
-        {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits", "early_stop_tol"},
+        {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits",
+         "early_stop_tol", "min_overlap"},
         f"{where} [job]",
     )
     parties_doc = document.get("parties")
@@ -190,6 +194,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         seed=_take(job, "seed", int, 42, at),
         key_bits=_take(job, "key_bits", int, 2048, at),
         early_stop_tol=float(_take(job, "early_stop_tol", (int, float), 0.0, at)),
+        min_overlap=_take(job, "min_overlap", int, 100, at),
         coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()

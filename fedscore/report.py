@@ -18,6 +18,7 @@ def build_report(
     train_rows: int,
     result: TrainingResult,
     parties: dict[str, dict],
+    alignment: dict,
     coordinator_state: str,
     seconds: float,
 ) -> dict:
@@ -39,6 +40,9 @@ def build_report(
         "stopped_early": result.stopped_early,
         "steps": result.steps,
         "rows": rows,
+        "aligned_rows": alignment["aligned_rows"],
+        "overlaps": alignment["overlaps"],
+        "alignment_seconds": alignment["alignment_seconds"],
         "train_rows": train_rows,
         "test_rows": rows - train_rows,
         "key_bits": spec.key_bits,

@@ -176,10 +176,3 @@ def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypa
     too_many = inline_pool.encrypt(keypair[0], [0] * 21)
     with pytest.raises(ProtocolError, match="party 'host' sent 21 gradient values; it has 20 columns"):
         consortium.coordinator.decrypt_masked_gradient("host", too_many)
-
-
-def test_parties_must_share_the_id_set(breast_folder, keypair, inline_pool):
-    host = (breast_folder / "breast_hetero_host.csv").read_text().splitlines()
-    (breast_folder / "breast_hetero_host.csv").write_text("\n".join(host[:-5]) + "\n")
-    with pytest.raises(DataError, match=r"party 'host' does not hold the same applicant ids as 'guest' \(564 rows vs 569\)"):
-        consortium_for(breast_folder, breast_parties(), keypair, inline_pool)

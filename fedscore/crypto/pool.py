@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.crypto import paillier
+from fedscore.crypto import paillier, psi
 from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
 from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, Obfuscator
 from fedscore.crypto.paillier import PublicKey
@@ -151,6 +151,19 @@ class CryptoPool:
                 positive[j] = positive[j] * values[2 * j] % nsquare
                 negative[j] = negative[j] * values[2 * j + 1] % nsquare
         return [combine_signed(p, q, nsquare) for p, q in zip(positive, negative)]
+
+    def hash_and_blind(self, secret: bytes, domain: bytes, identifiers: Sequence[str]) -> bytes:
+        """PSI: X25519(k, H(id)) for every id, packed, in the order given."""
+        spans = _split(len(identifiers), 4 * max(1, self.workers))
+        ids = list(identifiers)
+        return b"".join(self._map(psi.hash_and_blind_all, [(secret, domain, ids[a:b]) for a, b in spans]))
+
+    def blind(self, secret: bytes, points: bytes) -> bytes:
+        """PSI: X25519(k, P) for every packed point, in the order given."""
+        count = len(points) // psi.POINT_BYTES
+        spans = _split(count, 4 * max(1, self.workers))
+        width = psi.POINT_BYTES
+        return b"".join(self._map(psi.blind_all, [(secret, points[a * width : b * width]) for a, b in spans]))
 
     def obfuscator(self, public_key: PublicKey) -> Obfuscator:
         """An in-process obfuscator without a table, for the few ciphertexts made outside the pool."""

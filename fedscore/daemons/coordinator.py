@@ -22,7 +22,7 @@ from fedscore.model.model_file import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.coordinator import CoordinatorSession, check_same_ids, new_job_id
+from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
 from fedscore.protocol.fanout import call_each
 from fedscore.protocol.training import Progress, run_training
 from fedscore.report import build_report
@@ -34,8 +34,10 @@ log = logging.getLogger("fedscore.coordinator")
 handles_errors = servicer_errors("label")
 
 
-def run_job(spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None) -> dict:
-    """Run one job end to end over gRPC; returns the report."""
+def run_job(
+    spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None, align_only: bool = False
+) -> dict:
+    """Run one job end to end over gRPC (or only its alignment); returns the report."""
     started = time.perf_counter()
     job_id = new_job_id(spec.name)
     for party in spec.parties:
@@ -43,6 +45,7 @@ def run_job(spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event
             raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
     clients = {p.name: PartyClient(p.name, p.address) for p in spec.parties}
     center = spec.card_center.name
+    partners = {p.name: clients[p.name] for p in spec.partners}
     try:
         pings = call_each(clients, lambda name, c: c.ping())
         for name, reply in pings.items():
@@ -51,15 +54,25 @@ def run_job(spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event
         progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
         coordinator = CoordinatorSession(job_id, spec)
         progress(Progress("prepare", message="parties loading and checking their data"))
-        replies = call_each(
-            clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key, coordinator.id_nonce)
-        )
-        check_same_ids(center, {n: r.rows for n, r in replies.items()}, {n: r.id_digest for n, r in replies.items()})
+        replies = call_each(clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key))
+        progress(Progress("align", message="private set intersection between the card center and each partner"))
+        aligned_at = time.perf_counter()
+        alignment = clients[center].align(spec.min_overlap)
+        alignment_seconds = time.perf_counter() - aligned_at
+        progress(Progress("align", seconds=alignment_seconds, message=f"{alignment.aligned_rows} applicants held by every party"))
+        summary = {
+            "aligned_rows": alignment.aligned_rows,
+            "overlaps": {o.party: o.rows for o in alignment.overlaps},
+            "alignment_seconds": alignment_seconds,
+            "party_rows": {name: reply.rows for name, reply in replies.items()},
+        }
+        if align_only:
+            call_each(clients, lambda name, c: c.abort_job())
+            return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.perf_counter() - started}
         for name, reply in replies.items():
             coordinator.expect_columns(name, reply.features + (1 if name == center else 0))
-        rows = replies[center].rows
+        rows = alignment.aligned_rows
         train_rows = len(split_rows(rows, spec.validation, spec.seed)[0])
-        partners = {p.name: clients[p.name] for p in spec.partners}
         result = run_training(
             coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows,
             progress=progress, cancelled=cancelled,
@@ -81,11 +94,13 @@ def run_job(spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event
             name: {
                 "role": replies[name].role,
                 "features": replies[name].features,
+                "rows": replies[name].rows,
                 "model": finished[name].model_path,
                 "state_dir": finished[name].state_dir,
             }
             for name in clients
         },
+        alignment=summary,
         coordinator_state=str(state_dir),
         seconds=time.perf_counter() - started,
     )
@@ -114,7 +129,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
         def work() -> None:
             try:
-                report = run_job(spec, self.config.state_dir, events.put, cancelled)
+                report = run_job(spec, self.config.state_dir, events.put, cancelled, request.align_only)
                 events.put(json.dumps(report))
             except BaseException as error:  # handed to the streaming thread below
                 events.put(error)

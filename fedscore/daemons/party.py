@@ -11,28 +11,43 @@ import json
 import logging
 import shutil
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedscore import __version__
-from fedscore.config import DaemonConfig, resolve_data_file
+from fedscore.config import DaemonConfig, JobSpec, resolve_data_file
+from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, ProtocolError
-from fedscore.model.data import load_party_table
+from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.card_center import CardCenterSession
 from fedscore.protocol.party import PartySession
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
-from fedscore.transport.clients import PartyClient
+from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_TIMEOUT, servicer_errors
 
 log = logging.getLogger("fedscore.party")
 handles_errors = servicer_errors("label")
+
+
+@dataclass
+class PreparedJob:
+    """A job on this party: its data, then its alignment, then its training session."""
+
+    spec: JobSpec
+    table: PartyTable
+    public_key: PublicKey
+    alignment: PsiParty
+    partners: dict[str, PartyClient] = field(default_factory=dict)   # the card center's only
+    session: PartySession | None = None
 
 
 class PartyService(pb_grpc.PartyServicer):
@@ -41,19 +56,46 @@ class PartyService(pb_grpc.PartyServicer):
         self.name = config.name
         self.label = f"party {config.name!r}"
         self.pool = pool
-        self._sessions: dict[str, PartySession] = {}
+        self._jobs: dict[str, PreparedJob] = {}
         self._lock = threading.Lock()
 
     # -- helpers ------------------------------------------------------------
 
-    def _session(self, job_id: str, kind: type = PartySession) -> PartySession:
+    def _job(self, job_id: str) -> PreparedJob:
         with self._lock:
-            session = self._sessions.get(job_id)
-        if session is None:
+            job = self._jobs.get(job_id)
+        if job is None:
             raise ProtocolError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
+        return job
+
+    def _session(self, job_id: str, kind: type = PartySession) -> PartySession:
+        session = self._job(job_id).session
+        if session is None:
+            raise ProtocolError(f"{self.label}: job {job_id!r} is not aligned yet")
         if not isinstance(session, kind):
             raise ProtocolError(f"{self.label}: this call is not for a {session.role} in job {job_id!r}")
         return session
+
+    def _alignment(self, job_id: str, kind: type) -> PsiParty:
+        job = self._job(job_id)
+        if not isinstance(job.alignment, kind) or job.session is not None:
+            raise ProtocolError(f"{self.label}: no alignment of this kind is open in job {job_id!r}")
+        return job.alignment
+
+    def _open_session(self, job_id: str, job: PreparedJob, rows: np.ndarray) -> None:
+        common = (job_id, job.spec, self.name, job.table.subset(rows), job.public_key, self.pool)
+        if job.partners:
+            session: PartySession = CardCenterSession(*common, partners=job.partners)
+        else:
+            session = PartnerSession(*common)
+        smallest = session.smallest_batch()
+        if smallest < self.config.min_batch_rows:
+            raise ConfigError(
+                f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
+                f"applicants); its policy asks for at least {self.config.min_batch_rows}"
+            )
+        job.session = session
+        log.info("job %s aligned: training on %d of %d rows", job_id, len(rows), job.table.rows)
 
     def job_dir(self, job_id: str) -> Path:
         return self.config.state_dir / "jobs" / job_id
@@ -72,7 +114,7 @@ class PartyService(pb_grpc.PartyServicer):
                 f"{self.label}: the job addresses this daemon as {request.party!r}; check the job's party addresses"
             )
         with self._lock:
-            if request.job_id in self._sessions:
+            if request.job_id in self._jobs:
                 raise ProtocolError(f"{self.label}: job {request.job_id!r} is already prepared here")
         if spec.key_bits < self.config.min_key_bits:
             raise ConfigError(
@@ -84,26 +126,19 @@ class PartyService(pb_grpc.PartyServicer):
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
-        common = (request.job_id, spec, self.name, table, public_key, self.pool)
         if me.is_card_center:
             partners = {p.name: PartyClient(p.name, p.address, timeout=PARTNER_TIMEOUT) for p in spec.partners}
             for client in partners.values():
                 client.job_id, client.public_key = request.job_id, public_key
-            session: PartySession = CardCenterSession(*common, partners=partners)
+            job = PreparedJob(spec, table, public_key, CardCenterAlignment(self.name, table, request.job_id, self.pool), partners)
         else:
-            session = PartnerSession(*common)
-        smallest = session.smallest_batch()
-        if smallest < self.config.min_batch_rows:
-            raise ConfigError(
-                f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
-                f"applicants); its policy asks for at least {self.config.min_batch_rows}"
-            )
+            job = PreparedJob(spec, table, public_key, PartnerAlignment(self.name, table, request.job_id, self.pool))
         with self._lock:
-            self._sessions[request.job_id] = session
-        log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, session.feature_count, path)
+            self._jobs[request.job_id] = job
+        log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, len(table.feature_names), path)
         return pb.PrepareJobReply(
-            party=self.name, role=session.role, rows=table.rows, features=session.feature_count,
-            id_digest=table.id_digest(request.id_nonce), state_dir=str(self.config.state_dir),
+            party=self.name, role="card_center" if me.is_card_center else "partner", rows=table.rows,
+            features=len(table.feature_names), state_dir=str(self.config.state_dir),
         )
 
     @handles_errors
@@ -138,9 +173,58 @@ class PartyService(pb_grpc.PartyServicer):
 
     def _close(self, job_id: str) -> None:
         with self._lock:
-            session = self._sessions.pop(job_id, None)
-        for client in getattr(session, "partners", {}).values():
+            job = self._jobs.pop(job_id, None)
+        for client in (job.partners.values() if job else ()):
             client.close()
+
+    # -- coordinator -> card center: alignment --------------------------------
+
+    @handles_errors
+    def Align(self, request, context):
+        job = self._job(request.job_id)
+        aligner = self._alignment(request.job_id, CardCenterAlignment)
+        handles = {name: PsiClient(client) for name, client in job.partners.items()}
+        result = aligner.align(handles, int(request.min_overlap))
+        self._open_session(request.job_id, job, result.rows)
+        return pb.AlignReply(
+            aligned_rows=result.aligned_rows,
+            overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
+        )
+
+    # -- card center -> partner: alignment -----------------------------------
+
+    def PsiBlindedIds(self, request, context):
+        yield from self._psi_blinded_ids(request, context)
+
+    @handles_errors
+    def _psi_blinded_ids(self, request, context):
+        aligner = self._alignment(request.job_id, PartnerAlignment)
+        return list(codec.fixed_blocks(aligner.blinded_ids(), psi.POINT_BYTES, request.job_id))
+
+    def PsiReblind(self, request_iterator, context):
+        yield from self._psi_reblind(request_iterator, context)
+
+    @handles_errors
+    def _psi_reblind(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None:
+            raise ProtocolError(f"{self.label}: empty re-blinding stream")
+        aligner = self._alignment(first.job_id, PartnerAlignment)
+
+        def blocks():
+            yield first
+            yield from request_iterator
+
+        points = codec.join_fixed_blocks(blocks(), psi.POINT_BYTES)
+        return list(codec.fixed_blocks(aligner.reblind(points), psi.POINT_BYTES, first.job_id))
+
+    @handles_errors
+    def PsiAccept(self, request, context):
+        job = self._job(request.job_id)
+        aligner = self._alignment(request.job_id, PartnerAlignment)
+        positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
+        self._open_session(request.job_id, job, aligner.accept(positions))
+        return pb.Empty()
 
     # -- coordinator -> card center -----------------------------------------
 
@@ -160,7 +244,7 @@ class PartyService(pb_grpc.PartyServicer):
         session = self._session(request.job_id, CardCenterSession)
         if len(request.mask_sum) % 8:
             raise ProtocolError(f"{self.label}: mask sum is not a whole number of 64-bit words")
-        mask_sum = np.frombuffer(request.mask_sum, dtype="<u8").astype(np.uint64)
+        mask_sum = codec.words(request.mask_sum)
         return pb.EvaluateReply(metrics_json=json.dumps(session.evaluate(mask_sum)))
 
     # -- coordinator -> partner ---------------------------------------------
@@ -209,7 +293,7 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def _masked_scores(self, request, context):
         session = self._session(request.job_id, PartnerSession)
-        return list(codec.word_blocks(session.masked_scores(), request.job_id))
+        return list(codec.fixed_blocks(session.masked_scores().astype("<u8").tobytes(), 8, request.job_id))
 
 
 def add_to_server(service: PartyService, server) -> None:

@@ -6,13 +6,13 @@ outside the party.
 
 Id rule (every party applies the same one): each id column is read as text,
 stripped of surrounding whitespace and case-folded; several id columns are
-joined with U+001F. Rows are ordered by that string, so parties that hold the
-same id set agree on one row order without sending any id.
+joined with U+001F. So " 00123" and "00123" are one id, 123 and "123" too,
+but "123" and "0123" are not. Private set intersection
+(fedscore.protocol.alignment) matches these strings.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,14 @@ class PartyTable:
     def rows(self) -> int:
         return len(self.ids)
 
-    def id_digest(self, nonce: bytes) -> bytes:
-        """SHA-256 over a job nonce and the sorted id set: equal digests mean equal sets."""
-        digest = hashlib.sha256(nonce)
-        for value in self.ids:
-            digest.update(value.encode("utf-8"))
-            digest.update(b"\n")
-        return digest.digest()
+    def subset(self, rows: np.ndarray) -> "PartyTable":
+        """The given rows, in the given order (e.g. the consortium's aligned order)."""
+        return PartyTable(
+            ids=self.ids[rows],
+            features=self.features[rows],
+            feature_names=self.feature_names,
+            labels=None if self.labels is None else self.labels[rows],
+        )
 
 
 def normalise_ids(columns: list[pd.Series]) -> np.ndarray:

@@ -180,6 +180,11 @@ class PartyStub:
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Align = channel.unary_unary(
+                '/fedscore.v1.Party/Align',
+                request_serializer=fedscore__pb2.AlignRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AlignReply.FromString,
+                _registered_method=True)
         self.ForwardStep = channel.unary_unary(
                 '/fedscore.v1.Party/ForwardStep',
                 request_serializer=fedscore__pb2.StepRef.SerializeToString,
@@ -200,6 +205,21 @@ class PartyStub:
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.Seed.FromString,
                 _registered_method=True)
+        self.PsiBlindedIds = channel.unary_stream(
+                '/fedscore.v1.Party/PsiBlindedIds',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
+                _registered_method=True)
+        self.PsiReblind = channel.stream_stream(
+                '/fedscore.v1.Party/PsiReblind',
+                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
+                _registered_method=True)
+        self.PsiAccept = channel.unary_unary(
+                '/fedscore.v1.Party/PsiAccept',
+                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
         self.EncryptedPartial = channel.unary_stream(
                 '/fedscore.v1.Party/EncryptedPartial',
                 request_serializer=fedscore__pb2.StepRef.SerializeToString,
@@ -218,7 +238,7 @@ class PartyStub:
         self.MaskedScores = channel.unary_stream(
                 '/fedscore.v1.Party/MaskedScores',
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.WordBlock.FromString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
                 _registered_method=True)
 
 
@@ -262,9 +282,15 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ForwardStep(self, request, context):
+    def Align(self, request, context):
         """coordinator -> card center
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -288,8 +314,27 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PsiBlindedIds(self, request, context):
+        """card center -> partner: private set intersection
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PsiReblind(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PsiAccept(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EncryptedPartial(self, request, context):
-        """card center -> partner
+        """card center -> partner: training
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -346,6 +391,11 @@ def add_PartyServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
+            'Align': grpc.unary_unary_rpc_method_handler(
+                    servicer.Align,
+                    request_deserializer=fedscore__pb2.AlignRequest.FromString,
+                    response_serializer=fedscore__pb2.AlignReply.SerializeToString,
+            ),
             'ForwardStep': grpc.unary_unary_rpc_method_handler(
                     servicer.ForwardStep,
                     request_deserializer=fedscore__pb2.StepRef.FromString,
@@ -366,6 +416,21 @@ def add_PartyServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.Seed.SerializeToString,
             ),
+            'PsiBlindedIds': grpc.unary_stream_rpc_method_handler(
+                    servicer.PsiBlindedIds,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+            'PsiReblind': grpc.stream_stream_rpc_method_handler(
+                    servicer.PsiReblind,
+                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+            'PsiAccept': grpc.unary_unary_rpc_method_handler(
+                    servicer.PsiAccept,
+                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
             'EncryptedPartial': grpc.unary_stream_rpc_method_handler(
                     servicer.EncryptedPartial,
                     request_deserializer=fedscore__pb2.StepRef.FromString,
@@ -384,7 +449,7 @@ def add_PartyServicer_to_server(servicer, server):
             'MaskedScores': grpc.unary_stream_rpc_method_handler(
                     servicer.MaskedScores,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.WordBlock.SerializeToString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -560,6 +625,33 @@ class Party:
             _registered_method=True)
 
     @staticmethod
+    def Align(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/Align',
+            fedscore__pb2.AlignRequest.SerializeToString,
+            fedscore__pb2.AlignReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ForwardStep(request,
             target,
             options=(),
@@ -668,6 +760,87 @@ class Party:
             _registered_method=True)
 
     @staticmethod
+    def PsiBlindedIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedscore.v1.Party/PsiBlindedIds',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.FixedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PsiReblind(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedscore.v1.Party/PsiReblind',
+            fedscore__pb2.FixedBlock.SerializeToString,
+            fedscore__pb2.FixedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PsiAccept(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/PsiAccept',
+            fedscore__pb2.FixedBlock.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def EncryptedPartial(request,
             target,
             options=(),
@@ -764,7 +937,7 @@ class Party:
             target,
             '/fedscore.v1.Party/MaskedScores',
             fedscore__pb2.JobRef.SerializeToString,
-            fedscore__pb2.WordBlock.FromString,
+            fedscore__pb2.FixedBlock.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,6 @@ never receives a partial score, a residual or a label, encrypted or not.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 
 import numpy as np
 from gmpy2 import mpz
@@ -16,19 +15,8 @@ from fedscore.config import JobSpec
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.crypto.masks import word_masks
 from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
-from fedscore.errors import DataError, ProtocolError
+from fedscore.errors import ProtocolError
 from fedscore.model.taylor import LOG2_MINUS_HALF
-
-
-def check_same_ids(center: str, rows: Mapping[str, int], digests: Mapping[str, bytes]) -> None:
-    """Stop unless every party holds exactly the card center's id set (compared by salted digest)."""
-    for name, digest in digests.items():
-        if digest != digests[center]:
-            raise DataError(
-                f"party {name!r} does not hold the same applicant ids as {center!r} "
-                f"({rows[name]} rows vs {rows[center]}); for now every party must hold the same id set "
-                "(private alignment of partly overlapping parties is not available yet)"
-            )
 
 
 def new_job_id(name: str) -> str:
@@ -40,7 +28,6 @@ class CoordinatorSession:
         self.job_id = job_id
         self.spec = spec
         self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
-        self.id_nonce = secrets.token_bytes(16)
         self._columns: dict[str, int] = {}
 
     def expect_columns(self, party: str, columns: int) -> None:

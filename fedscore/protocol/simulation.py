@@ -14,7 +14,8 @@ from fedscore.crypto.paillier import PrivateKey, PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.coordinator import CoordinatorSession, check_same_ids, new_job_id
+from fedscore.protocol.alignment import Alignment, CardCenterAlignment, PartnerAlignment
+from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
 from fedscore.protocol.partner import PartnerSession
 from fedscore.protocol.training import Progress, TrainingResult, run_training
 
@@ -24,6 +25,7 @@ class Consortium:
     coordinator: CoordinatorSession
     card_center: CardCenterSession
     partners: dict[str, PartnerSession]
+    alignment: Alignment
 
 
 def load_tables(spec: JobSpec, base: Path) -> dict[str, PartyTable]:
@@ -39,21 +41,24 @@ def build_consortium(
     pool: CryptoPool,
     keys: tuple[PublicKey, PrivateKey] | None = None,
 ) -> Consortium:
+    """Align the parties privately, then open every party's session on the aligned rows."""
     coordinator = CoordinatorSession(new_job_id(spec.name), spec, keys)
-    digests = {name: table.id_digest(coordinator.id_nonce) for name, table in tables.items()}
-    check_same_ids(spec.card_center.name, {n: t.rows for n, t in tables.items()}, digests)
-    partners = {
-        p.name: PartnerSession(coordinator.job_id, spec, p.name, tables[p.name], coordinator.public_key, pool)
-        for p in spec.partners
-    }
+    job_id, key = coordinator.job_id, coordinator.public_key
     center_spec = spec.card_center
+    aligners = {p.name: PartnerAlignment(p.name, tables[p.name], job_id, pool) for p in spec.partners}
+    center_aligner = CardCenterAlignment(center_spec.name, tables[center_spec.name], job_id, pool)
+    alignment = center_aligner.align(aligners, spec.min_overlap)
+    partners = {
+        name: PartnerSession(job_id, spec, name, tables[name].subset(aligner.rows), key, pool)
+        for name, aligner in aligners.items()
+    }
     center = CardCenterSession(
-        coordinator.job_id, spec, center_spec.name, tables[center_spec.name], coordinator.public_key, pool,
+        job_id, spec, center_spec.name, tables[center_spec.name].subset(alignment.rows), key, pool,
         partners=partners,
     )
     for session in (center, *partners.values()):
         coordinator.expect_columns(session.party, session.weights.size)
-    return Consortium(coordinator, center, partners)
+    return Consortium(coordinator, center, partners, alignment)
 
 
 def simulate(

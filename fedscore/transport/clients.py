@@ -11,6 +11,7 @@ import numpy as np
 from gmpy2 import mpz
 
 from fedscore.config import JobSpec
+from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import PeerError
 from fedscore.proto import fedscore_pb2 as pb
@@ -55,11 +56,10 @@ class PartyClient:
     def ping(self) -> pb.PingReply:
         return self._call("Ping", pb.PingRequest(), timeout=PING_TIMEOUT)
 
-    def prepare_job(self, job_id: str, spec: JobSpec, public_key: PublicKey, id_nonce: bytes) -> pb.PrepareJobReply:
+    def prepare_job(self, job_id: str, spec: JobSpec, public_key: PublicKey) -> pb.PrepareJobReply:
         self.job_id, self.public_key = job_id, public_key
         request = pb.PrepareJobRequest(
-            job_id=job_id, job=codec.spec_to_proto(spec), party=self.name,
-            public_key=public_key.to_bytes(), id_nonce=id_nonce,
+            job_id=job_id, job=codec.spec_to_proto(spec), party=self.name, public_key=public_key.to_bytes()
         )
         return self._call("PrepareJob", request)
 
@@ -80,6 +80,9 @@ class PartyClient:
         self._call("AbortJob", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
 
     # -- coordinator -> card center -----------------------------------------
+
+    def align(self, min_overlap: int) -> pb.AlignReply:
+        return self._call("Align", pb.AlignRequest(job_id=self.job_id, min_overlap=min_overlap))
 
     def forward_step(self, step: Step) -> None:
         self._call("ForwardStep", self._step(step))
@@ -119,10 +122,33 @@ class PartyClient:
         return codec.check_ciphertexts(values, self.public_key)[0]
 
     def masked_scores(self) -> np.ndarray:
+        return codec.words(self._stream("MaskedScores", pb.JobRef(job_id=self.job_id), 8))
+
+    def _stream(self, method: str, request, width: int) -> bytes:
+        """Call a streaming RPC (unary or streamed request) and join its FixedBlocks."""
         try:
-            return codec.join_word_blocks(self._stub.MaskedScores(pb.JobRef(job_id=self.job_id), timeout=self.timeout))
+            return codec.join_fixed_blocks(getattr(self._stub, method)(request, timeout=self.timeout), width)
         except grpc.RpcError as error:
             raise peer_error(f"partner {self.name!r}", self.address, error, self.timeout) from None
+
+
+class PsiClient:
+    """The card center's view of a partner's side of private set intersection."""
+
+    def __init__(self, client: PartyClient):
+        self.client = client
+
+    def blinded_ids(self) -> bytes:
+        return self.client._stream("PsiBlindedIds", pb.JobRef(job_id=self.client.job_id), psi.POINT_BYTES)
+
+    def reblind(self, points: bytes) -> bytes:
+        blocks = codec.fixed_blocks(points, psi.POINT_BYTES, self.client.job_id)
+        return self.client._stream("PsiReblind", blocks, psi.POINT_BYTES)
+
+    def accept(self, positions: np.ndarray) -> None:
+        data = np.asarray(positions, dtype="<u8").tobytes()
+        block = pb.FixedBlock(job_id=self.client.job_id, width=8, offset=0, total=len(positions), data=data)
+        self.client._call("PsiAccept", block)
 
 
 class CoordinatorClient:
@@ -142,9 +168,10 @@ class CoordinatorClient:
         except grpc.RpcError as error:
             raise peer_error("coordinator", self.address, error, PING_TIMEOUT) from None
 
-    def run_job(self, spec: JobSpec, progress: Callable[[Progress], None]) -> str:
-        """Run ``spec``; returns the report JSON."""
-        events: Iterator[pb.JobEvent] = self._stub.RunJob(pb.RunJobRequest(job=codec.spec_to_proto(spec)))
+    def run_job(self, spec: JobSpec, progress: Callable[[Progress], None], align_only: bool = False) -> str:
+        """Run ``spec`` (or only its alignment); returns the report JSON."""
+        request = pb.RunJobRequest(job=codec.spec_to_proto(spec), align_only=align_only)
+        events: Iterator[pb.JobEvent] = self._stub.RunJob(request)
         try:
             for event in events:
                 if event.HasField("report_json"):

@@ -35,6 +35,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         seed=spec.seed,
         key_bits=spec.key_bits,
         early_stop_tol=spec.early_stop_tol,
+        min_overlap=spec.min_overlap,
         parties=[
             pb.PartySpec(name=p.name, address=p.address, data=p.data, id_columns=list(p.id_columns), label=p.label or "")
             for p in spec.parties
@@ -53,6 +54,7 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         seed=message.seed,
         key_bits=message.key_bits,
         early_stop_tol=message.early_stop_tol,
+        min_overlap=message.min_overlap,
         parties=tuple(
             PartySpec(name=p.name, address=p.address, data=p.data, id_columns=tuple(p.id_columns), label=p.label or None)
             for p in message.parties
@@ -137,29 +139,41 @@ def check_residues(values: list[mpz], public_key: PublicKey) -> list[mpz]:
     return values
 
 
-def word_blocks(words: np.ndarray, job_id: str) -> Iterator[pb.WordBlock]:
-    data = np.asarray(words, dtype="<u8").tobytes()
-    per_block = BLOCK_BYTES // 8
-    total = len(words)
+def fixed_blocks(data: bytes, width: int, job_id: str) -> Iterator[pb.FixedBlock]:
+    """Stream packed fixed-width values (points, positions, words) in blocks of at most BLOCK_BYTES."""
+    total = len(data) // width
+    per_block = max(1, BLOCK_BYTES // width)
     for offset in range(0, max(total, 1), per_block):
-        yield pb.WordBlock(job_id=job_id, offset=offset, total=total, data=data[8 * offset : 8 * (offset + per_block)])
+        yield pb.FixedBlock(
+            job_id=job_id, width=width, offset=offset, total=total,
+            data=data[width * offset : width * (offset + per_block)],
+        )
 
 
-def join_word_blocks(blocks: Iterable[pb.WordBlock]) -> np.ndarray:
+def join_fixed_blocks(blocks: Iterable[pb.FixedBlock], width: int) -> bytes:
+    """Reassemble a FixedBlock stream, refusing wrong widths, gaps and oversize totals."""
     parts: list[bytes] = []
     received = 0
     total = None
     for block in blocks:
+        if block.width != width:
+            raise ProtocolError(f"values of {block.width} bytes where {width} were expected")
         if total is None:
             total = block.total
             if total > MAX_VECTOR:
                 raise ProtocolError(f"a vector of {total} values is over the limit of {MAX_VECTOR}")
-        if block.total != total or block.offset != received or len(block.data) % 8:
-            raise ProtocolError("malformed score stream")
+        if block.total != total or block.offset != received or len(block.data) % width:
+            raise ProtocolError("malformed block stream (offsets, totals or lengths disagree)")
+        received += len(block.data) // width
+        if received > total:
+            raise ProtocolError(f"more than the announced {total} values")
         parts.append(block.data)
-        received += len(block.data) // 8
     if total is None:
-        raise ProtocolError("an empty stream where scores were expected")
+        raise ProtocolError("an empty stream where values were expected")
     if received != total:
-        raise ProtocolError(f"score stream ended after {received} of {total} values")
-    return np.frombuffer(b"".join(parts), dtype="<u8").astype(np.uint64)
+        raise ProtocolError(f"stream ended after {received} of {total} values")
+    return b"".join(parts)
+
+
+def words(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<u8").astype(np.uint64)

@@ -1,0 +1,134 @@
+"""Private entity alignment: which applicants every party holds, and in what order.
+
+The card center C runs ECDH-PSI with each partner P (fedscore.crypto.psi):
+
+1. P sends X25519(b, H(y)) for its ids, in an order it shuffled at random.
+2. C sends X25519(a, H(x)) for its ids, in its own shuffled order; P returns
+   each re-blinded as X25519(b, ·) in the same order.
+3. C re-blinds P's list with a; equal doubly-blinded values are the same id.
+
+C intersects the matches of all partners and tells each partner only the
+positions, in P's own shuffled list, of the rows held by every party. Each
+party then orders those rows by its own normalised id, so all agree on one
+order (the same ids sort the same way everywhere) without sending any id,
+and a job gives the same model whatever the PSI secrets were. No id, and no
+hash of an id that anyone without a party's secret could recompute, crosses
+the wire.
+
+Revealed: C learns, for each partner, which of its own applicants that
+partner holds, and how many ids the partner has; a partner learns how many
+ids C has and which of its own rows are in the final aligned set (held by
+every party). Nobody learns anything about ids outside the intersection.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from fedscore.crypto import psi
+from fedscore.crypto.pool import CryptoPool
+from fedscore.errors import DataError, ProtocolError
+from fedscore.model.data import PartyTable
+from fedscore.protocol.fanout import call_each
+
+DEFAULT_MIN_OVERLAP = 100
+
+
+def psi_domain(job_id: str) -> bytes:
+    """Hash-to-curve domain: ids hash differently in every job."""
+    return b"fedscore/psi/v1/" + job_id.encode("utf-8") + b"/"
+
+
+class PsiParty:
+    """One party's side: its secret scalar and its ids in a private random order."""
+
+    def __init__(self, party: str, table: PartyTable, job_id: str, pool: CryptoPool):
+        self.party = party
+        self.table = table
+        self.pool = pool
+        self.domain = psi_domain(job_id)
+        self._secret = psi.new_secret()
+        # position i of what this party sends is table row self.order[i]
+        self.order = np.random.default_rng(secrets.randbits(128)).permutation(table.rows)
+
+    def blinded_ids(self) -> bytes:
+        """X25519(k, H(id)) for every row, in this party's shuffled order, packed."""
+        return self.pool.hash_and_blind(self._secret, self.domain, self.table.ids[self.order].tolist())
+
+    def reblind(self, points: bytes) -> bytes:
+        """X25519(k, P) for each point another party sent, in its order."""
+        return self.pool.blind(self._secret, points)
+
+
+class PartnerAlignment(PsiParty):
+    """A partner's side: answers the card center and learns only its aligned rows."""
+
+    rows: np.ndarray | None = None
+
+    def accept(self, positions: np.ndarray) -> np.ndarray:
+        """Table rows to train on, in id order, from positions in the list this party sent."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.table.rows):
+            raise ProtocolError(f"{self.party}: aligned positions out of range")
+        if len(np.unique(positions)) != len(positions):
+            raise ProtocolError(f"{self.party}: aligned positions repeat")
+        self.rows = np.sort(self.order[positions])  # the table is sorted by id: row order is id order
+        return self.rows
+
+
+class PartnerPsiHandle(Protocol):
+    """How the card center reaches a partner's alignment: in-process or over gRPC."""
+
+    def blinded_ids(self) -> bytes: ...
+    def reblind(self, points: bytes) -> bytes: ...
+    def accept(self, positions: np.ndarray) -> object: ...
+
+
+@dataclass
+class Alignment:
+    rows: np.ndarray                          # the card center's table rows, in id order
+    overlaps: dict[str, int] = field(default_factory=dict)  # |C ∩ P| per partner
+
+    @property
+    def aligned_rows(self) -> int:
+        return len(self.rows)
+
+
+class CardCenterAlignment(PsiParty):
+    """The card center's side: runs PSI with every partner and fixes the training rows."""
+
+    def match(self, partner: PartnerPsiHandle, mine: bytes) -> dict[int, int]:
+        """{position in my list: position in the partner's list} for every shared id."""
+        theirs_double = psi.split_points(self.reblind(partner.blinded_ids()))
+        mine_double = psi.split_points(partner.reblind(mine))
+        if len(mine_double) != self.table.rows:
+            raise ProtocolError(f"partner re-blinded {len(mine_double)} ids, {self.table.rows} were sent")
+        where = {value: j for j, value in enumerate(theirs_double)}
+        return {i: where[value] for i, value in enumerate(mine_double) if value in where}
+
+    def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int = DEFAULT_MIN_OVERLAP) -> Alignment:
+        mine = self.blinded_ids()
+        matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")
+        overlaps = {name: len(found) for name, found in matches.items()}
+        for name, count in overlaps.items():
+            if count < min_overlap:
+                raise DataError(
+                    f"{self.party!r} and partner {name!r} share {count} applicants, fewer than the job's "
+                    f"min_overlap of {min_overlap}: too small an overlap reveals too much to train on"
+                )
+        common = set.intersection(*(set(found) for found in matches.values())) if matches else set()
+        if len(common) < min_overlap:
+            raise DataError(
+                f"only {len(common)} applicants are held by every party, fewer than the job's min_overlap of {min_overlap}"
+            )
+        shared = sorted(common)
+        call_each(
+            partners,
+            lambda name, p: p.accept(np.sort(np.array([matches[name][i] for i in shared], dtype=np.int64))),
+            "partner",
+        )
+        return Alignment(rows=np.sort(self.order[np.array(shared, dtype=np.int64)]), overlaps=overlaps)
