@@ -20,7 +20,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.runner import run_job_file, submit
 
-from conftest import SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, trained_weights, write_job
+from conftest import DATA, SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, trained_weights, write_job
 from test_protocol import consortium_for, reference
 
 
@@ -181,3 +181,79 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
     assert relaxed.PrepareJob(request, FakeContext()).rows == 569
     with pytest.raises(AbortCalled, match="already prepared"):
         relaxed.PrepareJob(request, FakeContext())
+
+
+def partial_overlap_files(folder: Path) -> tuple[list[dict], list[dict], dict]:
+    """The breast split with each party missing some applicants and holding some others:
+    (parties of the partial files, parties of the same data pre-joined on the common ids)."""
+    guest = pd.read_csv(DATA / "breast_hetero_guest.csv")
+    host = pd.read_csv(DATA / "breast_hetero_host.csv")
+    a_cols, b_cols = [f"x{i}" for i in range(8)], [f"x{i}" for i in range(8, 20)]
+    rng = np.random.default_rng(11)
+    ids = guest["id"].to_numpy()
+    center = guest[rng.random(len(ids)) < 0.9]                              # the card center lacks ~10%
+    strangers = pd.DataFrame({"id": np.arange(10**6, 10**6 + 150)})         # people only partners know
+    for col in host.columns[1:]:
+        strangers[col] = rng.normal(size=150)
+    part_a = pd.concat([host[rng.random(len(ids)) < 0.85], strangers])[["id", *a_cols]]
+    part_b = pd.concat([host[rng.random(len(ids)) < 0.8], strangers])[["id", *b_cols]].rename(columns={"id": "customer"})
+    part_b["customer"] = [f" {v} " for v in part_b["customer"]]            # same ids, written differently
+    center.to_csv(folder / "c.csv", index=False)
+    part_a.sample(frac=1, random_state=1).to_csv(folder / "a.csv", index=False)
+    part_b.sample(frac=1, random_state=2).to_csv(folder / "b.csv", index=False)
+    common = set(center["id"]) & set(part_a["id"]) & {int(v) for v in part_b["customer"]}
+    center[center["id"].isin(common)].to_csv(folder / "c_joined.csv", index=False)
+    part_a[part_a["id"].isin(common)].to_csv(folder / "a_joined.csv", index=False)
+    joined_b = part_b.assign(customer=[int(v) for v in part_b["customer"]])
+    joined_b[joined_b["customer"].isin(common)].to_csv(folder / "b_joined.csv", index=False)
+    partial = [
+        {"name": "card_center", "data": "c.csv", "id": "id", "label": "y"},
+        {"name": "partner_a", "data": "a.csv", "id": "id"},
+        {"name": "partner_b", "data": "b.csv", "id": "customer"},
+    ]
+    joined = [dict(p, data=p["data"].replace(".csv", "_joined.csv")) for p in partial]
+    return partial, joined, {"aligned": len(common), "partner_a": len(set(center["id"]) & set(part_a["id"])),
+                             "partner_b": len(set(center["id"]) & {int(v) for v in part_b["customer"]})}
+
+
+def test_partial_overlap_trains_the_same_model_as_the_pre_joined_intersection(tmp_path):
+    partial, joined, counts = partial_overlap_files(tmp_path)
+    settings = dict(epochs=3, learning_rate=0.3, validation=0.2, batch_size=100)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "j").mkdir()
+    for name in ("c", "a", "b"):
+        (tmp_path / "p" / f"{name}.csv").write_bytes((tmp_path / f"{name}.csv").read_bytes())
+        (tmp_path / "j" / f"{name}_joined.csv").write_bytes((tmp_path / f"{name}_joined.csv").read_bytes())
+    on_partial = run_job_file(write_job(tmp_path / "p", partial, **settings), local=True, workers=1)
+    on_joined = run_job_file(write_job(tmp_path / "j", joined, **settings), local=True, workers=1)
+
+    assert on_partial["aligned_rows"] == on_joined["aligned_rows"] == on_joined["rows"] == counts["aligned"]
+    assert on_partial["overlaps"] == {"partner_a": counts["partner_a"], "partner_b": counts["partner_b"]}
+    assert on_partial["test_auc"] == pytest.approx(on_joined["test_auc"], abs=1e-12)
+    for name, weights in trained_weights(on_partial).items():
+        np.testing.assert_allclose(weights, trained_weights(on_joined)[name], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("overlap", ["empty", "full"])
+def test_alignment_through_the_daemons_counts_the_intersection(tmp_path, overlap):
+    rng = np.random.default_rng(5)
+    ids = [f"app-{i}" for i in range(600)]
+    other = ids if overlap == "full" else [f"other-{i}" for i in range(500)]
+    pd.DataFrame({"id": ids, "y": rng.integers(0, 2, 600), "x": rng.normal(size=600)}).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame({"id": other[::-1], "z": rng.normal(size=len(other))}).to_csv(tmp_path / "p.csv", index=False)
+    job = write_job(
+        tmp_path,
+        [{"name": "card_center", "data": "c.csv", "id": "id", "label": "y"}, {"name": "bureau", "data": "p.csv", "id": "id"}],
+        min_overlap=0,
+    )
+    report = run_job_file(job, local=True, workers=1, align_only=True)
+    expected = 600 if overlap == "full" else 0
+    assert report["aligned_rows"] == expected and report["overlaps"] == {"bureau": expected}
+    assert report["party_rows"] == {"card_center": 600, "bureau": len(other)}
+    assert not list((tmp_path / "state").rglob("model.json"))
+
+
+def test_an_overlap_below_the_minimum_stops_the_job(tmp_path):
+    partial, _, _ = partial_overlap_files(tmp_path)
+    with pytest.raises(DataError, match="fewer than the job's min_overlap of 10000"):
+        run_job_file(write_job(tmp_path, partial, min_overlap=10_000), local=True, workers=1)

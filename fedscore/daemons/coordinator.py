@@ -69,6 +69,7 @@ def run_job(
         if align_only:
             call_each(clients, lambda name, c: c.abort_job())
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.perf_counter() - started}
+        call_each(clients, lambda name, c: c.start_training())
         for name, reply in replies.items():
             coordinator.expect_columns(name, reply.features + (1 if name == center else 0))
         rows = alignment.aligned_rows

@@ -47,6 +47,7 @@ class PreparedJob:
     public_key: PublicKey
     alignment: PsiParty
     partners: dict[str, PartyClient] = field(default_factory=dict)   # the card center's only
+    aligned_rows: np.ndarray | None = None                            # table rows held by every party
     session: PartySession | None = None
 
 
@@ -71,19 +72,24 @@ class PartyService(pb_grpc.PartyServicer):
     def _session(self, job_id: str, kind: type = PartySession) -> PartySession:
         session = self._job(job_id).session
         if session is None:
-            raise ProtocolError(f"{self.label}: job {job_id!r} is not aligned yet")
+            raise ProtocolError(f"{self.label}: job {job_id!r} has not started training")
         if not isinstance(session, kind):
             raise ProtocolError(f"{self.label}: this call is not for a {session.role} in job {job_id!r}")
         return session
 
     def _alignment(self, job_id: str, kind: type) -> PsiParty:
         job = self._job(job_id)
-        if not isinstance(job.alignment, kind) or job.session is not None:
+        if not isinstance(job.alignment, kind) or job.aligned_rows is not None:
             raise ProtocolError(f"{self.label}: no alignment of this kind is open in job {job_id!r}")
         return job.alignment
 
-    def _open_session(self, job_id: str, job: PreparedJob, rows: np.ndarray) -> None:
-        common = (job_id, job.spec, self.name, job.table.subset(rows), job.public_key, self.pool)
+    @handles_errors
+    def StartTraining(self, request, context):
+        job = self._job(request.job_id)
+        if job.aligned_rows is None or job.session is not None:
+            raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
+        rows = job.aligned_rows
+        common = (request.job_id, job.spec, self.name, job.table.subset(rows), job.public_key, self.pool)
         if job.partners:
             session: PartySession = CardCenterSession(*common, partners=job.partners)
         else:
@@ -95,7 +101,8 @@ class PartyService(pb_grpc.PartyServicer):
                 f"applicants); its policy asks for at least {self.config.min_batch_rows}"
             )
         job.session = session
-        log.info("job %s aligned: training on %d of %d rows", job_id, len(rows), job.table.rows)
+        log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)
+        return pb.Empty()
 
     def job_dir(self, job_id: str) -> Path:
         return self.config.state_dir / "jobs" / job_id
@@ -185,7 +192,7 @@ class PartyService(pb_grpc.PartyServicer):
         aligner = self._alignment(request.job_id, CardCenterAlignment)
         handles = {name: PsiClient(client) for name, client in job.partners.items()}
         result = aligner.align(handles, int(request.min_overlap))
-        self._open_session(request.job_id, job, result.rows)
+        job.aligned_rows = result.rows
         return pb.AlignReply(
             aligned_rows=result.aligned_rows,
             overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
@@ -223,7 +230,7 @@ class PartyService(pb_grpc.PartyServicer):
         job = self._job(request.job_id)
         aligner = self._alignment(request.job_id, PartnerAlignment)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
-        self._open_session(request.job_id, job, aligner.accept(positions))
+        job.aligned_rows = aligner.accept(positions)
         return pb.Empty()
 
     # -- coordinator -> card center -----------------------------------------

@@ -160,6 +160,11 @@ class PartyStub:
                 request_serializer=fedscore__pb2.PrepareJobRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.PrepareJobReply.FromString,
                 _registered_method=True)
+        self.StartTraining = channel.unary_unary(
+                '/fedscore.v1.Party/StartTraining',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
         self.MaskedGradient = channel.unary_unary(
                 '/fedscore.v1.Party/MaskedGradient',
                 request_serializer=fedscore__pb2.StepRef.SerializeToString,
@@ -253,6 +258,13 @@ class PartyServicer:
 
     def PrepareJob(self, request, context):
         """coordinator -> every party
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTraining(self, request, context):
+        """after alignment: open the training session
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -370,6 +382,11 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.PrepareJob,
                     request_deserializer=fedscore__pb2.PrepareJobRequest.FromString,
                     response_serializer=fedscore__pb2.PrepareJobReply.SerializeToString,
+            ),
+            'StartTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTraining,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
             'MaskedGradient': grpc.unary_unary_rpc_method_handler(
                     servicer.MaskedGradient,
@@ -506,6 +523,33 @@ class Party:
             '/fedscore.v1.Party/PrepareJob',
             fedscore__pb2.PrepareJobRequest.SerializeToString,
             fedscore__pb2.PrepareJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/StartTraining',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

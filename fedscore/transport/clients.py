@@ -63,6 +63,9 @@ class PartyClient:
         )
         return self._call("PrepareJob", request)
 
+    def start_training(self) -> None:
+        self._call("StartTraining", pb.JobRef(job_id=self.job_id))
+
     def masked_gradient(self, step: Step) -> list[mpz]:
         block = self._call("MaskedGradient", self._step(step))
         _, values = codec.join_integer_blocks([block], self._width)
