@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedscore.config import load_job
@@ -26,7 +27,17 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     assert "card center alone" in done.stdout and "federated (3 parties)" in done.stdout
 
     report = json.loads((workdir / "report.json").read_text())
-    assert report["key_bits"] == 2048 and report["rows"] == 30000 and report["test_rows"] == 9000
+    ids = {
+        name: set(pd.read_csv(workdir / f"{name}.csv")[column])
+        for name, column in [("card_center", "id"), ("bureau", "customer_id"), ("ecommerce", "id")]
+    }
+    common = ids["card_center"] & ids["bureau"] & ids["ecommerce"]
+    assert report["aligned_rows"] == report["rows"] == len(common)
+    assert report["overlaps"] == {p: len(ids["card_center"] & ids[p]) for p in ("bureau", "ecommerce")}
+    assert 0.85 < report["overlaps"]["bureau"] / len(ids["card_center"]) < 0.95
+    assert len(ids["bureau"] - ids["card_center"]) > 1000  # partners know people the card center never saw
+    assert report["key_bits"] == 2048 and report["test_rows"] == round(len(common) * 0.3)
+    assert "aligned by private set intersection" in done.stdout
     assert [p["name"] for p in report["parties"]] == ["card_center", "bureau", "ecommerce"]
     # the partners' columns are worth having: well above the card center alone
     assert report["test_auc"] > report["local_only_test_auc"] + 0.04

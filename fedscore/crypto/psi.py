@@ -30,6 +30,9 @@ from fedscore.errors import ProtocolError
 POINT_BYTES = 32
 FIELD_PRIME = 2**255 - 19
 CURVE_A = 486662
+_P = gmpy2.mpz(FIELD_PRIME)
+_A = gmpy2.mpz(CURVE_A)
+_LOW_255 = gmpy2.mpz((1 << 255) - 1)
 
 
 def new_secret() -> bytes:
@@ -42,11 +45,10 @@ def hash_to_curve(identifier: str, domain: bytes) -> bytes:
     encoded = identifier.encode("utf-8")
     for counter in range(256):
         digest = hashlib.sha256(domain + bytes([counter]) + encoded).digest()
-        u = int.from_bytes(digest, "little") & ((1 << 255) - 1)
-        if u >= FIELD_PRIME or u == 0:
+        u = gmpy2.mpz.from_bytes(digest, "little") & _LOW_255
+        if u >= _P or u == 0:
             continue
-        rhs = (u * u * u + CURVE_A * u * u + u) % FIELD_PRIME
-        if gmpy2.legendre(rhs, FIELD_PRIME) == 1:
+        if gmpy2.legendre(u * (u * (u + _A) + 1) % _P, _P) == 1:  # u³ + A·u² + u is a square
             return u.to_bytes(POINT_BYTES, "little")
     raise ValueError("no curve point found in 256 tries")  # probability 2^-256
 
@@ -60,14 +62,17 @@ def blind(secret: bytes, point: bytes) -> bytes:
 
 def hash_and_blind_all(secret: bytes, domain: bytes, identifiers: Sequence[str]) -> bytes:
     """X25519(k, H(id)) for every id, packed back to back."""
-    return b"".join(blind(secret, hash_to_curve(i, domain)) for i in identifiers)
+    return blind_all(secret, b"".join(hash_to_curve(i, domain) for i in identifiers))
 
 
 def blind_all(secret: bytes, points: bytes) -> bytes:
     """X25519(k, P) for every packed 32-byte point."""
     if len(points) % POINT_BYTES:
         raise ProtocolError(f"{len(points)} bytes is not a whole number of {POINT_BYTES}-byte points")
-    return b"".join(blind(secret, points[i : i + POINT_BYTES]) for i in range(0, len(points), POINT_BYTES))
+    try:
+        return b"".join([crypto_scalarmult(secret, points[i : i + POINT_BYTES]) for i in range(0, len(points), POINT_BYTES)])
+    except Exception:  # libsodium refuses low-order points (an all-zero result)
+        raise ProtocolError("received a point of low order: not a blinded id") from None
 
 
 def split_points(packed: bytes) -> list[bytes]:

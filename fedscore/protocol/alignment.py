@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,18 +102,25 @@ class Alignment:
 class CardCenterAlignment(PsiParty):
     """The card center's side: runs PSI with every partner and fixes the training rows."""
 
-    def match(self, partner: PartnerPsiHandle, mine: bytes) -> dict[int, int]:
-        """{position in my list: position in the partner's list} for every shared id."""
-        theirs_double = psi.split_points(self.reblind(partner.blinded_ids()))
-        mine_double = psi.split_points(partner.reblind(mine))
+    def match(self, partner: PartnerPsiHandle, mine: Future) -> dict[int, int]:
+        """{position in my list: position in the partner's list} for every shared id.
+
+        The partner re-blinds my list while I re-blind its list: both sides work at once.
+        """
+        theirs = partner.blinded_ids()
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            mine_double_call = helper.submit(partner.reblind, mine.result())
+            theirs_double = psi.split_points(self.reblind(theirs))
+            mine_double = psi.split_points(mine_double_call.result())
         if len(mine_double) != self.table.rows:
             raise ProtocolError(f"partner re-blinded {len(mine_double)} ids, {self.table.rows} were sent")
         where = {value: j for j, value in enumerate(theirs_double)}
         return {i: where[value] for i, value in enumerate(mine_double) if value in where}
 
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int = DEFAULT_MIN_OVERLAP) -> Alignment:
-        mine = self.blinded_ids()
-        matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            mine = helper.submit(self.blinded_ids)  # while the partners blind theirs
+            matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")
         overlaps = {name: len(found) for name, found in matches.items()}
         for name, count in overlaps.items():
             if count < min_overlap:
