@@ -102,41 +102,39 @@ class Alignment:
 class CardCenterAlignment(PsiParty):
     """The card center's side: runs PSI with every partner and fixes the training rows."""
 
-    def match(self, partner: PartnerPsiHandle, mine: Future) -> dict[int, int]:
-        """{position in my list: position in the partner's list} for every shared id.
+    def match(self, partner: PartnerPsiHandle, mine: Future) -> np.ndarray:
+        """For each position in my list, the partner's position of the same id, or -1.
 
         The partner re-blinds my list while I re-blind its list: both sides work at once.
         """
         theirs = partner.blinded_ids()
         with ThreadPoolExecutor(max_workers=1) as helper:
             mine_double_call = helper.submit(partner.reblind, mine.result())
-            theirs_double = psi.split_points(self.reblind(theirs))
-            mine_double = psi.split_points(mine_double_call.result())
+            theirs_double = np.frombuffer(self.reblind(theirs), dtype=f"S{psi.POINT_BYTES}")
+            mine_double = np.frombuffer(mine_double_call.result(), dtype=f"S{psi.POINT_BYTES}")
         if len(mine_double) != self.table.rows:
             raise ProtocolError(f"partner re-blinded {len(mine_double)} ids, {self.table.rows} were sent")
-        where = {value: j for j, value in enumerate(theirs_double)}
-        return {i: where[value] for i, value in enumerate(mine_double) if value in where}
+        _, at_mine, at_theirs = np.intersect1d(mine_double, theirs_double, assume_unique=True, return_indices=True)
+        positions = np.full(self.table.rows, -1, dtype=np.int64)
+        positions[at_mine] = at_theirs
+        return positions
 
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int = DEFAULT_MIN_OVERLAP) -> Alignment:
         with ThreadPoolExecutor(max_workers=1) as helper:
             mine = helper.submit(self.blinded_ids)  # while the partners blind theirs
             matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")
-        overlaps = {name: len(found) for name, found in matches.items()}
+        overlaps = {name: int(np.count_nonzero(found >= 0)) for name, found in matches.items()}
         for name, count in overlaps.items():
             if count < min_overlap:
                 raise DataError(
                     f"{self.party!r} and partner {name!r} share {count} applicants, fewer than the job's "
                     f"min_overlap of {min_overlap}: too small an overlap reveals too much to train on"
                 )
-        common = set.intersection(*(set(found) for found in matches.values())) if matches else set()
-        if len(common) < min_overlap:
+        held_by_all = np.logical_and.reduce([found >= 0 for found in matches.values()])
+        shared = np.flatnonzero(held_by_all)   # positions in my list
+        if len(shared) < min_overlap:
             raise DataError(
-                f"only {len(common)} applicants are held by every party, fewer than the job's min_overlap of {min_overlap}"
+                f"only {len(shared)} applicants are held by every party, fewer than the job's min_overlap of {min_overlap}"
             )
-        shared = sorted(common)
-        call_each(
-            partners,
-            lambda name, p: p.accept(np.sort(np.array([matches[name][i] for i in shared], dtype=np.int64))),
-            "partner",
-        )
-        return Alignment(rows=np.sort(self.order[np.array(shared, dtype=np.int64)]), overlaps=overlaps)
+        call_each(partners, lambda name, p: p.accept(np.sort(matches[name][shared])), "partner")
+        return Alignment(rows=np.sort(self.order[shared]), overlaps=overlaps)
