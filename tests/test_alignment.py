@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedscore.crypto import psi
-from fedscore.errors import DataError
+from fedscore.errors import DataError, ProtocolError
 from fedscore.model.data import PartyTable
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, psi_domain
 
@@ -119,8 +119,12 @@ def test_hash_to_curve_lands_on_the_curve_and_differs_by_domain():
         assert psi.hash_to_curve(identifier, b"d1") != psi.hash_to_curve(identifier, b"d2")
 
 
-def test_blinding_commutes():
+def test_blinding_commutes_and_low_order_points_are_refused():
     a, b = psi.new_secret(), psi.new_secret()
     point = psi.hash_to_curve("x", b"d")
-    assert psi.blind(a, psi.blind(b, point)) == psi.blind(b, psi.blind(a, point))
-    assert psi.blind(a, point) != psi.blind(b, point)
+    assert psi.blind_all(a, psi.blind_all(b, point)) == psi.blind_all(b, psi.blind_all(a, point))
+    assert psi.blind_all(a, point) != psi.blind_all(b, point)
+    with pytest.raises(ProtocolError, match="low order"):
+        psi.blind_all(a, bytes(32))  # u = 0: a point of order 2
+    with pytest.raises(ProtocolError, match="whole number"):
+        psi.blind_all(a, bytes(33))

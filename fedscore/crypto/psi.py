@@ -53,13 +53,6 @@ def hash_to_curve(identifier: str, domain: bytes) -> bytes:
     raise ValueError("no curve point found in 256 tries")  # probability 2^-256
 
 
-def blind(secret: bytes, point: bytes) -> bytes:
-    try:
-        return crypto_scalarmult(secret, point)
-    except Exception:  # libsodium refuses low-order points (an all-zero result)
-        raise ProtocolError("received a point of low order: not a blinded id") from None
-
-
 def hash_and_blind_all(secret: bytes, domain: bytes, identifiers: Sequence[str]) -> bytes:
     """X25519(k, H(id)) for every id, packed back to back."""
     return blind_all(secret, b"".join(hash_to_curve(i, domain) for i in identifiers))
@@ -73,7 +66,3 @@ def blind_all(secret: bytes, points: bytes) -> bytes:
         return b"".join([crypto_scalarmult(secret, points[i : i + POINT_BYTES]) for i in range(0, len(points), POINT_BYTES)])
     except Exception:  # libsodium refuses low-order points (an all-zero result)
         raise ProtocolError("received a point of low order: not a blinded id") from None
-
-
-def split_points(packed: bytes) -> list[bytes]:
-    return [packed[i : i + POINT_BYTES] for i in range(0, len(packed), POINT_BYTES)]
