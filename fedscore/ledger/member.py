@@ -1,0 +1,84 @@
+"""One consortium member's part in the chain: check a proposed block, sign it, commit it.
+
+The coordinator proposes each block; every member checks it against its
+own replica (height, previous hash, time, Merkle root) and its own record of
+the job (fedscore.ledger.entries) before signing; once every member has
+signed, each verifies all signatures and appends the block to its replica.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from fedscore.ledger import entries as entry_rules
+from fedscore.ledger.block import Block, decode_entry, make_block, sign
+from fedscore.ledger.entries import Facts
+from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.verify import LedgerError, _bad_signatures, check_link, genesis_members
+
+MAX_CLOCK_SKEW_NS = 300 * 10**9
+
+
+class LedgerMember:
+    def __init__(self, name: str, key: SigningKey, path: Path, facts: Facts):
+        self.name = name
+        self.key = key
+        self.facts = facts
+        self.store = LedgerStore(path)
+        self._lock = threading.Lock()
+        self.chain: list[Block] = list(self.store.blocks())
+        self._entries: list[dict] = [e for b in self.chain for e in b.decoded()]
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def head(self) -> Block | None:
+        return self.chain[-1] if self.chain else None
+
+    def propose(self, entries: list[dict]) -> Block:
+        """The next block (unsigned) holding ``entries``."""
+        return make_block(self.head, entries)
+
+    def check(self, block: Block) -> None:
+        """Refuse (LedgerError naming the block and this member) anything this member cannot vouch for."""
+        try:
+            check_link(block, self.head)
+        except LedgerError as error:
+            raise LedgerError(block.height, f"member {self.name!r} refuses it: {str(error).split(': ', 1)[1]}") from None
+        if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
+            raise LedgerError(block.height, f"member {self.name!r} refuses it: its time is in the future")
+        chain = list(self._entries)
+        for entry_bytes in block.entries:
+            entry = decode_entry(entry_bytes)
+            reason = entry_rules.audit(entry, self.facts, chain)
+            if reason:
+                raise LedgerError(block.height, f"member {self.name!r} refuses it: {reason}")
+            chain.append(entry)
+
+    def sign(self, block: Block) -> bytes:
+        with self._lock:
+            self.check(block)
+            return sign(block, self.key)
+
+    def commit(self, block: Block) -> None:
+        """Append a block every member signed; anything else is refused."""
+        with self._lock:
+            check_link(block, self.head)
+            members = genesis_members(block if block.height == 0 else self.chain[0])
+            bad = _bad_signatures([(block.height, block.hash(), block.signatures, members)])
+            if bad:
+                raise LedgerError(bad[0][0], f"member {self.name!r} refuses to commit it: {bad[0][1]}")
+            self.store.append(block)
+            self.chain.append(block)
+            self._entries.extend(block.decoded())
+
+    def entries(self) -> list[dict]:
+        return list(self._entries)
+
+    def close(self) -> None:
+        self.store.close()

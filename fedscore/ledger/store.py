@@ -1,0 +1,83 @@
+"""A member's replica of a job's chain: one SQLite file, appended to in transactions."""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedscore.ledger.block import Block
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    previous BLOB NOT NULL,
+    timestamp_ns INTEGER NOT NULL,
+    merkle_root BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    height INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (height, position)
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    height INTEGER NOT NULL,
+    member TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (height, member)
+);
+"""
+
+
+class LedgerStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, block: Block) -> None:
+        """Store a block and its entries and signatures atomically."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
+            )
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(block.height, i, e) for i, e in enumerate(block.entries)])
+            db.executemany(
+                "INSERT INTO signatures VALUES (?, ?, ?)", [(block.height, m, s) for m, s in sorted(block.signatures.items())]
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def blocks(self) -> Iterator[Block]:
+        """Every stored block in height order, as stored (verification decides whether it is valid)."""
+        entries: dict[int, list[bytes]] = {}
+        for height, _, body in self._db.execute("SELECT height, position, body FROM entries ORDER BY height, position"):
+            entries.setdefault(height, []).append(bytes(body))
+        signatures: dict[int, dict[str, bytes]] = {}
+        for height, member, signature in self._db.execute("SELECT height, member, signature FROM signatures"):
+            signatures.setdefault(height, {})[member] = bytes(signature)
+        rows = self._db.execute("SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks ORDER BY height")
+        for height, previous, timestamp_ns, merkle_root, _ in rows:
+            yield Block(
+                height=height, previous=bytes(previous), timestamp_ns=timestamp_ns, merkle_root=bytes(merkle_root),
+                entries=tuple(entries.get(height, [])), signatures=signatures.get(height, {}),
+            )
+
+    def head(self) -> Block | None:
+        row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        if row[0] is None:
+            return None
+        for block in self.blocks():
+            if block.height == row[0]:
+                return block
+        return None
