@@ -7,14 +7,17 @@ to that config file.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fedscore.errors import ConfigError
+from fedscore.ledger.settlement import FeeContract
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -46,6 +49,7 @@ class JobSpec:
     key_bits: int = 2048
     early_stop_tol: float = 0.0
     min_overlap: int = 100
+    fees: FeeContract = FeeContract()
     coordinator_address: str = ""
 
     @property
@@ -55,6 +59,14 @@ class JobSpec:
     @property
     def partners(self) -> tuple[PartySpec, ...]:
         return tuple(p for p in self.parties if not p.is_card_center)
+
+    def digest(self) -> str:
+        """SHA-256 of the job's content (not of where its daemons happen to listen)."""
+        content = asdict(self)
+        content.pop("coordinator_address")
+        for party in content["parties"]:
+            party.pop("address")
+        return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def party(self, name: str) -> PartySpec:
         for spec in self.parties:
@@ -141,7 +153,7 @@ def _unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
 
 def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     """A JobSpec from a parsed job TOML document (paths left as written)."""
-    _unknown_keys(document, {"job", "parties", "coordinator"}, where)
+    _unknown_keys(document, {"job", "parties", "coordinator", "fees"}, where)
     job = document.get("job")
     if not isinstance(job, dict):
         raise ConfigError(f"{where}: missing [job] table")
@@ -182,6 +194,9 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     if not isinstance(coordinator, dict):
         raise ConfigError(f"{where}: [coordinator] must be a table")
     _unknown_keys(coordinator, {"address"}, f"{where} [coordinator]")
+    fees = document.get("fees", {})
+    if not isinstance(fees, dict):
+        raise ConfigError(f"{where}: [fees] must be a table")
     at = f"{where} [job]"
     spec = JobSpec(
         name=_take(job, "name", str, "", at),
@@ -195,6 +210,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         key_bits=_take(job, "key_bits", int, 2048, at),
         early_stop_tol=float(_take(job, "early_stop_tol", (int, float), 0.0, at)),
         min_overlap=_take(job, "min_overlap", int, 100, at),
+        fees=FeeContract.from_dict(fees, f"{where} [fees]"),
         coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()

@@ -19,6 +19,7 @@ def build_report(
     result: TrainingResult,
     parties: dict[str, dict],
     alignment: dict,
+    audit: dict,
     coordinator_state: str,
     seconds: float,
 ) -> dict:
@@ -53,6 +54,10 @@ def build_report(
         "seed": spec.seed,
         "parties": [{"name": name, **info} for name, info in parties.items()],
         "coordinator": {"state_dir": coordinator_state},
+        "ledgers": audit["ledgers"],
+        "ledger_head": audit["head"],
+        "ledger_blocks": audit["blocks"],
+        "settlement": audit["settlement"],
         "seconds": seconds,
     }
 

@@ -93,8 +93,10 @@ class Recorder:
             result = method(*args)
             if attribute in ("encrypted_partial", "masked_gradient"):
                 self.sent.setdefault(self.name, []).extend(result)
-            elif attribute in ("encrypted_loss_term", "loss_share"):
+            elif attribute == "encrypted_loss_term":
                 self.sent.setdefault(self.name, []).append(result)
+            elif attribute == "loss_share":
+                self.sent.setdefault(self.name, []).append(result[0])
             return result
 
         return call
@@ -175,4 +177,4 @@ def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypa
     consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool)
     too_many = inline_pool.encrypt(keypair[0], [0] * 21)
     with pytest.raises(ProtocolError, match="party 'host' sent 21 gradient values; it has 20 columns"):
-        consortium.coordinator.decrypt_masked_gradient("host", too_many)
+        consortium.coordinator.decrypt_masked_gradient("host", too_many, Step(0, 0))

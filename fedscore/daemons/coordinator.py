@@ -23,6 +23,16 @@ from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
+from fedscore.ledger import identity
+from fedscore.ledger.member import LedgerMember
+from fedscore.protocol.audit import (
+    alignment_entry,
+    append_block,
+    job_end_entry,
+    job_start_entry,
+    settlement_entry,
+    step_entry,
+)
 from fedscore.protocol.fanout import call_each
 from fedscore.protocol.training import Progress, run_training
 from fedscore.report import build_report
@@ -53,8 +63,14 @@ def run_job(
                 raise PeerError(f"the daemon at {clients[name].address} is party {reply.name!r}, not {name!r}")
         progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
         coordinator = CoordinatorSession(job_id, spec)
+        signing_key = identity.load_or_create(state_dir)
+        coordinator.facts.public_key = identity.public_hex(signing_key)
+        ledger = LedgerMember("coordinator", signing_key, state_dir / "jobs" / job_id / "ledger.sqlite", coordinator.facts)
         progress(Progress("prepare", message="parties loading and checking their data"))
         replies = call_each(clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key))
+        members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
+        members.update({name: {"role": r.role, "key": r.signing_key.hex()} for name, r in replies.items()})
+        append_block(ledger, clients, [job_start_entry(job_id, spec, members, coordinator.public_key.fingerprint())])
         progress(Progress("align", message="private set intersection between the card center and each partner"))
         aligned_at = time.perf_counter()
         alignment = clients[center].align(spec.min_overlap)
@@ -66,6 +82,7 @@ def run_job(
             "alignment_seconds": alignment_seconds,
             "party_rows": {name: reply.rows for name, reply in replies.items()},
         }
+        append_block(ledger, clients, [alignment_entry(summary["aligned_rows"], summary["overlaps"])])
         if align_only:
             call_each(clients, lambda name, c: c.abort_job())
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.perf_counter() - started}
@@ -77,8 +94,13 @@ def run_job(
         result = run_training(
             coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows,
             progress=progress, cancelled=cancelled,
+            on_step=lambda *event: append_block(ledger, clients, [step_entry(*event)]),
         )
         finished = call_each(clients, lambda name, c: c.finish_job())
+        append_block(ledger, clients, [job_end_entry({name: f.model_digest for name, f in finished.items()})])
+        settlement = settlement_entry(ledger, clients)
+        head = append_block(ledger, clients, [settlement])
+        call_each(clients, lambda name, c: c.close_job())
     except BaseException:
         for client in clients.values():
             try:
@@ -89,6 +111,8 @@ def run_job(
     finally:
         for client in clients.values():
             client.close()
+        if "ledger" in locals():
+            ledger.close()
     report = build_report(
         spec, job_id, coordinator.public_key, rows, train_rows, result,
         parties={
@@ -102,6 +126,12 @@ def run_job(
             for name in clients
         },
         alignment=summary,
+        audit={
+            "ledgers": {"coordinator": str(ledger.path), **{n: f.ledger_path for n, f in finished.items()}},
+            "head": head.hash().hex(),
+            "blocks": head.height + 1,
+            "settlement": {k: settlement[k] for k in ("currency", "payer", "lines", "total")},
+        },
         coordinator_state=str(state_dir),
         seconds=time.perf_counter() - started,
     )

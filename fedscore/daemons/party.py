@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,12 @@ from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, ProtocolError
+from fedscore.ledger import identity
+from fedscore.ledger.block import decode_entry, encode_entry
+from fedscore.ledger.entries import Facts
+from fedscore.ledger.entries import digest as entry_digest
+from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.settlement import settlement_body
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import write_atomically
 from fedscore.proto import fedscore_pb2 as pb
@@ -46,6 +51,7 @@ class PreparedJob:
     table: PartyTable
     public_key: PublicKey
     alignment: PsiParty
+    ledger: LedgerMember
     partners: dict[str, PartyClient] = field(default_factory=dict)   # the card center's only
     aligned_rows: np.ndarray | None = None                            # table rows held by every party
     session: PartySession | None = None
@@ -59,6 +65,7 @@ class PartyService(pb_grpc.PartyServicer):
         self.pool = pool
         self._jobs: dict[str, PreparedJob] = {}
         self._lock = threading.Lock()
+        self.key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
 
     # -- helpers ------------------------------------------------------------
 
@@ -100,6 +107,7 @@ class PartyService(pb_grpc.PartyServicer):
                 f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
                 f"applicants); its policy asks for at least {self.config.min_batch_rows}"
             )
+        session.facts = job.ledger.facts
         job.session = session
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)
         return pb.Empty()
@@ -133,19 +141,26 @@ class PartyService(pb_grpc.PartyServicer):
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        facts = Facts(
+            self.name, identity.public_hex(self.key), job_digest=spec.digest(),
+            paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
+        )
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", facts)
         if me.is_card_center:
             partners = {p.name: PartyClient(p.name, p.address, timeout=PARTNER_TIMEOUT) for p in spec.partners}
             for client in partners.values():
                 client.job_id, client.public_key = request.job_id, public_key
-            job = PreparedJob(spec, table, public_key, CardCenterAlignment(self.name, table, request.job_id, self.pool), partners)
+            aligner: PsiParty = CardCenterAlignment(self.name, table, request.job_id, self.pool)
+            job = PreparedJob(spec, table, public_key, aligner, ledger, partners)
         else:
-            job = PreparedJob(spec, table, public_key, PartnerAlignment(self.name, table, request.job_id, self.pool))
+            job = PreparedJob(spec, table, public_key, PartnerAlignment(self.name, table, request.job_id, self.pool), ledger)
         with self._lock:
             self._jobs[request.job_id] = job
         log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, len(table.feature_names), path)
         return pb.PrepareJobReply(
             party=self.name, role="card_center" if me.is_card_center else "partner", rows=table.rows,
             features=len(table.feature_names), state_dir=str(self.config.state_dir),
+            signing_key=bytes(self.key.verify_key),
         )
 
     @handles_errors
@@ -164,25 +179,65 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def FinishJob(self, request, context):
+        job = self._job(request.job_id)
         session = self._session(request.job_id)
         path = self.job_dir(request.job_id) / "model.json"
-        write_atomically(path, session.model().to_json())
-        self._close(request.job_id)
+        text = session.model().to_json()
+        write_atomically(path, text)
+        job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
-        return pb.FinishJobReply(model_path=str(path), state_dir=str(self.config.state_dir))
+        return pb.FinishJobReply(
+            model_path=str(path), state_dir=str(self.config.state_dir),
+            model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+        )
+
+    @handles_errors
+    def CloseJob(self, request, context):
+        self._close(request.job_id)
+        return pb.Empty()
 
     @handles_errors
     def AbortJob(self, request, context):
+        """Drop the job and any model it wrote; its ledger stays as the record of what happened."""
         self._close(request.job_id)
-        shutil.rmtree(self.job_dir(request.job_id), ignore_errors=True)
+        (self.job_dir(request.job_id) / "model.json").unlink(missing_ok=True)
         log.info("job %s aborted", request.job_id)
         return pb.Empty()
 
     def _close(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
-        for client in (job.partners.values() if job else ()):
-            client.close()
+        if job is not None:
+            for client in job.partners.values():
+                client.close()
+            job.ledger.close()
+
+    # -- coordinator -> every party: the audit chain --------------------------
+
+    @handles_errors
+    def ProposeBlock(self, request, context):
+        block = codec.block_from_proto(request)
+        return pb.Signature(signature=self._job(request.job_id).ledger.sign(block))
+
+    @handles_errors
+    def CommitBlock(self, request, context):
+        self._job(request.job_id).ledger.commit(codec.block_from_proto(request))
+        return pb.Empty()
+
+    @handles_errors
+    def SignSettlement(self, request, context):
+        ledger = self._job(request.job_id).ledger
+        expected = settlement_body(ledger.entries())
+        try:
+            body = decode_entry(request.body)
+        except ValueError:
+            raise ProtocolError(f"{self.label}: the settlement to sign is not JSON") from None
+        if body != expected or request.body != encode_entry(expected):
+            raise ProtocolError(
+                f"{self.label}: refuses to sign a settlement that does not follow from its own replica "
+                "(fee contract, recorded steps and overlaps)"
+            )
+        return pb.Signature(signature=self.key.sign(request.body).signature)
 
     # -- coordinator -> card center: alignment --------------------------------
 
@@ -193,6 +248,7 @@ class PartyService(pb_grpc.PartyServicer):
         handles = {name: PsiClient(client) for name, client in job.partners.items()}
         result = aligner.align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
+        job.ledger.facts.aligned_rows, job.ledger.facts.overlaps = result.aligned_rows, dict(result.overlaps)
         return pb.AlignReply(
             aligned_rows=result.aligned_rows,
             overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
@@ -231,6 +287,7 @@ class PartyService(pb_grpc.PartyServicer):
         aligner = self._alignment(request.job_id, PartnerAlignment)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
+        job.ledger.facts.aligned_rows = len(job.aligned_rows)
         return pb.Empty()
 
     # -- coordinator -> card center -----------------------------------------
@@ -243,8 +300,10 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def LossShare(self, request, context):
         session = self._session(request.job_id, CardCenterSession)
-        value = session.loss_share(codec.step_from_proto(request))
-        return codec.single_block([value], session.public_key.ciphertext_bytes, request)
+        value, digests = session.loss_share(codec.step_from_proto(request))
+        return pb.LossShareReply(
+            share=codec.single_block([value], session.public_key.ciphertext_bytes, request), digests=digests
+        )
 
     @handles_errors
     def Evaluate(self, request, context):

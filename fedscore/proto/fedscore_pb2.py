@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66\x65\x64score.proto\x12\x0b\x66\x65\x64score.v1\"\x07\n\x05\x45mpty\"\r\n\x0bPingRequest\"8\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"[\n\tPartySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x12\n\nid_columns\x18\x04 \x03(\t\x12\r\n\x05label\x18\x05 \x01(\t\"\xe8\x01\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\n\n\x02l2\x18\x05 \x01(\x01\x12\x12\n\nvalidation\x18\x06 \x01(\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x10\n\x08key_bits\x18\x08 \x01(\r\x12\x16\n\x0e\x65\x61rly_stop_tol\x18\t \x01(\x01\x12\'\n\x07parties\x18\n \x03(\x0b\x32\x16.fedscore.v1.PartySpec\x12\x13\n\x0bmin_overlap\x18\x0b \x01(\x04\"F\n\rRunJobRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.JobSpec\x12\x12\n\nalign_only\x18\x02 \x01(\x08\"h\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0f\n\x07message\x18\x06 \x01(\t\"U\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedscore.v1.ProgressH\x00\x12\x15\n\x0breport_json\x18\x02 \x01(\tH\x00\x42\x07\n\x05\x65vent\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x07StepRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\r\"i\n\x11PrepareJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x03job\x18\x02 \x01(\x0b\x32\x14.fedscore.v1.JobSpec\x12\r\n\x05party\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"a\n\x0fPrepareJobReply\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x01(\r\x12\x11\n\tstate_dir\x18\x05 \x01(\t\"3\n\x0c\x41lignRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_overlap\x18\x02 \x01(\x04\"&\n\x07Overlap\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"J\n\nAlignReply\x12\x14\n\x0c\x61ligned_rows\x18\x01 \x01(\x04\x12&\n\x08overlaps\x18\x02 \x03(\x0b\x32\x14.fedscore.v1.Overlap\"n\n\x0cIntegerBlock\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.StepRef\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"e\n\x14MaskedGradientValues\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.StepRef\x12)\n\x06values\x18\x02 \x01(\x0b\x32\x19.fedscore.v1.IntegerBlock\"X\n\nFixedBlock\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\x14\n\x04Seed\x12\x0c\n\x04seed\x18\x01 \x01(\x0c\"3\n\x0f\x45valuateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08mask_sum\x18\x02 \x01(\x0c\"%\n\rEvaluateReply\x12\x14\n\x0cmetrics_json\x18\x01 \x01(\t\"7\n\x0e\x46inishJobReply\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x11\n\tstate_dir\x18\x02 \x01(\t2\x86\x01\n\x0b\x43oordinator\x12\x38\n\x04Ping\x12\x18.fedscore.v1.PingRequest\x1a\x16.fedscore.v1.PingReply\x12=\n\x06RunJob\x12\x1a.fedscore.v1.RunJobRequest\x1a\x15.fedscore.v1.JobEvent0\x01\x32\xc5\t\n\x05Party\x12\x38\n\x04Ping\x12\x18.fedscore.v1.PingRequest\x1a\x16.fedscore.v1.PingReply\x12J\n\nPrepareJob\x12\x1e.fedscore.v1.PrepareJobRequest\x1a\x1c.fedscore.v1.PrepareJobReply\x12\x38\n\rStartTraining\x12\x13.fedscore.v1.JobRef\x1a\x12.fedscore.v1.Empty\x12\x41\n\x0eMaskedGradient\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock\x12\x46\n\rApplyGradient\x12!.fedscore.v1.MaskedGradientValues\x1a\x12.fedscore.v1.Empty\x12=\n\tFinishJob\x12\x13.fedscore.v1.JobRef\x1a\x1b.fedscore.v1.FinishJobReply\x12\x33\n\x08\x41\x62ortJob\x12\x13.fedscore.v1.JobRef\x1a\x12.fedscore.v1.Empty\x12;\n\x05\x41lign\x12\x19.fedscore.v1.AlignRequest\x1a\x17.fedscore.v1.AlignReply\x12\x37\n\x0b\x46orwardStep\x12\x14.fedscore.v1.StepRef\x1a\x12.fedscore.v1.Empty\x12<\n\tLossShare\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock\x12\x44\n\x08\x45valuate\x12\x1c.fedscore.v1.EvaluateRequest\x1a\x1a.fedscore.v1.EvaluateReply\x12\x37\n\rScoreMaskSeed\x12\x13.fedscore.v1.JobRef\x1a\x11.fedscore.v1.Seed\x12?\n\rPsiBlindedIds\x12\x13.fedscore.v1.JobRef\x1a\x17.fedscore.v1.FixedBlock0\x01\x12\x42\n\nPsiReblind\x12\x17.fedscore.v1.FixedBlock\x1a\x17.fedscore.v1.FixedBlock(\x01\x30\x01\x12\x38\n\tPsiAccept\x12\x17.fedscore.v1.FixedBlock\x1a\x12.fedscore.v1.Empty\x12\x45\n\x10\x45ncryptedPartial\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock0\x01\x12>\n\x0bPutResidual\x12\x19.fedscore.v1.IntegerBlock\x1a\x12.fedscore.v1.Empty(\x01\x12\x44\n\x11\x45ncryptedLossTerm\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock\x12>\n\x0cMaskedScores\x12\x13.fedscore.v1.JobRef\x1a\x17.fedscore.v1.FixedBlock0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66\x65\x64score.proto\x12\x0b\x66\x65\x64score.v1\"\x07\n\x05\x45mpty\"\r\n\x0bPingRequest\"8\n\tPingReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"[\n\tPartySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x12\n\nid_columns\x18\x04 \x03(\t\x12\r\n\x05label\x18\x05 \x01(\t\"\x90\x02\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\n\n\x02l2\x18\x05 \x01(\x01\x12\x12\n\nvalidation\x18\x06 \x01(\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x10\n\x08key_bits\x18\x08 \x01(\r\x12\x16\n\x0e\x65\x61rly_stop_tol\x18\t \x01(\x01\x12\'\n\x07parties\x18\n \x03(\x0b\x32\x16.fedscore.v1.PartySpec\x12\x13\n\x0bmin_overlap\x18\x0b \x01(\x04\x12&\n\x04\x66\x65\x65s\x18\x0c \x01(\x0b\x32\x18.fedscore.v1.FeeContract\"J\n\x0b\x46\x65\x65\x43ontract\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x10\n\x08per_step\x18\x02 \x01(\x04\x12\x17\n\x0fper_overlap_row\x18\x03 \x01(\x04\"F\n\rRunJobRequest\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.JobSpec\x12\x12\n\nalign_only\x18\x02 \x01(\x08\"h\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\r\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0f\n\x07message\x18\x06 \x01(\t\"U\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedscore.v1.ProgressH\x00\x12\x15\n\x0breport_json\x18\x02 \x01(\tH\x00\x42\x07\n\x05\x65vent\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x07StepRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\r\"i\n\x11PrepareJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12!\n\x03job\x18\x02 \x01(\x0b\x32\x14.fedscore.v1.JobSpec\x12\r\n\x05party\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"v\n\x0fPrepareJobReply\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x01(\r\x12\x11\n\tstate_dir\x18\x05 \x01(\t\x12\x13\n\x0bsigning_key\x18\x06 \x01(\x0c\"3\n\x0c\x41lignRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_overlap\x18\x02 \x01(\x04\"&\n\x07Overlap\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"J\n\nAlignReply\x12\x14\n\x0c\x61ligned_rows\x18\x01 \x01(\x04\x12&\n\x08overlaps\x18\x02 \x03(\x0b\x32\x14.fedscore.v1.Overlap\"n\n\x0cIntegerBlock\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.StepRef\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"e\n\x14MaskedGradientValues\x12\"\n\x04step\x18\x01 \x01(\x0b\x32\x14.fedscore.v1.StepRef\x12)\n\x06values\x18\x02 \x01(\x0b\x32\x19.fedscore.v1.IntegerBlock\"X\n\nFixedBlock\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\x14\n\x04Seed\x12\x0c\n\x04seed\x18\x01 \x01(\x0c\"3\n\x0f\x45valuateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08mask_sum\x18\x02 \x01(\x0c\"%\n\rEvaluateReply\x12\x14\n\x0cmetrics_json\x18\x01 \x01(\t\"b\n\x0e\x46inishJobReply\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x11\n\tstate_dir\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\x13\n\x0bledger_path\x18\x04 \x01(\t\"\xa5\x01\n\x0eLossShareReply\x12(\n\x05share\x18\x01 \x01(\x0b\x32\x19.fedscore.v1.IntegerBlock\x12\x39\n\x07\x64igests\x18\x02 \x03(\x0b\x32(.fedscore.v1.LossShareReply.DigestsEntry\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe0\x01\n\x05\x42lock\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\x04\x12\x10\n\x08previous\x18\x03 \x01(\x0c\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x04\x12\x13\n\x0bmerkle_root\x18\x05 \x01(\x0c\x12\x0f\n\x07\x65ntries\x18\x06 \x03(\x0c\x12\x36\n\nsignatures\x18\x07 \x03(\x0b\x32\".fedscore.v1.Block.SignaturesEntry\x1a\x31\n\x0fSignaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x1e\n\tSignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"1\n\x11SettlementRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x32\x86\x01\n\x0b\x43oordinator\x12\x38\n\x04Ping\x12\x18.fedscore.v1.PingRequest\x1a\x16.fedscore.v1.PingReply\x12=\n\x06RunJob\x12\x1a.fedscore.v1.RunJobRequest\x1a\x15.fedscore.v1.JobEvent0\x01\x32\xb9\x0b\n\x05Party\x12\x38\n\x04Ping\x12\x18.fedscore.v1.PingRequest\x1a\x16.fedscore.v1.PingReply\x12J\n\nPrepareJob\x12\x1e.fedscore.v1.PrepareJobRequest\x1a\x1c.fedscore.v1.PrepareJobReply\x12\x38\n\rStartTraining\x12\x13.fedscore.v1.JobRef\x1a\x12.fedscore.v1.Empty\x12\x41\n\x0eMaskedGradient\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock\x12\x46\n\rApplyGradient\x12!.fedscore.v1.MaskedGradientValues\x1a\x12.fedscore.v1.Empty\x12=\n\tFinishJob\x12\x13.fedscore.v1.JobRef\x1a\x1b.fedscore.v1.FinishJobReply\x12\x33\n\x08\x41\x62ortJob\x12\x13.fedscore.v1.JobRef\x1a\x12.fedscore.v1.Empty\x12\x33\n\x08\x43loseJob\x12\x13.fedscore.v1.JobRef\x1a\x12.fedscore.v1.Empty\x12:\n\x0cProposeBlock\x12\x12.fedscore.v1.Block\x1a\x16.fedscore.v1.Signature\x12\x35\n\x0b\x43ommitBlock\x12\x12.fedscore.v1.Block\x1a\x12.fedscore.v1.Empty\x12H\n\x0eSignSettlement\x12\x1e.fedscore.v1.SettlementRequest\x1a\x16.fedscore.v1.Signature\x12;\n\x05\x41lign\x12\x19.fedscore.v1.AlignRequest\x1a\x17.fedscore.v1.AlignReply\x12\x37\n\x0b\x46orwardStep\x12\x14.fedscore.v1.StepRef\x1a\x12.fedscore.v1.Empty\x12>\n\tLossShare\x12\x14.fedscore.v1.StepRef\x1a\x1b.fedscore.v1.LossShareReply\x12\x44\n\x08\x45valuate\x12\x1c.fedscore.v1.EvaluateRequest\x1a\x1a.fedscore.v1.EvaluateReply\x12\x37\n\rScoreMaskSeed\x12\x13.fedscore.v1.JobRef\x1a\x11.fedscore.v1.Seed\x12?\n\rPsiBlindedIds\x12\x13.fedscore.v1.JobRef\x1a\x17.fedscore.v1.FixedBlock0\x01\x12\x42\n\nPsiReblind\x12\x17.fedscore.v1.FixedBlock\x1a\x17.fedscore.v1.FixedBlock(\x01\x30\x01\x12\x38\n\tPsiAccept\x12\x17.fedscore.v1.FixedBlock\x1a\x12.fedscore.v1.Empty\x12\x45\n\x10\x45ncryptedPartial\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock0\x01\x12>\n\x0bPutResidual\x12\x19.fedscore.v1.IntegerBlock\x1a\x12.fedscore.v1.Empty(\x01\x12\x44\n\x11\x45ncryptedLossTerm\x12\x14.fedscore.v1.StepRef\x1a\x19.fedscore.v1.IntegerBlock\x12>\n\x0cMaskedScores\x12\x13.fedscore.v1.JobRef\x1a\x17.fedscore.v1.FixedBlock0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedscore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LOSSSHAREREPLY_DIGESTSENTRY']._loaded_options = None
+  _globals['_LOSSSHAREREPLY_DIGESTSENTRY']._serialized_options = b'8\001'
+  _globals['_BLOCK_SIGNATURESENTRY']._loaded_options = None
+  _globals['_BLOCK_SIGNATURESENTRY']._serialized_options = b'8\001'
   _globals['_EMPTY']._serialized_start=31
   _globals['_EMPTY']._serialized_end=38
   _globals['_PINGREQUEST']._serialized_start=40
@@ -40,43 +44,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTYSPEC']._serialized_start=113
   _globals['_PARTYSPEC']._serialized_end=204
   _globals['_JOBSPEC']._serialized_start=207
-  _globals['_JOBSPEC']._serialized_end=439
-  _globals['_RUNJOBREQUEST']._serialized_start=441
-  _globals['_RUNJOBREQUEST']._serialized_end=511
-  _globals['_PROGRESS']._serialized_start=513
-  _globals['_PROGRESS']._serialized_end=617
-  _globals['_JOBEVENT']._serialized_start=619
-  _globals['_JOBEVENT']._serialized_end=704
-  _globals['_JOBREF']._serialized_start=706
-  _globals['_JOBREF']._serialized_end=730
-  _globals['_STEPREF']._serialized_start=732
-  _globals['_STEPREF']._serialized_end=787
-  _globals['_PREPAREJOBREQUEST']._serialized_start=789
-  _globals['_PREPAREJOBREQUEST']._serialized_end=894
-  _globals['_PREPAREJOBREPLY']._serialized_start=896
-  _globals['_PREPAREJOBREPLY']._serialized_end=993
-  _globals['_ALIGNREQUEST']._serialized_start=995
-  _globals['_ALIGNREQUEST']._serialized_end=1046
-  _globals['_OVERLAP']._serialized_start=1048
-  _globals['_OVERLAP']._serialized_end=1086
-  _globals['_ALIGNREPLY']._serialized_start=1088
-  _globals['_ALIGNREPLY']._serialized_end=1162
-  _globals['_INTEGERBLOCK']._serialized_start=1164
-  _globals['_INTEGERBLOCK']._serialized_end=1274
-  _globals['_MASKEDGRADIENTVALUES']._serialized_start=1276
-  _globals['_MASKEDGRADIENTVALUES']._serialized_end=1377
-  _globals['_FIXEDBLOCK']._serialized_start=1379
-  _globals['_FIXEDBLOCK']._serialized_end=1467
-  _globals['_SEED']._serialized_start=1469
-  _globals['_SEED']._serialized_end=1489
-  _globals['_EVALUATEREQUEST']._serialized_start=1491
-  _globals['_EVALUATEREQUEST']._serialized_end=1542
-  _globals['_EVALUATEREPLY']._serialized_start=1544
-  _globals['_EVALUATEREPLY']._serialized_end=1581
-  _globals['_FINISHJOBREPLY']._serialized_start=1583
-  _globals['_FINISHJOBREPLY']._serialized_end=1638
-  _globals['_COORDINATOR']._serialized_start=1641
-  _globals['_COORDINATOR']._serialized_end=1775
-  _globals['_PARTY']._serialized_start=1778
-  _globals['_PARTY']._serialized_end=2999
+  _globals['_JOBSPEC']._serialized_end=479
+  _globals['_FEECONTRACT']._serialized_start=481
+  _globals['_FEECONTRACT']._serialized_end=555
+  _globals['_RUNJOBREQUEST']._serialized_start=557
+  _globals['_RUNJOBREQUEST']._serialized_end=627
+  _globals['_PROGRESS']._serialized_start=629
+  _globals['_PROGRESS']._serialized_end=733
+  _globals['_JOBEVENT']._serialized_start=735
+  _globals['_JOBEVENT']._serialized_end=820
+  _globals['_JOBREF']._serialized_start=822
+  _globals['_JOBREF']._serialized_end=846
+  _globals['_STEPREF']._serialized_start=848
+  _globals['_STEPREF']._serialized_end=903
+  _globals['_PREPAREJOBREQUEST']._serialized_start=905
+  _globals['_PREPAREJOBREQUEST']._serialized_end=1010
+  _globals['_PREPAREJOBREPLY']._serialized_start=1012
+  _globals['_PREPAREJOBREPLY']._serialized_end=1130
+  _globals['_ALIGNREQUEST']._serialized_start=1132
+  _globals['_ALIGNREQUEST']._serialized_end=1183
+  _globals['_OVERLAP']._serialized_start=1185
+  _globals['_OVERLAP']._serialized_end=1223
+  _globals['_ALIGNREPLY']._serialized_start=1225
+  _globals['_ALIGNREPLY']._serialized_end=1299
+  _globals['_INTEGERBLOCK']._serialized_start=1301
+  _globals['_INTEGERBLOCK']._serialized_end=1411
+  _globals['_MASKEDGRADIENTVALUES']._serialized_start=1413
+  _globals['_MASKEDGRADIENTVALUES']._serialized_end=1514
+  _globals['_FIXEDBLOCK']._serialized_start=1516
+  _globals['_FIXEDBLOCK']._serialized_end=1604
+  _globals['_SEED']._serialized_start=1606
+  _globals['_SEED']._serialized_end=1626
+  _globals['_EVALUATEREQUEST']._serialized_start=1628
+  _globals['_EVALUATEREQUEST']._serialized_end=1679
+  _globals['_EVALUATEREPLY']._serialized_start=1681
+  _globals['_EVALUATEREPLY']._serialized_end=1718
+  _globals['_FINISHJOBREPLY']._serialized_start=1720
+  _globals['_FINISHJOBREPLY']._serialized_end=1818
+  _globals['_LOSSSHAREREPLY']._serialized_start=1821
+  _globals['_LOSSSHAREREPLY']._serialized_end=1986
+  _globals['_LOSSSHAREREPLY_DIGESTSENTRY']._serialized_start=1940
+  _globals['_LOSSSHAREREPLY_DIGESTSENTRY']._serialized_end=1986
+  _globals['_BLOCK']._serialized_start=1989
+  _globals['_BLOCK']._serialized_end=2213
+  _globals['_BLOCK_SIGNATURESENTRY']._serialized_start=2164
+  _globals['_BLOCK_SIGNATURESENTRY']._serialized_end=2213
+  _globals['_SIGNATURE']._serialized_start=2215
+  _globals['_SIGNATURE']._serialized_end=2245
+  _globals['_SETTLEMENTREQUEST']._serialized_start=2247
+  _globals['_SETTLEMENTREQUEST']._serialized_end=2296
+  _globals['_COORDINATOR']._serialized_start=2299
+  _globals['_COORDINATOR']._serialized_end=2433
+  _globals['_PARTY']._serialized_start=2436
+  _globals['_PARTY']._serialized_end=3901
 # @@protoc_insertion_point(module_scope)

@@ -185,6 +185,26 @@ class PartyStub:
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CloseJob = channel.unary_unary(
+                '/fedscore.v1.Party/CloseJob',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ProposeBlock = channel.unary_unary(
+                '/fedscore.v1.Party/ProposeBlock',
+                request_serializer=fedscore__pb2.Block.SerializeToString,
+                response_deserializer=fedscore__pb2.Signature.FromString,
+                _registered_method=True)
+        self.CommitBlock = channel.unary_unary(
+                '/fedscore.v1.Party/CommitBlock',
+                request_serializer=fedscore__pb2.Block.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SignSettlement = channel.unary_unary(
+                '/fedscore.v1.Party/SignSettlement',
+                request_serializer=fedscore__pb2.SettlementRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.Signature.FromString,
+                _registered_method=True)
         self.Align = channel.unary_unary(
                 '/fedscore.v1.Party/Align',
                 request_serializer=fedscore__pb2.AlignRequest.SerializeToString,
@@ -198,7 +218,7 @@ class PartyStub:
         self.LossShare = channel.unary_unary(
                 '/fedscore.v1.Party/LossShare',
                 request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                response_deserializer=fedscore__pb2.LossShareReply.FromString,
                 _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/fedscore.v1.Party/Evaluate',
@@ -289,6 +309,34 @@ class PartyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseJob(self, request, context):
+        """after settlement: release the job's memory
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProposeBlock(self, request, context):
+        """coordinator -> every party: the audit chain
+        check the block against what this member saw; sign
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitBlock(self, request, context):
+        """every member signed: verify and append to the replica
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignSettlement(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -408,6 +456,26 @@ def add_PartyServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
+            'CloseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseJob,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'ProposeBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeBlock,
+                    request_deserializer=fedscore__pb2.Block.FromString,
+                    response_serializer=fedscore__pb2.Signature.SerializeToString,
+            ),
+            'CommitBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBlock,
+                    request_deserializer=fedscore__pb2.Block.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'SignSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignSettlement,
+                    request_deserializer=fedscore__pb2.SettlementRequest.FromString,
+                    response_serializer=fedscore__pb2.Signature.SerializeToString,
+            ),
             'Align': grpc.unary_unary_rpc_method_handler(
                     servicer.Align,
                     request_deserializer=fedscore__pb2.AlignRequest.FromString,
@@ -421,7 +489,7 @@ def add_PartyServicer_to_server(servicer, server):
             'LossShare': grpc.unary_unary_rpc_method_handler(
                     servicer.LossShare,
                     request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+                    response_serializer=fedscore__pb2.LossShareReply.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
                     servicer.Evaluate,
@@ -669,6 +737,114 @@ class Party:
             _registered_method=True)
 
     @staticmethod
+    def CloseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/CloseJob',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/ProposeBlock',
+            fedscore__pb2.Block.SerializeToString,
+            fedscore__pb2.Signature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/CommitBlock',
+            fedscore__pb2.Block.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/SignSettlement',
+            fedscore__pb2.SettlementRequest.SerializeToString,
+            fedscore__pb2.Signature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Align(request,
             target,
             options=(),
@@ -738,7 +914,7 @@ class Party:
             target,
             '/fedscore.v1.Party/LossShare',
             fedscore__pb2.StepRef.SerializeToString,
-            fedscore__pb2.IntegerBlock.FromString,
+            fedscore__pb2.LossShareReply.FromString,
             options,
             channel_credentials,
             insecure,

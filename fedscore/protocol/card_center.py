@@ -73,6 +73,10 @@ class CardCenterSession(PartySession):
             if len(values) != len(rows):
                 raise PeerError(f"partner {name!r}: sent {len(values)} partial scores for {step}, the batch has {len(rows)} rows")
         shares = self.residual_shares(encrypted_own, partials)
+        width = key.ciphertext_bytes
+        for name in partials:
+            self.record(step, f"partial/{name}", partials[name], width)
+            self.record(step, f"residual/{name}", shares[name], width)
         call_each(self.partners, lambda name, p: p.receive_residual(step, shares[name]), "partner")
         combined = self.combine(list(partials.values()))
         state.encrypted_rest = combined
@@ -102,13 +106,20 @@ class CardCenterSession(PartySession):
         plain = sum(o if y == 0 else -o for o, y in zip(own, labels))
         return paillier.add_plain(key, goods * paillier.invert(key, bads) % key.nsquare, plain)
 
-    def loss_share(self, step: Step) -> mpz:
-        """[[Z]] = [[T + Σ_p loss share_p]], re-randomised: the coordinator decrypts only the sum."""
+    def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]:
+        """[[Z]] = [[T + Σ_p loss share_p]], re-randomised: the coordinator decrypts only the sum.
+
+        Also returns this step's message digests as the card center saw them, for the audit chain.
+        """
         state = self._current(step, needs="applied")
         terms = call_each(self.partners, lambda name, p: p.encrypted_loss_term(step), "partner")
         key = self.public_key
+        for name, term in terms.items():
+            self.record(step, f"loss_term/{name}", [term], key.ciphertext_bytes)
         total = paillier.add_plain(key, paillier.product(key, [self._loss_part, *terms.values()]), state.loss_term)
-        return self.pool.obfuscator(key).rerandomise(total)
+        share = self.pool.obfuscator(key).rerandomise(total)
+        self.record(step, "loss_share", [share], key.ciphertext_bytes)
+        return share, self.step_digests(step)
 
     def evaluate(self, mask_sum: np.ndarray) -> dict:
         """Metrics of the federated model and of a card-center-only model, train and held out."""

@@ -15,7 +15,10 @@ from fedscore.config import JobSpec
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.crypto.masks import word_masks
 from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
+from fedscore.crypto.pool import pack
 from fedscore.errors import ProtocolError
+from fedscore.ledger.entries import Facts, step_key
+from fedscore.protocol.party import Step
 from fedscore.model.taylor import LOG2_MINUS_HALF
 
 
@@ -29,23 +32,35 @@ class CoordinatorSession:
         self.spec = spec
         self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
         self._columns: dict[str, int] = {}
+        self.facts = Facts("coordinator", "", job_digest=spec.digest(), fees=spec.fees.to_dict(),
+                           paillier_fingerprint=self.public_key.fingerprint())
 
     def expect_columns(self, party: str, columns: int) -> None:
         """How many gradient values ``party`` may send per step (its features, plus the intercept)."""
         self._columns[party] = columns
 
-    def decrypt_masked_gradient(self, party: str, masked: list[mpz]) -> list[int]:
+    def decrypt_masked_gradient(self, party: str, masked: list[mpz], step: Step) -> list[int]:
         """g + r mod n for each column: uniform values, returned to their owner."""
         if len(masked) != self._columns.get(party, len(masked)):
             raise ProtocolError(
                 f"party {party!r} sent {len(masked)} gradient values; it has {self._columns[party]} columns"
             )
-        return [self._private_key.decrypt(c) for c in masked]
+        values = [self._private_key.decrypt(c) for c in masked]
+        key = self.public_key
+        self.facts.record(step.epoch, step.batch, f"gradient/{party}", pack(masked, key.ciphertext_bytes))
+        self.facts.record(step.epoch, step.batch, f"gradient_values/{party}", pack(values, key.plaintext_bytes))
+        return values
 
-    def decrypt_loss(self, encrypted_total: mpz, batch_rows: int) -> float:
+    def decrypt_loss(self, encrypted_total: mpz, batch_rows: int, step: Step) -> float:
         """The batch's Taylor loss from [[Z]] = [[4·|B|·2^P·(loss − log 2 + 1/2)]]."""
         total = self._private_key.decrypt_signed(encrypted_total)
-        return LOG2_MINUS_HALF + total / (4.0 * batch_rows * 2.0**SCORE_BITS)
+        loss = LOG2_MINUS_HALF + total / (4.0 * batch_rows * 2.0**SCORE_BITS)
+        self.facts.record(step.epoch, step.batch, "loss_share", pack([encrypted_total], self.public_key.ciphertext_bytes))
+        self.facts.losses[step_key(step.epoch, step.batch)] = loss
+        return loss
+
+    def step_digests(self, step: Step) -> dict[str, str]:
+        return dict(self.facts.digests.get(step_key(step.epoch, step.batch), {}))
 
     @staticmethod
     def score_mask_sum(seeds: list[bytes], rows: int) -> np.ndarray:

@@ -25,7 +25,9 @@ class PartnerSession(PartySession):
         rows = self.step_rows(step)
         own = encode_scores(self.partial_scores(rows)).tolist()
         self._begin(step, own_part=own)
-        return self.pool.encrypt(self.public_key, own)
+        encrypted = self.pool.encrypt(self.public_key, own)
+        self.record(step, f"partial/{self.party}", encrypted, self.public_key.ciphertext_bytes)
+        return encrypted
 
     def receive_residual(self, step: Step, residual: list[mpz]) -> None:
         """Keep [[D − U_k]] for this step's gradient."""
@@ -35,6 +37,7 @@ class PartnerSession(PartySession):
                 f"{self.party}: residual for {step} has {len(residual)} values, the batch has {len(state.rows)} rows"
             )
         state.encrypted_rest = list(residual)
+        self.record(step, f"residual/{self.party}", state.encrypted_rest, self.public_key.ciphertext_bytes)
 
     def score_mask_seed(self) -> bytes:
         """A fresh seed for this evaluation's masks; only the coordinator receives it."""

@@ -24,8 +24,9 @@ from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import SCORE_BITS, quantise_columns
 from fedscore.crypto.masks import uniform_mask
 from fedscore.crypto.paillier import PublicKey
-from fedscore.crypto.pool import CryptoPool
+from fedscore.crypto.pool import CryptoPool, pack
 from fedscore.errors import DataError, ProtocolError
+from fedscore.ledger.entries import Facts, step_key
 from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
@@ -97,6 +98,15 @@ class PartySession:
         self._state: StepState | None = None
         self._last_done: Step | None = None
         self._batches: tuple[int, list[np.ndarray]] | None = None
+        self.facts: Facts | None = None   # when set, digests of every message sent or received go here
+
+    def record(self, step: Step, message: str, values: list, width: int) -> None:
+        """Keep the digest of a message for the audit chain (the same bytes as on the wire)."""
+        if self.facts is not None:
+            self.facts.record(step.epoch, step.batch, message, pack(values, width))
+
+    def step_digests(self, step: Step) -> dict[str, str]:
+        return dict(self.facts.digests.get(step_key(step.epoch, step.batch), {})) if self.facts else {}
 
     # -- step bookkeeping ---------------------------------------------------
 
@@ -158,10 +168,12 @@ class PartySession:
         masks = [uniform_mask(key.n) for _ in plain]
         obfuscator = self.pool.obfuscator(key)
         state.masks = masks
-        return [
+        masked = [
             c * paillier.plaintext_factor(key, p + r) % nsquare * obfuscator.draw() % nsquare
             for c, p, r in zip(encrypted, plain, masks)
         ]
+        self.record(step, f"gradient/{self.party}", masked, key.ciphertext_bytes)
+        return masked
 
     def apply_gradient(self, step: Step, masked_values: list[int]) -> None:
         """Remove the masks, take the gradient step, and keep this party's loss term."""
@@ -171,6 +183,7 @@ class PartySession:
                 f"{self.party}: {len(masked_values)} gradient values for {step}, expected {len(state.masks)}"
             )
         n = self.public_key.n
+        self.record(step, f"gradient_values/{self.party}", masked_values, self.public_key.plaintext_bytes)
         totals = [paillier.decode_signed((int(v) - r) % n, n) for v, r in zip(masked_values, state.masks)]
         # X̂ᵀD / (scale · 4 · 2^P) = Xᵀd summed over the batch.
         xtd = np.array([float(t) for t in totals]) / (self.quantisation * 4.0 * 2.0**SCORE_BITS)
@@ -187,7 +200,9 @@ class PartySession:
     def encrypted_loss_term(self, step: Step) -> mpz:
         """[[this party's loss share]], fresh randomness."""
         state = self._current(step, needs="applied")
-        return paillier.encrypt(self.public_key, state.loss_term, self.pool.obfuscator(self.public_key).draw())
+        term = paillier.encrypt(self.public_key, state.loss_term, self.pool.obfuscator(self.public_key).draw())
+        self.record(step, f"loss_term/{self.party}", [term], self.public_key.ciphertext_bytes)
+        return term
 
     # -- the model ----------------------------------------------------------
 

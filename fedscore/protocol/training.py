@@ -33,7 +33,7 @@ class PartyHandle(Protocol):
 
 class CardCenterHandle(PartyHandle, Protocol):
     def forward_step(self, step: Step) -> None: ...
-    def loss_share(self, step: Step) -> mpz: ...
+    def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]: ...
     def evaluate(self, mask_sum: np.ndarray) -> dict: ...
 
 
@@ -68,7 +68,9 @@ def run_training(
     total_rows: int,
     progress: Callable[[Progress], None] = lambda event: None,
     cancelled: threading.Event | None = None,
+    on_step: Callable[[Step, int, float, float, dict[str, str]], None] | None = None,
 ) -> TrainingResult:
+    """Train; ``on_step(step, rows, loss, seconds, digests)`` follows every step (the audit chain)."""
     spec = coordinator.spec
     center_name, center = card_center
     parties: dict[str, PartyHandle] = {center_name: center, **partners}
@@ -79,13 +81,18 @@ def run_training(
         weighted, counted = 0.0, 0
         for batch, rows in enumerate(batches(train_rows, spec.batch_size, spec.seed, epoch)):
             step = Step(epoch, batch)
+            step_started = time.perf_counter()
             if cancelled is not None and cancelled.is_set():
                 raise PeerError(f"job {spec.name!r} cancelled before {step}: its submitter went away")
             center.forward_step(step)
             masked = call_each(parties, lambda name, p: p.masked_gradient(step))
-            values = {name: coordinator.decrypt_masked_gradient(name, cts) for name, cts in masked.items()}
+            values = {name: coordinator.decrypt_masked_gradient(name, cts, step) for name, cts in masked.items()}
             call_each(parties, lambda name, p: p.apply_gradient(step, values[name]))
-            loss = coordinator.decrypt_loss(center.loss_share(step), len(rows))
+            share, center_digests = center.loss_share(step)
+            loss = coordinator.decrypt_loss(share, len(rows), step)
+            if on_step is not None:
+                digests = {**center_digests, **coordinator.step_digests(step)}
+                on_step(step, len(rows), loss, time.perf_counter() - step_started, digests)
             weighted += loss * len(rows)
             counted += len(rows)
             result.steps += 1

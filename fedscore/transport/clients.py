@@ -14,6 +14,7 @@ from fedscore.config import JobSpec
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import PeerError
+from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.party import Step
@@ -79,6 +80,20 @@ class PartyClient:
     def finish_job(self) -> pb.FinishJobReply:
         return self._call("FinishJob", pb.JobRef(job_id=self.job_id))
 
+    def close_job(self) -> None:
+        self._call("CloseJob", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
+
+    # -- coordinator -> party: the audit chain -------------------------------
+
+    def propose_block(self, block: Block) -> bytes:
+        return self._call("ProposeBlock", codec.block_to_proto(self.job_id, block)).signature
+
+    def commit_block(self, block: Block) -> None:
+        self._call("CommitBlock", codec.block_to_proto(self.job_id, block))
+
+    def sign_settlement(self, body: bytes) -> bytes:
+        return self._call("SignSettlement", pb.SettlementRequest(job_id=self.job_id, body=body)).signature
+
     def abort_job(self) -> None:
         self._call("AbortJob", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
 
@@ -90,9 +105,10 @@ class PartyClient:
     def forward_step(self, step: Step) -> None:
         self._call("ForwardStep", self._step(step))
 
-    def loss_share(self, step: Step) -> mpz:
-        _, values = codec.join_integer_blocks([self._call("LossShare", self._step(step))], self._width)
-        return codec.check_ciphertexts(values, self.public_key)[0]
+    def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]:
+        reply = self._call("LossShare", self._step(step))
+        _, values = codec.join_integer_blocks([reply.share], self._width)
+        return codec.check_ciphertexts(values, self.public_key)[0], dict(reply.digests)
 
     def evaluate(self, mask_sum: np.ndarray) -> dict:
         request = pb.EvaluateRequest(job_id=self.job_id, mask_sum=np.asarray(mask_sum, dtype="<u8").tobytes())

@@ -17,6 +17,8 @@ from fedscore.config import JobSpec, PartySpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import pack, unpack
 from fedscore.errors import ProtocolError
+from fedscore.ledger.block import Block
+from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.party import Step
 
@@ -36,6 +38,9 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         key_bits=spec.key_bits,
         early_stop_tol=spec.early_stop_tol,
         min_overlap=spec.min_overlap,
+        fees=pb.FeeContract(
+            currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row
+        ),
         parties=[
             pb.PartySpec(name=p.name, address=p.address, data=p.data, id_columns=list(p.id_columns), label=p.label or "")
             for p in spec.parties
@@ -55,6 +60,10 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         key_bits=message.key_bits,
         early_stop_tol=message.early_stop_tol,
         min_overlap=message.min_overlap,
+        fees=FeeContract(
+            currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
+            per_overlap_row=message.fees.per_overlap_row,
+        ),
         parties=tuple(
             PartySpec(name=p.name, address=p.address, data=p.data, id_columns=tuple(p.id_columns), label=p.label or None)
             for p in message.parties
@@ -177,3 +186,18 @@ def join_fixed_blocks(blocks: Iterable[pb.FixedBlock], width: int) -> bytes:
 
 def words(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+
+
+def block_to_proto(job_id: str, block: Block) -> pb.Block:
+    return pb.Block(
+        job_id=job_id, height=block.height, previous=block.previous, timestamp_ns=block.timestamp_ns,
+        merkle_root=block.merkle_root, entries=list(block.entries), signatures=block.signatures,
+    )
+
+
+def block_from_proto(message: pb.Block) -> Block:
+    return Block(
+        height=message.height, previous=bytes(message.previous), timestamp_ns=message.timestamp_ns,
+        merkle_root=bytes(message.merkle_root), entries=tuple(bytes(e) for e in message.entries),
+        signatures={m: bytes(s) for m, s in message.signatures.items()},
+    )

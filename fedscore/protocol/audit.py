@@ -1,0 +1,64 @@
+"""Which events of a job go on the audit chain, and how a block gets every member's signature."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from fedscore.config import JobSpec
+from fedscore.ledger.block import Block, encode_entry
+from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.settlement import settlement_body
+from fedscore.protocol.fanout import call_each
+from fedscore.protocol.party import Step
+
+
+class LedgerHandle(Protocol):
+    """How the coordinator reaches another member's replica."""
+
+    def propose_block(self, block: Block) -> bytes: ...
+    def commit_block(self, block: Block) -> None: ...
+
+
+class SettlementSigner(Protocol):
+    def sign_settlement(self, body: bytes) -> bytes: ...
+
+
+def append_block(proposer: LedgerMember, members: Mapping[str, LedgerHandle], entries: list[dict]) -> Block:
+    """Propose, collect every member's signature (each checks first), then commit everywhere."""
+    block = proposer.propose(entries)
+    signatures = call_each(members, lambda name, m: m.propose_block(block), "member")
+    signatures[proposer.name] = proposer.sign(block)
+    signed = block.with_signatures(signatures)
+    proposer.commit(signed)
+    call_each(members, lambda name, m: m.commit_block(signed), "member")
+    return signed
+
+
+def job_start_entry(job_id: str, spec: JobSpec, members: dict[str, dict], paillier_fingerprint: str) -> dict:
+    return {
+        "kind": "job_start", "job_id": job_id, "job_name": spec.name, "job_digest": spec.digest(),
+        "members": members, "paillier_fingerprint": paillier_fingerprint, "fees": spec.fees.to_dict(),
+    }
+
+
+def alignment_entry(aligned_rows: int, overlaps: dict[str, int]) -> dict:
+    return {"kind": "alignment", "aligned_rows": aligned_rows, "overlaps": overlaps}
+
+
+def step_entry(step: Step, rows: int, loss: float, seconds: float, digests: dict[str, str]) -> dict:
+    return {
+        "kind": "step", "epoch": step.epoch, "batch": step.batch, "rows": rows, "loss": loss,
+        "seconds": round(seconds, 6), "digests": dict(sorted(digests.items())),
+    }
+
+
+def job_end_entry(model_digests: dict[str, str]) -> dict:
+    return {"kind": "job_end", "models": dict(sorted(model_digests.items()))}
+
+
+def settlement_entry(proposer: LedgerMember, signers: Mapping[str, SettlementSigner]) -> dict:
+    """The settlement the chain implies, signed by the payer and every payee (each recomputes it first)."""
+    body = settlement_body(proposer.entries())
+    encoded = encode_entry(body)
+    signatures = call_each(signers, lambda name, s: s.sign_settlement(encoded), "member")
+    return {**body, "signatures": {name: sig.hex() for name, sig in sorted(signatures.items())}}
