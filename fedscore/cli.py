@@ -1,8 +1,8 @@
 """The `fedscore` command.
 
 Exit codes: 0 success; 2 a problem the user can fix (a job file, a data file,
-a party that does not answer), named on one line; 1 an internal error;
-130 interrupted.
+a party that does not answer), named on one line; 3 a ledger that does not
+verify (the first bad block is named); 1 an internal error; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ EXAMPLES = {
     "demo": "example: fedscore demo --workdir fedscore-demo",
     "coordinator": "example: fedscore coordinator serve --config coordinator/coordinator.toml",
     "party": "example: fedscore party serve --config parties/bureau/party.toml",
+    "audit": "example: fedscore audit verify fedscore-demo/state/bureau/jobs/<job id>/ledger.sqlite",
 }
 
 
@@ -100,6 +101,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.role, config, args.ready_file)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fedscore import audit_cli
+    from fedscore.ledger.verify import LedgerError
+
+    try:
+        if args.action == "verify":
+            print(audit_cli.verify(args.ledger))
+        elif args.action == "show":
+            print(audit_cli.show(args.ledger))
+        elif args.action == "prove":
+            print(audit_cli.prove_entry(args.ledger, args.entry))
+        elif args.action == "check-proof":
+            print(audit_cli.check_proof_file(args.proof))
+        else:
+            print(audit_cli.show_balances(args.ledger))
+    except LedgerError as error:
+        print(f"fedscore: ledger is broken: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedscore",
@@ -125,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
     demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")
     demo.set_defaults(handler=cmd_demo)
+
+    audit = commands.add_parser("audit", help="verify and read a ledger replica", epilog=EXAMPLES["audit"])
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    for action, text in [
+        ("verify", "check every block; exit 0 with a summary, 3 naming the first bad block"),
+        ("show", "print blocks and entries"),
+        ("prove", "print an inclusion proof (JSON) for one entry"),
+        ("balances", "what each member owes and is owed"),
+    ]:
+        sub = audit_actions.add_parser(action, help=text, epilog=EXAMPLES["audit"].replace("verify", action))
+        sub.add_argument("ledger", type=Path, help="a member's ledger.sqlite")
+        if action == "prove":
+            sub.add_argument("entry", help="HEIGHT:INDEX, e.g. 5:0")
+        sub.set_defaults(handler=cmd_audit)
+    check = audit_actions.add_parser(
+        "check-proof", help="verify an inclusion proof offline", epilog="example: fedscore audit check-proof proof.json"
+    )
+    check.add_argument("proof", type=Path)
+    check.set_defaults(handler=cmd_audit)
 
     for role in ("coordinator", "party"):
         group = commands.add_parser(role, help=f"run a {role} daemon")

@@ -40,6 +40,11 @@ validation = 0.3        # held-out fraction for test AUC / KS
 seed = 42
 key_bits = {key_bits}
 
+[fees]                  # what the card center pays each partner, in fen, settled on the audit chain
+currency = "CNY"
+per_step = 500          # per training step
+per_overlap_row = 1     # per applicant the card center shares with the partner
+
 [coordinator]
 address = "127.0.0.1:50060"     # used without --local
 
@@ -115,4 +120,11 @@ def summary_table(report: dict) -> str:
     ]
     for name, auc, ks in rows:
         lines.append(f"{name:<28}{auc:>10.4f}{ks:>10.4f}")
+    settlement = report["settlement"]
+    owed = ", ".join(f"{line['payee']} {line['amount'] / 100:.2f}" for line in settlement["lines"])
+    lines += [
+        "",
+        f"audit chain: {report['ledger_blocks']} blocks co-signed by {len(report['ledgers'])} members, head {report['ledger_head'][:16]}…",
+        f"settlement: {settlement['payer']} owes {owed} {settlement['currency']}",
+    ]
     return "\n".join(lines)
