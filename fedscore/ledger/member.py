@@ -17,7 +17,7 @@ from fedscore.ledger import entries as entry_rules
 from fedscore.ledger.block import Block, decode_entry, make_block, sign
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.store import LedgerStore
-from fedscore.ledger.verify import LedgerError, _bad_signatures, check_link, genesis_members
+from fedscore.ledger.verify import LedgerError, signature_problems, check_link, genesis_members
 
 MAX_CLOCK_SKEW_NS = 300 * 10**9
 
@@ -70,7 +70,7 @@ class LedgerMember:
         with self._lock:
             check_link(block, self.head)
             members = genesis_members(block if block.height == 0 else self.chain[0])
-            bad = _bad_signatures([(block.height, block.hash(), block.signatures, members)])
+            bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
             if bad:
                 raise LedgerError(bad[0][0], f"member {self.name!r} refuses to commit it: {bad[0][1]}")
             self.store.append(block)

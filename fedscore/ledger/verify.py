@@ -48,7 +48,7 @@ def genesis_members(block: Block) -> dict[str, bytes]:
     return members
 
 
-def _bad_signatures(items: list[tuple[int, bytes, dict[str, bytes], dict[str, bytes]]]) -> list[tuple[int, str]]:
+def signature_problems(items: list[tuple[int, bytes, dict[str, bytes], dict[str, bytes]]]) -> list[tuple[int, str]]:
     """(height, reason) for each block whose signatures are not exactly one valid signature per member."""
     bad = []
     for height, block_hash, signatures, members in items:
@@ -107,10 +107,10 @@ def verify_chain(blocks: Iterable[Block], workers: int = 0) -> ChainSummary:
     if workers > 1 and len(items) > 500:
         size = -(-len(items) // workers)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = pool.map(_bad_signatures, [items[i : i + size] for i in range(0, len(items), size)])
+            parts = pool.map(signature_problems, [items[i : i + size] for i in range(0, len(items), size)])
             bad = [problem for part in parts for problem in part]
     else:
-        bad = _bad_signatures(items)
+        bad = signature_problems(items)
     if bad:
         raise LedgerError(*min(bad))
     if broken is not None:
