@@ -1,0 +1,1 @@
+"""Scoring new applicants with a trained model: scorecard points, decisions, limits, reasons."""
