@@ -1,0 +1,77 @@
+"""Where a party looks an applicant up at scoring time: its own data, never sent anywhere.
+
+`ApplicantSource.lookup(id)` returns the model's feature values for one
+applicant, in the model's column order, or None when the party does not know
+the applicant (or holds an incomplete row for them). Ids follow the same
+rule as training (fedscore.model.data: stripped, case-folded).
+
+- `CsvSource`: the party's CSV, read and checked as in training, indexed in memory.
+- `SqliteSource`: a table in a SQLite database through the standard DB-API,
+  queried per applicant; the id is matched after TRIM and LOWER in SQL, so the
+  stored ids may be padded or in upper case (LOWER folds ASCII letters only).
+"""
+from __future__ import annotations
+
+import math
+import re
+import sqlite3
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fedscore.errors import DataError
+from fedscore.model.data import ID_SEPARATOR, load_party_table
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def normalise_id(*parts: object) -> str:
+    return ID_SEPARATOR.join(str(p).strip().casefold() for p in parts)
+
+
+class ApplicantSource(Protocol):
+    def lookup(self, applicant_id: str) -> np.ndarray | None: ...
+
+
+class CsvSource:
+    def __init__(self, path: Path, id_columns: list[str], features: list[str], party: str = ""):
+        table = load_party_table(path, id_columns, None, party=party)
+        missing = [f for f in features if f not in table.feature_names]
+        if missing:
+            raise DataError(f"party {party!r}: {Path(path).name} lacks the model's column {missing[0]!r}")
+        order = [table.feature_names.index(f) for f in features]
+        self._rows = {applicant: table.features[i, order] for i, applicant in enumerate(table.ids)}
+
+    def lookup(self, applicant_id: str) -> np.ndarray | None:
+        return self._rows.get(normalise_id(applicant_id))
+
+
+class SqliteSource:
+    def __init__(self, path: Path, table: str, id_column: str, features: list[str], party: str = ""):
+        for name in (table, id_column, *features):
+            if not IDENTIFIER.match(name):
+                raise DataError(f"party {party!r}: {name!r} is not a plain SQL identifier")
+        if not Path(path).is_file():
+            raise DataError(f"party {party!r}: database {path} does not exist")
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        columns = ", ".join(features)
+        self._query = f"SELECT {columns} FROM {table} WHERE LOWER(TRIM(CAST({id_column} AS TEXT))) = ? LIMIT 2"
+        try:
+            self._db.execute(self._query, ("",)).fetchall()
+        except sqlite3.Error as error:
+            raise DataError(f"party {party!r}: cannot read {table} from {Path(path).name}: {error}") from None
+        self.party = party
+
+    def lookup(self, applicant_id: str) -> np.ndarray | None:
+        rows = self._db.execute(self._query, (normalise_id(applicant_id),)).fetchall()
+        if len(rows) != 1:
+            return None  # unknown, or ambiguous: never guess which row is the applicant
+        try:
+            values = np.array([float(v) for v in rows[0]])
+        except (TypeError, ValueError):
+            return None
+        return values if all(math.isfinite(v) for v in values) else None
+
+    def close(self) -> None:
+        self._db.close()
