@@ -35,7 +35,9 @@ def main() -> None:
     keys = {name: SigningKey.generate() for name in MEMBERS}
     with tempfile.TemporaryDirectory(prefix="fedscore-ledger-") as tmp:
         path = Path(tmp) / "ledger.sqlite"
-        replica = LedgerMember("bureau", keys["bureau"], path, Facts("bureau", bytes(keys["bureau"].verify_key).hex()))
+        facts = Facts("bureau", bytes(keys["bureau"].verify_key).hex(), role="partner", members=frozenset(MEMBERS))
+        facts.digests = {f"{height}/0": {} for height in range(1, args.blocks)}  # the steps it took part in
+        replica = LedgerMember("bureau", keys["bureau"], path, facts)
         start = {
             "kind": "job_start", "job_id": "bench", "job_name": "bench", "job_digest": "00" * 32,
             "paillier_fingerprint": "00" * 32, "fees": {"currency": "CNY", "per_step": 1, "per_overlap_row": 0},
@@ -48,7 +50,9 @@ def main() -> None:
                 "digests": {f"message/{i}": f"{height * 8 + i:064x}" for i in range(8)},
             }
             block = replica.propose([entry])
-            replica.commit(block.with_signatures({n: sign(block, k) for n, k in keys.items()}))
+            signatures = {n: sign(block, k) for n, k in keys.items() if n != "bureau"}
+            signatures["bureau"] = replica.sign(block)   # the replica's own check before it signs
+            replica.commit(block.with_signatures(signatures))
         append_seconds = time.perf_counter() - started
         replica.close()
 

@@ -9,14 +9,14 @@ from fedscore.ledger.block import Block
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
-from fedscore.ledger.verify import verify_chain
+from fedscore.ledger.verify import LedgerError, verify_chain
 
 
 def read_ledger(path: Path) -> list[Block]:
     if not path.is_file():
         raise FedscoreError(f"ledger {path} does not exist")
     try:
-        store = LedgerStore(path)
+        store = LedgerStore(path, read_only=True)
     except Exception as error:  # not SQLite, or not ours
         raise FedscoreError(f"ledger {path} is not readable: {error}") from None
     try:
@@ -27,17 +27,30 @@ def read_ledger(path: Path) -> list[Block]:
         store.close()
 
 
-def verify(path: Path) -> str:
-    return verify_chain(read_ledger(path)).line()
+def verify(path: Path, expected_head: str | None = None) -> str:
+    """The chain's summary; with ``expected_head`` (from a job report), a truncated or replaced chain fails too."""
+    summary = verify_chain(read_ledger(path))
+    if expected_head and summary.head.hex() != expected_head.lower():
+        raise LedgerError(summary.blocks - 1, f"the head is {summary.head.hex()}, not the expected {expected_head}")
+    return summary.line() + f", genesis {summary.genesis.hex()}"
 
 
 def show(path: Path) -> str:
-    lines = []
-    for block in read_ledger(path):
+    blocks = read_ledger(path)
+    try:
+        status = verify_chain(blocks).line()
+    except LedgerError as error:
+        status = f"DOES NOT VERIFY: {error}"
+    lines = [status]
+    for block in blocks:
         signers = ", ".join(sorted(block.signatures))
         lines.append(f"block {block.height}  {block.hash().hex()}  time {block.timestamp_ns}  signed by {signers}")
-        for index, entry in enumerate(block.decoded()):
-            lines.append(f"  [{index}] {json.dumps(entry, sort_keys=True)}")
+        for index, raw in enumerate(block.entries):
+            try:
+                text = json.dumps(json.loads(raw.decode("utf-8")), sort_keys=True)
+            except (UnicodeDecodeError, ValueError):
+                text = f"(not JSON) {raw!r}"
+            lines.append(f"  [{index}] {text}")
     return "\n".join(lines)
 
 

@@ -107,7 +107,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "verify":
-            print(audit_cli.verify(args.ledger))
+            print(audit_cli.verify(args.ledger, args.head))
         elif args.action == "show":
             print(audit_cli.show(args.ledger))
         elif args.action == "prove":
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("ledger", type=Path, help="a member's ledger.sqlite")
         if action == "prove":
             sub.add_argument("entry", help="HEIGHT:INDEX, e.g. 5:0")
+        if action == "verify":
+            sub.add_argument("--head", help="the head hash the job report gives: a truncated or replaced chain fails too")
         sub.set_defaults(handler=cmd_audit)
     check = audit_actions.add_parser(
         "check-proof", help="verify an inclusion proof offline", epilog="example: fedscore audit check-proof proof.json"

@@ -128,3 +128,16 @@ def test_blinding_commutes_and_low_order_points_are_refused():
         psi.blind_all(a, bytes(32))  # u = 0: a point of order 2
     with pytest.raises(ProtocolError, match="whole number"):
         psi.blind_all(a, bytes(33))
+
+
+def test_a_partner_answers_once_so_it_cannot_be_queried_for_guesses(inline_pool):
+    partner = PartnerAlignment("bureau", table(["a", "b", "c"]), "job-1", inline_pool)
+    partner.blinded_ids()
+    guess = psi.hash_to_curve("a", psi_domain("job-1"))
+    partner.reblind(guess)
+    with pytest.raises(ProtocolError, match="already answered"):
+        partner.blinded_ids()
+    with pytest.raises(ProtocolError, match="already answered"):
+        partner.reblind(guess)
+    with pytest.raises(ProtocolError, match="whole number"):
+        inline_pool.blind(psi.new_secret(), bytes(33))

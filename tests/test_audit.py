@@ -35,9 +35,9 @@ def test_every_replica_verifies_to_the_same_head(finished_run):
     steps = report["steps"]
     assert report["ledger_blocks"] == 1 + 1 + steps + 1 + 1  # genesis, alignment, steps, job end, settlement
     for member, path in report["ledgers"].items():
-        done = audit("verify", path)
+        done = audit("verify", path, "--head", report["ledger_head"])
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"ok: {report['ledger_blocks']} blocks, {report['ledger_blocks']} entries, head {report['ledger_head']}"
+        assert done.stdout.startswith(f"ok: {report['ledger_blocks']} blocks, {report['ledger_blocks']} entries, head {report['ledger_head']}, genesis ")
 
 
 def test_settlement_pays_each_partner_by_the_contract(finished_run):
@@ -70,6 +70,20 @@ def test_show_prove_and_check_proof(finished_run, tmp_path):
     tampered["entry"] = tampered["entry"].replace('"batch":0', '"batch":1')
     path.write_text(json.dumps(tampered))
     assert audit("check-proof", path).returncode == 2
+
+
+def test_a_truncated_replica_fails_against_the_reported_head(finished_run, tmp_path):
+    copy = tmp_path / "ledger.sqlite"
+    copy.write_bytes(Path(finished_run["ledgers"]["partner_a"]).read_bytes())
+    last = finished_run["ledger_blocks"] - 1
+    db = sqlite3.connect(copy)
+    for table in ("blocks", "entries", "signatures"):
+        db.execute(f"DELETE FROM {table} WHERE height = ?", (last,))
+    db.commit()
+    db.close()
+    assert audit("verify", copy).returncode == 0  # a prefix of a chain is a valid chain ...
+    done = audit("verify", copy, "--head", finished_run["ledger_head"])
+    assert done.returncode == 3 and "not the expected" in done.stderr  # ... but not the reported one
 
 
 def test_a_tampered_replica_fails_and_names_the_block(finished_run, tmp_path):

@@ -16,7 +16,7 @@ from fedscore.ledger.block import encode_entry, make_block, sign
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.proofs import check_proof, prove
-from fedscore.ledger.settlement import balances, settlement_body
+from fedscore.ledger.settlement import balances, settlement_body, settlement_message
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 
@@ -36,11 +36,14 @@ def job_start(signing_keys) -> dict:
     }
 
 
-def build_chain(folder: Path, steps: int = 4) -> tuple[dict[str, LedgerMember], dict]:
+def build_chain(folder: Path, steps: int = 4, settle: bool = True, end: bool = True) -> tuple[dict[str, LedgerMember], dict]:
     """A finished job's chain replicated at three members, built the way the coordinator builds it."""
     signing_keys = keys()
     members = {
-        name: LedgerMember(name, key, folder / name / "ledger.sqlite", Facts(name, bytes(key.verify_key).hex()))
+        name: LedgerMember(
+            name, key, folder / name / "ledger.sqlite",
+            Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS)),
+        )
         for name, key in signing_keys.items()
     }
 
@@ -53,11 +56,17 @@ def build_chain(folder: Path, steps: int = 4) -> tuple[dict[str, LedgerMember], 
     append([job_start(signing_keys)])
     append([{"kind": "alignment", "aligned_rows": 900, "overlaps": {"bureau": 950}}])
     for step in range(steps):
+        for m in members.values():  # every member took part in the step and kept its digests
+            m.facts.digests[f"{step}/0"] = {"partial/bureau": f"{step:064x}"}
         append([{"kind": "step", "epoch": step, "batch": 0, "rows": 900, "loss": 0.6 - step / 100,
                  "seconds": 1.5, "digests": {"partial/bureau": f"{step:064x}"}}])
+    if not end:
+        return members, signing_keys
     append([{"kind": "job_end", "models": {"card_center": "11" * 32, "bureau": "22" * 32}}])
+    if not settle:
+        return members, signing_keys
     body = settlement_body(members["card_center"].entries())
-    signed_body = {**body, "signatures": {n: signing_keys[n].sign(encode_entry(body)).signature.hex()
+    signed_body = {**body, "signatures": {n: signing_keys[n].sign(settlement_message(body)).signature.hex()
                                           for n in ("card_center", "bureau")}}
     append([signed_body])
     return members, signing_keys
@@ -105,32 +114,94 @@ def test_settlement_follows_the_contract_and_balances_add_up(tmp_path):
 
 
 def test_members_refuse_what_they_did_not_see(tmp_path):
-    members, _ = build_chain(tmp_path, steps=1)
+    members, _ = build_chain(tmp_path, steps=1, end=False)
     bureau = members["bureau"]
     bureau.facts.record(1, 0, "residual/bureau", b"what the bureau really received")
     block = members["coordinator"].propose(
         [{"kind": "step", "epoch": 1, "batch": 0, "rows": 900, "loss": 0.5, "seconds": 1.0,
           "digests": {"residual/bureau": "00" * 32}}]
     )
-    with pytest.raises(LedgerError, match=r"block 5: member 'bureau' refuses it: digest of residual/bureau in step 1/0 differs"):
+    with pytest.raises(LedgerError, match=r"block 3: member 'bureau' refuses it: digest of residual/bureau in step 1/0 differs"):
         bureau.sign(block)
-    forked = make_block(members["coordinator"].chain[3], [{"kind": "step", "epoch": 9, "batch": 0, "digests": {}}])
-    with pytest.raises(LedgerError, match=r"block 4: member 'bureau' refuses it: height 4 where 5 was expected"):
+    forked = make_block(members["coordinator"].chain[1], [{"kind": "step", "epoch": 9, "batch": 0, "digests": {}}])
+    with pytest.raises(LedgerError, match=r"block 2: member 'bureau' refuses it: it already signed another block"):
         bureau.sign(forked)
     unsigned = members["coordinator"].propose([{"kind": "job_end", "models": {}}])
-    with pytest.raises(LedgerError, match="refuses to commit it: no signature from member 'bureau'"):
+    with pytest.raises(LedgerError, match="refuses to commit a block it did not check and sign"):
         bureau.commit(unsigned.with_signatures({"coordinator": members["coordinator"].sign(unsigned)}))
 
 
+def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
+    signing_keys = keys()
+    members = {
+        name: LedgerMember(name, key, tmp_path / name / "l.sqlite",
+                           Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS)))
+        for name, key in signing_keys.items()
+    }
+    block = members["coordinator"].propose([job_start(signing_keys)])
+    signed = block.with_signatures({n: m.sign(block) for n, m in members.items()})
+    for m in members.values():
+        m.commit(signed)
+    bureau = members["bureau"]
+    bureau.facts.digests["0/0"] = {"partial/bureau": "aa" * 32}
+    never = members["coordinator"].propose([{"kind": "step", "epoch": 7, "batch": 0, "digests": {}}])
+    with pytest.raises(LedgerError, match="step 7/0 never happened here"):
+        bureau.sign(never)
+    real = {"kind": "step", "epoch": 0, "batch": 0, "digests": {"partial/bureau": "aa" * 32}}
+    twice = members["coordinator"].propose([real, real])
+    with pytest.raises(LedgerError, match="step 0/0 is already on the chain"):
+        bureau.sign(twice)
+    bureau.facts.digests["1/0"] = {}
+    missing = members["coordinator"].propose([real, {"kind": "job_end", "models": {}}])
+    with pytest.raises(LedgerError, match="steps on the chain are not the steps this member took part in"):
+        bureau.sign(missing)
+
+
+def test_a_forged_genesis_is_not_committed(tmp_path):
+    signing_keys = keys()
+    bureau = LedgerMember("bureau", signing_keys["bureau"], tmp_path / "b.sqlite",
+                          Facts("bureau", bytes(signing_keys["bureau"].verify_key).hex(), role="partner",
+                                members=frozenset(MEMBERS)))
+    mallory = SigningKey(b"\x07" * 32)
+    forged = make_block(None, [{"kind": "job_start", "job_id": "x", "fees": FEES,
+                                "members": {"mallory": {"role": "card_center", "key": bytes(mallory.verify_key).hex()}}}])
+    with pytest.raises(LedgerError, match="refuses to commit a block it did not check and sign"):
+        bureau.commit(forged.with_signatures({"mallory": sign(forged, mallory)}))
+    with pytest.raises(LedgerError, match="does not list 'bureau' with its own signing key"):
+        bureau.sign(forged)
+    wrong_role = job_start(signing_keys)
+    wrong_role["members"]["bureau"]["role"] = "coordinator"
+    with pytest.raises(LedgerError, match="gives 'bureau' the role 'coordinator', not 'partner'"):
+        bureau.sign(make_block(None, [wrong_role]))
+
+
 def test_a_wrong_settlement_is_refused(tmp_path):
+    members, signing_keys = build_chain(tmp_path, steps=2, settle=False)
+    body = settlement_body(members["bureau"].entries())
+    body["lines"] = [{**body["lines"][0], "amount": body["lines"][0]["amount"] + 1}]
+    body["total"] += 1
+    entry = {**body, "signatures": {n: signing_keys[n].sign(settlement_message(body)).signature.hex() for n in ("card_center", "bureau")}}
+    with pytest.raises(LedgerError, match="settlement does not follow from the fee contract"):
+        members["bureau"].sign(members["coordinator"].propose([entry]))
+    honest = settlement_body(members["bureau"].entries())
+    unsigned = {**honest, "signatures": {"card_center": signing_keys["card_center"].sign(settlement_message(honest)).signature.hex()}}
+    with pytest.raises(LedgerError, match="lacks a valid signature from 'bureau'"):
+        members["bureau"].sign(members["coordinator"].propose([unsigned]))
+
+
+def test_nothing_follows_a_settlement(tmp_path):
     members, signing_keys = build_chain(tmp_path, steps=2)
     body = {**members["bureau"].entries()[-1]}
     body.pop("signatures")
     body["lines"] = [{**body["lines"][0], "amount": body["lines"][0]["amount"] + 1}]
     body["total"] += 1
-    entry = {**body, "signatures": {n: signing_keys[n].sign(encode_entry(body)).signature.hex() for n in ("card_center", "bureau")}}
-    with pytest.raises(LedgerError, match="settlement does not follow from the fee contract"):
+    entry = {**body, "signatures": {n: signing_keys[n].sign(settlement_message(body)).signature.hex() for n in ("card_center", "bureau")}}
+    with pytest.raises(LedgerError, match="already settled; nothing may follow"):
         members["bureau"].sign(members["coordinator"].propose([entry]))
+    again = members["bureau"].entries()[-1]
+    with pytest.raises(LedgerError, match="already settled"):
+        members["bureau"].sign(members["coordinator"].propose([again]))
+    assert balances(members["bureau"].entries() + [again]) == balances(members["bureau"].entries())
 
 
 @pytest.mark.parametrize(
@@ -243,3 +314,11 @@ def test_inclusion_proof_checks_offline_and_tampered_proofs_fail(chain):
             check_proof({**proof, field: value})
     with pytest.raises(FedscoreError, match="lacks a valid signature from member 'bureau'"):
         check_proof({**proof, "signatures": {**proof["signatures"], "bureau": proof["signatures"]["coordinator"]}})
+    forged_members = json.loads(proof["genesis"]["entry"])
+    forged_members["members"] = {}
+    with pytest.raises(FedscoreError):
+        check_proof({**proof, "genesis": {**proof["genesis"], "entry": json.dumps(forged_members)}})
+    with pytest.raises(FedscoreError, match="not a readable inclusion proof"):
+        check_proof({**proof, "block": {**proof["block"], "height": "seven"}})
+    with pytest.raises(FedscoreError, match="genesis"):
+        check_proof({**proof, "genesis_hash": "00" * 32})

@@ -25,6 +25,7 @@ from fedscore.crypto import paillier, psi
 from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
 from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, Obfuscator
 from fedscore.crypto.paillier import PublicKey
+from fedscore.errors import ProtocolError
 
 _OBFUSCATORS: dict[int, dict[int, Obfuscator]] = {}
 _OBFUSCATORS_LOCK = threading.Lock()
@@ -160,6 +161,8 @@ class CryptoPool:
 
     def blind(self, secret: bytes, points: bytes) -> bytes:
         """PSI: X25519(k, P) for every packed point, in the order given."""
+        if len(points) % psi.POINT_BYTES:
+            raise ProtocolError(f"{len(points)} bytes is not a whole number of {psi.POINT_BYTES}-byte points")
         count = len(points) // psi.POINT_BYTES
         spans = _split(count, 4 * max(1, self.workers))
         width = psi.POINT_BYTES

@@ -56,6 +56,7 @@ def run_job(
     clients = {p.name: PartyClient(p.name, p.address) for p in spec.parties}
     center = spec.card_center.name
     partners = {p.name: clients[p.name] for p in spec.partners}
+    ledger: LedgerMember | None = None
     try:
         pings = call_each(clients, lambda name, c: c.ping())
         for name, reply in pings.items():
@@ -111,7 +112,7 @@ def run_job(
     finally:
         for client in clients.values():
             client.close()
-        if "ledger" in locals():
+        if ledger is not None:
             ledger.close()
     report = build_report(
         spec, job_id, coordinator.public_key, rows, train_rows, result,

@@ -26,7 +26,7 @@ from fedscore.ledger.block import decode_entry, encode_entry
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.settlement import settlement_body
+from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import write_atomically
 from fedscore.proto import fedscore_pb2 as pb
@@ -142,7 +142,8 @@ class PartyService(pb_grpc.PartyServicer):
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
         facts = Facts(
-            self.name, identity.public_hex(self.key), job_digest=spec.digest(),
+            self.name, identity.public_hex(self.key), role="card_center" if me.is_card_center else "partner",
+            members=frozenset({"coordinator", *(p.name for p in spec.parties)}), job_digest=spec.digest(),
             paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
         )
         ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", facts)
@@ -232,12 +233,12 @@ class PartyService(pb_grpc.PartyServicer):
             body = decode_entry(request.body)
         except ValueError:
             raise ProtocolError(f"{self.label}: the settlement to sign is not JSON") from None
-        if body != expected or request.body != encode_entry(expected):
+        if request.body != encode_entry(expected):
             raise ProtocolError(
                 f"{self.label}: refuses to sign a settlement that does not follow from its own replica "
                 "(fee contract, recorded steps and overlaps)"
             )
-        return pb.Signature(signature=self.key.sign(request.body).signature)
+        return pb.Signature(signature=self.key.sign(settlement_message(body)).signature)
 
     # -- coordinator -> card center: alignment --------------------------------
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from nacl.signing import VerifyKey
 
-from fedscore.ledger.block import encode_entry
-from fedscore.ledger.settlement import settlement_body
+from fedscore.ledger.settlement import settlement_body, settlement_message
 
 
 def digest(data: bytes) -> str:
@@ -32,6 +31,8 @@ class Facts:
 
     member: str
     public_key: str                                   # hex
+    role: str = ""
+    members: frozenset[str] = frozenset()            # every member of the job, the coordinator included
     job_digest: str = ""
     paillier_fingerprint: str = ""
     fees: dict | None = None
@@ -45,14 +46,42 @@ class Facts:
         self.digests.setdefault(step_key(epoch, batch), {})[message] = digest(data)
 
 
-def audit(entry: dict, facts: Facts, chain: list[dict]) -> str | None:
-    """Why this member cannot sign ``entry`` (None: it agrees). ``chain``: the entries before it."""
+@dataclass
+class Seen:
+    """What the chain so far holds, kept up to date entry by entry (so checks stay O(1) per entry)."""
+
+    kinds: set[str] = field(default_factory=set)
+    steps: set[str] = field(default_factory=set)
+
+    def add(self, entry: dict) -> None:
+        self.kinds.add(entry.get("kind"))
+        if entry.get("kind") == "step":
+            self.steps.add(step_key(entry.get("epoch"), entry.get("batch")))
+
+    def copy(self) -> "Seen":
+        return Seen(set(self.kinds), set(self.steps))
+
+
+def audit(entry: dict, facts: Facts, chain: list[dict], seen: Seen) -> str | None:
+    """Why this member cannot sign ``entry`` (None: it agrees). ``chain``: the entries before it, ``seen``: their summary."""
     kind = entry.get("kind")
     me = facts.member
+    if chain and kind == "job_start":
+        return "a second job start"
+    if not chain and kind != "job_start":
+        return "the first block must start the job"
+    if "settlement" in seen.kinds:
+        return "the job is already settled; nothing may follow its settlement"
+    if kind != "settlement" and "job_end" in seen.kinds:
+        return "the job has ended; only its settlement may follow"
     if kind == "job_start":
         mine = entry.get("members", {}).get(me, {})
         if mine.get("key") != facts.public_key:
             return f"the genesis entry does not list {me!r} with its own signing key"
+        if facts.role and mine.get("role") != facts.role:
+            return f"the genesis entry gives {me!r} the role {mine.get('role')!r}, not {facts.role!r}"
+        if facts.members and set(entry.get("members", {})) != facts.members:
+            return "the genesis entry's members are not the job's parties and its coordinator"
         if facts.job_digest and entry.get("job_digest") != facts.job_digest:
             return "the job digest is not that of the job this member received"
         if facts.paillier_fingerprint and entry.get("paillier_fingerprint") != facts.paillier_fingerprint:
@@ -64,8 +93,16 @@ def audit(entry: dict, facts: Facts, chain: list[dict]) -> str | None:
             return f"aligned rows {entry.get('aligned_rows')} where this member aligned {facts.aligned_rows}"
         if facts.overlaps is not None and entry.get("overlaps") != facts.overlaps:
             return "the overlaps are not those this member computed"
+        # A partner cannot recount its overlap with the card center (PSI does not tell it); it can bound it.
+        mine = entry.get("overlaps", {}).get(me)
+        if facts.aligned_rows is not None and facts.role == "partner" and (mine is None or mine < facts.aligned_rows):
+            return "its overlap is recorded below the rows it aligned"
     elif kind == "step":
         key = step_key(entry.get("epoch", -1), entry.get("batch", -1))
+        if key not in facts.digests:
+            return f"step {key} never happened here"
+        if key in seen.steps:
+            return f"step {key} is already on the chain"
         recorded = entry.get("digests", {})
         for message, value in sorted(facts.digests.get(key, {}).items()):
             if recorded.get(message) != value:
@@ -75,6 +112,8 @@ def audit(entry: dict, facts: Facts, chain: list[dict]) -> str | None:
     elif kind == "job_end":
         if facts.model_digest is not None and entry.get("models", {}).get(me) != facts.model_digest:
             return "the model digest is not that of this member's model file"
+        if seen.steps != set(facts.digests):
+            return "the steps on the chain are not the steps this member took part in"
     elif kind == "settlement":
         body = {k: v for k, v in entry.items() if k != "signatures"}
         if body != settlement_body(chain):
@@ -84,7 +123,7 @@ def audit(entry: dict, facts: Facts, chain: list[dict]) -> str | None:
         for signer in signers:
             try:
                 VerifyKey(bytes.fromhex(members[signer]["key"])).verify(
-                    encode_entry(body), bytes.fromhex(entry.get("signatures", {}).get(signer, ""))
+                    settlement_message(body), bytes.fromhex(entry.get("signatures", {}).get(signer, ""))
                 )
             except Exception:
                 return f"the settlement lacks a valid signature from {signer!r}"

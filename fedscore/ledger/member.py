@@ -29,8 +29,12 @@ class LedgerMember:
         self.facts = facts
         self.store = LedgerStore(path)
         self._lock = threading.Lock()
+        self._signed: dict[int, bytes] = {}   # height -> the one block hash this member signed there
         self.chain: list[Block] = list(self.store.blocks())
         self._entries: list[dict] = [e for b in self.chain for e in b.decoded()]
+        self._seen = entry_rules.Seen()
+        for entry in self._entries:
+            self._seen.add(entry)
 
     @property
     def path(self) -> Path:
@@ -52,22 +56,35 @@ class LedgerMember:
             raise LedgerError(block.height, f"member {self.name!r} refuses it: {str(error).split(': ', 1)[1]}") from None
         if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
             raise LedgerError(block.height, f"member {self.name!r} refuses it: its time is in the future")
-        chain = list(self._entries)
-        for entry_bytes in block.entries:
-            entry = decode_entry(entry_bytes)
-            reason = entry_rules.audit(entry, self.facts, chain)
+        chain = self._entries if len(block.entries) == 1 else list(self._entries)
+        seen = self._seen.copy()
+        for position, entry_bytes in enumerate(block.entries):
+            try:
+                entry = decode_entry(entry_bytes)
+                reason = entry_rules.audit(entry, self.facts, chain, seen)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                reason = f"an entry it cannot read ({type(error).__name__})"
             if reason:
                 raise LedgerError(block.height, f"member {self.name!r} refuses it: {reason}")
-            chain.append(entry)
+            if position + 1 < len(block.entries):
+                chain.append(entry)
+            seen.add(entry)
 
     def sign(self, block: Block) -> bytes:
+        """Check, then sign; one block per height, so the proposer cannot get two versions signed."""
         with self._lock:
+            earlier = self._signed.get(block.height)
+            if earlier is not None and earlier != block.hash():
+                raise LedgerError(block.height, f"member {self.name!r} refuses it: it already signed another block at this height")
             self.check(block)
+            self._signed[block.height] = block.hash()
             return sign(block, self.key)
 
     def commit(self, block: Block) -> None:
-        """Append a block every member signed; anything else is refused."""
+        """Append a block every member signed, and that this member checked and signed itself."""
         with self._lock:
+            if self._signed.get(block.height) != block.hash():
+                raise LedgerError(block.height, f"member {self.name!r} refuses to commit a block it did not check and sign")
             check_link(block, self.head)
             members = genesis_members(block if block.height == 0 else self.chain[0])
             bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
@@ -75,7 +92,9 @@ class LedgerMember:
                 raise LedgerError(bad[0][0], f"member {self.name!r} refuses to commit it: {bad[0][1]}")
             self.store.append(block)
             self.chain.append(block)
-            self._entries.extend(block.decoded())
+            for entry in block.decoded():
+                self._entries.append(entry)
+                self._seen.add(entry)
 
     def entries(self) -> list[dict]:
         return list(self._entries)

@@ -8,6 +8,7 @@ carries so a reader can compare it with the one they trust.
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 from fedscore.errors import FedscoreError
 from fedscore.ledger import merkle
@@ -15,8 +16,29 @@ from fedscore.ledger.block import Block, signature_valid
 from fedscore.ledger.verify import genesis_members, verify_chain
 
 
+def _header(block: Block) -> dict:
+    return {
+        "height": block.height, "previous": block.previous.hex(), "timestamp_ns": block.timestamp_ns,
+        "merkle_root": block.merkle_root.hex(), "entries": len(block.entries),
+    }
+
+
+def _signed_inclusion(block: Block, index: int) -> dict:
+    return {
+        "entry": block.entries[index].decode("utf-8"),
+        "index": index,
+        "block": _header(block),
+        "audit_path": [h.hex() for h in merkle.inclusion_path(block.entries, index)],
+        "signatures": {m: base64.b64encode(s).decode() for m, s in sorted(block.signatures.items())},
+    }
+
+
 def prove(blocks: list[Block], height: int, index: int) -> dict:
-    """The inclusion proof of entry ``index`` of block ``height`` (the chain is verified first)."""
+    """The inclusion proof of entry ``index`` of block ``height`` (the chain is verified first).
+
+    It carries the genesis block's job_start entry, with its own audit path and
+    signatures, so the member keys are bound to the genesis hash a reader trusts.
+    """
     verify_chain(blocks)
     if not 0 <= height < len(blocks):
         raise FedscoreError(f"there is no block {height} (the chain has {len(blocks)})")
@@ -24,45 +46,49 @@ def prove(blocks: list[Block], height: int, index: int) -> dict:
     if not 0 <= index < len(block.entries):
         raise FedscoreError(f"block {height} has no entry {index} (it has {len(block.entries)})")
     return {
-        "format": "fedscore.inclusion-proof/1",
-        "entry": block.entries[index].decode("utf-8"),
-        "index": index,
-        "block": {
-            "height": block.height, "previous": block.previous.hex(), "timestamp_ns": block.timestamp_ns,
-            "merkle_root": block.merkle_root.hex(), "entries": len(block.entries),
-        },
-        "block_hash": block.hash().hex(),
-        "audit_path": [h.hex() for h in merkle.inclusion_path(block.entries, index)],
-        "signatures": {m: base64.b64encode(s).decode() for m, s in sorted(block.signatures.items())},
-        "members": {m: k.hex() for m, k in sorted(genesis_members(blocks[0]).items())},
+        "format": "fedscore.inclusion-proof/2",
+        **_signed_inclusion(block, index),
+        "genesis": _signed_inclusion(blocks[0], 0),
         "genesis_hash": blocks[0].hash().hex(),
     }
+
+
+def _check_signed_inclusion(part: dict, members: dict[str, bytes] | None) -> tuple[Block, dict[str, bytes]]:
+    """Check one entry's path to its header and the header's signatures; returns the header and the keys used."""
+    header = part["block"]
+    height, size, index = int(header["height"]), int(header["entries"]), int(part["index"])
+    block = Block(
+        height=height, previous=bytes.fromhex(header["previous"]), timestamp_ns=int(header["timestamp_ns"]),
+        merkle_root=bytes.fromhex(header["merkle_root"]), entries=tuple([b""] * size),
+    )
+    entry = part["entry"].encode("utf-8")
+    path = [bytes.fromhex(h) for h in part["audit_path"]]
+    if merkle.root_from_path(entry, index, size, path) != block.merkle_root:
+        raise FedscoreError(f"the entry's audit path does not lead to block {height}'s Merkle root")
+    if members is None:  # the genesis part: its job_start entry lists the member keys
+        members = genesis_members(replace(block, entries=(entry,) + tuple([b""] * (size - 1))))
+    if not members:
+        raise FedscoreError("the proof names no members")
+    signatures = {m: base64.b64decode(s) for m, s in part["signatures"].items()}
+    block_hash = block.hash()
+    for member, key in sorted(members.items()):
+        if member not in signatures or not signature_valid(block_hash, signatures[member], key):
+            raise FedscoreError(f"block {height} lacks a valid signature from member {member!r}")
+    return block, members
 
 
 def check_proof(proof: dict) -> str:
     """A one-line description of what the proof shows; FedscoreError if it shows nothing."""
     try:
-        header = proof["block"]
-        block = Block(
-            height=header["height"], previous=bytes.fromhex(header["previous"]), timestamp_ns=header["timestamp_ns"],
-            merkle_root=bytes.fromhex(header["merkle_root"]), entries=tuple([b""] * header["entries"]),
-        )
-        entry = proof["entry"].encode("utf-8")
-        path = [bytes.fromhex(h) for h in proof["audit_path"]]
-        signatures = {m: base64.b64decode(s) for m, s in proof["signatures"].items()}
-        members = {m: bytes.fromhex(k) for m, k in proof["members"].items()}
-        index = proof["index"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise FedscoreError(f"not a readable inclusion proof ({error})") from None
-    if merkle.root_from_path(entry, index, header["entries"], path) != block.merkle_root:
-        raise FedscoreError(f"the entry's audit path does not lead to block {block.height}'s Merkle root")
-    block_hash = block.hash()
-    if proof.get("block_hash") != block_hash.hex():
-        raise FedscoreError(f"the header of block {block.height} does not hash to the stated block hash")
-    for member, key in sorted(members.items()):
-        if member not in signatures or not signature_valid(block_hash, signatures[member], key):
-            raise FedscoreError(f"block {block.height} lacks a valid signature from member {member!r}")
+        genesis, members = _check_signed_inclusion(proof["genesis"], None)
+        if genesis.height != 0 or genesis.hash().hex() != proof["genesis_hash"]:
+            raise FedscoreError("the genesis part is not the genesis block named by genesis_hash")
+        block, _ = _check_signed_inclusion(proof, members)
+    except FedscoreError:
+        raise
+    except Exception as error:  # missing fields, wrong types, bad hex or base64, a non-JSON entry
+        raise FedscoreError(f"not a readable inclusion proof ({type(error).__name__}: {error})") from None
     return (
-        f"ok: entry {index} is in block {block.height} ({block_hash.hex()}), signed by "
-        f"{', '.join(sorted(members))}; genesis {proof.get('genesis_hash', '?')}"
+        f"ok: entry {proof['index']} is in block {block.height} ({block.hash().hex()}), signed by "
+        f"{', '.join(sorted(members))}, the members of genesis {proof['genesis_hash']}"
     )

@@ -42,7 +42,10 @@ def settlement_body(entries: list[dict]) -> dict:
     start = entries[0]
     contract = FeeContract.from_dict(start["fees"])
     roles = {name: info["role"] for name, info in start["members"].items()}
-    payer = next(name for name, role in roles.items() if role == "card_center")
+    payers = [name for name, role in roles.items() if role == "card_center"]
+    if len(payers) != 1:
+        raise ValueError(f"the job start names {len(payers)} card centers; a settlement needs exactly one payer")
+    payer = payers[0]
     steps = sum(1 for e in entries if e.get("kind") == "step")
     overlaps = next((e["overlaps"] for e in entries if e.get("kind") == "alignment"), {})
     lines = []
@@ -58,12 +61,24 @@ def settlement_body(entries: list[dict]) -> dict:
     }
 
 
+SETTLEMENT_DOMAIN = b"fedscore-settlement/1\n"
+
+
+def settlement_message(body: dict) -> bytes:
+    """What payer and payees sign: a domain tag, then the canonical body (never a block hash)."""
+    from fedscore.ledger.block import encode_entry
+
+    return SETTLEMENT_DOMAIN + encode_entry(body)
+
+
 def balances(entries: list[dict]) -> dict[str, dict[str, int]]:
     """{member: {"owes": fen, "owed": fen}} over every settlement on the chain."""
     result: dict[str, dict[str, int]] = {}
+    settled: set[str] = set()
     for entry in entries:
-        if entry.get("kind") != "settlement":
-            continue
+        if entry.get("kind") != "settlement" or entry.get("job_id") in settled:
+            continue  # one settlement per job counts
+        settled.add(entry.get("job_id"))
         payer = result.setdefault(entry["payer"], {"owes": 0, "owed": 0})
         for line in entry["lines"]:
             payer["owes"] += line["amount"]

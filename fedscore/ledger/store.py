@@ -31,8 +31,11 @@ CREATE TABLE IF NOT EXISTS signatures (
 
 
 class LedgerStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, read_only: bool = False):
         self.path = Path(path)
+        if read_only:  # auditing must never change the evidence
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.executescript(SCHEMA)
@@ -72,12 +75,3 @@ class LedgerStore:
                 height=height, previous=bytes(previous), timestamp_ns=timestamp_ns, merkle_root=bytes(merkle_root),
                 entries=tuple(entries.get(height, [])), signatures=signatures.get(height, {}),
             )
-
-    def head(self) -> Block | None:
-        row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
-        if row[0] is None:
-            return None
-        for block in self.blocks():
-            if block.height == row[0]:
-                return block
-        return None

@@ -32,6 +32,8 @@ class ChainSummary:
     head: bytes
     members: dict[str, bytes]
 
+    genesis: bytes = b""
+
     def line(self) -> str:
         return f"ok: {self.blocks} blocks, {self.entries} entries, head {self.head.hex()}"
 
@@ -87,8 +89,9 @@ def verify_chain(blocks: Iterable[Block], workers: int = 0) -> ChainSummary:
         raise LedgerError(0, "the ledger holds no blocks")
     members = genesis_members(chain[0])
     broken: LedgerError | None = None
+    first_broken = len(chain)
     previous = None
-    for block in chain:
+    for position, block in enumerate(chain):
         try:
             check_link(block, previous)
             for entry in block.entries:
@@ -97,11 +100,11 @@ def verify_chain(blocks: Iterable[Block], workers: int = 0) -> ChainSummary:
                 except (UnicodeDecodeError, ValueError):
                     raise LedgerError(block.height, "an entry is not valid JSON") from None
         except LedgerError as error:
-            broken = error
+            broken, first_broken = error, position
             break
         previous = block
     # signatures of the blocks before the first broken link: the earliest problem is named
-    checked = chain if broken is None else chain[: chain.index(block)]
+    checked = chain[:first_broken]
     items = [(b.height, b.hash(), b.signatures, members) for b in checked]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(items) > 500:
@@ -115,4 +118,4 @@ def verify_chain(blocks: Iterable[Block], workers: int = 0) -> ChainSummary:
         raise LedgerError(*min(bad))
     if broken is not None:
         raise broken
-    return ChainSummary(len(chain), sum(len(b.entries) for b in chain), chain[-1].hash(), members)
+    return ChainSummary(len(chain), sum(len(b.entries) for b in chain), chain[-1].hash(), members, chain[0].hash())

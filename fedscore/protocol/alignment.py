@@ -66,9 +66,27 @@ class PsiParty:
 
 
 class PartnerAlignment(PsiParty):
-    """A partner's side: answers the card center and learns only its aligned rows."""
+    """A partner's side: answers the card center and learns only its aligned rows.
+
+    It answers once per job: a second request for its blinded ids or a second
+    re-blinding would let a caller test guessed ids against its customers.
+    """
 
     rows: np.ndarray | None = None
+    _answered: frozenset[str] = frozenset()
+
+    def _once(self, what: str) -> None:
+        if what in self._answered:
+            raise ProtocolError(f"{self.party}: {what} was already answered in this job")
+        self._answered = self._answered | {what}
+
+    def blinded_ids(self) -> bytes:
+        self._once("blinded ids")
+        return super().blinded_ids()
+
+    def reblind(self, points: bytes) -> bytes:
+        self._once("re-blinding")
+        return super().reblind(points)
 
     def accept(self, positions: np.ndarray) -> np.ndarray:
         """Table rows to train on, in id order, from positions in the list this party sent."""
@@ -114,6 +132,8 @@ class CardCenterAlignment(PsiParty):
             mine_double = np.frombuffer(mine_double_call.result(), dtype=f"S{psi.POINT_BYTES}")
         if len(mine_double) != self.table.rows:
             raise ProtocolError(f"partner re-blinded {len(mine_double)} ids, {self.table.rows} were sent")
+        if len(np.unique(mine_double)) != len(mine_double) or len(np.unique(theirs_double)) != len(theirs_double):
+            raise ProtocolError("a blinded id repeats: the partner's answer is not a set of distinct ids")
         _, at_mine, at_theirs = np.intersect1d(mine_double, theirs_double, assume_unique=True, return_indices=True)
         positions = np.full(self.table.rows, -1, dtype=np.int64)
         positions[at_mine] = at_theirs

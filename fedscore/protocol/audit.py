@@ -59,6 +59,6 @@ def job_end_entry(model_digests: dict[str, str]) -> dict:
 def settlement_entry(proposer: LedgerMember, signers: Mapping[str, SettlementSigner]) -> dict:
     """The settlement the chain implies, signed by the payer and every payee (each recomputes it first)."""
     body = settlement_body(proposer.entries())
-    encoded = encode_entry(body)
+    encoded = encode_entry(body)   # sent as the canonical body; each signer signs settlement_message(body)
     signatures = call_each(signers, lambda name, s: s.sign_settlement(encoded), "member")
     return {**body, "signatures": {name: sig.hex() for name, sig in sorted(signatures.items())}}

@@ -32,8 +32,10 @@ class CoordinatorSession:
         self.spec = spec
         self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
         self._columns: dict[str, int] = {}
-        self.facts = Facts("coordinator", "", job_digest=spec.digest(), fees=spec.fees.to_dict(),
-                           paillier_fingerprint=self.public_key.fingerprint())
+        self.facts = Facts(
+            "coordinator", "", role="coordinator", members=frozenset({"coordinator", *(p.name for p in spec.parties)}),
+            job_digest=spec.digest(), fees=spec.fees.to_dict(), paillier_fingerprint=self.public_key.fingerprint(),
+        )
 
     def expect_columns(self, party: str, columns: int) -> None:
         """How many gradient values ``party`` may send per step (its features, plus the intercept)."""
