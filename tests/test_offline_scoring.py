@@ -1,0 +1,31 @@
+"""The trained model files score an applicant exactly as the federated model scored it in training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedscore.protocol.simulation import simulate
+from fedscore.scoring.offline import offline_answer, partial_score
+from fedscore.scoring.scorecard import ScoringPolicy, points
+
+from conftest import breast_parties
+from test_protocol import consortium_for
+
+
+def test_model_files_reproduce_the_federated_scores(breast_folder, keypair, inline_pool):
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=3, validation=0.3)
+    simulate(consortium)
+    center, host = consortium.card_center, consortium.partners["host"]
+    center_model, host_model = center.model(), host.model()
+    federated = center.matrix @ center.weights + host.matrix @ host.weights   # log-odds per row
+    policy = ScoringPolicy(limit_basis="x0")
+    for row in range(0, center.table.rows, 37):
+        result = offline_answer(
+            center_model, center.table.features[row], {"host": (host_model, host.table.features[row])}, policy
+        )
+        assert result.score == pytest.approx(points(federated[row], policy), abs=1e-9)
+        assert result.probability == pytest.approx(1 / (1 + np.exp(-federated[row])), abs=1e-12)
+        assert partial_score(host_model, host.table.features[row]) == pytest.approx(host.matrix[row] @ host.weights, abs=1e-12)
+    unknown = offline_answer(center_model, center.table.features[0], {"host": (host_model, None)}, policy)
+    assert unknown.partners_missing == ("host",)
+    assert unknown.score == pytest.approx(points(center.matrix[0] @ center.weights, policy), abs=1e-9)
