@@ -50,6 +50,7 @@ class JobSpec:
     early_stop_tol: float = 0.0
     min_overlap: int = 100
     fees: FeeContract = FeeContract()
+    rpc_timeout: float = 1800.0       # seconds a party may take to answer one call before the job stops
     coordinator_address: str = ""
 
     @property
@@ -64,6 +65,7 @@ class JobSpec:
         """SHA-256 of the job's content (not of where its daemons happen to listen)."""
         content = asdict(self)
         content.pop("coordinator_address")
+        content.pop("rpc_timeout")
         for party in content["parties"]:
             party.pop("address")
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -92,6 +94,8 @@ class JobSpec:
             raise ConfigError(f"{where}: early_stop_tol must be zero (off) or positive, got {self.early_stop_tol}")
         if self.key_bits not in KEY_BITS:
             raise ConfigError(f"{where}: key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {self.key_bits}")
+        if not (math.isfinite(self.rpc_timeout) and 1 <= self.rpc_timeout <= 86_400):
+            raise ConfigError(f"{where}: rpc_timeout must be between 1 and 86400 seconds, got {self.rpc_timeout}")
         if self.min_overlap < 0:
             raise ConfigError(f"{where}: min_overlap must be zero or positive, got {self.min_overlap}")
         if not 0 <= self.seed < 2**63:
@@ -160,7 +164,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     _unknown_keys(
         job,
         {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits",
-         "early_stop_tol", "min_overlap"},
+         "early_stop_tol", "min_overlap", "rpc_timeout"},
         f"{where} [job]",
     )
     parties_doc = document.get("parties")
@@ -211,6 +215,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         early_stop_tol=float(_take(job, "early_stop_tol", (int, float), 0.0, at)),
         min_overlap=_take(job, "min_overlap", int, 100, at),
         fees=FeeContract.from_dict(fees, f"{where} [fees]"),
+        rpc_timeout=float(_take(job, "rpc_timeout", (int, float), 1800.0, at)),
         coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()

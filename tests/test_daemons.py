@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -257,3 +258,23 @@ def test_an_overlap_below_the_minimum_stops_the_job(tmp_path):
     partial, _, _ = partial_overlap_files(tmp_path)
     with pytest.raises(DataError, match="fewer than the job's min_overlap of 10000"):
         run_job_file(write_job(tmp_path, partial, min_overlap=10_000), local=True, workers=1)
+
+
+def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
+    """A partner that stops answering (SIGSTOP: alive, silent) fails the job after rpc_timeout, not 30 minutes."""
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50, rpc_timeout=6))
+    with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
+        victim = consortium.processes["host"]
+
+        def freeze_after_first_epoch(event):
+            if event.stage == "epoch" and event.epoch == 1:
+                os.killpg(victim.pid, signal.SIGSTOP)
+
+        started = time.monotonic()
+        try:
+            with pytest.raises(PeerError) as caught:
+                submit(consortium.spec, consortium.coordinator_address, freeze_after_first_epoch)
+        finally:
+            os.killpg(victim.pid, signal.SIGCONT)
+        assert "partner 'host'" in str(caught.value) and "did not answer within 4 s" in str(caught.value)
+        assert time.monotonic() - started < 60

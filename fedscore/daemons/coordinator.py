@@ -53,7 +53,7 @@ def run_job(
     for party in spec.parties:
         if not party.address:
             raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
-    clients = {p.name: PartyClient(p.name, p.address) for p in spec.parties}
+    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout) for p in spec.parties}
     center = spec.card_center.name
     partners = {p.name: clients[p.name] for p in spec.partners}
     ledger: LedgerMember | None = None

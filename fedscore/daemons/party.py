@@ -37,7 +37,7 @@ from fedscore.protocol.party import PartySession
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
-from fedscore.transport.rpc import PARTNER_TIMEOUT, servicer_errors
+from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
 
 log = logging.getLogger("fedscore.party")
 handles_errors = servicer_errors("label")
@@ -148,7 +148,8 @@ class PartyService(pb_grpc.PartyServicer):
         )
         ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", facts)
         if me.is_card_center:
-            partners = {p.name: PartyClient(p.name, p.address, timeout=PARTNER_TIMEOUT) for p in spec.partners}
+            timeout = spec.rpc_timeout * PARTNER_SHARE
+            partners = {p.name: PartyClient(p.name, p.address, timeout=timeout) for p in spec.partners}
             for client in partners.values():
                 client.job_id, client.public_key = request.job_id, public_key
             aligner: PsiParty = CardCenterAlignment(self.name, table, request.job_id, self.pool)

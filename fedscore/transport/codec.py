@@ -38,6 +38,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         key_bits=spec.key_bits,
         early_stop_tol=spec.early_stop_tol,
         min_overlap=spec.min_overlap,
+        rpc_timeout=spec.rpc_timeout,
         fees=pb.FeeContract(
             currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row
         ),
@@ -60,6 +61,7 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         key_bits=message.key_bits,
         early_stop_tol=message.early_stop_tol,
         min_overlap=message.min_overlap,
+        rpc_timeout=message.rpc_timeout or 1800.0,
         fees=FeeContract(
             currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
             per_overlap_row=message.fees.per_overlap_row,

@@ -20,8 +20,8 @@ OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 PING_TIMEOUT = 10.0
-STEP_TIMEOUT = 1800.0      # coordinator -> party
-PARTNER_TIMEOUT = 1200.0   # card center -> partner: shorter, so a silent partner is named before the card center is
+STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
+PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
 
 log = logging.getLogger("fedscore.rpc")
 
