@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedscore.crypto.obfuscation import SHORT_EXPONENT, VARIANTS
 from fedscore.errors import ConfigError
 from fedscore.ledger.settlement import FeeContract
 
@@ -51,6 +52,8 @@ class JobSpec:
     min_overlap: int = 100
     fees: FeeContract = FeeContract()
     rpc_timeout: float = 1800.0       # seconds a party may take to answer one call before the job stops
+    obfuscation: str = SHORT_EXPONENT # or STANDARD: r^n with a full exponent, no extra assumption
+    precompute_epochs: int = 0        # obfuscators each party makes before training, in epochs' worth
     coordinator_address: str = ""
 
     @property
@@ -66,6 +69,7 @@ class JobSpec:
         content = asdict(self)
         content.pop("coordinator_address")
         content.pop("rpc_timeout")
+        content.pop("precompute_epochs")
         for party in content["parties"]:
             party.pop("address")
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -96,6 +100,10 @@ class JobSpec:
             raise ConfigError(f"{where}: key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {self.key_bits}")
         if not (math.isfinite(self.rpc_timeout) and 1 <= self.rpc_timeout <= 86_400):
             raise ConfigError(f"{where}: rpc_timeout must be between 1 and 86400 seconds, got {self.rpc_timeout}")
+        if self.obfuscation not in VARIANTS:
+            raise ConfigError(f"{where}: obfuscation must be one of {', '.join(VARIANTS)}, got {self.obfuscation!r}")
+        if not 0 <= self.precompute_epochs <= 1000:
+            raise ConfigError(f"{where}: precompute_epochs must be between 0 and 1000, got {self.precompute_epochs}")
         if self.min_overlap < 0:
             raise ConfigError(f"{where}: min_overlap must be zero or positive, got {self.min_overlap}")
         if not 0 <= self.seed < 2**63:
@@ -164,7 +172,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     _unknown_keys(
         job,
         {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits",
-         "early_stop_tol", "min_overlap", "rpc_timeout"},
+         "early_stop_tol", "min_overlap", "rpc_timeout", "obfuscation", "precompute_epochs"},
         f"{where} [job]",
     )
     parties_doc = document.get("parties")
@@ -216,6 +224,8 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         min_overlap=_take(job, "min_overlap", int, 100, at),
         fees=FeeContract.from_dict(fees, f"{where} [fees]"),
         rpc_timeout=float(_take(job, "rpc_timeout", (int, float), 1800.0, at)),
+        obfuscation=_take(job, "obfuscation", str, SHORT_EXPONENT, at),
+        precompute_epochs=_take(job, "precompute_epochs", int, 0, at),
         coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()

@@ -44,6 +44,8 @@ def build_report(
         "aligned_rows": alignment["aligned_rows"],
         "overlaps": alignment["overlaps"],
         "alignment_seconds": alignment["alignment_seconds"],
+        "obfuscation": alignment["obfuscation"],
+        "obfuscation_seconds": alignment["obfuscation_seconds"],   # made in advance; 0 when all inline
         "train_rows": train_rows,
         "test_rows": rows - train_rows,
         "key_bits": spec.key_bits,

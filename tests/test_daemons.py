@@ -278,3 +278,12 @@ def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
             os.killpg(victim.pid, signal.SIGCONT)
         assert "partner 'host'" in str(caught.value) and "did not answer within 4 s" in str(caught.value)
         assert time.monotonic() - started < 60
+
+
+def test_precomputed_obfuscators_change_nothing_but_when_the_work_is_done(breast_folder):
+    inline = run_job_file(write_job(breast_folder, breast_parties(), epochs=2), local=True, workers=1)
+    ahead = run_job_file(write_job(breast_folder, breast_parties(), epochs=2, precompute_epochs=1), local=True, workers=1)
+    assert inline["obfuscation"] == ahead["obfuscation"] == "short-exponent"
+    assert inline["obfuscation_seconds"] == 0 < ahead["obfuscation_seconds"]
+    for name, weights in trained_weights(inline).items():
+        np.testing.assert_allclose(weights, trained_weights(ahead)[name], rtol=0, atol=1e-12)

@@ -39,10 +39,18 @@ def reference(consortium, *, quantised: bool):
     )
 
 
-def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inline_pool):
+FAST_PATHS = [
+    {},
+    {"precompute_epochs": 2},                                   # obfuscators made in advance, then inline
+    {"obfuscation": "standard", "precompute_epochs": 1},        # r^n with a full exponent
+]
+
+
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard"])
+def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inline_pool, fast_path):
     consortium = consortium_for(
         breast_folder, split_three_ways(breast_folder), keypair, inline_pool,
-        epochs=4, batch_size=100, l2=0.05, learning_rate=0.3, validation=0.25,
+        epochs=4, batch_size=100, l2=0.05, learning_rate=0.3, validation=0.25, **fast_path,
     )
     result = simulate(consortium)
     sessions = [consortium.card_center, *consortium.partners.values()]
@@ -102,11 +110,17 @@ class Recorder:
         return call
 
 
-def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, inline_pool):
-    consortium = consortium_for(breast_folder, split_three_ways(breast_folder), keypair, inline_pool, epochs=2, batch_size=150)
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard"])
+def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, inline_pool, fast_path):
+    consortium = consortium_for(
+        breast_folder, split_three_ways(breast_folder), keypair, inline_pool, epochs=2, batch_size=150, **fast_path
+    )
     sent: dict[str, list] = {}
     center = consortium.card_center
     center.partners = {name: Recorder(name, p, sent) for name, p in consortium.partners.items()}
+    for session in (center, *consortium.partners.values()):
+        if consortium.coordinator.spec.precompute_epochs:
+            session.precompute(consortium.coordinator.spec.precompute_epochs)
     run_training(
         consortium.coordinator,
         ("card_center", Recorder("card_center", center, sent)),

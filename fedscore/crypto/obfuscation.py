@@ -9,6 +9,11 @@ table entry per W-bit window of a, so an obfuscator costs ⌈k/(2W)⌉
 multiplications modulo n² and no squarings.
 
 Each process that encrypts draws its own x, so nobody else knows its base.
+
+The short exponent rests on an assumption beyond Paillier's own (that h_s^a
+for a ⌈k/2⌉-bit a is indistinguishable from a uniform n-th residue). The
+standard variant, r^n mod n² for r uniform in Z_n*, needs none and costs a
+full exponentiation; a job chooses (`obfuscation` in the job file).
 """
 from __future__ import annotations
 
@@ -20,6 +25,18 @@ from gmpy2 import mpz
 from fedscore.crypto.paillier import PublicKey
 
 DEFAULT_WINDOW_BITS = 12
+SHORT_EXPONENT = "short-exponent"
+STANDARD = "standard"
+VARIANTS = (SHORT_EXPONENT, STANDARD)
+
+
+def standard_obfuscator(public_key: PublicKey) -> mpz:
+    """r^n mod n² for r uniform in Z_n* (plain Paillier randomness)."""
+    n = public_key.n
+    while True:
+        r = mpz(secrets.randbelow(int(n) - 1) + 1)
+        if gmpy2.gcd(r, n) == 1:
+            return gmpy2.powmod(r, n, public_key.nsquare)
 
 
 def exponent_bits(public_key: PublicKey) -> int:

@@ -23,7 +23,7 @@ from gmpy2 import mpz
 
 from fedscore.crypto import paillier, psi
 from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
-from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, Obfuscator
+from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, SHORT_EXPONENT, STANDARD, Obfuscator, standard_obfuscator
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import ProtocolError
 
@@ -57,11 +57,24 @@ def unpack(data: bytes, width: int) -> list[mpz]:
     return [mpz.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
 
 
-def _encrypt_chunk(n_bytes: bytes, plaintexts: list[int], window_bits: int) -> bytes:
+def _draw(public_key: PublicKey, window_bits: int, variant: str):
+    """A function drawing fresh obfuscators of the job's variant, in this process."""
+    if variant == STANDARD:
+        return lambda: standard_obfuscator(public_key)
+    return _obfuscator(public_key, window_bits).draw
+
+
+def _encrypt_chunk(n_bytes: bytes, plaintexts: list[int], window_bits: int, variant: str = SHORT_EXPONENT) -> bytes:
     public_key = PublicKey.from_bytes(n_bytes)
-    obfuscator = _obfuscator(public_key, window_bits)
+    draw = _draw(public_key, window_bits, variant)
     width = public_key.ciphertext_bytes
-    return pack([paillier.encrypt(public_key, m, obfuscator.draw()) for m in plaintexts], width)
+    return pack([paillier.encrypt(public_key, m, draw()) for m in plaintexts], width)
+
+
+def _obfuscator_chunk(n_bytes: bytes, count: int, window_bits: int, variant: str) -> bytes:
+    public_key = PublicKey.from_bytes(n_bytes)
+    draw = _draw(public_key, window_bits, variant)
+    return pack([draw() for _ in range(count)], public_key.ciphertext_bytes)
 
 
 def _weighted_sum_chunk(n_bytes: bytes, ciphertexts: bytes, matrix: np.ndarray) -> bytes:
@@ -113,18 +126,27 @@ class CryptoPool:
             self._executor = self._new_executor()
             return [f.result() for f in [self._executor.submit(fn, *args) for args in argument_lists]]
 
-    def encrypt(self, public_key: PublicKey, plaintexts: Sequence[int]) -> list[mpz]:
-        """[[m_i]] for signed integers m_i, each with a fresh obfuscator."""
+    def encrypt(self, public_key: PublicKey, plaintexts: Sequence[int], variant: str = SHORT_EXPONENT) -> list[mpz]:
+        """[[m_i]] for signed integers m_i, each with a fresh obfuscator of the given variant."""
         if not len(plaintexts):
             return []
         n_bytes = public_key.to_bytes()
         values = [int(m) for m in plaintexts]
         spans = _split(len(values), 4 * max(1, self.workers))
         packed = self._map(
-            _encrypt_chunk, [(n_bytes, values[a:b], self.window_bits) for a, b in spans]
+            _encrypt_chunk, [(n_bytes, values[a:b], self.window_bits, variant) for a, b in spans]
         )
         width = public_key.ciphertext_bytes
         return [c for block in packed for c in unpack(block, width)]
+
+    def obfuscators(self, public_key: PublicKey, count: int, variant: str = SHORT_EXPONENT) -> list[mpz]:
+        """``count`` fresh obfuscators made on the workers, to be used once each."""
+        if count <= 0:
+            return []
+        spans = _split(count, 4 * max(1, self.workers))
+        n_bytes = public_key.to_bytes()
+        packed = self._map(_obfuscator_chunk, [(n_bytes, b - a, self.window_bits, variant) for a, b in spans])
+        return [r for block in packed for r in unpack(block, public_key.ciphertext_bytes)]
 
     def weighted_sums(
         self, public_key: PublicKey, ciphertexts: Sequence[mpz], matrix: np.ndarray

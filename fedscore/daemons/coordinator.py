@@ -87,7 +87,9 @@ def run_job(
         if align_only:
             call_each(clients, lambda name, c: c.abort_job())
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.perf_counter() - started}
-        call_each(clients, lambda name, c: c.start_training())
+        if spec.precompute_epochs:
+            progress(Progress("prepare", message=f"parties making {spec.precompute_epochs} epoch(s) of obfuscators in advance"))
+        obfuscation_seconds = max(call_each(clients, lambda name, c: c.start_training()).values())
         for name, reply in replies.items():
             coordinator.expect_columns(name, reply.features + (1 if name == center else 0))
         rows = alignment.aligned_rows
@@ -126,7 +128,7 @@ def run_job(
             }
             for name in clients
         },
-        alignment=summary,
+        alignment={**summary, "obfuscation": spec.obfuscation, "obfuscation_seconds": obfuscation_seconds},
         audit={
             "ledgers": {"coordinator": str(ledger.path), **{n: f.ledger_path for n, f in finished.items()}},
             "head": head.hash().hex(),

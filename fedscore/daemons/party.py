@@ -108,9 +108,10 @@ class PartyService(pb_grpc.PartyServicer):
                 f"applicants); its policy asks for at least {self.config.min_batch_rows}"
             )
         session.facts = job.ledger.facts
+        seconds = session.precompute(job.spec.precompute_epochs) if job.spec.precompute_epochs else 0.0
         job.session = session
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)
-        return pb.Empty()
+        return pb.StartTrainingReply(obfuscation_seconds=seconds)
 
     def job_dir(self, job_id: str) -> Path:
         return self.config.state_dir / "jobs" / job_id

@@ -163,7 +163,7 @@ class PartyStub:
         self.StartTraining = channel.unary_unary(
                 '/fedscore.v1.Party/StartTraining',
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
+                response_deserializer=fedscore__pb2.StartTrainingReply.FromString,
                 _registered_method=True)
         self.MaskedGradient = channel.unary_unary(
                 '/fedscore.v1.Party/MaskedGradient',
@@ -434,7 +434,7 @@ def add_PartyServicer_to_server(servicer, server):
             'StartTraining': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTraining,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+                    response_serializer=fedscore__pb2.StartTrainingReply.SerializeToString,
             ),
             'MaskedGradient': grpc.unary_unary_rpc_method_handler(
                     servicer.MaskedGradient,
@@ -617,7 +617,7 @@ class Party:
             target,
             '/fedscore.v1.Party/StartTraining',
             fedscore__pb2.JobRef.SerializeToString,
-            fedscore__pb2.Empty.FromString,
+            fedscore__pb2.StartTrainingReply.FromString,
             options,
             channel_credentials,
             insecure,

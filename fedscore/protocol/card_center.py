@@ -67,7 +67,7 @@ class CardCenterSession(PartySession):
             partial_calls = executor.submit(
                 call_each, self.partners, lambda name, p: p.encrypted_partial(step), "partner"
             )
-            encrypted_own = self.pool.encrypt(key, own)
+            encrypted_own = self.encrypt_vector(own)
             partials: dict[str, list[mpz]] = partial_calls.result()
         for name, values in partials.items():
             if len(values) != len(rows):
@@ -117,7 +117,7 @@ class CardCenterSession(PartySession):
         for name, term in terms.items():
             self.record(step, f"loss_term/{name}", [term], key.ciphertext_bytes)
         total = paillier.add_plain(key, paillier.product(key, [self._loss_part, *terms.values()]), state.loss_term)
-        share = self.pool.obfuscator(key).rerandomise(total)
+        share = total * self.fresh_obfuscators(1)[0] % key.nsquare
         self.record(step, "loss_share", [share], key.ciphertext_bytes)
         return share, self.step_digests(step)
 

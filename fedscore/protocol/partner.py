@@ -25,7 +25,7 @@ class PartnerSession(PartySession):
         rows = self.step_rows(step)
         own = encode_scores(self.partial_scores(rows)).tolist()
         self._begin(step, own_part=own)
-        encrypted = self.pool.encrypt(self.public_key, own)
+        encrypted = self.encrypt_vector(own)
         self.record(step, f"partial/{self.party}", encrypted, self.public_key.ciphertext_bytes)
         return encrypted
 

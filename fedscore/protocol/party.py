@@ -14,6 +14,7 @@ nothing, and returns it; the party removes r and takes its step.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from fedscore.config import JobSpec
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import SCORE_BITS, quantise_columns
 from fedscore.crypto.masks import uniform_mask
+from fedscore.crypto.obfuscation import STANDARD, standard_obfuscator
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool, pack
 from fedscore.errors import DataError, ProtocolError
@@ -99,6 +101,41 @@ class PartySession:
         self._last_done: Step | None = None
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self.facts: Facts | None = None   # when set, digests of every message sent or received go here
+        self.stock: list[mpz] = []         # obfuscators made in advance, each used once
+
+    # -- randomness ---------------------------------------------------------
+
+    def obfuscators_per_epoch(self) -> int:
+        """Fresh obfuscators one epoch consumes here: one per row, plus masks and loss terms per step."""
+        plan = batches(len(self.train_rows), self.spec.batch_size, self.spec.seed, 0)
+        return sum(len(rows) for rows in plan) + len(plan) * (self.weights.size + 2)
+
+    def precompute(self, epochs: int) -> float:
+        """Make ``epochs`` epochs' worth of obfuscators now (on the worker pool); returns the seconds taken."""
+        started = time.perf_counter()
+        count = epochs * self.obfuscators_per_epoch()
+        self.stock.extend(self.pool.obfuscators(self.public_key, count, self.spec.obfuscation))
+        return time.perf_counter() - started
+
+    def fresh_obfuscators(self, count: int) -> list[mpz]:
+        """``count`` never-used obfuscators: from the stock first, the rest made now."""
+        taken = self.stock[len(self.stock) - min(count, len(self.stock)):]
+        del self.stock[len(self.stock) - len(taken):]
+        missing = count - len(taken)
+        if missing:
+            taken += self.pool.obfuscators(self.public_key, missing, self.spec.obfuscation) if missing > 64 else [
+                standard_obfuscator(self.public_key) if self.spec.obfuscation == STANDARD
+                else self.pool.obfuscator(self.public_key).draw()
+                for _ in range(missing)
+            ]
+        return taken
+
+    def encrypt_vector(self, values: list[int]) -> list[mpz]:
+        """[[v]] for each value, each with its own fresh obfuscator (from the stock when it suffices)."""
+        if len(self.stock) >= len(values):
+            key = self.public_key
+            return [paillier.encrypt(key, v, r) for v, r in zip(values, self.fresh_obfuscators(len(values)))]
+        return self.pool.encrypt(self.public_key, values, self.spec.obfuscation)
 
     def record(self, step: Step, message: str, values: list, width: int) -> None:
         """Keep the digest of a message for the audit chain (the same bytes as on the wire)."""
@@ -166,11 +203,10 @@ class PartySession:
         encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
         plain = integer_gradient(quantised, state.own_part)
         masks = [uniform_mask(key.n) for _ in plain]
-        obfuscator = self.pool.obfuscator(key)
         state.masks = masks
         masked = [
-            c * paillier.plaintext_factor(key, p + r) % nsquare * obfuscator.draw() % nsquare
-            for c, p, r in zip(encrypted, plain, masks)
+            c * paillier.plaintext_factor(key, p + r) % nsquare * fresh % nsquare
+            for c, p, r, fresh in zip(encrypted, plain, masks, self.fresh_obfuscators(len(plain)))
         ]
         self.record(step, f"gradient/{self.party}", masked, key.ciphertext_bytes)
         return masked
@@ -200,7 +236,7 @@ class PartySession:
     def encrypted_loss_term(self, step: Step) -> mpz:
         """[[this party's loss share]], fresh randomness."""
         state = self._current(step, needs="applied")
-        term = paillier.encrypt(self.public_key, state.loss_term, self.pool.obfuscator(self.public_key).draw())
+        term = paillier.encrypt(self.public_key, state.loss_term, self.fresh_obfuscators(1)[0])
         self.record(step, f"loss_term/{self.party}", [term], self.public_key.ciphertext_bytes)
         return term
 

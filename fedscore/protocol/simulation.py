@@ -65,6 +65,10 @@ def simulate(
     consortium: Consortium, progress: Callable[[Progress], None] = lambda event: None
 ) -> TrainingResult:
     center = consortium.card_center
+    epochs = consortium.coordinator.spec.precompute_epochs
+    for session in (center, *consortium.partners.values()):
+        if epochs:
+            session.precompute(epochs)
     return run_training(
         consortium.coordinator,
         (center.party, center),

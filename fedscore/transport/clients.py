@@ -64,8 +64,9 @@ class PartyClient:
         )
         return self._call("PrepareJob", request)
 
-    def start_training(self) -> None:
-        self._call("StartTraining", pb.JobRef(job_id=self.job_id))
+    def start_training(self) -> float:
+        """Open the training session; returns the seconds spent making obfuscators in advance."""
+        return self._call("StartTraining", pb.JobRef(job_id=self.job_id)).obfuscation_seconds
 
     def masked_gradient(self, step: Step) -> list[mpz]:
         block = self._call("MaskedGradient", self._step(step))

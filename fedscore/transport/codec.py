@@ -39,6 +39,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         early_stop_tol=spec.early_stop_tol,
         min_overlap=spec.min_overlap,
         rpc_timeout=spec.rpc_timeout,
+        obfuscation=spec.obfuscation,
+        precompute_epochs=spec.precompute_epochs,
         fees=pb.FeeContract(
             currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row
         ),
@@ -62,6 +64,8 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         early_stop_tol=message.early_stop_tol,
         min_overlap=message.min_overlap,
         rpc_timeout=message.rpc_timeout or 1800.0,
+        obfuscation=message.obfuscation or "short-exponent",
+        precompute_epochs=message.precompute_epochs,
         fees=FeeContract(
             currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
             per_overlap_row=message.fees.per_overlap_row,
