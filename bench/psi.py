@@ -13,7 +13,6 @@ Last line: psi_ids_per_second=<number>.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscore.config import load_job
-from fedscore.daemons.launcher import LocalConsortium
-from fedscore.runner import submit
+from common import run_through_daemons
 
 JOB = """\
 [job]
@@ -58,30 +55,6 @@ def write_parties(folder: Path, rows: int, overlap: float) -> int:
     return shared
 
 
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def peak_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="ids per party")
@@ -94,26 +67,20 @@ def main() -> None:
         started = time.perf_counter()
         shared = write_parties(folder, args.rows, args.overlap)
         print(f"wrote 2 × {args.rows} ids ({shared} shared) in {time.perf_counter() - started:.1f} s", flush=True)
-        spec, base = load_job(folder / "job.toml")
         stages: dict[str, float] = {}
 
         def progress(event) -> None:
             stages.setdefault(event.stage, time.perf_counter())
 
-        with LocalConsortium(spec, base, folder / "state", args.workers) as consortium:
-            report = submit(consortium.spec, consortium.coordinator_address, progress, align_only=True)
-            peaks = {
-                member: [(pid, peak_mib(pid)) for pid in process_tree(process.pid)]
-                for member, process in consortium.processes.items()
-            }
+        report, peaks = run_through_daemons(folder / "job.toml", args.workers, align_only=True, progress=progress)
 
     seconds = report["alignment_seconds"]
     assert report["aligned_rows"] == shared, (report["aligned_rows"], shared)
     print(f"aligned {report['aligned_rows']} of {args.rows} × {args.rows} ids in {seconds:.1f} s "
           f"(load and check both files: {stages['align'] - stages['prepare']:.1f} s)")
     for member, processes in peaks.items():
-        described = ", ".join(f"{mib:.0f}" for _, mib in processes)
-        print(f"peak memory, {member}: {max(m for _, m in processes):.0f} MiB (processes: {described} MiB)")
+        described = ", ".join(f"{mib:.0f}" for mib in processes)
+        print(f"peak memory, {member}: {max(processes):.0f} MiB (processes: {described} MiB)")
     print(f"psi_ids_per_second={2 * args.rows / seconds:.0f}")
 
 

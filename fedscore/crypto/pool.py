@@ -139,6 +139,11 @@ class CryptoPool:
         width = public_key.ciphertext_bytes
         return [c for block in packed for c in unpack(block, width)]
 
+    def warm(self, public_key: PublicKey, variant: str = SHORT_EXPONENT) -> None:
+        """Build every worker's table for this key now (a per-key set-up cost, ~2 s a worker at 2048 bits)."""
+        if variant == SHORT_EXPONENT:
+            self.obfuscators(public_key, 8 * max(1, self.workers), variant)
+
     def obfuscators(self, public_key: PublicKey, count: int, variant: str = SHORT_EXPONENT) -> list[mpz]:
         """``count`` fresh obfuscators made on the workers, to be used once each."""
         if count <= 0:

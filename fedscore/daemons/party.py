@@ -108,6 +108,7 @@ class PartyService(pb_grpc.PartyServicer):
                 f"applicants); its policy asks for at least {self.config.min_batch_rows}"
             )
         session.facts = job.ledger.facts
+        self.pool.warm(job.public_key, job.spec.obfuscation)
         seconds = session.precompute(job.spec.precompute_epochs) if job.spec.precompute_epochs else 0.0
         job.session = session
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)

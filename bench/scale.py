@@ -1,0 +1,86 @@
+"""FATE's benchmark shape through the real daemons: 100 000 rows, card center 30 features,
+one partner 300 features (synthetic, seeded), one epoch, 2048-bit keys.
+
+    python bench/scale.py [--rows 100000] [--center 30] [--partner 300] [--workers 0]
+
+Prints the epoch time, the whole run's time, and the peak resident memory of
+every process (daemons and their crypto workers). Last line:
+scale_epoch_seconds=<number> scale_peak_mib=<number>.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import run_through_daemons
+
+JOB = """\
+[job]
+name = "scale-bench"
+epochs = 1
+batch_size = 0
+learning_rate = 0.15
+validation = 0.0
+key_bits = 2048
+
+[[parties]]
+name = "card_center"
+data = "card_center.csv"
+id = "id"
+label = "y"
+
+[[parties]]
+name = "partner"
+data = "partner.csv"
+id = "id"
+"""
+
+
+def write_data(folder: Path, rows: int, center: int, partner: int) -> None:
+    rng = np.random.default_rng(2020)
+    x_center = rng.normal(size=(rows, center)).astype(np.float32)
+    x_partner = rng.normal(size=(rows, partner)).astype(np.float32)
+    signal = x_center[:, :5].sum(1) + x_partner[:, :20].sum(1) * 0.3
+    y = (signal + rng.normal(size=rows) > 0).astype(int)
+    ids = np.arange(rows)
+    frame = pd.DataFrame(x_center, columns=[f"c{i}" for i in range(center)])
+    frame.insert(0, "y", y)
+    frame.insert(0, "id", ids)
+    frame.to_csv(folder / "card_center.csv", index=False, float_format="%.5f")
+    frame = pd.DataFrame(x_partner, columns=[f"p{i}" for i in range(partner)])
+    frame.insert(0, "id", ids[::-1])
+    frame.to_csv(folder / "partner.csv", index=False, float_format="%.5f")
+    (folder / "job.toml").write_text(JOB)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--center", type=int, default=30)
+    parser.add_argument("--partner", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedscore-scale-") as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        write_data(folder, args.rows, args.center, args.partner)
+        print(f"wrote {args.rows} rows × ({args.center} + {args.partner}) features in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        report, peaks = run_through_daemons(folder / "job.toml", args.workers)
+        whole = time.perf_counter() - started
+    epoch = report["epoch_seconds"][0]
+    print(f"one epoch: {epoch:.1f} s; whole run (start, load, align, train, evaluate, settle): {whole:.1f} s; train AUC {report['auc']:.4f}")
+    peak = 0.0
+    for member, processes in peaks.items():
+        print(f"peak memory, {member}: {max(processes):.0f} MiB (processes: {', '.join(f'{m:.0f}' for m in processes)} MiB)")
+        peak = max(peak, max(processes))
+    print(f"scale_epoch_seconds={epoch:.1f} scale_peak_mib={peak:.0f}")
+
+
+if __name__ == "__main__":
+    main()
