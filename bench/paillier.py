@@ -12,7 +12,6 @@ import random
 import statistics
 import time
 
-import numpy as np
 from phe import paillier as phe
 
 from fedscore.crypto.multiexp import combine_signed, signed_multiexp_parts

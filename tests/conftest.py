@@ -1,7 +1,6 @@
 """Shared fixtures: small keys and small data unless a test says otherwise."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +78,6 @@ def split_three_ways(folder: Path) -> list[dict]:
     ]
 
 
-def joined_standardised(folder: Path, parties: list[dict]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Plaintext reference inputs: each party's standardised block, rows in id order."""
-    from fedscore.model.data import load_party_table
-
-    blocks, labels = [], None
-    for party in parties:
-        table = load_party_table(folder / party["data"], [party["id"]], party.get("label"))
-        matrix = (table.features - table.features.mean(0)) / table.features.std(0)
-        if party.get("label"):
-            matrix = np.hstack([matrix, np.ones((table.rows, 1))])
-            labels = table.labels.astype(float)
-        blocks.append(matrix)
-    return blocks, labels
-
-
 def trained_weights(report: dict) -> dict[str, np.ndarray]:
     """Each party's weights as its model file holds them, the intercept last for the card center."""
     from fedscore.model.model_file import PartyModel
@@ -109,5 +93,3 @@ def trained_weights(report: dict) -> dict[str, np.ndarray]:
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared data folder is not beside the repository")
 
-
-os.environ.setdefault("PYTHONHASHSEED", "0")

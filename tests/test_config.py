@@ -1,7 +1,6 @@
 """Job files: what a data scientist gets wrong, and the message that says so."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

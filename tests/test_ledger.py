@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 
 from fedscore.errors import FedscoreError
 from fedscore.ledger import merkle
-from fedscore.ledger.block import encode_entry, make_block, sign
+from fedscore.ledger.block import make_block, sign
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.proofs import check_proof, prove

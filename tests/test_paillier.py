@@ -10,7 +10,7 @@ import pytest
 from gmpy2 import mpz
 
 from fedscore.crypto import paillier
-from fedscore.crypto.multiexp import combine_signed, signed_multiexp_parts, unsigned_multiexp
+from fedscore.crypto.multiexp import signed_multiexp_parts, unsigned_multiexp
 from fedscore.crypto.obfuscation import Obfuscator, exponent_bits
 from fedscore.crypto.pool import CryptoPool, pack, unpack
 

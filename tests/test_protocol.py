@@ -10,7 +10,7 @@ import pytest
 
 from fedscore.config import load_job
 from fedscore.crypto.fixedpoint import SCORE_BITS
-from fedscore.errors import DataError, ProtocolError
+from fedscore.errors import ProtocolError
 from fedscore.model import metrics
 from fedscore.model.taylor import fit_gradient_descent
 from fedscore.protocol.party import Step

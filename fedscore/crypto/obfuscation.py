@@ -87,7 +87,3 @@ class Obfuscator:
             exponent >>= width
             acc = acc * row[exponent & mask] % nsquare
         return acc
-
-    def rerandomise(self, ciphertext: mpz) -> mpz:
-        """The same plaintext under fresh randomness."""
-        return ciphertext * self.draw() % self.public_key.nsquare

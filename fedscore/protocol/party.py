@@ -15,7 +15,7 @@ nothing, and returns it; the party removes r and takes its step.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from gmpy2 import mpz
@@ -146,10 +146,6 @@ class PartySession:
         return dict(self.facts.digests.get(step_key(step.epoch, step.batch), {})) if self.facts else {}
 
     # -- step bookkeeping ---------------------------------------------------
-
-    @property
-    def feature_count(self) -> int:
-        return len(self.table.feature_names)
 
     def smallest_batch(self) -> int:
         """Rows in the job's smallest step (the same in every epoch)."""
