@@ -20,6 +20,7 @@ EXAMPLES = {
     "coordinator": "example: fedscore coordinator serve --config coordinator/coordinator.toml",
     "party": "example: fedscore party serve --config parties/bureau/party.toml",
     "audit": "example: fedscore audit verify fedscore-demo/state/bureau/jobs/<job id>/ledger.sqlite",
+    "score": "example: fedscore score --job fedscore-demo/job.toml --local --input fedscore-demo/applicants.csv --output scored.csv",
 }
 
 
@@ -72,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.demo import summary_table, write_demo
-    from fedscore.runner import run_job_file
+    from fedscore.runner import run_job_file, score_file
 
     workdir: Path = args.workdir
     job = write_demo(workdir, epochs=args.epochs, key_bits=args.key_bits, rows=args.rows)
@@ -84,8 +85,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_report(report)
     print()
     print(summary_table(report))
-    print(f"\nreport: {report_path}  (total {report['seconds']:.0f} s)")
+    print(f"\nreport: {report_path}  (training {report['seconds']:.0f} s)")
+    print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
+    scored = score_file(job, workdir / "applicants.csv", workdir / "scored.csv", local=True, settle=True, workers=1)
+    print_scored(scored)
+    print(f"answers: {workdir / 'scored.csv'}  (scoring chain: {scored['ledger']})")
+    _print_scoring_settlement(scored["settlement"])
     return 0
+
+
+def print_scored(result: dict, limit: int = 20) -> None:
+    table = result["table"]
+    print(f"{'applicant':<12}{'P(default)':>11}{'score':>7}  {'decision':<9}{'limit':>9}  reasons / partners missing")
+    for row in table.head(limit).itertuples():
+        if row.error:
+            print(f"{row.id:<12}  refused: {row.error}")
+            continue
+        notes = "; ".join(filter(None, [row.reasons, f"missing: {row.partners_missing}" if row.partners_missing else ""]))
+        print(f"{row.id:<12}{row.probability:>11.3f}{row.score:>7.0f}  {row.decision:<9}{row.credit_limit:>9}  {notes}")
+    if len(table) > limit:
+        print(f"... {len(table) - limit} more")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from fedscore.runner import score_file
+
+    result = score_file(
+        args.job, args.input, args.output, local=args.local, state_dir=args.state, job_id=args.job_id or "",
+        settle=args.settle, workers=args.workers, concurrency=args.concurrency,
+    )
+    if not args.quiet:
+        print_scored(result)
+        print(f"scored {result['scored']} of {result['rows']} applicants with model {result['job_id']} in {result['seconds']:.1f} s: {args.output}")
+        if result["settlement"]:
+            _print_scoring_settlement(result["settlement"])
+    if result["failed"]:
+        print(f"fedscore: {result['failed']} applicant(s) not scored; first: {result['first_error']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_scoring_settlement(settlement: dict) -> None:
+    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {l['requests']} requests" for l in settlement["lines"])
+    print(f"scoring settlement #{settlement['number']}: {settlement['payer']} owes {owed} {settlement['currency']}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -147,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
     demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")
     demo.set_defaults(handler=cmd_demo)
+
+    score = commands.add_parser("score", help="score new applicants with a trained model", epilog=EXAMPLES["score"])
+    score.add_argument("--job", type=Path, required=True, help="the job file the model was trained with")
+    score.add_argument("--input", type=Path, required=True, help="applicants CSV: the card center's id and feature columns and a consent column")
+    score.add_argument("--output", type=Path, required=True, help="where the answers go (CSV)")
+    score.add_argument("--local", action="store_true", help="start every party daemon here from the job's trained state")
+    score.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
+    score.add_argument("--job-id", help="the trained job to score with (default: the card center's newest of this job)")
+    score.add_argument("--settle", action="store_true", help="settle the scoring fees on the chain afterwards")
+    score.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    score.add_argument("--workers", type=int, default=1, help="with --local: processes per party for Paillier work")
+    score.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    score.set_defaults(handler=cmd_score)
 
     audit = commands.add_parser("audit", help="verify and read a ledger replica", epilog=EXAMPLES["audit"])
     audit_actions = audit.add_subparsers(dest="action", required=True)

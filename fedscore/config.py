@@ -19,6 +19,7 @@ from typing import Any
 from fedscore.crypto.obfuscation import SHORT_EXPONENT, VARIANTS
 from fedscore.errors import ConfigError
 from fedscore.ledger.settlement import FeeContract
+from fedscore.scoring.scorecard import LimitBand, ScoringPolicy
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -165,7 +166,8 @@ def _unknown_keys(table: dict[str, Any], known: set[str], where: str) -> None:
 
 def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     """A JobSpec from a parsed job TOML document (paths left as written)."""
-    _unknown_keys(document, {"job", "parties", "coordinator", "fees"}, where)
+    _unknown_keys(document, {"job", "parties", "coordinator", "fees", "scoring"}, where)
+    parse_scoring(document, where)   # checked with the job, used when the model serves
     job = document.get("job")
     if not isinstance(job, dict):
         raise ConfigError(f"{where}: missing [job] table")
@@ -231,6 +233,82 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     return spec.validate()
 
 
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The card center's scoring: its policy, how long it waits for partners, how it batches chain entries."""
+
+    policy: ScoringPolicy = ScoringPolicy()
+    timeout_ms: float = 500.0          # a partner later than this is listed in partners_missing
+    batch_entries: int = 500           # a scoring block when this many requests wait ...
+    batch_seconds: float = 1.0         # ... or the oldest waited this long
+    consent_issuers: tuple[str, ...] = ()   # hex Ed25519 keys; a local consortium's parties all trust these
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScoringSettings":
+        document = json.loads(text)
+        policy = document.pop("policy")
+        bands = tuple(LimitBand(**band) for band in policy.pop("limit_bands"))
+        return cls(policy=ScoringPolicy(**policy, limit_bands=bands), **{**document, "consent_issuers": tuple(document["consent_issuers"])})
+
+
+POLICY_NUMBERS = ("offset", "pdo", "min_score", "max_score", "approve_at", "review_at")
+
+
+def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringSettings:
+    """The job file's optional [scoring] table."""
+    table = document.get("scoring", {})
+    at = f"{where} [scoring]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at}: must be a table")
+    _unknown_keys(
+        table, {*POLICY_NUMBERS, "limit_basis", "limit_bands", "limit_step", "limit_cap", "timeout_ms",
+                "batch_entries", "batch_seconds", "consent_issuers"}, at,
+    )
+    defaults = ScoringPolicy()
+    numbers = {name: float(_take(table, name, (int, float), getattr(defaults, name), at)) for name in POLICY_NUMBERS}
+    bands = defaults.limit_bands
+    if "limit_bands" in table:
+        raw = _take(table, "limit_bands", list, [], at)
+        try:
+            bands = tuple(LimitBand(float(b["min_score"]), float(b["multiple"])) for b in raw)
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"{at}: each [[scoring.limit_bands]] needs min_score and multiple (numbers)") from None
+        if any(not math.isfinite(b.multiple) or b.multiple < 0 for b in bands):
+            raise ConfigError(f"{at}: a limit band's multiple must be zero or positive")
+    try:
+        policy = ScoringPolicy(
+            **numbers, limit_basis=_take(table, "limit_basis", str, defaults.limit_basis, at), limit_bands=bands,
+            limit_step=_take(table, "limit_step", int, defaults.limit_step, at),
+            limit_cap=_take(table, "limit_cap", int, defaults.limit_cap, at),
+        )
+    except ValueError as error:
+        raise ConfigError(f"{at}: {error}") from None
+    issuers = _take(table, "consent_issuers", list, [], at)
+    for issuer in issuers:
+        if not (isinstance(issuer, str) and re.fullmatch(r"[0-9a-fA-F]{64}", issuer)):
+            raise ConfigError(f"{at}: consent_issuers must be hex Ed25519 public keys (64 hex digits), got {issuer!r}")
+    settings = ScoringSettings(
+        policy=policy,
+        timeout_ms=float(_take(table, "timeout_ms", (int, float), 500.0, at)),
+        batch_entries=_take(table, "batch_entries", int, 500, at),
+        batch_seconds=float(_take(table, "batch_seconds", (int, float), 1.0, at)),
+        consent_issuers=tuple(i.lower() for i in issuers),
+    )
+    if not 1 <= settings.timeout_ms <= 60_000:
+        raise ConfigError(f"{at}: timeout_ms must be between 1 and 60000, got {settings.timeout_ms}")
+    if not 1 <= settings.batch_entries <= 100_000 or not 0.01 <= settings.batch_seconds <= 3600:
+        raise ConfigError(f"{at}: batch_entries must be 1..100000 and batch_seconds 0.01..3600")
+    return settings
+
+
+def load_scoring(path: Path | str) -> ScoringSettings:
+    path = Path(path)
+    return parse_scoring(_read_toml(path, "job file"), where=f"job file {path.name}")
+
+
 def load_job(path: Path | str) -> tuple[JobSpec, Path]:
     """(spec, folder the job's relative paths start from)."""
     path = Path(path)
@@ -248,6 +326,12 @@ class DaemonConfig:
     workers: int = 0          # 0 = every core
     min_key_bits: int = 2048  # a party refuses jobs with smaller Paillier keys
     min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
+    consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
+    consent_max_age_days: int = 30
+    http_listen: str = ""     # the card center's HTTP/JSON scoring endpoint ("" = none)
+    scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
+    scoring_table: str = "applicants"
+    scoring_id: str = "id"
 
 
 def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
@@ -257,7 +341,8 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
     known = {"name", "listen", "state_dir", "workers"} | (
-        {"data_dir", "min_key_bits", "min_batch_rows"} if needs_data else set()
+        {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "http_listen",
+         "scoring_database", "scoring_table", "scoring_id"} if needs_data else set()
     )
     _unknown_keys(table, known, f"{where} [{section}]")
     base = path.resolve().parent
@@ -276,9 +361,20 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     min_batch_rows = _take(table, "min_batch_rows", int, 64, where)
     if min_batch_rows < 1:
         raise ConfigError(f"{where}: min_batch_rows must be at least 1")
+    issuers = _take(table, "consent_issuers", list, [], where)
+    if not all(isinstance(i, str) and re.fullmatch(r"[0-9a-fA-F]{64}", i) for i in issuers):
+        raise ConfigError(f"{where}: consent_issuers must be hex Ed25519 public keys (64 hex digits)")
+    max_age = _take(table, "consent_max_age_days", int, 30, where)
+    if not 0 < max_age <= 3650:
+        raise ConfigError(f"{where}: consent_max_age_days must be between 1 and 3650")
+    database = _take(table, "scoring_database", str, "", where)
     return DaemonConfig(
         name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
-        min_key_bits=min_key_bits, min_batch_rows=min_batch_rows,
+        min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
+        consent_max_age_days=max_age, http_listen=_take(table, "http_listen", str, "", where),
+        scoring_database=base / database if database else None,
+        scoring_table=_take(table, "scoring_table", str, "applicants", where),
+        scoring_id=_take(table, "scoring_id", str, "id", where),
     )
 
 

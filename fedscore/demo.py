@@ -8,14 +8,24 @@ Coverage is realistic: the card center holds 25 000 of the 30 000 applicants;
 the bureau about 90% of those plus people the card center never saw, the
 e-commerce partner about 70% plus its own others. Private set intersection
 finds the applicants all three hold before training.
+
+New applicants for scoring are people the card center has never seen: some
+known to both partners, one to the bureau only, one to neither. A demo
+identity provider certifies a key for each, and each applicant signs a
+consent to the card center's check (fedscore.scoring.consent).
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
 import numpy as np
 import pandas as pd
+
+from fedscore.scoring.consent import certify_applicant, give_consent
 
 ID = "ID"
 LABEL = "default.payment.next.month"
@@ -44,6 +54,31 @@ key_bits = {key_bits}
 currency = "CNY"
 per_step = 500          # per training step
 per_overlap_row = 1     # per applicant the card center shares with the partner
+
+per_request = 2         # per scoring request the partner answers
+
+[scoring]               # the card center's scorecard: 600 points at odds 1:1, 20 points to double the odds
+offset = 600
+pdo = 20
+approve_at = 620        # score >= 620 approve; 580..620 review; below decline
+review_at = 580
+limit_basis = "LIMIT_BAL"
+limit_step = 1000
+timeout_ms = 500        # a partner later than this is reported in partners_missing
+consent_issuers = ["{issuer}"]   # the demo identity provider that certified the applicants' keys
+
+[[scoring.limit_bands]]
+min_score = 700
+multiple = 1.2
+[[scoring.limit_bands]]
+min_score = 660
+multiple = 1.0
+[[scoring.limit_bands]]
+min_score = 620
+multiple = 0.8
+[[scoring.limit_bands]]
+min_score = 580
+multiple = 0.5
 
 [coordinator]
 address = "127.0.0.1:50060"     # used without --local
@@ -88,20 +123,57 @@ def party_rows(total: int, seed: int = 2009) -> dict[str, np.ndarray]:
     return rows
 
 
-def write_demo(folder: Path, epochs: int = 10, key_bits: int = 2048, rows: int | None = None) -> Path:
-    """Write each party's CSV and the job file into ``folder``; returns the job file."""
+def issuer_key(folder: Path) -> SigningKey:
+    """The demo identity provider's key (kept beside the demo, owner-only)."""
+    path = folder / "consent-issuer.key"
+    if path.exists():
+        return SigningKey(path.read_bytes())
+    key = SigningKey.generate()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(bytes(key))
+    return key
+
+
+def new_applicants(data: pd.DataFrame, held: dict[str, np.ndarray], count: int) -> list[int]:
+    """Positions of people the card center never saw: most known to both partners, one to the bureau only, one to neither."""
+    outside = np.setdiff1d(np.arange(len(data)), held["card_center"])
+    bureau, ecommerce = set(held["bureau"].tolist()), set(held["ecommerce"].tolist())
+    both = [i for i in outside if i in bureau and i in ecommerce]
+    bureau_only = [i for i in outside if i in bureau and i not in ecommerce]
+    nobody = [i for i in outside if i not in bureau and i not in ecommerce]
+    return both[: max(0, count - 2)] + bureau_only[:1] + nobody[:1]
+
+
+def write_applicants(path: Path, data: pd.DataFrame, positions: list[int], issuer: SigningKey, card_center: str = "card_center") -> None:
+    """The card center's application data for each new applicant, with the applicant's signed consent."""
+    frame = data.iloc[positions][[ID, *SPLIT["card_center"]]].rename(columns={ID: ID_COLUMN["card_center"]})
+    tokens = []
+    for applicant in frame[ID_COLUMN["card_center"]].astype(str):
+        key = SigningKey.generate()   # the applicant's own, on their device; enrolled with the identity provider
+        certificate = certify_applicant(issuer, applicant, bytes(key.verify_key))
+        tokens.append(give_consent(key, certificate, bytes(issuer.verify_key), applicant, card_center).to_text())
+    frame["consent"] = tokens
+    frame.to_csv(path, index=False)
+
+
+def write_demo(folder: Path, epochs: int = 10, key_bits: int = 2048, rows: int | None = None, applicants: int = 10) -> Path:
+    """Write each party's CSV, the new applicants and the job file into ``folder``; returns the job file."""
     folder.mkdir(parents=True, exist_ok=True)
     data = bundled_data()
     if rows is not None:
         data = data.head(rows)
-    for party, held in party_rows(len(data)).items():
-        subset = data.iloc[held]
+    held = party_rows(len(data))
+    issuer = issuer_key(folder)
+    write_applicants(folder / "applicants.csv", data, new_applicants(data, held, applicants), issuer)
+    for party, held_rows in held.items():
+        subset = data.iloc[held_rows]
         frame = subset[[ID, *SPLIT[party]]].rename(columns={ID: ID_COLUMN[party]})
         if party == "card_center":
             frame["y"] = subset[LABEL]
         frame.sample(frac=1.0, random_state=7).to_csv(folder / f"{party}.csv", index=False)
     job = folder / "job.toml"
-    job.write_text(JOB.format(epochs=epochs, key_bits=key_bits))
+    job.write_text(JOB.format(epochs=epochs, key_bits=key_bits, issuer=bytes(issuer.verify_key).hex()))
     return job
 
 

@@ -25,5 +25,9 @@ class TrainingError(FedscoreError):
     """Training itself went wrong (e.g. it diverged); the job's settings need changing."""
 
 
+class ConsentError(FedscoreError):
+    """A scoring request without a consent the party can accept; the message says why."""
+
+
 class InternalError(FedscoreError):
     """A daemon failed in a way no input explains: a bug to report, not a setting to fix."""

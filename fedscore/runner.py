@@ -1,16 +1,23 @@
-"""Run a job file: against running daemons, or (--local) on a consortium started here."""
+"""Run a job file, or score applicants with its trained model: against running daemons, or (--local)
+on a consortium started here."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fedscore.config import load_job
+import pandas as pd
+
+from fedscore.config import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.errors import ConfigError
+from fedscore.errors import ConfigError, DataError, FedscoreError
+from fedscore.model.data import ID_SEPARATOR, normalise_id
+from fedscore.model.model_file import write_atomically
 from fedscore.protocol.training import Progress
 from fedscore.report import write_report
-from fedscore.transport.clients import CoordinatorClient
+from fedscore.transport.clients import CoordinatorClient, ScoringClient
 
 
 def submit(spec, address: str, progress: Callable[[Progress], None], align_only: bool = False) -> dict:
@@ -46,3 +53,104 @@ def run_job_file(
     if report_path is not None:
         write_report(report_path, report)
     return report
+
+
+OUTPUT_COLUMNS = ["id", "probability", "score", "decision", "credit_limit", "reasons", "partners_missing", "request_id", "error"]
+CONSENT_COLUMN = "consent"
+
+
+def read_applicants(path: Path, id_columns: tuple[str, ...], features: list[str], limit_basis: str) -> tuple[pd.DataFrame, list[str]]:
+    """The applicants file as text (ids exactly as written), with its columns checked; and the feature columns to send."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"applicants file {path} does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"applicants file {path.name} is not a readable CSV: {error}") from None
+    needed = [*id_columns, *features, CONSENT_COLUMN]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(f"applicants file {path.name} lacks column {missing[0]!r} (needs {', '.join(needed)})")
+    send = features + ([limit_basis] if limit_basis in frame.columns and limit_basis not in features else [])
+    return frame, send
+
+
+def _request(row: dict, id_columns: tuple[str, ...], send: list[str]) -> tuple[str, dict[str, float]]:
+    applicant = ID_SEPARATOR.join(normalise_id(row[c]) for c in id_columns)
+    features = {}
+    for name in send:
+        try:
+            features[name] = float(row[name])
+        except ValueError:
+            raise DataError(f"column {name!r} holds {row[name]!r}, not a number") from None
+    return applicant, features
+
+
+def score_rows(client: ScoringClient, job_id: str, frame: pd.DataFrame, id_columns: tuple[str, ...], send: list[str],
+               concurrency: int = 8) -> pd.DataFrame:
+    """Every row through the card center's Score method; a row that fails keeps its error, the others go on."""
+
+    def one(row: dict) -> dict:
+        shown = row[id_columns[0]] if len(id_columns) == 1 else ID_SEPARATOR.join(row[c] for c in id_columns)
+        try:
+            applicant, features = _request(row, id_columns, send)
+            reply = client.score(applicant, features, row[CONSENT_COLUMN], job_id)
+        except FedscoreError as error:
+            return {"id": shown, "error": str(error)}
+        return {
+            "id": shown, "probability": reply.probability, "score": reply.score, "decision": reply.decision,
+            "credit_limit": reply.credit_limit, "reasons": "; ".join(reply.reasons),
+            "partners_missing": ";".join(reply.partners_missing), "request_id": reply.request_id, "error": "",
+        }
+
+    rows = frame.to_dict("records")
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(one, rows))
+    return pd.DataFrame(results, columns=OUTPUT_COLUMNS)
+
+
+def score_file(
+    job_path: Path,
+    input_path: Path,
+    output_path: Path,
+    *,
+    local: bool,
+    state_dir: Path | None = None,
+    job_id: str = "",
+    settle: bool = False,
+    workers: int = 1,
+    concurrency: int = 8,
+) -> dict:
+    """Score an applicants file through the running services (or, --local, services started from the job's state)."""
+    spec, base = load_job(job_path)
+    settings = load_scoring(job_path)
+    started = time.perf_counter()
+
+    def run(job_spec, address: str, http: str = "") -> dict:
+        client = ScoringClient(address)
+        try:
+            opened = client.open_scoring(job_spec, settings.to_json(), job_id)
+            frame, send = read_applicants(input_path, job_spec.card_center.id_columns, list(opened.features), opened.limit_basis)
+            scored = score_rows(client, opened.job_id, frame, job_spec.card_center.id_columns, send, concurrency)
+            settlement = json.loads(client.settle(opened.job_id).settlement_json) if settle else None
+            if local:
+                client.close_scoring(opened.job_id)
+        finally:
+            client.close()
+        write_atomically(output_path, scored.to_csv(index=False))
+        failed = scored[scored["error"] != ""]
+        return {
+            "job_id": opened.job_id, "rows": len(scored), "scored": len(scored) - len(failed), "failed": len(failed),
+            "first_error": "" if failed.empty else f"row {failed.index[0] + 2} ({failed['id'].iloc[0]}): {failed['error'].iloc[0]}",
+            "decisions": scored["decision"].value_counts().to_dict() if len(failed) < len(scored) else {},
+            "ledger": opened.ledger_path, "settlement": settlement, "http": http, "table": scored,
+            "seconds": time.perf_counter() - started,
+        }
+
+    if local:
+        with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers) as consortium:
+            card_center = consortium.spec.card_center
+            return run(consortium.spec, card_center.address, consortium.http_addresses.get(card_center.name, ""))
+    if not spec.card_center.address:
+        raise ConfigError(f"job file {job_path.name}: no address for the card center; add it, or use --local")
+    return run(spec, spec.card_center.address)

@@ -123,7 +123,7 @@ def test_members_refuse_what_they_did_not_see(tmp_path):
     )
     with pytest.raises(LedgerError, match=r"block 3: member 'bureau' refuses it: digest of residual/bureau in step 1/0 differs"):
         bureau.sign(block)
-    forked = make_block(members["coordinator"].chain[1], [{"kind": "step", "epoch": 9, "batch": 0, "digests": {}}])
+    forked = make_block(list(members["coordinator"].store.blocks())[1], [{"kind": "step", "epoch": 9, "batch": 0, "digests": {}}])
     with pytest.raises(LedgerError, match=r"block 2: member 'bureau' refuses it: it already signed another block"):
         bureau.sign(forked)
     unsigned = members["coordinator"].propose([{"kind": "job_end", "models": {}}])

@@ -29,8 +29,11 @@ def _toml_string(value: str) -> str:
 class LocalConsortium:
     """Start, watch and stop the coordinator and one daemon per party."""
 
-    def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0):
+    def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
+                 consent_issuers: tuple[str, ...] = ()):
         self.spec = spec
+        self.consent_issuers = list(consent_issuers)   # one owner runs every party here: the job's issuers are trusted
+        self.http_addresses: dict[str, str] = {}
         self.base_dir = base_dir
         self.state_root = state_root.resolve()
         self.workers = workers
@@ -48,12 +51,12 @@ class LocalConsortium:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _launch(self, member: str, role: str, settings: dict[str, str | int]) -> Path:
+    def _launch(self, member: str, role: str, settings: dict[str, str | int | list[str]]) -> Path:
         folder = self.state_root / member
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / f"{role}.toml"
         lines = [f"[{role}]"] + [
-            f"{key} = {_toml_string(value) if isinstance(value, str) else value}" for key, value in settings.items()
+            f"{key} = {_toml_string(value) if isinstance(value, (str, list)) else value}" for key, value in settings.items()
         ]
         config.write_text("\n".join(lines) + "\n")
         ready = folder / "ready"
@@ -77,7 +80,9 @@ class LocalConsortium:
                 party.name, "party",
                 # one owner runs every party here, so the job's key size is the policy
                 {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
-                 "workers": self.workers, "min_key_bits": self.spec.key_bits},
+                 "workers": self.workers, "min_key_bits": self.spec.key_bits,
+                 "consent_issuers": self.consent_issuers,
+                 **({"http_listen": "127.0.0.1:0"} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(
@@ -100,7 +105,11 @@ class LocalConsortium:
                 if member in addresses:
                     continue
                 if ready.exists():
-                    addresses[member] = ready.read_text().strip()
+                    lines = ready.read_text().split()
+                    addresses[member] = lines[0]
+                    for line in lines[1:]:
+                        if line.startswith("http="):
+                            self.http_addresses[member] = line.removeprefix("http=")
                 elif self.processes[member].poll() is not None:
                     raise PeerError(f"{member} daemon exited at start-up: {self.log_tail(member)}")
             if time.monotonic() > deadline:

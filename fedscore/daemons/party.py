@@ -3,7 +3,8 @@
 It only moves bytes between gRPC and the party's session
 (fedscore.protocol.partner / card_center), checks what arrives, and writes
 the party's model to its own state folder. The card center's daemon also
-dials the partners named in the job.
+dials the partners named in the job. Once a model is trained, the same
+daemon serves it (fedscore.daemons.scoring).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fedscore.config import DaemonConfig, JobSpec, resolve_data_file
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.scoring import ScoringHost
 from fedscore.errors import ConfigError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry, encode_entry
@@ -66,6 +68,7 @@ class PartyService(pb_grpc.PartyServicer):
         self._jobs: dict[str, PreparedJob] = {}
         self._lock = threading.Lock()
         self.key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
+        self.scoring = ScoringHost(config, self.key)
 
     # -- helpers ------------------------------------------------------------
 
@@ -218,19 +221,30 @@ class PartyService(pb_grpc.PartyServicer):
 
     # -- coordinator -> every party: the audit chain --------------------------
 
+    def _ledger(self, job_id: str, chain: str) -> LedgerMember:
+        if chain == "scoring":
+            return self.scoring.ledger(job_id)
+        if chain:
+            raise ProtocolError(f"{self.label}: no chain {chain!r}")
+        return self._job(job_id).ledger
+
     @handles_errors
     def ProposeBlock(self, request, context):
         block = codec.block_from_proto(request)
-        return pb.Signature(signature=self._job(request.job_id).ledger.sign(block))
+        return pb.Signature(signature=self._ledger(request.job_id, request.chain).sign(block))
 
     @handles_errors
     def CommitBlock(self, request, context):
-        self._job(request.job_id).ledger.commit(codec.block_from_proto(request))
+        self._ledger(request.job_id, request.chain).commit(codec.block_from_proto(request))
+        if request.chain == "scoring":
+            self.scoring.committed(request.job_id)
         return pb.Empty()
 
     @handles_errors
     def SignSettlement(self, request, context):
-        ledger = self._job(request.job_id).ledger
+        if request.chain == "scoring":
+            return pb.Signature(signature=self.scoring.sign_settlement(request.job_id, request.body))
+        ledger = self._ledger(request.job_id, request.chain)
         expected = settlement_body(ledger.entries())
         try:
             body = decode_entry(request.body)
@@ -364,6 +378,46 @@ class PartyService(pb_grpc.PartyServicer):
     def _masked_scores(self, request, context):
         session = self._session(request.job_id, PartnerSession)
         return list(codec.fixed_blocks(session.masked_scores().astype("<u8").tobytes(), 8, request.job_id))
+
+
+    # -- scoring: approval system -> card center, card center -> partner ----------
+
+    @handles_errors
+    def OpenScoring(self, request, context):
+        spec = codec.spec_from_proto(request.job)
+        served, features, basis = self.scoring.open(request.job_id, spec, request.settings_json)
+        return pb.OpenScoringReply(
+            job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,
+            ledger_path=str(served.member.path),
+        )
+
+    @handles_errors
+    def Score(self, request, context):
+        job_id, scored = self.scoring.score(request.job_id, request.applicant_id, dict(request.features), request.consent)
+        result = scored.answer
+        return pb.ScoreReply(
+            request_id=scored.request_id, probability=result.probability, score=result.score,
+            decision=result.decision, credit_limit=result.credit_limit, reasons=list(result.reasons),
+            partners_missing=list(result.partners_missing), job_id=job_id,
+        )
+
+    @handles_errors
+    def PartialScore(self, request, context):
+        value = self.scoring.partial_score(request.job_id, request.request_id, request.applicant, request.consent)
+        return pb.PartialScoreReply(known=value is not None, partial_score=value or 0.0)
+
+    @handles_errors
+    def SettleScoring(self, request, context):
+        settlement = self.scoring.settle(request.job_id)
+        member = self.scoring.ledger(request.job_id)
+        return pb.SettleScoringReply(
+            settlement_json=json.dumps(settlement), blocks=member.height, head=member.head.hash().hex()
+        )
+
+    @handles_errors
+    def CloseScoring(self, request, context):
+        self.scoring.close(request.job_id)
+        return pb.Empty()
 
 
 def add_to_server(service: PartyService, server) -> None:

@@ -30,6 +30,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> in
     log = logging.getLogger(f"fedscore.{role}")
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pool = None
+    service = None
     server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=OPTIONS)
     if role == "party":
         from fedscore.daemons import party
@@ -37,7 +38,8 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> in
         if config.data_dir is None or not config.data_dir.is_dir():
             raise ConfigError(f"party {config.name!r}: data folder {config.data_dir} does not exist")
         pool = CryptoPool(config.workers or None)
-        party.add_to_server(party.PartyService(config, pool), server)
+        service = party.PartyService(config, pool)
+        party.add_to_server(service, server)
     else:
         from fedscore.daemons import coordinator
 
@@ -52,13 +54,25 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> in
     server.start()
     address = f"{host}:{port}"
     log.warning("%s %r serving on %s without TLS (loopback or trusted network only)", role, config.name, address)
+    announce = address + "\n"
+    http_server = None
+    if service is not None and config.http_listen:
+        from fedscore.daemons.http import start_http
+
+        http_server, http_address = start_http(service.scoring, config.http_listen)
+        log.warning("scoring over HTTP/JSON on http://%s/v1/score (no TLS)", http_address)
+        announce += f"http={http_address}\n"
     if ready_file is not None:
-        write_atomically(ready_file, address + "\n")
+        write_atomically(ready_file, announce)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("stopping")
+    if http_server is not None:
+        http_server.shutdown()
+    if service is not None:
+        service.scoring.close_all()   # pending scoring entries go on the chain, or stay journalled
     server.stop(grace=2).wait()
     if pool is not None:
         pool.close()

@@ -4,18 +4,25 @@ The coordinator proposes each block; every member checks it against its
 own replica (height, previous hash, time, Merkle root) and its own record of
 the job (fedscore.ledger.entries) before signing; once every member has
 signed, each verifies all signatures and appends the block to its replica.
+
+The same member keeps a model's scoring chain, under that chain's rules
+(fedscore.ledger.scoring): there the card center proposes, and a member
+keeps only a summary of the chain in memory, not its entries, since
+scoring adds one entry per request.
 """
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from nacl.signing import SigningKey
 
 from fedscore.ledger import entries as entry_rules
 from fedscore.ledger.block import Block, decode_entry, make_block, sign
 from fedscore.ledger.entries import Facts
+from fedscore.ledger.scoring import ScoringFacts, ScoringSeen, audit_scoring
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, signature_problems, check_link, genesis_members
 
@@ -23,26 +30,49 @@ MAX_CLOCK_SKEW_NS = 300 * 10**9
 
 
 class LedgerMember:
-    def __init__(self, name: str, key: SigningKey, path: Path, facts: Facts):
+    def __init__(self, name: str, key: SigningKey, path: Path, facts: Facts | ScoringFacts):
         self.name = name
         self.key = key
         self.facts = facts
+        self.scoring = isinstance(facts, ScoringFacts)
         self.store = LedgerStore(path)
         self._lock = threading.Lock()
         self._signed: dict[int, bytes] = {}   # height -> the one block hash this member signed there
-        self.chain: list[Block] = list(self.store.blocks())
-        self._entries: list[dict] = [e for b in self.chain for e in b.decoded()]
-        self._seen = entry_rules.Seen()
-        for entry in self._entries:
+        self.genesis: Block | None = None
+        self.head: Block | None = None
+        self._entries: list[dict] = []        # every entry (training); the genesis entry only (scoring)
+        self._seen: Any = ScoringSeen() if self.scoring else entry_rules.Seen()
+        for block in self.store.blocks():
+            self._remember(block)
+
+    def _remember(self, block: Block) -> None:
+        if self.genesis is None:
+            self.genesis = block
+        self.head = block
+        for entry in block.decoded():
+            if not self.scoring or not self._entries:
+                self._entries.append(entry)
             self._seen.add(entry)
+            if self.scoring and entry.get("kind") == "scoring":
+                self.facts.answered.pop(entry["request_id"], None)   # on the chain now: no need to remember it
 
     @property
     def path(self) -> Path:
         return self.store.path
 
     @property
-    def head(self) -> Block | None:
-        return self.chain[-1] if self.chain else None
+    def height(self) -> int:
+        """Blocks on this replica."""
+        return 0 if self.head is None else self.head.height + 1
+
+    @property
+    def seen(self) -> Any:
+        return self._seen
+
+    def _audit(self, entry: dict, chain: list[dict], seen: Any) -> str | None:
+        if self.scoring:
+            return audit_scoring(entry, self.facts, chain[0] if chain else None, seen)
+        return entry_rules.audit(entry, self.facts, chain, seen)
 
     def propose(self, entries: list[dict]) -> Block:
         """The next block (unsigned) holding ``entries``."""
@@ -56,18 +86,21 @@ class LedgerMember:
             raise LedgerError(block.height, f"member {self.name!r} refuses it: {str(error).split(': ', 1)[1]}") from None
         if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
             raise LedgerError(block.height, f"member {self.name!r} refuses it: its time is in the future")
-        chain = self._entries if len(block.entries) == 1 else list(self._entries)
+        chain = self._entries if len(block.entries) == 1 or self.scoring else list(self._entries)
         seen = self._seen.copy()
         for position, entry_bytes in enumerate(block.entries):
             try:
                 entry = decode_entry(entry_bytes)
-                reason = entry_rules.audit(entry, self.facts, chain, seen)
+                reason = self._audit(entry, chain, seen)
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 reason = f"an entry it cannot read ({type(error).__name__})"
             if reason:
                 raise LedgerError(block.height, f"member {self.name!r} refuses it: {reason}")
             if position + 1 < len(block.entries):
-                chain.append(entry)
+                if not self.scoring:
+                    chain.append(entry)
+                elif not chain:
+                    chain = [entry]          # a scoring rule needs only the genesis entry
             seen.add(entry)
 
     def sign(self, block: Block) -> bytes:
@@ -86,15 +119,12 @@ class LedgerMember:
             if self._signed.get(block.height) != block.hash():
                 raise LedgerError(block.height, f"member {self.name!r} refuses to commit a block it did not check and sign")
             check_link(block, self.head)
-            members = genesis_members(block if block.height == 0 else self.chain[0])
+            members = genesis_members(block if block.height == 0 else self.genesis)
             bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
             if bad:
                 raise LedgerError(bad[0][0], f"member {self.name!r} refuses to commit it: {bad[0][1]}")
             self.store.append(block)
-            self.chain.append(block)
-            for entry in block.decoded():
-                self._entries.append(entry)
-                self._seen.add(entry)
+            self._remember(block)
 
     def entries(self) -> list[dict]:
         return list(self._entries)

@@ -2,7 +2,9 @@
 
 Amounts are integers in minor units (fen). The card center pays each partner
 `per_step` for every training step recorded on the chain and
-`per_overlap_row` for every applicant it shares with that partner. Anyone
+`per_overlap_row` for every applicant it shares with that partner; once the
+model serves, `per_request` for every scoring request the partner answered
+(settled on the model's scoring chain, fedscore.ledger.scoring). Anyone
 holding a replica can recompute the settlement from the chain alone, which
 is how every member checks it before signing.
 """
@@ -18,19 +20,20 @@ class FeeContract:
     currency: str = "CNY"
     per_step: int = 0          # fen per training step, to each partner
     per_overlap_row: int = 0   # fen per applicant the card center shares with the partner
+    per_request: int = 0       # fen per scoring request the partner contributed to
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, document: dict, where: str = "fees") -> "FeeContract":
-        unknown = set(document) - {"currency", "per_step", "per_overlap_row"}
+        unknown = set(document) - {"currency", "per_step", "per_overlap_row", "per_request"}
         if unknown:
             raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
         contract = cls(**document)
         if not isinstance(contract.currency, str) or not contract.currency:
             raise ConfigError(f"{where}: currency must be a name such as \"CNY\"")
-        for name in ("per_step", "per_overlap_row"):
+        for name in ("per_step", "per_overlap_row", "per_request"):
             value = getattr(contract, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{where}: {name} must be a whole, non-negative number of minor units (fen)")
@@ -72,13 +75,18 @@ def settlement_message(body: dict) -> bytes:
 
 
 def balances(entries: list[dict]) -> dict[str, dict[str, int]]:
-    """{member: {"owes": fen, "owed": fen}} over every settlement on the chain."""
+    """{member: {"owes": fen, "owed": fen}} over every settlement on the chain: a job's training
+    settlement once per job, and each numbered scoring settlement once."""
     result: dict[str, dict[str, int]] = {}
-    settled: set[str] = set()
+    settled: set[tuple] = set()
     for entry in entries:
-        if entry.get("kind") != "settlement" or entry.get("job_id") in settled:
-            continue  # one settlement per job counts
-        settled.add(entry.get("job_id"))
+        kind = entry.get("kind")
+        if kind not in ("settlement", "scoring_settlement"):
+            continue
+        key = (kind, entry.get("job_id"), entry.get("number"))
+        if key in settled:
+            continue
+        settled.add(key)
         payer = result.setdefault(entry["payer"], {"owes": 0, "owed": 0})
         for line in entry["lines"]:
             payer["owes"] += line["amount"]

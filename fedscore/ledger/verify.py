@@ -17,6 +17,9 @@ from fedscore.ledger import merkle
 from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signature_valid
 
 
+GENESIS_KINDS = ("job_start", "scoring_start")
+
+
 class LedgerError(FedscoreError):
     """A block that breaks the chain; the message names it."""
 
@@ -39,13 +42,13 @@ class ChainSummary:
 
 
 def genesis_members(block: Block) -> dict[str, bytes]:
-    """{member: Ed25519 public key} from the genesis block's job_start entry."""
+    """{member: Ed25519 public key} from the genesis block's first entry (a job's or a model's scoring start)."""
     try:
         start = decode_entry(block.entries[0])
         members = {name: bytes.fromhex(info["key"]) for name, info in start["members"].items()}
     except (IndexError, KeyError, ValueError, TypeError, AttributeError):
         raise LedgerError(block.height, "the genesis block has no readable job_start entry listing the members") from None
-    if start.get("kind") != "job_start" or not members:
+    if start.get("kind") not in GENESIS_KINDS or not members:
         raise LedgerError(block.height, "the genesis block does not start a job with members")
     return members
 

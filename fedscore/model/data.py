@@ -49,6 +49,11 @@ class PartyTable:
         )
 
 
+def normalise_id(*parts: object) -> str:
+    """One applicant's id under the same rule as normalise_ids (a look-up at scoring time)."""
+    return ID_SEPARATOR.join(str(p).strip().casefold() for p in parts)
+
+
 def normalise_ids(columns: list[pd.Series]) -> np.ndarray:
     parts = [column.str.strip().str.casefold() for column in columns]
     joined = parts[0]

@@ -265,6 +265,31 @@ class PartyStub:
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.FixedBlock.FromString,
                 _registered_method=True)
+        self.OpenScoring = channel.unary_unary(
+                '/fedscore.v1.Party/OpenScoring',
+                request_serializer=fedscore__pb2.OpenScoringRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.OpenScoringReply.FromString,
+                _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/fedscore.v1.Party/Score',
+                request_serializer=fedscore__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.ScoreReply.FromString,
+                _registered_method=True)
+        self.PartialScore = channel.unary_unary(
+                '/fedscore.v1.Party/PartialScore',
+                request_serializer=fedscore__pb2.PartialScoreRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.PartialScoreReply.FromString,
+                _registered_method=True)
+        self.SettleScoring = channel.unary_unary(
+                '/fedscore.v1.Party/SettleScoring',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.SettleScoringReply.FromString,
+                _registered_method=True)
+        self.CloseScoring = channel.unary_unary(
+                '/fedscore.v1.Party/CloseScoring',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class PartyServicer:
@@ -418,6 +443,42 @@ class PartyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenScoring(self, request, context):
+        """scoring a trained model: approval system -> card center, and card center -> partner
+        load the model, open its scoring chain
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """card center: one applicant's answer
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PartialScore(self, request, context):
+        """partner: its part of the log-odds
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleScoring(self, request, context):
+        """card center: settle requests so far
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseScoring(self, request, context):
+        """put pending entries on the chain, unload
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -535,6 +596,31 @@ def add_PartyServicer_to_server(servicer, server):
                     servicer.MaskedScores,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+            'OpenScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenScoring,
+                    request_deserializer=fedscore__pb2.OpenScoringRequest.FromString,
+                    response_serializer=fedscore__pb2.OpenScoringReply.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=fedscore__pb2.ScoreRequest.FromString,
+                    response_serializer=fedscore__pb2.ScoreReply.SerializeToString,
+            ),
+            'PartialScore': grpc.unary_unary_rpc_method_handler(
+                    servicer.PartialScore,
+                    request_deserializer=fedscore__pb2.PartialScoreRequest.FromString,
+                    response_serializer=fedscore__pb2.PartialScoreReply.SerializeToString,
+            ),
+            'SettleScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleScoring,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.SettleScoringReply.SerializeToString,
+            ),
+            'CloseScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseScoring,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1158,6 +1244,141 @@ class Party:
             '/fedscore.v1.Party/MaskedScores',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.FixedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenScoring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/OpenScoring',
+            fedscore__pb2.OpenScoringRequest.SerializeToString,
+            fedscore__pb2.OpenScoringReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/Score',
+            fedscore__pb2.ScoreRequest.SerializeToString,
+            fedscore__pb2.ScoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PartialScore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/PartialScore',
+            fedscore__pb2.PartialScoreRequest.SerializeToString,
+            fedscore__pb2.PartialScoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleScoring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/SettleScoring',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.SettleScoringReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseScoring(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/CloseScoring',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,8 +115,8 @@ def answer(
     """The full answer from per-feature log-odds contributions (own), the intercept and each
     partner's partial score (None: the partner does not know the applicant or did not answer;
     its contribution is then taken as an average applicant's, 0, and the partner is listed)."""
-    present = {name: u for name, u in partners.items() if u is not None}
-    log_odds = intercept + sum(own.values()) + sum(present.values())
+    present = {name: partners[name] for name in sorted(partners) if partners[name] is not None}
+    log_odds = intercept + sum(own.values()) + sum(present.values())   # one order everywhere: equal to the bit
     score = points(log_odds, policy)
     return Answer(
         probability=probability(log_odds),

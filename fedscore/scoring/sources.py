@@ -1,36 +1,42 @@
 """Where a party looks an applicant up at scoring time: its own data, never sent anywhere.
 
-`ApplicantSource.lookup(id)` returns the model's feature values for one
+`ApplicantSource.find(digest)` returns the model's feature values for one
 applicant, in the model's column order, or None when the party does not know
-the applicant (or holds an incomplete row for them). Ids follow the same
-rule as training (fedscore.model.data: stripped, case-folded).
+the applicant (or holds an incomplete row for them). Requests name the
+applicant by `applicant_digest(id)` (fedscore.scoring.consent), never by the
+id itself, so each source keeps an index from digest to its own ids; ids
+follow the same rule as training (stripped, case-folded). `lookup(id)` is
+the same look-up for callers that hold the id.
 
 - `CsvSource`: the party's CSV, read and checked as in training, indexed in memory.
 - `SqliteSource`: a table in a SQLite database through the standard DB-API,
   queried per applicant; the id is matched after TRIM and LOWER in SQL, so the
   stored ids may be padded or in upper case (LOWER folds ASCII letters only).
+  Its digest index is read at start and read again on a miss (at most every
+  `REFRESH_SECONDS`), so customers added while the daemon runs are found.
 """
 from __future__ import annotations
 
 import math
 import re
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from fedscore.errors import DataError
-from fedscore.model.data import ID_SEPARATOR, load_party_table
+from fedscore.model.data import load_party_table, normalise_id
+from fedscore.scoring.consent import applicant_digest
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def normalise_id(*parts: object) -> str:
-    return ID_SEPARATOR.join(str(p).strip().casefold() for p in parts)
+REFRESH_SECONDS = 60.0
 
 
 class ApplicantSource(Protocol):
+    def find(self, digest: bytes) -> np.ndarray | None: ...
     def lookup(self, applicant_id: str) -> np.ndarray | None: ...
 
 
@@ -41,10 +47,13 @@ class CsvSource:
         if missing:
             raise DataError(f"party {party!r}: {Path(path).name} lacks the model's column {missing[0]!r}")
         order = [table.feature_names.index(f) for f in features]
-        self._rows = {applicant: table.features[i, order] for i, applicant in enumerate(table.ids)}
+        self._rows = {applicant_digest(applicant): table.features[i, order] for i, applicant in enumerate(table.ids)}
+
+    def find(self, digest: bytes) -> np.ndarray | None:
+        return self._rows.get(digest)
 
     def lookup(self, applicant_id: str) -> np.ndarray | None:
-        return self._rows.get(normalise_id(applicant_id))
+        return self.find(applicant_digest(applicant_id))
 
 
 class SqliteSource:
@@ -62,9 +71,33 @@ class SqliteSource:
         except sqlite3.Error as error:
             raise DataError(f"party {party!r}: cannot read {table} from {Path(path).name}: {error}") from None
         self.party = party
+        self._ids_query = f"SELECT DISTINCT LOWER(TRIM(CAST({id_column} AS TEXT))) FROM {table}"
+        self._lock = threading.Lock()
+        self._index: dict[bytes, str] = {}
+        self._read_at = -math.inf
+        self._refresh()
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._read_at < REFRESH_SECONDS:
+                return
+            ids = [row[0] for row in self._db.execute(self._ids_query) if row[0] is not None]
+            self._index = {applicant_digest(i): normalise_id(i) for i in ids}
+            self._read_at = time.monotonic()
+
+    def find(self, digest: bytes) -> np.ndarray | None:
+        applicant = self._index.get(digest)
+        if applicant is None:
+            self._refresh()
+            applicant = self._index.get(digest)
+        return None if applicant is None else self._row(applicant)
 
     def lookup(self, applicant_id: str) -> np.ndarray | None:
-        rows = self._db.execute(self._query, (normalise_id(applicant_id),)).fetchall()
+        return self._row(normalise_id(applicant_id))
+
+    def _row(self, applicant: str) -> np.ndarray | None:
+        with self._lock:
+            rows = self._db.execute(self._query, (applicant,)).fetchall()
         if len(rows) != 1:
             return None  # unknown, or ambiguous: never guess which row is the applicant
         try:

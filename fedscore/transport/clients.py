@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
@@ -201,3 +202,95 @@ class CoordinatorClient:
         except grpc.RpcError as error:
             raise peer_error("coordinator", self.address, error) from None
         raise PeerError(f"coordinator at {self.address} ended the job without a report")
+
+
+class PendingPartialScore:
+    """A partial-score call in flight; ``result`` gives u_k, None (applicant unknown there), or raises."""
+
+    def __init__(self, call, peer: "ScoringPeer"):
+        self.call = call
+        self.peer = peer
+
+    def result(self, timeout: float | None = None) -> float | None:
+        try:
+            reply = self.call.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self.call.cancel()
+            raise FutureTimeout from None
+        except grpc.RpcError as error:
+            raise peer_error(f"partner {self.peer.name!r}", self.peer.address, error) from None
+        return reply.partial_score if reply.known else None
+
+
+class ScoringPeer:
+    """The card center's view of a partner while a model serves: partial scores and the scoring chain."""
+
+    def __init__(self, name: str, address: str, job_id: str, timeout: float = STEP_TIMEOUT):
+        self.name = name
+        self.address = address
+        self.job_id = job_id
+        self.timeout = timeout
+        self._channel = insecure_channel(address)
+        self._stub = pb_grpc.PartyStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise peer_error(f"partner {self.name!r}", self.address, error, timeout or self.timeout) from None
+
+    def open_scoring(self, spec: JobSpec) -> pb.OpenScoringReply:
+        return self._call("OpenScoring", pb.OpenScoringRequest(job_id=self.job_id, job=codec.spec_to_proto(spec)))
+
+    def close_scoring(self) -> None:
+        self._call("CloseScoring", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
+
+    def ask_partial_score(self, request_id: str, digest: bytes, consent: str, timeout: float) -> PendingPartialScore:
+        request = pb.PartialScoreRequest(job_id=self.job_id, request_id=request_id, applicant=digest, consent=consent)
+        return PendingPartialScore(self._stub.PartialScore.future(request, timeout=timeout), self)
+
+    def propose_block(self, block: Block) -> bytes:
+        return self._call("ProposeBlock", codec.block_to_proto(self.job_id, block, "scoring")).signature
+
+    def commit_block(self, block: Block) -> None:
+        self._call("CommitBlock", codec.block_to_proto(self.job_id, block, "scoring"))
+
+    def sign_settlement(self, body: bytes) -> bytes:
+        request = pb.SettlementRequest(job_id=self.job_id, body=body, chain="scoring")
+        return self._call("SignSettlement", request).signature
+
+
+class ScoringClient:
+    """An approval system's (or `fedscore score`'s) view of the card center's scoring service."""
+
+    def __init__(self, address: str, timeout: float = 30.0):
+        self.address = address
+        self.timeout = timeout
+        self._channel = insecure_channel(address)
+        self._stub = pb_grpc.PartyStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request, timeout: float | None = None):
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise peer_error("card center", self.address, error, timeout or self.timeout) from None
+
+    def open_scoring(self, spec: JobSpec, settings_json: str, job_id: str = "") -> pb.OpenScoringReply:
+        request = pb.OpenScoringRequest(job_id=job_id, job=codec.spec_to_proto(spec), settings_json=settings_json)
+        return self._call("OpenScoring", request, timeout=max(self.timeout, 300.0))
+
+    def score(self, applicant_id: str, features: dict[str, float], consent: str, job_id: str = "") -> pb.ScoreReply:
+        request = pb.ScoreRequest(job_id=job_id, applicant_id=applicant_id, features=features, consent=consent)
+        return self._call("Score", request)
+
+    def settle(self, job_id: str) -> pb.SettleScoringReply:
+        return self._call("SettleScoring", pb.JobRef(job_id=job_id), timeout=max(self.timeout, 120.0))
+
+    def close_scoring(self, job_id: str) -> None:
+        self._call("CloseScoring", pb.JobRef(job_id=job_id), timeout=max(self.timeout, 120.0))

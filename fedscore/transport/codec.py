@@ -42,7 +42,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         obfuscation=spec.obfuscation,
         precompute_epochs=spec.precompute_epochs,
         fees=pb.FeeContract(
-            currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row
+            currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row,
+            per_request=spec.fees.per_request,
         ),
         parties=[
             pb.PartySpec(name=p.name, address=p.address, data=p.data, id_columns=list(p.id_columns), label=p.label or "")
@@ -68,7 +69,7 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         precompute_epochs=message.precompute_epochs,
         fees=FeeContract(
             currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
-            per_overlap_row=message.fees.per_overlap_row,
+            per_overlap_row=message.fees.per_overlap_row, per_request=message.fees.per_request,
         ),
         parties=tuple(
             PartySpec(name=p.name, address=p.address, data=p.data, id_columns=tuple(p.id_columns), label=p.label or None)
@@ -194,10 +195,10 @@ def words(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
-def block_to_proto(job_id: str, block: Block) -> pb.Block:
+def block_to_proto(job_id: str, block: Block, chain: str = "") -> pb.Block:
     return pb.Block(
         job_id=job_id, height=block.height, previous=block.previous, timestamp_ns=block.timestamp_ns,
-        merkle_root=block.merkle_root, entries=list(block.entries), signatures=block.signatures,
+        merkle_root=block.merkle_root, entries=list(block.entries), signatures=block.signatures, chain=chain,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import grpc
 
-from fedscore.errors import ConfigError, DataError, FedscoreError, InternalError, PeerError, ProtocolError
+from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError, InternalError, PeerError, ProtocolError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 OPTIONS = [
@@ -31,6 +31,8 @@ def insecure_channel(address: str) -> grpc.Channel:
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, ConsentError):
+        return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(error, (DataError, ConfigError)):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, ProtocolError):
@@ -69,6 +71,8 @@ def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | N
         return PeerError(f"{peer} at {address} did not answer{limit}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return DataError(details)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ConsentError(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ProtocolError(details)
     if code == grpc.StatusCode.INTERNAL:

@@ -1,0 +1,119 @@
+"""The card center's HTTP/JSON scoring endpoint, for approval systems that do not speak gRPC.
+
+    POST /v1/score   {"applicant_id": "...", "features": {"LIMIT_BAL": 50000, ...},
+                      "consent": "<token>", "job_id": "<optional>"}
+      200 {"request_id", "job_id", "probability", "score", "decision", "credit_limit",
+           "reasons": [...], "partners_missing": [...]}
+      400 a malformed request, 403 a consent refused, 409 no such open model; {"error": "..."} says why
+    GET  /v1/health  200 {"status": "ok", "models": [...]}
+
+It calls the same scoring host as the gRPC Score method; nothing else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fedscore.daemons.scoring import ScoringHost
+from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError, ProtocolError
+
+log = logging.getLogger("fedscore.http")
+MAX_BODY = 64 * 1024
+
+
+def status_of(error: FedscoreError) -> int:
+    if isinstance(error, ConsentError):
+        return 403
+    if isinstance(error, (DataError, ConfigError)):
+        return 400
+    if isinstance(error, ProtocolError):
+        return 409
+    return 503
+
+
+def answer_document(job_id: str, scored) -> dict:
+    result = scored.answer
+    return {
+        "request_id": scored.request_id, "job_id": job_id, "probability": result.probability, "score": result.score,
+        "decision": result.decision, "credit_limit": result.credit_limit, "reasons": list(result.reasons),
+        "partners_missing": list(result.partners_missing),
+    }
+
+
+def score_document(host: ScoringHost, document: object) -> dict:
+    """Check a JSON request's shape, then score it."""
+    if not isinstance(document, dict):
+        raise DataError("the request must be a JSON object")
+    unknown = sorted(set(document) - {"applicant_id", "features", "consent", "job_id"})
+    if unknown:
+        raise DataError(f"unknown field {unknown[0]!r} (expected applicant_id, features, consent, job_id)")
+    applicant, features, consent = document.get("applicant_id"), document.get("features"), document.get("consent")
+    if not isinstance(applicant, (str, int)) or isinstance(applicant, bool):
+        raise DataError("applicant_id must be a string")
+    if not isinstance(features, dict):
+        raise DataError("features must be an object of feature name to number")
+    if not isinstance(consent, str):
+        raise DataError("consent must be the applicant's consent token (a string)")
+    job_id = document.get("job_id", "")
+    if not isinstance(job_id, str):
+        raise DataError("job_id must be a string")
+    job_id, scored = host.score(job_id, str(applicant), features, consent)
+    return answer_document(job_id, scored)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    host: ScoringHost
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, document: dict) -> None:
+        body = json.dumps(document).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/health":
+            self._send(200, {"status": "ok", "models": self.host.open_models()})
+        else:
+            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score or GET /v1/health"})
+
+    def do_POST(self) -> None:
+        if self.path.rstrip("/") != "/v1/score":
+            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_BODY:
+            self._send(400, {"error": f"the body must be 1 to {MAX_BODY} bytes of JSON"})
+            return
+        try:
+            document = json.loads(self.rfile.read(length))
+        except ValueError as error:
+            self._send(400, {"error": f"the body is not JSON: {error}"})
+            return
+        try:
+            self._send(200, score_document(self.host, document))
+        except FedscoreError as error:
+            self._send(status_of(error), {"error": str(error)})
+        except Exception as error:  # a bug must not kill the endpoint
+            log.exception("scoring over HTTP failed")
+            self._send(500, {"error": f"internal error ({type(error).__name__})"})
+
+    def log_message(self, format: str, *args) -> None:  # requests are on the chain; keep the log quiet
+        pass
+
+
+def start_http(host: ScoringHost, listen: str) -> tuple[ThreadingHTTPServer, str]:
+    """Serve in a background thread; returns the server and the host:port it got."""
+    address, _, port = listen.rpartition(":")
+    handler = type("Handler", (_Handler,), {"host": host})
+    try:
+        server = ThreadingHTTPServer((address or "127.0.0.1", int(port or 0)), handler)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot serve HTTP on {listen}: {error}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server, f"{server.server_address[0]}:{server.server_address[1]}"

@@ -1,0 +1,297 @@
+"""The scoring side of a party daemon: serve a trained model, keep its scoring chain.
+
+The card center opens a model (its newest settled one for the job, unless
+named), opens it at every partner, starts the model's scoring chain if it is
+new, and answers Score requests; a block of scoring entries is proposed in
+the background. A partner opens the same model, checks consents and returns
+partial scores. Both refuse to serve a model whose training chain does not
+verify or was never settled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from fedscore.config import DaemonConfig, JobSpec, ScoringSettings, resolve_data_file
+from fedscore.errors import ConfigError, DataError, ProtocolError
+from fedscore.ledger import identity
+from fedscore.ledger.block import decode_entry, encode_entry
+from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.scoring import ScoringFacts, scoring_settlement_body, scoring_start_entry
+from fedscore.ledger.settlement import settlement_message
+from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.verify import LedgerError, verify_chain
+from fedscore.model.model_file import PartyModel
+from fedscore.protocol.audit import append_block
+from fedscore.protocol.fanout import call_each
+from fedscore.protocol.scoring import (
+    CardCenterScorer,
+    ConsentPolicy,
+    EntryBatcher,
+    Journal,
+    PartnerScorer,
+    Scored,
+    ScoringSecrets,
+)
+from fedscore.scoring.sources import CsvSource, SqliteSource
+from fedscore.transport.clients import ScoringPeer
+
+log = logging.getLogger("fedscore.scoring")
+
+
+@dataclass
+class ServedModel:
+    job_id: str
+    role: str
+    member: LedgerMember
+    scorer: CardCenterScorer | PartnerScorer
+    peers: dict[str, ScoringPeer] = field(default_factory=dict)   # the card center's only
+    batcher: EntryBatcher | None = None
+
+
+class ScoringHost:
+    def __init__(self, config: DaemonConfig, key: SigningKey):
+        self.config = config
+        self.name = config.name
+        self.label = f"party {config.name!r}"
+        self.key = key
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    # -- which model -------------------------------------------------------------
+
+    def jobs_dir(self) -> Path:
+        return self.config.state_dir / "jobs"
+
+    def newest_model(self, job_name: str) -> str:
+        """The job id of this party's newest model of ``job_name`` whose training was settled."""
+        found = []
+        for path in self.jobs_dir().glob("*/model.json"):
+            try:
+                model = PartyModel.from_json(path.read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            if model.job_name == job_name:
+                found.append((path.stat().st_mtime, model.job_id))
+        if not found:
+            raise ConfigError(f"{self.label} has no trained model of job {job_name!r}; run the job first")
+        return max(found)[1]
+
+    def served(self, job_id: str) -> ServedModel:
+        with self._lock:
+            if not job_id:
+                if len(self._models) != 1:
+                    open_ids = ", ".join(sorted(self._models)) or "none"
+                    raise ProtocolError(f"{self.label}: name the model to score with (open: {open_ids})")
+                return next(iter(self._models.values()))
+            served = self._models.get(job_id)
+        if served is None:
+            raise ProtocolError(f"{self.label}: model {job_id!r} is not open for scoring here")
+        return served
+
+    def training_facts(self, job_id: str, role: str) -> tuple[PartyModel, ScoringFacts, str]:
+        """This party's model and what its settled training chain says: members, fees, head."""
+        folder = self.jobs_dir() / job_id
+        try:
+            model = PartyModel.from_json((folder / "model.json").read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{self.label} has no model for job {job_id!r}") from None
+        except (ValueError, TypeError) as error:
+            raise DataError(f"{self.label}: model file of job {job_id!r} is not readable: {error}") from None
+        if model.role != role:
+            raise ProtocolError(f"{self.label} is the {model.role} of job {job_id!r}, not its {role}")
+        if not (folder / "ledger.sqlite").is_file():
+            raise LedgerError(0, f"{self.label} has no training chain for job {job_id!r}")
+        store = LedgerStore(folder / "ledger.sqlite", read_only=True)
+        try:
+            blocks = list(store.blocks())
+        finally:
+            store.close()
+        summary = verify_chain(blocks, workers=1)
+        start, last = decode_entry(blocks[0].entries[0]), decode_entry(blocks[-1].entries[-1])
+        if start.get("job_id") != job_id or last.get("kind") != "settlement":
+            raise LedgerError(summary.blocks - 1, f"{self.label}: the training of job {job_id!r} was not settled; its model cannot serve")
+        members = {n: m for n, m in start["members"].items() if m["role"] in ("card_center", "partner")}
+        if members.get(self.name, {}).get("key") != identity.public_hex(self.key):
+            raise LedgerError(0, f"{self.label}: the training chain of job {job_id!r} does not list this party's key")
+        facts = ScoringFacts(
+            self.name, identity.public_hex(self.key), role, job_id, members, start["fees"], summary.head.hex()
+        )
+        return model, facts, start["job_name"]
+
+    def consent_policy(self) -> ConsentPolicy:
+        if not self.config.consent_issuers:
+            raise ConfigError(
+                f"{self.label} trusts no consent issuer (consent_issuers in its config), so it would refuse every request"
+            )
+        return ConsentPolicy(
+            frozenset(bytes.fromhex(i) for i in self.config.consent_issuers),
+            max_age=self.config.consent_max_age_days * 86_400,
+        )
+
+    # -- opening and closing ---------------------------------------------------
+
+    def open(self, job_id: str, spec: JobSpec, settings_json: str) -> tuple[ServedModel, list[str], str]:
+        me = spec.party(self.name)
+        with self._lock:
+            existing = self._models.get(job_id) if job_id else None
+        if existing is not None:
+            return existing, existing.scorer.model.features, self._limit_basis(existing)
+        if me.is_card_center:
+            served = self._open_card_center(job_id or self.newest_model(spec.name), spec, settings_json)
+        else:
+            if not job_id:
+                raise ProtocolError(f"{self.label}: a partner opens the model the card center names")
+            served = self._open_partner(job_id, spec)
+        with self._lock:
+            self._models[served.job_id] = served
+        log.info("model %s open for scoring (%s), scoring chain at %d blocks", served.job_id, served.role, served.member.height)
+        return served, served.scorer.model.features, self._limit_basis(served)
+
+    @staticmethod
+    def _limit_basis(served: ServedModel) -> str:
+        return served.scorer.policy.limit_basis if isinstance(served.scorer, CardCenterScorer) else ""
+
+    def _open_partner(self, job_id: str, spec: JobSpec) -> ServedModel:
+        model, facts, _ = self.training_facts(job_id, "partner")
+        if facts.card_center != spec.card_center.name:
+            raise ProtocolError(f"{self.label}: job {job_id!r} was trained with card center {facts.card_center!r}")
+        me = spec.party(self.name)
+        if self.config.scoring_database is not None:
+            source = SqliteSource(self.config.scoring_database, self.config.scoring_table, self.config.scoring_id,
+                                  model.features, party=self.name)
+        else:
+            path = resolve_data_file(self.config.data_dir, me.data, self.name)
+            source = CsvSource(path, list(me.id_columns), model.features, party=self.name)
+        folder = self.jobs_dir() / job_id
+        member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
+        journal = Journal(folder / "scoring-answers.jsonl")
+        scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal)
+        return ServedModel(job_id, "partner", member, scorer)
+
+    def _open_card_center(self, job_id: str, spec: JobSpec, settings_json: str) -> ServedModel:
+        try:
+            settings = ScoringSettings.from_json(settings_json) if settings_json else ScoringSettings()
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError(f"{self.label}: scoring settings are not readable: {error}") from None
+        model, facts, job_name = self.training_facts(job_id, "card_center")
+        partners = [p for p in spec.partners]
+        if sorted(p.name for p in partners) != facts.partners:
+            raise ConfigError(f"{self.label}: job {job_id!r} was trained with partners {', '.join(facts.partners)}")
+        missing = [p.name for p in partners if not p.address]
+        if missing:
+            raise ConfigError(f"{self.label}: no address for partner {missing[0]!r}")
+        folder = self.jobs_dir() / job_id
+        peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=60.0) for p in partners}
+        member = None
+        try:
+            call_each(peers, lambda name, peer: peer.open_scoring(spec))
+            member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
+            journal = Journal(folder / "scoring-pending.jsonl")
+            scorer = CardCenterScorer(
+                model, settings.policy, peers, self.consent_policy(),
+                ScoringSecrets.load_or_create(self.config.state_dir / "scoring-secrets"), facts, journal,
+                timeout=settings.timeout_ms / 1000,
+            )
+            if member.height == 0:
+                append_block(member, peers, [scoring_start_entry(facts, job_name)])
+            batcher = EntryBatcher(
+                scorer, member, lambda entries: append_block(member, peers, entries),
+                settings.batch_entries, settings.batch_seconds,
+            )
+            if scorer.pending_count():
+                batcher.flush()   # entries journalled before a restart
+            batcher.start()
+        except BaseException:
+            for peer in peers.values():
+                peer.close()
+            if member is not None:
+                member.close()
+            raise
+        return ServedModel(job_id, "card_center", member, scorer, peers, batcher)
+
+    def close(self, job_id: str) -> None:
+        with self._lock:
+            served = self._models.pop(job_id, None)
+        if served is None:
+            return
+        try:
+            if served.batcher is not None:
+                served.batcher.stop()
+                served.batcher.flush()
+                call_each(served.peers, lambda name, peer: peer.close_scoring())
+        finally:
+            for peer in served.peers.values():
+                peer.close()
+            served.scorer.journal.close()
+            served.member.close()
+        log.info("model %s closed for scoring", job_id)
+
+    def close_all(self) -> None:
+        for job_id in list(self._models):
+            try:
+                self.close(job_id)
+            except Exception as error:   # shutting down: keep closing the others; entries stay journalled
+                log.warning("closing model %s: %s", job_id, error)
+
+    def open_models(self) -> list[dict]:
+        with self._lock:
+            return [{"job_id": j, "role": m.role, "blocks": m.member.height} for j, m in sorted(self._models.items())]
+
+    # -- requests -----------------------------------------------------------------
+
+    def card_center_model(self, job_id: str) -> ServedModel:
+        served = self.served(job_id)
+        if not isinstance(served.scorer, CardCenterScorer):
+            raise ProtocolError(f"{self.label} is a partner of model {served.job_id!r}; ask its card center")
+        return served
+
+    def score(self, job_id: str, applicant_id: str, features: dict, consent: str) -> tuple[str, Scored]:
+        served = self.card_center_model(job_id)
+        return served.job_id, served.scorer.score(applicant_id, features, consent)
+
+    def partial_score(self, job_id: str, request_id: str, digest: bytes, consent: str) -> float | None:
+        served = self.served(job_id)
+        if not isinstance(served.scorer, PartnerScorer):
+            raise ProtocolError(f"{self.label} is not a partner of model {served.job_id!r}")
+        return served.scorer.partial_score(request_id, digest, consent)
+
+    def settle(self, job_id: str) -> dict:
+        """Settle every request since the last settlement: each partner signs, then the block is co-signed."""
+        served = self.card_center_model(job_id)
+        member, peers = served.member, served.peers
+        settlement: dict = {}
+
+        def make_entry() -> dict:
+            body = scoring_settlement_body(member.entries()[0], member.seen)
+            signatures = call_each(peers, lambda name, peer: peer.sign_settlement(encode_entry(body)), "member")
+            signatures[self.name] = self.key.sign(settlement_message(body)).signature
+            settlement.update(body, signatures={n: s.hex() for n, s in sorted(signatures.items())})
+            return settlement
+
+        served.batcher.append_after_pending(make_entry)
+        return settlement
+
+    # -- the scoring chain, as a member -------------------------------------------
+
+    def ledger(self, job_id: str) -> LedgerMember:
+        return self.served(job_id).member
+
+    def committed(self, job_id: str) -> None:
+        served = self.served(job_id)
+        if isinstance(served.scorer, PartnerScorer):
+            served.scorer.forget_committed()
+
+    def sign_settlement(self, job_id: str, body_bytes: bytes) -> bytes:
+        member = self.ledger(job_id)
+        expected = scoring_settlement_body(member.entries()[0], member.seen)
+        if body_bytes != encode_entry(expected):
+            raise ProtocolError(
+                f"{self.label}: refuses to sign a scoring settlement that does not follow from its own replica"
+            )
+        return self.key.sign(settlement_message(json.loads(body_bytes))).signature
