@@ -74,7 +74,7 @@ def show_balances(path: Path) -> str:
     blocks = read_ledger(path)
     verify_chain(blocks)
     entries = [e for b in blocks for e in b.decoded()]
-    currency = next((e["currency"] for e in entries if e.get("kind") == "settlement"), "")
+    currency = next((e["currency"] for e in entries if e.get("kind") in ("settlement", "scoring_settlement")), "")
     totals = balances(entries)
     if not totals:
         return "no settlement on this ledger yet"

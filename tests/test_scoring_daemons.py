@@ -1,0 +1,158 @@
+"""Online scoring through real daemons: every answer equals the offline model; HTTP, consent and failures."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedscore.config import load_job, load_scoring
+from fedscore.daemons.launcher import LocalConsortium
+from fedscore.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
+from fedscore.errors import ConsentError, PeerError
+from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.verify import verify_chain
+from fedscore.model.model_file import PartyModel
+from fedscore.runner import run_job_file, score_file
+from fedscore.scoring.offline import offline_answer
+from fedscore.scoring.sources import CsvSource
+from fedscore.transport.clients import ScoringClient
+
+ROWS = 5000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The demo consortium on its first 5000 applicants, trained for 2 epochs with 512-bit keys (tests only)."""
+    folder = tmp_path_factory.mktemp("scoring")
+    job = write_demo(folder, epochs=2, key_bits=512, rows=ROWS)
+    run_job_file(job, local=True, workers=1)
+    data = bundled_data().head(ROWS)
+    held = party_rows(len(data))
+    outside = np.setdiff1d(np.arange(len(data)), held["card_center"])
+    bureau, ecommerce = set(held["bureau"].tolist()), set(held["ecommerce"].tolist())
+    kinds = {
+        "both": [i for i in outside if i in bureau and i in ecommerce][:60],
+        "bureau only": [i for i in outside if i in bureau and i not in ecommerce][:15],
+        "ecommerce only": [i for i in outside if i in ecommerce and i not in bureau][:15],
+        "nobody": [i for i in outside if i not in bureau and i not in ecommerce][:10],
+        "customers": list(held["card_center"][:20]),
+    }
+    write_applicants(folder / "test-applicants.csv", data, sorted(sum(kinds.values(), [])), issuer_key(folder))
+    return folder
+
+
+def expected_answers(folder: Path, applicants: pd.DataFrame) -> dict[str, object]:
+    """The offline answer for each applicant, from the parties' model files and their own CSVs."""
+    state = folder / "state"
+    models = {p: PartyModel.from_json(next((state / p / "jobs").glob("*/model.json")).read_text())
+              for p in ("card_center", "bureau", "ecommerce")}
+    sources = {p: CsvSource(folder / f"{p}.csv", [ID_COLUMN[p]], models[p].features, party=p) for p in ("bureau", "ecommerce")}
+    policy = load_scoring(folder / "job.toml").policy
+    answers = {}
+    for row in applicants.itertuples(index=False):
+        values = [float(getattr(row, c)) for c in models["card_center"].features]
+        partners = {p: (models[p], sources[p].lookup(str(row.id))) for p in sources}
+        answers[str(row.id)] = offline_answer(models["card_center"], values, partners, policy)
+    return answers
+
+
+def test_fedscore_score_equals_the_offline_model_on_every_row(trained):
+    applicants = pd.read_csv(trained / "test-applicants.csv")
+    output = trained / "scored.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedscore", "score", "--job", str(trained / "job.toml"), "--local",
+         "--input", str(trained / "test-applicants.csv"), "--output", str(output), "--settle"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    scored = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
+    assert list(scored.columns[:7]) == ["id", "probability", "score", "decision", "credit_limit", "reasons", "partners_missing"]
+    assert len(scored) == len(applicants) == 120
+    expected = expected_answers(trained, applicants)
+    for row in scored.itertuples(index=False):
+        want = expected[row.id]
+        assert row.probability == want.probability and row.score == want.score   # the same sums, to the bit
+        assert row.decision == want.decision and row.credit_limit == want.credit_limit
+        assert row.reasons == "; ".join(want.reasons)
+        assert row.partners_missing == ";".join(want.partners_missing)
+    missing = scored["partners_missing"].value_counts().to_dict()
+    assert missing[""] >= 60 and missing["ecommerce"] >= 15 and missing["bureau"] >= 15 and missing["bureau;ecommerce"] >= 10
+    assert set(scored["decision"]) <= {"approve", "review", "decline"}
+
+    # the chain: one entry per request at every member, the same head, fees per contributing partner
+    replicas = {p: list(LedgerStore(next((trained / "state" / p / "jobs").glob("*/scoring.sqlite"))).blocks())
+                for p in ("card_center", "bureau", "ecommerce")}
+    heads = {verify_chain(blocks).head for blocks in replicas.values()}
+    assert len(heads) == 1
+    entries = [e for b in replicas["bureau"] for e in b.decoded()]
+    requests = [e for e in entries if e["kind"] == "scoring"]
+    assert sorted(e["request_id"] for e in requests) == sorted(scored["request_id"])
+    settlement = [e for e in entries if e["kind"] == "scoring_settlement"][-1]
+    per_request = load_job(trained / "job.toml")[0].fees.per_request
+    for line in settlement["lines"]:
+        answered = int((~scored["partners_missing"].str.contains(line["payee"])).sum())
+        assert line["requests"] == answered and line["amount"] == answered * per_request
+    assert "scoring settlement #" in done.stdout
+
+
+def post(url: str, document: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(document).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(trained):
+    spec, base = load_job(trained / "job.toml")
+    settings = load_scoring(trained / "job.toml")
+    applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str)
+    features = SPLIT["card_center"]
+    with LocalConsortium(spec, base, trained / "state", 1, settings.consent_issuers) as consortium:
+        client = ScoringClient(consortium.spec.card_center.address)
+        opened = client.open_scoring(consortium.spec, settings.to_json())
+        assert list(opened.features) == features
+        url = f"http://{consortium.http_addresses['card_center']}/v1/score"
+        row = applicants.iloc[0]
+        values = {c: float(row[c]) for c in features}
+        by_grpc = client.score(row["id"], values, row["consent"])
+        status, by_http = post(url, {"applicant_id": row["id"], "features": values, "consent": row["consent"]})
+        assert status == 200 and by_http["job_id"] == opened.job_id
+        assert (by_http["probability"], by_http["score"], by_http["decision"], by_http["credit_limit"], by_http["reasons"]) == (
+            by_grpc.probability, by_grpc.score, by_grpc.decision, by_grpc.credit_limit, list(by_grpc.reasons))
+        assert by_http["request_id"] != by_grpc.request_id
+
+        # someone else's consent, a missing feature, a field that is not ours
+        other = applicants.iloc[1]["consent"]
+        status, refused = post(url, {"applicant_id": row["id"], "features": values, "consent": other})
+        assert status == 403 and "not certified for this applicant" in refused["error"]
+        with pytest.raises(ConsentError, match="not certified"):
+            client.score(row["id"], values, other)
+        status, bad = post(url, {"applicant_id": row["id"], "features": {**values, "AGE": "old"}, "consent": row["consent"]})
+        assert status == 400 and "'AGE' must be a finite number" in bad["error"]
+        status, bad = post(url, {"applicant_id": row["id"], "features": values})
+        assert status == 400 and "consent" in bad["error"]
+
+        # a partner dies: answers go on without it, flagged; its fee entries wait, journalled
+        os.killpg(consortium.processes["ecommerce"].pid, signal.SIGKILL)
+        consortium.processes["ecommerce"].wait()
+        started = time.perf_counter()
+        after = client.score(row["id"], values, row["consent"])
+        assert time.perf_counter() - started < 5
+        assert list(after.partners_missing) == ["ecommerce"]
+        with pytest.raises(PeerError, match="ecommerce"):
+            client.settle(opened.job_id)
+        pending = next((trained / "state" / "card_center" / "jobs").glob("*/scoring-pending.jsonl")).read_text().splitlines()
+        assert after.request_id in {json.loads(line)["request_id"] for line in pending}
+        client.close()
