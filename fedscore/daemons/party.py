@@ -22,7 +22,7 @@ from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.scoring import ScoringHost
-from fedscore.errors import ConfigError, ProtocolError
+from fedscore.errors import ConfigError, ConsentError, DataError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry, encode_entry
 from fedscore.ledger.entries import Facts
@@ -42,6 +42,7 @@ from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
 
 log = logging.getLogger("fedscore.party")
+MAX_PARTIAL_SCORES = 1024
 handles_errors = servicer_errors("label")
 
 
@@ -403,8 +404,17 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def PartialScore(self, request, context):
-        value = self.scoring.partial_score(request.job_id, request.request_id, request.applicant, request.consent)
-        return pb.PartialScoreReply(known=value is not None, partial_score=value or 0.0)
+        if len(request.items) > MAX_PARTIAL_SCORES:
+            raise ProtocolError(f"{self.label}: at most {MAX_PARTIAL_SCORES} partial scores per call")
+        results = []
+        for item in request.items:
+            try:
+                value = self.scoring.partial_score(request.job_id, item.request_id, item.applicant, item.consent)
+            except (ConsentError, DataError) as error:   # this applicant only; the others in the call go on
+                results.append(pb.PartialScoreResult(refused=str(error)))
+                continue
+            results.append(pb.PartialScoreResult(known=value is not None, partial_score=value or 0.0))
+        return pb.PartialScoreReply(results=results)
 
     @handles_errors
     def SettleScoring(self, request, context):

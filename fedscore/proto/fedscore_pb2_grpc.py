@@ -459,7 +459,7 @@ class PartyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PartialScore(self, request, context):
-        """partner: its part of the log-odds
+        """partner: its parts of the log-odds
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -312,9 +312,10 @@ class EntryBatcher:
             return self._flush_locked()
 
     def _flush_locked(self) -> int:
-        written = 0
-        while True:
-            entries = self.scorer.take_pending(self.batch_entries)
+        """What is pending now, in blocks of at most batch_entries; requests arriving meanwhile wait for the next flush."""
+        written, due = 0, self.scorer.pending_count()
+        while written < due:
+            entries = self.scorer.take_pending(min(self.batch_entries, due - written))
             if not entries:
                 break
             try:

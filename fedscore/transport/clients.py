@@ -4,8 +4,10 @@ step of fedscore.protocol and moves only bytes."""
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 
 import grpc
 import numpy as np
@@ -14,7 +16,7 @@ from gmpy2 import mpz
 from fedscore.config import JobSpec
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
-from fedscore.errors import PeerError
+from fedscore.errors import ConsentError, FedscoreError, PeerError, ProtocolError
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
@@ -204,22 +206,79 @@ class CoordinatorClient:
         raise PeerError(f"coordinator at {self.address} ended the job without a report")
 
 
-class PendingPartialScore:
-    """A partial-score call in flight; ``result`` gives u_k, None (applicant unknown there), or raises."""
+class PartialScoreSender:
+    """Sends a partner the partial-score requests in flight together as one call.
 
-    def __init__(self, call, peer: "ScoringPeer"):
-        self.call = call
+    A request waits only while an earlier call is on the wire: under light
+    load every call carries one request, under heavy load many, so the
+    per-call cost of gRPC is paid once for all of them.
+    """
+
+    MAX_ITEMS = 256
+    IN_FLIGHT = 2
+
+    def __init__(self, peer: "ScoringPeer"):
         self.peer = peer
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+        self._thread = threading.Thread(target=self._run, name=f"partial-scores-{peer.name}", daemon=True)
+        self._thread.start()
 
-    def result(self, timeout: float | None = None) -> float | None:
+    def submit(self, item: pb.PartialScoreItem, timeout: float) -> Future:
+        future: Future = Future()
+        self._queue.put((item, timeout, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            self._slots.acquire()
+            batch = [first]
+            while len(batch) < self.MAX_ITEMS:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            request = pb.PartialScoreRequest(job_id=self.peer.job_id, items=[item for item, _, _ in batch])
+            timeout = max(t for _, t, _ in batch)
+            try:
+                call = self.peer._stub.PartialScore.future(request, timeout=timeout)
+            except Exception as error:  # the channel is closed: fail these requests, keep serving
+                self._slots.release()
+                for _, _, future in batch:
+                    future.set_exception(PeerError(f"partner {self.peer.name!r}: {error}"))
+                continue
+            call.add_done_callback(lambda done, batch=batch: self._resolve(done, batch))
+
+    def _resolve(self, call, batch) -> None:
+        self._slots.release()
         try:
-            reply = self.call.result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            self.call.cancel()
-            raise FutureTimeout from None
+            results = call.result().results
+            if len(results) != len(batch):
+                raise ProtocolError(f"partner {self.peer.name!r} answered {len(results)} of {len(batch)} partial scores")
         except grpc.RpcError as error:
-            raise peer_error(f"partner {self.peer.name!r}", self.peer.address, error) from None
-        return reply.partial_score if reply.known else None
+            failure = peer_error(f"partner {self.peer.name!r}", self.peer.address, error)
+            for _, _, future in batch:
+                future.set_exception(failure)
+            return
+        except FedscoreError as error:
+            for _, _, future in batch:
+                future.set_exception(error)
+            return
+        for (_, _, future), result in zip(batch, results):
+            if result.refused:
+                future.set_exception(ConsentError(result.refused))
+            else:
+                future.set_result(result.partial_score if result.known else None)
 
 
 class ScoringPeer:
@@ -232,8 +291,10 @@ class ScoringPeer:
         self.timeout = timeout
         self._channel = insecure_channel(address)
         self._stub = pb_grpc.PartyStub(self._channel)
+        self._sender = PartialScoreSender(self)
 
     def close(self) -> None:
+        self._sender.close()
         self._channel.close()
 
     def _call(self, method: str, request, timeout: float | None = None):
@@ -248,9 +309,10 @@ class ScoringPeer:
     def close_scoring(self) -> None:
         self._call("CloseScoring", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
 
-    def ask_partial_score(self, request_id: str, digest: bytes, consent: str, timeout: float) -> PendingPartialScore:
-        request = pb.PartialScoreRequest(job_id=self.job_id, request_id=request_id, applicant=digest, consent=consent)
-        return PendingPartialScore(self._stub.PartialScore.future(request, timeout=timeout), self)
+    def ask_partial_score(self, request_id: str, digest: bytes, consent: str, timeout: float) -> Future:
+        """A future of u_k, or None if the partner does not hold the applicant."""
+        item = pb.PartialScoreItem(request_id=request_id, applicant=digest, consent=consent)
+        return self._sender.submit(item, timeout)
 
     def propose_block(self, block: Block) -> bytes:
         return self._call("ProposeBlock", codec.block_to_proto(self.job_id, block, "scoring")).signature
