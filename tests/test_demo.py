@@ -43,6 +43,12 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     assert report["test_auc"] > report["local_only_test_auc"] + 0.04
     assert 0.55 < report["local_only_test_auc"] < 0.68
 
+    # it ends by scoring its new applicants online, consents checked, fees settled on the scoring chain
+    scored = pd.read_csv(workdir / "scored.csv", keep_default_na=False)
+    assert len(scored) == 10 and (scored["error"] == "").all()
+    assert scored["partners_missing"].tolist()[-2:] == ["ecommerce", "bureau;ecommerce"]
+    assert "scoring settlement #1: card_center owes bureau" in done.stdout
+
     # the same two epochs in plaintext numpy give the same weights
     spec, base = load_job(workdir / "job.toml")
     sessions = build_consortium(spec, load_tables(spec, base), inline_pool, keypair)

@@ -156,3 +156,29 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         pending = next((trained / "state" / "card_center" / "jobs").glob("*/scoring-pending.jsonl")).read_text().splitlines()
         assert after.request_id in {json.loads(line)["request_id"] for line in pending}
         client.close()
+
+
+def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
+    applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str).head(3).copy()
+    applicants.loc[1, "consent"] = applicants.loc[0, "consent"]     # someone else's consent
+    applicants.loc[2, "AGE"] = "thirty"
+    path = tmp_path / "bad.csv"
+    applicants.to_csv(path, index=False)
+    output = tmp_path / "out.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedscore", "score", "--job", str(trained / "job.toml"), "--local",
+         "--input", str(path), "--output", str(output), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
+    assert "'AGE' holds 'thirty', not a number" in scored["error"].iloc[2]
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "fedscore", "score", "--job", str(trained / "job.toml"), "--local",
+         "--input", str(trained / "bureau.csv"), "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert missing.returncode == 2 and "lacks column 'id'" in missing.stderr

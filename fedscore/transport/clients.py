@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
@@ -207,78 +208,75 @@ class CoordinatorClient:
 
 
 class PartialScoreSender:
-    """Sends a partner the partial-score requests in flight together as one call.
+    """Sends a partner the partial-score requests that wait together as one call, from one thread.
 
-    A request waits only while an earlier call is on the wire: under light
+    A request waits only while the previous call is on the wire: under light
     load every call carries one request, under heavy load many, so the
-    per-call cost of gRPC is paid once for all of them.
+    per-call cost of gRPC is paid once for all of them. A request whose
+    deadline passed while it waited is not sent at all.
     """
 
     MAX_ITEMS = 256
-    IN_FLIGHT = 2
 
     def __init__(self, peer: "ScoringPeer"):
         self.peer = peer
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._slots = threading.Semaphore(self.IN_FLIGHT)
         self._thread = threading.Thread(target=self._run, name=f"partial-scores-{peer.name}", daemon=True)
         self._thread.start()
 
     def submit(self, item: pb.PartialScoreItem, timeout: float) -> Future:
         future: Future = Future()
-        self._queue.put((item, timeout, future))
+        self._queue.put((item, time.monotonic() + timeout, future))
         return future
 
     def close(self) -> None:
         self._queue.put(None)
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            self._slots.acquire()
-            batch = [first]
-            while len(batch) < self.MAX_ITEMS:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            request = pb.PartialScoreRequest(job_id=self.peer.job_id, items=[item for item, _, _ in batch])
-            timeout = max(t for _, t, _ in batch)
+    def _take(self) -> list | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self.MAX_ITEMS:
             try:
-                call = self.peer._stub.PartialScore.future(request, timeout=timeout)
-            except Exception as error:  # the channel is closed: fail these requests, keep serving
-                self._slots.release()
-                for _, _, future in batch:
-                    future.set_exception(PeerError(f"partner {self.peer.name!r}: {error}"))
-                continue
-            call.add_done_callback(lambda done, batch=batch: self._resolve(done, batch))
+                waiting = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is None:
+                self._queue.put(None)
+                break
+            batch.append(waiting)
+        return batch
 
-    def _resolve(self, call, batch) -> None:
-        self._slots.release()
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            now = time.monotonic()
+            late = [entry for entry in batch if entry[1] <= now]
+            for _, _, future in late:
+                future.set_exception(PeerError(f"partner {self.peer.name!r} at {self.peer.address} did not answer in time"))
+            batch = [entry for entry in batch if entry[1] > now]
+            if batch:
+                self._send(batch, max(deadline for _, deadline, _ in batch) - now)
+
+    def _send(self, batch: list, timeout: float) -> None:
+        request = pb.PartialScoreRequest(job_id=self.peer.job_id, items=[item for item, _, _ in batch])
         try:
-            results = call.result().results
+            results = self.peer._stub.PartialScore(request, timeout=timeout).results
             if len(results) != len(batch):
                 raise ProtocolError(f"partner {self.peer.name!r} answered {len(results)} of {len(batch)} partial scores")
         except grpc.RpcError as error:
-            failure = peer_error(f"partner {self.peer.name!r}", self.peer.address, error)
-            for _, _, future in batch:
-                future.set_exception(failure)
+            failure: Exception = peer_error(f"partner {self.peer.name!r}", self.peer.address, error, timeout)
+        except Exception as error:  # a closed channel, a short answer: these requests fail, the sender goes on
+            failure = error if isinstance(error, FedscoreError) else PeerError(f"partner {self.peer.name!r}: {error}")
+        else:
+            for (_, _, future), result in zip(batch, results):
+                if result.refused:
+                    future.set_exception(ConsentError(result.refused))
+                else:
+                    future.set_result(result.partial_score if result.known else None)
             return
-        except FedscoreError as error:
-            for _, _, future in batch:
-                future.set_exception(error)
-            return
-        for (_, _, future), result in zip(batch, results):
-            if result.refused:
-                future.set_exception(ConsentError(result.refused))
-            else:
-                future.set_result(result.partial_score if result.known else None)
+        for _, _, future in batch:
+            future.set_exception(failure)
 
 
 class ScoringPeer:
