@@ -72,6 +72,23 @@ def test_multiexp_matches_naive_powers(keypair, rows):
     assert unsigned_multiexp(ciphertexts, [0] * rows, nsquare) == 1
 
 
+@pytest.mark.parametrize("values", [[3], [1, 2], [5, 9, 700, 32767], list(range(1, 40000, 97))])
+def test_grouped_and_windowed_multiexp_agree_with_naive_powers(keypair, values):
+    from fedscore.crypto.multiexp import grouped_cost, grouped_multiexp, windowed_cost
+
+    nsquare = keypair[0].nsquare
+    rng = random.Random(len(values))
+    pairs = [(mpz(rng.randrange(1, int(nsquare))), rng.choice(values)) for _ in range(1500)]
+    expected = mpz(1)
+    for c, e in pairs:
+        expected = expected * gmpy2.powmod(c, e, nsquare) % nsquare
+    assert grouped_multiexp(pairs, nsquare) == expected
+    assert unsigned_multiexp([c for c, _ in pairs], [e for _, e in pairs], nsquare) == expected
+    few = len(values) < 10   # a categorical column: grouping is the cheaper path, and the one taken
+    distinct = len({e for _, e in pairs})
+    assert (grouped_cost(1500, distinct, max(values)) < windowed_cost(1500, max(values).bit_length())) == few
+
+
 def test_weighted_sums_decrypt_to_integer_products(keypair, inline_pool):
     public, private = keypair
     rng = np.random.default_rng(0)
