@@ -55,6 +55,7 @@ class JobSpec:
     rpc_timeout: float = 1800.0       # seconds a party may take to answer one call before the job stops
     obfuscation: str = SHORT_EXPONENT # or STANDARD: r^n with a full exponent, no extra assumption
     precompute_epochs: int = 0        # obfuscators each party makes before training, in epochs' worth
+    refill_obfuscators: bool = False  # keep making them in the background while training (max(1, precompute) epochs ahead)
     coordinator_address: str = ""
 
     @property
@@ -71,6 +72,7 @@ class JobSpec:
         content.pop("coordinator_address")
         content.pop("rpc_timeout")
         content.pop("precompute_epochs")
+        content.pop("refill_obfuscators")
         for party in content["parties"]:
             party.pop("address")
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -174,7 +176,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     _unknown_keys(
         job,
         {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits",
-         "early_stop_tol", "min_overlap", "rpc_timeout", "obfuscation", "precompute_epochs"},
+         "early_stop_tol", "min_overlap", "rpc_timeout", "obfuscation", "precompute_epochs", "refill_obfuscators"},
         f"{where} [job]",
     )
     parties_doc = document.get("parties")
@@ -228,6 +230,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         rpc_timeout=float(_take(job, "rpc_timeout", (int, float), 1800.0, at)),
         obfuscation=_take(job, "obfuscation", str, SHORT_EXPONENT, at),
         precompute_epochs=_take(job, "precompute_epochs", int, 0, at),
+        refill_obfuscators=_take(job, "refill_obfuscators", bool, False, at),
         coordinator_address=_take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()

@@ -34,6 +34,8 @@ def write_job(folder: Path, parties: list[dict], **job) -> Path:
                 "seed": 7, "key_bits": TEST_KEY_BITS, **job}
 
     def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
         if isinstance(v, str):
             return f'"{v}"'
         if isinstance(v, list):

@@ -43,10 +43,11 @@ FAST_PATHS = [
     {},
     {"precompute_epochs": 2},                                   # obfuscators made in advance, then inline
     {"obfuscation": "standard", "precompute_epochs": 1},        # r^n with a full exponent
+    {"refill_obfuscators": True},                               # made in the background while training
 ]
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard"])
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard", "refilled"])
 def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inline_pool, fast_path):
     consortium = consortium_for(
         breast_folder, split_three_ways(breast_folder), keypair, inline_pool,
@@ -110,7 +111,7 @@ class Recorder:
         return call
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard"])
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard", "refilled"])
 def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, inline_pool, fast_path):
     consortium = consortium_for(
         breast_folder, split_three_ways(breast_folder), keypair, inline_pool, epochs=2, batch_size=150, **fast_path
@@ -119,8 +120,7 @@ def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, i
     center = consortium.card_center
     center.partners = {name: Recorder(name, p, sent) for name, p in consortium.partners.items()}
     for session in (center, *consortium.partners.values()):
-        if consortium.coordinator.spec.precompute_epochs:
-            session.precompute(consortium.coordinator.spec.precompute_epochs)
+        session.prepare_obfuscators()
     run_training(
         consortium.coordinator,
         ("card_center", Recorder("card_center", center, sent)),
@@ -134,6 +134,11 @@ def test_every_ciphertext_that_leaves_a_party_is_fresh(breast_folder, keypair, i
         assert len(set(ciphertexts)) == len(ciphertexts), f"{sender} sent a ciphertext twice"
         # (1 + m·n) mod n² is a ciphertext without randomness: anyone reads m = (c − 1)/n
         assert not any(c % n == 1 for c in ciphertexts), f"{sender} sent a ciphertext without randomness"
+    sessions = (center, *consortium.partners.values())
+    for session in sessions:
+        session.reserve.stop()
+    if fast_path.get("refill_obfuscators"):   # the background did make some of what was sent
+        assert all(session.reserve.made_in_background > 0 for session in sessions)
 
 
 def test_partner_cannot_strip_its_own_part_from_the_residual(breast_folder, keypair, inline_pool):

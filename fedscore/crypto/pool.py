@@ -99,6 +99,13 @@ class CryptoPool:
         self.workers = workers
         self.window_bits = window_bits
         self._executor: ProcessPoolExecutor | None = self._new_executor() if workers > 0 else None
+        self._foreground = 0                      # protocol work in flight; background work yields to it
+        self._foreground_lock = threading.Lock()
+
+    @property
+    def idle(self) -> bool:
+        """No protocol work in flight: the time background work (an obfuscator refill) may use."""
+        return self._foreground == 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # forkserver: workers never inherit a live gRPC server's threads.
@@ -115,7 +122,18 @@ class CryptoPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _map(self, fn, argument_lists: list[tuple]) -> list:
+    def _map(self, fn, argument_lists: list[tuple], background: bool = False) -> list:
+        if background:
+            return self._run(fn, argument_lists)
+        with self._foreground_lock:
+            self._foreground += 1
+        try:
+            return self._run(fn, argument_lists)
+        finally:
+            with self._foreground_lock:
+                self._foreground -= 1
+
+    def _run(self, fn, argument_lists: list[tuple]) -> list:
         if self._executor is None:
             return [fn(*args) for args in argument_lists]
         try:
@@ -144,13 +162,17 @@ class CryptoPool:
         if variant == SHORT_EXPONENT:
             self.obfuscators(public_key, 8 * max(1, self.workers), variant)
 
-    def obfuscators(self, public_key: PublicKey, count: int, variant: str = SHORT_EXPONENT) -> list[mpz]:
-        """``count`` fresh obfuscators made on the workers, to be used once each."""
+    def obfuscators(
+        self, public_key: PublicKey, count: int, variant: str = SHORT_EXPONENT, background: bool = False
+    ) -> list[mpz]:
+        """``count`` fresh obfuscators made on the workers, to be used once each (``background``: as a refill)."""
         if count <= 0:
             return []
-        spans = _split(count, 4 * max(1, self.workers))
+        spans = _split(count, (1 if background else 4) * max(1, self.workers))
         n_bytes = public_key.to_bytes()
-        packed = self._map(_obfuscator_chunk, [(n_bytes, b - a, self.window_bits, variant) for a, b in spans])
+        packed = self._map(
+            _obfuscator_chunk, [(n_bytes, b - a, self.window_bits, variant) for a, b in spans], background
+        )
         return [r for block in packed for r in unpack(block, public_key.ciphertext_bytes)]
 
     def weighted_sums(

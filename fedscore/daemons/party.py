@@ -113,7 +113,7 @@ class PartyService(pb_grpc.PartyServicer):
             )
         session.facts = job.ledger.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
-        seconds = session.precompute(job.spec.precompute_epochs) if job.spec.precompute_epochs else 0.0
+        seconds = session.prepare_obfuscators()
         job.session = session
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)
         return pb.StartTrainingReply(obfuscation_seconds=seconds)
@@ -216,6 +216,10 @@ class PartyService(pb_grpc.PartyServicer):
         with self._lock:
             job = self._jobs.pop(job_id, None)
         if job is not None:
+            if job.session is not None:
+                job.session.reserve.stop()
+                if job.session.reserve.made_in_background:
+                    log.info("job %s: %d obfuscators made in the background", job_id, job.session.reserve.made_in_background)
             for client in job.partners.values():
                 client.close()
             job.ledger.close()

@@ -27,6 +27,7 @@ from fedscore.crypto.masks import uniform_mask
 from fedscore.crypto.obfuscation import STANDARD, standard_obfuscator
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool, pack
+from fedscore.crypto.reserve import ObfuscatorReserve
 from fedscore.errors import DataError, ProtocolError
 from fedscore.ledger.entries import Facts, step_key
 from fedscore.model.data import PartyTable
@@ -101,7 +102,7 @@ class PartySession:
         self._last_done: Step | None = None
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self.facts: Facts | None = None   # when set, digests of every message sent or received go here
-        self.stock: list[mpz] = []         # obfuscators made in advance, each used once
+        self.reserve = ObfuscatorReserve(pool, public_key, spec.obfuscation)   # made in advance, each used once
 
     # -- randomness ---------------------------------------------------------
 
@@ -113,14 +114,19 @@ class PartySession:
     def precompute(self, epochs: int) -> float:
         """Make ``epochs`` epochs' worth of obfuscators now (on the worker pool); returns the seconds taken."""
         started = time.perf_counter()
-        count = epochs * self.obfuscators_per_epoch()
-        self.stock.extend(self.pool.obfuscators(self.public_key, count, self.spec.obfuscation))
+        self.reserve.make(epochs * self.obfuscators_per_epoch())
         return time.perf_counter() - started
 
+    def prepare_obfuscators(self) -> float:
+        """What the job asks before training: obfuscators made now, and a background refill; returns the seconds."""
+        seconds = self.precompute(self.spec.precompute_epochs) if self.spec.precompute_epochs else 0.0
+        if self.spec.refill_obfuscators:
+            self.reserve.refill_in_background(max(1, self.spec.precompute_epochs) * self.obfuscators_per_epoch())
+        return seconds
+
     def fresh_obfuscators(self, count: int) -> list[mpz]:
-        """``count`` never-used obfuscators: from the stock first, the rest made now."""
-        taken = self.stock[len(self.stock) - min(count, len(self.stock)):]
-        del self.stock[len(self.stock) - len(taken):]
+        """``count`` never-used obfuscators: from the reserve first, the rest made now."""
+        taken = self.reserve.take(count)
         missing = count - len(taken)
         if missing:
             taken += self.pool.obfuscators(self.public_key, missing, self.spec.obfuscation) if missing > 64 else [
@@ -131,11 +137,11 @@ class PartySession:
         return taken
 
     def encrypt_vector(self, values: list[int]) -> list[mpz]:
-        """[[v]] for each value, each with its own fresh obfuscator (from the stock when it suffices)."""
-        if len(self.stock) >= len(values):
-            key = self.public_key
-            return [paillier.encrypt(key, v, r) for v, r in zip(values, self.fresh_obfuscators(len(values)))]
-        return self.pool.encrypt(self.public_key, values, self.spec.obfuscation)
+        """[[v]] for each value, each with its own fresh obfuscator: from the reserve while it lasts, the rest made now."""
+        key = self.public_key
+        reserved = self.reserve.take(len(values))
+        head = [paillier.encrypt(key, v, r) for v, r in zip(values, reserved)]
+        return head + self.pool.encrypt(key, values[len(reserved):], self.spec.obfuscation)
 
     def record(self, step: Step, message: str, values: list, width: int) -> None:
         """Keep the digest of a message for the audit chain (the same bytes as on the wire)."""

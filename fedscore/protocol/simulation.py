@@ -65,15 +65,18 @@ def simulate(
     consortium: Consortium, progress: Callable[[Progress], None] = lambda event: None
 ) -> TrainingResult:
     center = consortium.card_center
-    epochs = consortium.coordinator.spec.precompute_epochs
-    for session in (center, *consortium.partners.values()):
-        if epochs:
-            session.precompute(epochs)
-    return run_training(
-        consortium.coordinator,
-        (center.party, center),
-        consortium.partners,
-        train_rows=len(center.train_rows),
-        total_rows=center.table.rows,
-        progress=progress,
-    )
+    sessions = (center, *consortium.partners.values())
+    for session in sessions:
+        session.prepare_obfuscators()
+    try:
+        return run_training(
+            consortium.coordinator,
+            (center.party, center),
+            consortium.partners,
+            train_rows=len(center.train_rows),
+            total_rows=center.table.rows,
+            progress=progress,
+        )
+    finally:
+        for session in sessions:
+            session.reserve.stop()

@@ -41,6 +41,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         rpc_timeout=spec.rpc_timeout,
         obfuscation=spec.obfuscation,
         precompute_epochs=spec.precompute_epochs,
+        refill_obfuscators=spec.refill_obfuscators,
         fees=pb.FeeContract(
             currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row,
             per_request=spec.fees.per_request,
@@ -67,6 +68,7 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         rpc_timeout=message.rpc_timeout or 1800.0,
         obfuscation=message.obfuscation or "short-exponent",
         precompute_epochs=message.precompute_epochs,
+        refill_obfuscators=message.refill_obfuscators,
         fees=FeeContract(
             currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
             per_overlap_row=message.fees.per_overlap_row, per_request=message.fees.per_request,
