@@ -36,6 +36,12 @@ def job_start(signing_keys) -> dict:
     }
 
 
+def proposal(members: dict[str, LedgerMember], entries: list[dict]):
+    """A block as the coordinator proposes it: carrying its signature (without its own checks, to test the others')."""
+    block = members["coordinator"].propose(entries)
+    return block.with_signatures({"coordinator": sign(block, members["coordinator"].key)})
+
+
 def build_chain(folder: Path, steps: int = 4, settle: bool = True, end: bool = True) -> tuple[dict[str, LedgerMember], dict]:
     """A finished job's chain replicated at three members, built the way the coordinator builds it."""
     signing_keys = keys()
@@ -48,7 +54,7 @@ def build_chain(folder: Path, steps: int = 4, settle: bool = True, end: bool = T
     }
 
     def append(entries):
-        block = members["coordinator"].propose(entries)
+        block = proposal(members, entries)
         signed = block.with_signatures({name: m.sign(block) for name, m in members.items()})
         for m in members.values():
             m.commit(signed)
@@ -117,18 +123,25 @@ def test_members_refuse_what_they_did_not_see(tmp_path):
     members, _ = build_chain(tmp_path, steps=1, end=False)
     bureau = members["bureau"]
     bureau.facts.record(1, 0, "residual/bureau", b"what the bureau really received")
-    block = members["coordinator"].propose(
+    block = proposal(members,
         [{"kind": "step", "epoch": 1, "batch": 0, "rows": 900, "loss": 0.5, "seconds": 1.0,
           "digests": {"residual/bureau": "00" * 32}}]
     )
     with pytest.raises(LedgerError, match=r"block 3: member 'bureau' refuses it: digest of residual/bureau in step 1/0 differs"):
         bureau.sign(block)
     forked = make_block(list(members["coordinator"].store.blocks())[1], [{"kind": "step", "epoch": 9, "batch": 0, "digests": {}}])
+    forked = forked.with_signatures({"coordinator": sign(forked, members["coordinator"].key)})
     with pytest.raises(LedgerError, match=r"block 2: member 'bureau' refuses it: it already signed another block"):
         bureau.sign(forked)
-    unsigned = members["coordinator"].propose([{"kind": "job_end", "models": {}}])
-    with pytest.raises(LedgerError, match="refuses to commit a block it did not check and sign"):
-        bureau.commit(unsigned.with_signatures({"coordinator": members["coordinator"].sign(unsigned)}))
+    unsigned = proposal(members, [{"kind": "job_end", "models": {}}])
+    with pytest.raises(LedgerError, match="refuses to commit it: no signature from member 'bureau'"):
+        bureau.commit(unsigned)
+    # nobody but the proposer can put a block before a member, and no block may be empty
+    stranger = proposal(members, [{"kind": "job_end", "models": {}}])
+    with pytest.raises(LedgerError, match="not signed by the proposer 'coordinator'"):
+        bureau.sign(stranger.with_signatures({"card_center": sign(stranger, members["card_center"].key)}))
+    with pytest.raises(LedgerError, match="a block must hold entries"):
+        bureau.sign(proposal(members, []))
 
 
 def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
@@ -138,21 +151,21 @@ def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
                            Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS)))
         for name, key in signing_keys.items()
     }
-    block = members["coordinator"].propose([job_start(signing_keys)])
+    block = proposal(members, [job_start(signing_keys)])
     signed = block.with_signatures({n: m.sign(block) for n, m in members.items()})
     for m in members.values():
         m.commit(signed)
     bureau = members["bureau"]
     bureau.facts.digests["0/0"] = {"partial/bureau": "aa" * 32}
-    never = members["coordinator"].propose([{"kind": "step", "epoch": 7, "batch": 0, "digests": {}}])
+    never = proposal(members, [{"kind": "step", "epoch": 7, "batch": 0, "digests": {}}])
     with pytest.raises(LedgerError, match="step 7/0 never happened here"):
         bureau.sign(never)
     real = {"kind": "step", "epoch": 0, "batch": 0, "digests": {"partial/bureau": "aa" * 32}}
-    twice = members["coordinator"].propose([real, real])
+    twice = proposal(members, [real, real])
     with pytest.raises(LedgerError, match="step 0/0 is already on the chain"):
         bureau.sign(twice)
     bureau.facts.digests["1/0"] = {}
-    missing = members["coordinator"].propose([real, {"kind": "job_end", "models": {}}])
+    missing = proposal(members, [real, {"kind": "job_end", "models": {}}])
     with pytest.raises(LedgerError, match="steps on the chain are not the steps this member took part in"):
         bureau.sign(missing)
 
@@ -165,14 +178,15 @@ def test_a_forged_genesis_is_not_committed(tmp_path):
     mallory = SigningKey(b"\x07" * 32)
     forged = make_block(None, [{"kind": "job_start", "job_id": "x", "fees": FEES,
                                 "members": {"mallory": {"role": "card_center", "key": bytes(mallory.verify_key).hex()}}}])
-    with pytest.raises(LedgerError, match="refuses to commit a block it did not check and sign"):
+    with pytest.raises(LedgerError, match="refuses to commit it: the genesis does not list its key"):
         bureau.commit(forged.with_signatures({"mallory": sign(forged, mallory)}))
-    with pytest.raises(LedgerError, match="does not list 'bureau' with its own signing key"):
+    with pytest.raises(LedgerError, match="the genesis names no single coordinator"):
         bureau.sign(forged)
     wrong_role = job_start(signing_keys)
-    wrong_role["members"]["bureau"]["role"] = "coordinator"
-    with pytest.raises(LedgerError, match="gives 'bureau' the role 'coordinator', not 'partner'"):
-        bureau.sign(make_block(None, [wrong_role]))
+    wrong_role["members"]["bureau"]["role"] = "card_center"
+    block = make_block(None, [wrong_role])
+    with pytest.raises(LedgerError, match="gives 'bureau' the role 'card_center', not 'partner'"):
+        bureau.sign(block.with_signatures({"coordinator": sign(block, signing_keys["coordinator"])}))
 
 
 def test_a_wrong_settlement_is_refused(tmp_path):
@@ -182,11 +196,11 @@ def test_a_wrong_settlement_is_refused(tmp_path):
     body["total"] += 1
     entry = {**body, "signatures": {n: signing_keys[n].sign(settlement_message(body)).signature.hex() for n in ("card_center", "bureau")}}
     with pytest.raises(LedgerError, match="settlement does not follow from the fee contract"):
-        members["bureau"].sign(members["coordinator"].propose([entry]))
+        members["bureau"].sign(proposal(members, [entry]))
     honest = settlement_body(members["bureau"].entries())
     unsigned = {**honest, "signatures": {"card_center": signing_keys["card_center"].sign(settlement_message(honest)).signature.hex()}}
     with pytest.raises(LedgerError, match="lacks a valid signature from 'bureau'"):
-        members["bureau"].sign(members["coordinator"].propose([unsigned]))
+        members["bureau"].sign(proposal(members, [unsigned]))
 
 
 def test_nothing_follows_a_settlement(tmp_path):
@@ -197,10 +211,10 @@ def test_nothing_follows_a_settlement(tmp_path):
     body["total"] += 1
     entry = {**body, "signatures": {n: signing_keys[n].sign(settlement_message(body)).signature.hex() for n in ("card_center", "bureau")}}
     with pytest.raises(LedgerError, match="already settled; nothing may follow"):
-        members["bureau"].sign(members["coordinator"].propose([entry]))
+        members["bureau"].sign(proposal(members, [entry]))
     again = members["bureau"].entries()[-1]
     with pytest.raises(LedgerError, match="already settled"):
-        members["bureau"].sign(members["coordinator"].propose([again]))
+        members["bureau"].sign(proposal(members, [again]))
     assert balances(members["bureau"].entries() + [again]) == balances(members["bureau"].entries())
 
 

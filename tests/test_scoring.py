@@ -1,6 +1,7 @@
 """Online scoring in one process: consents, partial scores, answers equal to the offline model, the scoring chain."""
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -11,15 +12,23 @@ import pytest
 from nacl.signing import SigningKey
 
 from fedscore.errors import ConsentError, DataError, PeerError
-from fedscore.ledger.block import make_block
+from fedscore.ledger.block import make_block, sign
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import ScoringFacts, scoring_settlement_body, scoring_start_entry
+from fedscore.ledger.scoring import (
+    ScoringFacts,
+    contributed,
+    entry_digest,
+    mark,
+    scoring_settlement_body,
+    scoring_start_entry,
+    settlement_problem,
+)
 from fedscore.ledger.settlement import balances, settlement_message
 from fedscore.ledger.block import encode_entry
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audit import append_block
+from fedscore.protocol.audit import append_block, propose
 from fedscore.protocol.scoring import (
     CardCenterScorer,
     ConsentPolicy,
@@ -27,6 +36,7 @@ from fedscore.protocol.scoring import (
     Journal,
     PartnerScorer,
     ScoringSecrets,
+    now_ms,
 )
 from fedscore.scoring.consent import (
     ConsentToken,
@@ -119,64 +129,116 @@ def models() -> tuple[PartyModel, PartyModel, pd.DataFrame, pd.DataFrame]:
     return center, partner, guest, host
 
 
-def facts(name: str, role: str, keys: dict[str, SigningKey]) -> ScoringFacts:
-    members = {n: {"role": "card_center" if n == "guest" else "partner", "key": bytes(k.verify_key).hex()} for n, k in keys.items()}
+KEYS = {"guest": SigningKey(bytes([1]) * 32), "host": SigningKey(bytes([2]) * 32), "mirror": SigningKey(bytes([3]) * 32)}
+POLICY = ScoringPolicy(limit_basis="x0", limit_step=1)
+
+
+def facts(name: str, role: str) -> ScoringFacts:
+    members = {n: {"role": "card_center" if n == "guest" else "partner", "key": bytes(k.verify_key).hex()} for n, k in KEYS.items()}
     return ScoringFacts(name, members[name]["key"], role, "job-1", members, FEES, "ef" * 32)
 
 
 class InProcessPartner:
     """A partner reached without a network: its scorer and its replica of the scoring chain."""
 
-    def __init__(self, scorer: PartnerScorer, member: LedgerMember, delay: float = 0.0):
-        self.scorer, self.member, self.delay = scorer, member, delay
+    def __init__(self, name: str, folder: Path, pair_key: bytes, model: PartyModel, held: Path):
+        self.name, self.folder, self.pair_key, self.model, self.held = name, folder, pair_key, model, held
+        self.delay = 0.0
+        self.answer_override = None
+        self.fail_proposals = 0
+        self.fail_commits = 0
+        self.start()
 
-    def ask_partial_score(self, request_id, digest, consent, timeout):
+    def start(self) -> None:
+        """(Re)start: the replica and the journal from disk, as a daemon does."""
+        partner_facts = facts(self.name, "partner")
+        partner_facts.pair_keys = {self.name: self.pair_key}
+        self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", partner_facts)
+        self.scorer = PartnerScorer(
+            self.model, CsvSource(self.held, ["id"], self.model.features, party=self.name), "guest",
+            ConsentPolicy(TRUSTED), partner_facts, Journal(self.folder / self.name / "answers.jsonl"),
+            on_chain=self.member.seen.tags.__contains__,
+        )
+
+    def stop(self) -> None:
+        self.member.close()
+        self.scorer.journal.close()
+
+    def ask_partial_score(self, tag, digest, consent, timeout):
         future: Future = Future()
         if self.delay > timeout:
             return future        # never answers in time
         try:
-            future.set_result(self.scorer.partial_score(request_id, digest, consent))
+            value = self.scorer.partial_score(tag, digest, consent, now_ms() + int(timeout * 1000))
+            future.set_result(value if self.answer_override is None or value is None else self.answer_override)
         except Exception as error:
             future.set_exception(error)
         return future
 
     def propose_block(self, block):
+        if self.fail_proposals:
+            self.fail_proposals -= 1
+            raise PeerError(f"partner {self.name!r} did not answer")
         return self.member.sign(block)
 
     def commit_block(self, block):
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise PeerError(f"partner {self.name!r} did not answer")
         self.member.commit(block)
         self.scorer.forget_committed()
 
     def sign_settlement(self, body: bytes) -> bytes:
-        expected = scoring_settlement_body(self.member.entries()[0], self.member.seen)
-        assert body == encode_entry(expected)
-        return KEYS["host"].sign(settlement_message(expected)).signature
+        problem = settlement_problem(json.loads(body), self.member.entries()[0], self.member.seen)
+        assert problem is None, problem
+        return KEYS[self.name].sign(settlement_message(json.loads(body))).signature
 
 
-KEYS = {"guest": SigningKey(bytes([1]) * 32), "host": SigningKey(bytes([2]) * 32)}
-POLICY = ScoringPolicy(limit_basis="x0", limit_step=1)
+class Consortium:
+    """A card center and two partners ("host" holds the host columns; "mirror" holds the same file), in process."""
 
+    def __init__(self, folder: Path, timeout: float = 0.5):
+        self.folder, self.timeout = folder, timeout
+        center_model, partner_model, self.guest, self.host = models()
+        self.center_model = center_model
+        self.secrets = ScoringSecrets.load_or_create(folder / "guest" / "secrets")
+        held = DATA / "breast_hetero_host.csv"
+        mirror_rows = folder / "mirror.csv"
+        if not mirror_rows.exists():   # the mirror partner holds every other applicant only
+            self.host.iloc[::2].to_csv(mirror_rows, index=False)
+        self.partners = {
+            "host": InProcessPartner("host", folder, self.secrets.pair_key("job-1", "host"), partner_model, held),
+            "mirror": InProcessPartner("mirror", folder, self.secrets.pair_key("job-1", "mirror"), partner_model, mirror_rows),
+        }
+        self.start_center()
 
-def build(folder: Path, timeout: float = 0.5, delay: float = 0.0):
-    center_model, partner_model, guest, host = models()
-    consent = ConsentPolicy(TRUSTED)
-    partner_facts = facts("host", "partner", KEYS)
-    partner_member = LedgerMember("host", KEYS["host"], folder / "host" / "scoring.sqlite", partner_facts)
-    partner = PartnerScorer(
-        partner_model, CsvSource(DATA / "breast_hetero_host.csv", ["id"], partner_model.features, party="host"),
-        "guest", consent, partner_facts, Journal(folder / "host" / "answers.jsonl"),
-    )
-    handle = InProcessPartner(partner, partner_member, delay)
-    center_facts = facts("guest", "card_center", KEYS)
-    center_member = LedgerMember("guest", KEYS["guest"], folder / "guest" / "scoring.sqlite", center_facts)
-    center = CardCenterScorer(
-        center_model, POLICY, {"host": handle}, consent, ScoringSecrets.load_or_create(folder / "guest" / "secrets"),
-        center_facts, Journal(folder / "guest" / "pending.jsonl"), timeout=timeout,
-    )
-    if center_member.height == 0:
-        append_block(center_member, {"host": handle}, [scoring_start_entry(center_facts, "test")])
-    batcher = EntryBatcher(center, center_member, lambda e: append_block(center_member, {"host": handle}, e), 7, 60)
-    return center, handle, center_member, batcher, guest, host
+    def start_center(self) -> None:
+        center_facts = facts("guest", "card_center")
+        center_facts.pair_keys = {n: p.pair_key for n, p in self.partners.items()}
+        self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", center_facts)
+        self.center = CardCenterScorer(
+            self.center_model, POLICY, self.partners, ConsentPolicy(TRUSTED), self.secrets, center_facts,
+            Journal(self.folder / "guest" / "pending.jsonl"), timeout=self.timeout,
+            on_chain=self.member.seen.requests.__contains__,
+        )
+        if self.member.height == 0:
+            append_block(self.member, self.partners, [scoring_start_entry(center_facts, "test")])
+        self.batcher = EntryBatcher(self.center, self.member, self.partners, self.sync,
+                                    self.folder / "guest" / "proposal.json", 7, 60)
+
+    def sync(self) -> None:
+        for partner in self.partners.values():
+            for block in self.member.store.blocks(partner.member.height):
+                partner.commit_block(block)
+
+    def stop_center(self) -> None:
+        self.member.close()
+        self.center.journal.close()
+
+    def score(self, row: int, applicant: str | None = None, **features):
+        name, values = request_for(self.guest, row, self.center_model.features)
+        applicant = applicant or name
+        return self.center.score(applicant, {**values, **features}, consent_for(applicant).to_text())
 
 
 def request_for(frame: pd.DataFrame, row: int, columns: list[str]) -> tuple[str, dict[str, float]]:
@@ -184,117 +246,176 @@ def request_for(frame: pd.DataFrame, row: int, columns: list[str]) -> tuple[str,
 
 
 def test_online_answers_equal_the_offline_model_row_by_row(tmp_path):
-    center, handle, _, _, guest, host = build(tmp_path)
-    host_rows = host.set_index("id")
-    for row in range(0, len(guest), 23):
-        applicant, features = request_for(guest, row, center.model.features)
-        scored = center.score(applicant, features, consent_for(applicant).to_text())
-        known = int(applicant) in host_rows.index
-        partner_values = host_rows.loc[int(applicant), handle.scorer.model.features].to_numpy() if known else None
-        expected = offline_answer(center.model, list(features.values()),
-                                  {"host": (handle.scorer.model, partner_values)}, POLICY)
-        assert scored.answer == expected
-    assert len(center.pending) == len(range(0, len(guest), 23))
+    c = Consortium(tmp_path)
+    rows = {name: pd.read_csv(p.held).set_index("id") for name, p in c.partners.items()}
+    for row in range(0, len(c.guest), 23):
+        applicant, features = request_for(c.guest, row, c.center_model.features)
+        scored = c.center.score(applicant, features, consent_for(applicant).to_text())
+        partners = {
+            name: (p.model, rows[name].loc[int(applicant), p.model.features].to_numpy() if int(applicant) in rows[name].index else None)
+            for name, p in c.partners.items()
+        }
+        assert scored.answer == offline_answer(c.center_model, list(features.values()), partners, POLICY)
+    assert len(c.center.pending) == len(range(0, len(c.guest), 23))
 
 
-def test_a_partner_that_does_not_know_the_applicant_or_is_late_is_listed_never_silent(tmp_path):
-    center, _, _, _, guest, _ = build(tmp_path)
-    _, features = request_for(guest, 0, center.model.features)
-    stranger = center.score("nobody-here", features, consent_for("nobody-here").to_text())
-    assert stranger.answer.partners_missing == ("host",) and stranger.partial_scores == {"host": None}
-    late, _, _, _, guest, _ = build(tmp_path / "late", timeout=0.05, delay=1.0)
-    applicant, features = request_for(guest, 0, late.model.features)
-    scored = late.score(applicant, features, consent_for(applicant).to_text())
+def test_a_partner_that_does_not_know_the_applicant_is_late_or_answers_nonsense_is_listed(tmp_path):
+    c = Consortium(tmp_path)
+    stranger = c.score(0, applicant="nobody-here")
+    assert stranger.answer.partners_missing == ("host", "mirror") and set(stranger.partial_scores.values()) == {None}
+    c.partners["mirror"].answer_override = float("nan")
+    nonsense = c.score(0)
+    assert nonsense.answer.partners_missing == ("mirror",) and np.isfinite(nonsense.answer.probability)
+    late = Consortium(tmp_path / "late", timeout=0.05)
+    late.partners["host"].delay = 1.0
+    scored = late.score(0)
     assert scored.answer.partners_missing == ("host",)
-    assert late.pending[-1]["missing"] == ["host"] and late.pending[-1]["contributors"] == []
+    # the chain marks host as not contributing, and only host can read that mark
+    entry = late.center.pending[-1]
+    assert set(entry) == {"kind", "request_id", "time_ms", "applicant", "consent", "consent_digest", "partners"}
+    host_key, mirror_key = (late.partners[n].pair_key for n in ("host", "mirror"))
+    assert contributed(entry, "host", host_key) is False and contributed(entry, "mirror", mirror_key) is True
+    assert contributed(entry, "mirror", host_key) is None   # host cannot tell whether mirror holds the applicant
+
+
+def test_a_partner_does_not_answer_after_the_deadline(tmp_path):
+    c = Consortium(tmp_path)
+    applicant, _ = request_for(c.guest, 0, c.center_model.features)
+    with pytest.raises(DataError, match="arrived after its deadline"):
+        c.partners["host"].scorer.partial_score("a" * 32, applicant_digest(applicant), consent_for(applicant).to_text(), now_ms() - 1)
+    assert c.partners["host"].scorer.facts.answered == {}
 
 
 def test_requests_without_a_valid_consent_are_refused_before_any_partner_is_asked(tmp_path):
-    center, handle, _, _, guest, _ = build(tmp_path)
-    applicant, features = request_for(guest, 5, center.model.features)
+    c = Consortium(tmp_path)
+    applicant, features = request_for(c.guest, 5, c.center_model.features)
     with pytest.raises(ConsentError, match="given to 'rival'"):
-        center.score(applicant, features, consent_for(applicant, card_center="rival").to_text())
+        c.center.score(applicant, features, consent_for(applicant, card_center="rival").to_text())
     with pytest.raises(ConsentError, match="not certified for this applicant"):
-        center.score(applicant, features, consent_for("someone-else").to_text())
+        c.center.score(applicant, features, consent_for("someone-else").to_text())
     # the partner refuses on its own too, whatever the card center does
     with pytest.raises(ConsentError, match="partner 'host' refuses"):
-        handle.scorer.partial_score("a" * 32, applicant_digest(applicant), consent_for("someone-else").to_text())
-    assert center.pending == [] and handle.scorer.facts.answered == {}
+        c.partners["host"].scorer.partial_score("a" * 32, applicant_digest(applicant), consent_for("someone-else").to_text())
+    assert c.center.pending == [] and c.partners["host"].scorer.facts.answered == {}
 
 
 @pytest.mark.parametrize("features, message", [
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0}, "lacks the card center's feature 'x7'"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": float("nan")}, "'x7' must be a finite number"),
+    ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": True}, "'x7' must be a finite number"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": 1.0, "x9": 1.0}, "does not use: 'x9'"),
+    ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": 1.0, "x9": "lots"}, "does not use: 'x9'"),
 ])
-def test_malformed_requests_name_the_field(tmp_path, features, message):
-    center, *_ = build(tmp_path)
+def test_malformed_requests_name_the_field_and_no_partner_is_asked(tmp_path, features, message):
+    c = Consortium(tmp_path)
     with pytest.raises(DataError, match=message):
-        center.score("1", features, consent_for("1").to_text())
+        c.center.score("1", features, consent_for("1").to_text())
+    assert all(p.scorer.facts.answered == {} for p in c.partners.values())
 
 
 def test_the_scoring_chain_records_requests_without_personal_data_and_settles_fees(tmp_path):
-    center, handle, member, batcher, guest, host = build(tmp_path)
+    c = Consortium(tmp_path)
     tokens = []
     for row in range(40):
-        applicant, features = request_for(guest, row, center.model.features)
+        applicant, features = request_for(c.guest, row, c.center_model.features)
         tokens.append((applicant, consent_for(applicant).to_text()))
-        center.score(applicant, features, tokens[-1][1])
-    contributed = sum(1 for e in center.pending if e["contributors"] == ["host"])
-    assert batcher.flush() == 40
-    assert member.height == 1 + 6   # the genesis, then blocks of at most 7 entries
-    assert (tmp_path / "guest" / "pending.jsonl").read_text() == "" and handle.scorer.facts.answered == {}
+        c.center.score(applicant, features, tokens[-1][1])
+    billed = {name: sum(contributed(e, name, p.pair_key) for e in c.center.pending) for name, p in c.partners.items()}
+    assert c.batcher.flush() == 40
+    assert c.member.height == 1 + 6   # the genesis, then blocks of at most 7 entries
+    assert (tmp_path / "guest" / "pending.jsonl").read_text() == ""
+    assert all(p.scorer.facts.answered == {} and p.member.height == 7 for p in c.partners.values())
 
     settlement = {}
 
     def make_entry():
-        body = scoring_settlement_body(member.entries()[0], member.seen)
-        settlement.update(body, signatures={
-            "host": handle.sign_settlement(encode_entry(body)).hex(),
-            "guest": KEYS["guest"].sign(settlement_message(body)).signature.hex(),
-        })
+        body = scoring_settlement_body(c.member.entries()[0], c.member.seen)
+        signatures = {n: p.sign_settlement(encode_entry(body)).hex() for n, p in c.partners.items()}
+        signatures["guest"] = KEYS["guest"].sign(settlement_message(body)).signature.hex()
+        settlement.update(body, signatures=signatures)
         return settlement
 
-    batcher.append_after_pending(make_entry)
-    assert settlement["lines"] == [{"payee": "host", "requests": contributed, "amount": contributed * 3}]
-    for replica in ("guest", "host"):
+    c.batcher.append_after_pending(make_entry)
+    assert settlement["lines"] == [{"payee": n, "requests": billed[n], "amount": billed[n] * 3} for n in ("host", "mirror")]
+    assert 0 < billed["mirror"] < billed["host"]
+    for replica in ("guest", "host", "mirror"):
         blocks = list(LedgerStore(tmp_path / replica / "scoring.sqlite").blocks())
         verify_chain(blocks)
         stored = b"".join(e for b in blocks for e in b.entries)
         for applicant, token in tokens:   # neither the id nor the consent token is on the chain in clear
             assert f'"{applicant}"'.encode() not in stored and token.encode() not in stored
     entries = [e for b in LedgerStore(tmp_path / "host" / "scoring.sqlite").blocks() for e in b.decoded()]
-    assert balances(entries) == {"guest": {"owes": contributed * 3, "owed": 0}, "host": {"owes": 0, "owed": contributed * 3}}
+    total = 3 * sum(billed.values())
+    assert balances(entries)["guest"] == {"owes": total, "owed": 0}
     # a dispute: the card center opens the sealed consent, and it is the token the chain's digest names
     first = entries[1]
-    opened = center.secrets.open_consent(first["consent"])
+    opened = c.secrets.open_consent(first["consent"])
     assert opened == tokens[0][1] and ConsentToken.from_text(opened).digest() == first["consent_digest"]
-    assert first["applicant"] == center.secrets.salted_applicant(tokens[0][0])
+    assert first["applicant"] == c.secrets.salted_applicant(tokens[0][0])
 
 
-def test_a_partner_refuses_blocks_that_bill_it_for_requests_it_never_answered(tmp_path):
-    center, handle, member, batcher, guest, _ = build(tmp_path)
-    applicant, features = request_for(guest, 0, center.model.features)
-    center.score(applicant, features, consent_for(applicant).to_text())
-    entry = dict(center.pending[0])
-    invented = {**entry, "request_id": "f" * 32}
-    center.facts.answered[invented["request_id"]] = invented["consent_digest"]
+def test_partners_refuse_entries_that_bill_them_wrongly_or_break_the_format(tmp_path):
+    c = Consortium(tmp_path)
+    c.score(0)
+    entry = dict(c.center.pending[0])
+    host = c.partners["host"]
+
+    def proposed(entries):   # as the card center would propose them (its signature, without its own checks)
+        block = c.member.propose(entries)
+        return block.with_signatures({"guest": sign(block, KEYS["guest"])})
+
+    tag = entry["partners"]["host"]["tag"]
+    invented = {**entry, "request_id": "f" * 32, "partners": {**entry["partners"], "host": {
+        "tag": "e" * 32, "mark": mark(host.pair_key, "e" * 32, True)}}}
     with pytest.raises(LedgerError, match="never answered it"):
-        handle.propose_block(member.propose([entry, invented]))
-    with pytest.raises(LedgerError, match="already on the chain"):
-        batcher.flush()
-        handle.propose_block(make_block(member.head, [entry]))
+        host.member.sign(proposed([invented]))
+    forged = {**entry, "request_id": "d" * 32, "partners": {**entry["partners"], "host": {"tag": tag, "mark": "00" * 32}}}
+    with pytest.raises(LedgerError, match="not one the card center and 'host' agreed"):
+        host.member.sign(proposed([forged]))
+    with pytest.raises(LedgerError, match="fields other than the protocol's"):
+        host.member.sign(proposed([{**entry, "request_id": "c" * 32, "applicant_id": "42"}]))
+    with pytest.raises(LedgerError, match="every partner exactly once"):
+        host.member.sign(proposed([{**entry, "request_id": "b" * 32, "partners": {"host": entry["partners"]["host"]}}]))
+    with pytest.raises(LedgerError, match="its request .* is already on the chain"):
+        twice = {**entry, "request_id": "a" * 32}
+        host.member.sign(proposed([entry, twice]))
 
 
-def test_entries_waiting_for_a_block_survive_a_restart(tmp_path):
-    center, handle, member, _, guest, _ = build(tmp_path)
+def test_a_block_one_partner_refused_is_proposed_again_unchanged_and_lagging_members_catch_up(tmp_path):
+    c = Consortium(tmp_path)
     for row in range(5):
-        applicant, features = request_for(guest, row, center.model.features)
-        center.score(applicant, features, consent_for(applicant).to_text())
-    member.close(), handle.member.close(), center.journal.close(), handle.scorer.journal.close()
-    # both daemons restart: the card center re-reads its pending entries, the partner its answers
-    center, handle, member, batcher, _, _ = build(tmp_path)
-    assert len(center.pending) == 5 and len(handle.scorer.facts.answered) == 5
-    waiting = {e["request_id"] for e in center.pending}
-    assert batcher.flush() == 5
-    assert member.seen.requests == waiting and handle.member.seen.requests == waiting
+        c.score(row)
+    c.partners["mirror"].fail_proposals = 1      # host signs, mirror is away
+    with pytest.raises(PeerError):
+        c.batcher.flush()
+    c.partners["mirror"].fail_commits = 1        # next time mirror signs but misses the commit
+    assert c.batcher.flush() == 5                # the same block again: host does not refuse it
+    assert (c.member.height, c.partners["host"].member.height, c.partners["mirror"].member.height) == (2, 2, 1)
+    c.score(6)
+    assert c.batcher.flush() == 1                # mirror is sent the block it missed first
+    assert {p.member.head.hash() for p in c.partners.values()} == {c.member.head.hash()}
+
+
+def test_nothing_is_lost_or_recorded_twice_across_restarts_and_a_torn_journal(tmp_path):
+    c = Consortium(tmp_path)
+    for row in range(10):
+        c.score(row)
+    c.partners["mirror"].fail_proposals = 1
+    with pytest.raises(PeerError):
+        c.batcher.flush()                        # block 1 of 7 entries is proposed, not co-signed
+    # the card center dies mid-write of one more entry; every daemon restarts
+    c.stop_center()
+    with (tmp_path / "guest" / "pending.jsonl").open("a") as journal:
+        journal.write('{"kind": "scoring", "request_id": "cut sho')
+    for partner in c.partners.values():
+        partner.stop()
+        partner.start()
+    c.start_center()
+    assert c.center.pending_count() == 3 and c.batcher.has_proposal   # 7 in the saved proposal, 3 waiting
+    c.score(11)                                  # appended after the torn line was cut off
+    assert c.batcher.flush() == 11
+    assert len(c.member.seen.requests) == 11
+    # restart again: nothing of it is proposed twice
+    c.stop_center()
+    c.start_center()
+    assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0

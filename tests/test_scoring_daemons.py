@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +145,21 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         status, bad = post(url, {"applicant_id": row["id"], "features": values})
         assert status == 400 and "consent" in bad["error"]
 
+        # malformed HTTP gets a 400 and a closed connection; nothing sent after it is read as a request
+        host, port = consortium.http_addresses["card_center"].split(":")
+        for raw in [
+            b"POST /v1/score HTTP/1.1\r\nContent-Length: 999999\r\n\r\nGET /v1/health HTTP/1.1\r\n\r\n",
+            b"POST /v1/score HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
+            b"POST /v1/score HTTP/1.1\r\nContent-Length: 40000\r\n\r\n" + b"[" * 20000 + b"]" * 20000,
+        ]:
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(raw)
+                received = b""
+                while chunk := connection.recv(65536):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1") == 1, received[:200]
+        assert post(url, {"applicant_id": row["id"], "features": values, "consent": row["consent"]})[0] == 200
+
         # a partner dies: answers go on without it, flagged; its fee entries wait, journalled
         os.killpg(consortium.processes["ecommerce"].pid, signal.SIGKILL)
         consortium.processes["ecommerce"].wait()
@@ -155,7 +171,24 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
             client.settle(opened.job_id)
         pending = next((trained / "state" / "card_center" / "jobs").glob("*/scoring-pending.jsonl")).read_text().splitlines()
         assert after.request_id in {json.loads(line)["request_id"] for line in pending}
+
+        # it comes back: the card center opens the model there again, sends it the blocks it missed, and the
+        # waiting entries reach every replica; the settlement then goes through
+        consortium.restart("ecommerce")
+        again = client.score(row["id"], values, row["consent"])
+        for attempt in range(20):   # the card center's channel reconnects within its backoff (at most 2 s)
+            try:
+                settled = json.loads(client.settle(opened.job_id).settlement_json)
+                break
+            except PeerError:
+                time.sleep(0.5)
+        assert settled["kind"] == "scoring_settlement" and list(again.partners_missing) in ([], ["ecommerce"])
         client.close()
+    replicas = {p: list(LedgerStore(next((trained / "state" / p / "jobs").glob("*/scoring.sqlite"))).blocks())
+                for p in ("card_center", "bureau", "ecommerce")}
+    assert len({verify_chain(blocks).head for blocks in replicas.values()}) == 1
+    on_chain = {e["request_id"] for b in replicas["card_center"] for e in b.decoded() if e["kind"] == "scoring"}
+    assert {by_grpc.request_id, by_http["request_id"], after.request_id, again.request_id} <= on_chain
 
 
 def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):

@@ -52,3 +52,21 @@ def test_bad_sources_are_named(tmp_path):
         SqliteSource(tmp_path / "x.db", "applicants; DROP TABLE x", "id", ["x0"], party="host")
     with pytest.raises(DataError, match="does not exist"):
         SqliteSource(tmp_path / "absent.db", "applicants", "id", ["x0"], party="host")
+
+
+def test_sqlite_ids_follow_the_training_rule_and_new_customers_are_found(tmp_path, monkeypatch):
+    from fedscore.scoring import sources
+
+    database = tmp_path / "partner.db"
+    db = sqlite3.connect(database)
+    db.execute("CREATE TABLE applicants (id TEXT, x0 REAL)")
+    db.executemany("INSERT INTO applicants VALUES (?, ?)", [("\tÉMILE-7 ", 1.5), ("ÅSA", 2.5)])
+    db.commit()
+    source = SqliteSource(database, "applicants", "id", ["x0"], party="host")
+    assert source.lookup("émile-7")[0] == 1.5 and source.lookup("åsa")[0] == 2.5   # not ASCII, tab-padded
+    db.execute("INSERT INTO applicants VALUES ('late-comer', 3.5)")
+    db.commit()
+    monkeypatch.setattr(sources, "REFRESH_SECONDS", 0.0)
+    assert source.lookup("LATE-COMER")[0] == 3.5
+    source.close()
+    db.close()

@@ -21,6 +21,8 @@ from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError,
 
 log = logging.getLogger("fedscore.http")
 MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 64      # more at once get 503: a flood of slow clients cannot take every thread
+SOCKET_TIMEOUT = 10.0     # a client that stops sending mid-request is dropped after this
 
 
 def status_of(error: FedscoreError) -> int:
@@ -66,12 +68,20 @@ def score_document(host: ScoringHost, document: object) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     host: ScoringHost
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
 
     def _send(self, status: int, document: dict) -> None:
-        body = json.dumps(document).encode("utf-8")
+        try:
+            body = json.dumps(document, allow_nan=False).encode("utf-8")
+        except ValueError:
+            status, body = 500, b'{"error": "the answer is not a finite number"}'
+        if status >= 400:
+            self.close_connection = True   # whatever the client sent after a bad request is not read as a request
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -85,14 +95,17 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/score":
             self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
         if not 0 < length <= MAX_BODY:
-            self._send(400, {"error": f"the body must be 1 to {MAX_BODY} bytes of JSON"})
+            self._send(400, {"error": f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length"})
             return
         try:
             document = json.loads(self.rfile.read(length))
-        except ValueError as error:
-            self._send(400, {"error": f"the body is not JSON: {error}"})
+        except (ValueError, RecursionError) as error:
+            self._send(400, {"error": f"the body is not JSON: {type(error).__name__}"})
             return
         try:
             self._send(200, score_document(self.host, document))
@@ -106,14 +119,38 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            finally:
+                self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def start_http(host: ScoringHost, listen: str) -> tuple[ThreadingHTTPServer, str]:
     """Serve in a background thread; returns the server and the host:port it got."""
     address, _, port = listen.rpartition(":")
     handler = type("Handler", (_Handler,), {"host": host})
     try:
-        server = ThreadingHTTPServer((address or "127.0.0.1", int(port or 0)), handler)
+        server = _BoundedServer((address or "127.0.0.1", int(port or 0)), handler)
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot serve HTTP on {listen}: {error}") from None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server, f"{server.server_address[0]}:{server.server_address[1]}"

@@ -118,6 +118,27 @@ class LocalConsortium:
             time.sleep(0.05)
         return addresses
 
+    def restart(self, member: str) -> None:
+        """Start ``member``'s daemon again (after it died) on the address it had, with its state as it was."""
+        process = self.processes[member]
+        if process.poll() is None:
+            raise PeerError(f"{member} daemon is still running")
+        address = self.coordinator_address if member == "coordinator" else self.spec.party(member).address
+        role = "coordinator" if member == "coordinator" else "party"
+        folder = self.state_root / member
+        config = folder / f"{role}.toml"
+        lines = config.read_text().splitlines()
+        config.write_text("\n".join(f'listen = "{address}"' if l.startswith("listen = ") else l for l in lines) + "\n")
+        ready = folder / "ready"
+        ready.unlink(missing_ok=True)
+        log = (folder / "daemon.log").open("ab")
+        self.processes[member] = subprocess.Popen(
+            [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        self._wait({member: ready})
+
     def log_tail(self, member: str, lines: int = 3) -> str:
         path = self.state_root / member / "daemon.log"
         try:

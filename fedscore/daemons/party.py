@@ -390,7 +390,7 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def OpenScoring(self, request, context):
         spec = codec.spec_from_proto(request.job)
-        served, features, basis = self.scoring.open(request.job_id, spec, request.settings_json)
+        served, features, basis = self.scoring.open(request.job_id, spec, request.settings_json, request.pair_key)
         return pb.OpenScoringReply(
             job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,
             ledger_path=str(served.member.path),
@@ -413,7 +413,7 @@ class PartyService(pb_grpc.PartyServicer):
         results = []
         for item in request.items:
             try:
-                value = self.scoring.partial_score(request.job_id, item.request_id, item.applicant, item.consent)
+                value = self.scoring.partial_score(request.job_id, item.tag, item.applicant, item.consent, item.deadline_ms)
             except (ConsentError, DataError) as error:   # this applicant only; the others in the call go on
                 results.append(pb.PartialScoreResult(refused=str(error)))
                 continue

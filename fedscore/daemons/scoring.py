@@ -22,7 +22,7 @@ from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry, encode_entry
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import ScoringFacts, scoring_settlement_body, scoring_start_entry
+from fedscore.ledger.scoring import ScoringFacts, scoring_settlement_body, scoring_start_entry, settlement_problem
 from fedscore.ledger.settlement import settlement_message
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
@@ -52,6 +52,7 @@ class ServedModel:
     scorer: CardCenterScorer | PartnerScorer
     peers: dict[str, ScoringPeer] = field(default_factory=dict)   # the card center's only
     batcher: EntryBatcher | None = None
+    spec: JobSpec | None = None
 
 
 class ScoringHost:
@@ -62,6 +63,7 @@ class ScoringHost:
         self.key = key
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
 
     # -- which model -------------------------------------------------------------
 
@@ -136,31 +138,37 @@ class ScoringHost:
 
     # -- opening and closing ---------------------------------------------------
 
-    def open(self, job_id: str, spec: JobSpec, settings_json: str) -> tuple[ServedModel, list[str], str]:
+    def open(self, job_id: str, spec: JobSpec, settings_json: str, pair_key: bytes = b"") -> tuple[ServedModel, list[str], str]:
+        """Open a model for scoring, or return it if it is open already (the same model is never opened twice)."""
         me = spec.party(self.name)
-        with self._lock:
-            existing = self._models.get(job_id) if job_id else None
-        if existing is not None:
-            return existing, existing.scorer.model.features, self._limit_basis(existing)
-        if me.is_card_center:
-            served = self._open_card_center(job_id or self.newest_model(spec.name), spec, settings_json)
-        else:
-            if not job_id:
+        with self._open_lock:
+            if me.is_card_center:
+                job_id = job_id or self.newest_model(spec.name)
+            elif not job_id:
                 raise ProtocolError(f"{self.label}: a partner opens the model the card center names")
-            served = self._open_partner(job_id, spec)
-        with self._lock:
-            self._models[served.job_id] = served
-        log.info("model %s open for scoring (%s), scoring chain at %d blocks", served.job_id, served.role, served.member.height)
+            with self._lock:
+                served = self._models.get(job_id)
+            if served is None:
+                if me.is_card_center:
+                    served = self._open_card_center(job_id, spec, settings_json)
+                else:
+                    served = self._open_partner(job_id, spec, pair_key)
+                with self._lock:
+                    self._models[job_id] = served
+                log.info("model %s open for scoring (%s), scoring chain at %d blocks", job_id, served.role, served.member.height)
         return served, served.scorer.model.features, self._limit_basis(served)
 
     @staticmethod
     def _limit_basis(served: ServedModel) -> str:
         return served.scorer.policy.limit_basis if isinstance(served.scorer, CardCenterScorer) else ""
 
-    def _open_partner(self, job_id: str, spec: JobSpec) -> ServedModel:
+    def _open_partner(self, job_id: str, spec: JobSpec, key: bytes) -> ServedModel:
         model, facts, _ = self.training_facts(job_id, "partner")
         if facts.card_center != spec.card_center.name:
             raise ProtocolError(f"{self.label}: job {job_id!r} was trained with card center {facts.card_center!r}")
+        if len(key) != 32:
+            raise ProtocolError(f"{self.label}: the card center must send a 32-byte mark key to open scoring")
+        facts.pair_keys = {self.name: key}
         me = spec.party(self.name)
         if self.config.scoring_database is not None:
             source = SqliteSource(self.config.scoring_database, self.config.scoring_table, self.config.scoring_id,
@@ -171,7 +179,9 @@ class ScoringHost:
         folder = self.jobs_dir() / job_id
         member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
         journal = Journal(folder / "scoring-answers.jsonl")
-        scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal)
+        scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal,
+                               on_chain=member.seen.tags.__contains__)
+        scorer.forget_committed()
         return ServedModel(job_id, "partner", member, scorer)
 
     def _open_card_center(self, job_id: str, spec: JobSpec, settings_json: str) -> ServedModel:
@@ -186,25 +196,25 @@ class ScoringHost:
         missing = [p.name for p in partners if not p.address]
         if missing:
             raise ConfigError(f"{self.label}: no address for partner {missing[0]!r}")
+        secrets = ScoringSecrets.load_or_create(self.config.state_dir / "scoring-secrets")
+        facts.pair_keys = {p.name: secrets.pair_key(job_id, p.name) for p in partners}
         folder = self.jobs_dir() / job_id
-        peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=60.0) for p in partners}
+        peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=10.0) for p in partners}
         member = None
         try:
-            call_each(peers, lambda name, peer: peer.open_scoring(spec))
             member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
             journal = Journal(folder / "scoring-pending.jsonl")
             scorer = CardCenterScorer(
-                model, settings.policy, peers, self.consent_policy(),
-                ScoringSecrets.load_or_create(self.config.state_dir / "scoring-secrets"), facts, journal,
-                timeout=settings.timeout_ms / 1000,
+                model, settings.policy, peers, self.consent_policy(), secrets, facts, journal,
+                timeout=settings.timeout_ms / 1000, on_chain=member.seen.requests.__contains__,
             )
+            sync = lambda: self._sync_partners(spec, member, peers, facts)   # noqa: E731
+            sync()
             if member.height == 0:
                 append_block(member, peers, [scoring_start_entry(facts, job_name)])
-            batcher = EntryBatcher(
-                scorer, member, lambda entries: append_block(member, peers, entries),
-                settings.batch_entries, settings.batch_seconds,
-            )
-            if scorer.pending_count():
+            batcher = EntryBatcher(scorer, member, peers, sync, folder / "scoring-proposal.json",
+                                   settings.batch_entries, settings.batch_seconds)
+            if scorer.pending_count() or batcher.has_proposal:
                 batcher.flush()   # entries journalled before a restart
             batcher.start()
         except BaseException:
@@ -213,7 +223,18 @@ class ScoringHost:
             if member is not None:
                 member.close()
             raise
-        return ServedModel(job_id, "card_center", member, scorer, peers, batcher)
+        return ServedModel(job_id, "card_center", member, scorer, peers, batcher, spec)
+
+    def _sync_partners(self, spec: JobSpec, member: LedgerMember, peers: dict[str, ScoringPeer], facts: ScoringFacts) -> None:
+        """Open the model at every partner (again, after a restart) and send each the blocks it missed."""
+        replies = call_each(peers, lambda name, peer: peer.open_scoring(spec, facts.pair_keys[name]))
+        for name, reply in replies.items():
+            if reply.blocks > member.height:
+                raise LedgerError(member.height, f"partner {name!r} holds {reply.blocks} scoring blocks, more than the card center's {member.height}")
+            if reply.blocks < member.height:
+                log.info("partner %s is %d scoring blocks behind; sending them", name, member.height - reply.blocks)
+                for block in member.store.blocks(reply.blocks):
+                    peers[name].commit_block(block)
 
     def close(self, job_id: str) -> None:
         with self._lock:
@@ -223,8 +244,10 @@ class ScoringHost:
         try:
             if served.batcher is not None:
                 served.batcher.stop()
-                served.batcher.flush()
-                call_each(served.peers, lambda name, peer: peer.close_scoring())
+                try:
+                    served.batcher.flush()
+                finally:
+                    call_each(served.peers, lambda name, peer: peer.close_scoring())
         finally:
             for peer in served.peers.values():
                 peer.close()
@@ -255,11 +278,13 @@ class ScoringHost:
         served = self.card_center_model(job_id)
         return served.job_id, served.scorer.score(applicant_id, features, consent)
 
-    def partial_score(self, job_id: str, request_id: str, digest: bytes, consent: str) -> float | None:
+    def partial_score(self, job_id: str, tag: str, digest: bytes, consent: str, deadline_ms: int = 0) -> float | None:
+        if not job_id:
+            raise ProtocolError(f"{self.label}: a partial score names its model")
         served = self.served(job_id)
         if not isinstance(served.scorer, PartnerScorer):
             raise ProtocolError(f"{self.label} is not a partner of model {served.job_id!r}")
-        return served.scorer.partial_score(request_id, digest, consent)
+        return served.scorer.partial_score(tag, digest, consent, deadline_ms)
 
     def settle(self, job_id: str) -> dict:
         """Settle every request since the last settlement: each partner signs, then the block is co-signed."""
@@ -289,9 +314,11 @@ class ScoringHost:
 
     def sign_settlement(self, job_id: str, body_bytes: bytes) -> bytes:
         member = self.ledger(job_id)
-        expected = scoring_settlement_body(member.entries()[0], member.seen)
-        if body_bytes != encode_entry(expected):
-            raise ProtocolError(
-                f"{self.label}: refuses to sign a scoring settlement that does not follow from its own replica"
-            )
-        return self.key.sign(settlement_message(json.loads(body_bytes))).signature
+        try:
+            body = json.loads(body_bytes)
+            problem = settlement_problem(body, member.entries()[0], member.seen) if isinstance(body, dict) else "not an object"
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            problem = f"it is not readable ({type(error).__name__})"
+        if problem or encode_entry(body) != body_bytes:
+            raise ProtocolError(f"{self.label}: refuses to sign the scoring settlement: {problem or 'not canonical JSON'}")
+        return self.key.sign(settlement_message(body)).signature

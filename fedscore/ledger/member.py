@@ -20,9 +20,9 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from fedscore.ledger import entries as entry_rules
-from fedscore.ledger.block import Block, decode_entry, make_block, sign
+from fedscore.ledger.block import Block, decode_entry, make_block, sign, signature_valid
 from fedscore.ledger.entries import Facts
-from fedscore.ledger.scoring import ScoringFacts, ScoringSeen, audit_scoring
+from fedscore.ledger.scoring import ScoringFacts, ScoringSeen, audit_scoring, forget_recorded
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, signature_problems, check_link, genesis_members
 
@@ -41,7 +41,7 @@ class LedgerMember:
         self.genesis: Block | None = None
         self.head: Block | None = None
         self._entries: list[dict] = []        # every entry (training); the genesis entry only (scoring)
-        self._seen: Any = ScoringSeen() if self.scoring else entry_rules.Seen()
+        self._seen: Any = ScoringSeen(dict(facts.pair_keys)) if self.scoring else entry_rules.Seen()
         for block in self.store.blocks():
             self._remember(block)
 
@@ -53,8 +53,8 @@ class LedgerMember:
             if not self.scoring or not self._entries:
                 self._entries.append(entry)
             self._seen.add(entry)
-            if self.scoring and entry.get("kind") == "scoring":
-                self.facts.answered.pop(entry["request_id"], None)   # on the chain now: no need to remember it
+            if self.scoring:
+                forget_recorded(entry, self.facts)   # on the chain now: no need to remember it
 
     @property
     def path(self) -> Path:
@@ -103,23 +103,45 @@ class LedgerMember:
                     chain = [entry]          # a scoring rule needs only the genesis entry
             seen.add(entry)
 
+    def proposer(self, block: Block) -> tuple[str, bytes]:
+        """Who may propose blocks on this chain, and their key: the coordinator (training), the card center (scoring)."""
+        genesis = block if block.height == 0 else self.genesis
+        entry = decode_entry(genesis.entries[0])
+        role = "card_center" if entry.get("kind") == "scoring_start" else "coordinator"
+        names = [n for n, m in entry.get("members", {}).items() if m.get("role") == role]
+        if len(names) != 1:
+            raise LedgerError(block.height, f"member {self.name!r} refuses it: the genesis names no single {role}")
+        return names[0], bytes.fromhex(entry["members"][names[0]]["key"])
+
     def sign(self, block: Block) -> bytes:
-        """Check, then sign; one block per height, so the proposer cannot get two versions signed."""
+        """Check, then sign: only the chain's proposer's blocks, never an empty one, and one block per height,
+        so the proposer cannot get two versions signed and nobody else can propose at all."""
         with self._lock:
+            if not block.entries:
+                raise LedgerError(block.height, f"member {self.name!r} refuses it: a block must hold entries")
             earlier = self._signed.get(block.height)
             if earlier is not None and earlier != block.hash():
                 raise LedgerError(block.height, f"member {self.name!r} refuses it: it already signed another block at this height")
+            try:
+                proposer, key = self.proposer(block)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                raise LedgerError(block.height, f"member {self.name!r} refuses it: the genesis entry is not readable") from None
+            if proposer != self.name and not signature_valid(block.hash(), block.signatures.get(proposer, b""), key):
+                raise LedgerError(block.height, f"member {self.name!r} refuses it: it is not signed by the proposer {proposer!r}")
             self.check(block)
             self._signed[block.height] = block.hash()
             return sign(block, self.key)
 
     def commit(self, block: Block) -> None:
-        """Append a block every member signed, and that this member checked and signed itself."""
+        """Append a block every member signed, this member included (it checked it then). Committing the
+        head again is a no-op, so a proposer may resend a block to a member that missed it."""
         with self._lock:
-            if self._signed.get(block.height) != block.hash():
-                raise LedgerError(block.height, f"member {self.name!r} refuses to commit a block it did not check and sign")
+            if self.head is not None and block.height == self.head.height and block.hash() == self.head.hash():
+                return
             check_link(block, self.head)
             members = genesis_members(block if block.height == 0 else self.genesis)
+            if members.get(self.name) != bytes(self.key.verify_key):
+                raise LedgerError(block.height, f"member {self.name!r} refuses to commit it: the genesis does not list its key")
             bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
             if bad:
                 raise LedgerError(bad[0][0], f"member {self.name!r} refuses to commit it: {bad[0][1]}")

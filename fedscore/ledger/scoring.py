@@ -1,32 +1,68 @@
 """The scoring chain of a trained model: what each entry records, and how a member checks it.
 
 Every model that serves gets its own chain, replicated by the card center
-and the partners (the coordinator has no part in scoring). Its genesis
-entry (`scoring_start`) binds it to the training chain's head and repeats
-the training genesis' members and fee contract. Then one `scoring` entry per
-scored request, many to a block; and from time to time a
-`scoring_settlement` of the requests since the previous one.
+and the partners (the coordinator has no part in scoring); the card center
+proposes its blocks. Its genesis entry (`scoring_start`) binds it to the
+training chain's head and repeats the training genesis' members and fee
+contract. Then one `scoring` entry per scored request, many to a block; and
+from time to time a `scoring_settlement` of the requests since the previous.
 
 A scoring entry holds no personal data in clear: the applicant as a digest
-salted with a secret only the card center holds, the consent token
-encrypted with a key only the card center holds, and the token's SHA-256,
-so a dispute can be opened (the card center decrypts the token and anyone
-checks it against the digest) without the chain saying who applied.
+salted with a secret only the card center holds, the consent token sealed
+with a key only the card center holds, and the token's SHA-256, so a dispute
+can be opened (the card center opens the token and anyone checks it against
+the digest) without the chain saying who applied.
 
-A partner signs a block only if every request that lists it as a
-contributor is one it answered, with the consent it checked. The card
-center signs only requests it served. Either refuses a request id twice.
+Nor does it tell one partner about another. Each partner is asked under its
+own tag for the request (an HMAC only the card center can link to the
+request), and the entry carries, per partner, that tag and a mark: an HMAC,
+under a key the card center shares with that partner alone, of the tag and
+whether the partner contributed. A partner finds its own tag and reads its
+own mark; the other partners' marks are opaque to it, so it cannot learn
+whether they hold the applicant it was asked about.
+
+A partner signs a block only if every entry that marks it as a contributor
+names a tag it answered, with the consent it checked, and no tag of its own
+twice. An answer marked as not contributing (it arrived after the card
+center stopped waiting) is counted as unbilled, not refused. The card center
+signs only entries it made itself. Settlements: each payee checks its own
+line; the card center checks every line.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 
 from nacl.signing import VerifyKey
 
+from fedscore.ledger.block import encode_entry
 from fedscore.ledger.settlement import FeeContract, settlement_message
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+TAG = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
+ENTRY_KEYS = {"kind", "request_id", "time_ms", "applicant", "consent", "consent_digest", "partners"}
+
+
+def partner_tag(secret: bytes, request_id: str, partner: str) -> str:
+    """The name partner k knows request r by: unlinkable to r, or to its tags at other partners, without the secret."""
+    return hmac.new(secret, f"tag\n{request_id}\n{partner}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def pair_key(secret: bytes, job_id: str, partner: str) -> bytes:
+    """The key the card center shares with one partner for one model's marks."""
+    return hmac.new(secret, f"pair\n{job_id}\n{partner}".encode(), hashlib.sha256).digest()
+
+
+def mark(key: bytes, tag: str, contributed: bool) -> str:
+    return hmac.new(key, f"{tag}\n{'1' if contributed else '0'}".encode(), hashlib.sha256).hexdigest()
+
+
+def entry_digest(entry: dict) -> str:
+    return hashlib.sha256(encode_entry(entry)).hexdigest()
 
 
 @dataclass
@@ -40,7 +76,10 @@ class ScoringFacts:
     members: dict[str, dict]                  # {name: {"role", "key"}} from the training genesis
     fees: dict
     training_head: str                        # hex hash of the settled training chain's last block
-    answered: dict[str, str] = field(default_factory=dict)   # request id -> consent digest, not yet on the chain
+    pair_keys: dict[str, bytes] = field(default_factory=dict)   # partner -> mark key (a partner: its own only)
+    answered: dict[str, str] = field(default_factory=dict)
+    # card center: request id -> digest of the entry it made; partner: its tag -> consent digest; until on the chain
+    unbilled: int = 0                         # a partner's answers the chain marks as not contributing
 
     @property
     def partners(self) -> list[str]:
@@ -51,31 +90,56 @@ class ScoringFacts:
         return next(n for n, m in self.members.items() if m["role"] == "card_center")
 
 
+def contributed(entry: dict, partner: str, key: bytes) -> bool | None:
+    """Whether ``entry`` marks ``partner`` as a contributor (None: the mark is neither value)."""
+    own = entry["partners"][partner]
+    if hmac.compare_digest(own["mark"], mark(key, own["tag"], True)):
+        return True
+    if hmac.compare_digest(own["mark"], mark(key, own["tag"], False)):
+        return False
+    return None
+
+
+class Layered:
+    """A set seen through: this block's additions over the committed chain's, without copying the latter."""
+
+    def __init__(self, base):
+        self.base = base
+        self.added: set[str] = set()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.added or item in self.base
+
+    def add(self, item: str) -> None:
+        self.added.add(item)
+
+
 @dataclass
 class ScoringSeen:
-    """The chain so far, summarised: request ids on it, and requests per partner since the last settlement."""
+    """The chain so far, as far as this member can read it: request ids, the tags of partners whose mark
+    keys it holds, and their contributions since the last settlement."""
 
-    started: bool = False
+    keys: dict[str, bytes]
     requests: set[str] = field(default_factory=set)
+    tags: set[str] = field(default_factory=set)
     unsettled: dict[str, int] = field(default_factory=dict)
-    settled_requests: int = 0
     settlements: int = 0
 
     def add(self, entry: dict) -> None:
         kind = entry.get("kind")
-        if kind == "scoring_start":
-            self.started = True
-        elif kind == "scoring":
+        if kind == "scoring":
             self.requests.add(entry["request_id"])
-            for name in entry["contributors"]:
-                self.unsettled[name] = self.unsettled.get(name, 0) + 1
+            for partner, key in self.keys.items():
+                self.tags.add(entry["partners"][partner]["tag"])
+                if contributed(entry, partner, key):
+                    self.unsettled[partner] = self.unsettled.get(partner, 0) + 1
         elif kind == "scoring_settlement":
-            self.settled_requests += sum(line["requests"] for line in entry["lines"])
             self.unsettled = {}
             self.settlements += 1
 
     def copy(self) -> "ScoringSeen":
-        return ScoringSeen(self.started, set(self.requests), dict(self.unsettled), self.settled_requests, self.settlements)
+        """For checking a proposed block: O(1), whatever the chain's length."""
+        return ScoringSeen(self.keys, Layered(self.requests), Layered(self.tags), dict(self.unsettled), self.settlements)
 
 
 def scoring_start_entry(facts: ScoringFacts, job_name: str) -> dict:
@@ -85,30 +149,75 @@ def scoring_start_entry(facts: ScoringFacts, job_name: str) -> dict:
     }
 
 
-def scoring_entry(
-    request_id: str, time_ms: int, applicant: str, consent: str, consent_digest: str,
-    contributors: list[str], missing: list[str],
-) -> dict:
+def scoring_entry(request_id: str, time_ms: int, applicant: str, consent: str, consent_digest: str,
+                  partners: dict[str, dict[str, str]]) -> dict:
     return {
         "kind": "scoring", "request_id": request_id, "time_ms": time_ms, "applicant": applicant,
-        "consent": consent, "consent_digest": consent_digest,
-        "contributors": sorted(contributors), "missing": sorted(missing),
+        "consent": consent, "consent_digest": consent_digest, "partners": dict(sorted(partners.items())),
     }
 
 
 def scoring_settlement_body(genesis: dict, seen: ScoringSeen) -> dict:
-    """The settlement of every request since the last one: per_request fen per contributing partner."""
+    """The settlement of the requests since the last one: per_request fen per contribution. The lines
+    of partners whose keys this member lacks are left out (a partner computes its own line only)."""
     contract = FeeContract.from_dict(genesis["fees"])
     members = genesis["members"]
     payer = next(n for n, m in sorted(members.items()) if m["role"] == "card_center")
     lines = []
     for payee in sorted(n for n, m in members.items() if m["role"] == "partner"):
-        count = seen.unsettled.get(payee, 0)
-        lines.append({"payee": payee, "requests": count, "amount": count * contract.per_request})
+        if payee in seen.keys:
+            count = seen.unsettled.get(payee, 0)
+            lines.append({"payee": payee, "requests": count, "amount": count * contract.per_request})
     return {
         "kind": "scoring_settlement", "job_id": genesis["job_id"], "number": seen.settlements + 1,
         "currency": contract.currency, "payer": payer, "lines": lines, "total": sum(l["amount"] for l in lines),
     }
+
+
+def settlement_problem(body: dict, genesis: dict, seen: ScoringSeen) -> str | None:
+    """Why this member cannot agree to the scoring settlement ``body`` (None: it agrees)."""
+    expected = scoring_settlement_body(genesis, seen)
+    partners = sorted(n for n, m in genesis["members"].items() if m["role"] == "partner")
+    lines = body.get("lines")
+    if not isinstance(lines, list) or [l.get("payee") for l in lines if isinstance(l, dict)] != partners:
+        return "the settlement must have one line per partner, in name order"
+    if {k: body.get(k) for k in ("kind", "job_id", "number", "currency", "payer")} != {
+        k: expected[k] for k in ("kind", "job_id", "number", "currency", "payer")
+    } or set(body) != set(expected):
+        return "the settlement's job, number, currency or payer is not the chain's"
+    for line in expected["lines"]:
+        if lines[partners.index(line["payee"])] != line:
+            return f"the settlement's line for {line['payee']!r} does not follow from the contract and the requests since the last one"
+    amounts = [l.get("amount") for l in lines]
+    if not all(isinstance(a, int) and a >= 0 for a in amounts) or body.get("total") != sum(amounts):
+        return "the settlement's amounts do not add up"
+    return None
+
+
+def entry_problem(entry: dict, partners: list[str]) -> str | None:
+    """The shape every scoring entry must have: these fields, these formats, nothing more."""
+    if set(entry) != ENTRY_KEYS:
+        return "a scoring entry with fields other than the protocol's"
+    if not isinstance(entry["request_id"], str) or not REQUEST_ID.match(entry["request_id"]):
+        return f"request id {entry['request_id']!r} is not one fedscore issues"
+    if isinstance(entry["time_ms"], bool) or not isinstance(entry["time_ms"], int) or entry["time_ms"] <= 0:
+        return "its time is not a positive integer of milliseconds"
+    if not all(isinstance(entry[k], str) and HEX64.match(entry[k]) for k in ("applicant", "consent_digest")):
+        return "the applicant and consent digests must be SHA-256 hex"
+    if not isinstance(entry["consent"], str) or not HEX.match(entry["consent"]) or len(entry["consent"]) > 2048:
+        return "the sealed consent must be hex"
+    table = entry["partners"]
+    if not isinstance(table, dict) or sorted(table) != partners:
+        return "it must name every partner exactly once"
+    for value in table.values():
+        well_formed = (
+            isinstance(value, dict) and set(value) == {"tag", "mark"}
+            and isinstance(value["tag"], str) and bool(TAG.match(value["tag"]))
+            and isinstance(value["mark"], str) and bool(HEX64.match(value["mark"]))
+        )
+        if not well_formed:
+            return "each partner needs a tag and a mark, nothing else"
+    return None
 
 
 def audit_scoring(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: ScoringSeen) -> str | None:
@@ -130,24 +239,30 @@ def audit_scoring(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: 
     if kind == "scoring_start":
         return "a second scoring start"
     if kind == "scoring":
+        problem = entry_problem(entry, facts.partners)
+        if problem:
+            return problem
         request = entry["request_id"]
-        if not isinstance(request, str) or not REQUEST_ID.match(request):
-            return f"request id {request!r} is not one fedscore issues"
         if request in seen.requests:
             return f"request {request} is already on the chain"
-        contributors, missing = entry["contributors"], entry["missing"]
-        if sorted(set(contributors) | set(missing)) != facts.partners or set(contributors) & set(missing):
-            return f"request {request} must list every partner once, as contributor or missing"
         if facts.role == "card_center":
-            if facts.answered.get(request) != entry["consent_digest"]:
-                return f"request {request} was not served here with that consent"
-        elif me in contributors and facts.answered.get(request) != entry["consent_digest"]:
-            return f"request {request} lists {me!r} as a contributor, but it never answered it with that consent"
+            if facts.answered.get(request) != entry_digest(entry):
+                return f"request {request} is not an entry this card center made"
+            return None
+        tag = entry["partners"][me]["tag"]
+        if tag in seen.tags:
+            return f"its request {tag} is already on the chain"
+        verdict = contributed(entry, me, facts.pair_keys[me])
+        if verdict is None:
+            return f"its mark on request {tag} is not one the card center and {me!r} agreed"
+        if verdict and facts.answered.get(tag) != entry["consent_digest"]:
+            return f"request {tag} marks {me!r} as a contributor, but it never answered it with that consent"
         return None
     if kind == "scoring_settlement":
         body = {k: v for k, v in entry.items() if k != "signatures"}
-        if body != scoring_settlement_body(genesis, seen):
-            return "the settlement does not follow from the fee contract and the requests since the last one"
+        problem = settlement_problem(body, genesis, seen)
+        if problem:
+            return problem
         for signer in [body["payer"], *(line["payee"] for line in body["lines"])]:
             try:
                 VerifyKey(bytes.fromhex(genesis["members"][signer]["key"])).verify(
@@ -157,3 +272,17 @@ def audit_scoring(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: 
                 return f"the settlement lacks a valid signature from {signer!r}"
         return None
     return f"unknown entry kind {kind!r} on a scoring chain"
+
+
+def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
+    """An entry is on the chain: what this member kept about it until then can go (a partner counts
+    an answer the chain marks as not contributing as unbilled)."""
+    if entry.get("kind") != "scoring":
+        return
+    if facts.role == "card_center":
+        facts.answered.pop(entry["request_id"], None)
+        return
+    me = facts.member
+    tag = entry["partners"].get(me, {}).get("tag")
+    if facts.answered.pop(tag, None) is not None and not contributed(entry, me, facts.pair_keys[me]):
+        facts.unbilled += 1

@@ -61,15 +61,19 @@ class LedgerStore:
             db.execute("ROLLBACK")
             raise
 
-    def blocks(self) -> Iterator[Block]:
-        """Every stored block in height order, as stored (verification decides whether it is valid)."""
+    def blocks(self, start: int = 0) -> Iterator[Block]:
+        """Every stored block from height ``start`` on, in height order, as stored (verification decides
+        whether it is valid)."""
         entries: dict[int, list[bytes]] = {}
-        for height, _, body in self._db.execute("SELECT height, position, body FROM entries ORDER BY height, position"):
+        query = "SELECT height, position, body FROM entries WHERE height >= ? ORDER BY height, position"
+        for height, _, body in self._db.execute(query, (start,)):
             entries.setdefault(height, []).append(bytes(body))
         signatures: dict[int, dict[str, bytes]] = {}
-        for height, member, signature in self._db.execute("SELECT height, member, signature FROM signatures"):
+        for height, member, signature in self._db.execute("SELECT height, member, signature FROM signatures WHERE height >= ?", (start,)):
             signatures.setdefault(height, {})[member] = bytes(signature)
-        rows = self._db.execute("SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks ORDER BY height")
+        rows = self._db.execute(
+            "SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks WHERE height >= ? ORDER BY height", (start,)
+        )
         for height, previous, timestamp_ns, merkle_root, _ in rows:
             yield Block(
                 height=height, previous=bytes(previous), timestamp_ns=timestamp_ns, merkle_root=bytes(merkle_root),

@@ -23,13 +23,23 @@ class SettlementSigner(Protocol):
     def sign_settlement(self, body: bytes) -> bytes: ...
 
 
-def append_block(proposer: LedgerMember, members: Mapping[str, LedgerHandle], entries: list[dict]) -> Block:
-    """Propose, collect every member's signature (each checks first), then commit everywhere."""
+def propose(proposer: LedgerMember, entries: list[dict]) -> Block:
+    """The next block, checked and signed by its proposer (members sign only what the proposer signed)."""
     block = proposer.propose(entries)
-    signatures = call_each(members, lambda name, m: m.propose_block(block), "member")
-    signatures[proposer.name] = proposer.sign(block)
-    signed = block.with_signatures(signatures)
+    return block.with_signatures({proposer.name: proposer.sign(block)})
+
+
+def co_sign(proposer: LedgerMember, members: Mapping[str, LedgerHandle], proposal: Block) -> Block:
+    """Every member's signature on ``proposal`` (each checks it first), then the proposer commits it."""
+    signatures = call_each(members, lambda name, m: m.propose_block(proposal), "member")
+    signed = proposal.with_signatures({**proposal.signatures, **signatures})
     proposer.commit(signed)
+    return signed
+
+
+def append_block(proposer: LedgerMember, members: Mapping[str, LedgerHandle], entries: list[dict]) -> Block:
+    """Propose, collect every member's signature, then commit everywhere (any failure stops the job)."""
+    signed = co_sign(proposer, members, propose(proposer, entries))
     call_each(members, lambda name, m: m.commit_block(signed), "member")
     return signed
 

@@ -10,9 +10,9 @@ the same look-up for callers that hold the id.
 
 - `CsvSource`: the party's CSV, read and checked as in training, indexed in memory.
 - `SqliteSource`: a table in a SQLite database through the standard DB-API,
-  queried per applicant; the id is matched after TRIM and LOWER in SQL, so the
-  stored ids may be padded or in upper case (LOWER folds ASCII letters only).
-  Its digest index is read at start and read again on a miss (at most every
+  queried per applicant by rowid; its index from digest to rowid applies the
+  training id rule to the stored ids, so they may be padded or in another
+  case. The index is read at start and read again on a miss (at most every
   `REFRESH_SECONDS`), so customers added while the daemon runs are found.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from fedscore.errors import DataError
-from fedscore.model.data import load_party_table, normalise_id
+from fedscore.model.data import load_party_table
 from fedscore.scoring.consent import applicant_digest
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -57,6 +57,8 @@ class CsvSource:
 
 
 class SqliteSource:
+    AMBIGUOUS = -1
+
     def __init__(self, path: Path, table: str, id_column: str, features: list[str], party: str = ""):
         for name in (table, id_column, *features):
             if not IDENTIFIER.match(name):
@@ -64,47 +66,52 @@ class SqliteSource:
         if not Path(path).is_file():
             raise DataError(f"party {party!r}: database {path} does not exist")
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        columns = ", ".join(features)
-        self._query = f"SELECT {columns} FROM {table} WHERE LOWER(TRIM(CAST({id_column} AS TEXT))) = ? LIMIT 2"
+        self._query = f"SELECT {', '.join(features)} FROM {table} WHERE rowid = ?"
+        self._ids_query = f"SELECT rowid, CAST({id_column} AS TEXT) FROM {table}"
         try:
-            self._db.execute(self._query, ("",)).fetchall()
+            self._db.execute(self._query, (0,)).fetchall()
         except sqlite3.Error as error:
             raise DataError(f"party {party!r}: cannot read {table} from {Path(path).name}: {error}") from None
         self.party = party
-        self._ids_query = f"SELECT DISTINCT LOWER(TRIM(CAST({id_column} AS TEXT))) FROM {table}"
-        self._lock = threading.Lock()
-        self._index: dict[bytes, str] = {}
+        self._lock = threading.Lock()        # one connection, used by one thread at a time
+        self._index: dict[bytes, int] = {}
         self._read_at = -math.inf
         self._refresh()
 
     def _refresh(self) -> None:
+        """Read every id again (at most every REFRESH_SECONDS) and swap the index in whole."""
+        if time.monotonic() - self._read_at < REFRESH_SECONDS:
+            return
+        self._read_at = time.monotonic()
         with self._lock:
-            if time.monotonic() - self._read_at < REFRESH_SECONDS:
-                return
-            ids = [row[0] for row in self._db.execute(self._ids_query) if row[0] is not None]
-            self._index = {applicant_digest(i): normalise_id(i) for i in ids}
-            self._read_at = time.monotonic()
+            rows = self._db.execute(self._ids_query).fetchall()
+        index: dict[bytes, int] = {}
+        for rowid, applicant in rows:
+            if applicant is None:
+                continue
+            digest = applicant_digest(applicant)   # the training id rule, in Python, not SQL's ASCII-only LOWER
+            index[digest] = self.AMBIGUOUS if digest in index else rowid
+        self._index = index
 
     def find(self, digest: bytes) -> np.ndarray | None:
-        applicant = self._index.get(digest)
-        if applicant is None:
+        rowid = self._index.get(digest)
+        if rowid is None:
             self._refresh()
-            applicant = self._index.get(digest)
-        return None if applicant is None else self._row(applicant)
-
-    def lookup(self, applicant_id: str) -> np.ndarray | None:
-        return self._row(normalise_id(applicant_id))
-
-    def _row(self, applicant: str) -> np.ndarray | None:
+            rowid = self._index.get(digest)
+        if rowid is None or rowid == self.AMBIGUOUS:
+            return None   # unknown, or ambiguous: never guess which row is the applicant
         with self._lock:
-            rows = self._db.execute(self._query, (applicant,)).fetchall()
+            rows = self._db.execute(self._query, (rowid,)).fetchall()
         if len(rows) != 1:
-            return None  # unknown, or ambiguous: never guess which row is the applicant
+            return None
         try:
             values = np.array([float(v) for v in rows[0]])
         except (TypeError, ValueError):
             return None
         return values if all(math.isfinite(v) for v in values) else None
+
+    def lookup(self, applicant_id: str) -> np.ndarray | None:
+        return self.find(applicant_digest(applicant_id))
 
     def close(self) -> None:
         self._db.close()

@@ -225,7 +225,9 @@ class PartialScoreSender:
         self._thread.start()
 
     def submit(self, item: pb.PartialScoreItem, timeout: float) -> Future:
+        """Queue one request; its item carries the deadline, so a partner never answers after it."""
         future: Future = Future()
+        item.deadline_ms = time.time_ns() // 1_000_000 + int(timeout * 1000)
         self._queue.put((item, time.monotonic() + timeout, future))
         return future
 
@@ -301,15 +303,16 @@ class ScoringPeer:
         except grpc.RpcError as error:
             raise peer_error(f"partner {self.name!r}", self.address, error, timeout or self.timeout) from None
 
-    def open_scoring(self, spec: JobSpec) -> pb.OpenScoringReply:
-        return self._call("OpenScoring", pb.OpenScoringRequest(job_id=self.job_id, job=codec.spec_to_proto(spec)))
+    def open_scoring(self, spec: JobSpec, pair_key: bytes) -> pb.OpenScoringReply:
+        request = pb.OpenScoringRequest(job_id=self.job_id, job=codec.spec_to_proto(spec), pair_key=pair_key)
+        return self._call("OpenScoring", request)
 
     def close_scoring(self) -> None:
         self._call("CloseScoring", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
 
-    def ask_partial_score(self, request_id: str, digest: bytes, consent: str, timeout: float) -> Future:
+    def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future:
         """A future of u_k, or None if the partner does not hold the applicant."""
-        item = pb.PartialScoreItem(request_id=request_id, applicant=digest, consent=consent)
+        item = pb.PartialScoreItem(tag=tag, applicant=digest, consent=consent)
         return self._sender.submit(item, timeout)
 
     def propose_block(self, block: Block) -> bytes:

@@ -18,6 +18,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # a peer that restarts is reached again within seconds, not after gRPC's default two-minute backoff
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 PING_TIMEOUT = 10.0
 STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
