@@ -1,6 +1,6 @@
 """Online scoring through the real daemons: single-applicant latency and sustained throughput.
 
-    python bench/scoring.py [--workdir DIR] [--requests 2000] [--seconds 15] [--clients 2] [--threads 8]
+    python bench/scoring.py [--workdir DIR] [--requests 2000] [--seconds 15] [--clients 1] [--concurrency 16]
 
 Trains the demo consortium (card center + bureau + e-commerce, 2048-bit keys,
 first 8 000 applicants, one epoch) unless the work folder already holds a
@@ -10,9 +10,9 @@ the applicant's consent at the card center and at both partners, asks both
 partners for their partial scores in parallel, and records a scoring entry
 that is co-signed into the chain in batches in the background.
 
-Latency: one client, one request at a time. Throughput: several client
-processes with several threads each, for a fixed time; the load generator
-runs on the same 2 cores as the daemons. Last line:
+Latency: one client, one request at a time. Throughput: a client process
+keeping many requests in flight (asyncio gRPC), for a fixed time; the load
+generator runs on the same 2 cores as the daemons. Last line:
     scoring_p99_ms=<sequential p99> scoring_per_second=<sustained>
 No TLS: the security issue has not landed yet.
 """
@@ -22,7 +22,6 @@ import argparse
 import multiprocessing
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -58,32 +57,36 @@ def requests_from(path: Path) -> list[tuple[str, dict[str, float], str]]:
     return [(r["id"], {c: float(r[c]) for c in SPLIT["card_center"]}, r["consent"]) for r in frame.to_dict("records")]
 
 
-def load(address: str, job_id: str, path: str, threads: int, seconds: float, start_at: float, out) -> None:
-    """One client process: ``threads`` threads scoring as fast as answers come, until time is up."""
-    work = requests_from(Path(path))
-    client = ScoringClient(address)
-    latencies: list[float] = []
-    lock = threading.Lock()
+def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start_at: float, out) -> None:
+    """One client process: ``concurrency`` requests in flight at once (asyncio gRPC, so the load generator
+    itself takes little of the two cores), scoring as fast as answers come, until time is up."""
+    import asyncio
 
-    def run(offset: int) -> None:
-        mine, i = [], offset
-        while time.time() < start_at:
-            time.sleep(0.001)
-        while time.time() < start_at + seconds:
-            applicant, features, consent = work[i % len(work)]
-            began = time.perf_counter()
-            client.score(applicant, features, consent, job_id)
-            mine.append(time.perf_counter() - began)
-            i += threads
-        with lock:
-            latencies.extend(mine)
+    import grpc
 
-    workers = [threading.Thread(target=run, args=(k * 997,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    out.put(latencies)
+    from fedscore.proto import fedscore_pb2 as pb
+    from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+
+    work = [pb.ScoreRequest(job_id=job_id, applicant_id=a, features=f, consent=c) for a, f, c in requests_from(Path(path))]
+
+    async def run() -> list[float]:
+        latencies: list[float] = []
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.PartyStub(channel)
+
+            async def worker(offset: int) -> None:
+                i = offset
+                while time.time() < start_at + seconds:
+                    began = time.perf_counter()
+                    await stub.Score(work[i % len(work)], timeout=30)
+                    latencies.append(time.perf_counter() - began)
+                    i += concurrency
+
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            await asyncio.gather(*(worker(k * 997) for k in range(concurrency)))
+        return latencies
+
+    out.put(asyncio.run(run()))
 
 
 def main() -> None:
@@ -91,8 +94,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests for the latency figure")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of the throughput run")
-    parser.add_argument("--clients", type=int, default=2, help="client processes in the throughput run")
-    parser.add_argument("--threads", type=int, default=8, help="threads per client process")
+    parser.add_argument("--clients", type=int, default=1, help="client processes in the throughput run")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per client process")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedscore-bench-scoring-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ def main() -> None:
         queue = context.Queue()
         start_at = time.time() + 3.0
         processes = [
-            context.Process(target=load, args=(address, job_id, str(workdir / "bench-applicants.csv"), args.threads,
+            context.Process(target=load, args=(address, job_id, str(workdir / "bench-applicants.csv"), args.concurrency,
                                                 args.seconds, start_at, queue))
             for _ in range(args.clients)
         ]
@@ -133,7 +136,7 @@ def main() -> None:
             p.join()
         per_second = len(loaded) / args.seconds
         loaded_ms = np.array(loaded) * 1000
-        print(f"concurrent: {args.clients} processes x {args.threads} threads for {args.seconds:.0f} s: "
+        print(f"concurrent: {args.clients} client process(es) x {args.concurrency} requests in flight for {args.seconds:.0f} s: "
               f"{len(loaded)} requests, {per_second:.0f}/s, p50 {np.percentile(loaded_ms, 50):.1f} ms, "
               f"p99 {np.percentile(loaded_ms, 99):.1f} ms")
         settled = client.settle(job_id)
