@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from fedscore.crypto.obfuscation import SHORT_EXPONENT, VARIANTS
-from fedscore.errors import ConfigError
+from fedscore.errors import ConfigError, DataError
 from fedscore.ledger.settlement import FeeContract
 from fedscore.scoring.scorecard import LimitBand, ScoringPolicy
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}-[0-9a-f]{8}$")   # a job name, then 8 random hex digits
+
+
+def check_job_id(job_id: str, where: str) -> str:
+    """A job id as fedscore makes them; anything else (a path, a very long string) is refused before use."""
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+        shown = job_id if len(job_id) <= 80 else job_id[:77] + "..."
+        raise DataError(f"{where}: {shown!r} is not a job id (a job name, '-', then 8 hex digits)")
+    return job_id
 KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)
 
 

@@ -173,7 +173,7 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
     config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
     service = PartyService(config, CryptoPool(0))
     request = pb.PrepareJobRequest(
-        job_id="j1", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes()
+        job_id="job-0000aaaa", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes()
     )
     with pytest.raises(AbortCalled) as caught:
         service.PrepareJob(request, FakeContext())

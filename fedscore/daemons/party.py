@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedscore import __version__
-from fedscore.config import DaemonConfig, JobSpec, resolve_data_file
+from fedscore.config import DaemonConfig, JobSpec, check_job_id, resolve_data_file
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
@@ -74,6 +74,7 @@ class PartyService(pb_grpc.PartyServicer):
     # -- helpers ------------------------------------------------------------
 
     def _job(self, job_id: str) -> PreparedJob:
+        check_job_id(job_id, self.label)
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
@@ -119,7 +120,7 @@ class PartyService(pb_grpc.PartyServicer):
         return pb.StartTrainingReply(obfuscation_seconds=seconds)
 
     def job_dir(self, job_id: str) -> Path:
-        return self.config.state_dir / "jobs" / job_id
+        return self.config.state_dir / "jobs" / check_job_id(job_id, self.label)
 
     # -- every party --------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from fedscore.config import DaemonConfig, JobSpec, ScoringSettings, resolve_data_file
+from fedscore.config import DaemonConfig, JobSpec, ScoringSettings, check_job_id, resolve_data_file
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry, encode_entry
@@ -85,6 +85,8 @@ class ScoringHost:
         return max(found)[1]
 
     def served(self, job_id: str) -> ServedModel:
+        if job_id:
+            check_job_id(job_id, self.label)
         with self._lock:
             if not job_id:
                 if len(self._models) != 1:
@@ -98,7 +100,7 @@ class ScoringHost:
 
     def training_facts(self, job_id: str, role: str) -> tuple[PartyModel, ScoringFacts, str]:
         """This party's model and what its settled training chain says: members, fees, head."""
-        folder = self.jobs_dir() / job_id
+        folder = self.jobs_dir() / check_job_id(job_id, self.label)
         try:
             model = PartyModel.from_json((folder / "model.json").read_text())
         except FileNotFoundError:
