@@ -11,6 +11,17 @@ from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
 
 HERE = Path(__file__).resolve().parent
+FAULT_KINDS = ["peer kills and hangs survived", "malformed messages tried", "bad files tried", "leak needles looked for",
+               "leaks found"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line for a security review: what the fault tests tried in this run, and what they found."""
+    from faults import COUNTS
+
+    if COUNTS:
+        shown = ", ".join(f"{kind}: {COUNTS.get(kind, 0)}" for kind in FAULT_KINDS)
+        terminalreporter.write_line(f"fault tests: {shown}")
 DATA = HERE / "data"
 SHARED_DATA = HERE.parent.parent / "shared" / "data"
 TEST_KEY_BITS = 512  # unit tests only; demos and benchmarks use 2048

@@ -21,6 +21,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.runner import run_job_file, submit
 
+from faults import count
 from conftest import DATA, SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, trained_weights, write_job
 from test_protocol import consortium_for, reference
 
@@ -120,6 +121,7 @@ def test_a_party_that_dies_mid_job_is_named_and_no_model_is_kept(breast_folder):
         assert "'host'" in str(caught.value) and "did not answer" in str(caught.value)
         assert consortium.dead_members() == ["host"]
     assert not list((breast_folder / "state").rglob("model.json"))
+    count("peer kills and hangs survived")
 
 
 def test_remote_mode_uses_the_job_file_addresses(breast_folder):
@@ -276,6 +278,7 @@ def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
                 submit(consortium.spec, consortium.coordinator_address, freeze_after_first_epoch)
         finally:
             os.killpg(victim.pid, signal.SIGCONT)
+        count("peer kills and hangs survived")
         assert "partner 'host'" in str(caught.value) and "did not answer within 4 s" in str(caught.value)
         assert time.monotonic() - started < 60
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faults import count
+
 from fedscore.errors import DataError
 from fedscore.model.data import load_party_table
 
@@ -64,6 +66,7 @@ def test_bad_files_name_the_problem(tmp_path, text, fragment):
     assert fragment in message
     assert message.startswith("party 'bank': party.csv:")
     assert "\n" not in message
+    count("bad files tried")
 
 
 def test_errors_never_quote_raw_values_or_ids(tmp_path):
@@ -80,6 +83,7 @@ def test_missing_file_and_bad_encoding(tmp_path):
         load(tmp_path / "absent.csv")
     with pytest.raises(DataError, match="line 2 is not UTF-8 text"):
         load(write(tmp_path, b"id,y,a\n1,0,\xff\xfe\n"))
+    count("bad files tried", 2)
 
 
 def test_partner_file_without_label(tmp_path):

@@ -20,6 +20,7 @@ from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients import PartyClient, ScoringClient
 
 from conftest import breast_parties, write_job
+from faults import count
 
 # What a daemon may answer to a message it cannot use. INTERNAL would mean an exception nobody handled.
 PROPER = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
@@ -153,6 +154,7 @@ def test_every_method_answers_malformed_messages_with_a_proper_status(consortium
         request = random_message(method.input_type, rng, job_ids)
         code = call(channels[target], method, request)
         TRIED[method.name] = TRIED.get(method.name, 0) + 1
+        count("malformed messages tried")
         assert code in PROPER, f"{method.name} at {target}: {code} for {request}"[:2000]
 
     try:
@@ -160,6 +162,34 @@ def test_every_method_answers_malformed_messages_with_a_proper_status(consortium
     finally:
         for channel in channels.values():
             channel.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(data=st.binary(max_size=3000), which=st.integers(0, 10_000))
+def test_raw_bytes_to_any_method_of_either_service_leave_the_daemons_serving(consortium, data, which):
+    """Bytes that may not even be a protobuf message: gRPC itself refuses what it cannot decode
+    (INTERNAL, "Exception deserializing request!"); what decodes must get a proper status."""
+    running, _, _, _ = consortium
+    methods = [("Party", m) for m in SERVICE.methods] + [
+        ("Coordinator", m) for m in pb.DESCRIPTOR.services_by_name["Coordinator"].methods]
+    service, method = methods[which % len(methods)]
+    address = running.coordinator_address if service == "Coordinator" else running.spec.parties[which % 2].address
+    path = f"/fedscore.v1.{service}/{method.name}"
+    with grpc.insecure_channel(address) as channel:
+        try:
+            if method.client_streaming and method.server_streaming:
+                list(channel.stream_stream(path)(iter([data]), timeout=20))
+            elif method.client_streaming:
+                channel.stream_unary(path)(iter([data]), timeout=20)
+            elif method.server_streaming:
+                list(channel.unary_stream(path)(data, timeout=20))
+            else:
+                channel.unary_unary(path)(data, timeout=20)
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details() or ""
+    count("malformed messages tried")
+    assert code in PROPER or (code == grpc.StatusCode.INTERNAL and "deserializ" in details), (service, method.name, code, details)
 
 
 def test_after_the_fuzzing_the_consortium_still_trains_and_scores(consortium):

@@ -28,6 +28,8 @@ from fedscore.scoring.offline import offline_answer
 from fedscore.scoring.sources import CsvSource
 from fedscore.transport.clients import ScoringClient
 
+from faults import count
+
 ROWS = 5000
 
 
@@ -189,6 +191,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
     assert len({verify_chain(blocks).head for blocks in replicas.values()}) == 1
     on_chain = {e["request_id"] for b in replicas["card_center"] for e in b.decoded() if e["kind"] == "scoring"}
     assert {by_grpc.request_id, by_http["request_id"], after.request_id, again.request_id} <= on_chain
+    count("peer kills and hangs survived")
 
 
 def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):

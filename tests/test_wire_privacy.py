@@ -19,6 +19,7 @@ from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients import ScoringClient
 
 from conftest import write_job
+from faults import count as tally
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -161,9 +162,11 @@ def test_no_raw_id_value_or_label_crosses_the_wire_in_alignment_training_or_scor
     assert sum(len(m) for m in traffic) > 1_000_000   # alignment, training and scoring all went through
     looked = 0
     for name, frame in frames.items():
-        count, found = leaks(traffic, frame, "y" if name == "center" else None)
-        looked += count
+        needles, found = leaks(traffic, frame, "y" if name == "center" else None)
+        looked += needles
+        tally("leaks found", len(found))
         assert found == [], f"{name}: {found[:5]}"
+    tally("leak needles looked for", looked)
     assert looked > 20_000
 
 
