@@ -35,6 +35,7 @@ from fedscore.runner import run_job_file
 from fedscore.transport.clients import ScoringClient
 
 ROWS = 8000
+REQUESTS = 24_000     # warm-up, sequential and sustained requests, each with a consent of its own
 
 
 def prepare(workdir: Path, count: int) -> Path:
@@ -48,7 +49,10 @@ def prepare(workdir: Path, count: int) -> Path:
     held = party_rows(len(data))
     outside = np.setdiff1d(np.arange(len(data)), held["card_center"])
     positions = np.concatenate([outside, held["card_center"]])[:count]
-    write_applicants(workdir / "bench-applicants.csv", data, positions.tolist(), issuer_key(workdir))
+    # applicants repeat, consents do not: each request carries its own (a consent allows three checks)
+    started = time.perf_counter()
+    write_applicants(workdir / "bench-applicants.csv", data, np.resize(positions, REQUESTS).tolist(), issuer_key(workdir))
+    print(f"{REQUESTS} consents signed in {time.perf_counter() - started:.1f} s")
     return job
 
 
@@ -57,7 +61,7 @@ def requests_from(path: Path) -> list[tuple[str, dict[str, float], str]]:
     return [(r["id"], {c: float(r[c]) for c in SPLIT["card_center"]}, r["consent"]) for r in frame.to_dict("records")]
 
 
-def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start_at: float, out) -> None:
+def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start_at: float, skip: int, out) -> None:
     """One client process: ``concurrency`` requests in flight at once (asyncio gRPC, so the load generator
     itself takes little of the two cores), scoring as fast as answers come, until time is up."""
     import asyncio
@@ -67,7 +71,7 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
     from fedscore.proto import fedscore_pb2 as pb
     from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 
-    work = [pb.ScoreRequest(job_id=job_id, applicant_id=a, features=f, consent=c) for a, f, c in requests_from(Path(path))]
+    work = [pb.ScoreRequest(job_id=job_id, applicant_id=a, features=f, consent=c) for a, f, c in requests_from(Path(path))[skip:]]
 
     async def run() -> list[float]:
         latencies: list[float] = []
@@ -83,7 +87,7 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
                     i += concurrency
 
             await asyncio.sleep(max(0.0, start_at - time.time()))
-            await asyncio.gather(*(worker(k * 997) for k in range(concurrency)))
+            await asyncio.gather(*(worker(k) for k in range(concurrency)))
         return latencies
 
     out.put(asyncio.run(run()))
@@ -111,7 +115,7 @@ def main() -> None:
             client.score(applicant, features, consent, job_id)
         latencies, missing = [], 0
         for k in range(args.requests):
-            applicant, features, consent = work[k % len(work)]
+            applicant, features, consent = work[200 + k]
             began = time.perf_counter()
             reply = client.score(applicant, features, consent, job_id)
             latencies.append(time.perf_counter() - began)
@@ -126,7 +130,7 @@ def main() -> None:
         start_at = time.time() + 3.0
         processes = [
             context.Process(target=load, args=(address, job_id, str(workdir / "bench-applicants.csv"), args.concurrency,
-                                                args.seconds, start_at, queue))
+                                                args.seconds, start_at, 200 + args.requests, queue))
             for _ in range(args.clients)
         ]
         for p in processes:

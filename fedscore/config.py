@@ -340,6 +340,7 @@ class DaemonConfig:
     min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
     consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
     consent_max_age_days: int = 30
+    consent_max_uses: int = 3                # checks one consent allows (an application, a retry or two)
     http_listen: str = ""     # the card center's HTTP/JSON scoring endpoint ("" = none)
     scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
     scoring_table: str = "applicants"
@@ -353,7 +354,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
     known = {"name", "listen", "state_dir", "workers"} | (
-        {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "http_listen",
+        {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "consent_max_uses", "http_listen",
          "scoring_database", "scoring_table", "scoring_id"} if needs_data else set()
     )
     _unknown_keys(table, known, f"{where} [{section}]")
@@ -379,11 +380,14 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     max_age = _take(table, "consent_max_age_days", int, 30, where)
     if not 0 < max_age <= 3650:
         raise ConfigError(f"{where}: consent_max_age_days must be between 1 and 3650")
+    max_uses = _take(table, "consent_max_uses", int, 3, where)
+    if not 0 < max_uses <= 1_000_000:
+        raise ConfigError(f"{where}: consent_max_uses must be between 1 and 1000000")
     database = _take(table, "scoring_database", str, "", where)
     return DaemonConfig(
         name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
         min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
-        consent_max_age_days=max_age, http_listen=_take(table, "http_listen", str, "", where),
+        consent_max_age_days=max_age, consent_max_uses=max_uses, http_listen=_take(table, "http_listen", str, "", where),
         scoring_database=base / database if database else None,
         scoring_table=_take(table, "scoring_table", str, "applicants", where),
         scoring_id=_take(table, "scoring_id", str, "id", where),

@@ -419,3 +419,19 @@ def test_nothing_is_lost_or_recorded_twice_across_restarts_and_a_torn_journal(tm
     c.stop_center()
     c.start_center()
     assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0
+
+
+def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
+    c = Consortium(tmp_path)
+    applicant, features = request_for(c.guest, 3, c.center_model.features)
+    token = consent_for(applicant).to_text()
+    for _ in range(2):
+        c.center.score(applicant, features, token)
+    c.stop_center()
+    c.start_center()
+    c.center.score(applicant, features, token)                      # the third use, after a restart
+    with pytest.raises(ConsentError, match="used 3 times; it allows 3"):
+        c.center.score(applicant, features, token)
+    # each partner counts for itself, so calling it directly gains nothing either
+    with pytest.raises(ConsentError, match="partner 'host' refuses .* used 3 times"):
+        c.partners["host"].scorer.partial_score("9" * 32, applicant_digest(applicant), token, now_ms() + 1000)

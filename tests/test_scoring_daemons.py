@@ -24,6 +24,8 @@ from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
 from fedscore.runner import run_job_file, score_file
+from fedscore.scoring.consent import certify_applicant, give_consent
+from nacl.signing import SigningKey
 from fedscore.scoring.offline import offline_answer
 from fedscore.scoring.sources import CsvSource
 from fedscore.transport.clients import ScoringClient
@@ -129,6 +131,13 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         url = f"http://{consortium.http_addresses['card_center']}/v1/score"
         row = applicants.iloc[0]
         values = {c: float(row[c]) for c in features}
+        issuer = issuer_key(trained)
+
+        def fresh() -> str:   # a consent allows three checks; this test makes more than three for one applicant
+            key = SigningKey.generate()
+            certificate = certify_applicant(issuer, row["id"], bytes(key.verify_key))
+            return give_consent(key, certificate, bytes(issuer.verify_key), row["id"], "card_center").to_text()
+
         by_grpc = client.score(row["id"], values, row["consent"])
         status, by_http = post(url, {"applicant_id": row["id"], "features": values, "consent": row["consent"]})
         assert status == 200 and by_http["job_id"] == opened.job_id
@@ -160,13 +169,13 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
                 while chunk := connection.recv(65536):
                     received += chunk
             assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1") == 1, received[:200]
-        assert post(url, {"applicant_id": row["id"], "features": values, "consent": row["consent"]})[0] == 200
+        assert post(url, {"applicant_id": row["id"], "features": values, "consent": fresh()})[0] == 200
 
         # a partner dies: answers go on without it, flagged; its fee entries wait, journalled
         os.killpg(consortium.processes["ecommerce"].pid, signal.SIGKILL)
         consortium.processes["ecommerce"].wait()
         started = time.perf_counter()
-        after = client.score(row["id"], values, row["consent"])
+        after = client.score(row["id"], values, fresh())
         assert time.perf_counter() - started < 5
         assert list(after.partners_missing) == ["ecommerce"]
         with pytest.raises(PeerError, match="ecommerce"):
@@ -177,7 +186,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         # it comes back: the card center opens the model there again, sends it the blocks it missed, and the
         # waiting entries reach every replica; the settlement then goes through
         consortium.restart("ecommerce")
-        again = client.score(row["id"], values, row["consent"])
+        again = client.score(row["id"], values, fresh())
         for attempt in range(20):   # the card center's channel reconnects within its backoff (at most 2 s)
             try:
                 settled = json.loads(client.settle(opened.job_id).settlement_json)
@@ -195,7 +204,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
 
 
 def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
-    applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str).head(3).copy()
+    applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str).iloc[50:53].reset_index(drop=True)
     applicants.loc[1, "consent"] = applicants.loc[0, "consent"]     # someone else's consent
     applicants.loc[2, "AGE"] = "thirty"
     path = tmp_path / "bad.csv"

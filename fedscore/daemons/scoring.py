@@ -135,7 +135,7 @@ class ScoringHost:
             )
         return ConsentPolicy(
             frozenset(bytes.fromhex(i) for i in self.config.consent_issuers),
-            max_age=self.config.consent_max_age_days * 86_400,
+            max_age=self.config.consent_max_age_days * 86_400, max_uses=self.config.consent_max_uses,
         )
 
     # -- opening and closing ---------------------------------------------------
@@ -254,6 +254,7 @@ class ScoringHost:
             for peer in served.peers.values():
                 peer.close()
             served.scorer.journal.close()
+            served.scorer.uses.close()
             served.member.close()
         log.info("model %s closed for scoring", job_id)
 

@@ -61,14 +61,54 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class ConsentPolicy:
-    """Which consents a party accepts."""
+    """Which consents a party accepts, and how often each."""
 
     trusted_issuers: frozenset[bytes]
     purposes: frozenset[str] = frozenset({PURPOSE})
     max_age: int = 30 * 86_400
+    max_uses: int = 3          # one application, and a retry or two
 
     def check(self, token: ConsentToken, digest: bytes, card_center: str) -> None:
         check_consent(token, digest, card_center, self.trusted_issuers, self.purposes, self.max_age)
+
+
+class ConsentUses:
+    """How often this party has acted on each consent, so a consent cannot be replayed for more checks
+    than the applicant agreed to. Kept on disk (digest and date of each use) for as long as a consent
+    can be valid, so a restart does not reset it."""
+
+    def __init__(self, path: Path, policy: ConsentPolicy):
+        self.path, self.policy = path, policy
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        cutoff = time.time() - policy.max_age - 86_400
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    use = json.loads(line)
+                    if use["issued_at"] >= cutoff:
+                        kept.append(use)
+                        self._counts[use["digest"]] = self._counts.get(use["digest"], 0) + 1
+                except (ValueError, KeyError, TypeError):
+                    continue   # a line cut short by a crash
+        write_atomically(path, "".join(json.dumps(u, sort_keys=True) + "\n" for u in kept), 0o600)
+        self._handle = path.open("a", encoding="utf-8")
+
+    def admit(self, token: ConsentToken, where: str) -> None:
+        """Count one use of ``token``, or refuse it if it has been used up."""
+        digest = token.digest()
+        with self._lock:
+            used = self._counts.get(digest, 0)
+            if used >= self.policy.max_uses:
+                raise ConsentError(f"{where}: this consent has been used {used} times; it allows {self.policy.max_uses}")
+            self._counts[digest] = used + 1
+            self._handle.write(json.dumps({"digest": digest, "issued_at": token.issued_at}, sort_keys=True) + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
 
 
 class Journal:
@@ -144,6 +184,7 @@ class PartnerScorer:
         self.consent = consent
         self.facts = facts
         self.journal = journal
+        self.uses = ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self._answered_at: dict[str, int] = {}
         for record in journal.load():
             if not on_chain(record["tag"]):
@@ -164,6 +205,7 @@ class PartnerScorer:
             self.consent.check(token, digest, self.card_center)
         except ConsentError as error:
             raise ConsentError(f"partner {me!r} refuses request {tag}: {error}") from None
+        self.uses.admit(token, f"partner {me!r} refuses request {tag}")
         values = self.source.find(digest)
         if values is None:
             return None
@@ -277,6 +319,7 @@ class CardCenterScorer:
         self.secrets = secrets
         self.facts = facts
         self.journal = journal
+        self.uses = ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self.timeout = timeout
         self.pending: list[dict] = []
         self._lock = threading.Lock()
@@ -332,6 +375,7 @@ class CardCenterScorer:
         digest = applicant_digest(applicant_id)
         token = ConsentToken.from_text(consent)
         self.consent.check(token, digest, self.facts.member)   # refused here before any partner is asked
+        self.uses.admit(token, f"card center {self.facts.member!r}")
         request_id = uuid.uuid4().hex
         scores = self.ask_partners(request_id, digest, consent)
         own = feature_contributions(self.model, values)
