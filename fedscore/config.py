@@ -336,6 +336,7 @@ class DaemonConfig:
     state_dir: Path
     data_dir: Path | None = None
     workers: int = 0          # 0 = every core
+    max_message_mib: int = 64 # the largest message this daemon accepts (vectors are streamed in smaller blocks)
     min_key_bits: int = 2048  # a party refuses jobs with smaller Paillier keys
     min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
     consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
@@ -353,7 +354,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     table = document.get(section)
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
-    known = {"name", "listen", "state_dir", "workers"} | (
+    known = {"name", "listen", "state_dir", "workers", "max_message_mib"} | (
         {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "consent_max_uses", "http_listen",
          "scoring_database", "scoring_table", "scoring_id"} if needs_data else set()
     )
@@ -366,6 +367,9 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     workers = _take(table, "workers", int, 0, where)
     if workers < 0:
         raise ConfigError(f"{where}: workers must be 0 (every core) or positive")
+    max_message_mib = _take(table, "max_message_mib", int, 64, where)
+    if not 4 <= max_message_mib <= 1024:   # streamed blocks are 2 MiB; PSI positions go as 8 bytes per aligned row
+        raise ConfigError(f"{where}: max_message_mib must be between 4 and 1024")
     state_dir = base / _take(table, "state_dir", str, "state", where)
     data_dir = None
     if needs_data:
@@ -386,7 +390,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     database = _take(table, "scoring_database", str, "", where)
     return DaemonConfig(
         name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
-        min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
+        max_message_mib=max_message_mib, min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
         consent_max_age_days=max_age, consent_max_uses=max_uses, http_listen=_take(table, "http_listen", str, "", where),
         scoring_database=base / database if database else None,
         scoring_table=_take(table, "scoring_table", str, "applicants", where),

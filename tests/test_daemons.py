@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,12 +16,17 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+import grpc
+
 from fedscore.config import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import DataError, FedscoreError, PeerError
 from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.runner import run_job_file, submit
+from fedscore.transport.rpc import OPTIONS
 
 from faults import count
 from conftest import DATA, SHARED_DATA, breast_parties, needs_shared_data, split_three_ways, trained_weights, write_job
@@ -290,3 +297,28 @@ def test_precomputed_obfuscators_change_nothing_but_when_the_work_is_done(breast
     assert inline["obfuscation_seconds"] == 0 < ahead["obfuscation_seconds"]
     for name, weights in trained_weights(inline).items():
         np.testing.assert_allclose(weights, trained_weights(ahead)[name], rtol=0, atol=1e-12)
+
+
+def test_a_message_over_the_daemons_limit_is_refused_and_it_keeps_serving(tmp_path):
+    folder = tmp_path / "party"
+    (folder / "data").mkdir(parents=True)
+    config = folder / "party.toml"
+    config.write_text('[party]\nname = "host"\nlisten = "127.0.0.1:0"\nstate_dir = "state"\ndata_dir = "data"\nmax_message_mib = 4\n')
+    ready = folder / "ready"
+    process = subprocess.Popen([sys.executable, "-m", "fedscore", "party", "serve", "--config", str(config),
+                                "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        address = ready.read_text().split()[0]
+        with grpc.insecure_channel(address, options=OPTIONS) as channel:
+            stub = pb_grpc.PartyStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.PsiAccept(pb.FixedBlock(job_id="job-0000aaaa", width=8, data=bytes(5 * 1024 * 1024)), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert stub.Ping(pb.PingRequest(), timeout=10).name == "host"
+        count("malformed messages tried")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

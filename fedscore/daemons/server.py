@@ -14,7 +14,7 @@ from fedscore.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 from fedscore.model.model_file import write_atomically
-from fedscore.transport.rpc import OPTIONS
+from fedscore.transport.rpc import channel_options
 
 
 def configure_logging(name: str) -> None:
@@ -31,7 +31,9 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> in
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pool = None
     service = None
-    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=OPTIONS)
+    # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept
+    options = channel_options(config.max_message_mib * 1024 * 1024)
+    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=options)
     if role == "party":
         from fedscore.daemons import party
 

@@ -14,15 +14,21 @@ import grpc
 
 from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError, InternalError, PeerError, ProtocolError
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # a peer that restarts is reached again within seconds, not after gRPC's default two-minute backoff
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # vectors are streamed in blocks far below this
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # a peer that restarts is reached again within seconds, not after gRPC's default two-minute backoff
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
+OPTIONS = channel_options()
 PING_TIMEOUT = 10.0
 STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
 PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
