@@ -59,9 +59,13 @@ class LocalConsortium:
             f"{key} = {_toml_string(value) if isinstance(value, (str, list)) else value}" for key, value in settings.items()
         ]
         config.write_text("\n".join(lines) + "\n")
-        ready = folder / "ready"
+        return self._spawn(member, role, config)
+
+    def _spawn(self, member: str, role: str, config: Path) -> Path:
+        """Start one daemon from its config file, logging to its folder; returns its ready file."""
+        ready = config.parent / "ready"
         ready.unlink(missing_ok=True)
-        log = (folder / "daemon.log").open("ab")
+        log = (config.parent / "daemon.log").open("ab")
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -129,15 +133,7 @@ class LocalConsortium:
         config = folder / f"{role}.toml"
         lines = config.read_text().splitlines()
         config.write_text("\n".join(f'listen = "{address}"' if l.startswith("listen = ") else l for l in lines) + "\n")
-        ready = folder / "ready"
-        ready.unlink(missing_ok=True)
-        log = (folder / "daemon.log").open("ab")
-        self.processes[member] = subprocess.Popen(
-            [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
-        self._wait({member: ready})
+        self._wait({member: self._spawn(member, role, config)})
 
     def log_tail(self, member: str, lines: int = 3) -> str:
         path = self.state_root / member / "daemon.log"
