@@ -27,7 +27,7 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}-[0-9a-f]{8}$")   # a 
 
 def check_job_id(job_id: str, where: str) -> str:
     """A job id as fedscore makes them; anything else (a path, a very long string) is refused before use."""
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         shown = job_id if len(job_id) <= 80 else job_id[:77] + "..."
         raise DataError(f"{where}: {shown!r} is not a job id (a job name, '-', then 8 hex digits)")
     return job_id
@@ -94,7 +94,7 @@ class JobSpec:
 
     def validate(self) -> "JobSpec":
         where = f"job {self.name!r}"
-        if not NAME_PATTERN.match(self.name):
+        if not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"job name {self.name!r}: use letters, digits, '-' and '_' (at most 64)")
         if not 1 <= self.epochs <= 100_000:
             raise ConfigError(f"{where}: epochs must be between 1 and 100000, got {self.epochs}")
@@ -122,7 +122,7 @@ class JobSpec:
             raise ConfigError(f"{where}: seed must be a non-negative integer below 2^63, got {self.seed}")
         names = [p.name for p in self.parties]
         for name in names:
-            if not NAME_PATTERN.match(name):
+            if not NAME_PATTERN.fullmatch(name):
                 raise ConfigError(f"{where}: party name {name!r}: use letters, digits, '-' and '_' (at most 64)")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -311,8 +311,9 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
     )
     if not 1 <= settings.timeout_ms <= 60_000:
         raise ConfigError(f"{at}: timeout_ms must be between 1 and 60000, got {settings.timeout_ms}")
-    if not 1 <= settings.batch_entries <= 100_000 or not 0.01 <= settings.batch_seconds <= 3600:
-        raise ConfigError(f"{at}: batch_entries must be 1..100000 and batch_seconds 0.01..3600")
+    if not 1 <= settings.batch_entries <= 2_000 or not 0.01 <= settings.batch_seconds <= 3600:
+        # a block of 2 000 entries is about 2.5 MB: within any daemon's message limit (at least 4 MiB)
+        raise ConfigError(f"{at}: batch_entries must be 1..2000 and batch_seconds 0.01..3600")
     return settings
 
 
@@ -361,7 +362,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     _unknown_keys(table, known, f"{where} [{section}]")
     base = path.resolve().parent
     name = _take(table, "name", str, "coordinator" if section == "coordinator" else "", where)
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{where}: name {name!r}: use letters, digits, '-' and '_'")
     listen = _take(table, "listen", str, "127.0.0.1:0", where)
     workers = _take(table, "workers", int, 0, where)

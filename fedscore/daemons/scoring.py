@@ -32,6 +32,7 @@ from fedscore.protocol.fanout import call_each
 from fedscore.protocol.scoring import (
     CardCenterScorer,
     ConsentPolicy,
+    ConsentUses,
     EntryBatcher,
     Journal,
     PartnerScorer,
@@ -64,6 +65,14 @@ class ScoringHost:
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._open_lock = threading.Lock()
+        self._uses: ConsentUses | None = None
+
+    def consent_uses(self) -> ConsentUses:
+        """This party's one count of consent uses, for every model it serves."""
+        with self._lock:
+            if self._uses is None:
+                self._uses = ConsentUses(self.config.state_dir / "consent-uses.jsonl", self.consent_policy())
+            return self._uses
 
     # -- which model -------------------------------------------------------------
 
@@ -182,7 +191,7 @@ class ScoringHost:
         member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
         journal = Journal(folder / "scoring-answers.jsonl")
         scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal,
-                               on_chain=member.seen.tags.__contains__)
+                               on_chain=member.seen.tags.__contains__, uses=self.consent_uses())
         scorer.forget_committed()
         return ServedModel(job_id, "partner", member, scorer)
 
@@ -209,6 +218,7 @@ class ScoringHost:
             scorer = CardCenterScorer(
                 model, settings.policy, peers, self.consent_policy(), secrets, facts, journal,
                 timeout=settings.timeout_ms / 1000, on_chain=member.seen.requests.__contains__,
+                uses=self.consent_uses(),
             )
             sync = lambda: self._sync_partners(spec, member, peers, facts)   # noqa: E731
             sync()
@@ -254,7 +264,6 @@ class ScoringHost:
             for peer in served.peers.values():
                 peer.close()
             served.scorer.journal.close()
-            served.scorer.uses.close()
             served.member.close()
         log.info("model %s closed for scoring", job_id)
 

@@ -74,8 +74,9 @@ class ConsentPolicy:
 
 class ConsentUses:
     """How often this party has acted on each consent, so a consent cannot be replayed for more checks
-    than the applicant agreed to. Kept on disk (digest and date of each use) for as long as a consent
-    can be valid, so a restart does not reset it."""
+    than the applicant agreed to. One per party, whatever model is asked (a daemon keeps it in its state
+    folder), kept on disk (digest and date of each use) for as long as a consent can be valid, so
+    neither a restart nor another model resets it."""
 
     def __init__(self, path: Path, policy: ConsentPolicy):
         self.path, self.policy = path, policy
@@ -161,9 +162,12 @@ class Journal:
         """Rewrite the journal without the records now on the chain."""
         with self.lock:
             self._handle.close()
-            records = [r for r in self.load() if keep(r)]
-            write_atomically(self.path, "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records), 0o600)
-            self._handle = self.path.open("a", encoding="utf-8")
+            try:
+                records = [r for r in self.load() if keep(r)]
+                text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
+                write_atomically(self.path, text, 0o600)
+            finally:   # a failed rewrite leaves the journal as it was, and open for the next request
+                self._handle = self.path.open("a", encoding="utf-8")
 
     def close(self) -> None:
         with self.lock:
@@ -177,14 +181,15 @@ class PartnerScorer:
     """A partner's side of scoring one model."""
 
     def __init__(self, model: PartyModel, source: ApplicantSource, card_center: str, consent: ConsentPolicy,
-                 facts: ScoringFacts, journal: Journal, on_chain: Callable[[str], bool] = lambda tag: False):
+                 facts: ScoringFacts, journal: Journal, on_chain: Callable[[str], bool] = lambda tag: False,
+                 uses: "ConsentUses | None" = None):
         self.model = model
         self.source = source
         self.card_center = card_center
         self.consent = consent
         self.facts = facts
         self.journal = journal
-        self.uses = ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
+        self.uses = uses or ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self._answered_at: dict[str, int] = {}
         for record in journal.load():
             if not on_chain(record["tag"]):
@@ -309,7 +314,8 @@ class CardCenterScorer:
 
     def __init__(self, model: PartyModel, policy: ScoringPolicy, partners: Mapping[str, PartnerHandle],
                  consent: ConsentPolicy, secrets: ScoringSecrets, facts: ScoringFacts, journal: Journal,
-                 timeout: float = 0.5, on_chain: Callable[[str], bool] = lambda request_id: False):
+                 timeout: float = 0.5, on_chain: Callable[[str], bool] = lambda request_id: False,
+                 uses: "ConsentUses | None" = None):
         if model.intercept is None:
             raise DataError(f"party {model.party!r}: its model has no intercept; is it the card center's?")
         self.model = model
@@ -319,7 +325,7 @@ class CardCenterScorer:
         self.secrets = secrets
         self.facts = facts
         self.journal = journal
-        self.uses = ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
+        self.uses = uses or ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self.timeout = timeout
         self.pending: list[dict] = []
         self._lock = threading.Lock()
