@@ -304,7 +304,9 @@ class ScoringHost:
         member, peers = served.member, served.peers
         settlement: dict = {}
 
-        def make_entry() -> dict:
+        def make_entry() -> dict | None:
+            if member.seen.last_kind == "scoring_settlement":   # nothing since the last (a retried settle)
+                return None
             body = scoring_settlement_body(member.entries()[0], member.seen)
             signatures = call_each(peers, lambda name, peer: peer.sign_settlement(encode_entry(body)), "member")
             signatures[self.name] = self.key.sign(settlement_message(body)).signature
@@ -312,7 +314,17 @@ class ScoringHost:
             return settlement
 
         served.batcher.append_after_pending(make_entry)
+        if not settlement:
+            settlement.update(self._last_settlement(member))
         return settlement
+
+    @staticmethod
+    def _last_settlement(member: LedgerMember) -> dict:
+        for block in reversed(list(member.store.blocks(max(0, member.height - 1)))):
+            for entry in reversed(block.decoded()):
+                if entry.get("kind") == "scoring_settlement":
+                    return entry
+        return {}
 
     # -- the scoring chain, as a member -------------------------------------------
 

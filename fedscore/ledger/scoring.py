@@ -124,9 +124,11 @@ class ScoringSeen:
     tags: set[str] = field(default_factory=set)
     unsettled: dict[str, int] = field(default_factory=dict)
     settlements: int = 0
+    last_kind: str = ""
 
     def add(self, entry: dict) -> None:
         kind = entry.get("kind")
+        self.last_kind = kind
         if kind == "scoring":
             self.requests.add(entry["request_id"])
             for partner, key in self.keys.items():
@@ -139,7 +141,8 @@ class ScoringSeen:
 
     def copy(self) -> "ScoringSeen":
         """For checking a proposed block: O(1), whatever the chain's length."""
-        return ScoringSeen(self.keys, Layered(self.requests), Layered(self.tags), dict(self.unsettled), self.settlements)
+        return ScoringSeen(self.keys, Layered(self.requests), Layered(self.tags), dict(self.unsettled), self.settlements,
+                           self.last_kind)
 
 
 def scoring_start_entry(facts: ScoringFacts, job_name: str) -> dict:

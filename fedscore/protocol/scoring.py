@@ -233,14 +233,15 @@ class PartnerScorer:
         """Drop from the journal the answers a committed block now records, and give up on answers
         no block recorded for ANSWER_LIFETIME_MS (counted as unbilled)."""
         answered, cutoff = self.facts.answered, now_ms() - ANSWER_LIFETIME_MS
-        stale = [tag for tag, at in list(self._answered_at.items()) if at < cutoff and tag in answered]
-        for tag in stale:
-            answered.pop(tag, None)
-            self.facts.unbilled += 1
+        with self.journal.lock:   # answers arriving meanwhile change these maps under the same lock
+            stale = [tag for tag, at in self._answered_at.items() if at < cutoff and tag in answered]
+            for tag in stale:
+                answered.pop(tag, None)
+            for tag in [t for t in self._answered_at if t not in answered]:
+                del self._answered_at[tag]
         if stale:
+            self.facts.unbilled += len(stale)
             log.warning("%d answers were never recorded on the scoring chain; counted as unbilled", len(stale))
-        for tag in [t for t in self._answered_at if t not in answered]:
-            del self._answered_at[tag]
         self.journal.keep_only(lambda record: record["tag"] in answered)
 
 
@@ -529,11 +530,14 @@ class EntryBatcher:
                 log.warning("scoring block %d: member %s did not commit it (%s); it is sent again later", block.height, name, error)
                 self._needs_sync = True
 
-    def append_after_pending(self, make_entry: Callable[[], dict]) -> None:
-        """Flush, then append ``make_entry()`` alone, with no scoring block in between (a settlement)."""
+    def append_after_pending(self, make_entry: Callable[[], dict | None]) -> None:
+        """Flush, then append ``make_entry()`` alone, with no scoring block in between (a settlement);
+        nothing if it returns None."""
         with self._flush_lock:
             self._flush_locked()
-            self._flush_locked(extra=[make_entry()])
+            entry = make_entry()
+            if entry is not None:
+                self._flush_locked(extra=[entry])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="scoring-blocks", daemon=True)
