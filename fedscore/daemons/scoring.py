@@ -189,10 +189,17 @@ class ScoringHost:
             source = CsvSource(path, list(me.id_columns), model.features, party=self.name)
         folder = self.jobs_dir() / job_id
         member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
-        journal = Journal(folder / "scoring-answers.jsonl")
-        scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal,
-                               on_chain=member.seen.tags.__contains__, uses=self.consent_uses())
-        scorer.forget_committed()
+        journal = None
+        try:
+            journal = Journal(folder / "scoring-answers.jsonl")
+            scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal,
+                                   on_chain=member.seen.tags.__contains__, uses=self.consent_uses())
+            scorer.forget_committed()
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            member.close()
+            raise
         return ServedModel(job_id, "partner", member, scorer)
 
     def _open_card_center(self, job_id: str, spec: JobSpec, settings_json: str) -> ServedModel:
@@ -211,7 +218,7 @@ class ScoringHost:
         facts.pair_keys = {p.name: secrets.pair_key(job_id, p.name) for p in partners}
         folder = self.jobs_dir() / job_id
         peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=10.0) for p in partners}
-        member = None
+        member = journal = None
         try:
             member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
             journal = Journal(folder / "scoring-pending.jsonl")
@@ -232,6 +239,8 @@ class ScoringHost:
         except BaseException:
             for peer in peers.values():
                 peer.close()
+            if journal is not None:
+                journal.close()
             if member is not None:
                 member.close()
             raise
