@@ -126,7 +126,7 @@ def score_file(
     settings = load_scoring(job_path)
     started = time.perf_counter()
 
-    def run(job_spec, address: str, http: str = "") -> dict:
+    def run(job_spec, address: str) -> dict:
         client = ScoringClient(address)
         try:
             opened = client.open_scoring(job_spec, settings.to_json(), job_id)
@@ -142,15 +142,13 @@ def score_file(
         return {
             "job_id": opened.job_id, "rows": len(scored), "scored": len(scored) - len(failed), "failed": len(failed),
             "first_error": "" if failed.empty else f"row {failed.index[0] + 2} ({failed['id'].iloc[0]}): {failed['error'].iloc[0]}",
-            "decisions": scored["decision"].value_counts().to_dict() if len(failed) < len(scored) else {},
-            "ledger": opened.ledger_path, "settlement": settlement, "http": http, "table": scored,
+            "ledger": opened.ledger_path, "settlement": settlement, "table": scored,
             "seconds": time.perf_counter() - started,
         }
 
     if local:
         with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers) as consortium:
-            card_center = consortium.spec.card_center
-            return run(consortium.spec, card_center.address, consortium.http_addresses.get(card_center.name, ""))
+            return run(consortium.spec, consortium.spec.card_center.address)
     if not spec.card_center.address:
         raise ConfigError(f"job file {job_path.name}: no address for the card center; add it, or use --local")
     return run(spec, spec.card_center.address)

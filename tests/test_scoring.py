@@ -12,12 +12,11 @@ import pytest
 from nacl.signing import SigningKey
 
 from fedscore.errors import ConsentError, DataError, PeerError
-from fedscore.ledger.block import make_block, sign
+from fedscore.ledger.block import sign
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.scoring import (
     ScoringFacts,
     contributed,
-    entry_digest,
     mark,
     scoring_settlement_body,
     scoring_start_entry,
@@ -28,7 +27,7 @@ from fedscore.ledger.block import encode_entry
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audit import append_block, propose
+from fedscore.protocol.audit import append_block
 from fedscore.protocol.scoring import (
     CardCenterScorer,
     ConsentPolicy,

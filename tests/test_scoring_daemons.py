@@ -23,7 +23,7 @@ from fedscore.errors import ConsentError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.runner import run_job_file, score_file
+from fedscore.runner import run_job_file
 from fedscore.scoring.consent import certify_applicant, give_consent
 from nacl.signing import SigningKey
 from fedscore.scoring.offline import offline_answer

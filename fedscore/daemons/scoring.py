@@ -282,6 +282,8 @@ class ScoringHost:
                 self.close(job_id)
             except Exception as error:   # shutting down: keep closing the others; entries stay journalled
                 log.warning("closing model %s: %s", job_id, error)
+        if self._uses is not None:
+            self._uses.close()
 
     def open_models(self) -> list[dict]:
         with self._lock:

@@ -20,6 +20,8 @@ reasons); a partner learns that the applicant, if it holds them, applied
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -33,9 +35,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-import hashlib
-import hmac
 
 from nacl.secret import SecretBox
 
@@ -350,12 +349,12 @@ class CardCenterScorer:
         base = float(features.get(self.policy.limit_basis, 0.0))   # zero or less: no limit is suggested
         return [float(features[name]) for name in self.model.features], base
 
-    def ask_partners(self, request_id: str, digest: bytes, consent: str) -> dict[str, float | None]:
+    def ask_partners(self, request_id: str, tags: Mapping[str, str], digest: bytes, consent: str) -> dict[str, float | None]:
         """Every partner at once, each under its own tag; one that does not know the applicant, refuses,
         fails, is late or answers something that is not a finite number gives None."""
         deadline = time.monotonic() + self.timeout
         futures = {
-            name: handle.ask_partial_score(self.secrets.tag(request_id, name), digest, consent, self.timeout)
+            name: handle.ask_partial_score(tags[name], digest, consent, self.timeout)
             for name, handle in self.partners.items()
         }
         scores: dict[str, float | None] = {}
@@ -384,13 +383,13 @@ class CardCenterScorer:
         self.consent.check(token, digest, self.facts.member)   # refused here before any partner is asked
         self.uses.admit(token, f"card center {self.facts.member!r}")
         request_id = uuid.uuid4().hex
-        scores = self.ask_partners(request_id, digest, consent)
+        tags = {name: self.secrets.tag(request_id, name) for name in self.partners}
+        scores = self.ask_partners(request_id, tags, digest, consent)
         own = feature_contributions(self.model, values)
         result = answer(own, self.model.intercept, scores, base, self.policy)
         marks = {
-            name: {"tag": self.secrets.tag(request_id, name),
-                   "mark": mark(self.facts.pair_keys[name], self.secrets.tag(request_id, name), scores[name] is not None)}
-            for name in self.partners
+            name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
+            for name, tag in tags.items()
         }
         entry = scoring_entry(
             request_id, now_ms(), self.secrets.salted_applicant(applicant_id),
@@ -413,6 +412,11 @@ class CardCenterScorer:
     def put_back(self, entries: list[dict]) -> None:
         with self._lock:
             self.pending = entries + self.pending
+
+    def drop_pending(self, request_ids: set[str]) -> None:
+        """Forget pending entries that are already in a proposed block."""
+        with self._lock:
+            self.pending = [e for e in self.pending if e["request_id"] not in request_ids]
 
     def pending_count(self) -> int:
         with self._lock:
@@ -456,7 +460,6 @@ class EntryBatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._needs_sync = False
-        self.last_error: str = ""
         self._proposal: Block | None = self._saved_proposal()
 
     def _saved_proposal(self) -> Block | None:
@@ -467,9 +470,7 @@ class EntryBatcher:
         if block.height < self.member.height:
             self.proposal_path.unlink()
             return None
-        inside = {decode_entry(e).get("request_id") for e in block.entries}
-        with self.scorer._lock:
-            self.scorer.pending = [e for e in self.scorer.pending if e["request_id"] not in inside]
+        self.scorer.drop_pending({decode_entry(e).get("request_id") for e in block.entries})
         self._needs_sync = True
         return block
 
@@ -508,9 +509,8 @@ class EntryBatcher:
                     self.sync()
                     self._needs_sync = False
                 signed = co_sign(self.member, self.peers, self._proposal)
-            except Exception as error:
+            except Exception:
                 self._needs_sync = True
-                self.last_error = str(error)
                 raise
             written += sum(1 for e in signed.decoded() if e.get("kind") == "scoring")
             self._proposal = None
@@ -518,7 +518,6 @@ class EntryBatcher:
             self._distribute(signed)
             on_chain = self.member.seen.requests
             self.scorer.journal.keep_only(lambda record: record["request_id"] not in on_chain)
-            self.last_error = ""
         return written
 
     def _distribute(self, block: Block) -> None:

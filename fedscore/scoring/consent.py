@@ -145,10 +145,3 @@ def check_consent(
         )
     except (BadSignatureError, ValueError):
         raise ConsentError("the applicant's signature on the consent does not verify") from None
-
-
-def read_consent(text: str, digest: bytes, card_center: str, trusted_issuers: Collection[bytes], **limits) -> ConsentToken:
-    """Parse and check in one go (what a partner does with each request)."""
-    token = ConsentToken.from_text(text)
-    check_consent(token, digest, card_center, trusted_issuers, **limits)
-    return token
