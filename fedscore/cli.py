@@ -20,6 +20,7 @@ EXAMPLES = {
     "coordinator": "example: fedscore coordinator serve --config coordinator/coordinator.toml",
     "party": "example: fedscore party serve --config parties/bureau/party.toml",
     "audit": "example: fedscore audit verify fedscore-demo/state/bureau/jobs/<job id>/ledger.sqlite",
+    "certs": "example: fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce",
     "score": "example: fedscore score --job fedscore-demo/job.toml --local --input fedscore-demo/applicants.csv --output scored.csv",
 }
 
@@ -58,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_job_file(
         args.job, local=args.local, report_path=args.report, state_dir=args.state,
         workers=args.workers, progress=ProgressPrinter(args.quiet), align_only=args.align_only,
+        tls_dir=args.tls, insecure=args.insecure,
     )
     if args.align_only:
         if not args.quiet:
@@ -112,7 +114,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     result = score_file(
         args.job, args.input, args.output, local=args.local, state_dir=args.state, job_id=args.job_id or "",
-        settle=args.settle, workers=args.workers, concurrency=args.concurrency,
+        settle=args.settle, workers=args.workers, concurrency=args.concurrency, tls_dir=args.tls, insecure=args.insecure,
     )
     if not args.quiet:
         print_scored(result)
@@ -140,7 +142,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = loader(args.config)
     if args.listen:
         config = replace(config, listen=args.listen)
-    return serve(args.role, config, args.ready_file)
+    return serve(args.role, config, args.ready_file, insecure=args.insecure)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedscore.crypto.certs import init_consortium
+
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
+    folders = init_consortium(args.consortium, members, days=args.days)
+    print(f"consortium CA: {args.consortium / 'ca'} (keep ca.key offline; it is needed only to admit members)")
+    for name, folder in folders.items():
+        print(f"  {name:<14} {folder}  -> tls_dir of its daemon's config")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -164,6 +177,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tls_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tls", type=Path, metavar="DIR",
+                         help="the card center's member folder (cert.pem, key.pem, ca.pem) for calling running daemons")
+    command.add_argument("--insecure", action="store_true",
+                         help="plaintext, no authentication (daemons started with --insecure): debugging only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedscore",
@@ -180,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=0, help="with --local: processes per party for Paillier work (0 = every core)")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run.add_argument("--align-only", action="store_true", help="only find the applicants every party holds, then stop")
+    _add_tls_arguments(run)
     run.set_defaults(handler=cmd_run)
 
     demo = commands.add_parser("demo", help="train the bundled three-party consortium", epilog=EXAMPLES["demo"])
@@ -201,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     score.add_argument("--workers", type=int, default=1, help="with --local: processes per party for Paillier work")
     score.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_tls_arguments(score)
     score.set_defaults(handler=cmd_score)
 
     audit = commands.add_parser("audit", help="verify and read a ledger replica", epilog=EXAMPLES["audit"])
@@ -224,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("proof", type=Path)
     check.set_defaults(handler=cmd_audit)
 
+    certs = commands.add_parser("certs", help="make the consortium's CA and each member's TLS identity",
+                                epilog=EXAMPLES["certs"])
+    certs_actions = certs.add_subparsers(dest="action", required=True)
+    init = certs_actions.add_parser(
+        "init", help="create the CA (if absent) and a key and certificate for each member that lacks one",
+        epilog=EXAMPLES["certs"],
+    )
+    init.add_argument("--consortium", type=Path, required=True, help="folder for the CA and one folder per member")
+    init.add_argument("--members", required=True, help="comma-separated member names (the coordinator is always added)")
+    init.add_argument("--days", type=int, default=825, help="certificate lifetime in days (default 825)")
+    init.set_defaults(handler=cmd_certs)
+
     for role in ("coordinator", "party"):
         group = commands.add_parser(role, help=f"run a {role} daemon")
         actions = group.add_subparsers(dest="action", required=True)
@@ -231,12 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--config", type=Path, required=True, help=f"{role} config (TOML)")
         serve.add_argument("--listen", help="host:port to listen on (overrides the config)")
         serve.add_argument("--ready-file", type=Path, help="write host:port here once serving")
+        serve.add_argument("--insecure", action="store_true", help="plaintext, no peer authentication: debugging only")
         serve.set_defaults(handler=cmd_serve, role=role)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "insecure", False) and args.command in ("run", "score"):
+        from fedscore.transport.tls import INSECURE_WARNING
+
+        print(f"fedscore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
     try:
         return args.handler(args)
     except InternalError as error:
