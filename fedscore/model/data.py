@@ -266,6 +266,20 @@ def load_party_table(
     )
 
 
+def _ids_as_columns(frame: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:
+    """An id kept as an index level (df.set_index("id")) counts as a column."""
+    in_index = [c for c in id_columns if c not in frame.columns and c in frame.index.names]
+    return frame.reset_index(level=in_index) if in_index else frame
+
+
+def frame_ids(frame: pd.DataFrame, id_columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the id columns as given, the normalised ids), in the frame's own row order; for a frame
+    table_from_frame accepted, to map its sorted rows back to the caller's."""
+    given = _ids_as_columns(frame, id_columns).rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+    given = given.loc[:, id_columns]
+    return given, normalise_ids([_frame_text(given[c]) for c in id_columns])
+
+
 def _frame_text(column: pd.Series) -> pd.Series:
     """A column as the text a CSV would hold (missing values as "")."""
     return column.astype(str).where(column.notna().to_numpy(), "")
@@ -289,9 +303,7 @@ def table_from_frame(
     where = f"party {party!r}: DataFrame" if party else "DataFrame"
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"{where}: expected a pandas DataFrame, got {type(frame).__name__}")
-    in_index = [c for c in id_columns if c not in frame.columns and c in frame.index.names]
-    if in_index:
-        frame = frame.reset_index(level=in_index)
+    frame = _ids_as_columns(frame, id_columns)
     header = []
     for position, name in enumerate(frame.columns):
         if not isinstance(name, str) or not name.strip():
