@@ -285,7 +285,7 @@ class FederatedLogisticRegression(BaseEstimator):
         index, u, _ = self._log_odds(parties, with_labels=False)
         return pd.Series((u > 0).astype(np.int64), index=index, name=self.label_)
 
-    def score(self, parties: Mapping[str, Party | pd.DataFrame], y: None = None) -> float:
+    def score(self, parties: Mapping[str, Party | pd.DataFrame]) -> float:
         """AUC on the given rows; the card center's frame must hold the label column.
 
         AUC, not scikit-learn's default accuracy: defaults are rare, so
@@ -305,22 +305,26 @@ class FederatedLogisticRegression(BaseEstimator):
         check_is_fitted(self)
         if not isinstance(parties, Mapping):
             raise ConfigError("parties must be a mapping from party name to DataFrame")
-        expected, given = set(self.models_), set(parties)
-        if given != expected:
-            missing, extra = sorted(expected - given), sorted(map(str, given - expected))
+        expected, named = set(self.models_), set(parties)
+        if named != expected:
+            missing, extra = sorted(expected - named), sorted(map(str, named - expected))
             problem = f"party {missing[0]!r} is missing" if missing else f"party {extra[0]!r} is not in the model"
             raise ConfigError(f"{problem}: the model was trained with {', '.join(sorted(expected))}")
         center = self.card_center_
-        tables: dict[str, PartyTable] = {}
-        center_party = _as_party(parties[center], center)
-        for name in self.models_:
-            party = _as_party(parties[name], name)
-            ids = self.id_columns_[name] if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
-            label = (party.label or self.label_) if with_labels and name == center else None
-            tables[name] = table_from_frame(party.frame, ids, label, party=name, features=self.models_[name].features)
-            if name == center:
-                center_ids = ids
-        given_ids, normalised = frame_ids(center_party.frame, center_ids)
+        given = {name: _as_party(parties[name], name) for name in self.models_}
+        ids = {
+            name: self.id_columns_[name] if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
+            for name, party in given.items()
+        }
+        tables: dict[str, PartyTable] = {
+            name: table_from_frame(
+                party.frame, ids[name], (party.label or self.label_) if with_labels and name == center else None,
+                party=name, features=self.models_[name].features,
+            )
+            for name, party in given.items()
+        }
+        center_ids = ids[center]
+        given_ids, normalised = frame_ids(given[center].frame, center_ids)
         center_rows = np.searchsorted(tables[center].ids, normalised)   # ids are unique, all present
         rows = {center: center_rows}
         held = np.ones(len(normalised), dtype=bool)
@@ -332,14 +336,14 @@ class FederatedLogisticRegression(BaseEstimator):
             rows[name] = found
             lacking[name] = int((found < 0).sum())
             held &= found >= 0
+        if not held.any():
+            raise DataError("no applicant of the card center's frame is held by every party")
         if not held.all():
             detail = ", ".join(f"{name} lacks {count}" for name, count in lacking.items() if count)
             warnings.warn(
                 f"{int((~held).sum())} of {len(held)} card center rows are not held by every party ({detail}); "
                 "they are left out", stacklevel=3,
             )
-        if not held.any():
-            raise DataError("no applicant of the card center's frame is held by every party")
         partner_rows = {
             name: (self.models_[name], tables[name].features[rows[name][held]]) for name in tables if name != center
         }

@@ -94,6 +94,18 @@ def test_predictions_are_the_sigmoid_of_the_federated_linear_score():
     assert 0.9 < auc <= 1.0
 
 
+def test_the_key_size_changes_timings_not_results():
+    """The masks cancel exactly, so a small prototyping key trains the model a 2048-bit deployment trains."""
+    small, large = (
+        FederatedLogisticRegression(key_bits=bits, epochs=2, batch_size=100, l2=0.02).fit(breast(), card_center="guest", label="y")
+        for bits in (TEST_KEY_BITS, 768)
+    )
+    assert small.report_["key_bits"] != large.report_["key_bits"]
+    for name in small.coef_:
+        assert small.coef_[name].to_numpy().tolist() == large.coef_[name].to_numpy().tolist()
+    assert small.intercept_ == large.intercept_ and small.losses_ == large.losses_
+
+
 def test_rows_a_partner_lacks_are_left_out_with_a_warning_and_ids_may_be_the_index():
     data = breast()
     model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0).fit(
@@ -110,6 +122,27 @@ def test_rows_a_partner_lacks_are_left_out_with_a_warning_and_ids_may_be_the_ind
     with pytest.warns(UserWarning):
         assert model.score({"guest": shuffled, "host": lacking}) == pytest.approx(
             roc_auc_score(shuffled.loc[kept, "y"], full.loc[kept, "p_bad"]), abs=1e-12)
+
+
+def test_several_id_columns_index_the_predictions_by_all_of_them():
+    """Ids split over two columns (as "phone" and "national_id" might be): same rows, same full-batch model."""
+    def split(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(block=frame["id"] // 100, item=frame["id"] % 100).drop(columns=["id"])
+
+    data = breast()
+    settings = dict(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0, batch_size=0)
+    single = FederatedLogisticRegression(**settings).fit(data, card_center="guest", label="y")
+    double = FederatedLogisticRegression(**settings).fit(
+        {name: split(frame) for name, frame in data.items()}, card_center="guest", label="y", id_columns=["block", "item"])
+    for name in single.coef_:
+        np.testing.assert_allclose(double.coef_[name], single.coef_[name], rtol=0, atol=1e-12)
+    proba = double.predict_proba({name: split(frame) for name, frame in data.items()})
+    assert proba.index.names == ["block", "item"]
+    ids = [block * 100 + item for block, item in proba.index]
+    assert ids == data["guest"]["id"].tolist()
+    np.testing.assert_allclose(proba["p_bad"], single.predict_proba(data)["p_bad"].loc[ids], rtol=0, atol=1e-12)
+    with pytest.raises(DataError, match="no applicant of the card center's frame is held by every party"):
+        double.predict_proba({"guest": split(data["guest"]).iloc[:5], "host": split(data["host"]).iloc[5:]})
 
 
 def error_of_csv(frame: pd.DataFrame, folder: Path, party: str, label: str | None) -> str:
