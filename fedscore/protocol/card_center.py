@@ -151,6 +151,7 @@ class CardCenterSession(PartySession):
         local = LogisticRegression(max_iter=1000).fit(own[train], labels[train])
         local_scores = local.decision_function(own)
         result["local_only_auc"] = metrics.auc(labels[train], local_scores[train])
+        result["local_only_ks"] = metrics.ks(labels[train], local_scores[train])
         held_out = len(test) > 0 and len(set(labels[test].tolist())) == 2
         if held_out:
             result["test_auc"] = metrics.auc(labels[test], scores[test])
