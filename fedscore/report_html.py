@@ -63,6 +63,10 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _percent(share: float) -> str:
+    return f"{round(100 * share, 1) + 0.0:.1f}%"   # + 0.0: a tiny negative share reads 0.0%, not -0.0%
+
+
 def _page(title: str, subtitle: str, sections: list[str]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -144,9 +148,9 @@ def stability_section(psi: dict | None) -> str:
 def card_center_section(curves: dict, with_weights: bool = True) -> str:
     """The card center's weights by name and each part's share of the score's variance; partners as one total."""
     own, shares = curves["card_center"], curves["variance_shares"]
-    rows = [[name, f"{w:+.4f}", f"{100 * s:.1f}%"] for name, w, s in zip(own["features"], own["weights"], shares["features"])]
+    rows = [[name, f"{w:+.4f}", _percent(s)] for name, w, s in zip(own["features"], own["weights"], shares["features"])]
     rows.append(["intercept", f"{own['intercept']:+.4f}", "—"])
-    rows.append([f"partners combined ({shares['partner_count']})", "—", f"{100 * shares['partners']:.1f}%"])
+    rows.append([f"partners combined ({shares['partner_count']})", "—", _percent(shares["partners"])])
     weights = _image(plots.weights(own["features"], own["weights"], f"{own['party']}: weights by feature"),
                      "the card center's weights") if with_weights else ""
     return (
@@ -168,7 +172,7 @@ def parties_section(report: dict) -> str:
         [p["name"], p.get("role", ""), p.get("report") or p.get("model", ""), p.get("features", ""), p.get("rows", "")]
         for p in report.get("parties", [])
     ]
-    return "<h2>Parties</h2>" + _table(["party", "role", "its own page (on its machine)", "features", "rows"], rows, names=3)
+    return "<h2>Parties</h2>" + _table(["party", "role", "its own page (on its machine)", "features", "rows held"], rows, names=3)
 
 
 def audit_section(report: dict) -> str:

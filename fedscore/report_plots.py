@@ -95,8 +95,9 @@ def stability(psi: dict) -> bytes:
     axes.bar(positions + 0.2, 100 * held_out, 0.4, color="#e39b2d", label="held-out rows")
     axes.set_xticks(positions, [str(i + 1) for i in positions])
     axes.set(xlabel="bin of the training scores, lowest risk first", ylabel="% of rows",
-             title=f"Population stability: PSI {psi['total']:.4f}")
-    axes.legend()
+             title=f"Population stability: PSI {psi['total']:.4f}",
+             ylim=(0, 135 * max(training.max(), held_out.max())))   # room for the legend above the bars
+    axes.legend(loc="upper left", ncol=2)
     return _png(figure)
 
 
