@@ -54,6 +54,7 @@ def _print_report(report: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fedscore.report import html_path
     from fedscore.runner import run_job_file
 
     report = run_job_file(
@@ -69,12 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_report(report)
         if args.report:
-            print(f"report: {args.report}")
+            print(f"report: {args.report} (page: {html_path(args.report)})")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.demo import summary_table, write_demo
+    from fedscore.report import html_path
     from fedscore.runner import run_job_file, score_file
 
     workdir: Path = args.workdir
@@ -87,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_report(report)
     print()
     print(summary_table(report))
-    print(f"\nreport: {report_path}  (training {report['seconds']:.0f} s)")
+    print(f"\nreport: {report_path}, page: {html_path(report_path)}  (training {report['seconds']:.0f} s)")
     print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
     scored = score_file(job, workdir / "applicants.csv", workdir / "scored.csv", local=True, settle=True, workers=1)
     print_scored(scored)
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a training job", epilog=EXAMPLES["run"])
     run.add_argument("job", type=Path, help="job file (TOML)")
     run.add_argument("--local", action="store_true", help="start the coordinator and every party daemon here")
-    run.add_argument("--report", type=Path, help="write the JSON report here")
+    run.add_argument("--report", type=Path, help="write the JSON report here, and its HTML page beside it (same name, .html)")
     run.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
     run.add_argument("--workers", type=int, default=0, help="with --local: processes per party for Paillier work (0 = every core)")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -59,6 +59,10 @@ def run_job_file(
         report = submit(spec, spec.coordinator_address, progress, align_only, tls)
     if report_path is not None:
         write_report(report_path, report)
+        if not align_only:
+            from fedscore.report_html import write_html_report   # matplotlib loads only when a page is drawn
+
+            write_html_report(report_path, report)
     return report
 
 

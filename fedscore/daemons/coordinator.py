@@ -127,6 +127,7 @@ def run_job(
                 "features": replies[name].features,
                 "rows": replies[name].rows,
                 "model": finished[name].model_path,
+                "report": finished[name].report_path,
                 "state_dir": finished[name].state_dir,
             }
             for name in clients

@@ -31,7 +31,7 @@ from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.model.model_file import write_atomically
+from fedscore.model.model_file import PartyModel, write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
@@ -44,6 +44,7 @@ from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
 
 log = logging.getLogger("fedscore.party")
 MAX_PARTIAL_SCORES = 1024
+REPORT_FILE = "report.html"   # a party's own page, beside its model.json
 handles_errors = servicer_errors("label")
 
 
@@ -201,14 +202,30 @@ class PartyService(pb_grpc.PartyServicer):
         job = self._job(request.job_id, context, COORDINATOR)
         session = self._session(request.job_id, context, COORDINATOR)
         path = self.job_dir(request.job_id) / "model.json"
-        text = session.model().to_json()
+        model = session.model()
+        text = model.to_json()
         write_atomically(path, text)
         job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
         return pb.FinishJobReply(
             model_path=str(path), state_dir=str(self.config.state_dir),
             model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+            report_path=self._write_page(request.job_id, session, model),
         )
+
+    def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
+        """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
+        the trained model is what the job is for."""
+        from fedscore.report_html import render_party_page   # matplotlib loads only when a job finishes
+
+        path = self.job_dir(job_id) / REPORT_FILE
+        evaluation = session.evaluation if isinstance(session, CardCenterSession) else None
+        try:
+            write_atomically(path, render_party_page(model, session.table.rows, len(session.train_rows), evaluation))
+        except Exception:   # noqa: BLE001 - any drawing failure; the job's model stands
+            log.exception("job %s: could not write this party's report page %s", job_id, path)
+            return ""
+        return str(path)
 
     @handles_errors
     def CloseJob(self, request, context):
@@ -222,6 +239,7 @@ class PartyService(pb_grpc.PartyServicer):
         self._allow(context, COORDINATOR, f"job {request.job_id}")
         self._close(request.job_id)
         (self.job_dir(request.job_id) / "model.json").unlink(missing_ok=True)
+        (self.job_dir(request.job_id) / REPORT_FILE).unlink(missing_ok=True)
         log.info("job %s aborted", request.job_id)
         return pb.Empty()
 
