@@ -68,6 +68,7 @@ class JobSpec:
     obfuscation: str = SHORT_EXPONENT # or STANDARD: r^n with a full exponent, no extra assumption
     precompute_epochs: int = 0        # obfuscators each party makes before training, in epochs' worth
     refill_obfuscators: bool = False  # keep making them in the background while training (max(1, precompute) epochs ahead)
+    restart_timeout: float = 120.0    # seconds a member may stay down mid-job (restarting) before the job fails
     coordinator_address: str = ""
 
     @property
@@ -85,6 +86,7 @@ class JobSpec:
         content.pop("rpc_timeout")
         content.pop("precompute_epochs")
         content.pop("refill_obfuscators")
+        content.pop("restart_timeout")
         for party in content["parties"]:
             party.pop("address")
         return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -115,6 +117,8 @@ class JobSpec:
             raise ConfigError(f"{where}: key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {self.key_bits}")
         if not (math.isfinite(self.rpc_timeout) and 1 <= self.rpc_timeout <= 86_400):
             raise ConfigError(f"{where}: rpc_timeout must be between 1 and 86400 seconds, got {self.rpc_timeout}")
+        if not (math.isfinite(self.restart_timeout) and 1 <= self.restart_timeout <= 86_400):
+            raise ConfigError(f"{where}: restart_timeout must be between 1 and 86400 seconds, got {self.restart_timeout}")
         if self.obfuscation not in VARIANTS:
             raise ConfigError(f"{where}: obfuscation must be one of {', '.join(VARIANTS)}, got {self.obfuscation!r}")
         if not 0 <= self.precompute_epochs <= 1000:
@@ -190,7 +194,8 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     _unknown_keys(
         job,
         {"name", "epochs", "batch_size", "learning_rate", "l2", "validation", "seed", "key_bits",
-         "early_stop_tol", "min_overlap", "rpc_timeout", "obfuscation", "precompute_epochs", "refill_obfuscators"},
+         "early_stop_tol", "min_overlap", "rpc_timeout", "obfuscation", "precompute_epochs", "refill_obfuscators",
+         "restart_timeout"},
         f"{where} [job]",
     )
     parties_doc = document.get("parties")
@@ -242,6 +247,7 @@ def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
         min_overlap=_take(job, "min_overlap", int, 100, at),
         fees=FeeContract.from_dict(fees, f"{where} [fees]"),
         rpc_timeout=float(_take(job, "rpc_timeout", (int, float), 1800.0, at)),
+        restart_timeout=float(_take(job, "restart_timeout", (int, float), 120.0, at)),
         obfuscation=_take(job, "obfuscation", str, SHORT_EXPONENT, at),
         precompute_epochs=_take(job, "precompute_epochs", int, 0, at),
         refill_obfuscators=_take(job, "refill_obfuscators", bool, False, at),

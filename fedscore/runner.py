@@ -26,7 +26,7 @@ def submit(spec, address: str, progress: Callable[[Progress], None], align_only:
     client = CoordinatorClient(address, tls)
     try:
         client.ping()
-        return json.loads(client.run_job(spec, progress, align_only))
+        return json.loads(client.run_job(spec, progress, align_only, follow_seconds=spec.restart_timeout))
     finally:
         client.close()
 
@@ -48,6 +48,7 @@ def run_job_file(
     if local:
         progress(Progress("start", message="starting the coordinator and one daemon per party"))
         with LocalConsortium(spec, base, state_dir or base / "state", workers, insecure=insecure) as consortium:
+            consortium.supervise()
             tls = consortium.identity(spec.card_center.name)
             report = submit(consortium.spec, consortium.coordinator_address, progress, align_only, tls)
     else:

@@ -115,7 +115,8 @@ def test_missing_data_file_is_named(breast_folder):
 
 
 def test_a_party_that_dies_mid_job_is_named_and_no_model_is_kept(breast_folder):
-    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50))
+    """Nobody restarts it: after restart_timeout the job fails naming it."""
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50, restart_timeout=3))
     with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
         victim = consortium.processes["host"]
 
@@ -126,7 +127,7 @@ def test_a_party_that_dies_mid_job_is_named_and_no_model_is_kept(breast_folder):
         with pytest.raises(PeerError) as caught:
             submit(consortium.spec, consortium.coordinator_address, kill_after_first_epoch,
                        tls=consortium.card_center_identity)
-        assert "'host'" in str(caught.value) and "did not answer" in str(caught.value)
+        assert "party 'host' did not answer for 3 s (restart_timeout)" in str(caught.value)
         assert consortium.dead_members() == ["host"]
     assert not list((breast_folder / "state").rglob("model.json"))
     count("peer kills and hangs survived")
@@ -280,7 +281,7 @@ def test_an_overlap_below_the_minimum_stops_the_job(tmp_path):
 
 def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
     """A partner that stops answering (SIGSTOP: alive, silent) fails the job after rpc_timeout, not 30 minutes."""
-    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50, rpc_timeout=6))
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50, rpc_timeout=6, restart_timeout=3))
     with LocalConsortium(spec, base, breast_folder / "state", workers=1) as consortium:
         victim = consortium.processes["host"]
 

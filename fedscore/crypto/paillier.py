@@ -11,6 +11,7 @@ with :func:`decode_signed` (values above n/2 are negative).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -73,6 +74,17 @@ class PrivateKey:
 
     def decrypt_signed(self, ciphertext: mpz) -> int:
         return decode_signed(self.decrypt(ciphertext), self.public_key.n)
+
+    def to_json(self) -> str:
+        """The primes, for the coordinator's checkpoint (written owner-only; it resumes a job after a restart)."""
+        return json.dumps({"p": str(self._key.p), "q": str(self._key.q)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrivateKey":
+        primes = json.loads(text)
+        p, q = int(primes["p"]), int(primes["q"])
+        phe_public = _phe.PaillierPublicKey(p * q)
+        return cls(PublicKey(mpz(phe_public.n)), _phe.PaillierPrivateKey(phe_public, p, q))
 
 
 def generate_keypair(bits: int) -> tuple[PublicKey, PrivateKey]:

@@ -3,20 +3,30 @@
 A submitted job runs in its own thread: key generation, preparing every
 party, the training steps (fedscore.protocol.training) over gRPC clients,
 evaluation, and asking each party to write its model. Progress streams back
-to the submitter; the last event is the report. On any failure every party
-is told to abort, so no model is left from a failed job.
+to the submitter; the last event is the report. Once training starts the
+job is checkpointed (its spec, key and what alignment found; the steps are
+on the chain), so when a member dies mid-job the coordinator waits for it
+to come back and every party rewinds to the chain's last step, and when the
+coordinator itself restarts it resumes its unfinished jobs. On any other
+failure every party is told to abort, so no model is left from a failed job.
 """
 from __future__ import annotations
 
+import base64
+import collections
 import json
 import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from fedscore import __version__
-from fedscore.config import DaemonConfig, JobSpec
+from fedscore.config import DaemonConfig, JobSpec, check_job_id
+from fedscore.crypto.paillier import PrivateKey
 from fedscore.daemons.access import require
 from fedscore.errors import FedscoreError, PeerError
 from fedscore.model.model_file import write_atomically
@@ -28,6 +38,8 @@ from fedscore.ledger import identity
 from fedscore.ledger.member import LedgerMember
 from fedscore.protocol.audit import (
     alignment_entry,
+    forget_steps_off_chain,
+    last_step,
     append_block,
     job_end_entry,
     job_start_entry,
@@ -35,7 +47,8 @@ from fedscore.protocol.audit import (
     step_entry,
 )
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.training import Progress, run_training
+from fedscore.protocol.party import Step
+from fedscore.protocol.training import RECOVERABLE, Progress, StepRecord, history_from_chain, run_training
 from fedscore.report import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
@@ -46,19 +59,79 @@ log = logging.getLogger("fedscore.coordinator")
 handles_errors = servicer_errors("label")
 
 
-def run_job(
-    spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None, align_only: bool = False,
-    tls: TlsIdentity | None = None,
-) -> dict:
-    """Run one job end to end over gRPC (or only its alignment); returns the report."""
-    started = time.perf_counter()
-    job_id = new_job_id(spec.name)
+MAX_RECOVERIES = 20          # resumptions one job may go through before it gives up
+CHECKPOINT_FILE = "coordinator.json"
+KEY_FILE = "paillier.key"
+FAILED_FILE = "failed.txt"
+
+
+@dataclass
+class RunningJob:
+    """What a job needs once training starts, fresh or resumed after a restart."""
+
+    spec: JobSpec
+    job_id: str
+    coordinator: CoordinatorSession
+    clients: dict[str, PartyClient]
+    ledger: LedgerMember
+    replies: dict[str, dict]           # party -> role, features, rows
+    summary: dict                      # what alignment found
+    obfuscation_seconds: float
+    started: float                     # wall-clock seconds since the epoch
+    recoveries: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.summary["aligned_rows"]
+
+    @property
+    def train_rows(self) -> int:
+        return len(split_rows(self.rows, self.spec.validation, self.spec.seed)[0])
+
+
+def job_folder(state_dir: Path, job_id: str) -> Path:
+    return state_dir / "jobs" / check_job_id(job_id, "coordinator")
+
+
+def save_checkpoint(state_dir: Path, job: RunningJob) -> None:
+    """Written once training starts; the chain holds every step after that."""
+    folder = job_folder(state_dir, job.job_id)
+    write_atomically(folder / KEY_FILE, job.coordinator.private_key_json(), mode=0o600)
+    document = {
+        "job_id": job.job_id, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
+        "replies": job.replies, "summary": job.summary, "obfuscation_seconds": job.obfuscation_seconds,
+        "started": job.started,
+    }
+    write_atomically(folder / CHECKPOINT_FILE, json.dumps(document, indent=1))
+
+
+def drop_checkpoint(state_dir: Path, job_id: str) -> None:
+    """A finished or failed job is never resumed; its key goes with it."""
+    for name in (CHECKPOINT_FILE, KEY_FILE):
+        (job_folder(state_dir, job_id) / name).unlink(missing_ok=True)
+
+
+def abort_everywhere(clients: dict[str, PartyClient]) -> None:
+    for client in clients.values():
+        try:
+            client.abort_job()
+        except FedscoreError:
+            pass
+
+
+def start_job(
+    spec: JobSpec, job_id: str, state_dir: Path, progress, align_only: bool, tls: TlsIdentity | None
+) -> RunningJob | dict:
+    """Keys, preparing every party, the chain's genesis, alignment and opening training; checkpointed.
+
+    Returns the report instead when the job only aligns. A failure before training leaves nothing to resume.
+    """
+    started = time.time()
     for party in spec.parties:
         if not party.address:
             raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
     clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
     center = spec.card_center.name
-    partners = {p.name: clients[p.name] for p in spec.partners}
     ledger: LedgerMember | None = None
     try:
         pings = call_each(clients, lambda name, c: c.ping())
@@ -69,7 +142,7 @@ def run_job(
         coordinator = CoordinatorSession(job_id, spec)
         signing_key = identity.load_or_create(state_dir)
         coordinator.facts.public_key = identity.public_hex(signing_key)
-        ledger = LedgerMember("coordinator", signing_key, state_dir / "jobs" / job_id / "ledger.sqlite", coordinator.facts)
+        ledger = LedgerMember("coordinator", signing_key, job_folder(state_dir, job_id) / "ledger.sqlite", coordinator.facts)
         progress(Progress("prepare", message="parties loading and checking their data"))
         replies = call_each(clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key))
         members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
@@ -88,51 +161,142 @@ def run_job(
         }
         append_block(ledger, clients, [alignment_entry(summary["aligned_rows"], summary["overlaps"])])
         if align_only:
-            call_each(clients, lambda name, c: c.abort_job())
-            return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.perf_counter() - started}
+            abort_everywhere(clients)
+            ledger.close()
+            for client in clients.values():
+                client.close()
+            return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.time() - started}
         if spec.precompute_epochs:
             progress(Progress("prepare", message=f"parties making {spec.precompute_epochs} epoch(s) of obfuscators in advance"))
         obfuscation_seconds = max(call_each(clients, lambda name, c: c.start_training()).values())
-        for name, reply in replies.items():
-            coordinator.expect_columns(name, reply.features + (1 if name == center else 0))
-        rows = alignment.aligned_rows
-        train_rows = len(split_rows(rows, spec.validation, spec.seed)[0])
-        result = run_training(
-            coordinator, (center, clients[center]), partners, train_rows=train_rows, total_rows=rows,
-            progress=progress, cancelled=cancelled,
-            on_step=lambda *event: append_block(ledger, clients, [step_entry(*event)]),
+        job = RunningJob(
+            spec, job_id, coordinator, clients, ledger,
+            {name: {"role": r.role, "features": r.features, "rows": r.rows} for name, r in replies.items()},
+            summary, obfuscation_seconds, started,
         )
-        finished = call_each(clients, lambda name, c: c.finish_job())
-        append_block(ledger, clients, [job_end_entry({name: f.model_digest for name, f in finished.items()})])
-        settlement = settlement_entry(ledger, clients)
-        head = append_block(ledger, clients, [settlement])
-        call_each(clients, lambda name, c: c.close_job())
+        expect_columns(job)
+        save_checkpoint(state_dir, job)
+        return job
     except BaseException:
-        for client in clients.values():
-            try:
-                client.abort_job()
-            except FedscoreError:
-                pass
-        raise
-    finally:
+        abort_everywhere(clients)
         for client in clients.values():
             client.close()
         if ledger is not None:
             ledger.close()
+        raise
+
+
+def expect_columns(job: RunningJob) -> None:
+    center = job.spec.card_center.name
+    for name, reply in job.replies.items():
+        job.coordinator.expect_columns(name, reply["features"] + (1 if name == center else 0))
+
+
+def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJob:
+    """An unfinished job from its checkpoint, after the coordinator restarted."""
+    folder = job_folder(state_dir, job_id)
+    document = json.loads((folder / CHECKPOINT_FILE).read_text())
+    spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+    private_key = PrivateKey.from_json((folder / KEY_FILE).read_text())
+    coordinator = CoordinatorSession(job_id, spec, (private_key.public_key, private_key))
+    signing_key = identity.load_or_create(state_dir)
+    coordinator.facts.public_key = identity.public_hex(signing_key)
+    ledger = LedgerMember("coordinator", signing_key, folder / "ledger.sqlite", coordinator.facts)
+    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
+    for client in clients.values():
+        client.job_id, client.public_key = job_id, private_key.public_key
+    job = RunningJob(spec, job_id, coordinator, clients, ledger, document["replies"], document["summary"],
+                     document["obfuscation_seconds"], document["started"])
+    expect_columns(job)
+    return job
+
+
+def recover(job: RunningJob, error: Exception | None, progress) -> dict[Step, StepRecord]:
+    """Wait for every member to answer, bring their replicas to the coordinator's head, and rewind every
+    party to the chain's last step; returns the chain's steps. Fails the job, naming the member, when one
+    stays down past the job's restart_timeout."""
+    job.recoveries += 1
+    if job.recoveries > MAX_RECOVERIES:
+        raise PeerError(f"job {job.spec.name!r} gave up after {MAX_RECOVERIES} resumptions; last: {error}")
+    timeout = job.spec.restart_timeout
+    cause = f"{error}; " if error is not None else "the coordinator restarted; "
+    log.warning("job %s: %swaiting up to %.0f s for every member", job.job_id, cause, timeout)
+    progress(Progress("recover", message=f"{cause}waiting up to {timeout:.0f} s for every member, then resuming"))
+    deadline = time.monotonic() + timeout
+    while True:
+        down = []
+        for name, client in job.clients.items():
+            try:
+                client.ping()
+            except FedscoreError:
+                down.append(name)
+        if not down:
+            break
+        if time.monotonic() > deadline:
+            after = f" after: {error}" if error is not None else ""
+            raise PeerError(f"party {down[0]!r} did not answer for {timeout:.0f} s (restart_timeout){after}")
+        time.sleep(0.5)
+    head, after = job.ledger.head, last_step(job.ledger.entries())
+    call_each(job.clients, lambda name, c: c.resume_job(after, head))
+    forget_steps_off_chain(job.coordinator.facts, job.ledger.seen.steps)
+    log.info("job %s resumes after %s", job.job_id, after or "its start")
+    progress(Progress("recover", message=f"every member answers; resuming after {after or 'the start'}"))
+    return history_from_chain(job.ledger.entries())
+
+
+def with_recovery(job: RunningJob, progress, action):
+    """Run ``action`` again after a recovery when a member died under it."""
+    while True:
+        try:
+            return action()
+        except RECOVERABLE as error:
+            recover(job, error, progress)
+
+
+def finish_job(job: RunningJob, state_dir: Path, progress, cancelled: threading.Event | None = None,
+               history: dict[Step, StepRecord] | None = None) -> dict:
+    """Train (from the chain's last step), evaluate, write the models, end and settle the chain; the report."""
+    spec, clients, ledger = job.spec, job.clients, job.ledger
+    center = spec.card_center.name
+    partners = {p.name: clients[p.name] for p in spec.partners}
+    try:
+        result = run_training(
+            job.coordinator, (center, clients[center]), partners, train_rows=job.train_rows, total_rows=job.rows,
+            progress=progress, cancelled=cancelled,
+            on_step=lambda *event: append_block(ledger, clients, [step_entry(*event)]),
+            history=history, recover=lambda error: recover(job, error, progress),
+        )
+        finished = with_recovery(job, progress, lambda: call_each(clients, lambda name, c: c.finish_job()))
+        kinds = {entry.get("kind") for entry in ledger.entries()}
+        if "job_end" not in kinds:
+            digests = {name: f.model_digest for name, f in finished.items()}
+            with_recovery(job, progress, lambda: append_block(ledger, clients, [job_end_entry(digests)]))
+        if "settlement" not in kinds:
+            with_recovery(job, progress, lambda: append_block(ledger, clients, [settlement_entry(ledger, clients)]))
+        settlement = ledger.entries()[-1]
+        head = ledger.head
+        call_each(clients, lambda name, c: c.close_job())
+    except BaseException as error:
+        abort_everywhere(clients)
+        drop_checkpoint(state_dir, job.job_id)
+        write_atomically(job_folder(state_dir, job.job_id) / FAILED_FILE, f"{type(error).__name__}: {error}\n")
+        raise
+    finally:
+        for client in clients.values():
+            client.close()
+        ledger.close()
     report = build_report(
-        spec, job_id, coordinator.public_key, rows, train_rows, result,
+        spec, job.job_id, job.coordinator.public_key, job.rows, job.train_rows, result,
         parties={
             name: {
-                "role": replies[name].role,
-                "features": replies[name].features,
-                "rows": replies[name].rows,
+                **job.replies[name],
                 "model": finished[name].model_path,
                 "report": finished[name].report_path,
                 "state_dir": finished[name].state_dir,
             }
             for name in clients
         },
-        alignment={**summary, "obfuscation": spec.obfuscation, "obfuscation_seconds": obfuscation_seconds},
+        alignment={**job.summary, "obfuscation": spec.obfuscation, "obfuscation_seconds": job.obfuscation_seconds},
         audit={
             "ledgers": {"coordinator": str(ledger.path), **{n: f.ledger_path for n, f in finished.items()}},
             "head": head.hash().hex(),
@@ -140,16 +304,110 @@ def run_job(
             "settlement": {k: settlement[k] for k in ("currency", "payer", "lines", "total")},
         },
         coordinator_state=str(state_dir),
-        seconds=time.perf_counter() - started,
+        seconds=time.time() - job.started,
     )
-    write_atomically(state_dir / "jobs" / job_id / "job.json", json.dumps(report, indent=2) + "\n")
+    report["resumptions"] = job.recoveries
+    write_atomically(job_folder(state_dir, job.job_id) / "job.json", json.dumps(report, indent=2) + "\n")
+    drop_checkpoint(state_dir, job.job_id)
     return report
+
+
+def run_job(
+    spec: JobSpec, job_id: str, state_dir: Path, progress, cancelled: threading.Event | None = None,
+    align_only: bool = False, tls: TlsIdentity | None = None,
+) -> dict:
+    """Run one job end to end over gRPC (or only its alignment); returns the report."""
+    started = start_job(spec, job_id, state_dir, progress, align_only, tls)
+    if isinstance(started, dict):
+        return started
+    return finish_job(started, state_dir, progress, cancelled)
+
+
+def resume_job(state_dir: Path, job_id: str, progress, tls: TlsIdentity | None) -> dict:
+    """Go on with a job this coordinator was running when it stopped."""
+    try:
+        job = load_job(state_dir, job_id, tls)
+    except (OSError, ValueError, KeyError) as error:
+        drop_checkpoint(state_dir, job_id)
+        raise FedscoreError(f"coordinator: job {job_id} cannot resume, its checkpoint is unreadable ({error})") from None
+    try:
+        history = recover(job, None, progress)
+    except BaseException as error:
+        abort_everywhere(job.clients)
+        drop_checkpoint(state_dir, job_id)
+        write_atomically(job_folder(state_dir, job_id) / FAILED_FILE, f"{type(error).__name__}: {error}\n")
+        job.ledger.close()
+        raise
+    return finish_job(job, state_dir, progress, history=history)
+
+
+class JobRun:
+    """One job's thread and its events, which any number of submitters may follow."""
+
+    def __init__(self, job_id: str, card_center: str):
+        self.job_id = job_id
+        self.card_center = card_center     # the only member who may follow it
+        self._lock = threading.Lock()
+        self._followers: list[queue.Queue] = []
+        self._recent: collections.deque = collections.deque(maxlen=50)   # replayed to whoever follows later
+        self.outcome: str | BaseException | None = None   # the report JSON, or the error
+
+    def publish(self, item) -> None:
+        with self._lock:
+            if isinstance(item, Progress):
+                self._recent.append(item)
+            else:
+                self.outcome = item
+            for follower in self._followers:
+                follower.put(item)
+
+    def follow(self) -> queue.Queue:
+        events: queue.Queue = queue.Queue()
+        with self._lock:
+            for item in self._recent:
+                events.put(item)
+            if self.outcome is not None:
+                events.put(self.outcome)
+            else:
+                self._followers.append(events)
+        return events
+
+    def start(self, work) -> None:
+        def run() -> None:
+            try:
+                self.publish(json.dumps(work(self.publish)))
+            except BaseException as error:   # handed to every follower
+                self.publish(error)
+
+        threading.Thread(target=run, name=f"job-{self.job_id}", daemon=True).start()
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(self, config: DaemonConfig):
         self.config = config
         self.label = "coordinator"
+        self._runs: dict[str, JobRun] = {}
+        self._lock = threading.Lock()
+
+    def resume_unfinished(self) -> list[str]:
+        """At start: go on with every job that was training when this daemon stopped."""
+        resumed = []
+        for checkpoint in sorted((self.config.state_dir / "jobs").glob(f"*/{CHECKPOINT_FILE}")):
+            job_id = checkpoint.parent.name
+            try:
+                document = json.loads(checkpoint.read_text())
+                card_center = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"]))).card_center.name
+            except (ValueError, KeyError, StopIteration, FedscoreError) as error:
+                log.error("job %s cannot resume: unreadable checkpoint (%s)", job_id, error)
+                drop_checkpoint(self.config.state_dir, job_id)
+                continue
+            run = JobRun(job_id, card_center)
+            with self._lock:
+                self._runs[job_id] = run
+            run.start(lambda publish, job_id=job_id: resume_job(self.config.state_dir, job_id, publish, self.config.tls))
+            log.warning("resuming job %s, unfinished when the coordinator stopped", job_id)
+            resumed.append(job_id)
+        return resumed
 
     @handles_errors
     def Ping(self, request, context):
@@ -161,36 +419,61 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             require(context, spec.card_center.name, "coordinator: running a job")   # the card center asks for training
         except FedscoreError as error:
             context.abort(status_for(error), str(error))
-        events: queue.Queue = queue.Queue()
-        done = object()
+        job_id = new_job_id(spec.name)
         cancelled = threading.Event()
         context.add_callback(cancelled.set)  # the submitter went away: stop and abort at the next step
+        run = JobRun(job_id, spec.card_center.name)
+        with self._lock:
+            self._runs[job_id] = run
+        events = run.follow()
+        run.start(lambda publish: run_job(spec, job_id, self.config.state_dir, publish, cancelled, request.align_only,
+                                          self.config.tls))
+        yield from self._stream(run, events, context)
 
-        def work() -> None:
-            try:
-                report = run_job(spec, self.config.state_dir, events.put, cancelled, request.align_only, self.config.tls)
-                events.put(json.dumps(report))
-            except BaseException as error:  # handed to the streaming thread below
-                events.put(error)
-            events.put(done)
+    def FollowJob(self, request, context):
+        try:
+            check_job_id(request.job_id, self.label)
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+        with self._lock:
+            run = self._runs.get(request.job_id)
+        if run is None:
+            folder = self.config.state_dir / "jobs" / request.job_id
+            if (folder / "job.json").is_file():
+                report = (folder / "job.json").read_text()
+                center = next(p["name"] for p in json.loads(report)["parties"] if p["role"] == "card_center")
+                self._allow_follower(context, center)
+                yield pb.JobEvent(job_id=request.job_id, report_json=report)
+                return
+            failed = folder / FAILED_FILE
+            reason = failed.read_text().strip() if failed.is_file() else "never run here, or its record is gone"
+            context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} is not running ({reason})")
+        self._allow_follower(context, run.card_center)
+        yield from self._stream(run, run.follow(), context)
 
-        threading.Thread(target=work, name=f"job-{spec.name}", daemon=True).start()
+    @staticmethod
+    def _allow_follower(context, card_center: str) -> None:
+        try:
+            require(context, card_center, "coordinator: following a job")
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+
+    def _stream(self, run: JobRun, events: queue.Queue, context):
         while True:
             item = events.get()
-            if item is done:
-                return
             if isinstance(item, Progress):
-                yield pb.JobEvent(progress=pb.Progress(
+                yield pb.JobEvent(job_id=run.job_id, progress=pb.Progress(
                     stage=item.stage, epoch=item.epoch, epochs=item.epochs, loss=item.loss,
                     seconds=item.seconds, message=item.message,
                 ))
             elif isinstance(item, str):
-                yield pb.JobEvent(report_json=item)
+                yield pb.JobEvent(job_id=run.job_id, report_json=item)
+                return
             elif isinstance(item, FedscoreError):
-                log.warning("job %s failed: %s", spec.name, item)
+                log.warning("job %s failed: %s", run.job_id, item)
                 context.abort(status_for(item), str(item))
             else:
-                log.error("job %s failed", spec.name, exc_info=item)
+                log.error("job %s failed", run.job_id, exc_info=item)
                 context.abort(status_for(item), f"coordinator: internal error ({type(item).__name__}: {item})")
 
 

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from fedscore.errors import DataError, PeerError
 from fedscore.transport.tls import TlsIdentity
 
 STARTUP_SECONDS = 60.0
+MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is left down (the job then fails)
 
 
 def _toml_string(value: str) -> str:
@@ -46,6 +48,9 @@ class LocalConsortium:
         self.workers = workers
         self.processes: dict[str, subprocess.Popen] = {}
         self.coordinator_address = ""
+        self.restarts: dict[str, int] = {}     # member -> times the supervisor restarted it
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def __enter__(self) -> "LocalConsortium":
         try:
@@ -156,6 +161,23 @@ class LocalConsortium:
         config.write_text("\n".join(f'listen = "{address}"' if l.startswith("listen = ") else l for l in lines) + "\n")
         self._wait({member: self._spawn(member, role, config)})
 
+    def supervise(self) -> None:
+        """Restart any daemon that dies, as systemd would in a deployment: the job resumes from its checkpoints."""
+
+        def watch() -> None:
+            while not self._stopping.wait(0.2):
+                for member in self.dead_members():
+                    if self._stopping.is_set() or self.restarts.get(member, 0) >= MAX_RESTARTS:
+                        continue
+                    self.restarts[member] = self.restarts.get(member, 0) + 1
+                    try:
+                        self.restart(member)
+                    except (PeerError, OSError):
+                        pass   # counted; tried again until MAX_RESTARTS
+
+        self._supervisor = threading.Thread(target=watch, name="supervisor", daemon=True)
+        self._supervisor.start()
+
     def log_tail(self, member: str, lines: int = 3) -> str:
         path = self.state_root / member / "daemon.log"
         try:
@@ -168,6 +190,9 @@ class LocalConsortium:
         return [m for m, p in self.processes.items() if p.poll() is not None]
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
         for process in self.processes.values():
             if process.poll() is None:
                 try:

@@ -8,6 +8,7 @@ daemon serves it (fedscore.daemons.scoring).
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -31,18 +32,21 @@ from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.model.model_file import PartyModel, write_atomically
+from fedscore.model.model_file import PartyModel, file_digest, write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.party import PartySession
+from fedscore.protocol.audit import forget_steps_off_chain, last_step
+from fedscore.protocol.party import PartySession, Step
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
 
 log = logging.getLogger("fedscore.party")
+CHECKPOINT_FILE = "checkpoint.json"        # the job's training state after its last step, rewritten each step
+ALIGNED_ROWS_FILE = "aligned-rows.bin"     # this party's rows held by every party (little-endian int64)
 MAX_PARTIAL_SCORES = 1024
 REPORT_FILE = "report.html"   # a party's own page, beside its model.json
 handles_errors = servicer_errors("label")
@@ -55,11 +59,12 @@ class PreparedJob:
     spec: JobSpec
     table: PartyTable
     public_key: PublicKey
-    alignment: PsiParty
+    alignment: PsiParty | None                                        # None once restored from a checkpoint
     ledger: LedgerMember
     partners: dict[str, PartyClient] = field(default_factory=dict)   # the card center's only
     aligned_rows: np.ndarray | None = None                            # table rows held by every party
     session: PartySession | None = None
+    data_sha256: str = ""                                             # of the data file, to resume only on the same data
 
 
 class PartyService(pb_grpc.PartyServicer):
@@ -111,21 +116,16 @@ class PartyService(pb_grpc.PartyServicer):
         if job.aligned_rows is None or job.session is not None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
         rows = job.aligned_rows
-        common = (request.job_id, job.spec, self.name, job.table.subset(rows), job.public_key, self.pool)
-        if job.partners:
-            session: PartySession = CardCenterSession(*common, partners=job.partners)
-        else:
-            session = PartnerSession(*common)
+        session = self._open_session(request.job_id, job)
         smallest = session.smallest_batch()
         if smallest < self.config.min_batch_rows:
             raise ConfigError(
                 f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
                 f"applicants); its policy asks for at least {self.config.min_batch_rows}"
             )
-        session.facts = job.ledger.facts
-        self.pool.warm(job.public_key, job.spec.obfuscation)
         seconds = session.prepare_obfuscators()
         job.session = session
+        self._save_checkpoint(request.job_id, job)
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(rows), job.table.rows)
         return pb.StartTrainingReply(obfuscation_seconds=seconds)
 
@@ -159,21 +159,14 @@ class PartyService(pb_grpc.PartyServicer):
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
-        facts = Facts(
-            self.name, identity.public_hex(self.key), role="card_center" if me.is_card_center else "partner",
-            members=frozenset({"coordinator", *(p.name for p in spec.parties)}), job_digest=spec.digest(),
-            paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
-        )
-        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", facts)
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", self._facts(spec, public_key))
         if me.is_card_center:
-            timeout = spec.rpc_timeout * PARTNER_SHARE
-            partners = {p.name: PartyClient(p.name, p.address, timeout=timeout, tls=self.config.tls) for p in spec.partners}
-            for client in partners.values():
-                client.job_id, client.public_key = request.job_id, public_key
             aligner: PsiParty = CardCenterAlignment(self.name, table, request.job_id, self.pool)
-            job = PreparedJob(spec, table, public_key, aligner, ledger, partners)
+            partners = self._partner_clients(request.job_id, spec, public_key)
+            job = PreparedJob(spec, table, public_key, aligner, ledger, partners, data_sha256=file_digest(path))
         else:
-            job = PreparedJob(spec, table, public_key, PartnerAlignment(self.name, table, request.job_id, self.pool), ledger)
+            aligner = PartnerAlignment(self.name, table, request.job_id, self.pool)
+            job = PreparedJob(spec, table, public_key, aligner, ledger, data_sha256=file_digest(path))
         with self._lock:
             self._jobs[request.job_id] = job
         log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, len(table.feature_names), path)
@@ -182,6 +175,105 @@ class PartyService(pb_grpc.PartyServicer):
             features=len(table.feature_names), state_dir=str(self.config.state_dir),
             signing_key=bytes(self.key.verify_key),
         )
+
+    def _facts(self, spec: JobSpec, public_key: PublicKey) -> Facts:
+        """What this member knows first-hand of a job from the start, to check the chain's blocks against."""
+        return Facts(
+            self.name, identity.public_hex(self.key), role="card_center" if spec.party(self.name).is_card_center else "partner",
+            members=frozenset({"coordinator", *(p.name for p in spec.parties)}), job_digest=spec.digest(),
+            paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
+        )
+
+    def _partner_clients(self, job_id: str, spec: JobSpec, public_key: PublicKey) -> dict[str, PartyClient]:
+        timeout = spec.rpc_timeout * PARTNER_SHARE
+        partners = {p.name: PartyClient(p.name, p.address, timeout=timeout, tls=self.config.tls) for p in spec.partners}
+        for client in partners.values():
+            client.job_id, client.public_key = job_id, public_key
+        return partners
+
+    def _open_session(self, job_id: str, job: PreparedJob) -> PartySession:
+        common = (job_id, job.spec, self.name, job.table.subset(job.aligned_rows), job.public_key, self.pool)
+        if job.partners:
+            session: PartySession = CardCenterSession(*common, partners=job.partners)
+        else:
+            session = PartnerSession(*common)
+        session.facts = job.ledger.facts
+        self.pool.warm(job.public_key, job.spec.obfuscation)
+        return session
+
+    # -- checkpoints: a daemon that dies mid-job resumes it -------------------
+
+    def _checkpoint_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / CHECKPOINT_FILE
+
+    def _save_checkpoint(self, job_id: str, job: PreparedJob) -> None:
+        """Everything but the data needed to pick the job up again after a crash: written after every step."""
+        folder = self.job_dir(job_id)
+        rows_file = folder / ALIGNED_ROWS_FILE
+        if not rows_file.exists():
+            write_atomically(rows_file, job.aligned_rows.astype("<i8").tobytes())
+        facts = job.ledger.facts
+        document = {
+            "job_id": job_id, "party": self.name, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
+            "public_key": base64.b64encode(job.public_key.to_bytes()).decode(), "data_sha256": job.data_sha256,
+            "aligned_rows": facts.aligned_rows, "overlaps": facts.overlaps, "training": job.session.checkpoint(),
+        }
+        write_atomically(self._checkpoint_path(job_id), json.dumps(document))
+
+    def _restore(self, job_id: str) -> PreparedJob:
+        """A job this daemon was training before it restarted, from its checkpoint, on the same data."""
+        folder = self.job_dir(job_id)
+        try:
+            document = json.loads(self._checkpoint_path(job_id).read_text())
+            spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+            public_key = PublicKey.from_bytes(base64.b64decode(document["public_key"]))
+            rows = np.frombuffer((folder / ALIGNED_ROWS_FILE).read_bytes(), dtype="<i8").astype(np.int64)
+        except FileNotFoundError:
+            raise ProtocolError(f"{self.label}: no job {job_id!r} here, and no checkpoint to resume it from") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ProtocolError(f"{self.label}: the checkpoint of job {job_id!r} is not readable ({error})") from None
+        me = spec.party(self.name)
+        path = resolve_data_file(self.config.data_dir, me.data, self.name)
+        if file_digest(path) != document["data_sha256"]:
+            raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        facts = self._facts(spec, public_key)
+        facts.aligned_rows, facts.overlaps = document["aligned_rows"], document["overlaps"]
+        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", facts)
+        partners = self._partner_clients(job_id, spec, public_key) if me.is_card_center else {}
+        job = PreparedJob(spec, table, public_key, None, ledger, partners, rows, data_sha256=document["data_sha256"])
+        job.session = self._open_session(job_id, job)
+        job.session.restore(document["training"])
+        log.info("job %s restored from its checkpoint (last step here: %s)", job_id, job.session.checkpoint()["done"])
+        return job
+
+    @handles_errors
+    def ResumeJob(self, request, context):
+        """After a member died mid-job: rewind to the last step on the chain, restoring the job if this daemon restarted."""
+        self._allow(context, COORDINATOR, f"job {request.job_id}")
+        check_job_id(request.job_id, self.label)
+        with self._lock:
+            job = self._jobs.get(request.job_id)
+        if job is None:
+            job = self._restore(request.job_id)
+            with self._lock:
+                job = self._jobs.setdefault(request.job_id, job)
+        if job.session is None:
+            raise ProtocolError(f"{self.label}: job {request.job_id!r} had not started training; it cannot resume")
+        step = Step(request.epoch, request.batch) if request.started else None
+        ledger = job.ledger
+        ledger.abandon_uncommitted()
+        ledger.commit(codec.block_from_proto(request.head))   # the coordinator's head: committed already, or the next
+        if last_step(ledger.entries()) != step:
+            raise ProtocolError(
+                f"{self.label}: its chain of job {request.job_id!r} ends after {last_step(ledger.entries())}, "
+                f"not after {step}; it cannot resume there"
+            )
+        forget_steps_off_chain(ledger.facts, ledger.seen.steps)
+        job.session.resume_after(step)
+        self._save_checkpoint(request.job_id, job)
+        log.info("job %s resumes after %s", request.job_id, step or "its start")
+        return pb.Empty()
 
     @handles_errors
     def MaskedGradient(self, request, context):
@@ -195,6 +287,7 @@ class PartyService(pb_grpc.PartyServicer):
         _, values = codec.join_integer_blocks([request.values], session.public_key.plaintext_bytes)
         codec.check_residues(values, session.public_key)
         session.apply_gradient(codec.step_from_proto(request.step), [int(v) for v in values])
+        self._save_checkpoint(request.step.job_id, self._job(request.step.job_id, context, COORDINATOR))
         return pb.Empty()
 
     @handles_errors
@@ -244,8 +337,11 @@ class PartyService(pb_grpc.PartyServicer):
         return pb.Empty()
 
     def _close(self, job_id: str) -> None:
+        """Forget a job: in memory, and its checkpoint (a closed or aborted job is never resumed)."""
         with self._lock:
             job = self._jobs.pop(job_id, None)
+        for name in (CHECKPOINT_FILE, ALIGNED_ROWS_FILE):
+            (self.job_dir(job_id) / name).unlink(missing_ok=True)
         if job is not None:
             if job.session is not None:
                 job.session.reserve.stop()

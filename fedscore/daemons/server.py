@@ -68,7 +68,8 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     else:
         from fedscore.daemons import coordinator
 
-        coordinator.add_to_server(coordinator.CoordinatorService(config), server)
+        service = coordinator.CoordinatorService(config)
+        coordinator.add_to_server(service, server)
     host = config.listen.rsplit(":", 1)[0]
     try:
         if config.tls is None:
@@ -80,6 +81,8 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     if not port:
         raise ConfigError(f"{role} {config.name!r} cannot listen on {config.listen} (in use, or not a local address)")
     server.start()
+    if role == "coordinator":
+        service.resume_unfinished()
     address = f"{host}:{port}"
     if config.tls is None:
         log.warning("%s %r serving on %s without TLS", role, config.name, address)
@@ -87,7 +90,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
         log.info("%s %r serving on %s (mutual TLS as %r)", role, config.name, address, config.tls.name)
     announce = address + "\n"
     http_server = None
-    if service is not None and config.http_listen:
+    if role == "party" and config.http_listen:
         from fedscore.daemons.http import start_http
 
         http_server, http_address = start_http(service.scoring, config.http_listen, config.tls)
@@ -103,7 +106,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     log.info("stopping")
     if http_server is not None:
         http_server.shutdown()
-    if service is not None:
+    if role == "party":
         service.scoring.close_all()   # pending scoring entries go on the chain, or stay journalled
     server.stop(grace=2).wait()
     if pool is not None:

@@ -148,6 +148,13 @@ class LedgerMember:
             self.store.append(block)
             self._remember(block)
 
+    def abandon_uncommitted(self) -> None:
+        """Forget signatures given to blocks that were never committed: a resumed job proposes its next block
+        again, and this member must be able to sign that one. (A proposer could use this to get two blocks
+        signed at one height; members then hold whichever the proposer commits to them — see the README.)"""
+        with self._lock:
+            self._signed = {height: block for height, block in self._signed.items() if height < self.height}
+
     def entries(self) -> list[dict]:
         return list(self._entries)
 

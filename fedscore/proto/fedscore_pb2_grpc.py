@@ -44,6 +44,11 @@ class CoordinatorStub:
                 request_serializer=fedscore__pb2.RunJobRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.FollowJob = channel.unary_stream(
+                '/fedscore.v1.Coordinator/FollowJob',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.JobEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -62,6 +67,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowJob(self, request, context):
+        """Follows a job already running (after the submitter lost its stream, or the coordinator restarted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'RunJob': grpc.unary_stream_rpc_method_handler(
                     servicer.RunJob,
                     request_deserializer=fedscore__pb2.RunJobRequest.FromString,
+                    response_serializer=fedscore__pb2.JobEvent.SerializeToString,
+            ),
+            'FollowJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowJob,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.JobEvent.SerializeToString,
             ),
     }
@@ -140,6 +157,33 @@ class Coordinator:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def FollowJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedscore.v1.Coordinator/FollowJob',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class PartyStub:
     """Missing associated documentation comment in .proto file."""
@@ -188,6 +232,11 @@ class PartyStub:
         self.CloseJob = channel.unary_unary(
                 '/fedscore.v1.Party/CloseJob',
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/fedscore.v1.Party/ResumeJob',
+                request_serializer=fedscore__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.Empty.FromString,
                 _registered_method=True)
         self.ProposeBlock = channel.unary_unary(
@@ -341,6 +390,13 @@ class PartyServicer:
 
     def CloseJob(self, request, context):
         """after settlement: release the job's memory
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """after a member died: rewind to the chain's last step
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -520,6 +576,11 @@ def add_PartyServicer_to_server(servicer, server):
             'CloseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseJob,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=fedscore__pb2.ResumeRequest.FromString,
                     response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
             'ProposeBlock': grpc.unary_unary_rpc_method_handler(
@@ -838,6 +899,33 @@ class Party:
             target,
             '/fedscore.v1.Party/CloseJob',
             fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/ResumeJob',
+            fedscore__pb2.ResumeRequest.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
             channel_credentials,

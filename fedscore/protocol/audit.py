@@ -6,6 +6,7 @@ from typing import Protocol
 
 from fedscore.config import JobSpec
 from fedscore.ledger.block import Block, encode_entry
+from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body
 from fedscore.protocol.fanout import call_each
@@ -42,6 +43,25 @@ def append_block(proposer: LedgerMember, members: Mapping[str, LedgerHandle], en
     signed = co_sign(proposer, members, propose(proposer, entries))
     call_each(members, lambda name, m: m.commit_block(signed), "member")
     return signed
+
+
+def last_step(entries: list[dict]) -> Step | None:
+    """The last training step a chain records (None before the first): where a resumed job goes on from."""
+    for entry in reversed(entries):
+        if entry.get("kind") == "step":
+            return Step(entry["epoch"], entry["batch"])
+    return None
+
+
+def forget_steps_off_chain(facts: Facts, on_chain: set[str]) -> None:
+    """Drop what a member recorded of steps the chain does not hold (they will be done again), and
+    mark the chain's steps as taken part in (a restarted member vouched for them before it died)."""
+    for key in set(facts.digests) - on_chain:
+        del facts.digests[key]
+    for key in set(facts.losses) - on_chain:
+        del facts.losses[key]
+    for key in on_chain:
+        facts.digests.setdefault(key, {})
 
 
 def job_start_entry(job_id: str, spec: JobSpec, members: dict[str, dict], paillier_fingerprint: str) -> dict:

@@ -25,7 +25,7 @@ from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_score
 from fedscore.errors import PeerError, ProtocolError
 from fedscore.model import curves, metrics
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import PartySession, Step
+from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
 
 
 class PartnerHandle(Protocol):
@@ -58,6 +58,7 @@ class CardCenterSession(PartySession):
         scores = encode_scores(self.partial_scores(rows))
         return [int(u) - (int(4 * y - 2) << SCORE_BITS) for u, y in zip(scores.tolist(), labels.tolist())]
 
+    @one_message_at_a_time
     def forward_step(self, step: Step) -> None:
         """Gather [[U_k]], send each partner [[D − U_k]], keep [[ΣU]] and [[T]]."""
         rows = self.step_rows(step)
@@ -107,6 +108,7 @@ class CardCenterSession(PartySession):
         plain = sum(o if y == 0 else -o for o, y in zip(own, labels))
         return paillier.add_plain(key, goods * paillier.invert(key, bads) % key.nsquare, plain)
 
+    @one_message_at_a_time
     def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]:
         """[[Z]] = [[T + Σ_p loss share_p]], re-randomised: the coordinator decrypts only the sum.
 
@@ -122,6 +124,7 @@ class CardCenterSession(PartySession):
         self.record(step, "loss_share", [share], key.ciphertext_bytes)
         return share, self.step_digests(step)
 
+    @one_message_at_a_time
     def evaluate(self, mask_sum: np.ndarray) -> dict:
         """Metrics and curves of the federated model and of a card-center-only model; kept for this party's page."""
         masked = call_each(self.partners, lambda name, p: p.masked_scores(), "partner")

@@ -37,6 +37,10 @@ class CoordinatorSession:
             job_digest=spec.digest(), fees=spec.fees.to_dict(), paillier_fingerprint=self.public_key.fingerprint(),
         )
 
+    def private_key_json(self) -> str:
+        """For the coordinator's checkpoint only (owner-only file): a restarted coordinator resumes the job."""
+        return self._private_key.to_json()
+
     def expect_columns(self, party: str, columns: int) -> None:
         """How many gradient values ``party`` may send per step (its features, plus the intercept)."""
         self._columns[party] = columns

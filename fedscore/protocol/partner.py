@@ -12,7 +12,7 @@ from gmpy2 import mpz
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, encode_scores
 from fedscore.crypto.masks import new_seed, word_masks
 from fedscore.errors import ProtocolError
-from fedscore.protocol.party import PartySession, Step
+from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
 
 
 class PartnerSession(PartySession):
@@ -20,6 +20,7 @@ class PartnerSession(PartySession):
     has_intercept = False
     _score_seed: bytes | None = None
 
+    @one_message_at_a_time
     def encrypted_partial(self, step: Step) -> list[mpz]:
         """[[U_k]] = [[round(X_k w_k · 2^P)]] for the step's rows, each freshly randomised."""
         rows = self.step_rows(step)
@@ -29,6 +30,7 @@ class PartnerSession(PartySession):
         self.record(step, f"partial/{self.party}", encrypted, self.public_key.ciphertext_bytes)
         return encrypted
 
+    @one_message_at_a_time
     def receive_residual(self, step: Step, residual: list[mpz]) -> None:
         """Keep [[D − U_k]] for this step's gradient."""
         state = self._current(step, needs="")
@@ -39,11 +41,13 @@ class PartnerSession(PartySession):
         state.encrypted_rest = list(residual)
         self.record(step, f"residual/{self.party}", state.encrypted_rest, self.public_key.ciphertext_bytes)
 
+    @one_message_at_a_time
     def score_mask_seed(self) -> bytes:
         """A fresh seed for this evaluation's masks; only the coordinator receives it."""
         self._score_seed = new_seed()
         return self._score_seed
 
+    @one_message_at_a_time
     def masked_scores(self) -> np.ndarray:
         """u_k + m (mod 2^64) for every row, in fixed point, m expanded from the seed."""
         if self._score_seed is None:

@@ -14,6 +14,8 @@ nothing, and returns it; the party removes r and takes its step.
 """
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,6 +36,19 @@ from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
+
+
+def one_message_at_a_time(method):
+    """A session handles one protocol message at a time. The protocol never sends a party two at once; this
+    keeps a message still running for a job the coordinator gave up on (a member died, the job resumed) from
+    touching the step that replaced it: the resume waits for it, then rewinds."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._message_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclass(frozen=True, order=True)
@@ -98,8 +113,10 @@ class PartySession:
         self.quantised, self.quantisation = quantise_columns(self.train_matrix)
         self.penalised = penalised
         self.weights = np.zeros(matrix.shape[1])
+        self._message_lock = threading.RLock()
         self._state: StepState | None = None
         self._last_done: Step | None = None
+        self._before_last: tuple[Step | None, np.ndarray] | None = None   # to rewind one step on resume
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self.facts: Facts | None = None   # when set, digests of every message sent or received go here
         self.reserve = ObfuscatorReserve(pool, public_key, spec.obfuscation)   # made in advance, each used once
@@ -197,6 +214,7 @@ class PartySession:
 
     # -- the gradient -------------------------------------------------------
 
+    @one_message_at_a_time
     def masked_gradient(self, step: Step) -> list[mpz]:
         """[[X̂ᵀD + r]] per column, freshly randomised, r uniform in Z_n and kept here."""
         state = self._current(step, needs="residual")
@@ -213,6 +231,7 @@ class PartySession:
         self.record(step, f"gradient/{self.party}", masked, key.ciphertext_bytes)
         return masked
 
+    @one_message_at_a_time
     def apply_gradient(self, step: Step, masked_values: list[int]) -> None:
         """Remove the masks, take the gradient step, and keep this party's loss term."""
         state = self._current(step, needs="masks")
@@ -232,15 +251,56 @@ class PartySession:
         share = 2.0 * float(self.weights @ xtd) + 2.0 * size * self.spec.l2 * float(penalised @ penalised)
         state.loss_term = int(round(share * 2.0**SCORE_BITS))
         state.masks = None
+        self._before_last = (self._last_done, self.weights)
         self.weights = self.weights - self.spec.learning_rate * gradient
         self._last_done = step
 
+    @one_message_at_a_time
     def encrypted_loss_term(self, step: Step) -> mpz:
         """[[this party's loss share]], fresh randomness."""
         state = self._current(step, needs="applied")
         term = paillier.encrypt(self.public_key, state.loss_term, self.fresh_obfuscators(1)[0])
         self.record(step, f"loss_term/{self.party}", [term], self.public_key.ciphertext_bytes)
         return term
+
+    # -- checkpoint and resume -----------------------------------------------
+
+    @one_message_at_a_time
+    def checkpoint(self) -> dict:
+        """The training state after the last applied step, and before it (a step may be redone once)."""
+        def point(done: Step | None, weights: np.ndarray) -> dict:
+            return {"done": None if done is None else [done.epoch, done.batch], "weights": [float(w) for w in weights]}
+
+        state = point(self._last_done, self.weights)
+        if self._before_last is not None:
+            state["before"] = point(*self._before_last)
+        return state
+
+    @one_message_at_a_time
+    def restore(self, checkpoint: dict) -> None:
+        def point(entry: dict) -> tuple[Step | None, np.ndarray]:
+            weights = np.array(entry["weights"], dtype=float)
+            if weights.shape != self.weights.shape:
+                raise ProtocolError(f"{self.party}: checkpoint has {weights.size} weights, the job {self.weights.size}")
+            return (None if entry["done"] is None else Step(*entry["done"])), weights
+
+        self._last_done, self.weights = point(checkpoint)
+        self._before_last = point(checkpoint["before"]) if "before" in checkpoint else None
+        self._state = None
+
+    @one_message_at_a_time
+    def resume_after(self, step: Step | None) -> None:
+        """Continue as if ``step`` (the last on the chain; None: no step yet) were the last one taken here.
+
+        A party is at most one step ahead of the chain (the coordinator records a step once every party
+        has applied it), so it keeps the weights from before its last step to rewind to.
+        """
+        if self._last_done != step:
+            if self._before_last is None or self._before_last[0] != step:
+                raise ProtocolError(f"{self.party}: cannot resume after {step}: its last step is {self._last_done}")
+            self._last_done, self.weights = self._before_last
+            self._before_last = None
+        self._state = None
 
     # -- the model ----------------------------------------------------------
 

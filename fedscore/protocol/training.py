@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.errors import PeerError
+from fedscore.errors import PeerError, ProtocolError
 from fedscore.model.rows import batches
 from fedscore.protocol.coordinator import CoordinatorSession
 from fedscore.protocol.fanout import call_each
@@ -60,6 +60,27 @@ class TrainingResult:
     metrics: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """A step as the chain records it: enough to go on from it after a restart."""
+
+    rows: int
+    loss: float
+    seconds: float
+
+
+def history_from_chain(entries: list[dict]) -> dict[Step, StepRecord]:
+    return {
+        Step(e["epoch"], e["batch"]): StepRecord(e["rows"], e["loss"], e["seconds"])
+        for e in entries if e.get("kind") == "step"
+    }
+
+
+# What a step's failure may be, when a member died or restarted mid-step: a peer that does not answer,
+# or one that answers it has no such job or step any more. Anything else stops the job at once.
+RECOVERABLE = (PeerError, ProtocolError)
+
+
 def run_training(
     coordinator: CoordinatorSession,
     card_center: tuple[str, CardCenterHandle],
@@ -69,36 +90,60 @@ def run_training(
     progress: Callable[[Progress], None] = lambda event: None,
     cancelled: threading.Event | None = None,
     on_step: Callable[[Step, int, float, float, dict[str, str]], None] | None = None,
+    history: dict[Step, StepRecord] | None = None,
+    recover: Callable[[Exception], dict[Step, StepRecord]] | None = None,
 ) -> TrainingResult:
-    """Train; ``on_step(step, rows, loss, seconds, digests)`` follows every step (the audit chain)."""
+    """Train; ``on_step(step, rows, loss, seconds, digests)`` follows every step (the audit chain).
+
+    ``history``: steps already on the chain (a resumed job skips them). ``recover(error)``: called when a step
+    fails recoverably; it waits for every member, rewinds them to the chain's last step and returns the
+    chain's steps, and the job goes on from there (it raises when a member stays down).
+    """
     spec = coordinator.spec
     center_name, center = card_center
     parties: dict[str, PartyHandle] = {center_name: center, **partners}
+    done: dict[Step, StepRecord] = dict(history or {})
     result = TrainingResult()
     previous_loss: float | None = None
+
+    def take_step(step: Step, rows: np.ndarray) -> StepRecord:
+        step_started = time.perf_counter()
+        center.forward_step(step)
+        masked = call_each(parties, lambda name, p: p.masked_gradient(step))
+        values = {name: coordinator.decrypt_masked_gradient(name, cts, step) for name, cts in masked.items()}
+        call_each(parties, lambda name, p: p.apply_gradient(step, values[name]))
+        share, center_digests = center.loss_share(step)
+        loss = coordinator.decrypt_loss(share, len(rows), step)
+        seconds = time.perf_counter() - step_started
+        if on_step is not None:
+            on_step(step, len(rows), loss, seconds, {**center_digests, **coordinator.step_digests(step)})
+        return StepRecord(len(rows), loss, seconds)
+
     for epoch in range(spec.epochs):
+        plan = batches(train_rows, spec.batch_size, spec.seed, epoch)
+        earlier = sum(done[Step(epoch, b)].seconds for b in range(len(plan)) if Step(epoch, b) in done)
         started = time.perf_counter()
-        weighted, counted = 0.0, 0
-        for batch, rows in enumerate(batches(train_rows, spec.batch_size, spec.seed, epoch)):
+        batch = 0
+        while batch < len(plan):
             step = Step(epoch, batch)
-            step_started = time.perf_counter()
+            if step in done:
+                batch += 1
+                continue
             if cancelled is not None and cancelled.is_set():
                 raise PeerError(f"job {spec.name!r} cancelled before {step}: its submitter went away")
-            center.forward_step(step)
-            masked = call_each(parties, lambda name, p: p.masked_gradient(step))
-            values = {name: coordinator.decrypt_masked_gradient(name, cts, step) for name, cts in masked.items()}
-            call_each(parties, lambda name, p: p.apply_gradient(step, values[name]))
-            share, center_digests = center.loss_share(step)
-            loss = coordinator.decrypt_loss(share, len(rows), step)
-            if on_step is not None:
-                digests = {**center_digests, **coordinator.step_digests(step)}
-                on_step(step, len(rows), loss, time.perf_counter() - step_started, digests)
-            weighted += loss * len(rows)
-            counted += len(rows)
-            result.steps += 1
-        epoch_loss = weighted / counted
+            try:
+                done[step] = take_step(step, plan[batch])
+            except RECOVERABLE as error:
+                if recover is None:
+                    raise
+                done = recover(error)
+                batch = 0   # go on after the chain's last step (earlier steps are skipped)
+                continue
+            batch += 1
+        records = [done[Step(epoch, b)] for b in range(len(plan))]
+        epoch_loss = sum(r.loss * r.rows for r in records) / sum(r.rows for r in records)
         result.losses.append(epoch_loss)
-        result.epoch_seconds.append(time.perf_counter() - started)
+        result.epoch_seconds.append(earlier + time.perf_counter() - started)
         progress(Progress("epoch", epoch + 1, spec.epochs, epoch_loss, result.epoch_seconds[-1]))
         if (
             spec.early_stop_tol > 0
@@ -108,10 +153,18 @@ def run_training(
             result.stopped_early = True
             break
         previous_loss = epoch_loss
+    result.steps = len(done)
 
     started = time.perf_counter()
-    seeds = call_each(partners, lambda name, p: p.score_mask_seed())
-    mask_sum = coordinator.score_mask_sum(list(seeds.values()), total_rows)
-    result.metrics = center.evaluate(mask_sum)
+    while True:
+        try:
+            seeds = call_each(partners, lambda name, p: p.score_mask_seed())
+            mask_sum = coordinator.score_mask_sum(list(seeds.values()), total_rows)
+            result.metrics = center.evaluate(mask_sum)
+            break
+        except RECOVERABLE as error:
+            if recover is None:
+                raise
+            recover(error)
     progress(Progress("evaluate", seconds=time.perf_counter() - started))
     return result

@@ -90,6 +90,12 @@ class PartyClient:
     def close_job(self) -> None:
         self._call("CloseJob", pb.JobRef(job_id=self.job_id), timeout=PING_TIMEOUT)
 
+    def resume_job(self, after: Step | None, head: Block) -> None:
+        request = pb.ResumeRequest(job_id=self.job_id, started=after is not None, head=codec.block_to_proto(self.job_id, head))
+        if after is not None:
+            request.epoch, request.batch = after.epoch, after.batch
+        self._call("ResumeJob", request)
+
     # -- coordinator -> party: the audit chain -------------------------------
 
     def propose_block(self, block: Block) -> bytes:
@@ -194,19 +200,36 @@ class CoordinatorClient:
         except grpc.RpcError as error:
             raise peer_error("coordinator", self.address, error, PING_TIMEOUT) from None
 
-    def run_job(self, spec: JobSpec, progress: Callable[[Progress], None], align_only: bool = False) -> str:
-        """Run ``spec`` (or only its alignment); returns the report JSON."""
+    def run_job(self, spec: JobSpec, progress: Callable[[Progress], None], align_only: bool = False,
+                follow_seconds: float = 0.0) -> str:
+        """Run ``spec`` (or only its alignment); returns the report JSON.
+
+        If the coordinator goes away mid-job, keep trying for ``follow_seconds`` to follow the job again: a
+        restarted coordinator resumes it.
+        """
         request = pb.RunJobRequest(job=codec.spec_to_proto(spec), align_only=align_only)
         events: Iterator[pb.JobEvent] = self._stub.RunJob(request)
-        try:
-            for event in events:
-                if event.HasField("report_json"):
-                    return event.report_json
-                p = event.progress
-                progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message))
-        except grpc.RpcError as error:
-            raise peer_error("coordinator", self.address, error) from None
-        raise PeerError(f"coordinator at {self.address} ended the job without a report")
+        job_id, lost_at = "", None
+        while True:
+            try:
+                for event in events:
+                    job_id, lost_at = event.job_id or job_id, None
+                    if event.HasField("report_json"):
+                        return event.report_json
+                    p = event.progress
+                    progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message))
+                raise PeerError(f"coordinator at {self.address} ended the job without a report")
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or not job_id or follow_seconds <= 0:
+                    raise peer_error("coordinator", self.address, error) from None
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    progress(Progress("recover", message=f"lost the coordinator; following job {job_id} when it is back"))
+                elif now - lost_at > follow_seconds:
+                    raise peer_error("coordinator", self.address, error, follow_seconds) from None
+                time.sleep(0.5)
+                events = self._stub.FollowJob(pb.JobRef(job_id=job_id))
 
 
 class PartialScoreSender:

@@ -42,6 +42,7 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         obfuscation=spec.obfuscation,
         precompute_epochs=spec.precompute_epochs,
         refill_obfuscators=spec.refill_obfuscators,
+        restart_timeout=spec.restart_timeout,
         fees=pb.FeeContract(
             currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row,
             per_request=spec.fees.per_request,
@@ -69,6 +70,7 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         obfuscation=message.obfuscation or "short-exponent",
         precompute_epochs=message.precompute_epochs,
         refill_obfuscators=message.refill_obfuscators,
+        restart_timeout=message.restart_timeout or 120.0,
         fees=FeeContract(
             currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
             per_overlap_row=message.fees.per_overlap_row, per_request=message.fees.per_request,

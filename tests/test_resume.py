@@ -1,0 +1,106 @@
+"""Crash and resume: each kind of daemon is SIGKILLed mid-epoch, the launcher restarts it, and the job finishes
+with the weights, chain and fees of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedscore.config import load_job
+from fedscore.daemons.launcher import LocalConsortium
+from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.verify import verify_chain
+from fedscore.runner import run_job_file, submit
+
+from conftest import split_three_ways, trained_weights, write_job
+from faults import count
+
+EPOCHS = 5          # three steps an epoch on the breast data's training rows: chain heights 2 to 16 are steps
+KILLS = [("partner_a", 5), ("guest", 9), ("coordinator", 13)]   # (member, chain height at which it dies)
+
+
+def chain_height(state: Path) -> int:
+    """Blocks on the coordinator's replica of the (only) job, read beside the running daemon."""
+    found = list(state.glob("coordinator/jobs/*/ledger.sqlite"))
+    if not found:
+        return 0
+    try:
+        with sqlite3.connect(f"file:{found[0]}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def job_with_fees(folder: Path) -> Path:
+    job = write_job(folder, split_three_ways(folder), epochs=EPOCHS, batch_size=128, validation=0.3,
+                    restart_timeout=90)
+    job.write_text(job.read_text() + "\n[fees]\nper_step = 7\nper_overlap_row = 1\n")
+    return job
+
+
+def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_nothing_happened(breast_folder):
+    tmp_path = breast_folder
+    job = job_with_fees(tmp_path)
+    plain = run_job_file(job, local=True, workers=1, state_dir=tmp_path / "plain")
+
+    spec, base = load_job(job)
+    state = tmp_path / "state"
+    killed: list[tuple[str, int, int]] = []
+    with LocalConsortium(spec, base, state, workers=1) as consortium:
+        consortium.supervise()
+
+        def kill_in_turn() -> None:
+            for member, height in KILLS:
+                while chain_height(state) < height:
+                    time.sleep(0.01)
+                time.sleep(0.05)   # into the next step's messages
+                process = consortium.processes[member]
+                os.killpg(process.pid, signal.SIGKILL)
+                killed.append((member, height, process.pid))
+                while consortium.processes[member] is process or consortium.dead_members():
+                    time.sleep(0.05)   # the supervisor brings it back before the next kill
+
+        killer = threading.Thread(target=kill_in_turn, daemon=True)
+        killer.start()
+        events = []
+        report = submit(consortium.spec, consortium.coordinator_address, events.append,
+                        tls=consortium.card_center_identity)
+        killer.join(timeout=5)
+        assert [k[0] for k in killed] == [m for m, _ in KILLS]
+        assert consortium.restarts == {m: 1 for m, _ in KILLS}
+    for _ in killed:
+        count("peer kills and hangs survived")
+    recoveries = [e.message for e in events if e.stage == "recover"]
+    assert any("partner_a" in m for m in recoveries) and any("guest" in m for m in recoveries)
+    assert any("lost the coordinator" in m for m in recoveries) and any("coordinator restarted" in m for m in recoveries)
+
+    # the same model, to the bit, as the run nobody interrupted
+    for name, weights in trained_weights(plain).items():
+        np.testing.assert_array_equal(weights, trained_weights(report)[name])
+    assert report["auc"] == plain["auc"] and report["loss"] == plain["loss"]
+
+    # every step on the chain exactly once, every replica the same, the fees those of the plain run
+    replicas = {member: Path(path) for member, path in report["ledgers"].items()}
+    heads = set()
+    for member, path in replicas.items():
+        store = LedgerStore(path)
+        blocks = list(store.blocks())
+        store.close()
+        verify_chain(blocks)   # raises naming the first bad block
+        heads.add(blocks[-1].hash())
+        steps = [(e["epoch"], e["batch"]) for b in blocks for e in b.decoded() if e["kind"] == "step"]
+        assert steps == sorted(set(steps)) and len(steps) == plain["steps"] == EPOCHS * 3, member
+    assert len(heads) == 1
+    assert report["settlement"] == plain["settlement"]
+    assert [line["steps"] for line in report["settlement"]["lines"]] == [EPOCHS * 3] * 2   # no step paid twice
+    assert report["settlement"]["total"] == 2 * EPOCHS * 3 * 7 + sum(report["overlaps"].values())
+    # nothing left to resume, no key left on disk
+    assert not list(state.rglob("checkpoint.json")) and not list(state.rglob("coordinator.json"))
+    assert not list(state.rglob("paillier.key"))
+    assert json.loads(next(state.glob("coordinator/jobs/*/job.json")).read_text())["job_id"] == report["job_id"]
