@@ -43,12 +43,16 @@ class PartnerControlHandle(PartyHandle, Protocol):
 
 @dataclass
 class Progress:
+    """One event a job streams to its submitter; ``step``/``steps`` place a "step" event within its epoch (for the time left)."""
+
     stage: str
     epoch: int = 0
     epochs: int = 0
     loss: float = float("nan")
     seconds: float = 0.0
     message: str = ""
+    step: int = 0
+    steps: int = 0
 
 
 @dataclass
@@ -79,7 +83,8 @@ def run_training(
     for epoch in range(spec.epochs):
         started = time.perf_counter()
         weighted, counted = 0.0, 0
-        for batch, rows in enumerate(batches(train_rows, spec.batch_size, spec.seed, epoch)):
+        plan = batches(train_rows, spec.batch_size, spec.seed, epoch)
+        for batch, rows in enumerate(plan):
             step = Step(epoch, batch)
             step_started = time.perf_counter()
             if cancelled is not None and cancelled.is_set():
@@ -96,6 +101,8 @@ def run_training(
             weighted += loss * len(rows)
             counted += len(rows)
             result.steps += 1
+            progress(Progress("step", epoch + 1, spec.epochs, loss, time.perf_counter() - step_started,
+                              step=batch + 1, steps=len(plan)))
         epoch_loss = weighted / counted
         result.losses.append(epoch_loss)
         result.epoch_seconds.append(time.perf_counter() - started)

@@ -201,7 +201,7 @@ class CoordinatorClient:
                 if event.HasField("report_json"):
                     return event.report_json
                 p = event.progress
-                progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message))
+                progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message, p.step, p.steps))
         except grpc.RpcError as error:
             raise peer_error("coordinator", self.address, error) from None
         raise PeerError(f"coordinator at {self.address} ended the job without a report")
