@@ -19,7 +19,6 @@ from typing import Literal, TextIO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress as Bars,
     ProgressColumn,
     SpinnerColumn,
@@ -56,6 +55,16 @@ def _task_seconds(task: Task) -> float | None:
     if origin is None:
         return task.elapsed
     return task.fields.get("ended", time.monotonic()) - origin
+
+
+class CountColumn(ProgressColumn):
+    """``done/total``; nothing while the total is unknown (a stage with no measure)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("")
+        width = len(str(int(task.total)))
+        return Text(f"{int(task.completed):>{width}}/{int(task.total)}", style="progress.download")
 
 
 class ElapsedColumn(ProgressColumn):
@@ -106,7 +115,7 @@ class ProgressView:
         if self.mode == "bars":
             console = Console(file=self.stream, force_terminal=True)
             self._bars = Bars(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), CountColumn(),
                 ElapsedColumn(), EtaColumn(), console=console, redirect_stdout=False,
             )
             self._bars.start()
