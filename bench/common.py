@@ -43,7 +43,8 @@ def run_through_daemons(job_file: Path, workers: int = 0, align_only: bool = Fal
     """(report, {member: [peak MiB of each process of its tree]}) for one job run on daemons started here."""
     spec, base = load_job(job_file)
     with LocalConsortium(spec, base, job_file.parent / "state", workers) as consortium:
-        report = submit(consortium.spec, consortium.coordinator_address, progress, align_only=align_only)
+        report = submit(consortium.spec, consortium.coordinator_address, progress, align_only=align_only,
+                        tls=consortium.card_center_identity)
         peaks = {
             member: [peak_mib(pid) for pid in process_tree(process.pid)]
             for member, process in consortium.processes.items()

@@ -60,7 +60,8 @@ def requests_from(path: Path) -> list[tuple[str, dict[str, float], str]]:
     return [(r["id"], {c: float(r[c]) for c in SPLIT["card_center"]}, r["consent"]) for r in frame.to_dict("records")]
 
 
-def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start_at: float, skip: int, out) -> None:
+def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start_at: float, skip: int, out,
+         tls_dir: str) -> None:
     """One client process: ``concurrency`` requests in flight at once (asyncio gRPC, so the load generator
     itself takes little of the two cores), scoring as fast as answers come, until time is up."""
     import asyncio
@@ -70,11 +71,15 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
     from fedscore.proto import fedscore_pb2 as pb
     from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 
+    from fedscore.transport.tls import TlsIdentity
+
+    identity = TlsIdentity.load(Path(tls_dir))   # the card center's own approval system
     work = [pb.ScoreRequest(job_id=job_id, applicant_id=a, features=f, consent=c) for a, f, c in requests_from(Path(path))[skip:]]
 
     async def run() -> list[float]:
         latencies: list[float] = []
-        async with grpc.aio.insecure_channel(address) as channel:
+        options = [("grpc.ssl_target_name_override", identity.name)]
+        async with grpc.aio.secure_channel(address, identity.channel_credentials(), options=options) as channel:
             stub = pb_grpc.PartyStub(channel)
 
             async def worker(offset: int) -> None:
@@ -108,7 +113,7 @@ def main() -> None:
     work = requests_from(workdir / "bench-applicants.csv")
     with LocalConsortium(spec, base, workdir / "state", 1, settings.consent_issuers) as consortium:
         address = consortium.spec.card_center.address
-        client = ScoringClient(address)
+        client = ScoringClient(address, consortium.spec.card_center.name, consortium.card_center_identity)
         job_id = client.open_scoring(consortium.spec, settings.to_json()).job_id
         for applicant, features, consent in work[:200]:   # warm-up: connections, caches
             client.score(applicant, features, consent, job_id)
@@ -129,7 +134,8 @@ def main() -> None:
         start_at = time.time() + 3.0
         processes = [
             context.Process(target=load, args=(address, job_id, str(workdir / "bench-applicants.csv"), args.concurrency,
-                                                args.seconds, start_at, 200 + args.requests, queue))
+                                                args.seconds, start_at, 200 + args.requests, queue,
+                                                str(consortium.card_center_identity.folder)))
             for _ in range(args.clients)
         ]
         for p in processes:

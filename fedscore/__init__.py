@@ -3,6 +3,25 @@
 A card center and its data partners train one vertical logistic regression
 without pooling data: each party keeps its rows, columns and weights, and
 only Paillier-encrypted or masked values cross its boundary.
+
+``fedscore.FederatedLogisticRegression`` runs the same protocol with every
+party in one process, for notebooks (fedscore.estimator).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["FederatedLogisticRegression", "Party", "__version__"]
+
+if TYPE_CHECKING:
+    from fedscore.estimator import FederatedLogisticRegression, Party
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: scikit-learn's import costs seconds, and the CLI and daemons never need it.
+    if name in ("FederatedLogisticRegression", "Party"):
+        from fedscore import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'fedscore' has no attribute {name!r}")

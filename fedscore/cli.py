@@ -65,6 +65,11 @@ EXAMPLES: dict[str, list[str]] = {
     "audit prove": [f"fedscore audit prove {LEDGER} 5:0"],
     "audit check-proof": ["fedscore audit check-proof proof.json"],
     "audit balances": [f"fedscore audit balances {LEDGER} --json"],
+    "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
+    "certs init": [
+        "fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce",
+        "fedscore certs init --consortium consortium-certs --members acme_bureau --days 365",
+    ],
     "coordinator": ["fedscore coordinator serve --config coordinator/coordinator.toml"],
     "coordinator serve": ["fedscore coordinator serve --config coordinator/coordinator.toml"],
     "party": ["fedscore party serve --config parties/bureau/party.toml"],
@@ -75,7 +80,7 @@ EXAMPLES: dict[str, list[str]] = {
     "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init party": [
         "fedscore init party acme_bureau --dir parties/acme_bureau",
-        "fedscore init party my_bank --role card_center --listen 127.0.0.1:50071",
+        "fedscore init party my_bank --role card_center --listen 127.0.0.1:50071 --tls-dir consortium-certs/my_bank",
     ],
 }
 
@@ -106,12 +111,14 @@ def _print_report(report: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedscore.progress import ProgressView
+    from fedscore.report import html_path
     from fedscore.runner import run_job_file
 
     with ProgressView.for_stderr(args.quiet) as view:
         report = run_job_file(
             args.job, local=args.local, report_path=args.report, state_dir=args.state,
             workers=args.workers, progress=view, align_only=args.align_only,
+            tls_dir=args.tls, insecure=args.insecure,
         )
     if args.json:
         _print_json(report)
@@ -123,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
         if args.report:
-            print(f"report: {args.report}")
+            print(f"report: {args.report} (page: {html_path(args.report)})")
     return EXIT_OK
 
 
@@ -143,6 +150,7 @@ def _partial(result: dict) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.demo import summary_table, write_demo
     from fedscore.progress import ProgressView
+    from fedscore.report import html_path
     from fedscore.runner import run_job_file, score_file
 
     human = not (args.quiet or args.json)
@@ -158,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_report(report)
         print()
         print(summary_table(report))
-        print(f"\nreport: {report_path}  (training {report['seconds']:.0f} s)")
+        print(f"\nreport: {report_path}, page: {html_path(report_path)}  (training {report['seconds']:.0f} s)")
         print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
     with ProgressView.for_stderr(args.quiet) as view:
         view.stage("starting the party daemons from the trained state")
@@ -195,6 +203,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         result = score_file(
             args.job, args.input, args.output, local=args.local, state_dir=args.state, job_id=args.job_id or "",
             settle=args.settle, workers=args.workers, concurrency=args.concurrency, progress=view.scoring,
+            tls_dir=args.tls, insecure=args.insecure,
         )
     if args.json:
         _print_json(scoring_summary(result, args.output))
@@ -221,7 +230,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = loader(args.config)
     if args.listen:
         config = replace(config, listen=args.listen)
-    return serve(args.role, config, args.ready_file)
+    return serve(args.role, config, args.ready_file, insecure=args.insecure)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedscore.crypto.certs import init_consortium
+
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
+    folders = init_consortium(args.consortium, members, days=args.days)
+    print(f"consortium CA: {args.consortium / 'ca'} (keep ca.key offline; it is needed only to admit members)")
+    for name, folder in folders.items():
+        print(f"  {name:<14} {folder}  -> tls_dir of its daemon's config")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -256,12 +276,13 @@ def cmd_init_party(args: argparse.Namespace) -> int:
     from fedscore.scaffold import init_party
 
     folder = args.dir if args.dir is not None else Path(args.name)
-    written = init_party(args.name, folder, args.role, args.listen)
+    written = init_party(args.name, folder, args.role, args.listen, args.tls_dir)
     if not args.quiet:
         print(f"party {args.name!r} ({args.role}) in {folder}:")
         for path in written:
             print(f"  {path}")
-        print(f"next: put the data in {folder / 'data'}, then: fedscore party serve --config {folder / 'party.toml'}")
+        identity = "" if args.tls_dir else f", its TLS identity (from `fedscore certs init`) in {folder / 'tls'}"
+        print(f"next: put the data in {folder / 'data'}{identity}, then: fedscore party serve --config {folder / 'party.toml'}")
         print(f"(see {folder / 'README.md'})")
     return EXIT_OK
 
@@ -281,6 +302,13 @@ class _Parsers:
         )
 
 
+def _add_tls_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tls", type=Path, metavar="DIR",
+                         help="the card center's member folder (cert.pem, key.pem, ca.pem) for calling running daemons")
+    command.add_argument("--insecure", action="store_true",
+                         help="plaintext, no authentication (daemons started with --insecure): debugging only")
+
+
 def _output_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (with --json: the document only)")
     parser.add_argument("--json", action="store_true", help=f"print {what} as one JSON document on stdout, and nothing else there")
@@ -298,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add("run", "run a training job")
     run.add_argument("job", type=Path, help="job file (TOML)")
     run.add_argument("--local", action="store_true", help="start the coordinator and every party daemon here")
-    run.add_argument("--report", type=Path, help="write the JSON report here")
+    run.add_argument("--report", type=Path, help="write the JSON report here, and its HTML page beside it (same name, .html)")
     run.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
     run.add_argument("--workers", type=int, default=0, help="with --local: processes per party for Paillier work (0 = every core)")
     run.add_argument("--align-only", action="store_true", help="only find the applicants every party holds, then stop")
+    _add_tls_arguments(run)
     _output_options(run, "the report (with --align-only: the counts)")
     run.set_defaults(handler=cmd_run)
 
@@ -324,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--settle", action="store_true", help="settle the scoring fees on the chain afterwards")
     score.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     score.add_argument("--workers", type=int, default=1, help="with --local: processes per party for Paillier work")
+    _add_tls_arguments(score)
     _output_options(score, "the summary (counts, model, settlement, first error)")
     score.set_defaults(handler=cmd_score)
 
@@ -348,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(check, "the result")
     check.set_defaults(handler=cmd_audit)
 
+    certs = commands.add("certs", "make the consortium's CA and each member's TLS identity")
+    init_certs = _Parsers(certs.add_subparsers(dest="action", required=True, metavar="ACTION"), "certs").add(
+        "init", "create the CA (if absent) and a key and certificate for each member that lacks one"
+    )
+    init_certs.add_argument("--consortium", type=Path, required=True, help="folder for the CA and one folder per member")
+    init_certs.add_argument("--members", required=True, help="comma-separated member names (the coordinator is always added)")
+    init_certs.add_argument("--days", type=int, default=825, help="certificate lifetime in days (default 825)")
+    init_certs.set_defaults(handler=cmd_certs)
+
     for role in ("coordinator", "party"):
         group = commands.add(role, f"run a {role} daemon")
         serve = _Parsers(group.add_subparsers(dest="action", required=True, metavar="ACTION"), role).add(
@@ -356,12 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--config", type=Path, required=True, help=f"{role} config (TOML)")
         serve.add_argument("--listen", help="host:port to listen on (overrides the config)")
         serve.add_argument("--ready-file", type=Path, help="write host:port here once serving")
+        serve.add_argument("--insecure", action="store_true", help="plaintext, no peer authentication: debugging only")
         serve.set_defaults(handler=cmd_serve, role=role)
 
     init = commands.add("init", "make the files a new member starts from")
     party = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init").add(
         "party", "make a new party's folder: config, state folder, data stub and next steps",
-        description="Make a new party's folder: a config `fedscore party serve --config` takes as it is,\n"
+        description="Make a new party's folder: a config `fedscore party serve --config` takes as it is\n"
+                    "(once its TLS identity from `fedscore certs init` is in tls/, or named by --tls-dir),\n"
                     "a state folder, a data folder with a stub CSV and a README on its columns, and a\n"
                     "README of next steps. An existing folder is never overwritten.",
     )
@@ -370,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     party.add_argument("--role", choices=["card_center", "partner"], default="partner",
                        help="card_center holds the labels; partner (default) holds extra columns")
     party.add_argument("--listen", default="127.0.0.1:50061", help="host:port the daemon will listen on (default: %(default)s)")
+    party.add_argument("--tls-dir", type=Path, metavar="DIR",
+                       help="this party's member folder from `fedscore certs init` (default: the config expects tls/ in the folder)")
     party.add_argument("--quiet", action="store_true", help="print nothing but errors")
     party.set_defaults(handler=cmd_init_party)
     return parser
@@ -377,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "insecure", False) and args.command in ("run", "score"):
+        from fedscore.transport.tls import INSECURE_WARNING
+
+        print(f"fedscore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.handler(args)

@@ -14,12 +14,15 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedscore.crypto.obfuscation import SHORT_EXPONENT, VARIANTS
 from fedscore.errors import ConfigError, DataError
 from fedscore.ledger.settlement import FeeContract
 from fedscore.scoring.scorecard import LimitBand, ScoringPolicy
+
+if TYPE_CHECKING:
+    from fedscore.transport.tls import TlsIdentity
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}-[0-9a-f]{8}$")   # a job name, then 8 random hex digits
@@ -124,6 +127,8 @@ class JobSpec:
         for name in names:
             if not NAME_PATTERN.fullmatch(name):
                 raise ConfigError(f"{where}: party name {name!r}: use letters, digits, '-' and '_' (at most 64)")
+            if name == "coordinator":
+                raise ConfigError(f"{where}: a party cannot be named 'coordinator' (the coordinator's member name)")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{where}: party {duplicates[0]!r} is listed twice")
@@ -347,6 +352,8 @@ class DaemonConfig:
     scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
     scoring_table: str = "applicants"
     scoring_id: str = "id"
+    tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
+    tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
 
 
 def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
@@ -355,7 +362,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     table = document.get(section)
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
-    known = {"name", "listen", "state_dir", "workers", "max_message_mib"} | (
+    known = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir"} | (
         {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "consent_max_uses", "http_listen",
          "scoring_database", "scoring_table", "scoring_id"} if needs_data else set()
     )
@@ -389,6 +396,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     if not 0 < max_uses <= 1_000_000:
         raise ConfigError(f"{where}: consent_max_uses must be between 1 and 1000000")
     database = _take(table, "scoring_database", str, "", where)
+    tls_dir = _take(table, "tls_dir", str, "", where)
     return DaemonConfig(
         name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
         max_message_mib=max_message_mib, min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
@@ -396,6 +404,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
         scoring_database=base / database if database else None,
         scoring_table=_take(table, "scoring_table", str, "applicants", where),
         scoring_id=_take(table, "scoring_id", str, "id", where),
+        tls_dir=base / tls_dir if tls_dir else None,
     )
 
 

@@ -25,8 +25,16 @@ class TrainingError(FedscoreError):
     """Training itself went wrong (e.g. it diverged); the job's settings need changing."""
 
 
-class ConsentError(FedscoreError):
+class DeniedError(FedscoreError):
+    """A request refused for who made it or on whose behalf (gRPC PERMISSION_DENIED)."""
+
+
+class ConsentError(DeniedError):
     """A scoring request without a consent the party can accept; the message says why."""
+
+
+class AccessError(DeniedError):
+    """A member called what its role does not allow (or a job it is not part of); nothing was changed."""
 
 
 class InternalError(FedscoreError):

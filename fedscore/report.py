@@ -32,8 +32,10 @@ def build_report(
         "test_auc": metrics.get("test_auc"),
         "test_ks": metrics.get("test_ks"),
         "local_only_auc": metrics.get("local_only_auc"),
+        "local_only_ks": metrics.get("local_only_ks"),
         "local_only_test_auc": metrics.get("local_only_test_auc"),
         "local_only_test_ks": metrics.get("local_only_test_ks"),
+        "evaluation": metrics.get("curves"),   # the HTML report's curves: aggregates only (fedscore.model.curves)
         "loss": result.losses,
         "epoch_seconds": result.epoch_seconds,
         "epochs": len(result.losses),
@@ -62,6 +64,12 @@ def build_report(
         "settlement": audit["settlement"],
         "seconds": seconds,
     }
+
+
+def html_path(report_path: Path) -> Path:
+    """Where the HTML page of a JSON report goes: the same name with .html."""
+    path = report_path.with_suffix(".html")
+    return path if path != report_path else report_path.with_name(report_path.name + ".html")
 
 
 def write_report(path: Path, report: dict) -> None:

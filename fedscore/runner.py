@@ -18,10 +18,12 @@ from fedscore.model.model_file import write_atomically
 from fedscore.protocol.training import Progress
 from fedscore.report import write_report
 from fedscore.transport.clients import CoordinatorClient, ScoringClient
+from fedscore.transport.tls import TlsIdentity
 
 
-def submit(spec, address: str, progress: Callable[[Progress], None], align_only: bool = False) -> dict:
-    client = CoordinatorClient(address)
+def submit(spec, address: str, progress: Callable[[Progress], None], align_only: bool = False,
+           tls: TlsIdentity | None = None) -> dict:
+    client = CoordinatorClient(address, tls)
     try:
         client.ping()
         return json.loads(client.run_job(spec, progress, align_only))
@@ -38,21 +40,46 @@ def run_job_file(
     workers: int = 0,
     progress: Callable[[Progress], None] = lambda event: None,
     align_only: bool = False,
+    tls_dir: Path | None = None,
+    insecure: bool = False,
 ) -> dict:
+    """``tls_dir``: the card center's member folder to submit with (not needed with --local or --insecure)."""
     spec, base = load_job(job_path)
     if local:
         progress(Progress("start", message="starting the coordinator and one daemon per party"))
-        with LocalConsortium(spec, base, state_dir or base / "state", workers) as consortium:
-            report = submit(consortium.spec, consortium.coordinator_address, progress, align_only)
+        with LocalConsortium(spec, base, state_dir or base / "state", workers, insecure=insecure) as consortium:
+            tls = consortium.identity(spec.card_center.name)
+            report = submit(consortium.spec, consortium.coordinator_address, progress, align_only, tls)
     else:
         missing = [p.name for p in spec.parties if not p.address]
         if not spec.coordinator_address or missing:
             what = "the coordinator" if not spec.coordinator_address else f"party {missing[0]!r}"
             raise ConfigError(f"job file {job_path.name}: no address for {what}; add it, or use --local")
-        report = submit(spec, spec.coordinator_address, progress, align_only)
+        tls = client_identity(tls_dir, insecure, spec.card_center.name)
+        report = submit(spec, spec.coordinator_address, progress, align_only, tls)
     if report_path is not None:
         write_report(report_path, report)
+        if not align_only:
+            from fedscore.report_html import write_html_report   # matplotlib loads only when a page is drawn
+
+            write_html_report(report_path, report)
     return report
+
+
+def client_identity(tls_dir: Path | None, insecure: bool, card_center: str) -> TlsIdentity | None:
+    """The card center's identity for talking to running daemons: jobs and scores are its requests."""
+    if insecure:
+        return None
+    if tls_dir is None:
+        raise ConfigError(
+            "no TLS identity: pass --tls with the card center's member folder (made by `fedscore certs init`), "
+            "or --insecure against daemons started with --insecure"
+        )
+    identity = TlsIdentity.load(tls_dir)
+    if identity.name != card_center:
+        raise ConfigError(f"--tls {tls_dir}: the certificate names {identity.name!r}; jobs and scores are "
+                          f"requested by the job's card center {card_center!r}")
+    return identity
 
 
 OUTPUT_COLUMNS = ["id", "probability", "score", "decision", "credit_limit", "reasons", "partners_missing", "request_id", "error"]
@@ -131,6 +158,8 @@ def score_file(
     workers: int = 1,
     concurrency: int = 8,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    tls_dir: Path | None = None,
+    insecure: bool = False,
 ) -> dict:
     """Score an applicants file through the running services (or, --local, services started from the job's state).
 
@@ -140,8 +169,8 @@ def score_file(
     settings = load_scoring(job_path)
     started = time.perf_counter()
 
-    def run(job_spec, address: str) -> dict:
-        client = ScoringClient(address)
+    def run(job_spec, address: str, tls: TlsIdentity | None) -> dict:
+        client = ScoringClient(address, job_spec.card_center.name, tls)
         try:
             opened = client.open_scoring(job_spec, settings.to_json(), job_id)
             frame, send = read_applicants(input_path, job_spec.card_center.id_columns, list(opened.features), opened.limit_basis)
@@ -161,8 +190,9 @@ def score_file(
         }
 
     if local:
-        with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers) as consortium:
-            return run(consortium.spec, consortium.spec.card_center.address)
+        with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers,
+                             insecure=insecure) as consortium:
+            return run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
     if not spec.card_center.address:
         raise ConfigError(f"job file {job_path.name}: no address for the card center; add it, or use --local")
-    return run(spec, spec.card_center.address)
+    return run(spec, spec.card_center.address, client_identity(tls_dir, insecure, spec.card_center.name))

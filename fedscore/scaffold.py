@@ -1,7 +1,9 @@
 """`fedscore init party NAME`: a new party's folder, ready to edit and serve.
 
 The folder holds a daemon config that `fedscore party serve --config` takes
-as it is, an empty state folder, and a data folder with a stub CSV in the
+as it is once the party's TLS identity is in place (``--tls-dir`` points the
+config at one made by `fedscore certs init`; by default it is expected in
+``tls/``), an empty state folder, and a data folder with a stub CSV in the
 shape a job expects of this role, with a README on the columns and on how
 ids are matched. It is written in a hidden folder beside the target and
 renamed into place, so a failure leaves nothing half made, and an existing
@@ -9,6 +11,7 @@ folder is never written into.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -21,6 +24,7 @@ from fedscore.errors import ConfigError
 Role = Literal["card_center", "partner"]
 ROLES: tuple[Role, ...] = ("card_center", "partner")
 DEFAULT_LISTEN = "127.0.0.1:50061"
+DEFAULT_TLS_DIR = "tls"
 LABEL = "y"
 ROLE_TEXT = {"card_center": "the card center, which holds the labels", "partner": "a partner"}
 
@@ -40,11 +44,12 @@ CONFIG_TAIL = """\
 """
 
 
-def config_text(name: str, role: "Role", listen: str, config_hint: str) -> str:
+def config_text(name: str, role: "Role", listen: str, config_hint: str, tls_dir: str) -> str:
     """The party.toml: every setting a party needs, each with a comment on what it is for."""
     settings = [
         (f'name = "{name}"', "the name the job file gives this party"),
-        (f'listen = "{listen}"', "host:port the other members reach this daemon on; no TLS: loopback or a trusted network only"),
+        (f'listen = "{listen}"', "host:port the other members reach this daemon on (mutual TLS)"),
+        (f"tls_dir = {json.dumps(tls_dir)}", "this member's cert.pem, key.pem, ca.pem from `fedscore certs init`"),
         ('state_dir = "state"', "models, ledger replicas, signing key; relative to this file"),
         ('data_dir = "data"', "jobs may only read files inside this folder"),
         ("workers = 0", "processes for Paillier work; 0 = every core"),
@@ -114,7 +119,7 @@ Made by `fedscore init party`. Next steps:
 1. Put this party's data in `data/` in the shape of `data/{csv}`
    (`data/README.md` explains the columns and how ids are matched).
 2. Check `party.toml`: `listen` is the address the coordinator{reach} will
-   reach; there is no TLS, so keep it on loopback or a trusted network.
+   reach. {tls_step}
 3. Start the daemon and leave it running:
 
        fedscore party serve --config {config_hint}
@@ -146,8 +151,12 @@ STUB_ROWS = {
 }
 
 
-def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DEFAULT_LISTEN) -> list[Path]:
-    """Write a new party folder at ``folder``; returns the files written. Refuses an existing, non-empty folder."""
+def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DEFAULT_LISTEN,
+               tls_dir: Path | None = None) -> list[Path]:
+    """Write a new party folder at ``folder``; returns the files written. Refuses an existing, non-empty folder.
+
+    ``tls_dir``: this party's member folder from `fedscore certs init`; without it the config expects ``tls/``.
+    """
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"party name {name!r}: use a letter, then letters, digits, '-' and '_' (at most 64)")
     if role not in ROLES:
@@ -157,18 +166,27 @@ def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DE
     parent = folder.resolve().parent
     if not parent.is_dir():
         raise ConfigError(f"cannot create {folder}: its parent folder {parent} does not exist")
+    if tls_dir is not None and not (tls_dir / "cert.pem").is_file():
+        raise ConfigError(f"--tls-dir {tls_dir}: no cert.pem there; make the member folder with `fedscore certs init`")
+    tls_setting = str(tls_dir.resolve()) if tls_dir is not None else DEFAULT_TLS_DIR
+    tls_step = (
+        f"Its TLS identity is `{tls_setting}`." if tls_dir is not None else
+        f"Its TLS identity goes in `{DEFAULT_TLS_DIR}/`: ask whoever keeps the\n   consortium's CA to run "
+        f"`fedscore certs init --consortium DIR --members {name}`\n   and copy the folder `DIR/{name}` there "
+        "(`key.pem` stays readable by you alone)."
+    )
     csv = f"{name}.csv"
     role_text = ROLE_TEXT[role]
     config_hint = str(folder / "party.toml")
     files = {
-        Path("party.toml"): config_text(name, role, listen, config_hint),
+        Path("party.toml"): config_text(name, role, listen, config_hint, tls_setting),
         Path("data") / csv: "\n".join(STUB_ROWS[role]) + "\n",
         Path("data") / "README.md": DATA_README.format(
             name=name, csv=csv, label_line=LABEL_LINE if role == "card_center" else ""
         ),
         Path("README.md"): README.format(
             name=name, role_text=role_text, csv=csv, listen=listen, config_hint=config_hint,
-            reach="" if role == "card_center" else " and the card center",
+            reach="" if role == "card_center" else " and the card center", tls_step=tls_step,
             label_toml=f'       label = "{LABEL}"\n' if role == "card_center" else "",
             scoring_step=SCORING_STEP[role],
         ),

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from fedscore.model.data import load_party_table
 from fedscore.progress import ProgressView, clock, eta_seconds
 from fedscore.protocol.training import Progress
 from fedscore.transport.clients import PartyClient
+from fedscore.transport.tls import TlsIdentity
 
 from conftest import breast_parties, write_job
 
@@ -204,7 +206,7 @@ def test_every_command_and_subcommand_has_an_example_that_parses():
         "fedscore", "fedscore run", "fedscore demo", "fedscore score", "fedscore audit", "fedscore audit verify",
         "fedscore audit show", "fedscore audit prove", "fedscore audit check-proof", "fedscore audit balances",
         "fedscore coordinator", "fedscore coordinator serve", "fedscore party", "fedscore party serve",
-        "fedscore init", "fedscore init party",
+        "fedscore init", "fedscore init party", "fedscore certs", "fedscore certs init",
     }
     for parser in parsers:
         examples = [line.removeprefix("example: ") for line in (parser.epilog or "").splitlines() if line.startswith("example: fedscore ")]
@@ -282,15 +284,22 @@ def test_quiet_progress_prints_nothing():
 # -- init party ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["partner", "card_center"])
-def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role):
+@pytest.mark.parametrize("role, identity", [("partner", "copied into tls/"), ("card_center", "--tls-dir")])
+def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role, identity):
+    certs = fedscore("certs", "init", "--consortium", tmp_path / "certs", "--members", "acme")
+    assert certs.returncode == 0, certs.stderr
     folder = tmp_path / "acme"
-    done = fedscore("init", "party", "acme", "--dir", folder, "--role", role, "--listen", "127.0.0.1:0")
+    tls = ["--tls-dir", tmp_path / "certs" / "acme"] if identity == "--tls-dir" else []
+    done = fedscore("init", "party", "acme", "--dir", folder, "--role", role, "--listen", "127.0.0.1:0", *tls)
     assert done.returncode == 0, done.stderr
     assert f"fedscore party serve --config {folder / 'party.toml'}" in done.stdout
     assert (folder / "state").is_dir() and (folder / "README.md").is_file() and (folder / "data" / "README.md").is_file()
+    if identity == "copied into tls/":   # what the README asks for when the identity comes later
+        assert "fedscore certs init --consortium DIR --members acme" in (folder / "README.md").read_text()
+        shutil.copytree(tmp_path / "certs" / "acme", folder / "tls")
     config = load_party_config(folder / "party.toml")
     assert config.name == "acme" and config.data_dir == folder / "data" and config.state_dir == folder / "state"
+    assert config.tls_dir.resolve() == (tmp_path / "certs" / "acme").resolve() if tls else config.tls_dir == folder / "tls"
     # the stub has the shape a job reads: the label only for the card center
     table = load_party_table(folder / "data" / "acme.csv", ["id"], "y" if role == "card_center" else None, party="acme")
     assert table.feature_names == ["feature_1", "feature_2"] and (table.labels is not None) == (role == "card_center")
@@ -307,9 +316,9 @@ def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role):
             assert time.monotonic() < deadline, "the daemon did not come up"
             time.sleep(0.05)
         address = ready.read_text().split()[0]
-        client = PartyClient("acme", address)
+        client = PartyClient("acme", address, tls=TlsIdentity.load(tmp_path / "certs" / "coordinator"))
         try:
-            reply = client.ping()
+            reply = client.ping()      # over mutual TLS, as the coordinator
         finally:
             client.close()
         assert reply.name == "acme" and reply.role == "party"

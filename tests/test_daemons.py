@@ -20,7 +20,7 @@ import grpc
 
 from fedscore.config import load_job
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.errors import DataError, FedscoreError, PeerError
+from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError
 from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.proto import fedscore_pb2 as pb
@@ -124,7 +124,8 @@ def test_a_party_that_dies_mid_job_is_named_and_no_model_is_kept(breast_folder):
                 os.killpg(victim.pid, signal.SIGKILL)
 
         with pytest.raises(PeerError) as caught:
-            submit(consortium.spec, consortium.coordinator_address, kill_after_first_epoch)
+            submit(consortium.spec, consortium.coordinator_address, kill_after_first_epoch,
+                       tls=consortium.card_center_identity)
         assert "'host'" in str(caught.value) and "did not answer" in str(caught.value)
         assert consortium.dead_members() == ["host"]
     assert not list((breast_folder / "state").rglob("model.json"))
@@ -142,7 +143,9 @@ def test_remote_mode_uses_the_job_file_addresses(breast_folder):
         job = write_job(breast_folder, remote, epochs=2)
         text = job.read_text().replace("[job]", f'[coordinator]\naddress = "{consortium.coordinator_address}"\n\n[job]')
         job.write_text(text)
-        report = run_job_file(job, local=False)
+        with pytest.raises(ConfigError, match="no TLS identity: pass --tls"):
+            run_job_file(job, local=False)
+        report = run_job_file(job, local=False, tls_dir=consortium.certs_dir / spec.card_center.name)
     assert report["epochs"] == 2 and Path(report["parties"][1]["model"]).is_file()
 
 
@@ -153,7 +156,8 @@ def test_unreachable_party_is_named(breast_folder):
             replace(p, address="127.0.0.1:9") if p.name == "host" else p for p in consortium.spec.parties
         )
         with pytest.raises(PeerError, match=r"party 'host' at 127\.0\.0\.1:9 did not answer"):
-            submit(replace(consortium.spec, parties=closed_port), consortium.coordinator_address, lambda event: None)
+            submit(replace(consortium.spec, parties=closed_port), consortium.coordinator_address, lambda event: None,
+                   tls=consortium.card_center_identity)
 
 
 def test_parties_refuse_small_batches(breast_folder):
@@ -167,8 +171,13 @@ class AbortCalled(Exception):
 
 
 class FakeContext:
+    """A servicer context on a plaintext server: no caller certificate."""
+
     def abort(self, code, message):
         raise AbortCalled(code, message)
+
+    def auth_context(self):
+        return {}
 
 
 def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
@@ -282,7 +291,8 @@ def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
         started = time.monotonic()
         try:
             with pytest.raises(PeerError) as caught:
-                submit(consortium.spec, consortium.coordinator_address, freeze_after_first_epoch)
+                submit(consortium.spec, consortium.coordinator_address, freeze_after_first_epoch,
+                       tls=consortium.card_center_identity)
         finally:
             os.killpg(victim.pid, signal.SIGCONT)
         count("peer kills and hangs survived")
@@ -306,7 +316,7 @@ def test_a_message_over_the_daemons_limit_is_refused_and_it_keeps_serving(tmp_pa
     config.write_text('[party]\nname = "host"\nlisten = "127.0.0.1:0"\nstate_dir = "state"\ndata_dir = "data"\nmax_message_mib = 4\n')
     ready = folder / "ready"
     process = subprocess.Popen([sys.executable, "-m", "fedscore", "party", "serve", "--config", str(config),
-                                "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--ready-file", str(ready), "--insecure"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and time.monotonic() < deadline:

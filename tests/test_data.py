@@ -89,3 +89,27 @@ def test_missing_file_and_bad_encoding(tmp_path):
 def test_partner_file_without_label(tmp_path):
     table = load(write(tmp_path, "id,a\n2,1\n1,2\n"), label=None)
     assert table.labels is None and table.ids.tolist() == ["1", "2"]
+
+
+def test_a_dataframe_gives_the_table_its_csv_gives(tmp_path):
+    import pandas as pd
+
+    from fedscore.model.data import table_from_frame
+
+    text = "phone,nid,y,a,b\n 555 ,AB12,1,0.5,10\n556,cd34,0,1.5,2e3\n554,x,1,-3,0.1\n"
+    from_file = load(write(tmp_path, text), "y", ("phone", "nid"))
+    frame = pd.read_csv(write(tmp_path, text, "again.csv"))   # phone parsed as text here, b as floats
+    for given in (frame, frame.set_index(["phone", "nid"])):   # ids as columns, or as the index
+        from_frame = table_from_frame(given, ["phone", "nid"], "y", party="bank")
+        assert from_frame.ids.tolist() == from_file.ids.tolist()
+        assert from_frame.feature_names == from_file.feature_names == ["a", "b"]
+        assert from_frame.labels.tolist() == from_file.labels.tolist()
+        np.testing.assert_array_equal(from_frame.features, from_file.features)
+    numbers = pd.DataFrame({"id": [3, 1, 2], "y": [1.0, 0.0, 1.0], "a": ["0.5", "1.5", "2.5"], "b": [10, 20, 30]})
+    table = table_from_frame(numbers, ["id"], "y")            # integer ids, float labels, numbers as text
+    assert table.ids.tolist() == ["1", "2", "3"] and table.labels.tolist() == [0, 1, 1]
+    np.testing.assert_array_equal(table.features, [[1.5, 20], [2.5, 30], [0.5, 10]])
+    with pytest.raises(DataError, match=r"DataFrame: column 1 is named 5; column names must be non-empty text"):
+        table_from_frame(pd.DataFrame({"id": [1, 2], 5: [1.0, 2.0]}), ["id"])
+    with pytest.raises(DataError, match="DataFrame: has no rows"):
+        table_from_frame(pd.DataFrame({"id": [], "a": []}), ["id"])

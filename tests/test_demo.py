@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +29,9 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     assert "card center alone" in done.stdout and "federated (3 parties)" in done.stdout
 
     report = json.loads((workdir / "report.json").read_text())
+    page = (workdir / "report.html").read_text()
+    assert "fedscore report: default-credit" in page and page.count('src="data:image/png;base64,') == 7
+    assert all(Path(p["report"]).is_file() for p in report["parties"])   # each party's own page
     ids = {
         name: set(pd.read_csv(workdir / f"{name}.csv")[column])
         for name, column in [("card_center", "id"), ("bureau", "customer_id"), ("ecommerce", "id")]

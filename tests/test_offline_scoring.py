@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from fedscore.protocol.simulation import simulate
-from fedscore.scoring.offline import offline_answer, partial_score
+from fedscore.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
 from fedscore.scoring.scorecard import ScoringPolicy, points
 
-from conftest import breast_parties
+from conftest import breast_parties, split_three_ways
 from test_protocol import consortium_for
 
 
@@ -29,3 +29,25 @@ def test_model_files_reproduce_the_federated_scores(breast_folder, keypair, inli
     unknown = offline_answer(center_model, center.table.features[0], {"host": (host_model, None)}, policy)
     assert unknown.partners_missing == ("host",)
     assert unknown.score == pytest.approx(points(center.matrix[0] @ center.weights, policy), abs=1e-9)
+
+
+def test_many_rows_at_once_equal_the_one_row_answers_to_the_bit(breast_folder, keypair, inline_pool):
+    """The vectorised path (the Python estimator's predictions) adds in the served order: no ulp may differ."""
+    consortium = consortium_for(breast_folder, split_three_ways(breast_folder), keypair, inline_pool, epochs=2)
+    simulate(consortium)
+    center = consortium.card_center
+    models = {name: s.model() for name, s in consortium.partners.items()}
+    partners = {name: (models[name], s.table.features) for name, s in consortium.partners.items()}
+    u = log_odds(center.model(), center.table.features, partners)
+    p = probabilities(u)
+    policy = ScoringPolicy(limit_basis="x0")
+    for row in range(center.table.rows):
+        one = offline_answer(
+            center.model(), center.table.features[row],
+            {name: (models[name], s.table.features[row]) for name, s in consortium.partners.items()}, policy,
+        )
+        assert p[row] == one.probability
+        assert u[row] == pytest.approx(center.matrix[row] @ center.weights
+                                      + sum(s.matrix[row] @ s.weights for s in consortium.partners.values()), abs=1e-9)
+    for name, (model, features) in partners.items():
+        assert partial_scores(model, features).tolist() == [partial_score(model, row) for row in features]

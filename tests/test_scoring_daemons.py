@@ -1,15 +1,15 @@
 """Online scoring through real daemons: every answer equals the offline model; HTTP, consent and failures."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import pytest
 from fedscore.config import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
-from fedscore.errors import ConsentError, PeerError
+from fedscore.errors import DeniedError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 from fedscore.scoring.offline import offline_answer
 from fedscore.scoring.sources import CsvSource
 from fedscore.transport.clients import ScoringClient
+from fedscore.transport.tls import TlsIdentity
 
 from faults import count
 
@@ -110,13 +111,23 @@ def test_fedscore_score_equals_the_offline_model_on_every_row(trained):
     assert "scoring settlement #" in done.stdout
 
 
-def post(url: str, document: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(document).encode(), {"Content-Type": "application/json"})
+def tls_socket(address: str, identity: TlsIdentity, server_name: str = "card_center") -> ssl.SSLSocket:
+    """A connection to the HTTPS endpoint as ``identity``, expecting the server's certificate to name ``server_name``."""
+    host, port = address.split(":")
+    return identity.ssl_context(server=False).wrap_socket(
+        socket.create_connection((host, int(port)), timeout=30), server_hostname=server_name
+    )
+
+
+def post(address: str, document: dict, identity: TlsIdentity) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection(*address.split(":"), timeout=30)
+    connection.sock = tls_socket(address, identity)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        connection.request("POST", "/v1/score", json.dumps(document), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(trained):
@@ -125,10 +136,12 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
     applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str)
     features = SPLIT["card_center"]
     with LocalConsortium(spec, base, trained / "state", 1, settings.consent_issuers) as consortium:
-        client = ScoringClient(consortium.spec.card_center.address)
+        client = ScoringClient(consortium.spec.card_center.address, consortium.spec.card_center.name,
+                               consortium.card_center_identity)
         opened = client.open_scoring(consortium.spec, settings.to_json())
         assert list(opened.features) == features
-        url = f"http://{consortium.http_addresses['card_center']}/v1/score"
+        http_address = consortium.http_addresses["card_center"]
+        me = consortium.card_center_identity
         row = applicants.iloc[0]
         values = {c: float(row[c]) for c in features}
         issuer = issuer_key(trained)
@@ -139,7 +152,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
             return give_consent(key, certificate, bytes(issuer.verify_key), row["id"], "card_center").to_text()
 
         by_grpc = client.score(row["id"], values, row["consent"])
-        status, by_http = post(url, {"applicant_id": row["id"], "features": values, "consent": row["consent"]})
+        status, by_http = post(http_address, {"applicant_id": row["id"], "features": values, "consent": row["consent"]}, me)
         assert status == 200 and by_http["job_id"] == opened.job_id
         assert (by_http["probability"], by_http["score"], by_http["decision"], by_http["credit_limit"], by_http["reasons"]) == (
             by_grpc.probability, by_grpc.score, by_grpc.decision, by_grpc.credit_limit, list(by_grpc.reasons))
@@ -147,29 +160,43 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
 
         # someone else's consent, a missing feature, a field that is not ours
         other = applicants.iloc[1]["consent"]
-        status, refused = post(url, {"applicant_id": row["id"], "features": values, "consent": other})
+        status, refused = post(http_address, {"applicant_id": row["id"], "features": values, "consent": other}, me)
         assert status == 403 and "not certified for this applicant" in refused["error"]
-        with pytest.raises(ConsentError, match="not certified"):
+        with pytest.raises(DeniedError, match="not certified"):
             client.score(row["id"], values, other)
-        status, bad = post(url, {"applicant_id": row["id"], "features": {**values, "AGE": "old"}, "consent": row["consent"]})
+        status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "AGE": "old"}, "consent": row["consent"]}, me)
         assert status == 400 and "'AGE' must be a finite number" in bad["error"]
-        status, bad = post(url, {"applicant_id": row["id"], "features": values})
+        status, bad = post(http_address, {"applicant_id": row["id"], "features": values}, me)
         assert status == 400 and "consent" in bad["error"]
 
+        # only the card center's own certificate may score; no certificate, or plaintext, gets no answer at all
+        bureau = consortium.identity("bureau")
+        status, refused = post(http_address, {"applicant_id": row["id"], "features": values, "consent": fresh()}, bureau)
+        assert status == 403 and "refused 'bureau'" in refused["error"]
+        host, port = http_address.split(":")
+        anonymous = ssl.create_default_context(cadata=me.ca.decode())
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with anonymous.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname="card_center") as bare:
+                bare.sendall(b"GET /v1/health HTTP/1.1\r\n\r\n")
+                assert bare.recv(100) == b""   # TLS 1.3: the refusal may only show at the first read
+                raise ConnectionError("closed without an answer")
+        with socket.create_connection((host, int(port)), timeout=10) as plain:
+            plain.sendall(b"GET /v1/health HTTP/1.1\r\n\r\n")
+            assert b"HTTP/1.1" not in plain.recv(100)
+
         # malformed HTTP gets a 400 and a closed connection; nothing sent after it is read as a request
-        host, port = consortium.http_addresses["card_center"].split(":")
         for raw in [
             b"POST /v1/score HTTP/1.1\r\nContent-Length: 999999\r\n\r\nGET /v1/health HTTP/1.1\r\n\r\n",
             b"POST /v1/score HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
             b"POST /v1/score HTTP/1.1\r\nContent-Length: 40000\r\n\r\n" + b"[" * 20000 + b"]" * 20000,
         ]:
-            with socket.create_connection((host, int(port)), timeout=10) as connection:
+            with tls_socket(http_address, me) as connection:
                 connection.sendall(raw)
                 received = b""
                 while chunk := connection.recv(65536):
                     received += chunk
             assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1") == 1, received[:200]
-        assert post(url, {"applicant_id": row["id"], "features": values, "consent": fresh()})[0] == 200
+        assert post(http_address, {"applicant_id": row["id"], "features": values, "consent": fresh()}, me)[0] == 200
 
         # a partner dies: answers go on without it, flagged; its fee entries wait, journalled
         os.killpg(consortium.processes["ecommerce"].pid, signal.SIGKILL)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedscore import __version__
 from fedscore.config import DaemonConfig, JobSpec
+from fedscore.daemons.access import require
 from fedscore.errors import FedscoreError, PeerError
 from fedscore.model.model_file import write_atomically
 from fedscore.model.rows import split_rows
@@ -39,13 +40,15 @@ from fedscore.report import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
 from fedscore.transport.rpc import servicer_errors, status_for
+from fedscore.transport.tls import TlsIdentity
 
 log = logging.getLogger("fedscore.coordinator")
 handles_errors = servicer_errors("label")
 
 
 def run_job(
-    spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None, align_only: bool = False
+    spec: JobSpec, state_dir: Path, progress, cancelled: threading.Event | None = None, align_only: bool = False,
+    tls: TlsIdentity | None = None,
 ) -> dict:
     """Run one job end to end over gRPC (or only its alignment); returns the report."""
     started = time.perf_counter()
@@ -53,7 +56,7 @@ def run_job(
     for party in spec.parties:
         if not party.address:
             raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
-    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout) for p in spec.parties}
+    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
     center = spec.card_center.name
     partners = {p.name: clients[p.name] for p in spec.partners}
     ledger: LedgerMember | None = None
@@ -124,6 +127,7 @@ def run_job(
                 "features": replies[name].features,
                 "rows": replies[name].rows,
                 "model": finished[name].model_path,
+                "report": finished[name].report_path,
                 "state_dir": finished[name].state_dir,
             }
             for name in clients
@@ -154,6 +158,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def RunJob(self, request, context):
         try:
             spec = codec.spec_from_proto(request.job)
+            require(context, spec.card_center.name, "coordinator: running a job")   # the card center asks for training
         except FedscoreError as error:
             context.abort(status_for(error), str(error))
         events: queue.Queue = queue.Queue()
@@ -163,7 +168,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
         def work() -> None:
             try:
-                report = run_job(spec, self.config.state_dir, events.put, cancelled, request.align_only)
+                report = run_job(spec, self.config.state_dir, events.put, cancelled, request.align_only, self.config.tls)
                 events.put(json.dumps(report))
             except BaseException as error:  # handed to the streaming thread below
                 events.put(error)

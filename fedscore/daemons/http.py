@@ -8,16 +8,22 @@
     GET  /v1/health  200 {"status": "ok", "models": [...]}
 
 It calls the same scoring host as the gRPC Score method; nothing else.
+Served over HTTPS with client certificates, like the gRPC port: a client
+must present the card center's own certificate to score (403 otherwise),
+any consortium certificate to read the health page.
 """
 from __future__ import annotations
 
 import json
 import logging
+import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fedscore.daemons.scoring import ScoringHost
-from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError, ProtocolError
+from fedscore.errors import ConfigError, DataError, DeniedError, FedscoreError, ProtocolError
+from fedscore.transport.tls import TlsIdentity, certificate_subject_name
 
 log = logging.getLogger("fedscore.http")
 MAX_BODY = 64 * 1024
@@ -26,7 +32,7 @@ SOCKET_TIMEOUT = 10.0     # a client that stops sending mid-request is dropped a
 
 
 def status_of(error: FedscoreError) -> int:
-    if isinstance(error, ConsentError):
+    if isinstance(error, DeniedError):
         return 403
     if isinstance(error, (DataError, ConfigError)):
         return 400
@@ -85,6 +91,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _caller(self) -> str | None:
+        """The verified client certificate's member name; None on a plaintext endpoint."""
+        if not isinstance(self.connection, ssl.SSLSocket):
+            return None
+        return certificate_subject_name(self.connection.getpeercert())
+
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/health":
             self._send(200, {"status": "ok", "models": self.host.open_models()})
@@ -94,6 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path.rstrip("/") != "/v1/score":
             self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score"})
+            return
+        caller = self._caller()
+        if caller is not None and caller != self.host.name:
+            self._send(403, {"error": f"scoring is for {self.host.name!r} only; refused {caller!r}"})
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -124,9 +140,19 @@ class _BoundedServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, tls: ssl.SSLContext | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._tls = tls
+
+    def get_request(self):
+        connection, address = super().get_request()
+        if self._tls is not None:   # the handshake happens on the connection's own thread, at its first read
+            connection = self._tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def handle_error(self, request, client_address) -> None:
+        log.info("HTTP connection from %s dropped: %s", client_address[0], sys.exc_info()[1])
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):
@@ -144,12 +170,14 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def start_http(host: ScoringHost, listen: str) -> tuple[ThreadingHTTPServer, str]:
+def start_http(host: ScoringHost, listen: str, tls: TlsIdentity | None) -> tuple[ThreadingHTTPServer, str]:
     """Serve in a background thread; returns the server and the host:port it got."""
     address, _, port = listen.rpartition(":")
     handler = type("Handler", (_Handler,), {"host": host})
     try:
-        server = _BoundedServer((address or "127.0.0.1", int(port or 0)), handler)
+        server = _BoundedServer(
+            (address or "127.0.0.1", int(port or 0)), handler, tls=tls.ssl_context(server=True) if tls else None
+        )
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot serve HTTP on {listen}: {error}") from None
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()

@@ -3,7 +3,10 @@
 Each member gets its own state folder and config under the run's state root;
 each party daemon's data folder is the folder of its own data file, and it
 opens only the file the job names for it. Daemons bind port 0 and report the
-port they got through a ready file, so runs never collide on ports.
+port they got through a ready file, so runs never collide on ports. Unless
+told to run insecure, the launcher makes the consortium's CA and every
+member's certificate under the state root (once; later runs reuse them), so
+the daemons talk mutual TLS as they would across banks.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedscore.config import JobSpec
+from fedscore.crypto.certs import COORDINATOR, init_consortium
 from fedscore.errors import DataError, PeerError
+from fedscore.transport.tls import TlsIdentity
 
 STARTUP_SECONDS = 60.0
 
@@ -30,8 +35,10 @@ class LocalConsortium:
     """Start, watch and stop the coordinator and one daemon per party."""
 
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
-                 consent_issuers: tuple[str, ...] = ()):
+                 consent_issuers: tuple[str, ...] = (), insecure: bool = False):
         self.spec = spec
+        self.insecure = insecure
+        self.certs_dir = state_root.resolve() / "certs"
         self.consent_issuers = list(consent_issuers)   # one owner runs every party here: the job's issuers are trusted
         self.http_addresses: dict[str, str] = {}
         self.base_dir = base_dir
@@ -55,6 +62,8 @@ class LocalConsortium:
         folder = self.state_root / member
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / f"{role}.toml"
+        if not self.insecure:
+            settings = {**settings, "tls_dir": str(self.certs_dir / member)}
         lines = [f"[{role}]"] + [
             f"{key} = {_toml_string(value) if isinstance(value, (str, list)) else value}" for key, value in settings.items()
         ]
@@ -67,13 +76,25 @@ class LocalConsortium:
         ready.unlink(missing_ok=True)
         log = (config.parent / "daemon.log").open("ab")
         self.processes[member] = subprocess.Popen(
-            [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready)],
+            [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready),
+             *(["--insecure"] if self.insecure else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
         return ready
 
+    def identity(self, member: str) -> TlsIdentity | None:
+        """The TLS identity to act as ``member`` (e.g. the card center submitting a job); None when insecure."""
+        return None if self.insecure else TlsIdentity.load(self.certs_dir / member)
+
+    @property
+    def card_center_identity(self) -> TlsIdentity | None:
+        """Who submits jobs and asks for scores (the card center's data scientist and approval system)."""
+        return self.identity(self.spec.card_center.name)
+
     def start(self) -> JobSpec:
+        if not self.insecure:
+            init_consortium(self.certs_dir, [COORDINATOR, *(p.name for p in self.spec.parties)])
         ready_files: dict[str, Path] = {}
         parties = []
         for party in self.spec.parties:

@@ -21,6 +21,7 @@ from fedscore.config import DaemonConfig, JobSpec, check_job_id, resolve_data_fi
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.access import COORDINATOR, require
 from fedscore.daemons.scoring import ScoringHost
 from fedscore.errors import ConfigError, ConsentError, DataError, ProtocolError
 from fedscore.ledger import identity
@@ -30,7 +31,7 @@ from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.model.model_file import write_atomically
+from fedscore.model.model_file import PartyModel, write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
@@ -43,6 +44,7 @@ from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
 
 log = logging.getLogger("fedscore.party")
 MAX_PARTIAL_SCORES = 1024
+REPORT_FILE = "report.html"   # a party's own page, beside its model.json
 handles_errors = servicer_errors("label")
 
 
@@ -73,31 +75,39 @@ class PartyService(pb_grpc.PartyServicer):
 
     # -- helpers ------------------------------------------------------------
 
-    def _job(self, job_id: str) -> PreparedJob:
+    def _allow(self, context, allowed: str, action: str) -> None:
+        require(context, allowed, f"{self.label}: {action}")
+
+    def _job(self, job_id: str, context, by: str) -> PreparedJob:
+        """The job, if the caller plays role ``by`` in it ("coordinator" or "card_center")."""
         check_job_id(job_id, self.label)
+        if by == COORDINATOR:
+            self._allow(context, COORDINATOR, f"job {job_id}")
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
             raise ProtocolError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
+        if by != COORDINATOR:
+            self._allow(context, job.spec.card_center.name, f"job {job_id}")
         return job
 
-    def _session(self, job_id: str, kind: type = PartySession) -> PartySession:
-        session = self._job(job_id).session
+    def _session(self, job_id: str, context, by: str, kind: type = PartySession) -> PartySession:
+        session = self._job(job_id, context, by).session
         if session is None:
             raise ProtocolError(f"{self.label}: job {job_id!r} has not started training")
         if not isinstance(session, kind):
             raise ProtocolError(f"{self.label}: this call is not for a {session.role} in job {job_id!r}")
         return session
 
-    def _alignment(self, job_id: str, kind: type) -> PsiParty:
-        job = self._job(job_id)
+    def _alignment(self, job_id: str, context, by: str, kind: type) -> PsiParty:
+        job = self._job(job_id, context, by)
         if not isinstance(job.alignment, kind) or job.aligned_rows is not None:
             raise ProtocolError(f"{self.label}: no alignment of this kind is open in job {job_id!r}")
         return job.alignment
 
     @handles_errors
     def StartTraining(self, request, context):
-        job = self._job(request.job_id)
+        job = self._job(request.job_id, context, COORDINATOR)
         if job.aligned_rows is None or job.session is not None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
         rows = job.aligned_rows
@@ -130,6 +140,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def PrepareJob(self, request, context):
+        self._allow(context, COORDINATOR, "preparing a job")
         spec = codec.spec_from_proto(request.job)
         if request.party != self.name:
             raise ConfigError(
@@ -156,7 +167,7 @@ class PartyService(pb_grpc.PartyServicer):
         ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", facts)
         if me.is_card_center:
             timeout = spec.rpc_timeout * PARTNER_SHARE
-            partners = {p.name: PartyClient(p.name, p.address, timeout=timeout) for p in spec.partners}
+            partners = {p.name: PartyClient(p.name, p.address, timeout=timeout, tls=self.config.tls) for p in spec.partners}
             for client in partners.values():
                 client.job_id, client.public_key = request.job_id, public_key
             aligner: PsiParty = CardCenterAlignment(self.name, table, request.job_id, self.pool)
@@ -174,13 +185,13 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def MaskedGradient(self, request, context):
-        session = self._session(request.job_id)
+        session = self._session(request.job_id, context, COORDINATOR)
         values = session.masked_gradient(codec.step_from_proto(request))
         return codec.single_block(values, session.public_key.ciphertext_bytes, request)
 
     @handles_errors
     def ApplyGradient(self, request, context):
-        session = self._session(request.step.job_id)
+        session = self._session(request.step.job_id, context, COORDINATOR)
         _, values = codec.join_integer_blocks([request.values], session.public_key.plaintext_bytes)
         codec.check_residues(values, session.public_key)
         session.apply_gradient(codec.step_from_proto(request.step), [int(v) for v in values])
@@ -188,28 +199,47 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def FinishJob(self, request, context):
-        job = self._job(request.job_id)
-        session = self._session(request.job_id)
+        job = self._job(request.job_id, context, COORDINATOR)
+        session = self._session(request.job_id, context, COORDINATOR)
         path = self.job_dir(request.job_id) / "model.json"
-        text = session.model().to_json()
+        model = session.model()
+        text = model.to_json()
         write_atomically(path, text)
         job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
         return pb.FinishJobReply(
             model_path=str(path), state_dir=str(self.config.state_dir),
             model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+            report_path=self._write_page(request.job_id, session, model),
         )
+
+    def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
+        """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
+        the trained model is what the job is for."""
+        from fedscore.report_html import render_party_page   # matplotlib loads only when a job finishes
+
+        path = self.job_dir(job_id) / REPORT_FILE
+        evaluation = session.evaluation if isinstance(session, CardCenterSession) else None
+        try:
+            write_atomically(path, render_party_page(model, session.table.rows, len(session.train_rows), evaluation))
+        except Exception:   # noqa: BLE001 - any drawing failure; the job's model stands
+            log.exception("job %s: could not write this party's report page %s", job_id, path)
+            return ""
+        return str(path)
 
     @handles_errors
     def CloseJob(self, request, context):
+        self._allow(context, COORDINATOR, f"job {request.job_id}")
         self._close(request.job_id)
         return pb.Empty()
 
     @handles_errors
     def AbortJob(self, request, context):
         """Drop the job and any model it wrote; its ledger stays as the record of what happened."""
+        self._allow(context, COORDINATOR, f"job {request.job_id}")
         self._close(request.job_id)
         (self.job_dir(request.job_id) / "model.json").unlink(missing_ok=True)
+        (self.job_dir(request.job_id) / REPORT_FILE).unlink(missing_ok=True)
         log.info("job %s aborted", request.job_id)
         return pb.Empty()
 
@@ -227,30 +257,32 @@ class PartyService(pb_grpc.PartyServicer):
 
     # -- coordinator -> every party: the audit chain --------------------------
 
-    def _ledger(self, job_id: str, chain: str) -> LedgerMember:
+    def _ledger(self, job_id: str, chain: str, context) -> LedgerMember:
+        """A chain's replica here, if the caller proposes that chain's blocks (coordinator or card center)."""
         if chain == "scoring":
+            self._allow(context, self.scoring.card_center_of(job_id), f"scoring chain of {job_id}")
             return self.scoring.ledger(job_id)
         if chain:
             raise ProtocolError(f"{self.label}: no chain {chain!r}")
-        return self._job(job_id).ledger
+        return self._job(job_id, context, COORDINATOR).ledger
 
     @handles_errors
     def ProposeBlock(self, request, context):
         block = codec.block_from_proto(request)
-        return pb.Signature(signature=self._ledger(request.job_id, request.chain).sign(block))
+        return pb.Signature(signature=self._ledger(request.job_id, request.chain, context).sign(block))
 
     @handles_errors
     def CommitBlock(self, request, context):
-        self._ledger(request.job_id, request.chain).commit(codec.block_from_proto(request))
+        self._ledger(request.job_id, request.chain, context).commit(codec.block_from_proto(request))
         if request.chain == "scoring":
             self.scoring.committed(request.job_id)
         return pb.Empty()
 
     @handles_errors
     def SignSettlement(self, request, context):
+        ledger = self._ledger(request.job_id, request.chain, context)
         if request.chain == "scoring":
             return pb.Signature(signature=self.scoring.sign_settlement(request.job_id, request.body))
-        ledger = self._ledger(request.job_id, request.chain)
         expected = settlement_body(ledger.entries())
         try:
             body = decode_entry(request.body)
@@ -267,8 +299,8 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def Align(self, request, context):
-        job = self._job(request.job_id)
-        aligner = self._alignment(request.job_id, CardCenterAlignment)
+        job = self._job(request.job_id, context, COORDINATOR)
+        aligner = self._alignment(request.job_id, context, COORDINATOR, CardCenterAlignment)
         handles = {name: PsiClient(client) for name, client in job.partners.items()}
         result = aligner.align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
@@ -285,7 +317,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def _psi_blinded_ids(self, request, context):
-        aligner = self._alignment(request.job_id, PartnerAlignment)
+        aligner = self._alignment(request.job_id, context, "card_center", PartnerAlignment)
         return list(codec.fixed_blocks(aligner.blinded_ids(), psi.POINT_BYTES, request.job_id))
 
     def PsiReblind(self, request_iterator, context):
@@ -296,7 +328,7 @@ class PartyService(pb_grpc.PartyServicer):
         first = next(request_iterator, None)
         if first is None:
             raise ProtocolError(f"{self.label}: empty re-blinding stream")
-        aligner = self._alignment(first.job_id, PartnerAlignment)
+        aligner = self._alignment(first.job_id, context, "card_center", PartnerAlignment)
 
         def blocks():
             yield first
@@ -307,8 +339,8 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def PsiAccept(self, request, context):
-        job = self._job(request.job_id)
-        aligner = self._alignment(request.job_id, PartnerAlignment)
+        job = self._job(request.job_id, context, "card_center")
+        aligner = self._alignment(request.job_id, context, "card_center", PartnerAlignment)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
         job.ledger.facts.aligned_rows = len(job.aligned_rows)
@@ -318,12 +350,12 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def ForwardStep(self, request, context):
-        self._session(request.job_id, CardCenterSession).forward_step(codec.step_from_proto(request))
+        self._session(request.job_id, context, COORDINATOR, CardCenterSession).forward_step(codec.step_from_proto(request))
         return pb.Empty()
 
     @handles_errors
     def LossShare(self, request, context):
-        session = self._session(request.job_id, CardCenterSession)
+        session = self._session(request.job_id, context, COORDINATOR, CardCenterSession)
         value, digests = session.loss_share(codec.step_from_proto(request))
         return pb.LossShareReply(
             share=codec.single_block([value], session.public_key.ciphertext_bytes, request), digests=digests
@@ -331,7 +363,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def Evaluate(self, request, context):
-        session = self._session(request.job_id, CardCenterSession)
+        session = self._session(request.job_id, context, COORDINATOR, CardCenterSession)
         if len(request.mask_sum) % 8:
             raise ProtocolError(f"{self.label}: mask sum is not a whole number of 64-bit words")
         mask_sum = codec.words(request.mask_sum)
@@ -341,7 +373,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def ScoreMaskSeed(self, request, context):
-        return pb.Seed(seed=self._session(request.job_id, PartnerSession).score_mask_seed())
+        return pb.Seed(seed=self._session(request.job_id, context, COORDINATOR, PartnerSession).score_mask_seed())
 
     # -- card center -> partner ---------------------------------------------
 
@@ -351,7 +383,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def _encrypted_partial(self, request, context):
-        session = self._session(request.job_id, PartnerSession)
+        session = self._session(request.job_id, context, "card_center", PartnerSession)
         values = session.encrypted_partial(codec.step_from_proto(request))
         return list(codec.integer_blocks(values, session.public_key.ciphertext_bytes, request))
 
@@ -360,7 +392,7 @@ class PartyService(pb_grpc.PartyServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("step"):
             raise ProtocolError(f"{self.label}: residual stream without a step header")
-        session = self._session(first.step.job_id, PartnerSession)
+        session = self._session(first.step.job_id, context, "card_center", PartnerSession)
 
         def blocks():
             yield first
@@ -373,7 +405,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def EncryptedLossTerm(self, request, context):
-        session = self._session(request.job_id, PartnerSession)
+        session = self._session(request.job_id, context, "card_center", PartnerSession)
         value = session.encrypted_loss_term(codec.step_from_proto(request))
         return codec.single_block([value], session.public_key.ciphertext_bytes, request)
 
@@ -382,7 +414,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def _masked_scores(self, request, context):
-        session = self._session(request.job_id, PartnerSession)
+        session = self._session(request.job_id, context, "card_center", PartnerSession)
         return list(codec.fixed_blocks(session.masked_scores().astype("<u8").tobytes(), 8, request.job_id))
 
 
@@ -391,6 +423,7 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def OpenScoring(self, request, context):
         spec = codec.spec_from_proto(request.job)
+        self._allow(context, spec.card_center.name, "opening a model for scoring")
         served, features, basis = self.scoring.open(request.job_id, spec, request.settings_json, request.pair_key)
         return pb.OpenScoringReply(
             job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,
@@ -399,6 +432,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def Score(self, request, context):
+        self._allow(context, self.name, "scoring")   # the card center's own approval system
         job_id, scored = self.scoring.score(request.job_id, request.applicant_id, dict(request.features), request.consent)
         result = scored.answer
         return pb.ScoreReply(
@@ -411,6 +445,7 @@ class PartyService(pb_grpc.PartyServicer):
     def PartialScore(self, request, context):
         if len(request.items) > MAX_PARTIAL_SCORES:
             raise ProtocolError(f"{self.label}: at most {MAX_PARTIAL_SCORES} partial scores per call")
+        self._allow(context, self.scoring.card_center_of(request.job_id), "partial scores")
         results = []
         for item in request.items:
             try:
@@ -423,6 +458,7 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def SettleScoring(self, request, context):
+        self._allow(context, self.name, "settling scoring fees")
         settlement = self.scoring.settle(request.job_id)
         member = self.scoring.ledger(request.job_id)
         return pb.SettleScoringReply(
@@ -431,6 +467,11 @@ class PartyService(pb_grpc.PartyServicer):
 
     @handles_errors
     def CloseScoring(self, request, context):
+        try:
+            owner = self.scoring.card_center_of(request.job_id)
+        except ProtocolError:
+            return pb.Empty()   # not open here: nothing to close
+        self._allow(context, owner, "closing a model")
         self.scoring.close(request.job_id)
         return pb.Empty()
 

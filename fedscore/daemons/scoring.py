@@ -217,7 +217,7 @@ class ScoringHost:
         secrets = ScoringSecrets.load_or_create(self.config.state_dir / "scoring-secrets")
         facts.pair_keys = {p.name: secrets.pair_key(job_id, p.name) for p in partners}
         folder = self.jobs_dir() / job_id
-        peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=10.0) for p in partners}
+        peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=10.0, tls=self.config.tls) for p in partners}
         member = journal = None
         try:
             member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
@@ -338,6 +338,11 @@ class ScoringHost:
         return {}
 
     # -- the scoring chain, as a member -------------------------------------------
+
+    def card_center_of(self, job_id: str) -> str:
+        """Who runs model ``job_id``'s scoring: this party, or the card center it answers."""
+        served = self.served(job_id)
+        return served.scorer.card_center if isinstance(served.scorer, PartnerScorer) else self.name
 
     def ledger(self, job_id: str) -> LedgerMember:
         return self.served(job_id).member

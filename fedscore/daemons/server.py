@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,7 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 from fedscore.model.model_file import write_atomically
 from fedscore.transport.rpc import channel_options
+from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
 
 
 def configure_logging(name: str) -> None:
@@ -24,10 +26,31 @@ def configure_logging(name: str) -> None:
     )
 
 
-def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> int:
+def load_identity(role: str, config: DaemonConfig, insecure: bool) -> DaemonConfig:
+    """The daemon's TLS identity from ``tls_dir``, which must name this member; none only with --insecure."""
+    if insecure:
+        return replace(config, tls=None)
+    if config.tls_dir is None:
+        raise ConfigError(
+            f"{role} {config.name!r}: no TLS identity; set tls_dir in its config to the member folder made by "
+            "`fedscore certs init` (or start with --insecure, for debugging only)"
+        )
+    identity = TlsIdentity.load(config.tls_dir)
+    if identity.name != config.name:
+        raise ConfigError(
+            f"{role} {config.name!r}: the certificate in {config.tls_dir} names {identity.name!r}, not {config.name!r}"
+        )
+    return replace(config, tls=identity)
+
+
+def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insecure: bool = False) -> int:
     """Run until SIGTERM or SIGINT. ``ready_file`` receives host:port once serving."""
     configure_logging(config.name)
     log = logging.getLogger(f"fedscore.{role}")
+    if insecure:
+        log.warning(INSECURE_WARNING)
+        print(f"WARNING: {role} {config.name!r} {INSECURE_WARNING}", file=sys.stderr, flush=True)
+    config = load_identity(role, config, insecure)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pool = None
     service = None
@@ -48,21 +71,28 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None) -> in
         coordinator.add_to_server(coordinator.CoordinatorService(config), server)
     host = config.listen.rsplit(":", 1)[0]
     try:
-        port = server.add_insecure_port(config.listen)
+        if config.tls is None:
+            port = server.add_insecure_port(config.listen)
+        else:   # mutual TLS: callers without a certificate from the consortium CA never reach a method
+            port = server.add_secure_port(config.listen, config.tls.server_credentials())
     except RuntimeError:
         port = 0
     if not port:
         raise ConfigError(f"{role} {config.name!r} cannot listen on {config.listen} (in use, or not a local address)")
     server.start()
     address = f"{host}:{port}"
-    log.warning("%s %r serving on %s without TLS (loopback or trusted network only)", role, config.name, address)
+    if config.tls is None:
+        log.warning("%s %r serving on %s without TLS", role, config.name, address)
+    else:
+        log.info("%s %r serving on %s (mutual TLS as %r)", role, config.name, address, config.tls.name)
     announce = address + "\n"
     http_server = None
     if service is not None and config.http_listen:
         from fedscore.daemons.http import start_http
 
-        http_server, http_address = start_http(service.scoring, config.http_listen)
-        log.warning("scoring over HTTP/JSON on http://%s/v1/score (no TLS)", http_address)
+        http_server, http_address = start_http(service.scoring, config.http_listen, config.tls)
+        scheme = "http" if config.tls is None else "https"
+        log.info("scoring over HTTP/JSON on %s://%s/v1/score", scheme, http_address)
         announce += f"http={http_address}\n"
     if ready_file is not None:
         write_atomically(ready_file, announce)

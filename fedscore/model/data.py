@@ -114,47 +114,132 @@ def _check_shape(text: str, where: str) -> list[str]:
     return header
 
 
-def _line_numbers(mask: np.ndarray) -> list[int]:
-    """File line numbers (header = 1) of the rows where ``mask`` holds."""
-    return [int(i) + 2 for i in np.flatnonzero(mask)]
-
 
 MISSING = ["", "nan", "NaN", "NA", "null", "None"]
 
 
-def _numeric_columns(text: str, positions: list[int], names: list[str], rows: int, where: str) -> np.ndarray:
-    """The feature columns as float64. Fast path: the CSV parser reads numbers straight into arrays (a
-    300-column file never becomes millions of Python strings); a column it cannot read as numbers is read
-    again as text, to name the first row that is not a number."""
-    features = np.empty((rows, len(names)), dtype=np.float64)
-    numbers = pd.read_csv(io.StringIO(text), usecols=positions, na_values=MISSING, keep_default_na=False,
-                          skip_blank_lines=True)
-    for j in range(len(positions)):
-        column = numbers.iloc[:, j]   # positions ascend, as the parser returns them
+@dataclass(frozen=True)
+class Origin:
+    """Where a party's rows come from, so that every error points at a row the user can find.
+
+    A CSV file names rows by file line (the header is line 1); a DataFrame by
+    position, as ``.iloc`` does (its index may hold ids, which errors never show).
+    """
+
+    where: str            # "party 'bureau': bureau.csv", or "party 'bureau': DataFrame"
+    file: bool = True
+
+    def row(self, position: int) -> str:
+        return f"line {position + 2}" if self.file else f".iloc[{position}]"
+
+    def rows(self, first: int, second: int) -> str:
+        if self.file:
+            return f"lines {first + 2} and {second + 2}"
+        return f".iloc[{first}] and .iloc[{second}]"
+
+
+def _positions(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)]
+
+
+def _missing(column: pd.Series) -> np.ndarray:
+    return (column.isna() | column.isin(MISSING)).to_numpy()
+
+
+def _numeric_from_text(column: pd.Series, name: str, origin: Origin) -> np.ndarray:
+    raw = column.astype(str).str.strip()
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    not_numeric = np.isnan(values) & ~_missing(raw)
+    if not_numeric.any():
+        rows = _positions(not_numeric)
+        raise DataError(
+            f"{origin.where}: column {name!r} is not numeric on {len(rows)} rows (first at {origin.row(rows[0])})"
+        )
+    return values
+
+
+def _feature_matrix(columns: pd.DataFrame, names: list[str], origin: Origin) -> np.ndarray:
+    """The feature columns as float64: a numeric column as it is, any other read as text (as a CSV's
+    would be), so that the first row which is not a number, missing or infinite can be named."""
+    features = np.empty((len(columns), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        column = columns.iloc[:, j]
         if column.dtype.kind in "fiu":
-            values = column.to_numpy(dtype=np.float64)
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
-            values = _numeric_from_text(column.astype(str), names[j], where)
+            values = _numeric_from_text(column, name, origin)
         bad = ~np.isfinite(values)
         if bad.any():
-            lines = _line_numbers(bad)
+            rows = _positions(bad)
             raise DataError(
-                f"{where}: column {names[j]!r} has {len(lines)} missing or infinite values (first at line {lines[0]}); "
+                f"{origin.where}: column {name!r} has {len(rows)} missing or infinite values (first at {origin.row(rows[0])}); "
                 "fill or drop them before training"
             )
         features[:, j] = values
     return features
 
 
-def _numeric_from_text(column: pd.Series, name: str, where: str) -> np.ndarray:
-    raw = column.str.strip()
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    missing = raw.isin(MISSING).to_numpy()
-    not_numeric = np.isnan(values) & ~missing
-    if not_numeric.any():
-        lines = _line_numbers(not_numeric)
-        raise DataError(f"{where}: column {name!r} is not numeric on {len(lines)} rows (first at line {lines[0]})")
-    return values
+def check_party_rows(
+    id_parts: list[pd.Series],
+    id_columns: list[str],
+    label_text: pd.Series | None,
+    label: str | None,
+    features: pd.DataFrame,
+    origin: Origin,
+) -> PartyTable:
+    """The one checker behind every way a party's rows arrive (a CSV file, a DataFrame).
+
+    ``id_parts`` and ``label_text`` hold text (missing values as NaN or "");
+    ``features`` holds the feature columns as parsed, numbers or text.
+    Ids must be present and unique, the label 0/1 with both classes, every
+    feature a finite number. Rows come back sorted by normalised id.
+    """
+    where = origin.where
+    for column, values in zip(id_columns, id_parts):
+        empty = (values.isna() | (values.str.strip() == "")).to_numpy()
+        if empty.any():
+            rows = _positions(empty)
+            raise DataError(f"{where}: id column {column!r} is empty on {len(rows)} rows (first at {origin.row(rows[0])})")
+    ids = normalise_ids(id_parts)
+    duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        rows = _positions(duplicated)
+        raise DataError(
+            f"{where}: {int(duplicated.sum())} rows share an id with another row (first at {origin.rows(rows[0], rows[1])})"
+        )
+
+    labels = None
+    if label is not None and label_text is not None:
+        mapped = label_text.str.strip().map(LABEL_VALUES)
+        bad = mapped.isna().to_numpy()
+        if bad.any():
+            rows = _positions(bad)
+            raise DataError(
+                f"{where}: label column {label!r} must hold 0 or 1; {len(rows)} rows do not (first at {origin.row(rows[0])})"
+            )
+        labels = mapped.to_numpy(dtype=np.int8)
+        if labels.min() == labels.max():
+            raise DataError(f"{where}: label column {label!r} holds only {int(labels[0])}s; both classes are needed")
+
+    names = [str(c) for c in features.columns]
+    if not names:
+        raise DataError(f"{where}: no feature columns besides the id and label columns")
+    matrix = _feature_matrix(features, names, origin)
+    order = np.argsort(ids, kind="stable")
+    return PartyTable(
+        ids=ids[order],
+        features=matrix[order],
+        feature_names=names,
+        labels=None if labels is None else labels[order],
+    )
+
+
+def _require_columns(header: list[str], id_columns: list[str], label: str | None, where: str) -> None:
+    for column in id_columns:
+        if column not in header:
+            raise DataError(f"{where}: id column {column!r} not found (columns: {', '.join(header)})")
+    if label is not None and label not in header:
+        raise DataError(f"{where}: label column {label!r} not found (columns: {', '.join(header)})")
 
 
 def load_party_table(
@@ -165,51 +250,86 @@ def load_party_table(
     where = f"party {party!r}: {path.name}" if party else path.name
     text = _read_text(path, where)
     header = _check_shape(text, where)
-    for column in id_columns:
-        if column not in header:
-            raise DataError(f"{where}: id column {column!r} not found (columns: {', '.join(header)})")
-    if label is not None and label not in header:
-        raise DataError(f"{where}: label column {label!r} not found (columns: {', '.join(header)})")
+    _require_columns(header, id_columns, label, where)
     text_columns = [header.index(c) for c in [*id_columns, *([label] if label is not None else [])]]
     frame = pd.read_csv(io.StringIO(text), usecols=text_columns, dtype=str, keep_default_na=False, skip_blank_lines=True)
     frame.columns = [str(c).strip() for c in frame.columns]
-
-    id_parts = [frame[column].astype(str) for column in id_columns]
-    for column, values in zip(id_columns, id_parts):
-        empty = (values.str.strip() == "").to_numpy()
-        if empty.any():
-            lines = _line_numbers(empty)
-            raise DataError(f"{where}: id column {column!r} is empty on {len(lines)} rows (first at line {lines[0]})")
-    ids = normalise_ids(id_parts)
-    duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
-    if duplicated.any():
-        lines = _line_numbers(duplicated)
-        raise DataError(
-            f"{where}: {int(duplicated.sum())} rows share an id with another row (first at lines {lines[0]} and {lines[1]})"
-        )
-
-    labels = None
-    if label is not None:
-        raw = frame[label].str.strip()
-        mapped = raw.map(LABEL_VALUES)
-        bad = mapped.isna().to_numpy()
-        if bad.any():
-            lines = _line_numbers(bad)
-            raise DataError(
-                f"{where}: label column {label!r} must hold 0 or 1; {len(lines)} rows do not (first at line {lines[0]})"
-            )
-        labels = mapped.to_numpy(dtype=np.int8)
-        if labels.min() == labels.max():
-            raise DataError(f"{where}: label column {label!r} holds only {int(labels[0])}s; both classes are needed")
-
     names = [c for c in header if c not in id_columns and c != label]
-    if not names:
-        raise DataError(f"{where}: no feature columns besides the id and label columns")
-    features = _numeric_columns(text, [header.index(n) for n in names], names, len(frame), where)
-    order = np.argsort(ids, kind="stable")
-    return PartyTable(
-        ids=ids[order],
-        features=features[order],
-        feature_names=names,
-        labels=None if labels is None else labels[order],
+    # Fast path: the parser reads numbers straight into arrays (a 300-column file never becomes
+    # millions of Python strings); only a column that is not all numbers arrives as text.
+    numbers = pd.read_csv(io.StringIO(text), usecols=[header.index(n) for n in names], na_values=MISSING,
+                          keep_default_na=False, skip_blank_lines=True) if names else pd.DataFrame(index=frame.index)
+    numbers.columns = names   # positions ascend, as the parser returns them
+    return check_party_rows(
+        [frame[column].astype(str) for column in id_columns], id_columns,
+        frame[label] if label is not None else None, label, numbers, Origin(where),
     )
+
+
+def _ids_as_columns(frame: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:
+    """An id kept as an index level (df.set_index("id")) counts as a column."""
+    in_index = [c for c in id_columns if c not in frame.columns and c in frame.index.names]
+    return frame.reset_index(level=in_index) if in_index else frame
+
+
+def frame_ids(frame: pd.DataFrame, id_columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the id columns as given, the normalised ids), in the frame's own row order; for a frame
+    table_from_frame accepted, to map its sorted rows back to the caller's."""
+    given = _ids_as_columns(frame, id_columns).rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+    given = given.loc[:, id_columns]
+    return given, normalise_ids([_frame_text(given[c]) for c in id_columns])
+
+
+def _frame_text(column: pd.Series) -> pd.Series:
+    """A column as the text a CSV would hold (missing values as "")."""
+    return column.astype(str).where(column.notna().to_numpy(), "")
+
+
+def table_from_frame(
+    frame: pd.DataFrame,
+    id_columns: list[str],
+    label: str | None = None,
+    party: str = "",
+    features: list[str] | None = None,
+) -> PartyTable:
+    """A party's rows from a pandas DataFrame, checked exactly as its CSV file would be.
+
+    Every column but the ids and the label is a feature, unless ``features``
+    names them (scoring a trained model: other columns are then ignored). An id
+    column may also be an index level. Ids are text under the same rule as a
+    file's, so a column of floats (133.0) is refused rather than matched as
+    "133.0"; errors name rows by ``.iloc`` position.
+    """
+    where = f"party {party!r}: DataFrame" if party else "DataFrame"
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"{where}: expected a pandas DataFrame, got {type(frame).__name__}")
+    frame = _ids_as_columns(frame, id_columns)
+    header = []
+    for position, name in enumerate(frame.columns):
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{where}: column {position} is named {name!r}; column names must be non-empty text")
+        if name.strip() in header:
+            raise DataError(f"{where}: column {name.strip()!r} appears twice")
+        header.append(name.strip())
+    frame = frame.set_axis(header, axis=1)
+    _require_columns(header, id_columns, label, where)
+    if features is None:
+        features = [c for c in header if c not in id_columns and c != label]
+    else:
+        absent = [c for c in features if c not in header]
+        if absent:
+            raise DataError(f"{where}: feature column {absent[0]!r} of the model not found (columns: {', '.join(header)})")
+    if len(frame) == 0:
+        raise DataError(f"{where}: has no rows")
+    origin = Origin(where, file=False)
+    id_parts = []
+    for column in id_columns:
+        values = frame[column]
+        if values.dtype.kind == "f" and values.notna().all():
+            raise DataError(
+                f"{where}: id column {column!r} holds floating-point numbers; ids are matched as text, so give it "
+                f"as integers or text (e.g. pd.read_csv(..., dtype={{{column!r}: str}}))"
+            )
+        id_parts.append(_frame_text(values))
+    label_text = _frame_text(frame[label]) if label is not None else None
+    return check_party_rows(id_parts, id_columns, label_text, label, frame[features], origin)

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
 from fedscore.errors import PeerError, ProtocolError
-from fedscore.model import metrics
+from fedscore.model import curves, metrics
 from fedscore.protocol.fanout import call_each
 from fedscore.protocol.party import PartySession, Step
 
@@ -50,6 +50,7 @@ class CardCenterSession(PartySession):
         self.labels = labels.astype(np.float64)
         self.train_labels = self.labels[self.train_rows]
         self._loss_part: mpz | None = None
+        self.evaluation: dict | None = None   # the last evaluate()'s metrics and curves, for this party's own page
 
     def own_residual_part(self, rows: np.ndarray) -> list[int]:
         """U_C − Y for the rows: the card center's plaintext share of D."""
@@ -122,7 +123,7 @@ class CardCenterSession(PartySession):
         return share, self.step_digests(step)
 
     def evaluate(self, mask_sum: np.ndarray) -> dict:
-        """Metrics of the federated model and of a card-center-only model, train and held out."""
+        """Metrics and curves of the federated model and of a card-center-only model; kept for this party's page."""
         masked = call_each(self.partners, lambda name, p: p.masked_scores(), "partner")
         total = np.zeros(self.table.rows, dtype=np.uint64)
         for name, values in masked.items():
@@ -133,10 +134,14 @@ class CardCenterSession(PartySession):
             raise ProtocolError(f"mask sum has {len(mask_sum)} words, expected {self.table.rows}")
         total -= np.asarray(mask_sum, dtype=np.uint64)
         partner_scores = total.view(np.int64) / 2.0**EVAL_SCORE_BITS
-        scores = self.matrix @ self.weights + partner_scores
-        return self.metrics(scores)
+        own_scores = self.matrix @ self.weights
+        self.evaluation = self.metrics(own_scores, partner_scores)
+        return self.evaluation
 
-    def metrics(self, scores: np.ndarray) -> dict:
+    def metrics(self, own_scores: np.ndarray, partner_scores: np.ndarray) -> dict:
+        """AUC and KS of the federated model and of a card-center-only model, train and held out, and the
+        report's curves (fedscore.model.curves: aggregates only)."""
+        scores = own_scores + partner_scores
         train, test, labels = self.train_rows, self.test_rows, self.labels
         result = {
             "auc": metrics.auc(labels[train], scores[train]),
@@ -146,9 +151,52 @@ class CardCenterSession(PartySession):
         local = LogisticRegression(max_iter=1000).fit(own[train], labels[train])
         local_scores = local.decision_function(own)
         result["local_only_auc"] = metrics.auc(labels[train], local_scores[train])
-        if len(test) and len(set(labels[test].tolist())) == 2:
+        result["local_only_ks"] = metrics.ks(labels[train], local_scores[train])
+        held_out = len(test) > 0 and len(set(labels[test].tolist())) == 2
+        if held_out:
             result["test_auc"] = metrics.auc(labels[test], scores[test])
             result["test_ks"] = metrics.ks(labels[test], scores[test])
             result["local_only_test_auc"] = metrics.auc(labels[test], local_scores[test])
             result["local_only_test_ks"] = metrics.ks(labels[test], local_scores[test])
+        result["curves"] = self.curves(scores, local_scores, partner_scores, held_out)
         return result
+
+    def curves(self, scores: np.ndarray, local_scores: np.ndarray, partner_scores: np.ndarray, held_out: bool) -> dict:
+        """What the HTML report draws, as counts and shares over groups of rows: the curves describe the
+        held-out rows when there are any, else the training rows. Partners appear only as one total."""
+        train, test = self.train_rows, self.test_rows
+        rows = test if held_out else train
+        labels = self.labels[rows]
+        features = list(self.table.feature_names)
+        own_parts = [self.matrix[train, j] * self.weights[j] for j in range(len(features))]
+        shares = curves.variance_shares([*own_parts, partner_scores[train]])
+        psi = None
+        if len(test) and len(train) >= curves.PSI_BINS:
+            stability = curves.population_stability(scores[train], scores[test])
+            psi = {
+                "edges": [round(float(e), 3) for e in curves.probability(stability["edges"])],   # as P(default), rounded
+                "training": [round(float(v), 6) for v in stability["expected"]],
+                "held_out": [round(float(v), 6) for v in stability["actual"]],
+                "terms": [round(float(v), 6) for v in stability["terms"]],
+                "total": round(stability["total"], 6),
+            }
+        return {
+            "rows": "held-out" if held_out else "training",
+            "row_count": int(len(rows)),
+            "bads": int(labels.sum()),
+            "federated": curves.rank_curve(labels, scores[rows]).to_json(),
+            "local_only": curves.rank_curve(labels, local_scores[rows]).to_json(),
+            "score_histogram": curves.score_histogram(labels, scores[rows]),
+            "psi": psi,
+            "card_center": {
+                "party": self.party,
+                "features": features,
+                "weights": [float(w) for w in self.weights[: len(features)]],
+                "intercept": float(self.weights[-1]),
+            },
+            "variance_shares": {
+                "features": [round(s, 6) for s in shares[:-1]],   # in the order of card_center.features
+                "partners": round(shares[-1], 6),
+                "partner_count": len(self.partners),
+            },
+        }

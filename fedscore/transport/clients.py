@@ -24,17 +24,19 @@ from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.party import Step
 from fedscore.protocol.training import Progress
 from fedscore.transport import codec
-from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT, insecure_channel, peer_error
+from fedscore.crypto.certs import COORDINATOR
+from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT, open_channel, peer_error
+from fedscore.transport.tls import TlsIdentity
 
 
 class PartyClient:
     """Talks to one party daemon on behalf of one job."""
 
-    def __init__(self, name: str, address: str, timeout: float = STEP_TIMEOUT):
+    def __init__(self, name: str, address: str, timeout: float = STEP_TIMEOUT, tls: TlsIdentity | None = None):
         self.name = name
         self.address = address
         self.timeout = timeout
-        self._channel = insecure_channel(address)
+        self._channel = open_channel(address, name, tls)
         self._stub = pb_grpc.PartyStub(self._channel)
         self.job_id = ""
         self.public_key: PublicKey | None = None
@@ -178,9 +180,9 @@ class PsiClient:
 class CoordinatorClient:
     """Submits a job to a coordinator and follows its progress."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, tls: TlsIdentity | None = None):
         self.address = address
-        self._channel = insecure_channel(address)
+        self._channel = open_channel(address, COORDINATOR, tls)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def close(self) -> None:
@@ -284,12 +286,13 @@ class PartialScoreSender:
 class ScoringPeer:
     """The card center's view of a partner while a model serves: partial scores and the scoring chain."""
 
-    def __init__(self, name: str, address: str, job_id: str, timeout: float = STEP_TIMEOUT):
+    def __init__(self, name: str, address: str, job_id: str, timeout: float = STEP_TIMEOUT,
+                 tls: TlsIdentity | None = None):
         self.name = name
         self.address = address
         self.job_id = job_id
         self.timeout = timeout
-        self._channel = insecure_channel(address)
+        self._channel = open_channel(address, name, tls)
         self._stub = pb_grpc.PartyStub(self._channel)
         self._sender = PartialScoreSender(self)
 
@@ -329,10 +332,11 @@ class ScoringPeer:
 class ScoringClient:
     """An approval system's (or `fedscore score`'s) view of the card center's scoring service."""
 
-    def __init__(self, address: str, timeout: float = 30.0):
+    def __init__(self, address: str, card_center: str, tls: TlsIdentity | None = None, timeout: float = 30.0):
+        """``tls`` is the card center's own identity: only it may ask its daemon for scores."""
         self.address = address
         self.timeout = timeout
-        self._channel = insecure_channel(address)
+        self._channel = open_channel(address, card_center, tls)
         self._stub = pb_grpc.PartyStub(self._channel)
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import grpc
 
-from fedscore.errors import ConfigError, ConsentError, DataError, FedscoreError, InternalError, PeerError, ProtocolError
+from fedscore.transport.tls import TlsIdentity
+from fedscore.errors import ConfigError, DataError, DeniedError, FedscoreError, InternalError, PeerError, ProtocolError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # vectors are streamed in blocks far below this
 
@@ -36,12 +37,19 @@ PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partne
 log = logging.getLogger("fedscore.rpc")
 
 
-def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=OPTIONS)
+def open_channel(address: str, peer: str, tls: TlsIdentity | None, options: list | None = None) -> grpc.Channel:
+    """A channel to member ``peer``: mutual TLS, refusing a server whose certificate names anyone else.
+
+    ``tls=None`` is the --insecure debugging mode: plaintext, nobody checked.
+    """
+    options = list(OPTIONS if options is None else options)
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=[*options, ("grpc.ssl_target_name_override", peer)])
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, ConsentError):
+    if isinstance(error, DeniedError):
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(error, (DataError, ConfigError)):
         return grpc.StatusCode.INVALID_ARGUMENT
@@ -75,6 +83,13 @@ def servicer_errors(owner: str) -> Callable:
 def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | None = None) -> FedscoreError:
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
+        if "Hostname Verification" in details:
+            return PeerError(f"the daemon at {address} presented a certificate that does not name {peer}")
+        if "handshake" in details.lower() or "certificate" in details.lower():
+            return PeerError(
+                f"{peer} at {address}: TLS handshake failed (a certificate from another CA, or a daemon "
+                f"started with --insecure?): {details}"
+            )
         return PeerError(f"{peer} at {address} did not answer ({details})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         limit = f" within {timeout:.0f} s" if timeout else ""
@@ -82,7 +97,7 @@ def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | N
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return DataError(details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return ConsentError(details)
+        return DeniedError(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ProtocolError(details)
     if code == grpc.StatusCode.INTERNAL:

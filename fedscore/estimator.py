@@ -1,0 +1,354 @@
+"""A scikit-learn-style estimator: the federated protocol with every party in one process.
+
+For a data scientist trying feature splits in a notebook before any daemon is
+deployed. ``fit`` runs what a deployed job runs (fedscore.protocol.simulation):
+private set intersection, then the card center's, the partners' and the
+coordinator's sessions exchanging the same Paillier-encrypted and masked
+messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
+settings give the weights a daemon run gives, and predictions use the model
+files' maths (fedscore.scoring.offline), so they equal what the scoring
+service would answer.
+
+It protects nothing: every party's rows and the private key sit in this one
+process. Use it on data you may hold together; deploy daemons for the rest.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from fedscore.config import JobSpec, PartySpec
+from fedscore.crypto.obfuscation import SHORT_EXPONENT
+from fedscore.crypto.pool import CryptoPool
+from fedscore.errors import ConfigError, DataError
+from fedscore.model import metrics
+from fedscore.model.data import PartyTable, frame_ids, table_from_frame
+from fedscore.model.model_file import PartyModel
+from fedscore.protocol.simulation import build_consortium, simulate
+from fedscore.protocol.training import Progress
+from fedscore.scoring.offline import log_odds, probabilities
+
+JOB_NAME = "notebook"
+PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
+
+
+@dataclass(frozen=True)
+class Party:
+    """One party's rows: a DataFrame, its id column(s) and, for the card center only, its label column.
+
+    ``id_columns`` None means the default: fit's ``id_columns``, and when
+    scoring, the columns this party used in fit. An id column may also be an
+    index level.
+    """
+
+    frame: pd.DataFrame
+    id_columns: str | Sequence[str] | None = None
+    label: str | None = None
+
+
+def _column_list(columns: str | Sequence[str], what: str) -> list[str]:
+    listed = [columns] if isinstance(columns, str) else list(columns)
+    if not listed or not all(isinstance(c, str) and c for c in listed):
+        raise ConfigError(f"{what}: id_columns must name a column, or a list of columns, got {columns!r}")
+    return listed
+
+
+def _as_party(value: Party | pd.DataFrame, name: str) -> Party:
+    if isinstance(value, Party):
+        return value
+    if isinstance(value, pd.DataFrame):
+        return Party(value)
+    raise ConfigError(f"party {name!r}: expected a pandas DataFrame or a fedscore.Party, got {type(value).__name__}")
+
+
+class FederatedLogisticRegression(BaseEstimator):
+    """Vertical logistic regression across a card center and its partners, simulated in one process.
+
+    The parameters are the job file's [job] settings, with the same names and
+    defaults; ``n_jobs`` is how many processes do the Paillier work (None: this
+    process only; -1: every core) and changes timings, never results.
+
+    ``fit(parties)`` takes a mapping from party name to a DataFrame (or a
+    ``Party`` naming its id and label columns). Fitted attributes:
+    ``coef_`` (party → weights by feature, on each party's standardised
+    columns), ``intercept_``, ``losses_`` (per epoch), ``aligned_rows_``
+    (applicants every party holds), ``overlaps_``, ``models_`` (each party's
+    model file, as its daemon would write it) and ``report_`` (the job
+    report's keys that apply in one process: AUC and KS on the training and
+    held-out rows, the card-center-only baseline, timings).
+
+    A deployed party refuses keys under 2048 bits and batches under 64 rows
+    by default (its daemon's ``min_key_bits``, ``min_batch_rows``); small keys
+    here are for speed while prototyping.
+    """
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 10,
+        batch_size: int = 0,
+        learning_rate: float = 0.15,
+        l2: float = 0.0,
+        validation: float = 0.3,
+        seed: int = 42,
+        key_bits: int = 2048,
+        early_stop_tol: float = 0.0,
+        min_overlap: int = 100,
+        obfuscation: str = SHORT_EXPONENT,
+        n_jobs: int | None = None,
+        verbose: bool = False,
+    ):
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.validation = validation
+        self.seed = seed
+        self.key_bits = key_bits
+        self.early_stop_tol = early_stop_tol
+        self.min_overlap = min_overlap
+        self.obfuscation = obfuscation
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # -- training -----------------------------------------------------------
+
+    def fit(
+        self,
+        parties: Mapping[str, Party | pd.DataFrame],
+        *,
+        card_center: str | None = None,
+        id_columns: str | Sequence[str] = "id",
+        label: str | None = None,
+    ) -> "FederatedLogisticRegression":
+        """Align the parties privately and train, exactly as a deployed job with these settings would.
+
+        ``card_center`` names the party holding the labels, in column ``label``;
+        or give that party as ``Party(frame, label=...)``. Every column of a
+        party's frame but its ids and label is a feature, checked as its CSV file
+        would be (missing ids, duplicates, text, NaN or inf: a DataError naming
+        the party, column and row).
+        """
+        named, center = self._training_parties(parties, card_center, id_columns, label)
+        spec = self._spec(named, center)
+        tables = {
+            name: table_from_frame(party.frame, list(spec.party(name).id_columns), spec.party(name).label, party=name)
+            for name, party in named.items()
+        }
+        pool = self._pool()
+        try:
+            consortium = build_consortium(spec, tables, pool)
+            result = simulate(consortium, self._progress)
+        finally:
+            pool.close()
+
+        center_session = consortium.card_center
+        sessions = {center: center_session, **consortium.partners}
+        self.models_: dict[str, PartyModel] = {name: session.model() for name, session in sessions.items()}
+        self.coef_: dict[str, pd.Series] = {
+            name: pd.Series(model.weights, index=pd.Index(model.features, name="feature"), name=name, dtype=np.float64)
+            for name, model in self.models_.items()
+        }
+        self.intercept_: float = float(self.models_[center].intercept)
+        self.losses_: list[float] = list(result.losses)
+        self.aligned_rows_: int = consortium.alignment.aligned_rows
+        self.overlaps_: dict[str, int] = dict(consortium.alignment.overlaps)
+        self.card_center_: str = center
+        self.label_: str = spec.card_center.label or ""
+        self.id_columns_: dict[str, list[str]] = {p.name: list(p.id_columns) for p in spec.parties}
+        self.classes_ = np.array([0, 1])
+        self.job_id_: str = consortium.coordinator.job_id
+        train_rows = len(center_session.train_rows)
+        self.report_: dict = {
+            "job": spec.name,
+            "job_id": self.job_id_,
+            **{key: result.metrics.get(key) for key in (
+                "auc", "ks", "test_auc", "test_ks", "local_only_auc", "local_only_test_auc", "local_only_test_ks")},
+            "loss": self.losses_,
+            "epoch_seconds": list(result.epoch_seconds),
+            "epochs": len(self.losses_),
+            "epochs_planned": spec.epochs,
+            "stopped_early": result.stopped_early,
+            "steps": result.steps,
+            "rows": self.aligned_rows_,
+            "aligned_rows": self.aligned_rows_,
+            "overlaps": self.overlaps_,
+            "train_rows": train_rows,
+            "test_rows": self.aligned_rows_ - train_rows,
+            "key_bits": spec.key_bits,
+            "public_key_fingerprint": consortium.coordinator.public_key.fingerprint(),
+            "learning_rate": spec.learning_rate,
+            "batch_size": spec.batch_size,
+            "l2": spec.l2,
+            "seed": spec.seed,
+            "parties": [
+                {"name": name, "role": session.role, "features": len(session.table.feature_names), "rows": tables[name].rows}
+                for name, session in sessions.items()
+            ],
+        }
+        return self
+
+    def _training_parties(
+        self,
+        parties: Mapping[str, Party | pd.DataFrame],
+        card_center: str | None,
+        id_columns: str | Sequence[str],
+        label: str | None,
+    ) -> tuple[dict[str, Party], str]:
+        """Every party as a Party with its id columns and label settled, and the card center's name."""
+        if not isinstance(parties, Mapping) or not parties:
+            raise ConfigError("fit: parties must be a mapping from party name to DataFrame, with at least two parties")
+        default_ids = _column_list(id_columns, "fit")
+        named = {name: _as_party(value, name) for name, value in parties.items()}
+        labelled = [name for name, party in named.items() if party.label is not None]
+        if card_center is None:
+            if len(labelled) != 1:
+                raise ConfigError(
+                    "fit: say which party is the card center: fit(parties, card_center=NAME, label=COLUMN), "
+                    "or give it as Party(frame, label=COLUMN)"
+                    + (f" (now {len(labelled)} parties carry a label: {', '.join(labelled)})" if labelled else "")
+                )
+            card_center = labelled[0]
+        if card_center not in named:
+            raise ConfigError(f"fit: card_center {card_center!r} is not one of the parties ({', '.join(map(str, named))})")
+        others = [name for name in labelled if name != card_center]
+        if others:
+            raise ConfigError(f"fit: only the card center carries a label; party {others[0]!r} names one too")
+        settled = {}
+        for name, party in named.items():
+            ids = default_ids if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
+            own_label = (party.label or label) if name == card_center else None
+            if name == card_center and own_label is None:
+                raise ConfigError(f"fit: the card center {card_center!r} needs its label column: fit(..., label=COLUMN)")
+            settled[name] = Party(party.frame, ids, own_label)
+        return settled, card_center
+
+    def _spec(self, parties: Mapping[str, Party], center: str) -> JobSpec:
+        """The job a deployed consortium would run: card center first, then the partners in the given order."""
+        order = [center, *(name for name in parties if name != center)]
+        party_specs = tuple(
+            PartySpec(name=name, data="DataFrame", id_columns=tuple(parties[name].id_columns), label=parties[name].label)
+            for name in order
+        )
+        return JobSpec(
+            name=JOB_NAME, parties=party_specs, epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=float(self.learning_rate), l2=float(self.l2), validation=float(self.validation), seed=self.seed,
+            key_bits=self.key_bits, early_stop_tol=float(self.early_stop_tol), min_overlap=self.min_overlap,
+            obfuscation=self.obfuscation,
+        ).validate()
+
+    def _pool(self) -> CryptoPool:
+        if self.n_jobs is None:
+            return CryptoPool(0)
+        if self.n_jobs == -1:
+            return CryptoPool(None)
+        if isinstance(self.n_jobs, int) and self.n_jobs > 0:
+            return CryptoPool(self.n_jobs)
+        raise ConfigError(f"n_jobs must be None (this process), -1 (every core) or a positive count, got {self.n_jobs!r}")
+
+    def _progress(self, event: Progress) -> None:
+        if self.verbose and event.stage == "epoch":
+            print(f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.6f} ({event.seconds:.1f} s)", flush=True)
+
+    # -- scoring ------------------------------------------------------------
+
+    def decision_function(self, parties: Mapping[str, Party | pd.DataFrame]) -> pd.Series:
+        """The log-odds of default, indexed by the card center's ids, for applicants every party holds.
+
+        Rows some party lacks are left out with a warning: the scoring service
+        would still score them, counting a missing partner as an average
+        applicant (see fedscore.scoring.offline.offline_answer), but a prototype's
+        metrics should not mix the two.
+        """
+        index, u, _ = self._log_odds(parties, with_labels=False)
+        return pd.Series(u, index=index, name="log_odds")
+
+    def predict_proba(self, parties: Mapping[str, Party | pd.DataFrame]) -> pd.DataFrame:
+        """P(label 0) and P(label 1, default) as columns p_good, p_bad, indexed by the card center's ids.
+
+        Only applicants every party holds, in the card center's row order (others
+        left out with a warning, as in decision_function). p_bad is the
+        probability the scoring service answers, computed by the same functions.
+        """
+        index, u, _ = self._log_odds(parties, with_labels=False)
+        bad = probabilities(u)
+        return pd.DataFrame({PROBABILITY_COLUMNS[0]: 1.0 - bad, PROBABILITY_COLUMNS[1]: bad}, index=index)
+
+    def predict(self, parties: Mapping[str, Party | pd.DataFrame]) -> pd.Series:
+        """1 (default) where the log-odds are positive, else 0; rows as in predict_proba."""
+        index, u, _ = self._log_odds(parties, with_labels=False)
+        return pd.Series((u > 0).astype(np.int64), index=index, name=self.label_)
+
+    def score(self, parties: Mapping[str, Party | pd.DataFrame]) -> float:
+        """AUC on the given rows; the card center's frame must hold the label column.
+
+        AUC, not scikit-learn's default accuracy: defaults are rare, so
+        "approve everybody" is accurate yet useless, and a scorecard is used
+        through its ranking (cut-offs are set afterwards), which AUC measures.
+        The job report's auc and test_auc are the same statistic.
+        """
+        _, u, labels = self._log_odds(parties, with_labels=True)
+        if labels is None or len(set(labels.tolist())) < 2:
+            raise DataError("score: the applicants every party holds need both labels (0 and 1) for an AUC")
+        return metrics.auc(labels, u)
+
+    def _log_odds(
+        self, parties: Mapping[str, Party | pd.DataFrame], with_labels: bool
+    ) -> tuple[pd.Index, np.ndarray, np.ndarray | None]:
+        """(the card center's ids, log-odds, labels) for the applicants every party holds, in its row order."""
+        check_is_fitted(self)
+        if not isinstance(parties, Mapping):
+            raise ConfigError("parties must be a mapping from party name to DataFrame")
+        expected, named = set(self.models_), set(parties)
+        if named != expected:
+            missing, extra = sorted(expected - named), sorted(map(str, named - expected))
+            problem = f"party {missing[0]!r} is missing" if missing else f"party {extra[0]!r} is not in the model"
+            raise ConfigError(f"{problem}: the model was trained with {', '.join(sorted(expected))}")
+        center = self.card_center_
+        given = {name: _as_party(parties[name], name) for name in self.models_}
+        ids = {
+            name: self.id_columns_[name] if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
+            for name, party in given.items()
+        }
+        tables: dict[str, PartyTable] = {
+            name: table_from_frame(
+                party.frame, ids[name], (party.label or self.label_) if with_labels and name == center else None,
+                party=name, features=self.models_[name].features,
+            )
+            for name, party in given.items()
+        }
+        center_ids = ids[center]
+        given_ids, normalised = frame_ids(given[center].frame, center_ids)
+        center_rows = np.searchsorted(tables[center].ids, normalised)   # ids are unique, all present
+        rows = {center: center_rows}
+        held = np.ones(len(normalised), dtype=bool)
+        lacking = {}
+        for name, table in tables.items():
+            if name == center:
+                continue
+            found = pd.Index(table.ids).get_indexer(normalised)
+            rows[name] = found
+            lacking[name] = int((found < 0).sum())
+            held &= found >= 0
+        if not held.any():
+            raise DataError("no applicant of the card center's frame is held by every party")
+        if not held.all():
+            detail = ", ".join(f"{name} lacks {count}" for name, count in lacking.items() if count)
+            warnings.warn(
+                f"{int((~held).sum())} of {len(held)} card center rows are not held by every party ({detail}); "
+                "they are left out", stacklevel=3,
+            )
+        partner_rows = {
+            name: (self.models_[name], tables[name].features[rows[name][held]]) for name in tables if name != center
+        }
+        u = log_odds(self.models_[center], tables[center].features[center_rows[held]], partner_rows)
+        kept = given_ids.iloc[np.flatnonzero(held)]
+        index = pd.Index(kept.iloc[:, 0], name=center_ids[0]) if len(center_ids) == 1 else pd.MultiIndex.from_frame(kept)
+        labels = tables[center].labels
+        return index, u, None if labels is None else labels[center_rows[held]].astype(np.int64)

@@ -1,0 +1,246 @@
+"""The job report as one self-contained HTML page: plots embedded as base64 PNG, no outside resource.
+
+`render_report` turns the JSON report (what the submitter receives) into the card center's view: its
+own weights by name, the partners only as one total. `render_party_page` is the page each party's
+daemon writes beside its model: its own weights, and for the card center its evaluation too.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from fedscore import report_plots as plots
+from fedscore.model.curves import PSI_SHIFTED, PSI_STABLE, psi_reading
+from fedscore.model.model_file import PartyModel, write_atomically
+from fedscore.report import html_path
+
+STYLE = """
+body { font-family: "DejaVu Sans", Arial, sans-serif; color: #222; margin: 24px auto; max-width: 960px; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { font-size: 19px; margin-top: 32px; border-bottom: 1px solid #ddd; }
+p.sub { color: #666; margin-top: 0; } p.note { color: #555; font-size: 14px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
+th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: right; } th { background: #f4f6f8; }
+td.name, th.name { text-align: left; }
+img { display: block; max-width: 100%; margin: 8px 0; }
+.stable { color: #2e8b57; } .moderate { color: #b7791f; } .significant { color: #c0392b; }
+"""
+
+
+def write_html_report(report_path: Path, report: dict) -> Path:
+    """Write the page of ``report`` beside its JSON file; returns the page's path."""
+    path = html_path(report_path)
+    write_atomically(path, render_report(report))
+    return path
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _image(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_text(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[object]], names: int = 1) -> str:
+    """A table whose first ``names`` columns are text (left-aligned), the rest numbers."""
+    def cells(tag: str, values: list[object]) -> str:
+        return "".join(
+            f'<{tag}{" class=name" if i < names else ""}>{_text(v)}</{tag}>' for i, v in enumerate(values)
+        )
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table><tr>{cells('th', header)}</tr>{body}</table>"
+
+
+def _facts(rows: list[tuple[str, object]]) -> str:
+    """A two-column table of named facts, without a header."""
+    body = "".join(f"<tr><th class=name>{_text(k)}</th><td class=name>{_text(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(share: float) -> str:
+    return f"{round(100 * share, 1) + 0.0:.1f}%"   # + 0.0: a tiny negative share reads 0.0%, not -0.0%
+
+
+def _page(title: str, subtitle: str, sections: list[str]) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{_text(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{_text(title)}</h1><p class=sub>{_text(subtitle)}</p>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+
+
+# -- sections --------------------------------------------------------------------
+
+
+def comparison_section(report: dict, curves: dict | None) -> str:
+    parties = len(report.get("parties", [])) or None
+    federated = f"federated ({parties} parties)" if parties else "federated"
+    rows = [
+        ["card center alone", _number(report.get("local_only_auc")), _number(report.get("local_only_ks")),
+         _number(report.get("local_only_test_auc")), _number(report.get("local_only_test_ks"))],
+        [federated, _number(report.get("auc")), _number(report.get("ks")),
+         _number(report.get("test_auc")), _number(report.get("test_ks"))],
+    ]
+    parts = ["<h2>Card center alone against the federated model</h2>",
+             _table(["model", "train AUC", "train KS", "test AUC", "test KS"], rows)]
+    if curves:
+        held = curves["rows"] == "held-out"
+        parts.append(_image(plots.roc(
+            curves["federated"], curves["local_only"],
+            report.get("test_auc" if held else "auc"), report.get("local_only_test_auc" if held else "local_only_auc"),
+            curves["rows"],
+        ), "ROC curves of the federated and the card-center-only model"))
+        parts.append(_image(plots.ks(curves["federated"], curves["rows"]), "KS curve of the federated score"))
+        parts.append(
+            f"<p class=note>Curves over {curves['row_count']} {curves['rows']} rows ({curves['bads']} bads), "
+            "each point summarising a group of applicants.</p>"
+        )
+    return "\n".join(parts)
+
+
+def loss_section(losses: list[float]) -> str:
+    if not losses:
+        return ""
+    return "<h2>Training</h2>" + _image(plots.loss(losses), "training loss per epoch")
+
+
+def distribution_section(curves: dict) -> str:
+    return (
+        "<h2>Score distribution</h2>"
+        + _image(plots.score_distribution(curves["score_histogram"], curves["rows"]),
+                 "score distribution of goods and bads")
+        + "<p class=note>Bins of width 0.05 on the federated model's probability of default; each bar is the share "
+          "of its group (goods or bads) in that bin.</p>"
+    )
+
+
+def stability_section(psi: dict | None) -> str:
+    if psi is None:
+        return ("<h2>Population stability</h2><p class=note>No held-out rows (validation = 0): "
+                "nothing to compare the training scores with.</p>")
+    edges = psi["edges"]
+    rows = []
+    for i, (train, held, term) in enumerate(zip(psi["training"], psi["held_out"], psi["terms"])):
+        low = "0" if i == 0 else f"{edges[i - 1]:.3f}"
+        high = "1" if i == len(edges) else f"{edges[i]:.3f}"
+        rows.append([str(i + 1), f"{low} – {high}", f"{100 * train:.2f}%", f"{100 * held:.2f}%", f"{term:.5f}"])
+    reading = psi_reading(psi["total"])
+    rows.append(["total", "", "100%", "100%", f"{psi['total']:.5f}"])
+    return (
+        "<h2>Population stability (training against held-out rows)</h2>"
+        + _table(["bin", "P(default) range", "training rows", "held-out rows", "PSI term"], rows, names=2)
+        + f'<p>PSI {psi["total"]:.4f}: <b class="{reading.split()[0]}">'
+          f"{_text(reading)}</b>. The usual reading: below {PSI_STABLE} stable, {PSI_STABLE}–{PSI_SHIFTED} a moderate "
+          f"shift worth watching, above {PSI_SHIFTED} a significant shift (retrain or check the data). Bins are the "
+          "deciles of the training scores; ranges are rounded.</p>"
+        + _image(plots.stability(psi), "score shares per bin, training and held-out rows")
+    )
+
+
+def card_center_section(curves: dict, with_weights: bool = True) -> str:
+    """The card center's weights by name and each part's share of the score's variance; partners as one total."""
+    own, shares = curves["card_center"], curves["variance_shares"]
+    rows = [[name, f"{w:+.4f}", _percent(s)] for name, w, s in zip(own["features"], own["weights"], shares["features"])]
+    rows.append(["intercept", f"{own['intercept']:+.4f}", "—"])
+    rows.append([f"partners combined ({shares['partner_count']})", "—", _percent(shares["partners"])])
+    weights = _image(plots.weights(own["features"], own["weights"], f"{own['party']}: weights by feature"),
+                     "the card center's weights") if with_weights else ""
+    return (
+        f"<h2>Weights: {_text(own['party'])} (card center)</h2>"
+        + _table(["feature", "weight", "share of score variance"], rows)
+        + weights
+        + _image(plots.variance_shares(own["features"], shares["features"], shares["partners"], shares["partner_count"]),
+                 "shares of the score's variance")
+        + "<p class=note>Weights apply to each column standardised on the training rows. The card center learns the "
+          "partners' part of each score only as one sum, so partners appear here as one total; each partner's own "
+          "weights are on the page its daemon wrote beside its model. A share is cov(part, score) / var(score) "
+          "over the training rows: the shares add up to 100%, and a part that works against the others is "
+          "negative.</p>"
+    )
+
+
+def parties_section(report: dict) -> str:
+    rows = [
+        [p["name"], p.get("role", ""), p.get("report") or p.get("model", ""), p.get("features", ""), p.get("rows", "")]
+        for p in report.get("parties", [])
+    ]
+    return "<h2>Parties</h2>" + _table(["party", "role", "its own page (on its machine)", "features", "rows held"], rows, names=3)
+
+
+def audit_section(report: dict) -> str:
+    settlement = report.get("settlement")
+    if not settlement:
+        return ""
+    owed = [[line["payee"], f"{line['amount'] / 100:.2f} {settlement['currency']}"] for line in settlement["lines"]]
+    head = report.get("ledger_head", "")
+    return (
+        "<h2>Audit chain and settlement</h2>"
+        f"<p>{report.get('ledger_blocks', '?')} blocks co-signed by every member; head <code>{_text(head)}</code>. "
+        f"{_text(settlement['payer'])} owes:</p>" + _table(["payee", "amount"], owed)
+    )
+
+
+REVEALS = (
+    "<h2>What this page shows, and to whom</h2><p class=note>This page is made from the report the coordinator "
+    "sends the job's submitter, so the coordinator and the submitter see all of it. The curves are aggregates "
+    "over groups of applicants: no applicant's score, label or id is in them. Beyond the AUC and KS the protocol "
+    "already reveals, they add the shape of the ROC and KS curves, the counts of goods and bads in each "
+    "probability bin (a bin may hold few applicants), the training and held-out shares per score decile, the "
+    "card center's own weights, and the partners' combined share of the score's variance. No partner's weights "
+    "are here.</p>"
+)
+
+
+def render_report(report: dict) -> str:
+    """The whole job report, as the card center and the submitter see it."""
+    curves = report.get("evaluation")
+    sections = [summary_section(report), comparison_section(report, curves), loss_section(report.get("loss", []))]
+    if curves:
+        sections += [distribution_section(curves), stability_section(curves["psi"]), card_center_section(curves)]
+    else:
+        sections.append("<p class=note>This report carries no curves (made by an older coordinator).</p>")
+    sections += [parties_section(report), audit_section(report), REVEALS]
+    return _page(f"fedscore report: {report.get('job', '')}", f"job {report.get('job_id', '')}", sections)
+
+
+def summary_section(report: dict) -> str:
+    overlaps = ", ".join(f"{name} {count}" for name, count in report.get("overlaps", {}).items())
+    return "<h2>Job</h2>" + _facts([
+        ("applicants held by every party", report.get("aligned_rows", "")),
+        ("card center shares with", overlaps),
+        ("training / held-out rows", f"{report.get('train_rows', '')} / {report.get('test_rows', '')}"),
+        ("epochs", f"{report.get('epochs', '')} of {report.get('epochs_planned', '')}"
+                   + (" (stopped early)" if report.get("stopped_early") else "")),
+        ("Paillier key", f"{report.get('key_bits', '')} bits, fingerprint {report.get('public_key_fingerprint', '')}"),
+        ("time", f"{report.get('seconds', 0):.1f} s"),
+    ])
+
+
+def render_party_page(model: PartyModel, rows: int, train_rows: int, evaluation: dict | None = None) -> str:
+    """One party's own page: its columns and weights; the card center adds the evaluation it computed."""
+    values = [[name, f"{w:+.4f}", f"{m:.4g}", f"{s:.4g}"]
+              for name, w, m, s in zip(model.features, model.weights, model.mean, model.scale)]
+    if model.intercept is not None:
+        values.append(["intercept", f"{model.intercept:+.4f}", "", ""])
+    sections = [
+        f"<h2>Weights of {_text(model.party)} ({_text(model.role.replace('_', ' '))})</h2>"
+        f"<p>Trained on {train_rows} of the {rows} applicants every party holds.</p>"
+        + _table(["feature", "weight", "training mean", "training std"], values)
+        + _image(plots.weights(model.features, model.weights, f"{model.party}: weights by feature"),
+                 f"{model.party}'s weights")
+        + "<p class=note>Written by this party's daemon from its own model file; it never leaves this machine. "
+          "Weights apply to each column standardised with the training mean and std above.</p>"
+    ]
+    if evaluation is not None and evaluation.get("curves"):
+        curves = evaluation["curves"]
+        sections += [comparison_section(evaluation, curves), distribution_section(curves),
+                     stability_section(curves["psi"]), card_center_section(curves, with_weights=False)]
+    return _page(f"fedscore: {model.party}'s model", f"job {model.job_name} ({model.job_id})", sections)
