@@ -1,4 +1,8 @@
-"""`fedscore audit ...`: read a ledger replica, verify it, prove an entry, show balances."""
+"""`fedscore audit ...`: read a ledger replica, verify it, prove an entry, show balances.
+
+Each action has a text form (for people) and a document form (``--json``, for
+scripts) built from the same values.
+"""
 from __future__ import annotations
 
 import json
@@ -27,59 +31,122 @@ def read_ledger(path: Path) -> list[Block]:
         store.close()
 
 
-def verify(path: Path, expected_head: str | None = None) -> str:
+class ProofError(FedscoreError):
+    """An inclusion proof that was read but does not check out: like a ledger that does not verify (exit 3)."""
+
+
+def verify_document(path: Path, expected_head: str | None = None) -> dict:
     """The chain's summary; with ``expected_head`` (from a job report), a truncated or replaced chain fails too."""
     summary = verify_chain(read_ledger(path))
     if expected_head and summary.head.hex() != expected_head.lower():
         raise LedgerError(summary.blocks - 1, f"the head is {summary.head.hex()}, not the expected {expected_head}")
-    return summary.line() + f", genesis {summary.genesis.hex()}"
+    return {
+        "ok": True, "blocks": summary.blocks, "entries": summary.entries, "head": summary.head.hex(),
+        "genesis": summary.genesis.hex(), "members": sorted(summary.members),
+    }
+
+
+def verify(path: Path, expected_head: str | None = None) -> str:
+    found = verify_document(path, expected_head)
+    return f"ok: {found['blocks']} blocks, {found['entries']} entries, head {found['head']}, genesis {found['genesis']}"
+
+
+NOT_JSON = "not_json"
+
+
+def _entry(raw: bytes) -> object:
+    """An entry as its JSON value; one that is not JSON as {"not_json": its bytes' repr}."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {NOT_JSON: repr(raw)}
+
+
+def show_document(path: Path) -> dict:
+    """Every block and entry, and whether the chain verifies (a broken chain is still shown)."""
+    blocks = read_ledger(path)
+    try:
+        verified, problem = verify_chain(blocks).line(), ""
+    except LedgerError as error:
+        verified, problem = "", str(error)
+    return {
+        "verifies": not problem, "summary": verified, "problem": problem,
+        "blocks": [
+            {
+                "height": block.height, "hash": block.hash().hex(), "previous": block.previous.hex(),
+                "timestamp_ns": block.timestamp_ns, "merkle_root": block.merkle_root.hex(),
+                "signed_by": sorted(block.signatures),
+                "entries": [_entry(raw) for raw in block.entries],
+            }
+            for block in blocks
+        ],
+    }
 
 
 def show(path: Path) -> str:
-    blocks = read_ledger(path)
-    try:
-        status = verify_chain(blocks).line()
-    except LedgerError as error:
-        status = f"DOES NOT VERIFY: {error}"
-    lines = [status]
-    for block in blocks:
-        signers = ", ".join(sorted(block.signatures))
-        lines.append(f"block {block.height}  {block.hash().hex()}  time {block.timestamp_ns}  signed by {signers}")
-        for index, raw in enumerate(block.entries):
-            try:
-                text = json.dumps(json.loads(raw.decode("utf-8")), sort_keys=True)
-            except (UnicodeDecodeError, ValueError):
-                text = f"(not JSON) {raw!r}"
+    document = show_document(path)
+    lines = [document["summary"] or f"DOES NOT VERIFY: {document['problem']}"]
+    for block in document["blocks"]:
+        lines.append(f"block {block['height']}  {block['hash']}  time {block['timestamp_ns']}  signed by {', '.join(block['signed_by'])}")
+        for index, entry in enumerate(block["entries"]):
+            bad = isinstance(entry, dict) and set(entry) == {NOT_JSON}
+            text = f"(not JSON) {entry[NOT_JSON]}" if bad else json.dumps(entry, sort_keys=True)
             lines.append(f"  [{index}] {text}")
     return "\n".join(lines)
 
 
-def prove_entry(path: Path, entry: str) -> str:
+def prove_document(path: Path, entry: str) -> dict:
     try:
         height, index = (int(part) for part in entry.split(":"))
     except ValueError:
         raise FedscoreError(f"name an entry as HEIGHT:INDEX (e.g. 3:0), not {entry!r}") from None
-    return json.dumps(prove(read_ledger(path), height, index), indent=2)
+    return prove(read_ledger(path), height, index)
 
 
-def check_proof_file(path: Path) -> str:
+def prove_entry(path: Path, entry: str) -> str:
+    return json.dumps(prove_document(path, entry), indent=2)
+
+
+def check_proof_document(path: Path) -> dict:
+    """What a proof shows; ProofError when it was read but does not check out."""
     try:
         proof = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise FedscoreError(f"proof {path} is not readable: {error}") from None
-    return check_proof(proof)
+    try:
+        line = check_proof(proof)
+    except FedscoreError as error:
+        raise ProofError(f"proof {path.name} does not verify: {error}") from None
+    return {
+        "ok": True, "summary": line, "index": proof["index"], "height": proof["block"]["height"],
+        "genesis_hash": proof["genesis_hash"],
+    }
 
 
-def show_balances(path: Path) -> str:
+def check_proof_file(path: Path) -> str:
+    return check_proof_document(path)["summary"]
+
+
+def balances_document(path: Path) -> dict:
+    """{member: owes, owed, net} in minor units over every settlement of a chain that verifies."""
     blocks = read_ledger(path)
     verify_chain(blocks)
     entries = [e for b in blocks for e in b.decoded()]
     currency = next((e["currency"] for e in entries if e.get("kind") in ("settlement", "scoring_settlement")), "")
     totals = balances(entries)
-    if not totals:
+    return {
+        "currency": currency,
+        "members": {
+            member: {**amounts, "net": amounts["owed"] - amounts["owes"]} for member, amounts in sorted(totals.items())
+        },
+    }
+
+
+def show_balances(path: Path) -> str:
+    document = balances_document(path)
+    if not document["members"]:
         return "no settlement on this ledger yet"
-    lines = [f"{'member':<16}{'owes':>14}{'is owed':>14}{'net':>14}   ({currency}, minor units)"]
-    for member, amounts in sorted(totals.items()):
-        net = amounts["owed"] - amounts["owes"]
-        lines.append(f"{member:<16}{amounts['owes']:>14}{amounts['owed']:>14}{net:>14}")
+    lines = [f"{'member':<16}{'owes':>14}{'is owed':>14}{'net':>14}   ({document['currency']}, minor units)"]
+    for member, amounts in document["members"].items():
+        lines.append(f"{member:<16}{amounts['owes']:>14}{amounts['owed']:>14}{amounts['net']:>14}")
     return "\n".join(lines)

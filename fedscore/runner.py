@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -115,8 +115,11 @@ def _request(row: dict, id_columns: tuple[str, ...], send: list[str]) -> tuple[s
 
 
 def score_rows(client: ScoringClient, job_id: str, frame: pd.DataFrame, id_columns: tuple[str, ...], send: list[str],
-               concurrency: int = 8) -> pd.DataFrame:
-    """Every row through the card center's Score method; a row that fails keeps its error, the others go on."""
+               concurrency: int = 8, progress: Callable[[int, int], None] = lambda done, total: None) -> pd.DataFrame:
+    """Every row through the card center's Score method; a row that fails keeps its error, the others go on.
+
+    ``progress(done, total)`` follows each answered row (from this thread; rows finish in any order).
+    """
 
     def one(row: dict) -> dict:
         shown = row[id_columns[0]] if len(id_columns) == 1 else ID_SEPARATOR.join(row[c] for c in id_columns)
@@ -132,8 +135,15 @@ def score_rows(client: ScoringClient, job_id: str, frame: pd.DataFrame, id_colum
         }
 
     rows = frame.to_dict("records")
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = list(pool.map(one, rows))
+    progress(0, len(rows))
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = [pool.submit(one, row) for row in rows]
+        for done, _ in enumerate(as_completed(futures), start=1):
+            progress(done, len(rows))
+        results = [future.result() for future in futures]
+    finally:
+        pool.shutdown(cancel_futures=True)   # on Ctrl-C, rows not yet sent are dropped, not waited for
     return pd.DataFrame(results, columns=OUTPUT_COLUMNS)
 
 
@@ -148,10 +158,14 @@ def score_file(
     settle: bool = False,
     workers: int = 1,
     concurrency: int = 8,
+    progress: Callable[[int, int], None] = lambda done, total: None,
     tls_dir: Path | None = None,
     insecure: bool = False,
 ) -> dict:
-    """Score an applicants file through the running services (or, --local, services started from the job's state)."""
+    """Score an applicants file through the running services (or, --local, services started from the job's state).
+
+    ``progress(done, total)`` follows each answered applicant.
+    """
     spec, base = load_job(job_path)
     settings = load_scoring(job_path)
     started = time.perf_counter()
@@ -161,7 +175,7 @@ def score_file(
         try:
             opened = client.open_scoring(job_spec, settings.to_json(), job_id)
             frame, send = read_applicants(input_path, job_spec.card_center.id_columns, list(opened.features), opened.limit_basis)
-            scored = score_rows(client, opened.job_id, frame, job_spec.card_center.id_columns, send, concurrency)
+            scored = score_rows(client, opened.job_id, frame, job_spec.card_center.id_columns, send, concurrency, progress)
             settlement = json.loads(client.settle(opened.job_id).settlement_json) if settle else None
             if local:
                 client.close_scoring(opened.job_id)

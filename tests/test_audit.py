@@ -69,7 +69,8 @@ def test_show_prove_and_check_proof(finished_run, tmp_path):
     tampered = json.loads(proof.stdout)
     tampered["entry"] = tampered["entry"].replace('"batch":0', '"batch":1')
     path.write_text(json.dumps(tampered))
-    assert audit("check-proof", path).returncode == 2
+    failed = audit("check-proof", path)
+    assert failed.returncode == 3 and "does not verify" in failed.stderr   # like a ledger that does not verify
 
 
 def test_a_truncated_replica_fails_against_the_reported_head(finished_run, tmp_path):
@@ -97,3 +98,44 @@ def test_a_tampered_replica_fails_and_names_the_block(finished_run, tmp_path):
     done = audit("verify", copy)
     assert done.returncode == 3
     assert "block 3: Merkle root does not match its entries" in done.stderr
+    printed = audit("verify", copy, "--json")
+    assert printed.returncode == 3
+    assert json.loads(printed.stdout) == {"ok": False, "block": 3, "error": "block 3: Merkle root does not match its entries"}
+
+
+def test_audit_json_documents_match_the_run(finished_run, tmp_path):
+    report = finished_run
+    ledger = report["ledgers"]["partner_a"]
+    verified = audit("verify", ledger, "--head", report["ledger_head"], "--json")
+    assert verified.returncode == 0, verified.stderr
+    found = json.loads(verified.stdout)
+    assert found["ok"] is True and found["head"] == report["ledger_head"]
+    assert found["blocks"] == found["entries"] == report["ledger_blocks"]
+    assert found["members"] == sorted(report["ledgers"])
+
+    balances = json.loads(audit("balances", ledger, "--json").stdout)
+    lines = {line["payee"]: line["amount"] for line in report["settlement"]["lines"]}
+    assert balances["currency"] == "CNY"
+    assert balances["members"]["partner_a"] == {"owes": 0, "owed": lines["partner_a"], "net": lines["partner_a"]}
+    assert balances["members"]["guest"]["net"] == -sum(lines.values())
+
+    shown = json.loads(audit("show", ledger, "--json").stdout)
+    assert shown["verifies"] is True and len(shown["blocks"]) == report["ledger_blocks"]
+    assert shown["blocks"][-1]["hash"] == report["ledger_head"]
+    assert shown["blocks"][0]["entries"][0]["kind"] == "job_start"
+    assert shown["blocks"][-1]["signed_by"] == sorted(report["ledgers"])
+
+    proof = audit("prove", ledger, "2:0", "--json")
+    assert proof.returncode == 0
+    path = tmp_path / "proof.json"
+    path.write_text(proof.stdout)
+    checked = json.loads(audit("check-proof", path, "--json").stdout)
+    assert checked["ok"] is True and checked["height"] == 2 and checked["index"] == 0
+    assert checked["genesis_hash"] == shown["blocks"][0]["hash"]
+
+
+def test_audit_quiet_says_nothing_and_answers_by_exit_code(finished_run, tmp_path):
+    done = audit("verify", finished_run["ledgers"]["guest"], "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    wrong = audit("verify", finished_run["ledgers"]["guest"], "--head", "00" * 32, "--quiet")
+    assert wrong.returncode == 3 and wrong.stdout == "" and "not the expected" in wrong.stderr

@@ -1,26 +1,92 @@
-"""The `fedscore` command as a user runs it: exit codes, one-line errors, help with examples."""
+"""The `fedscore` command as a user runs it: exit codes, one-line errors, help with examples, output modes."""
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from fedscore import cli
+from fedscore.config import load_party_config
+from fedscore.errors import InternalError
+from fedscore.model.data import load_party_table
+from fedscore.progress import ProgressView, clock, eta_seconds
+from fedscore.protocol.training import Progress
+from fedscore.transport.clients import PartyClient
+from fedscore.transport.tls import TlsIdentity
+
 from conftest import breast_parties, write_job
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fedscore(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "fedscore", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def test_run_local_writes_report_and_prints_epochs(breast_folder):
-    job = write_job(breast_folder, breast_parties(), epochs=2)
+# -- run: human, --json, --quiet ----------------------------------------------------
+
+
+def test_run_local_prints_a_summary_on_stdout_and_progress_on_stderr(breast_folder):
+    job = write_job(breast_folder, breast_parties(), epochs=2, batch_size=150)
     done = fedscore("run", job, "--local", "--report", breast_folder / "out.json")
     assert done.returncode == 0, done.stderr
-    assert "epoch 1/2" in done.stdout and "epoch 2/2" in done.stdout
     report = json.loads((breast_folder / "out.json").read_text())
     assert report["epochs"] == 2 and report["parties"][0]["name"] == "guest"
+    assert done.stdout.startswith(f"trained 2 epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows")
+    # stderr is not a terminal here: plain lines, one per event, with the time left
+    lines = done.stderr.splitlines()
+    assert any(re.fullmatch(r"epoch 1/2 step 1/4  loss \S+  epoch eta \d:\d\d:\d\d  training eta \d:\d\d:\d\d", l) for l in lines)
+    assert any(re.fullmatch(r"epoch 1/2  loss \S+\s+\S+ s  training eta \d:\d\d:\d\d", l) for l in lines)
+    assert any(l.startswith("epoch 2/2  loss ") for l in lines)
+    assert f"{report['aligned_rows']} applicants held by every party (aligned in" in done.stderr
+    assert "epoch 1/2" not in done.stdout and "\x1b[" not in done.stderr   # no progress on stdout, no terminal codes in a log
+
+
+def test_run_json_prints_the_report_and_nothing_else_on_stdout(breast_folder):
+    job = write_job(breast_folder, breast_parties(), epochs=2)
+    done = fedscore("run", job, "--local", "--json", "--report", breast_folder / "out.json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)   # the whole of stdout is one document
+    assert printed == json.loads((breast_folder / "out.json").read_text())
+    assert printed["epochs"] == 2 and len(printed["loss"]) == 2 and printed["ledger_head"]
+    assert "epoch 2/2" in done.stderr    # progress still shows, on stderr
+
+
+def test_run_quiet_prints_nothing_at_all(breast_folder):
+    job = write_job(breast_folder, breast_parties(), epochs=1)
+    done = fedscore("run", job, "--local", "--quiet", "--report", breast_folder / "out.json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert json.loads((breast_folder / "out.json").read_text())["epochs"] == 1
+
+
+def test_demo_json_quiet_prints_only_the_report_and_scoring_summary(tmp_path):
+    workdir = tmp_path / "demo"
+    done = fedscore("demo", "--workdir", workdir, "--epochs", "1", "--key-bits", "512", "--rows", "3000", "--workers", "1",
+                    "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    printed = json.loads(done.stdout)
+    assert printed["report"] == json.loads((workdir / "report.json").read_text())
+    scoring = printed["scoring"]
+    scored = pd.read_csv(workdir / "scored.csv", keep_default_na=False)
+    assert scoring["rows"] == scoring["scored"] == len(scored) == 10 and scoring["failed"] == 0
+    assert scoring["output"] == str(workdir / "scored.csv") and scoring["settlement"]["number"] == 1
+    assert scoring["job_id"] == printed["report"]["job_id"]
+
+
+# -- exit codes --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -33,11 +99,12 @@ def test_run_local_writes_report_and_prints_epochs(breast_folder):
 def test_user_errors_exit_2_with_one_line(breast_folder, change, message):
     parties = breast_parties()
     change(parties)
-    done = fedscore("run", write_job(breast_folder, parties), "--local", "--report", breast_folder / "out.json")
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedscore: error: ")
-    assert message in lines[0]
+    done = fedscore("run", write_job(breast_folder, parties), "--local", "--report", breast_folder / "out.json", "--json")
+    assert done.returncode == cli.EXIT_ERROR == 2
+    lines = done.stderr.strip().splitlines()    # progress lines, then the error: one line, last
+    assert [l for l in lines if l.startswith("fedscore:")] == lines[-1:]
+    assert lines[-1].startswith("fedscore: error: ") and message in lines[-1]
+    assert done.stdout == ""        # --json prints no document for a failed run
     assert not (breast_folder / "out.json").exists()
 
 
@@ -47,7 +114,228 @@ def test_run_without_addresses_asks_for_local(breast_folder):
     assert "no address for the coordinator; add it, or use --local" in done.stderr
 
 
-@pytest.mark.parametrize("command", [["run"], ["demo"], ["party", "serve"], ["coordinator", "serve"]])
+def test_a_bad_command_line_exits_2():
+    assert fedscore("run").returncode == 2
+    assert fedscore("score", "--job", "job.toml").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (InternalError("party 'x': a bug"), 1, "fedscore: internal error: party 'x': a bug"),
+        (PermissionError(13, "Permission denied", "out.json"), 2, "fedscore: error: [Errno 13] Permission denied: 'out.json'"),
+        (KeyboardInterrupt(), 130, "fedscore: interrupted"),
+        (cli.Terminated(), 143, "fedscore: stopped by SIGTERM"),
+    ],
+)
+def test_each_failure_has_its_exit_code(monkeypatch, capsys, raised, code, line):
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr("fedscore.runner.run_job_file", fail)
+    assert cli.main(["run", "job.toml", "--quiet"]) == code
+    assert capsys.readouterr().err.strip() == line
+
+
+def _daemons_of(state: Path) -> list[int]:
+    """Live processes whose command line names a config under ``state``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(state) in command and " serve" in command.replace("\0", " "):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_local_run_and_its_daemons(breast_folder, sig, code):
+    job = write_job(breast_folder, breast_parties(), epochs=500)
+    state = breast_folder / "state"
+    process = subprocess.Popen([sys.executable, "-m", "fedscore", "run", str(job), "--local", "--state", str(state)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:     # plain progress: wait until training runs
+            if re.match(r"epoch\s+1/500  loss", line):
+                break
+        else:
+            pytest.fail("the run ended before training")
+        assert _daemons_of(state), "the daemons should be up while training"
+        process.send_signal(sig)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == code
+    assert rest.strip().splitlines()[-1] == ("fedscore: interrupted" if sig == signal.SIGINT else "fedscore: stopped by SIGTERM")
+    deadline = time.monotonic() + 10
+    while _daemons_of(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _daemons_of(state) == []
+
+
+def test_exit_codes_are_documented_in_help_and_readme():
+    codes = [cli.EXIT_OK, cli.EXIT_INTERNAL, cli.EXIT_ERROR, cli.EXIT_UNVERIFIED, cli.EXIT_PARTIAL,
+             cli.EXIT_INTERRUPTED, cli.EXIT_TERMINATED]
+    shown = fedscore("--help").stdout
+    listed = shown[shown.index("exit codes:"):]
+    assert [int(m) for m in re.findall(r"^  (\d+)\s", listed, flags=re.M)] == codes
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Exit codes"):]
+    table = table[: table.index("\n#", 1)]
+    assert [int(m) for m in re.findall(r"^\| `(\d+)` \|", table, flags=re.M)] == codes
+
+
+# -- help: every parser has an example of its own that parses ---------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_and_subcommand_has_an_example_that_parses():
+    parsers = list(_parsers(cli.build_parser()))
+    assert {p.prog for p in parsers} >= {
+        "fedscore", "fedscore run", "fedscore demo", "fedscore score", "fedscore audit", "fedscore audit verify",
+        "fedscore audit show", "fedscore audit prove", "fedscore audit check-proof", "fedscore audit balances",
+        "fedscore coordinator", "fedscore coordinator serve", "fedscore party", "fedscore party serve",
+        "fedscore init", "fedscore init party", "fedscore certs", "fedscore certs init",
+    }
+    for parser in parsers:
+        examples = [line.removeprefix("example: ") for line in (parser.epilog or "").splitlines() if line.startswith("example: fedscore ")]
+        assert examples, f"{parser.prog} has no example"
+        for example in examples:
+            assert example.startswith(parser.prog + " "), f"{parser.prog}: example {example!r} is for another command"
+            args = cli.build_parser().parse_args(shlex.split(example)[1:])   # exits (fails the test) if it does not parse
+            assert callable(args.handler)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["party", "serve"], ["audit", "check-proof"], ["init", "party"]])
 def test_help_shows_an_example(command):
     done = fedscore(*command, "--help")
     assert done.returncode == 0 and "example: fedscore" in done.stdout
+
+
+# -- progress rendering -------------------------------------------------------------
+
+
+def test_eta_is_the_mean_pace_times_the_work_left():
+    assert eta_seconds(30.0, 3, 12) == pytest.approx(90.0)
+    assert eta_seconds(30.0, 0, 12) is None and eta_seconds(30.0, 3, None) is None
+    assert clock(3725.4) == "1:02:05" and clock(None) == "-:--:--"
+
+
+def _training_events(view: ProgressView) -> None:
+    view(Progress("align", message="private set intersection between the card center and each partner"))
+    view(Progress("align", seconds=2.0, message="569 applicants held by every party"))
+    view(Progress("step", 1, 2, 0.69, 10.0, step=1, steps=4))   # the first step took 10 s: 7 steps left of 8
+    view(Progress("step", 1, 2, 0.60, 10.0, step=2, steps=4))
+
+
+def test_plain_progress_is_one_line_per_event_with_the_time_left():
+    stream = io.StringIO()
+    with ProgressView("plain", stream, plain_every=3600) as view:
+        _training_events(view)
+        view(Progress("epoch", 1, 2, 0.55, 40.0))
+        view(Progress("evaluate", seconds=0.5))
+        view.scoring(0, 3)
+        view.scoring(3, 3)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "private set intersection between the card center and each partner ..."
+    assert lines[1] == "569 applicants held by every party (aligned in 2.0 s)"
+    # the first step prints at once, with the time left from its own duration; the second is thinned out
+    assert lines[2] == "epoch 1/2 step 1/4  loss 0.690000  epoch eta 0:00:30  training eta 0:01:10"
+    assert lines[3].startswith("epoch 1/2  loss 0.550000    40.0 s  training eta ")
+    assert lines[4] == "evaluated through masked scores in 0.5 s"
+    assert re.fullmatch(r"scoring: 3/3 applicants  \d+\.\d s", lines[5])
+    assert len(lines) == 6
+
+
+def test_bars_on_a_terminal_show_steps_epochs_and_the_time_left():
+    stream = io.StringIO()
+    with ProgressView("bars", stream) as view:
+        _training_events(view)
+        view.scoring(1, 4)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
+    assert "569 applicants held by every party (aligned in 2.0 s)" in shown
+    assert "training steps" in shown and "2/8" in shown
+    assert "epoch 1/2  loss 0.6000" in shown and "2/4" in shown
+    assert "scoring applicants" in shown and "1/4" in shown
+    # the first step started 10 s ago: training 2 of 8 steps, 30 s left; the epoch 2 of 4, 10 s left
+    assert "2/8 0:00:10 eta 0:00:30" in shown and "2/4 0:00:10 eta 0:00:10" in shown
+
+
+def test_quiet_progress_prints_nothing():
+    stream = io.StringIO()
+    with ProgressView("off", stream) as view:
+        _training_events(view)
+        view.note("a line")
+        view.scoring(3, 3)
+    assert stream.getvalue() == ""
+
+
+# -- init party ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role, identity", [("partner", "copied into tls/"), ("card_center", "--tls-dir")])
+def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role, identity):
+    certs = fedscore("certs", "init", "--consortium", tmp_path / "certs", "--members", "acme")
+    assert certs.returncode == 0, certs.stderr
+    folder = tmp_path / "acme"
+    tls = ["--tls-dir", tmp_path / "certs" / "acme"] if identity == "--tls-dir" else []
+    done = fedscore("init", "party", "acme", "--dir", folder, "--role", role, "--listen", "127.0.0.1:0", *tls)
+    assert done.returncode == 0, done.stderr
+    assert f"fedscore party serve --config {folder / 'party.toml'}" in done.stdout
+    assert (folder / "state").is_dir() and (folder / "README.md").is_file() and (folder / "data" / "README.md").is_file()
+    if identity == "copied into tls/":   # what the README asks for when the identity comes later
+        assert "fedscore certs init --consortium DIR --members acme" in (folder / "README.md").read_text()
+        shutil.copytree(tmp_path / "certs" / "acme", folder / "tls")
+    config = load_party_config(folder / "party.toml")
+    assert config.name == "acme" and config.data_dir == folder / "data" and config.state_dir == folder / "state"
+    assert config.tls_dir.resolve() == (tmp_path / "certs" / "acme").resolve() if tls else config.tls_dir == folder / "tls"
+    # the stub has the shape a job reads: the label only for the card center
+    table = load_party_table(folder / "data" / "acme.csv", ["id"], "y" if role == "card_center" else None, party="acme")
+    assert table.feature_names == ["feature_1", "feature_2"] and (table.labels is not None) == (role == "card_center")
+
+    ready = tmp_path / "ready"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fedscore", "party", "serve", "--config", str(folder / "party.toml"), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert daemon.poll() is None, daemon.stderr.read()
+            assert time.monotonic() < deadline, "the daemon did not come up"
+            time.sleep(0.05)
+        address = ready.read_text().split()[0]
+        client = PartyClient("acme", address, tls=TlsIdentity.load(tmp_path / "certs" / "coordinator"))
+        try:
+            reply = client.ping()      # over mutual TLS, as the coordinator
+        finally:
+            client.close()
+        assert reply.name == "acme" and reply.role == "party"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert daemon.returncode == 0
+
+
+def test_init_party_refuses_an_existing_folder(tmp_path):
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "party.toml").write_text("# mine\n")
+    done = fedscore("init", "party", "acme", "--dir", folder)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"fedscore: error: {folder} already exists; refusing to overwrite it (choose another --dir, or remove it)"
+    assert [p.name for p in folder.iterdir()] == ["party.toml"] and (folder / "party.toml").read_text() == "# mine\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["acme"]     # no staging folder left behind
+    bad = fedscore("init", "party", "9lives", "--dir", tmp_path / "other")
+    assert bad.returncode == 2 and "party name '9lives'" in bad.stderr and not (tmp_path / "other").exists()

@@ -242,7 +242,9 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
          "--input", str(path), "--output", str(output), "--quiet"],
         capture_output=True, text=True, timeout=300,
     )
-    assert done.returncode == 2
+    assert done.returncode == 4     # partly done: the others were scored
+    assert done.stdout == ""        # --quiet: only the error
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
     scored = pd.read_csv(output, dtype=str, keep_default_na=False)
     assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
@@ -254,3 +256,29 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 2 and "lacks column 'id'" in missing.stderr
+
+
+def test_score_json_prints_the_summary_and_quiet_prints_nothing(trained, tmp_path):
+    applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str)
+    runs = {}
+    for flag, rows in (("--json", slice(60, 63)), ("--quiet", slice(70, 73))):
+        path = tmp_path / f"in{flag}.csv"
+        applicants.iloc[rows].to_csv(path, index=False)
+        output = tmp_path / f"out{flag}.csv"
+        runs[flag] = (output, subprocess.run(
+            [sys.executable, "-m", "fedscore", "score", "--job", str(trained / "job.toml"), "--local",
+             "--input", str(path), "--output", str(output), "--settle", flag],
+            capture_output=True, text=True, timeout=300,
+        ))
+    output, done = runs["--json"]
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)     # the whole of stdout is one document
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+    assert summary["rows"] == summary["scored"] == len(scored) == 3 and summary["failed"] == 0 and summary["first_error"] == ""
+    assert summary["output"] == str(output) and summary["ledger"].endswith("scoring.sqlite")
+    assert summary["settlement"]["payer"] == "card_center" and summary["job_id"] in summary["ledger"]
+    assert "scoring: 3/3 applicants" in done.stderr     # progress on stderr
+    output, done = runs["--quiet"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert (pd.read_csv(output, dtype=str, keep_default_na=False)["error"] == "").all()

@@ -464,7 +464,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if isinstance(item, Progress):
                 yield pb.JobEvent(job_id=run.job_id, progress=pb.Progress(
                     stage=item.stage, epoch=item.epoch, epochs=item.epochs, loss=item.loss,
-                    seconds=item.seconds, message=item.message,
+                    seconds=item.seconds, message=item.message, step=item.step, steps=item.steps,
                 ))
             elif isinstance(item, str):
                 yield pb.JobEvent(job_id=run.job_id, report_json=item)

@@ -43,12 +43,16 @@ class PartnerControlHandle(PartyHandle, Protocol):
 
 @dataclass
 class Progress:
+    """One event a job streams to its submitter; ``step``/``steps`` place a "step" event within its epoch (for the time left)."""
+
     stage: str
     epoch: int = 0
     epochs: int = 0
     loss: float = float("nan")
     seconds: float = 0.0
     message: str = ""
+    step: int = 0
+    steps: int = 0
 
 
 @dataclass
@@ -133,6 +137,8 @@ def run_training(
                 raise PeerError(f"job {spec.name!r} cancelled before {step}: its submitter went away")
             try:
                 done[step] = take_step(step, plan[batch])
+                progress(Progress("step", epoch + 1, spec.epochs, done[step].loss, done[step].seconds,
+                                  step=batch + 1, steps=len(plan)))
             except RECOVERABLE as error:
                 if recover is None:
                     raise

@@ -217,7 +217,7 @@ class CoordinatorClient:
                     if event.HasField("report_json"):
                         return event.report_json
                     p = event.progress
-                    progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message))
+                    progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message, p.step, p.steps))
                 raise PeerError(f"coordinator at {self.address} ended the job without a report")
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or not job_id or follow_seconds <= 0:
