@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.errors import FedscoreError, InternalError
+from fedscore.errors import ConfigError, FedscoreError, InternalError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1       # a bug: no input explains it
@@ -50,6 +50,10 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore run examples/default_credit/job.toml --local --report report.json",
         "fedscore run examples/default_credit/job.toml --local --align-only",
         "fedscore run examples/default_credit/job.toml --json --quiet",
+    ],
+    "status": [
+        "fedscore status --job examples/default_credit/job.toml --tls certs/card_center",
+        "fedscore status --job examples/default_credit/job.toml --tls certs/bureau --json",
     ],
     "demo": [
         "fedscore demo --workdir fedscore-demo",
@@ -272,6 +276,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from fedscore.config import load_job
+    from fedscore.status import consortium_status, format_status
+    from fedscore.transport.tls import TlsIdentity
+
+    spec, _ = load_job(args.job)
+    if not args.insecure and args.tls is None:
+        raise ConfigError("status needs a member's TLS folder (--tls DIR), or --insecure against plaintext daemons")
+    members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
+    if not members:
+        raise ConfigError(f"job file {args.job.name}: no addresses to ask (status reads running daemons)")
+    if args.json:
+        _print_json(members)
+    elif not args.quiet:
+        print(format_status(members))
+    return EXIT_OK if all(m["health"] == "SERVING" for m in members) else EXIT_ERROR
+
+
 def cmd_init_party(args: argparse.Namespace) -> int:
     from fedscore.scaffold import init_party
 
@@ -397,6 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--ready-file", type=Path, help="write host:port here once serving")
         serve.add_argument("--insecure", action="store_true", help="plaintext, no peer authentication: debugging only")
         serve.set_defaults(handler=cmd_serve, role=role)
+
+    status = commands.add("status", "show each member of a job: up or not, its jobs, steps and chain head",
+                          description="Ask every daemon a job file names for its health (the standard gRPC health\n"
+                                      "service) and state: its jobs, their last step and its chain's head.\n"
+                                      "Exit 0 when every member serves, 2 otherwise.")
+    status.add_argument("--job", type=Path, required=True, help="job file with the coordinator's and parties' addresses")
+    status.add_argument("--tls", type=Path, metavar="DIR", help="any member's folder (cert.pem, key.pem, ca.pem) to ask as")
+    status.add_argument("--insecure", action="store_true", help="plaintext, for daemons started with --insecure")
+    _output_options(status, "every member's status")
+    status.set_defaults(handler=cmd_status)
 
     init = commands.add("init", "make the files a new member starts from")
     party = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init").add(

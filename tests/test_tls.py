@@ -2,6 +2,7 @@
 and lets each member call only what its role allows — a refused call changes nothing."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -230,3 +231,34 @@ def test_the_shipped_configs_find_their_identities_after_certs_init(tmp_path):
     assert [c.name for c in configs] == ["coordinator", "bureau", "card_center", "ecommerce"]
     for config in configs:
         assert load_identity("party", config, insecure=False).tls.name == config.name
+
+
+def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_status(consortium, capsys):
+    from fedscore.status import consortium_status
+
+    running, report = consortium
+    members = {m["member"]: m for m in consortium_status(running.spec, running.identity("host"))}
+    assert {m: s["health"] for m, s in members.items()} == {"coordinator": "SERVING", "guest": "SERVING", "host": "SERVING"}
+    coordinator_jobs = {j["job_id"]: j for j in members["coordinator"]["jobs"]}
+    trained = coordinator_jobs[report["job_id"]]
+    assert trained["stage"] == "finished" and trained["blocks"] == report["ledger_blocks"]
+    assert trained["head"] == report["ledger_head"] and trained["step"][0] == 2   # two epochs
+    host_jobs = {j["job_id"]: j for j in members["host"]["jobs"]}
+    assert host_jobs[PREPARED]["stage"] == "prepared" and host_jobs[PREPARED]["step"] is None
+    serving = [j for j in members["guest"]["jobs"] if j["chain"] == "scoring"]
+    assert [j["job_id"] for j in serving] == [report["job_id"]] and serving[0]["blocks"] >= 1
+
+    # through the command: JSON, then a member that is down makes it exit 2 and is named
+    job = running.state_root / "status-job.toml"
+    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
+    for party in running.spec.parties:
+        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
+                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
+    job.write_text("\n".join(lines))
+    assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [m["member"] for m in shown] == ["coordinator", "guest", "host"]
+    stranger = job.read_text().replace(running.spec.party("host").address, "127.0.0.1:9")
+    job.write_text(stranger)
+    assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest")]) == 2
+    assert "127.0.0.1:9" in capsys.readouterr().out

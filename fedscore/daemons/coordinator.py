@@ -36,6 +36,7 @@ from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
 from fedscore.ledger import identity
 from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.store import LedgerStore
 from fedscore.protocol.audit import (
     alignment_entry,
     forget_steps_off_chain,
@@ -361,6 +362,18 @@ class JobRun:
             for follower in self._followers:
                 follower.put(item)
 
+    def state(self) -> tuple[str, str, Progress | None]:
+        """("running" | "finished" | "failed", the last message or the failure, the last step event)."""
+        with self._lock:
+            outcome, recent = self.outcome, list(self._recent)
+        steps = [event for event in recent if event.stage in ("step", "epoch")]
+        latest = steps[-1] if steps else None
+        if outcome is None:
+            return "running", recent[-1].message if recent else "", latest
+        if isinstance(outcome, str):
+            return "finished", "", latest
+        return "failed", str(outcome), latest
+
     def follow(self) -> queue.Queue:
         events: queue.Queue = queue.Queue()
         with self._lock:
@@ -412,6 +425,29 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @handles_errors
     def Ping(self, request, context):
         return pb.PingReply(name=self.config.name, role="coordinator", version=__version__)
+
+    @handles_errors
+    def Status(self, request, context):
+        """Each job this daemon ran or runs since it started: its state, last progress and its chain's head."""
+        with self._lock:
+            runs = sorted(self._runs.items())
+        statuses = []
+        for job_id, run in runs:
+            stage, detail, latest = run.state()
+            status = pb.JobStatus(job_id=job_id, stage=stage, detail=detail, chain="training")
+            if latest is not None:
+                status.epoch = latest.epoch
+                status.batch = latest.step
+            path = job_folder(self.config.state_dir, job_id) / "ledger.sqlite"
+            if path.is_file():
+                store = LedgerStore(path, read_only=True)
+                try:
+                    blocks, head = store.head_summary()
+                finally:
+                    store.close()
+                status.blocks, status.head = blocks, head.hex()
+            statuses.append(status)
+        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses)
 
     def RunJob(self, request, context):
         try:

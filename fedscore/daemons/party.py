@@ -139,6 +139,26 @@ class PartyService(pb_grpc.PartyServicer):
         return pb.PingReply(name=self.name, role="party", version=__version__)
 
     @handles_errors
+    def Status(self, request, context):
+        """Each job here (its stage, last step and chain position) and each model open for scoring."""
+        with self._lock:
+            jobs = sorted(self._jobs.items())
+        statuses = []
+        for job_id, job in jobs:
+            done = job.session.last_step if job.session is not None else None
+            stage = "training" if job.session is not None else "aligned" if job.aligned_rows is not None else "prepared"
+            blocks, head = job.ledger.store.head_summary()
+            statuses.append(pb.JobStatus(
+                job_id=job_id, stage=stage, epoch=done.epoch + 1 if done else 0, batch=done.batch + 1 if done else 0,
+                blocks=blocks, head=head.hex(), chain="training",
+            ))
+        for model in self.scoring.open_models():
+            blocks, head = self.scoring.ledger(model["job_id"]).store.head_summary()
+            statuses.append(pb.JobStatus(job_id=model["job_id"], stage="serving", blocks=blocks, head=head.hex(),
+                                         chain="scoring", detail=model["role"]))
+        return pb.StatusReply(name=self.name, role="party", version=__version__, jobs=statuses)
+
+    @handles_errors
     def PrepareJob(self, request, context):
         self._allow(context, COORDINATOR, "preparing a job")
         spec = codec.spec_from_proto(request.job)

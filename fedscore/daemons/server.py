@@ -14,6 +14,7 @@ import grpc
 from fedscore.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
+from fedscore.daemons.health import add_health, stopping
 from fedscore.model.model_file import write_atomically
 from fedscore.transport.rpc import channel_options
 from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
@@ -70,6 +71,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
 
         service = coordinator.CoordinatorService(config)
         coordinator.add_to_server(service, server)
+    health = add_health(server, role)
     host = config.listen.rsplit(":", 1)[0]
     try:
         if config.tls is None:
@@ -104,6 +106,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("stopping")
+    stopping(health)
     if http_server is not None:
         http_server.shutdown()
     if role == "party":

@@ -61,6 +61,11 @@ class LedgerStore:
             db.execute("ROLLBACK")
             raise
 
+    def head_summary(self) -> tuple[int, bytes]:
+        """(blocks stored, hash of the last one): a member's position on its chain, without reading it all."""
+        row = self._db.execute("SELECT COUNT(*), (SELECT hash FROM blocks ORDER BY height DESC LIMIT 1) FROM blocks").fetchone()
+        return int(row[0]), bytes(row[1] or b"")
+
     def blocks(self, start: int = 0) -> Iterator[Block]:
         """Every stored block from height ``start`` on, in height order, as stored (verification decides
         whether it is valid)."""

@@ -39,6 +39,11 @@ class CoordinatorStub:
                 request_serializer=fedscore__pb2.PingRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/fedscore.v1.Coordinator/Status',
+                request_serializer=fedscore__pb2.PingRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.StatusReply.FromString,
+                _registered_method=True)
         self.RunJob = channel.unary_stream(
                 '/fedscore.v1.Coordinator/RunJob',
                 request_serializer=fedscore__pb2.RunJobRequest.SerializeToString,
@@ -56,6 +61,13 @@ class CoordinatorServicer:
 
     def Ping(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """its jobs and their chains, for `fedscore status`
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -81,6 +93,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=fedscore__pb2.PingRequest.FromString,
                     response_serializer=fedscore__pb2.PingReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedscore__pb2.PingRequest.FromString,
+                    response_serializer=fedscore__pb2.StatusReply.SerializeToString,
             ),
             'RunJob': grpc.unary_stream_rpc_method_handler(
                     servicer.RunJob,
@@ -120,6 +137,33 @@ class Coordinator:
             '/fedscore.v1.Coordinator/Ping',
             fedscore__pb2.PingRequest.SerializeToString,
             fedscore__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Coordinator/Status',
+            fedscore__pb2.PingRequest.SerializeToString,
+            fedscore__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -198,6 +242,11 @@ class PartyStub:
                 '/fedscore.v1.Party/Ping',
                 request_serializer=fedscore__pb2.PingRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.PingReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/fedscore.v1.Party/Status',
+                request_serializer=fedscore__pb2.PingRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.PrepareJob = channel.unary_unary(
                 '/fedscore.v1.Party/PrepareJob',
@@ -346,6 +395,13 @@ class PartyServicer:
 
     def Ping(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """its jobs, steps, chains and open models
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -543,6 +599,11 @@ def add_PartyServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.PingRequest.FromString,
                     response_serializer=fedscore__pb2.PingReply.SerializeToString,
             ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedscore__pb2.PingRequest.FromString,
+                    response_serializer=fedscore__pb2.StatusReply.SerializeToString,
+            ),
             'PrepareJob': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareJob,
                     request_deserializer=fedscore__pb2.PrepareJobRequest.FromString,
@@ -711,6 +772,33 @@ class Party:
             '/fedscore.v1.Party/Ping',
             fedscore__pb2.PingRequest.SerializeToString,
             fedscore__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Party/Status',
+            fedscore__pb2.PingRequest.SerializeToString,
+            fedscore__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

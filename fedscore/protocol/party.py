@@ -263,6 +263,10 @@ class PartySession:
         self.record(step, f"loss_term/{self.party}", [term], self.public_key.ciphertext_bytes)
         return term
 
+    @property
+    def last_step(self) -> Step | None:
+        return self._last_done
+
     # -- checkpoint and resume -----------------------------------------------
 
     @one_message_at_a_time
