@@ -73,13 +73,17 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
 
     from fedscore.transport.tls import TlsIdentity
 
-    identity = TlsIdentity.load(Path(tls_dir))   # the card center's own approval system
+    identity = TlsIdentity.load(Path(tls_dir)) if tls_dir else None   # the card center's own approval system
     work = [pb.ScoreRequest(job_id=job_id, applicant_id=a, features=f, consent=c) for a, f, c in requests_from(Path(path))[skip:]]
 
     async def run() -> list[float]:
         latencies: list[float] = []
-        options = [("grpc.ssl_target_name_override", identity.name)]
-        async with grpc.aio.secure_channel(address, identity.channel_credentials(), options=options) as channel:
+        if identity is None:
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            options = [("grpc.ssl_target_name_override", identity.name)]
+            channel = grpc.aio.secure_channel(address, identity.channel_credentials(), options=options)
+        async with channel:
             stub = pb_grpc.PartyStub(channel)
 
             async def worker(offset: int) -> None:
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of the throughput run")
     parser.add_argument("--clients", type=int, default=1, help="client processes in the throughput run")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per client process")
+    parser.add_argument("--insecure", action="store_true", help="plaintext daemons, to measure what mutual TLS costs")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedscore-bench-scoring-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,7 @@ def main() -> None:
     spec, base = load_job(job)
     settings = load_scoring(job)
     work = requests_from(workdir / "bench-applicants.csv")
-    with LocalConsortium(spec, base, workdir / "state", 1, settings.consent_issuers) as consortium:
+    with LocalConsortium(spec, base, workdir / "state", 1, settings.consent_issuers, insecure=args.insecure) as consortium:
         address = consortium.spec.card_center.address
         client = ScoringClient(address, consortium.spec.card_center.name, consortium.card_center_identity)
         job_id = client.open_scoring(consortium.spec, settings.to_json()).job_id
@@ -135,7 +140,7 @@ def main() -> None:
         processes = [
             context.Process(target=load, args=(address, job_id, str(workdir / "bench-applicants.csv"), args.concurrency,
                                                 args.seconds, start_at, 200 + args.requests, queue,
-                                                str(consortium.card_center_identity.folder)))
+                                                str(consortium.card_center_identity.folder) if not args.insecure else ""))
             for _ in range(args.clients)
         ]
         for p in processes:

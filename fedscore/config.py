@@ -24,7 +24,7 @@ from fedscore.scoring.scorecard import LimitBand, ScoringPolicy
 if TYPE_CHECKING:
     from fedscore.transport.tls import TlsIdentity
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")   # a DNS label: names go into certificates
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}-[0-9a-f]{8}$")   # a job name, then 8 random hex digits
 
 
@@ -100,7 +100,7 @@ class JobSpec:
     def validate(self) -> "JobSpec":
         where = f"job {self.name!r}"
         if not NAME_PATTERN.fullmatch(self.name):
-            raise ConfigError(f"job name {self.name!r}: use letters, digits, '-' and '_' (at most 64)")
+            raise ConfigError(f"job name {self.name!r}: use letters, digits, '-' and '_' (at most 63)")
         if not 1 <= self.epochs <= 100_000:
             raise ConfigError(f"{where}: epochs must be between 1 and 100000, got {self.epochs}")
         if self.batch_size < 0:
@@ -130,7 +130,7 @@ class JobSpec:
         names = [p.name for p in self.parties]
         for name in names:
             if not NAME_PATTERN.fullmatch(name):
-                raise ConfigError(f"{where}: party name {name!r}: use letters, digits, '-' and '_' (at most 64)")
+                raise ConfigError(f"{where}: party name {name!r}: use letters, digits, '-' and '_' (at most 63)")
             if name == "coordinator":
                 raise ConfigError(f"{where}: a party cannot be named 'coordinator' (the coordinator's member name)")
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -358,6 +358,7 @@ class DaemonConfig:
     scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
     scoring_table: str = "applicants"
     scoring_id: str = "id"
+    card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
 
@@ -369,7 +370,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")
     known = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir"} | (
-        {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "consent_max_age_days", "consent_max_uses", "http_listen",
+        {"data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days", "consent_max_uses", "http_listen",
          "scoring_database", "scoring_table", "scoring_id"} if needs_data else set()
     )
     _unknown_keys(table, known, f"{where} [{section}]")
@@ -403,6 +404,9 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
         raise ConfigError(f"{where}: consent_max_uses must be between 1 and 1000000")
     database = _take(table, "scoring_database", str, "", where)
     tls_dir = _take(table, "tls_dir", str, "", where)
+    card_centers = _take(table, "card_centers", list, [], where)
+    if not all(isinstance(c, str) and NAME_PATTERN.fullmatch(c) for c in card_centers):
+        raise ConfigError(f"{where}: card_centers must be a list of member names")
     return DaemonConfig(
         name=name, listen=listen, state_dir=state_dir, data_dir=data_dir, workers=workers,
         max_message_mib=max_message_mib, min_key_bits=min_key_bits, min_batch_rows=min_batch_rows, consent_issuers=tuple(i.lower() for i in issuers),
@@ -411,6 +415,7 @@ def _daemon_config(path: Path, section: str, needs_data: bool) -> DaemonConfig:
         scoring_table=_take(table, "scoring_table", str, "applicants", where),
         scoring_id=_take(table, "scoring_id", str, "id", where),
         tls_dir=base / tls_dir if tls_dir else None,
+        card_centers=tuple(card_centers),
     )
 
 

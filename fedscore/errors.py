@@ -17,6 +17,10 @@ class ProtocolError(FedscoreError):
     """A peer sent something out of order, of the wrong size, or for an unknown job."""
 
 
+class UnknownJobError(ProtocolError):
+    """A daemon has no such job: it restarted before resuming it, or the job ended (gRPC NOT_FOUND)."""
+
+
 class PeerError(FedscoreError):
     """A peer did not answer or failed; the message names the peer."""
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -61,6 +62,11 @@ def test_certs_init_makes_owner_only_keys_and_certificates_naming_each_member(tm
     x509.load_pem_x509_certificate((root / "airline" / "cert.pem").read_bytes()).verify_directly_issued_by(ca)
     with pytest.raises(ConfigError, match="member name"):
         init_consortium(root, ["../escape"])
+    # with the CA key kept offline, admitting a member is refused rather than done under a new CA
+    (root / "ca" / "ca.key").rename(tmp_path / "offline.key")
+    with pytest.raises(ConfigError, match="ca.key is missing"):
+        init_consortium(root, ["newcomer"])
+    assert not (root / "newcomer").exists()
 
 
 def test_a_folder_with_a_readable_key_or_a_foreign_certificate_is_refused(tmp_path):
@@ -200,6 +206,15 @@ def test_each_member_may_call_only_what_its_role_allows_and_a_refusal_changes_no
                     list(answer)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, (caller, target, method, caught.value.details())
             assert f"refused {caller!r}" in caught.value.details()
+
+    # a partner cannot make itself a card center: parties take jobs only from the card centers they name
+    swapped = replace(running.spec, parties=tuple(
+        replace(p, label="y" if p.name == "host" else None) for p in running.spec.parties))
+    channel, stub = _stub(running, "host", "coordinator")
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        list(stub.RunJob(pb.RunJobRequest(job=codec.spec_to_proto(swapped)), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "takes jobs only from card centers guest" in caught.value.details()
 
     # nothing changed: the prepared job is still there, the chains did not move, the model still serves
     coordinator_view = PartyClient("host", running.spec.party("host").address, tls=running.identity("coordinator"))

@@ -107,9 +107,16 @@ def init_consortium(consortium: Path, members: list[str], days: int = DEFAULT_DA
     members later without touching anyone's key.
     """
     names = [check_member_name(m) for m in dict.fromkeys([COORDINATOR, *members])]
+    if CA_DIR in names:
+        raise ConfigError(f"member name {CA_DIR!r} is the CA's folder; choose another")
     ca_dir = consortium / CA_DIR
     if (ca_dir / CA_KEY).exists():
         ca_cert, ca_key = _load_ca(ca_dir)
+    elif (ca_dir / CA_CERT).exists():
+        raise ConfigError(
+            f"{ca_dir / CA_KEY} is missing: admitting members needs the consortium CA's key (bring it back); "
+            "a new CA would give certificates no member trusts"
+        )
     else:
         ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import grpc
 
 from fedscore import __version__
 from fedscore.config import DaemonConfig, JobSpec, check_job_id
+from fedscore.crypto.certs import COORDINATOR
 from fedscore.crypto.paillier import PrivateKey
 from fedscore.daemons.access import require
 from fedscore.errors import FedscoreError, PeerError
@@ -49,12 +51,14 @@ from fedscore.protocol.audit import (
 )
 from fedscore.protocol.fanout import call_each
 from fedscore.protocol.party import Step
-from fedscore.protocol.training import RECOVERABLE, Progress, StepRecord, history_from_chain, run_training
+from fedscore.protocol.training import (
+    RECOVERABLE, Progress, StepRecord, TrainingResult, history_from_chain, run_training,
+)
 from fedscore.report import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
-from fedscore.transport.rpc import servicer_errors, status_for
-from fedscore.transport.tls import TlsIdentity
+from fedscore.transport.rpc import RELAYED, servicer_errors, status_for
+from fedscore.transport.tls import TlsIdentity, caller_name
 
 log = logging.getLogger("fedscore.coordinator")
 handles_errors = servicer_errors("label")
@@ -63,7 +67,8 @@ handles_errors = servicer_errors("label")
 MAX_RECOVERIES = 20          # resumptions one job may go through before it gives up
 CHECKPOINT_FILE = "coordinator.json"
 KEY_FILE = "paillier.key"
-FAILED_FILE = "failed.txt"
+FAILED_FILE = "failed.json"
+MAX_RESTARTS = 5            # coordinator restarts one job may go through (a crash that recurs is not resumed forever)
 
 
 @dataclass
@@ -80,6 +85,8 @@ class RunningJob:
     obfuscation_seconds: float
     started: float                     # wall-clock seconds since the epoch
     recoveries: int = 0
+    restarts: int = 0                  # times the coordinator restarted during this job
+    result: TrainingResult | None = None   # once trained and evaluated
 
     @property
     def rows(self) -> int:
@@ -97,11 +104,13 @@ def job_folder(state_dir: Path, job_id: str) -> Path:
 def save_checkpoint(state_dir: Path, job: RunningJob) -> None:
     """Written once training starts; the chain holds every step after that."""
     folder = job_folder(state_dir, job.job_id)
-    write_atomically(folder / KEY_FILE, job.coordinator.private_key_json(), mode=0o600)
+    if not (folder / KEY_FILE).exists():
+        write_atomically(folder / KEY_FILE, job.coordinator.private_key_json(), mode=0o600)
     document = {
         "job_id": job.job_id, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
         "replies": job.replies, "summary": job.summary, "obfuscation_seconds": job.obfuscation_seconds,
-        "started": job.started,
+        "started": job.started, "restarts": job.restarts,
+        "result": dataclasses.asdict(job.result) if job.result is not None else None,
     }
     write_atomically(folder / CHECKPOINT_FILE, json.dumps(document, indent=1))
 
@@ -180,6 +189,7 @@ def start_job(
         return job
     except BaseException:
         abort_everywhere(clients)
+        drop_checkpoint(state_dir, job_id)
         for client in clients.values():
             client.close()
         if ledger is not None:
@@ -194,11 +204,14 @@ def expect_columns(job: RunningJob) -> None:
 
 
 def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJob:
-    """An unfinished job from its checkpoint, after the coordinator restarted."""
+    """An unfinished job from its checkpoint, after the coordinator restarted (counted: see MAX_RESTARTS)."""
     folder = job_folder(state_dir, job_id)
     document = json.loads((folder / CHECKPOINT_FILE).read_text())
     spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
     private_key = PrivateKey.from_json((folder / KEY_FILE).read_text())
+    result = TrainingResult(**document["result"]) if document.get("result") else None
+    replies, summary = document["replies"], document["summary"]
+    obfuscation_seconds, started, restarts = document["obfuscation_seconds"], document["started"], document["restarts"] + 1
     coordinator = CoordinatorSession(job_id, spec, (private_key.public_key, private_key))
     signing_key = identity.load_or_create(state_dir)
     coordinator.facts.public_key = identity.public_hex(signing_key)
@@ -206,9 +219,10 @@ def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJo
     clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
     for client in clients.values():
         client.job_id, client.public_key = job_id, private_key.public_key
-    job = RunningJob(spec, job_id, coordinator, clients, ledger, document["replies"], document["summary"],
-                     document["obfuscation_seconds"], document["started"])
+    job = RunningJob(spec, job_id, coordinator, clients, ledger, replies, summary, obfuscation_seconds, started,
+                     restarts=restarts, result=result)
     expect_columns(job)
+    save_checkpoint(state_dir, job)
     return job
 
 
@@ -218,7 +232,8 @@ def recover(job: RunningJob, error: Exception | None, progress) -> dict[Step, St
     stays down past the job's restart_timeout."""
     job.recoveries += 1
     if job.recoveries > MAX_RECOVERIES:
-        raise PeerError(f"job {job.spec.name!r} gave up after {MAX_RECOVERIES} resumptions; last: {error}")
+        raise FedscoreError(f"job {job.spec.name!r} gave up after {MAX_RECOVERIES} resumptions; last: {error}")
+    job.ledger.abandon_uncommitted()   # the block being signed when the member died is proposed again
     timeout = job.spec.restart_timeout
     cause = f"{error}; " if error is not None else "the coordinator restarted; "
     log.warning("job %s: %swaiting up to %.0f s for every member", job.job_id, cause, timeout)
@@ -232,13 +247,16 @@ def recover(job: RunningJob, error: Exception | None, progress) -> dict[Step, St
             except FedscoreError:
                 down.append(name)
         if not down:
-            break
+            head, after = job.ledger.head, last_step(job.ledger.entries())
+            try:
+                call_each(job.clients, lambda name, c: c.resume_job(after, head))
+                break
+            except RECOVERABLE as again:   # another member went down meanwhile: wait for it too
+                down = [str(again)]
         if time.monotonic() > deadline:
-            after = f" after: {error}" if error is not None else ""
-            raise PeerError(f"party {down[0]!r} did not answer for {timeout:.0f} s (restart_timeout){after}")
+            reason = f"party {down[0]!r} did not answer" if down[0] in job.clients else down[0]
+            raise PeerError(f"{reason} for {timeout:.0f} s (restart_timeout)" + (f" after: {error}" if error else ""))
         time.sleep(0.5)
-    head, after = job.ledger.head, last_step(job.ledger.entries())
-    call_each(job.clients, lambda name, c: c.resume_job(after, head))
     forget_steps_off_chain(job.coordinator.facts, job.ledger.seen.steps)
     log.info("job %s resumes after %s", job.job_id, after or "its start")
     progress(Progress("recover", message=f"every member answers; resuming after {after or 'the start'}"))
@@ -254,40 +272,47 @@ def with_recovery(job: RunningJob, progress, action):
             recover(job, error, progress)
 
 
+def chain_holds(ledger: LedgerMember, kind: str) -> bool:
+    return any(entry.get("kind") == kind for entry in ledger.entries())
+
+
 def finish_job(job: RunningJob, state_dir: Path, progress, cancelled: threading.Event | None = None,
                history: dict[Step, StepRecord] | None = None) -> dict:
-    """Train (from the chain's last step), evaluate, write the models, end and settle the chain; the report."""
+    """Train (from the chain's last step), evaluate, write the models, end and settle the chain; the report.
+
+    Until the settlement is on the chain a failure aborts the job everywhere (no model is kept); after it,
+    the job is done whatever happens to the clean-up.
+    """
     spec, clients, ledger = job.spec, job.clients, job.ledger
     center = spec.card_center.name
     partners = {p.name: clients[p.name] for p in spec.partners}
     try:
-        result = run_training(
-            job.coordinator, (center, clients[center]), partners, train_rows=job.train_rows, total_rows=job.rows,
-            progress=progress, cancelled=cancelled,
-            on_step=lambda *event: append_block(ledger, clients, [step_entry(*event)]),
-            history=history, recover=lambda error: recover(job, error, progress),
-        )
+        if job.result is None:
+            job.result = run_training(
+                job.coordinator, (center, clients[center]), partners, train_rows=job.train_rows,
+                total_rows=job.rows, progress=progress, cancelled=cancelled,
+                on_step=lambda *event: append_block(ledger, clients, [step_entry(*event)]),
+                history=history, recover=lambda error: recover(job, error, progress),
+            )
+            save_checkpoint(state_dir, job)   # evaluated: a restart goes straight to the models and the chain's end
         finished = with_recovery(job, progress, lambda: call_each(clients, lambda name, c: c.finish_job()))
-        kinds = {entry.get("kind") for entry in ledger.entries()}
-        if "job_end" not in kinds:
-            digests = {name: f.model_digest for name, f in finished.items()}
-            with_recovery(job, progress, lambda: append_block(ledger, clients, [job_end_entry(digests)]))
-        if "settlement" not in kinds:
-            with_recovery(job, progress, lambda: append_block(ledger, clients, [settlement_entry(ledger, clients)]))
-        settlement = ledger.entries()[-1]
-        head = ledger.head
-        call_each(clients, lambda name, c: c.close_job())
+        digests = {name: f.model_digest for name, f in finished.items()}
+        # each is looked for on the chain again when retried: a member may have died after it was committed
+        with_recovery(job, progress, lambda: chain_holds(ledger, "job_end") or append_block(
+            ledger, clients, [job_end_entry(digests)]))
+        with_recovery(job, progress, lambda: chain_holds(ledger, "settlement") or append_block(
+            ledger, clients, [settlement_entry(ledger, clients)]))
     except BaseException as error:
         abort_everywhere(clients)
         drop_checkpoint(state_dir, job.job_id)
-        write_atomically(job_folder(state_dir, job.job_id) / FAILED_FILE, f"{type(error).__name__}: {error}\n")
-        raise
-    finally:
+        record_failure(state_dir, job, error)
         for client in clients.values():
             client.close()
         ledger.close()
+        raise
+    settlement, head = ledger.entries()[-1], ledger.head
     report = build_report(
-        spec, job.job_id, job.coordinator.public_key, job.rows, job.train_rows, result,
+        spec, job.job_id, job.coordinator.public_key, job.rows, job.train_rows, job.result,
         parties={
             name: {
                 **job.replies[name],
@@ -307,10 +332,25 @@ def finish_job(job: RunningJob, state_dir: Path, progress, cancelled: threading.
         coordinator_state=str(state_dir),
         seconds=time.time() - job.started,
     )
-    report["resumptions"] = job.recoveries
+    report["resumptions"] = job.recoveries + job.restarts
     write_atomically(job_folder(state_dir, job.job_id) / "job.json", json.dumps(report, indent=2) + "\n")
     drop_checkpoint(state_dir, job.job_id)
+    for name, client in clients.items():   # settled: a party that misses this only keeps the job in memory
+        try:
+            client.close_job()
+        except FedscoreError as error:
+            log.warning("job %s: party %s did not close it: %s", job.job_id, name, error)
+        client.close()
+    ledger.close()
     return report
+
+
+def record_failure(state_dir: Path, job: RunningJob | None, error: BaseException, job_id: str = "",
+                   card_center: str = "") -> None:
+    """Why a job failed, for whoever follows it later (its card center only)."""
+    document = {"card_center": job.spec.card_center.name if job else card_center,
+                "error": f"{type(error).__name__}: {error}"}
+    write_atomically(job_folder(state_dir, job.job_id if job else job_id) / FAILED_FILE, json.dumps(document))
 
 
 def run_job(
@@ -328,26 +368,36 @@ def resume_job(state_dir: Path, job_id: str, progress, tls: TlsIdentity | None) 
     """Go on with a job this coordinator was running when it stopped."""
     try:
         job = load_job(state_dir, job_id, tls)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError, FedscoreError) as error:
         drop_checkpoint(state_dir, job_id)
         raise FedscoreError(f"coordinator: job {job_id} cannot resume, its checkpoint is unreadable ({error})") from None
     try:
+        if job.restarts > MAX_RESTARTS:
+            raise FedscoreError(f"coordinator: job {job_id} restarted {MAX_RESTARTS} times; not resuming it again")
         history = recover(job, None, progress)
     except BaseException as error:
         abort_everywhere(job.clients)
         drop_checkpoint(state_dir, job_id)
-        write_atomically(job_folder(state_dir, job_id) / FAILED_FILE, f"{type(error).__name__}: {error}\n")
+        record_failure(state_dir, job, error)
+        for client in job.clients.values():
+            client.close()
         job.ledger.close()
         raise
     return finish_job(job, state_dir, progress, history=history)
 
 
 class JobRun:
-    """One job's thread and its events, which any number of submitters may follow."""
+    """One job's thread and its events, which any number of submitters may follow.
 
-    def __init__(self, job_id: str, card_center: str):
+    A job goes on while nobody follows it for up to ``grace`` seconds (the submitter lost its stream, and
+    follows again); after that with nobody following, it is cancelled at its next step.
+    """
+
+    def __init__(self, job_id: str, spec: JobSpec, grace: float = 0.0, cancelled: threading.Event | None = None):
         self.job_id = job_id
-        self.card_center = card_center     # the only member who may follow it
+        self.card_center = spec.card_center.name          # the only member who may follow it
+        self.members = {COORDINATOR, *(p.name for p in spec.parties)}
+        self._grace, self._cancelled = grace, cancelled
         self._lock = threading.Lock()
         self._followers: list[queue.Queue] = []
         self._recent: collections.deque = collections.deque(maxlen=50)   # replayed to whoever follows later
@@ -385,6 +435,22 @@ class JobRun:
                 self._followers.append(events)
         return events
 
+    def unfollow(self, events: queue.Queue) -> None:
+        with self._lock:
+            if events in self._followers:
+                self._followers.remove(events)
+            alone = not self._followers and self.outcome is None
+        if alone and self._cancelled is not None:
+            timer = threading.Timer(self._grace, self._cancel_if_alone)
+            timer.daemon = True
+            timer.start()
+
+    def _cancel_if_alone(self) -> None:
+        with self._lock:
+            if not self._followers and self.outcome is None:
+                log.warning("job %s: nobody has followed it for %.0f s; cancelling it", self.job_id, self._grace)
+                self._cancelled.set()
+
     def start(self, work) -> None:
         def run() -> None:
             try:
@@ -395,6 +461,11 @@ class JobRun:
         threading.Thread(target=run, name=f"job-{self.job_id}", daemon=True).start()
 
 
+def spec_of_checkpoint(checkpoint: Path) -> JobSpec:
+    document = json.loads(checkpoint.read_text())
+    return codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+
+
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(self, config: DaemonConfig):
         self.config = config
@@ -403,18 +474,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self._lock = threading.Lock()
 
     def resume_unfinished(self) -> list[str]:
-        """At start: go on with every job that was training when this daemon stopped."""
+        """At start, before serving: go on with every job that was training when this daemon stopped."""
         resumed = []
         for checkpoint in sorted((self.config.state_dir / "jobs").glob(f"*/{CHECKPOINT_FILE}")):
             job_id = checkpoint.parent.name
             try:
-                document = json.loads(checkpoint.read_text())
-                card_center = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"]))).card_center.name
-            except (ValueError, KeyError, StopIteration, FedscoreError) as error:
+                spec = spec_of_checkpoint(checkpoint)
+            except (OSError, ValueError, KeyError, StopIteration, FedscoreError) as error:
                 log.error("job %s cannot resume: unreadable checkpoint (%s)", job_id, error)
                 drop_checkpoint(self.config.state_dir, job_id)
                 continue
-            run = JobRun(job_id, card_center)
+            run = JobRun(job_id, spec)
             with self._lock:
                 self._runs[job_id] = run
             run.start(lambda publish, job_id=job_id: resume_job(self.config.state_dir, job_id, publish, self.config.tls))
@@ -428,9 +498,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @handles_errors
     def Status(self, request, context):
-        """Each job this daemon ran or runs since it started: its state, last progress and its chain's head."""
+        """The jobs this daemon ran or runs since it started that the caller is a member of: state, last
+        progress, chain head."""
+        caller = caller_name(context)
         with self._lock:
-            runs = sorted(self._runs.items())
+            runs = sorted((j, r) for j, r in self._runs.items() if caller is None or caller in r.members)
         statuses = []
         for job_id, run in runs:
             stage, detail, latest = run.state()
@@ -457,11 +529,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             context.abort(status_for(error), str(error))
         job_id = new_job_id(spec.name)
         cancelled = threading.Event()
-        context.add_callback(cancelled.set)  # the submitter went away: stop and abort at the next step
-        run = JobRun(job_id, spec.card_center.name)
+        run = JobRun(job_id, spec, grace=spec.restart_timeout, cancelled=cancelled)
         with self._lock:
             self._runs[job_id] = run
         events = run.follow()
+        context.add_callback(lambda: run.unfollow(events))   # the submitter went away: see JobRun
         run.start(lambda publish: run_job(spec, job_id, self.config.state_dir, publish, cancelled, request.align_only,
                                           self.config.tls))
         yield from self._stream(run, events, context)
@@ -481,11 +553,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 self._allow_follower(context, center)
                 yield pb.JobEvent(job_id=request.job_id, report_json=report)
                 return
-            failed = folder / FAILED_FILE
-            reason = failed.read_text().strip() if failed.is_file() else "never run here, or its record is gone"
-            context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} is not running ({reason})")
+            try:
+                failure = json.loads((folder / FAILED_FILE).read_text())
+            except (OSError, ValueError):
+                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: no job {request.job_id} here")
+            self._allow_follower(context, failure.get("card_center", ""))
+            context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} failed: {failure.get('error')}")
         self._allow_follower(context, run.card_center)
-        yield from self._stream(run, run.follow(), context)
+        events = run.follow()
+        context.add_callback(lambda: run.unfollow(events))
+        yield from self._stream(run, events, context)
 
     @staticmethod
     def _allow_follower(context, card_center: str) -> None:
@@ -507,7 +584,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 return
             elif isinstance(item, FedscoreError):
                 log.warning("job %s failed: %s", run.job_id, item)
-                context.abort(status_for(item), str(item))
+                # "coordinator reports:" tells the submitter the job failed, not that the coordinator went away
+                message = f"{self.label} {RELAYED} {item}" if isinstance(item, PeerError) else str(item)
+                context.abort(status_for(item), message)
             else:
                 log.error("job %s failed", run.job_id, exc_info=item)
                 context.abort(status_for(item), f"coordinator: internal error ({type(item).__name__}: {item})")

@@ -92,10 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _caller(self) -> str | None:
-        """The verified client certificate's member name; None on a plaintext endpoint."""
+        """The verified client certificate's member name ("" if it names none); None on a plaintext endpoint."""
         if not isinstance(self.connection, ssl.SSLSocket):
             return None
-        return certificate_subject_name(self.connection.getpeercert())
+        return certificate_subject_name(self.connection.getpeercert()) or ""
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/health":
@@ -145,22 +145,22 @@ class _BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._tls = tls
 
-    def get_request(self):
-        connection, address = super().get_request()
-        if self._tls is not None:   # the handshake happens on the connection's own thread, at its first read
-            connection = self._tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
-        return connection, address
-
     def handle_error(self, request, client_address) -> None:
         log.info("HTTP connection from %s dropped: %s", client_address[0], sys.exc_info()[1])
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                if self._tls is None:   # a TLS client is just closed on: no handshake on the accepting thread
+                    request.settimeout(1.0)
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
             finally:
                 self.shutdown_request(request)
             return
+        if self._tls is not None:   # the handshake happens on the connection's own thread, at its first read
+            request = self._tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address) -> None:

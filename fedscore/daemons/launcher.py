@@ -111,7 +111,7 @@ class LocalConsortium:
                 # one owner runs every party here, so the job's key size is the policy
                 {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
                  "workers": self.workers, "min_key_bits": self.spec.key_bits,
-                 "consent_issuers": self.consent_issuers,
+                 "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
                  **({"http_listen": "127.0.0.1:0"} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))

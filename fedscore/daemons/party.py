@@ -24,7 +24,9 @@ from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import COORDINATOR, require
 from fedscore.daemons.scoring import ScoringHost
-from fedscore.errors import ConfigError, ConsentError, DataError, ProtocolError
+from fedscore.errors import (
+    AccessError, ConfigError, ConsentError, DataError, FedscoreError, ProtocolError, UnknownJobError,
+)
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry, encode_entry
 from fedscore.ledger.entries import Facts
@@ -43,6 +45,7 @@ from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors
+from fedscore.transport.tls import caller_name
 
 log = logging.getLogger("fedscore.party")
 CHECKPOINT_FILE = "checkpoint.json"        # the job's training state after its last step, rewritten each step
@@ -91,7 +94,7 @@ class PartyService(pb_grpc.PartyServicer):
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise ProtocolError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
+            raise UnknownJobError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
         if by != COORDINATOR:
             self._allow(context, job.spec.card_center.name, f"job {job_id}")
         return job
@@ -141,8 +144,10 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def Status(self, request, context):
         """Each job here (its stage, last step and chain position) and each model open for scoring."""
+        caller = caller_name(context)
+        members = lambda spec: {COORDINATOR, *(p.name for p in spec.parties)}   # noqa: E731
         with self._lock:
-            jobs = sorted(self._jobs.items())
+            jobs = sorted((j, job) for j, job in self._jobs.items() if caller is None or caller in members(job.spec))
         statuses = []
         for job_id, job in jobs:
             done = job.session.last_step if job.session is not None else None
@@ -153,7 +158,10 @@ class PartyService(pb_grpc.PartyServicer):
                 blocks=blocks, head=head.hex(), chain="training",
             ))
         for model in self.scoring.open_models():
-            blocks, head = self.scoring.ledger(model["job_id"]).store.head_summary()
+            ledger = self.scoring.ledger(model["job_id"])
+            if caller is not None and caller not in decode_entry(ledger.genesis.entries[0]).get("members", {}):
+                continue
+            blocks, head = ledger.store.head_summary()
             statuses.append(pb.JobStatus(job_id=model["job_id"], stage="serving", blocks=blocks, head=head.hex(),
                                          chain="scoring", detail=model["role"]))
         return pb.StatusReply(name=self.name, role="party", version=__version__, jobs=statuses)
@@ -169,6 +177,11 @@ class PartyService(pb_grpc.PartyServicer):
         with self._lock:
             if request.job_id in self._jobs:
                 raise ProtocolError(f"{self.label}: job {request.job_id!r} is already prepared here")
+        if self.config.card_centers and spec.card_center.name not in self.config.card_centers:
+            raise AccessError(
+                f"{self.label}: takes jobs only from card centers {', '.join(self.config.card_centers)}; "
+                f"refused a job with card center {spec.card_center.name!r}"
+            )
         if spec.key_bits < self.config.min_key_bits:
             raise ConfigError(
                 f"{self.label}: refuses {spec.key_bits}-bit keys; its policy asks for at least {self.config.min_key_bits}"
@@ -231,14 +244,14 @@ class PartyService(pb_grpc.PartyServicer):
         folder = self.job_dir(job_id)
         rows_file = folder / ALIGNED_ROWS_FILE
         if not rows_file.exists():
-            write_atomically(rows_file, job.aligned_rows.astype("<i8").tobytes())
+            write_atomically(rows_file, job.aligned_rows.astype("<i8").tobytes(), mode=0o600)
         facts = job.ledger.facts
         document = {
             "job_id": job_id, "party": self.name, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
             "public_key": base64.b64encode(job.public_key.to_bytes()).decode(), "data_sha256": job.data_sha256,
             "aligned_rows": facts.aligned_rows, "overlaps": facts.overlaps, "training": job.session.checkpoint(),
         }
-        write_atomically(self._checkpoint_path(job_id), json.dumps(document))
+        write_atomically(self._checkpoint_path(job_id), json.dumps(document), mode=0o600)
 
     def _restore(self, job_id: str) -> PreparedJob:
         """A job this daemon was training before it restarted, from its checkpoint, on the same data."""
@@ -248,22 +261,33 @@ class PartyService(pb_grpc.PartyServicer):
             spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
             public_key = PublicKey.from_bytes(base64.b64decode(document["public_key"]))
             rows = np.frombuffer((folder / ALIGNED_ROWS_FILE).read_bytes(), dtype="<i8").astype(np.int64)
+            data_sha256, training = document["data_sha256"], document["training"]
+            aligned, overlaps = document["aligned_rows"], document["overlaps"]
         except FileNotFoundError:
-            raise ProtocolError(f"{self.label}: no job {job_id!r} here, and no checkpoint to resume it from") from None
-        except (ValueError, KeyError, TypeError) as error:
+            raise UnknownJobError(f"{self.label}: no job {job_id!r} here, and no checkpoint to resume it from") from None
+        except (ValueError, KeyError, TypeError, FedscoreError) as error:
             raise ProtocolError(f"{self.label}: the checkpoint of job {job_id!r} is not readable ({error})") from None
         me = spec.party(self.name)
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
-        if file_digest(path) != document["data_sha256"]:
+        if file_digest(path) != data_sha256:
             raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
         facts = self._facts(spec, public_key)
-        facts.aligned_rows, facts.overlaps = document["aligned_rows"], document["overlaps"]
+        facts.aligned_rows, facts.overlaps = aligned, overlaps
+        model_file = folder / "model.json"
+        if model_file.is_file():   # it had finished: the job's end must carry this model's digest
+            facts.model_digest = entry_digest(model_file.read_bytes())
         ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", facts)
         partners = self._partner_clients(job_id, spec, public_key) if me.is_card_center else {}
-        job = PreparedJob(spec, table, public_key, None, ledger, partners, rows, data_sha256=document["data_sha256"])
-        job.session = self._open_session(job_id, job)
-        job.session.restore(document["training"])
+        job = PreparedJob(spec, table, public_key, None, ledger, partners, rows, data_sha256=data_sha256)
+        try:
+            job.session = self._open_session(job_id, job)
+            job.session.restore(training)
+        except (ValueError, KeyError, TypeError, FedscoreError) as error:
+            for client in partners.values():
+                client.close()
+            ledger.close()
+            raise ProtocolError(f"{self.label}: the checkpoint of job {job_id!r} does not fit the job ({error})") from None
         log.info("job %s restored from its checkpoint (last step here: %s)", job_id, job.session.checkpoint()["done"])
         return job
 
@@ -275,9 +299,13 @@ class PartyService(pb_grpc.PartyServicer):
         with self._lock:
             job = self._jobs.get(request.job_id)
         if job is None:
-            job = self._restore(request.job_id)
+            restored = self._restore(request.job_id)
             with self._lock:
-                job = self._jobs.setdefault(request.job_id, job)
+                job = self._jobs.setdefault(request.job_id, restored)
+            if job is not restored:   # another resume got there first
+                for client in restored.partners.values():
+                    client.close()
+                restored.ledger.close()
         if job.session is None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} had not started training; it cannot resume")
         step = Step(request.epoch, request.batch) if request.started else None
@@ -539,7 +567,10 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def OpenScoring(self, request, context):
         spec = codec.spec_from_proto(request.job)
-        self._allow(context, spec.card_center.name, "opening a model for scoring")
+        if spec.party(self.name).is_card_center:
+            self._allow(context, self.name, "opening a model for scoring")   # its own approval system
+        else:   # the card center the model was trained with, from this party's own records, not the request's
+            self._allow(context, self.scoring.trained_card_center(request.job_id), "opening a model for scoring")
         served, features, basis = self.scoring.open(request.job_id, spec, request.settings_json, request.pair_key)
         return pb.OpenScoringReply(
             job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,

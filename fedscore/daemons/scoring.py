@@ -339,6 +339,12 @@ class ScoringHost:
 
     # -- the scoring chain, as a member -------------------------------------------
 
+    def trained_card_center(self, job_id: str) -> str:
+        """The card center this partner trained model ``job_id`` with, from its own replica of the training chain."""
+        if not job_id:
+            raise ProtocolError(f"{self.label}: a partner opens the model the card center names")
+        return self.training_facts(job_id, "partner")[1].card_center
+
     def card_center_of(self, job_id: str) -> str:
         """Who runs model ``job_id``'s scoring: this party, or the card center it answers."""
         served = self.served(job_id)

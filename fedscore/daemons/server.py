@@ -82,9 +82,9 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
         port = 0
     if not port:
         raise ConfigError(f"{role} {config.name!r} cannot listen on {config.listen} (in use, or not a local address)")
-    server.start()
     if role == "coordinator":
-        service.resume_unfinished()
+        service.resume_unfinished()   # registered before serving, so a submitter following one finds it
+    server.start()
     address = f"{host}:{port}"
     if config.tls is None:
         log.warning("%s %r serving on %s without TLS", role, config.name, address)

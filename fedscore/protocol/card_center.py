@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
-from fedscore.errors import PeerError, ProtocolError
+from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
 from fedscore.protocol.fanout import call_each
 from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
@@ -73,7 +73,7 @@ class CardCenterSession(PartySession):
             partials: dict[str, list[mpz]] = partial_calls.result()
         for name, values in partials.items():
             if len(values) != len(rows):
-                raise PeerError(f"partner {name!r}: sent {len(values)} partial scores for {step}, the batch has {len(rows)} rows")
+                raise ProtocolError(f"partner {name!r}: sent {len(values)} partial scores for {step}, the batch has {len(rows)} rows")
         shares = self.residual_shares(encrypted_own, partials)
         width = key.ciphertext_bytes
         for name in partials:
@@ -131,7 +131,7 @@ class CardCenterSession(PartySession):
         total = np.zeros(self.table.rows, dtype=np.uint64)
         for name, values in masked.items():
             if len(values) != self.table.rows:
-                raise PeerError(f"partner {name!r}: sent {len(values)} scores, expected {self.table.rows}")
+                raise ProtocolError(f"partner {name!r}: sent {len(values)} scores, expected {self.table.rows}")
             total += np.asarray(values, dtype=np.uint64)
         if len(mask_sum) != self.table.rows:
             raise ProtocolError(f"mask sum has {len(mask_sum)} words, expected {self.table.rows}")

@@ -5,7 +5,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from fedscore.errors import FedscoreError, PeerError
+from fedscore.errors import FedscoreError, InternalError
 
 Handle = TypeVar("Handle")
 Result = TypeVar("Result")
@@ -17,7 +17,7 @@ def call_each(
     """``action(name, handle)`` for every handle in parallel; results by name, in order.
 
     fedscore's own errors already name their party and pass through; anything
-    else is wrapped in a PeerError naming the ``role`` and the party.
+    else (a bug) is wrapped in an InternalError naming the ``role`` and the party.
     """
     if not handles:
         return {}
@@ -31,7 +31,7 @@ def call_each(
                 continue
             if isinstance(error, FedscoreError):
                 raise error
-            raise PeerError(f"{role} {futures[future]!r}: {error}") from error
+            raise InternalError(f"{role} {futures[future]!r}: {type(error).__name__}: {error}") from error
         return {futures[f]: f.result() for f in futures}
     finally:
         executor.shutdown(wait=False, cancel_futures=True)

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.errors import PeerError, ProtocolError
+from fedscore.errors import PeerError, UnknownJobError
 from fedscore.model.rows import batches
 from fedscore.protocol.coordinator import CoordinatorSession
 from fedscore.protocol.fanout import call_each
@@ -81,8 +81,8 @@ def history_from_chain(entries: list[dict]) -> dict[Step, StepRecord]:
 
 
 # What a step's failure may be, when a member died or restarted mid-step: a peer that does not answer,
-# or one that answers it has no such job or step any more. Anything else stops the job at once.
-RECOVERABLE = (PeerError, ProtocolError)
+# or one that answers it has no such job any more. Anything else (a refusal, a wrong size) stops the job.
+RECOVERABLE = (PeerError, UnknownJobError)
 
 
 def run_training(

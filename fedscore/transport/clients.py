@@ -25,7 +25,7 @@ from fedscore.protocol.party import Step
 from fedscore.protocol.training import Progress
 from fedscore.transport import codec
 from fedscore.crypto.certs import COORDINATOR
-from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT, open_channel, peer_error
+from fedscore.transport.rpc import PING_TIMEOUT, RELAYED, STEP_TIMEOUT, open_channel, peer_error
 from fedscore.transport.tls import TlsIdentity
 
 
@@ -220,7 +220,8 @@ class CoordinatorClient:
                     progress(Progress(p.stage, p.epoch, p.epochs, p.loss, p.seconds, p.message, p.step, p.steps))
                 raise PeerError(f"coordinator at {self.address} ended the job without a report")
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or not job_id or follow_seconds <= 0:
+                gone = error.code() == grpc.StatusCode.UNAVAILABLE and RELAYED not in (error.details() or "")
+                if not gone or not job_id or follow_seconds <= 0:
                     raise peer_error("coordinator", self.address, error) from None
                 now = time.monotonic()
                 if lost_at is None:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 import grpc
 
 from fedscore.transport.tls import TlsIdentity
-from fedscore.errors import ConfigError, DataError, DeniedError, FedscoreError, InternalError, PeerError, ProtocolError
+from fedscore.errors import (
+    ConfigError, DataError, DeniedError, FedscoreError, InternalError, PeerError, ProtocolError, UnknownJobError,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # vectors are streamed in blocks far below this
 
@@ -35,6 +37,7 @@ STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeo
 PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
 
 log = logging.getLogger("fedscore.rpc")
+RELAYED = "reports:"   # "party 'guest' reports: partner 'x' at ... did not answer": a daemon relaying a peer's silence
 
 
 def open_channel(address: str, peer: str, tls: TlsIdentity | None, options: list | None = None) -> grpc.Channel:
@@ -53,6 +56,10 @@ def status_for(error: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(error, (DataError, ConfigError)):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, UnknownJobError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, PeerError):        # a peer of this daemon did not answer: the caller may wait and resume
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, ProtocolError):
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(error, FedscoreError):
@@ -70,7 +77,8 @@ def servicer_errors(owner: str) -> Callable:
                 return method(self, request, context)
             except FedscoreError as error:
                 log.warning("%s: %s", method.__name__, error)
-                context.abort(status_for(error), str(error))
+                message = f"{getattr(self, owner)} {RELAYED} {error}" if isinstance(error, PeerError) else str(error)
+                context.abort(status_for(error), message)
             except Exception as error:  # a bug here must not kill the daemon
                 log.exception("%s failed", method.__name__)
                 context.abort(grpc.StatusCode.INTERNAL, f"{getattr(self, owner)}: internal error ({type(error).__name__}: {error})")
@@ -83,6 +91,8 @@ def servicer_errors(owner: str) -> Callable:
 def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | None = None) -> FedscoreError:
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
+        if RELAYED in details:   # the daemon answered: one of its own peers did not
+            return PeerError(details)
         if "Hostname Verification" in details:
             return PeerError(f"the daemon at {address} presented a certificate that does not name {peer}")
         if "handshake" in details.lower() or "certificate" in details.lower():
@@ -98,11 +108,14 @@ def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | N
         return DataError(details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return DeniedError(details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return UnknownJobError(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ProtocolError(details)
     if code == grpc.StatusCode.INTERNAL:
         return InternalError(details or f"{peer} at {address} failed")
     if code == grpc.StatusCode.CANCELLED:
         return PeerError(f"{peer} at {address}: call cancelled")
-    # Servers name the party at fault in their messages; pass them on as they are.
-    return PeerError(details or f"{peer} at {address} failed ({code.name})")
+    # A refusal or failure the daemon explains (servers name the party at fault): passed on as it is, and
+    # not taken for a peer that went away.
+    return FedscoreError(details or f"{peer} at {address} failed ({code.name})")
