@@ -74,6 +74,17 @@ def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_
         killer.join(timeout=5)
         assert [k[0] for k in killed] == [m for m, _ in KILLS]
         assert consortium.restarts == {m: 1 for m, _ in KILLS}
+
+        # a party that died before the coordinator's CloseJob reached it drops the settled job's checkpoint at start
+        folder = state / "partner_b" / "jobs" / report["job_id"]
+        (folder / "checkpoint.json").write_text("{}")
+        (folder / "aligned-rows.bin").write_bytes(bytes(8))
+        os.killpg(consortium.processes["partner_b"].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (folder / "checkpoint.json").exists() or (folder / "aligned-rows.bin").exists():
+            assert time.monotonic() < deadline, "the restarted partner kept a settled job's checkpoint"
+            time.sleep(0.05)
+        assert consortium.restarts.get("partner_b") == 1
     for _ in killed:
         count("peer kills and hangs survived")
     recoveries = [e.message for e in events if e.stage == "recover"]

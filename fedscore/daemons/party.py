@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from fedscore.ledger.block import decode_entry, encode_entry
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import PartyModel, file_digest, write_atomically
@@ -80,6 +82,26 @@ class PartyService(pb_grpc.PartyServicer):
         self._lock = threading.Lock()
         self.key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
         self.scoring = ScoringHost(config, self.key)
+        self._drop_settled_checkpoints()
+
+    def _drop_settled_checkpoints(self) -> None:
+        """At start: a checkpoint whose job is settled on this party's own chain will never be resumed (the
+        daemon died before the coordinator's CloseJob reached it); its weights and row positions go."""
+        for checkpoint in self.config.state_dir.glob(f"jobs/*/{CHECKPOINT_FILE}"):
+            replica = checkpoint.parent / "ledger.sqlite"
+            if not replica.is_file():
+                continue
+            store = LedgerStore(replica, read_only=True)
+            try:
+                settled = any(decode_entry(e).get("kind") == "settlement" for b in store.blocks() for e in b.entries)
+            except (sqlite3.Error, ValueError):
+                settled = False
+            finally:
+                store.close()
+            if settled:
+                for name in (CHECKPOINT_FILE, ALIGNED_ROWS_FILE):
+                    (checkpoint.parent / name).unlink(missing_ok=True)
+                log.info("job %s is settled: its checkpoint is removed", checkpoint.parent.name)
 
     # -- helpers ------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
 from fedscore.model.model_file import write_atomically
-from fedscore.transport.rpc import channel_options
+from fedscore.transport.rpc import channel_options, limit_client_messages
 from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
 
 
@@ -57,6 +57,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     service = None
     # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept
     options = channel_options(config.max_message_mib * 1024 * 1024)
+    limit_client_messages(config.max_message_mib * 1024 * 1024)
     server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=options)
     if role == "party":
         from fedscore.daemons import party

@@ -32,6 +32,13 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 
 OPTIONS = channel_options()
+_client_options = OPTIONS
+
+
+def limit_client_messages(max_message_bytes: int) -> None:
+    """A daemon's max_message_mib applies to the channels it dials too (called once, when it starts)."""
+    global _client_options
+    _client_options = channel_options(max_message_bytes)
 PING_TIMEOUT = 10.0
 STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
 PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
@@ -45,7 +52,7 @@ def open_channel(address: str, peer: str, tls: TlsIdentity | None, options: list
 
     ``tls=None`` is the --insecure debugging mode: plaintext, nobody checked.
     """
-    options = list(OPTIONS if options is None else options)
+    options = list(_client_options if options is None else options)
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, tls.channel_credentials(), options=[*options, ("grpc.ssl_target_name_override", peer)])
