@@ -45,12 +45,11 @@ def job_with_fees(folder: Path) -> Path:
 
 
 def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_nothing_happened(breast_folder):
-    tmp_path = breast_folder
-    job = job_with_fees(tmp_path)
-    plain = run_job_file(job, local=True, workers=1, state_dir=tmp_path / "plain")
+    job = job_with_fees(breast_folder)
+    plain = run_job_file(job, local=True, workers=1, state_dir=breast_folder / "plain")
 
     spec, base = load_job(job)
-    state = tmp_path / "state"
+    state = breast_folder / "state"
     killed: list[tuple[str, int, int]] = []
     with LocalConsortium(spec, base, state, workers=1) as consortium:
         consortium.supervise()

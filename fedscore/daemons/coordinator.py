@@ -12,7 +12,6 @@ failure every party is told to abort, so no model is left from a failed job.
 """
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import logging
@@ -107,7 +106,7 @@ def save_checkpoint(state_dir: Path, job: RunningJob) -> None:
     if not (folder / KEY_FILE).exists():
         write_atomically(folder / KEY_FILE, job.coordinator.private_key_json(), mode=0o600)
     document = {
-        "job_id": job.job_id, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
+        "job_id": job.job_id, "spec": codec.spec_to_text(job.spec),
         "replies": job.replies, "summary": job.summary, "obfuscation_seconds": job.obfuscation_seconds,
         "started": job.started, "restarts": job.restarts,
         "result": dataclasses.asdict(job.result) if job.result is not None else None,
@@ -207,7 +206,7 @@ def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJo
     """An unfinished job from its checkpoint, after the coordinator restarted (counted: see MAX_RESTARTS)."""
     folder = job_folder(state_dir, job_id)
     document = json.loads((folder / CHECKPOINT_FILE).read_text())
-    spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+    spec = codec.spec_from_text(document["spec"])
     private_key = PrivateKey.from_json((folder / KEY_FILE).read_text())
     result = TrainingResult(**document["result"]) if document.get("result") else None
     replies, summary = document["replies"], document["summary"]
@@ -463,7 +462,7 @@ class JobRun:
 
 def spec_of_checkpoint(checkpoint: Path) -> JobSpec:
     document = json.loads(checkpoint.read_text())
-    return codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+    return codec.spec_from_text(document["spec"])
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):

@@ -269,7 +269,7 @@ class PartyService(pb_grpc.PartyServicer):
             write_atomically(rows_file, job.aligned_rows.astype("<i8").tobytes(), mode=0o600)
         facts = job.ledger.facts
         document = {
-            "job_id": job_id, "party": self.name, "spec": base64.b64encode(codec.spec_to_proto(job.spec).SerializeToString()).decode(),
+            "job_id": job_id, "party": self.name, "spec": codec.spec_to_text(job.spec),
             "public_key": base64.b64encode(job.public_key.to_bytes()).decode(), "data_sha256": job.data_sha256,
             "aligned_rows": facts.aligned_rows, "overlaps": facts.overlaps, "training": job.session.checkpoint(),
         }
@@ -280,7 +280,7 @@ class PartyService(pb_grpc.PartyServicer):
         folder = self.job_dir(job_id)
         try:
             document = json.loads(self._checkpoint_path(job_id).read_text())
-            spec = codec.spec_from_proto(pb.JobSpec.FromString(base64.b64decode(document["spec"])))
+            spec = codec.spec_from_text(document["spec"])
             public_key = PublicKey.from_bytes(base64.b64decode(document["public_key"]))
             rows = np.frombuffer((folder / ALIGNED_ROWS_FILE).read_bytes(), dtype="<i8").astype(np.int64)
             data_sha256, training = document["data_sha256"], document["training"]

@@ -7,6 +7,8 @@ checks every ciphertext is a unit modulo n² (0 < c < n², gcd(c, n) = 1).
 """
 from __future__ import annotations
 
+import base64
+
 from collections.abc import Iterable, Iterator
 
 import gmpy2
@@ -52,6 +54,15 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             for p in spec.parties
         ],
     )
+
+
+def spec_to_text(spec: JobSpec) -> str:
+    """A job spec as text, for checkpoints: the same message that travels, base64-encoded."""
+    return base64.b64encode(spec_to_proto(spec).SerializeToString()).decode("ascii")
+
+
+def spec_from_text(text: str) -> JobSpec:
+    return spec_from_proto(pb.JobSpec.FromString(base64.b64decode(text)))
 
 
 def spec_from_proto(message: pb.JobSpec) -> JobSpec:
