@@ -184,7 +184,7 @@ class FakeContext:
 def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
     from fedscore.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
-    from fedscore.daemons.party import PartyService
+    from fedscore.daemons.party.service import PartyService
     from fedscore.proto import fedscore_pb2 as pb
     from fedscore.transport import codec
 

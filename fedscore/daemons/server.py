@@ -60,7 +60,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     limit_client_messages(config.max_message_mib * 1024 * 1024)
     server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=options)
     if role == "party":
-        from fedscore.daemons import party
+        from fedscore.daemons.party import service as party
 
         if config.data_dir is None or not config.data_dir.is_dir():
             raise ConfigError(f"party {config.name!r}: data folder {config.data_dir} does not exist")
