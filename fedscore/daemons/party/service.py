@@ -646,4 +646,5 @@ class PartyService(pb_grpc.PartyServicer):
 
 
 def add_to_server(service: PartyService, server) -> None:
-    pb_grpc.add_PartyServicer_to_server(service, server)
+    for name in ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring"):
+        getattr(pb_grpc, f"add_{name}Servicer_to_server")(service, server)
