@@ -190,14 +190,14 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
 
     spec, _ = load_job(write_job(breast_folder, breast_parties()))
     config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
-    service = PartyService(config, CryptoPool(0))
+    service = PartyService(config, CryptoPool(0)).servicers["Jobs"]
     request = pb.PrepareJobRequest(
         job_id="job-0000aaaa", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes()
     )
     with pytest.raises(AbortCalled) as caught:
         service.PrepareJob(request, FakeContext())
     assert "party 'host': refuses 512-bit keys; its policy asks for at least 2048" in caught.value.args[1]
-    relaxed = PartyService(replace(config, min_key_bits=512), CryptoPool(0))
+    relaxed = PartyService(replace(config, min_key_bits=512), CryptoPool(0)).servicers["Jobs"]
     assert relaxed.PrepareJob(request, FakeContext()).rows == 569
     with pytest.raises(AbortCalled, match="already prepared"):
         relaxed.PrepareJob(request, FakeContext())
