@@ -203,6 +203,26 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
         relaxed.PrepareJob(request, FakeContext())
 
 
+def test_a_party_serves_every_method_of_its_services_and_each_chain_by_kind(breast_folder):
+    from fedscore.config import DaemonConfig
+    from fedscore.crypto.pool import CryptoPool
+    from fedscore.daemons.party.service import PartyService
+
+    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
+    servicers = PartyService(config, CryptoPool(0)).servicers
+    assert set(servicers) == set(pb.DESCRIPTOR.services_by_name) - {"Coordinator"}
+    for name, servicer in servicers.items():
+        unimplemented = getattr(pb_grpc, f"{name}Servicer")
+        for method in pb.DESCRIPTOR.services_by_name[name].methods:
+            assert getattr(type(servicer), method.name) is not getattr(unimplemented, method.name), (name, method.name)
+    chain = servicers["Chain"]
+    with pytest.raises(AbortCalled, match="no chain 'audit'"):
+        chain.ProposeBlock(pb.Block(job_id="job-0000aaaa", chain="audit"), FakeContext())
+    for kind, refusal in (("", "no job 'job-0000aaaa'"), ("training", "no job 'job-0000aaaa'"), ("scoring", "not open for scoring")):
+        with pytest.raises(AbortCalled, match=refusal) as caught:
+            chain.CommitBlock(pb.Block(job_id="job-0000aaaa", chain=kind), FakeContext())
+        assert "no chain" not in caught.value.args[1]
+
 def partial_overlap_files(folder: Path) -> tuple[list[dict], list[dict], dict]:
     """The breast split with each party missing some applicants and holding some others:
     (parties of the partial files, parties of the same data pre-joined on the common ids)."""

@@ -33,7 +33,7 @@ class Checkpoint:
     aligned_rows: np.ndarray              # table rows held by every party
     data_sha256: str                      # of the data file, to resume only on the same data
     training: dict                        # the session's own checkpoint
-    aligned: int                          # the training chain's facts: rows aligned, and overlaps
+    aligned_count: int                    # the training chain's facts: rows aligned, and overlaps
     overlaps: dict
 
 
@@ -44,7 +44,7 @@ def save_checkpoint(folder: Path, job_id: str, party: str, checkpoint: Checkpoin
     document = {
         "job_id": job_id, "party": party, "spec": codec.spec_to_text(checkpoint.spec),
         "public_key": base64.b64encode(checkpoint.public_key.to_bytes()).decode(),
-        "data_sha256": checkpoint.data_sha256, "aligned_rows": checkpoint.aligned, "overlaps": checkpoint.overlaps,
+        "data_sha256": checkpoint.data_sha256, "aligned_rows": checkpoint.aligned_count, "overlaps": checkpoint.overlaps,
         "training": checkpoint.training,
     }
     write_atomically(folder / CHECKPOINT_FILE, json.dumps(document), mode=0o600)
@@ -58,7 +58,7 @@ def read_checkpoint(folder: Path, job_id: str, label: str) -> Checkpoint:
             public_key=PublicKey.from_bytes(base64.b64decode(document["public_key"])),
             aligned_rows=np.frombuffer((folder / ALIGNED_ROWS_FILE).read_bytes(), dtype="<i8").astype(np.int64),
             data_sha256=document["data_sha256"], training=document["training"],
-            aligned=document["aligned_rows"], overlaps=document["overlaps"],
+            aligned_count=document["aligned_rows"], overlaps=document["overlaps"],
         )
     except FileNotFoundError:
         raise UnknownJobError(f"{label}: no job {job_id!r} here, and no checkpoint to resume it from") from None

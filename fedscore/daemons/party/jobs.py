@@ -316,7 +316,7 @@ class Jobs:
             raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
         facts = self._facts(saved.spec, saved.public_key)
-        facts.aligned_rows, facts.overlaps = saved.aligned, saved.overlaps
+        facts.aligned_rows, facts.overlaps = saved.aligned_count, saved.overlaps
         model_file = folder / MODEL_FILE
         if model_file.is_file():   # it had finished: the job's end must carry this model's digest
             facts.model_digest = entry_digest(model_file.read_bytes())

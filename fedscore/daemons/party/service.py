@@ -39,11 +39,12 @@ def translates_errors(cls: type) -> type:
 
 
 def _streamed(handles: Callable, method: Callable) -> Callable:
+    """A streaming method whose whole answer is made under ``handles`` before its first message goes."""
+
+    @handles
     @functools.wraps(method)
     def answer(self, request, context):
         return list(method(self, request, context))
-
-    answer = handles(answer)
 
     @functools.wraps(method)
     def stream(self, request, context):
@@ -53,6 +54,8 @@ def _streamed(handles: Callable, method: Callable) -> Callable:
 
 
 class _Servicer:
+    """A servicer hands each call to its domain object."""
+
     def __init__(self, label: str, domain):
         self.label = label   # names this party in the status of a call that failed
         self.domain = domain
