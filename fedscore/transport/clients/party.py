@@ -21,15 +21,12 @@ from fedscore.transport.tls import TlsIdentity
 
 
 class PartyClient(ServiceClient):
-    """Who a party daemon is, and what it holds."""
+    """Who a party daemon is (any member may ask)."""
 
     stub_class = pb_grpc.PartyStub
 
     def ping(self) -> pb.PingReply:
         return self._call("Ping", pb.PingRequest(), timeout=PING_TIMEOUT)
-
-    def status(self) -> pb.StatusReply:
-        return self._call("Status", pb.PingRequest(), timeout=PING_TIMEOUT)
 
 
 class PartyJobClient(PartyClient):
