@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fedscore.crypto.obfuscation import SHORT_EXPONENT, VARIANTS
 from fedscore.errors import ConfigError, DataError
 from fedscore.ledger.settlement import FeeContract
-from fedscore.scoring.scorecard import LimitBand, ScoringPolicy
+from fedscore.protocol.scoring.scorecard import LimitBand, ScoringPolicy
 
 if TYPE_CHECKING:
     from fedscore.transport.tls import TlsIdentity

@@ -12,7 +12,7 @@ finds the applicants all three hold before training.
 New applicants for scoring are people the card center has never seen: some
 known to both partners, one to the bureau only, one to neither. A demo
 identity provider certifies a key for each, and each applicant signs a
-consent to the card center's check (fedscore.scoring.consent).
+consent to the card center's check (fedscore.protocol.scoring.consent).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 import numpy as np
 import pandas as pd
 
-from fedscore.scoring.consent import certify_applicant, give_consent
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 
 ID = "ID"
 LABEL = "default.payment.next.month"

@@ -6,8 +6,8 @@ private set intersection, then the card center's, the partners' and the
 coordinator's sessions exchanging the same Paillier-encrypted and masked
 messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
 settings give the weights a daemon run gives, and predictions use the model
-files' maths (fedscore.scoring.offline), so they equal what the scoring
-service would answer.
+files' maths (fedscore.protocol.scoring.offline), so they equal what the
+scoring service would answer.
 
 It protects nothing: every party's rows and the private key sit in this one
 process. Use it on data you may hold together; deploy daemons for the rest.
@@ -30,9 +30,9 @@ from fedscore.errors import ConfigError, DataError
 from fedscore.model import metrics
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.offline import log_odds, probabilities
 from fedscore.protocol.simulation import build_consortium, simulate
 from fedscore.protocol.training import Progress
-from fedscore.scoring.offline import log_odds, probabilities
 
 JOB_NAME = "notebook"
 PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
@@ -263,8 +263,8 @@ class FederatedLogisticRegression(BaseEstimator):
 
         Rows some party lacks are left out with a warning: the scoring service
         would still score them, counting a missing partner as an average
-        applicant (see fedscore.scoring.offline.offline_answer), but a prototype's
-        metrics should not mix the two.
+        applicant (see fedscore.protocol.scoring.offline.offline_answer), but a
+        prototype's metrics should not mix the two.
         """
         index, u, _ = self._log_odds(parties, with_labels=False)
         return pd.Series(u, index=index, name="log_odds")

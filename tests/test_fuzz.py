@@ -15,8 +15,8 @@ from fedscore.config import ScoringSettings, load_job
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 from fedscore.runner import submit
-from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients import PartyClient, ScoringClient
 
 from conftest import breast_parties, write_job

@@ -28,25 +28,22 @@ from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audit import append_block
-from fedscore.protocol.scoring import (
-    CardCenterScorer,
+from fedscore.protocol.scoring.batcher import EntryBatcher
+from fedscore.protocol.scoring.card_center import CardCenterScorer
+from fedscore.protocol.scoring.consent import (
     ConsentPolicy,
-    EntryBatcher,
-    Journal,
-    PartnerScorer,
-    ScoringSecrets,
-    now_ms,
-)
-from fedscore.scoring.consent import (
     ConsentToken,
     applicant_digest,
     certify_applicant,
     check_consent,
     give_consent,
 )
-from fedscore.scoring.offline import offline_answer
-from fedscore.scoring.scorecard import ScoringPolicy
-from fedscore.scoring.sources import CsvSource
+from fedscore.protocol.scoring.journal import Journal, now_ms
+from fedscore.protocol.scoring.offline import offline_answer
+from fedscore.protocol.scoring.partner import PartnerScorer
+from fedscore.protocol.scoring.scorecard import ScoringPolicy
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.sources import CsvSource
 
 from conftest import DATA
 

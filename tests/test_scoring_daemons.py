@@ -23,11 +23,11 @@ from fedscore.errors import DeniedError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
+from fedscore.protocol.scoring.offline import offline_answer
+from fedscore.protocol.scoring.sources import CsvSource
 from fedscore.runner import run_job_file
-from fedscore.scoring.consent import certify_applicant, give_consent
 from nacl.signing import SigningKey
-from fedscore.scoring.offline import offline_answer
-from fedscore.scoring.sources import CsvSource
 from fedscore.transport.clients import ScoringClient
 from fedscore.transport.tls import TlsIdentity
 

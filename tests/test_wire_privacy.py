@@ -14,8 +14,8 @@ from nacl.signing import SigningKey
 
 from fedscore.config import ScoringSettings, load_job
 from fedscore.daemons.launcher import LocalConsortium
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 from fedscore.runner import submit
-from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients import ScoringClient
 
 from conftest import write_job

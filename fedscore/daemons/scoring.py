@@ -29,17 +29,13 @@ from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audit import append_block
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.scoring import (
-    CardCenterScorer,
-    ConsentPolicy,
-    ConsentUses,
-    EntryBatcher,
-    Journal,
-    PartnerScorer,
-    Scored,
-    ScoringSecrets,
-)
-from fedscore.scoring.sources import CsvSource, SqliteSource
+from fedscore.protocol.scoring.batcher import EntryBatcher
+from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
+from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentUses
+from fedscore.protocol.scoring.journal import Journal
+from fedscore.protocol.scoring.partner import PartnerScorer
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.sources import CsvSource, SqliteSource
 from fedscore.transport.clients import ScoringPeer
 
 log = logging.getLogger("fedscore.scoring")

@@ -1,0 +1,109 @@
+"""Scoring records kept on disk until the scoring chain holds them, one JSON line each.
+
+The card center journals each request's chain entry, and a partner each
+answer it gave, before the request is answered; a block on the chain lets
+them go again. A daemon that crashes mid-write leaves at most its last line
+cut short: `read_json_lines`, the one reader of these files (the journals and
+the consent-use counts), skips a line it cannot read, with a warning, rather
+than refusing the whole file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fedscore.errors import ProtocolError
+from fedscore.model.model_file import write_atomically
+
+log = logging.getLogger("fedscore.scoring")
+
+
+def now_ms() -> int:
+    """The clock scoring records are stamped with: unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """Every record in ``path``, none if it does not exist; a line that is not a JSON object
+    (one cut short by a crash) is skipped with a warning."""
+    if not path.exists():
+        return []
+    records = []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                log.warning("%s line %d is not readable; skipped", path.name, number)
+    return records
+
+
+def write_json_lines(path: Path, records: Iterable[dict]) -> None:
+    """Replace ``path`` with ``records``, owner-only, all or nothing."""
+    write_atomically(path, "".join(json_line(record) for record in records), 0o600)
+
+
+class Journal:
+    """Records not yet on the chain, one JSON line each, written before the request is answered.
+
+    Each line is flushed to the operating system before the answer goes out,
+    so it survives the daemon crashing (not the machine losing power). A line
+    cut short by a crash is cut off when the journal is opened again, so the
+    next record starts on a line of its own.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self._cut_torn_tail()
+        self._handle = path.open("a", encoding="utf-8")
+
+    def _cut_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("%s: dropping a line cut short by a crash (%d bytes)", self.path.name, len(data) - end)
+            with self.path.open("r+b") as handle:
+                handle.truncate(end)
+
+    def load(self) -> list[dict]:
+        return read_json_lines(self.path)
+
+    def append(self, record: dict, before: Callable[[], None] | None = None) -> None:
+        """Write one record; ``before`` runs under the journal's lock first (so a pruning never misses it)."""
+        line = json_line(record)
+        with self.lock:
+            if self._handle.closed:
+                raise ProtocolError(f"{self.path.name}: the model is closing; request not recorded")
+            if before is not None:
+                before()
+            self._handle.write(line)
+            self._handle.flush()
+
+    def keep_only(self, keep: Callable[[dict], bool]) -> None:
+        """Rewrite the journal without the records now on the chain."""
+        with self.lock:
+            self._handle.close()
+            try:
+                write_json_lines(self.path, [r for r in self.load() if keep(r)])
+            finally:   # a failed rewrite leaves the journal as it was, and open for the next request
+                self._handle = self.path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        with self.lock:
+            self._handle.close()
