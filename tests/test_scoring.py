@@ -38,7 +38,7 @@ from fedscore.protocol.scoring.consent import (
     check_consent,
     give_consent,
 )
-from fedscore.protocol.scoring.journal import Journal, now_ms
+from fedscore.protocol.scoring.journal import Journal, now_ms, read_json_lines
 from fedscore.protocol.scoring.offline import offline_answer
 from fedscore.protocol.scoring.partner import PartnerScorer
 from fedscore.protocol.scoring.scorecard import ScoringPolicy
@@ -417,6 +417,16 @@ def test_nothing_is_lost_or_recorded_twice_across_restarts_and_a_torn_journal(tm
     assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0
 
 
+def test_json_lines_reader_skips_what_a_crash_or_a_hand_left_unreadable(tmp_path, caplog):
+    path = tmp_path / "records.jsonl"
+    assert read_json_lines(path) == []
+    path.write_bytes(b'{"a": 1}\n[2]\n\n{"b": 3}\n{"c": \xe9}\n{"d": 4')   # not an object, empty, not UTF-8, torn
+    assert read_json_lines(path) == [{"a": 1}, {"b": 3}]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"records.jsonl line {n} is not readable; skipped" for n in (2, 3, 5, 6)
+    ]
+
+
 def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
     c = Consortium(tmp_path)
     applicant, features = request_for(c.guest, 3, c.center_model.features)
@@ -424,6 +434,8 @@ def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
     for _ in range(2):
         c.center.score(applicant, features, token)
     c.stop_center()
+    with (tmp_path / "guest" / "consent-uses.jsonl").open("a") as uses:
+        uses.write('{"digest": "cut sho')                            # a crash mid-write: this line alone is lost
     c.start_center()
     c.center.score(applicant, features, token)                      # the third use, after a restart
     with pytest.raises(ConsentError, match="used 3 times; it allows 3"):
