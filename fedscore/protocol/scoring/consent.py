@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from fedscore.errors import ConsentError
 from fedscore.model.data import normalise_id
-from fedscore.protocol.scoring.journal import json_line, read_json_lines, write_json_lines
+from fedscore.protocol.scoring.journal import Journal
 
 VERSION = 1
 PURPOSE = "credit-card-application"
@@ -177,31 +176,28 @@ def _recent_use(use: dict, cutoff: float) -> bool:
 class ConsentUses:
     """How often this party has acted on each consent, so a consent cannot be replayed for more checks
     than the applicant agreed to. One per party, whatever model is asked (a daemon keeps it in its state
-    folder), kept on disk (digest and date of each use) for as long as a consent can be valid, so
+    folder), journalled (digest and date of each use) for as long as a consent can be valid, so
     neither a restart nor another model resets it."""
 
     def __init__(self, path: Path, policy: ConsentPolicy):
         self.path, self.policy = path, policy
-        self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._journal = Journal(path)
         cutoff = time.time() - policy.max_age - 86_400
-        kept = [use for use in read_json_lines(path) if _recent_use(use, cutoff)]
-        for use in kept:
+        for use in self._journal.keep_only(lambda use: _recent_use(use, cutoff)):
             self._counts[use["digest"]] = self._counts.get(use["digest"], 0) + 1
-        write_json_lines(path, kept)
-        self._handle = path.open("a", encoding="utf-8")
 
     def admit(self, token: ConsentToken, where: str) -> None:
         """Count one use of ``token``, or refuse it if it has been used up."""
         digest = token.digest()
-        with self._lock:
+
+        def count() -> None:   # under the journal's lock, so two requests cannot both take the last use
             used = self._counts.get(digest, 0)
             if used >= self.policy.max_uses:
                 raise ConsentError(f"{where}: this consent has been used {used} times; it allows {self.policy.max_uses}")
             self._counts[digest] = used + 1
-            self._handle.write(json_line({"digest": digest, "issued_at": token.issued_at}))
-            self._handle.flush()
+
+        self._journal.append({"digest": digest, "issued_at": token.issued_at}, before=count)
 
     def close(self) -> None:
-        with self._lock:
-            self._handle.close()
+        self._journal.close()

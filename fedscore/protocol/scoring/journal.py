@@ -1,11 +1,12 @@
-"""Scoring records kept on disk until the scoring chain holds them, one JSON line each.
+"""Scoring records kept on disk, one JSON line each, written before a request is answered.
 
-The card center journals each request's chain entry, and a partner each
-answer it gave, before the request is answered; a block on the chain lets
-them go again. A daemon that crashes mid-write leaves at most its last line
-cut short: `read_json_lines`, the one reader of these files (the journals and
-the consent-use counts), skips a line it cannot read, with a warning, rather
-than refusing the whole file.
+The card center journals each request's chain entry and a partner each
+answer it gave, until a block on the chain holds them; every party journals
+each use of a consent for as long as the consent can be valid
+(fedscore.protocol.scoring.consent). A daemon that crashes mid-write leaves
+at most its last line cut short: `read_json_lines`, the one reader of these
+files, skips a line it cannot read, with a warning, rather than refusing the
+whole file.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from fedscore.errors import ProtocolError
@@ -50,13 +51,8 @@ def read_json_lines(path: Path) -> list[dict]:
     return records
 
 
-def write_json_lines(path: Path, records: Iterable[dict]) -> None:
-    """Replace ``path`` with ``records``, owner-only, all or nothing."""
-    write_atomically(path, "".join(json_line(record) for record in records), 0o600)
-
-
 class Journal:
-    """Records not yet on the chain, one JSON line each, written before the request is answered.
+    """Records a daemon must not lose, one JSON line each, written before the request is answered.
 
     Each line is flushed to the operating system before the answer goes out,
     so it survives the daemon crashing (not the machine losing power). A line
@@ -95,14 +91,16 @@ class Journal:
             self._handle.write(line)
             self._handle.flush()
 
-    def keep_only(self, keep: Callable[[dict], bool]) -> None:
-        """Rewrite the journal without the records now on the chain."""
+    def keep_only(self, keep: Callable[[dict], bool]) -> list[dict]:
+        """Rewrite the journal with only the records ``keep`` accepts (those not on the chain yet); returns them."""
         with self.lock:
             self._handle.close()
             try:
-                write_json_lines(self.path, [r for r in self.load() if keep(r)])
+                kept = [r for r in self.load() if keep(r)]
+                write_atomically(self.path, "".join(json_line(r) for r in kept), 0o600)
             finally:   # a failed rewrite leaves the journal as it was, and open for the next request
                 self._handle = self.path.open("a", encoding="utf-8")
+        return kept
 
     def close(self) -> None:
         with self.lock:
