@@ -40,11 +40,11 @@ from nacl.secret import SecretBox
 
 from fedscore.errors import DataError, FedscoreError, ProtocolError
 from fedscore.ledger.block import Block, decode_entry
+from fedscore.ledger.cosign import LedgerHandle, co_sign, propose
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import TAG, ScoringFacts, entry_digest, mark, pair_key, partner_tag, scoring_entry
+from fedscore.ledger.scoring_rules import TAG, ScoringFacts, entry_digest, mark, pair_key, partner_tag, scoring_entry
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel, write_atomically
-from fedscore.protocol.audit import LedgerHandle, co_sign, propose
 from fedscore.scoring.consent import PURPOSE, ConsentError, ConsentToken, applicant_digest, check_consent
 from fedscore.scoring.offline import feature_contributions, partial_score
 from fedscore.scoring.scorecard import Answer, ScoringPolicy, answer
@@ -516,7 +516,7 @@ class EntryBatcher:
             self._proposal = None
             self.proposal_path.unlink(missing_ok=True)
             self._distribute(signed)
-            on_chain = self.member.seen.requests
+            on_chain = self.member.rules.seen.requests
             self.scorer.journal.keep_only(lambda record: record["request_id"] not in on_chain)
         return written
 
