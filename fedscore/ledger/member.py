@@ -62,6 +62,8 @@ Rules = TypeVar("Rules", bound=ChainRules)
 
 
 class LedgerMember(Generic[Rules]):
+    """This member's replica of one chain, under that chain's ``rules``."""
+
     def __init__(self, name: str, key: SigningKey, path: Path, rules: Rules):
         self.name = name
         self.key = key
