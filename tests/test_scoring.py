@@ -1,7 +1,6 @@
 """Online scoring in one process: consents, partial scores, answers equal to the offline model, the scoring chain."""
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,21 +12,14 @@ from nacl.signing import SigningKey
 
 from fedscore.errors import ConsentError, DataError, PeerError
 from fedscore.ledger.block import sign
+from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import (
-    ScoringFacts,
-    contributed,
-    mark,
-    scoring_settlement_body,
-    scoring_start_entry,
-    settlement_problem,
-)
-from fedscore.ledger.settlement import balances, settlement_message
-from fedscore.ledger.block import encode_entry
+from fedscore.ledger.scoring_rules import ScoringFacts, ScoringRules, contributed, mark, scoring_start_entry
+from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audit import append_block
+from fedscore.ledger.cosign import append_block
 from fedscore.protocol.scoring.batcher import EntryBatcher
 from fedscore.protocol.scoring.card_center import CardCenterScorer
 from fedscore.protocol.scoring.consent import (
@@ -149,11 +141,11 @@ class InProcessPartner:
         """(Re)start: the replica and the journal from disk, as a daemon does."""
         partner_facts = facts(self.name, "partner")
         partner_facts.pair_keys = {self.name: self.pair_key}
-        self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", partner_facts)
+        self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", ScoringRules(partner_facts))
         self.scorer = PartnerScorer(
             self.model, CsvSource(self.held, ["id"], self.model.features, party=self.name), "guest",
             ConsentPolicy(TRUSTED), partner_facts, Journal(self.folder / self.name / "answers.jsonl"),
-            on_chain=self.member.seen.tags.__contains__,
+            on_chain=self.member.rules.seen.tags.__contains__,
         )
 
     def stop(self) -> None:
@@ -185,9 +177,7 @@ class InProcessPartner:
         self.scorer.forget_committed()
 
     def sign_settlement(self, body: bytes) -> bytes:
-        problem = settlement_problem(json.loads(body), self.member.entries()[0], self.member.seen)
-        assert problem is None, problem
-        return KEYS[self.name].sign(settlement_message(json.loads(body))).signature
+        return self.member.countersign_settlement(body)
 
 
 class Consortium:
@@ -211,11 +201,11 @@ class Consortium:
     def start_center(self) -> None:
         center_facts = facts("guest", "card_center")
         center_facts.pair_keys = {n: p.pair_key for n, p in self.partners.items()}
-        self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", center_facts)
+        self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", ScoringRules(center_facts))
         self.center = CardCenterScorer(
             self.center_model, POLICY, self.partners, ConsentPolicy(TRUSTED), self.secrets, center_facts,
             Journal(self.folder / "guest" / "pending.jsonl"), timeout=self.timeout,
-            on_chain=self.member.seen.requests.__contains__,
+            on_chain=self.member.rules.seen.requests.__contains__,
         )
         if self.member.height == 0:
             append_block(self.member, self.partners, [scoring_start_entry(center_facts, "test")])
@@ -325,10 +315,7 @@ def test_the_scoring_chain_records_requests_without_personal_data_and_settles_fe
     settlement = {}
 
     def make_entry():
-        body = scoring_settlement_body(c.member.entries()[0], c.member.seen)
-        signatures = {n: p.sign_settlement(encode_entry(body)).hex() for n, p in c.partners.items()}
-        signatures["guest"] = KEYS["guest"].sign(settlement_message(body)).signature.hex()
-        settlement.update(body, signatures=signatures)
+        settlement.update(settlement_entry(c.member, c.partners))
         return settlement
 
     c.batcher.append_after_pending(make_entry)
@@ -410,7 +397,7 @@ def test_nothing_is_lost_or_recorded_twice_across_restarts_and_a_torn_journal(tm
     assert c.center.pending_count() == 3 and c.batcher.has_proposal   # 7 in the saved proposal, 3 waiting
     c.score(11)                                  # appended after the torn line was cut off
     assert c.batcher.flush() == 11
-    assert len(c.member.seen.requests) == 11
+    assert len(c.member.rules.seen.requests) == 11
     # restart again: nothing of it is proposed twice
     c.stop_center()
     c.start_center()

@@ -29,19 +29,18 @@ from fedscore.errors import (
     AccessError, ConfigError, ConsentError, DataError, FedscoreError, ProtocolError, UnknownJobError,
 )
 from fedscore.ledger import identity
-from fedscore.ledger.block import decode_entry, encode_entry
+from fedscore.ledger.block import decode_entry
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
-from fedscore.ledger.settlement import settlement_body, settlement_message
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import PartyModel, file_digest, write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.audit import forget_steps_off_chain, last_step
+from fedscore.ledger.training_rules import TrainingRules, last_step
 from fedscore.protocol.party import PartySession, Step
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
@@ -214,7 +213,7 @@ class PartyService(pb_grpc.PartyServicer):
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
-        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", self._facts(spec, public_key))
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", TrainingRules(self._facts(spec, public_key)))
         if me.is_card_center:
             aligner: PsiParty = CardCenterAlignment(self.name, table, request.job_id, self.pool)
             partners = self._partner_clients(request.job_id, spec, public_key)
@@ -252,7 +251,7 @@ class PartyService(pb_grpc.PartyServicer):
             session: PartySession = CardCenterSession(*common, partners=job.partners)
         else:
             session = PartnerSession(*common)
-        session.facts = job.ledger.facts
+        session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session
 
@@ -267,7 +266,7 @@ class PartyService(pb_grpc.PartyServicer):
         rows_file = folder / ALIGNED_ROWS_FILE
         if not rows_file.exists():
             write_atomically(rows_file, job.aligned_rows.astype("<i8").tobytes(), mode=0o600)
-        facts = job.ledger.facts
+        facts = job.ledger.rules.facts
         document = {
             "job_id": job_id, "party": self.name, "spec": codec.spec_to_text(job.spec),
             "public_key": base64.b64encode(job.public_key.to_bytes()).decode(), "data_sha256": job.data_sha256,
@@ -299,7 +298,7 @@ class PartyService(pb_grpc.PartyServicer):
         model_file = folder / "model.json"
         if model_file.is_file():   # it had finished: the job's end must carry this model's digest
             facts.model_digest = entry_digest(model_file.read_bytes())
-        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", facts)
+        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", TrainingRules(facts))
         partners = self._partner_clients(job_id, spec, public_key) if me.is_card_center else {}
         job = PreparedJob(spec, table, public_key, None, ledger, partners, rows, data_sha256=data_sha256)
         try:
@@ -339,7 +338,7 @@ class PartyService(pb_grpc.PartyServicer):
                 f"{self.label}: its chain of job {request.job_id!r} ends after {last_step(ledger.entries())}, "
                 f"not after {step}; it cannot resume there"
             )
-        forget_steps_off_chain(ledger.facts, ledger.seen.steps)
+        ledger.rules.forget_steps_off_chain()
         job.session.resume_after(step)
         self._save_checkpoint(request.job_id, job)
         log.info("job %s resumes after %s", request.job_id, step or "its start")
@@ -368,11 +367,11 @@ class PartyService(pb_grpc.PartyServicer):
         model = session.model()
         text = model.to_json()
         write_atomically(path, text)
-        job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
+        job.ledger.rules.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
         return pb.FinishJobReply(
             model_path=str(path), state_dir=str(self.config.state_dir),
-            model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+            model_digest=job.ledger.rules.facts.model_digest, ledger_path=str(job.ledger.path),
             report_path=self._write_page(request.job_id, session, model),
         )
 
@@ -447,19 +446,7 @@ class PartyService(pb_grpc.PartyServicer):
     @handles_errors
     def SignSettlement(self, request, context):
         ledger = self._ledger(request.job_id, request.chain, context)
-        if request.chain == "scoring":
-            return pb.Signature(signature=self.scoring.sign_settlement(request.job_id, request.body))
-        expected = settlement_body(ledger.entries())
-        try:
-            body = decode_entry(request.body)
-        except ValueError:
-            raise ProtocolError(f"{self.label}: the settlement to sign is not JSON") from None
-        if request.body != encode_entry(expected):
-            raise ProtocolError(
-                f"{self.label}: refuses to sign a settlement that does not follow from its own replica "
-                "(fee contract, recorded steps and overlaps)"
-            )
-        return pb.Signature(signature=self.key.sign(settlement_message(body)).signature)
+        return pb.Signature(signature=ledger.countersign_settlement(request.body))
 
     # -- coordinator -> card center: alignment --------------------------------
 
@@ -470,7 +457,7 @@ class PartyService(pb_grpc.PartyServicer):
         handles = {name: PsiClient(client) for name, client in job.partners.items()}
         result = aligner.align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
-        job.ledger.facts.aligned_rows, job.ledger.facts.overlaps = result.aligned_rows, dict(result.overlaps)
+        job.ledger.rules.facts.aligned_rows, job.ledger.rules.facts.overlaps = result.aligned_rows, dict(result.overlaps)
         return pb.AlignReply(
             aligned_rows=result.aligned_rows,
             overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
@@ -509,7 +496,7 @@ class PartyService(pb_grpc.PartyServicer):
         aligner = self._alignment(request.job_id, context, "card_center", PartnerAlignment)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
-        job.ledger.facts.aligned_rows = len(job.aligned_rows)
+        job.ledger.rules.facts.aligned_rows = len(job.aligned_rows)
         return pb.Empty()
 
     # -- coordinator -> card center -----------------------------------------

@@ -1,7 +1,7 @@
 """The card center's scoring blocks: pending entries batched into blocks every member co-signs.
 
 The card center proposes each block; every partner checks the entries that
-concern it (fedscore.ledger.scoring) and signs, and the block is committed
+concern it (fedscore.ledger.scoring_rules) and signs, and the block is committed
 at every member. A proposed block is kept on disk as JSON (`block_to_json`)
 until it is on the chain, so a card center that restarts proposes the same
 block again rather than a second one at that height.
@@ -18,7 +18,7 @@ from pathlib import Path
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.model.model_file import write_atomically
-from fedscore.protocol.audit import LedgerHandle, co_sign, propose
+from fedscore.ledger.cosign import LedgerHandle, co_sign, propose
 from fedscore.protocol.scoring.card_center import CardCenterScorer
 
 log = logging.getLogger("fedscore.scoring")
@@ -117,7 +117,7 @@ class EntryBatcher:
             self._proposal = None
             self.proposal_path.unlink(missing_ok=True)
             self._distribute(signed)
-            on_chain = self.member.seen.requests
+            on_chain = self.member.rules.seen.requests
             self.scorer.journal.keep_only(lambda record: record["request_id"] not in on_chain)
         return written
 

@@ -5,7 +5,7 @@ any partner is asked, then asks every partner at once (each under its own
 tag for the request), waits at most its timeout, and turns its own
 contributions, the intercept and the partial scores into the answer
 (fedscore.protocol.scoring.scorecard). Each answered request becomes a
-`scoring` entry (fedscore.ledger.scoring), journalled before the answer is
+`scoring` entry (fedscore.ledger.scoring_rules), journalled before the answer is
 returned; `EntryBatcher` (fedscore.protocol.scoring.batcher) puts the
 entries on the chain.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedscore.errors import DataError, FedscoreError
-from fedscore.ledger.scoring import ScoringFacts, entry_digest, mark, scoring_entry
+from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, mark, scoring_entry
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentToken, ConsentUses, applicant_digest

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 
 from fedscore.errors import DataError, ProtocolError
-from fedscore.ledger.scoring import TAG, ScoringFacts
+from fedscore.ledger.scoring_rules import TAG, ScoringFacts
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.consent import ConsentError, ConsentPolicy, ConsentToken, ConsentUses
 from fedscore.protocol.scoring.journal import Journal, now_ms

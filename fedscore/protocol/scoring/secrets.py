@@ -18,7 +18,7 @@ from pathlib import Path
 from nacl.secret import SecretBox
 
 from fedscore.errors import ProtocolError
-from fedscore.ledger.scoring import pair_key, partner_tag
+from fedscore.ledger.scoring_rules import pair_key, partner_tag
 from fedscore.model.data import normalise_id
 
 SECRET_BYTES = 32
