@@ -1,11 +1,11 @@
 """Helpers shared by the benchmarks: run a job through real daemons, read processes' peak memory."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fedscore.config import load_job
 from fedscore.daemons.launcher import LocalConsortium
+from fedscore.proctable import descendants
 from fedscore.runner import submit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,20 +13,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
+    """``root`` and every process below it."""
+    return [root, *(process.pid for process in descendants(root))]
 
 
 def peak_mib(pid: int) -> float:
