@@ -2,8 +2,8 @@
 
     python bench/epoch.py [--data DIR] [--workers 0] [--sample 100] [--smoke]
 
-30 000 rows, 13 + 10 features, whole batch. Runs the epoch twice: with
-obfuscators made in advance (`precompute_epochs = 1`: the online epoch time,
+30 000 rows, 13 + 10 features, whole batch. Runs the epoch twice on the same
+daemons: with obfuscators made in advance (`precompute_epochs = 1`: the online epoch time,
 and the time spent making them) and with obfuscators made inline. Then it
 times plain python-paillier's encryption, scalar multiplication and addition
 on a sample and estimates the same epoch's work done that way (encryptions:
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from phe import paillier as phe
 
-from common import SHARED_DATA, run_through_daemons
+from common import SHARED_DATA, run_jobs_through_daemons
 from figures import Figure, print_figures
 
 FILES = ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv")   # the same ids in the same order
@@ -35,7 +35,7 @@ batch_size = 0
 learning_rate = 0.15
 validation = 0.0
 key_bits = {key_bits}
-precompute_epochs = {precompute}
+precompute_epochs = 1
 
 [[parties]]
 name = "guest"
@@ -83,21 +83,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.key_bits, args.sample = 300, 512, 10
-    figures = {}
     with tempfile.TemporaryDirectory(prefix="fedscore-epoch-") as tmp:
-        for precompute in (1, 0):
-            folder = Path(tmp) / f"precompute-{precompute}"
-            folder.mkdir()
-            for name in FILES:
-                lines = (args.data / name).read_text().splitlines(keepends=True)
-                (folder / name).write_text("".join(lines[: args.rows + 1] if args.rows else lines))
-            (folder / "job.toml").write_text(JOB.format(precompute=precompute, key_bits=args.key_bits))
-            report, peaks = run_through_daemons(folder / "job.toml", args.workers)
-            figures[precompute] = (report, peaks)
-            print(f"precompute_epochs={precompute}: epoch {report['epoch_seconds'][0]:.1f} s, "
-                  f"obfuscators made in advance {report['obfuscation_seconds']:.1f} s, "
-                  f"train AUC {report['auc']:.4f}, peak memory {max(max(p) for p in peaks.values()):.0f} MiB", flush=True)
-    ahead, inline = figures[1][0], figures[0][0]
+        folder = Path(tmp)
+        for name in FILES:
+            lines = (args.data / name).read_text().splitlines(keepends=True)
+            (folder / name).write_text("".join(lines[: args.rows + 1] if args.rows else lines))
+        (folder / "job.toml").write_text(JOB.format(key_bits=args.key_bits))
+        (ahead, inline), peaks = run_jobs_through_daemons(folder / "job.toml", [{}, {"precompute_epochs": 0}], args.workers)
+    for name, report in (("precompute_epochs=1", ahead), ("precompute_epochs=0", inline)):
+        print(f"{name}: epoch {report['epoch_seconds'][0]:.1f} s, obfuscators made in advance "
+              f"{report['obfuscation_seconds']:.1f} s, train AUC {report['auc']:.4f}")
+    print(f"peak memory {max(max(p) for p in peaks.values()):.0f} MiB")
     rows = ahead["rows"]
     features = 13 + 1 + 10
     naive, unit = naive_phe_epoch(rows, features, args.sample, args.key_bits)

@@ -31,7 +31,7 @@ import pandas as pd
 from fedscore.config import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
-from fedscore.runner import run_job_file
+from fedscore.runner import submit
 from fedscore.transport.clients import ScoringClient
 
 from figures import Figure, print_figures
@@ -44,12 +44,10 @@ CLIENT_START_SECONDS = 300.0   # for the load generator's processes to import an
 
 
 def prepare(workdir: Path, count: int, rows: int = ROWS, key_bits: int = 2048, consents: int = REQUESTS) -> Path:
+    """The demo consortium's files (unless the work folder holds a trained model) and the applicants to score."""
     job = workdir / "job.toml"
-    if not list((workdir / "state" / "card_center" / "jobs").glob("*/model.json")):
+    if not trained(workdir):
         job = write_demo(workdir, epochs=1, key_bits=key_bits, rows=rows)
-        started = time.perf_counter()
-        run_job_file(job, local=True, workers=0)
-        print(f"trained the model in {time.perf_counter() - started:.0f} s ({key_bits}-bit keys, {rows} applicants, 1 epoch)")
     data = bundled_data().head(rows)
     held = party_rows(len(data))
     outside = np.setdiff1d(np.arange(len(data)), held["card_center"])
@@ -59,6 +57,18 @@ def prepare(workdir: Path, count: int, rows: int = ROWS, key_bits: int = 2048, c
     write_applicants(workdir / "bench-applicants.csv", data, np.resize(positions, consents).tolist(), issuer_key(workdir))
     print(f"{consents} consents signed in {time.perf_counter() - started:.1f} s")
     return job
+
+
+def trained(workdir: Path) -> bool:
+    return bool(list((workdir / "state" / "card_center" / "jobs").glob("*/model.json")))
+
+
+def train(consortium: LocalConsortium) -> None:
+    started = time.perf_counter()
+    report = submit(consortium.spec, consortium.coordinator_address, lambda event: None,
+                    tls=consortium.card_center_identity)
+    print(f"trained the model in {time.perf_counter() - started:.0f} s ({consortium.spec.key_bits}-bit keys, "
+          f"{report['rows']} aligned applicants, 1 epoch)")
 
 
 def requests_from(path: Path) -> list[tuple[str, dict[str, float], str]]:
@@ -98,7 +108,7 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
 
             async def worker(offset: int) -> None:
                 i = offset
-                while time.time() < deadline:
+                while time.time() < deadline and i < len(work):   # a consent is never used twice here
                     began = time.perf_counter()
                     await stub.Score(work[i % len(work)], timeout=30)
                     latencies.append(time.perf_counter() - began)
@@ -123,7 +133,7 @@ def main() -> None:
     sizes = {"rows": ROWS, "key_bits": 2048, "consents": REQUESTS}
     if args.smoke:
         args.requests, args.seconds, args.concurrency = 30, 2.0, 4
-        sizes = {"rows": 600, "key_bits": 512, "consents": 400}
+        sizes = {"rows": 600, "key_bits": 512, "consents": 3000}
     with tempfile.TemporaryDirectory(prefix="fedscore-bench-scoring-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +146,8 @@ def run(args: argparse.Namespace, workdir: Path, job: Path) -> None:
     settings = load_scoring(job)
     work = requests_from(workdir / "bench-applicants.csv")
     with LocalConsortium(spec, base, workdir / "state", 1, settings.consent_issuers, insecure=args.insecure) as consortium:
+        if not trained(workdir):
+            train(consortium)
         address = consortium.spec.card_center.address
         client = ScoringClient(address, consortium.spec.card_center.name, consortium.card_center_identity)
         job_id = client.open_scoring(consortium.spec, settings.to_json()).job_id
@@ -165,7 +177,7 @@ def run(args: argparse.Namespace, workdir: Path, job: Path) -> None:
         for p in processes:
             p.start()
         start.wait(timeout=CLIENT_START_SECONDS)
-        loaded = [x for _ in processes for x in queue.get()]
+        loaded = [x for _ in processes for x in queue.get(timeout=CLIENT_START_SECONDS + args.seconds)]
         for p in processes:
             p.join()
         per_second = len(loaded) / args.seconds

@@ -2,11 +2,15 @@
 tests; the summary of a full run and the README table made from it keep every figure."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fedscore.proctable import descendants
 
 from conftest import SHARED_DATA
 
@@ -49,7 +53,8 @@ def smoke_runs(tmp_path_factory) -> dict[str, tuple[int, str]]:
         try:
             process.wait(timeout=SMOKE_SECONDS)
         except subprocess.TimeoutExpired:
-            process.kill()
+            for left in [*descendants(process.pid), process]:   # its daemons run in sessions of their own
+                os.kill(left.pid, signal.SIGKILL)
             process.wait()
         log.close()
         results[name] = (process.returncode, Path(log.name).read_text())
