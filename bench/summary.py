@@ -12,7 +12,7 @@ from pathlib import Path
 from figures import figure_names, number
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COLUMNS = ("bench", "figure", "value", "baseline", "ratio", "goal", "met", "load before", "load after")
+COLUMNS = ("bench", "figure", "value", "baseline", "ratio", "goal", "met", "load before", "load after", "command")
 README_BEGIN = "<!-- measured figures: written by `make bench` from bench/results/; do not edit by hand -->"
 README_END = "<!-- end of measured figures -->"
 
@@ -28,14 +28,15 @@ class Row:
     met: str = ""
     load_before: str = ""
     load_after: str = ""
+    command: str = ""
 
     def cells(self) -> tuple[str, ...]:
         return (self.bench, self.figure, self.value, self.baseline, self.ratio, self.goal, self.met,
-                self.load_before, self.load_after)
+                self.load_before, self.load_after, self.command)
 
 
-def rows_of(bench: str, pairs: dict[str, str], load_before: float, load_after: float) -> list[Row]:
-    """A bench's figures (its parsed last line) as summary rows."""
+def rows_of(bench: str, pairs: dict[str, str], load_before: float, load_after: float, command: str) -> list[Row]:
+    """A bench's figures (its parsed last line) as summary rows; ``command``: what measured them."""
     loads = (f"{load_before:.2f}", f"{load_after:.2f}")
     rows = []
     for name in figure_names(pairs):
@@ -44,12 +45,13 @@ def rows_of(bench: str, pairs: dict[str, str], load_before: float, load_after: f
         goal = (f"≥ {pairs[name + '_goal_min']}" if f"{name}_goal_min" in pairs
                 else f"≤ {pairs[name + '_goal_max']}" if f"{name}_goal_max" in pairs else "")
         met = {"yes": "met", "no": "not met"}.get(pairs.get(f"{name}_met", ""), "")
-        rows.append(Row(bench, name, pairs[name], baseline, ratio, goal, met, *loads))
+        rows.append(Row(bench, name, pairs[name], baseline, ratio, goal, met, *loads, f"`{command}`"))
     return rows
 
 
-def failed_row(bench: str, returncode: int, load_before: float, load_after: float) -> Row:
-    return Row(bench, "(failed)", f"exit {returncode}", load_before=f"{load_before:.2f}", load_after=f"{load_after:.2f}")
+def failed_row(bench: str, returncode: int, load_before: float, load_after: float, command: str) -> Row:
+    return Row(bench, "(failed)", f"exit {returncode}", load_before=f"{load_before:.2f}", load_after=f"{load_after:.2f}",
+               command=f"`{command}`")
 
 
 def _table(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> str:
@@ -79,7 +81,7 @@ def latest_summary(folder: Path = RESULTS_DIR) -> Path:
 def readme_table(rows: list[Row], source: str) -> str:
     """The README's table: each figure with its baseline, ratio and goal, and the command that measures it."""
     lines = [(r.figure, r.value, r.baseline, r.ratio, " ".join(x for x in (r.goal, r.met and f"({r.met})") if x),
-              f"`python bench/{r.bench}.py`") for r in rows]
+              r.command) for r in rows]
     note = f"From `{source}` (`make bench`: every bench at full size, one after another; load averages there)."
     return note + "\n\n" + _table(("figure", "value", "baseline, same run", "ratio", "goal", "command"), lines)
 

@@ -95,12 +95,13 @@ def test_a_figure_says_whether_its_goal_is_met():
 def test_the_summary_and_the_readme_table_keep_every_figure(tmp_path):
     pairs = parse_last_line("a_per_second=300 a_per_second_baseline=100 a_per_second_goal_min=200 a_per_second_met=yes "
                             "b_ms=4.5")
-    rows = rows_of("ledger", pairs, 0.25, 1.5)
+    rows = rows_of("ledger", pairs, 0.25, 1.5, "python bench/ledger.py")
     summary = tmp_path / "2026-01-02.md"
     write_summary(summary, rows, "Benchmarks")
     assert read_summary(summary) == rows
-    assert [(r.figure, r.value, r.baseline, r.ratio, r.goal, r.met, r.load_before, r.load_after) for r in rows] == [
-        ("a_per_second", "300", "100", "3", "≥ 200", "met", "0.25", "1.50"), ("b_ms", "4.5", "", "", "", "", "0.25", "1.50")]
+    assert [r.cells()[1:] for r in rows] == [
+        ("a_per_second", "300", "100", "3", "≥ 200", "met", "0.25", "1.50", "`python bench/ledger.py`"),
+        ("b_ms", "4.5", "", "", "", "", "0.25", "1.50", "`python bench/ledger.py`")]
     readme = f"intro\n{README_BEGIN}\nold table\n{README_END}\nafter\n"
     written = replace_readme_table(readme, readme_table(read_summary(summary), "bench/results/2026-01-02.md"))
     assert written.startswith("intro\n") and written.endswith(f"{README_END}\nafter\n") and "old table" not in written
