@@ -23,10 +23,12 @@ from pathlib import Path
 from fedscore.config import JobSpec
 from fedscore.crypto.certs import COORDINATOR, init_consortium
 from fedscore.errors import DataError, PeerError
+from fedscore.proctable import in_session, wait_gone
 from fedscore.transport.tls import TlsIdentity
 
 STARTUP_SECONDS = 60.0
 MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is left down (the job then fails)
+LEFTOVER_SECONDS = 10.0    # how long a dead daemon's workers may take to follow it
 
 
 def _toml_string(value: str) -> str:
@@ -49,6 +51,7 @@ class LocalConsortium:
         self.processes: dict[str, subprocess.Popen] = {}
         self.coordinator_address = ""
         self.restarts: dict[str, int] = {}     # member -> times the supervisor restarted it
+        self.leftovers: dict[str, int] = {}    # member -> processes that outlived its dead daemon (then killed)
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
@@ -170,6 +173,7 @@ class LocalConsortium:
                     if self._stopping.is_set() or self.restarts.get(member, 0) >= MAX_RESTARTS:
                         continue
                     self.restarts[member] = self.restarts.get(member, 0) + 1
+                    self._clear_leftovers(member)
                     try:
                         self.restart(member)
                     except (PeerError, OSError):
@@ -177,6 +181,18 @@ class LocalConsortium:
 
         self._supervisor = threading.Thread(target=watch, name="supervisor", daemon=True)
         self._supervisor.start()
+
+    def _clear_leftovers(self, member: str) -> None:
+        """A dead daemon's processes (its session: it was started in its own) must follow it; any that do not
+        within LEFTOVER_SECONDS are counted in ``leftovers`` and killed."""
+        session = self.processes[member].pid
+        left = wait_gone(in_session(session), LEFTOVER_SECONDS)
+        if left:
+            self.leftovers[member] = self.leftovers.get(member, 0) + len(left)
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log_tail(self, member: str, lines: int = 3) -> str:
         path = self.state_root / member / "daemon.log"
