@@ -24,6 +24,7 @@ from fedscore.ledger.block import sign
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.training_rules import TrainingRules
 from fedscore.ledger.verify import verify_chain
 
 from figures import Figure, print_figures
@@ -57,7 +58,7 @@ def main() -> None:
         path = Path(tmp) / "ledger.sqlite"
         facts = Facts("bureau", bytes(keys["bureau"].verify_key).hex(), role="partner", members=frozenset(MEMBERS))
         facts.digests = {f"{height}/0": {} for height in range(1, args.blocks)}  # the steps it took part in
-        replica = LedgerMember("bureau", keys["bureau"], path, facts)
+        replica = LedgerMember("bureau", keys["bureau"], path, TrainingRules(facts))
         start = {
             "kind": "job_start", "job_id": "bench", "job_name": "bench", "job_digest": "00" * 32,
             "paillier_fingerprint": "00" * 32, "fees": {"currency": "CNY", "per_step": 1, "per_overlap_row": 0},
