@@ -16,7 +16,7 @@ class FedscoreError(Exception):
     """Base class: anything a user can fix (a file, a config, a peer)."""
 
     grpc_status = "ABORTED"
-    http_status = 409
+    http_status = 503   # scoring over HTTP: a failure at the card center, to retry later
     exit_code = 2
 
 
@@ -59,7 +59,6 @@ class TrainingError(FedscoreError):
     """Training itself went wrong (e.g. it diverged); the job's settings need changing."""
 
     grpc_status = "ABORTED"
-    http_status = 409
 
 
 class DeniedError(FedscoreError):
@@ -89,7 +88,6 @@ class UnverifiedError(FedscoreError):
     """A ledger, block or inclusion proof that does not verify: the record itself is in question."""
 
     grpc_status = "DATA_LOSS"
-    http_status = 500
     exit_code = 3
 
 

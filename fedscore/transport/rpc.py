@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import NoReturn
 
 import grpc
 
@@ -65,7 +66,7 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode[error.grpc_status] if isinstance(error, FedscoreError) else grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, error: BaseException, owner: str) -> None:
+def abort(context: grpc.ServicerContext, error: BaseException, owner: str) -> NoReturn:
     """End the call with ``error``: its status, its class beside it, a message naming the party at fault.
 
     ``owner`` names this daemon: relayed peer failures and bugs say who reports them.
