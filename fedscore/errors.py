@@ -20,15 +20,15 @@ class FedscoreError(Exception):
     exit_code = 2
 
 
-class ConfigError(FedscoreError):
-    """A job, party or coordinator configuration is invalid."""
+class DataError(FedscoreError):
+    """A party's data file cannot be used as it is."""
 
     grpc_status = "INVALID_ARGUMENT"
     http_status = 400
 
 
-class DataError(FedscoreError):
-    """A party's data file cannot be used as it is."""
+class ConfigError(FedscoreError):
+    """A job, party or coordinator configuration is invalid."""
 
     grpc_status = "INVALID_ARGUMENT"
     http_status = 400
@@ -112,7 +112,7 @@ def error_class(name: str) -> type[FedscoreError] | None:
 
 
 def class_for_status(grpc_status: str) -> type[FedscoreError] | None:
-    """The most general class that owns a gRPC status (ABORTED: FedscoreError), for peers that name none."""
+    """For a peer that names no class: the first class above that owns the status (ABORTED: FedscoreError)."""
     return next((cls for cls in _classes() if cls.grpc_status == grpc_status), None)
 
 

@@ -74,6 +74,7 @@ def test_the_table_gives_every_class_its_exit_code_and_a_status_of_its_own_kind(
     assert {cls: cls.exit_code for cls in CLASSES} == EXIT
     assert all(grpc.StatusCode[cls.grpc_status] for cls in CLASSES)
     assert errors.UnknownJobError.grpc_status == "NOT_FOUND" and errors.UnknownJobError.http_status == 404
+    assert errors.class_for_status("INVALID_ARGUMENT") is errors.DataError   # what a relay that names none meant
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
