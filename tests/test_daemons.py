@@ -177,6 +177,9 @@ class FakeContext:
     def abort(self, code, message):
         raise AbortCalled(code, message)
 
+    def set_trailing_metadata(self, metadata):
+        self.trailing_metadata = metadata
+
     def auth_context(self):
         return {}
 

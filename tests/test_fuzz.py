@@ -25,7 +25,7 @@ from faults import count
 # What a daemon may answer to a message it cannot use. INTERNAL would mean an exception nobody handled.
 PROPER = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
           grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
-          grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+          grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS}
 SERVICE = pb.DESCRIPTOR.services_by_name["Party"]
 BOUNDARY_INTS = [0, 1, 2, 7, 255, 2**31 - 1, 2**32 - 1, 2**63 - 1]
 BOUNDARY_FLOATS = [0.0, -0.0, 1.0, -1.0, 1e308, -1e308, float("inf"), float("-inf"), float("nan"), 5e-324]

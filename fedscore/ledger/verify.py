@@ -11,21 +11,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fedscore.errors import FedscoreError
+from fedscore.errors import LedgerError   # defined with the other errors; imported from here too
 from fedscore.lifeline import process_pool
 from fedscore.ledger import merkle
 from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signature_valid
 
 
 GENESIS_KINDS = ("job_start", "scoring_start")
-
-
-class LedgerError(FedscoreError):
-    """A block that breaks the chain; the message names it."""
-
-    def __init__(self, height: int, reason: str):
-        super().__init__(f"block {height}: {reason}")
-        self.height = height
 
 
 @dataclass(frozen=True)
