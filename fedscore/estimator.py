@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from fedscore.config import JobSpec, PartySpec
+from fedscore.job import JobSpec, PartySpec
 from fedscore.crypto.obfuscation import SHORT_EXPONENT
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError

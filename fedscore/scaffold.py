@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from fedscore.config import NAME_PATTERN
+from fedscore.job import NAME_PATTERN
 from fedscore.errors import ConfigError
 
 Role = Literal["card_center", "partner"]

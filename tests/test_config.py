@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedscore.config import load_job, resolve_data_file
+from fedscore.daemons.config import resolve_data_file
+from fedscore.job_file import load_job
 from fedscore.errors import ConfigError
 
 from conftest import write_job

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import fedscore
 from fedscore import FederatedLogisticRegression, Party
-from fedscore.config import parse_job
+from fedscore.job_file import parse_job
 from fedscore.errors import ConfigError, DataError
 from fedscore.model.data import load_party_table
 from fedscore.model.model_file import PartyModel

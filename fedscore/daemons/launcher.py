@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.certs import COORDINATOR, init_consortium
 from fedscore.errors import DataError, PeerError
 from fedscore.transport.tls import TlsIdentity

@@ -4,13 +4,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.ledger.block import Block, encode_entry
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 
 
 class LedgerHandle(Protocol):

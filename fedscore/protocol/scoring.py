@@ -43,7 +43,8 @@ from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.scoring import TAG, ScoringFacts, entry_digest, mark, pair_key, partner_tag, scoring_entry
 from fedscore.model.data import normalise_id
-from fedscore.model.model_file import PartyModel, write_atomically
+from fedscore.files import write_atomically, write_secret
+from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audit import LedgerHandle, co_sign, propose
 from fedscore.scoring.consent import PURPOSE, ConsentError, ConsentToken, applicant_digest, check_consent
 from fedscore.scoring.offline import feature_contributions, partial_score
@@ -263,13 +264,10 @@ class Scored:
 def _secret_file(path: Path) -> bytes:
     """32 random bytes kept in ``path`` (owner-only), made atomically the first time."""
     if not path.exists():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(os.urandom(32))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
+        try:
+            write_secret(path, os.urandom(32))
+        except FileExistsError:   # another process made it first: both use that one
+            pass
     value = path.read_bytes()
     if len(value) != 32:
         raise ProtocolError(f"{path} is damaged: a 32-byte secret was expected, it holds {len(value)} bytes")

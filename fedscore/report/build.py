@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PublicKey
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.protocol.training import TrainingResult
 
 
