@@ -2,14 +2,21 @@
 
 ``write_atomically`` replaces a file whole (a reader sees the old content or
 the new, never a mix); ``write_secret`` creates a key or salt once, readable
-by its owner only and on disk before it is used.
+by its owner only and on disk before it is used. An append-only JSON-lines
+file (a journal, a count of uses) can end in a line a crash cut short:
+``cut_torn_tail`` removes it before appending resumes, ``read_json_lines``
+reads what is whole.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("fedscore.files")
 
 
 def _temporary_copy(path: Path, data: str | bytes) -> str:
@@ -57,3 +64,29 @@ def file_digest(path: Path) -> str:
     """SHA-256 of a file, read in blocks (data files can be large)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Truncate ``path`` after its last newline, so the next append starts a line of its own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a line cut short by a crash (%d bytes)", path.name, len(data) - end)
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+
+
+def read_json_lines(path: Path) -> list:
+    """The values of a JSON-lines file, in order; an unreadable line (cut short by a crash) is skipped and logged."""
+    if not path.exists():
+        return []
+    values = []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                values.append(json.loads(line))
+            except ValueError:
+                log.warning("%s line %d is not readable; skipped", path.name, number)
+    return values

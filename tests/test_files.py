@@ -62,3 +62,15 @@ def test_file_digest_is_sha256_of_the_content(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(b"id,y\n1,0\n" * 100_000)
     assert files.file_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_line_cut_short_by_a_crash_is_cut_off_and_the_rest_read(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    assert files.read_json_lines(path) == [] and files.cut_torn_tail(path) is None
+    path.write_text('{"n": 1}\nnot json\n{"n": 2}\n{"n": 3, "tor')
+    assert files.read_json_lines(path) == [{"n": 1}, {"n": 2}]   # the middle line and the torn tail skipped
+    files.cut_torn_tail(path)
+    assert path.read_text() == '{"n": 1}\nnot json\n{"n": 2}\n'
+    with path.open("a") as handle:
+        handle.write('{"n": 4}\n')
+    assert files.read_json_lines(path) == [{"n": 1}, {"n": 2}, {"n": 4}]

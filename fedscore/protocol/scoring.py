@@ -43,7 +43,7 @@ from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.scoring import TAG, ScoringFacts, entry_digest, mark, pair_key, partner_tag, scoring_entry
 from fedscore.model.data import normalise_id
-from fedscore.files import write_atomically, write_secret
+from fedscore.files import cut_torn_tail, read_json_lines, write_atomically, write_secret
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audit import LedgerHandle, co_sign, propose
 from fedscore.scoring.consent import PURPOSE, ConsentError, ConsentToken, applicant_digest, check_consent
@@ -84,15 +84,13 @@ class ConsentUses:
         self._counts: dict[str, int] = {}
         cutoff = time.time() - policy.max_age - 86_400
         kept = []
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    use = json.loads(line)
-                    if use["issued_at"] >= cutoff:
-                        kept.append(use)
-                        self._counts[use["digest"]] = self._counts.get(use["digest"], 0) + 1
-                except (ValueError, KeyError, TypeError):
-                    continue   # a line cut short by a crash
+        for use in read_json_lines(path):
+            try:
+                if use["issued_at"] >= cutoff:
+                    kept.append(use)
+                    self._counts[use["digest"]] = self._counts.get(use["digest"], 0) + 1
+            except (KeyError, TypeError):
+                continue   # not a use this version wrote
         write_atomically(path, "".join(json.dumps(u, sort_keys=True) + "\n" for u in kept), 0o600)
         self._handle = path.open("a", encoding="utf-8")
 
@@ -124,28 +122,11 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self._cut_torn_tail()
+        cut_torn_tail(path)
         self._handle = path.open("a", encoding="utf-8")
 
-    def _cut_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning("%s: dropping a line cut short by a crash (%d bytes)", self.path.name, len(data) - end)
-            with self.path.open("r+b") as handle:
-                handle.truncate(end)
-
     def load(self) -> list[dict]:
-        records = []
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    log.warning("%s line %d is not readable; skipped", self.path.name, number)
-        return records
+        return read_json_lines(self.path)
 
     def append(self, record: dict, before: Callable[[], None] | None = None) -> None:
         """Write one record; ``before`` runs under the journal's lock first (so a pruning never misses it)."""
