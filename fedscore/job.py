@@ -29,7 +29,7 @@ def check_job_id(job_id: str, where: str) -> str:
     return job_id
 
 
-KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)
+KEY_BITS = (512, 768, 1024, 1536, 2048, 3072, 4096)   # Paillier key sizes a job may ask for
 
 
 @dataclass(frozen=True, order=True)
@@ -45,11 +45,13 @@ class Step:
 
 @dataclass(frozen=True)
 class PartySpec:
+    """One party of a job: its data file (inside its own data folder), id columns, label if it is the card center."""
+
     name: str
     data: str
     id_columns: tuple[str, ...]
     label: str | None = None
-    address: str = ""
+    address: str = ""   # where its daemon listens
 
     @property
     def is_card_center(self) -> bool:
@@ -58,6 +60,8 @@ class PartySpec:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """A job's settings; the field defaults are every job's defaults (job file, wire, estimator)."""
+
     name: str
     parties: tuple[PartySpec, ...]
     epochs: int = 10

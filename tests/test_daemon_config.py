@@ -1,11 +1,15 @@
 """Daemon configs: every value the loader refuses, named in its message, before a daemon binds or opens anything."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fedscore.daemons.config import DaemonConfig, load_coordinator_config, load_party_config, resolve_data_file
+from fedscore.daemons.server import load_identity
 from fedscore.errors import ConfigError
 
 ISSUER = "AB" * 32
@@ -77,7 +81,6 @@ def test_a_coordinator_config_is_named_coordinator_and_has_no_data(tmp_path):
     ({"consent_max_uses": 0}, "consent_max_uses must be between 1 and 1000000, got 0"),
     ({"card_centers": ["bank", "two words"]}, "card_centers must be a list of member names, got 'two words'"),
     ({"card_centers": "bank"}, "card_centers must be a list, got 'bank'"),
-    ({"tls_dir": "no-such-folder"}, "no-such-folder does not exist; make it with `fedscore certs init`"),
     ({"state_dir": 7}, "state_dir must be a string, got 7"),
     ({"scoring_table": ["a"]}, "scoring_table must be a string"),
 ])
@@ -88,9 +91,20 @@ def test_each_bad_value_is_refused_by_name(tmp_path, settings, fragment):
     assert message.startswith("party config party.toml") and fragment in message
 
 
-def test_a_missing_data_folder_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"data_dir .*no-such-data does not exist"):
-        party(tmp_path, data_dir="no-such-data")
+def test_missing_folders_are_named_when_the_daemon_starts(tmp_path):
+    """A config can be checked before its certificates and data are in place; starting needs them."""
+    config = party(tmp_path, tls_dir="no-such-tls", data_dir="no-such-data")
+    assert config.tls_dir == tmp_path.resolve() / "no-such-tls"
+    with pytest.raises(ConfigError, match=r"TLS folder .*no-such-tls: ca.pem is missing"):
+        load_identity("party", config, insecure=False)
+    with pytest.raises(ConfigError, match="no TLS identity; set tls_dir"):
+        load_identity("party", replace(config, tls_dir=None), insecure=False)
+    assert load_identity("party", config, insecure=True).tls is None
+    started = subprocess.run(
+        [sys.executable, "-m", "fedscore", "party", "serve", "--config", str(tmp_path / "party.toml"), "--insecure"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert started.returncode == 2 and "no-such-data does not exist" in started.stderr
 
 
 def test_unreadable_configs(tmp_path):

@@ -2,7 +2,9 @@
 
 Paths in a config are relative to the config file. Every value is checked
 here, before the daemon binds a port or opens its state, and an error names
-the file, the key and the value it refuses.
+the file, the key and the value it refuses. The folders a config names are
+looked at when the daemon starts (fedscore.daemons.server), so a config can
+be checked before its data or certificates are in place.
 """
 from __future__ import annotations
 
@@ -92,23 +94,17 @@ def _every_daemon(table: dict[str, Any], base: Path, default_name: str, where: s
     max_message_mib = take(table, "max_message_mib", int, DaemonConfig.max_message_mib, where)
     if not 4 <= max_message_mib <= 1024:   # streamed blocks are 2 MiB; PSI positions go as 8 bytes per aligned row
         raise ConfigError(f"{where}: max_message_mib must be between 4 and 1024, got {max_message_mib}")
-    tls_dir = _optional_path(table, "tls_dir", base, where)
-    if tls_dir is not None and not tls_dir.is_dir():
-        raise ConfigError(f"{where}: tls_dir {tls_dir} does not exist; make it with `fedscore certs init`")
     return {
         "name": name,
         "listen": _address(table, "listen", "127.0.0.1:0", where),
         "state_dir": _path(table, "state_dir", "state", base, where),
         "workers": workers,
         "max_message_mib": max_message_mib,
-        "tls_dir": tls_dir,
+        "tls_dir": _optional_path(table, "tls_dir", base, where),   # read, and checked, when the daemon starts
     }
 
 
 def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
-    data_dir = _path(table, "data_dir", "data", base, where)
-    if not data_dir.is_dir():
-        raise ConfigError(f"{where}: data_dir {data_dir} does not exist")
     min_key_bits = take(table, "min_key_bits", int, DaemonConfig.min_key_bits, where)
     if min_key_bits not in KEY_BITS:
         raise ConfigError(f"{where}: min_key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {min_key_bits}")
@@ -130,7 +126,7 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         if not (isinstance(center, str) and NAME_PATTERN.fullmatch(center)):
             raise ConfigError(f"{where}: card_centers must be a list of member names, got {center!r}")
     return {
-        "data_dir": data_dir,
+        "data_dir": _path(table, "data_dir", "data", base, where),   # must exist when the daemon starts
         "min_key_bits": min_key_bits,
         "min_batch_rows": min_batch_rows,
         "consent_issuers": tuple(i.lower() for i in issuers),
