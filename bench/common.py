@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proctable import descendants
 from fedscore.runner import submit

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscore.config import load_job, load_scoring
+from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
 from fedscore.runner import submit

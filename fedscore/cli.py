@@ -116,7 +116,7 @@ def _print_report(report: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedscore.progress import ProgressView
-    from fedscore.report import html_path
+    from fedscore.report.build import html_path
     from fedscore.runner import run_job_file
 
     with ProgressView.for_stderr(args.quiet) as view:
@@ -155,7 +155,7 @@ def _partial(result: dict) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.demo import summary_table, write_demo
     from fedscore.progress import ProgressView
-    from fedscore.report import html_path
+    from fedscore.report.build import html_path
     from fedscore.runner import run_job_file, score_file
 
     human = not (args.quiet or args.json)
@@ -228,7 +228,7 @@ def _print_scoring_settlement(settlement: dict) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from fedscore.config import load_coordinator_config, load_party_config
+    from fedscore.daemons.config import load_coordinator_config, load_party_config
     from fedscore.daemons.server import serve
 
     loader = load_party_config if args.role == "party" else load_coordinator_config
@@ -276,7 +276,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fedscore.config import load_job
+    from fedscore.job_file import load_job
     from fedscore.status import consortium_status, format_status
     from fedscore.transport.tls import TlsIdentity
 

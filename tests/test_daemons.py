@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 import grpc
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError
 from fedscore.model.model_file import PartyModel
@@ -185,7 +185,7 @@ class FakeContext:
 
 
 def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
-    from fedscore.config import DaemonConfig
+    from fedscore.daemons.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
     from fedscore.daemons.party import PartyService
     from fedscore.proto import fedscore_pb2 as pb

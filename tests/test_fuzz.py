@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from fedscore.config import ScoringSettings, load_job
+from fedscore.job_file import ScoringSettings, load_job
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proto import fedscore_pb2 as pb

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.crypto.certs import init_consortium
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import PeerError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain

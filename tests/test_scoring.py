@@ -30,7 +30,8 @@ from fedscore.protocol.scoring.consent import (
     check_consent,
     give_consent,
 )
-from fedscore.protocol.scoring.journal import Journal, now_ms, read_json_lines
+from fedscore.files import read_json_lines
+from fedscore.protocol.scoring.journal import Journal, now_ms
 from fedscore.protocol.scoring.offline import offline_answer
 from fedscore.protocol.scoring.partner import PartnerScorer
 from fedscore.protocol.scoring.scorecard import ScoringPolicy

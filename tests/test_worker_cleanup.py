@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pandas as pd
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.proctable import Process, command, descendants, wait_gone
 from fedscore.proto import fedscore_pb2 as pb

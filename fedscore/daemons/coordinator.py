@@ -25,12 +25,13 @@ from pathlib import Path
 import grpc
 
 from fedscore import __version__
-from fedscore.config import DaemonConfig, JobSpec, check_job_id
+from fedscore.daemons.config import DaemonConfig
+from fedscore.job import JobSpec, check_job_id
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.crypto.paillier import PrivateKey
 from fedscore.daemons.access import require
 from fedscore.errors import FedscoreError, PeerError
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
@@ -48,11 +49,11 @@ from fedscore.ledger.training_rules import (
     step_entry,
 )
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.protocol.training import (
     RECOVERABLE, Progress, StepRecord, TrainingResult, history_from_chain, run_training,
 )
-from fedscore.report import build_report
+from fedscore.report.build import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient
 from fedscore.transport.rpc import RELAYED, servicer_errors, status_for

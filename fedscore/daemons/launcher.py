@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.certs import COORDINATOR, init_consortium
 from fedscore.daemons.health import SERVICES
 from fedscore.errors import DataError, PeerError

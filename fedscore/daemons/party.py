@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from fedscore import __version__
-from fedscore.config import DaemonConfig, JobSpec, check_job_id, resolve_data_file
+from fedscore.daemons.config import DaemonConfig, resolve_data_file
+from fedscore.job import JobSpec, check_job_id
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
@@ -35,13 +36,15 @@ from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.model.model_file import PartyModel, file_digest, write_atomically
+from fedscore.files import file_digest, write_atomically
+from fedscore.model.model_file import PartyModel
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.card_center import CardCenterSession
 from fedscore.ledger.training_rules import TrainingRules, last_step
-from fedscore.protocol.party import PartySession, Step
+from fedscore.job import Step
+from fedscore.protocol.party import PartySession
 from fedscore.protocol.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
@@ -378,7 +381,7 @@ class PartyService(pb_grpc.PartyServicer):
     def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
         """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
         the trained model is what the job is for."""
-        from fedscore.report_html import render_party_page   # matplotlib loads only when a job finishes
+        from fedscore.report.html import render_party_page   # matplotlib loads only when a job finishes
 
         path = self.job_dir(job_id) / REPORT_FILE
         evaluation = session.evaluation if isinstance(session, CardCenterSession) else None

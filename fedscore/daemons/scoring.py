@@ -16,7 +16,9 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from fedscore.config import DaemonConfig, JobSpec, ScoringSettings, check_job_id, resolve_data_file
+from fedscore.daemons.config import DaemonConfig, resolve_data_file
+from fedscore.job import JobSpec, check_job_id
+from fedscore.job_file import ScoringSettings
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry

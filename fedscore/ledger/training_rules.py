@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from fedscore.ledger import settlement
 from fedscore.ledger.entries import Facts, step_key
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 
 if TYPE_CHECKING:
-    from fedscore.config import JobSpec
+    from fedscore.job import JobSpec
 
 
 # -- the entries ---------------------------------------------------------------------------------

@@ -14,14 +14,14 @@ import grpc
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import ConsentError, FedscoreError, PeerError, ProtocolError
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.protocol.training import Progress
 from fedscore.transport import codec
 from fedscore.crypto.certs import COORDINATOR

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import grpc
 
+from fedscore.job import JobSpec
 from fedscore.transport.tls import TlsIdentity
 from fedscore.errors import FedscoreError, InternalError, PeerError, class_for_status, error_class, rebuild
 
@@ -42,7 +43,7 @@ def limit_client_messages(max_message_bytes: int) -> None:
     global _client_options
     _client_options = channel_options(max_message_bytes)
 PING_TIMEOUT = 10.0
-STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
+STEP_TIMEOUT = JobSpec.rpc_timeout   # coordinator -> party, unless the job sets rpc_timeout
 PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
 
 log = logging.getLogger("fedscore.rpc")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.ledger.cosign import LedgerHandle, co_sign, propose
 from fedscore.protocol.scoring.card_center import CardCenterScorer
 

@@ -4,7 +4,7 @@ The card center journals each request's chain entry and a partner each
 answer it gave, until a block on the chain holds them; every party journals
 each use of a consent for as long as the consent can be valid
 (fedscore.protocol.scoring.consent). A daemon that crashes mid-write leaves
-at most its last line cut short: `read_json_lines`, the one reader of these
+at most its last line cut short: `fedscore.files.read_json_lines`, the one reader of these
 files, skips a line it cannot read, with a warning, rather than refusing the
 whole file.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedscore.errors import ProtocolError
-from fedscore.model.model_file import write_atomically
+from fedscore.files import cut_torn_tail, read_json_lines, write_atomically
 
 log = logging.getLogger("fedscore.scoring")
 
@@ -30,25 +30,6 @@ def now_ms() -> int:
 
 def json_line(record: dict) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-
-
-def read_json_lines(path: Path) -> list[dict]:
-    """Every record in ``path``, none if it does not exist; a line that is not a JSON object
-    (one cut short by a crash) is skipped with a warning."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                log.warning("%s line %d is not readable; skipped", path.name, number)
-    return records
 
 
 class Journal:
@@ -64,18 +45,8 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self._cut_torn_tail()
+        cut_torn_tail(path)
         self._handle = path.open("a", encoding="utf-8")
-
-    def _cut_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning("%s: dropping a line cut short by a crash (%d bytes)", self.path.name, len(data) - end)
-            with self.path.open("r+b") as handle:
-                handle.truncate(end)
 
     def load(self) -> list[dict]:
         return read_json_lines(self.path)

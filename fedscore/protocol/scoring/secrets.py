@@ -18,27 +18,20 @@ from pathlib import Path
 from nacl.secret import SecretBox
 
 from fedscore.errors import ProtocolError
+from fedscore.files import write_secret
 from fedscore.ledger.scoring_rules import pair_key, partner_tag
 from fedscore.model.data import normalise_id
 
 SECRET_BYTES = 32
 
 
-def _write_secret(path: Path, value: bytes) -> None:
-    """Write ``value`` to ``path``: owner-only, fsynced, renamed into place so a reader sees all or nothing."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(value)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
-
-
 def _secret_file(path: Path) -> bytes:
     """The random secret kept in ``path``, made the first time."""
     if not path.exists():
-        _write_secret(path, os.urandom(SECRET_BYTES))
+        try:
+            write_secret(path, os.urandom(SECRET_BYTES))
+        except FileExistsError:   # another process made it first: both use that one
+            pass
     value = path.read_bytes()
     if len(value) != SECRET_BYTES:
         raise ProtocolError(f"{path} is damaged: a {SECRET_BYTES}-byte secret was expected, it holds {len(value)} bytes")
