@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test protos clean
+.PHONY: demo test bench protos clean
 
 $(BIN)/fedscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ demo: $(BIN)/fedscore
 
 test: $(BIN)/fedscore
 	$(BIN)/python -m pytest -q
+
+# Every bench at full size, one after another (best on an idle machine): writes bench/results/<date>.md,
+# then the README's measured figures from it.
+bench: $(BIN)/fedscore
+	$(BIN)/python tools/run_benchmarks.py
+	$(BIN)/python tools/readme_figures.py
 
 protos: $(BIN)/fedscore
 	$(BIN)/python tools/gen_protos.py

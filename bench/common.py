@@ -1,11 +1,13 @@
 """Helpers shared by the benchmarks: run a job through real daemons, read processes' peak memory."""
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
+from fedscore.proctable import descendants
 from fedscore.runner import submit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,20 +15,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
+    """``root`` and every process below it."""
+    return [root, *(process.pid for process in descendants(root))]
 
 
 def peak_mib(pid: int) -> float:
@@ -39,14 +29,25 @@ def peak_mib(pid: int) -> float:
     return 0.0
 
 
-def run_through_daemons(job_file: Path, workers: int = 0, align_only: bool = False, progress=lambda event: None):
-    """(report, {member: [peak MiB of each process of its tree]}) for one job run on daemons started here."""
+def run_jobs_through_daemons(job_file: Path, variants: Sequence[dict[str, object]], workers: int = 0,
+                             align_only: bool = False, progress=lambda event: None):
+    """([report of each variant], {member: [peak MiB of each process of its tree]}): the job once per variant (job
+    settings to change), one after another on the same daemons, started here."""
     spec, base = load_job(job_file)
     with LocalConsortium(spec, base, job_file.parent / "state", workers) as consortium:
-        report = submit(consortium.spec, consortium.coordinator_address, progress, align_only=align_only,
-                        tls=consortium.card_center_identity)
+        reports = [
+            submit(replace(consortium.spec, **variant), consortium.coordinator_address, progress,
+                   align_only=align_only, tls=consortium.card_center_identity)
+            for variant in variants
+        ]
         peaks = {
             member: [peak_mib(pid) for pid in process_tree(process.pid)]
             for member, process in consortium.processes.items()
         }
-    return report, peaks
+    return reports, peaks
+
+
+def run_through_daemons(job_file: Path, workers: int = 0, align_only: bool = False, progress=lambda event: None):
+    """(report, {member: [peak MiB of each process of its tree]}) for one job run on daemons started here."""
+    reports, peaks = run_jobs_through_daemons(job_file, [{}], workers, align_only, progress)
+    return reports[0], peaks

@@ -1,9 +1,10 @@
 """Paillier primitives at 2048 bits, ours against plain python-paillier, on one core.
 
-    python bench/paillier.py [--bits 2048] [--rows 10000] [--repeat 3]
+    python bench/paillier.py [--bits 2048] [--rows 10000] [--repeat 3] [--smoke]
 
 Prints per-operation rates and the ratio of ours to phe measured in the same
-run (medians over --repeat runs). Last line: a summary for scripts.
+run (medians over --repeat runs). Last line: the figures for scripts, each
+beside phe's (see figures.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from fedscore.crypto.multiexp import combine_signed, signed_multiexp_parts
 from fedscore.crypto.obfuscation import Obfuscator
 from fedscore.crypto.paillier import PrivateKey, PublicKey, encrypt
 from gmpy2 import mpz
+
+from figures import Figure, print_figures
 
 
 def timed(fn, repeat: int) -> float:
@@ -35,7 +38,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="length of the encrypted inner product")
     parser.add_argument("--sample", type=int, default=200, help="phe calls timed per figure")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="512-bit keys, small samples, once: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.bits, args.rows, args.sample, args.repeat = 512, 200, 20, 1
 
     phe_public, phe_private = phe.generate_paillier_keypair(n_length=args.bits)
     public = PublicKey(mpz(phe_public.n))
@@ -69,17 +75,11 @@ def main() -> None:
 
     print(f"key {args.bits} bits; one core; medians of {args.repeat} runs")
     print(f"obfuscator table (window 12): built in {table_seconds:.2f} s")
-    print(f"{'operation':<34}{'phe':>12}{'fedscore':>12}{'ratio':>8}")
-    for name, theirs, ours in [
-        ("encrypt, fresh randomness (/s)", phe_encrypt, ours_encrypt),
-        (f"Σ x·[[d]], 16-bit x (rows/s)", phe_inner_rows, ours_inner_rows),
-        ("decrypt (/s)", phe_decrypt, ours_decrypt),
-    ]:
-        print(f"{name:<34}{theirs:>12.0f}{ours:>12.0f}{ours / theirs:>8.1f}")
-    print(
-        f"encrypt_per_second={ours_encrypt:.0f} phe_encrypt_per_second={phe_encrypt:.0f} "
-        f"inner_rows_per_second={ours_inner_rows:.0f} phe_inner_rows_per_second={phe_inner_rows:.0f}"
-    )
+    print_figures([
+        Figure("paillier_encrypt_per_second", ours_encrypt, phe_encrypt, "python-paillier"),
+        Figure("paillier_inner_rows_per_second", ours_inner_rows, phe_inner_rows, "python-paillier"),
+        Figure("paillier_decrypt_per_second", ours_decrypt, phe_decrypt, "python-paillier"),
+    ])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """FATE's benchmark shape through the real daemons: 100 000 rows, card center 30 features,
 one partner 300 features (synthetic, seeded), one epoch, 2048-bit keys.
 
-    python bench/scale.py [--rows 100000] [--center 30] [--partner 300] [--workers 0]
+    python bench/scale.py [--rows 100000] [--center 30] [--partner 300] [--workers 0] [--smoke]
 
 Prints the epoch time, the whole run's time, and the peak resident memory of
-every process (daemons and their crypto workers). Last line:
-scale_epoch_seconds=<number> scale_peak_mib=<number>.
+every process (daemons and their crypto workers). Last line (see figures.py):
+scale_epoch_seconds=... scale_peak_mib=...
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from common import run_through_daemons
+from figures import Figure, print_figures
 
 JOB = """\
 [job]
@@ -26,7 +27,7 @@ epochs = 1
 batch_size = 0
 learning_rate = 0.15
 validation = 0.0
-key_bits = 2048
+key_bits = {key_bits}
 
 [[parties]]
 name = "card_center"
@@ -41,7 +42,7 @@ id = "id"
 """
 
 
-def write_data(folder: Path, rows: int, center: int, partner: int) -> None:
+def write_data(folder: Path, rows: int, center: int, partner: int, key_bits: int) -> None:
     rng = np.random.default_rng(2020)
     x_center = rng.normal(size=(rows, center)).astype(np.float32)
     x_partner = rng.normal(size=(rows, partner)).astype(np.float32)
@@ -55,7 +56,7 @@ def write_data(folder: Path, rows: int, center: int, partner: int) -> None:
     frame = pd.DataFrame(x_partner, columns=[f"p{i}" for i in range(partner)])
     frame.insert(0, "id", ids[::-1])
     frame.to_csv(folder / "partner.csv", index=False, float_format="%.5f")
-    (folder / "job.toml").write_text(JOB)
+    (folder / "job.toml").write_text(JOB.format(key_bits=key_bits))
 
 
 def main() -> None:
@@ -64,11 +65,15 @@ def main() -> None:
     parser.add_argument("--center", type=int, default=30)
     parser.add_argument("--partner", type=int, default=300)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--key-bits", type=int, default=2048)
+    parser.add_argument("--smoke", action="store_true", help="400 rows, 5 + 20 features, 512-bit keys: seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.center, args.partner, args.key_bits = 400, 5, 20, 512
     with tempfile.TemporaryDirectory(prefix="fedscore-scale-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        write_data(folder, args.rows, args.center, args.partner)
+        write_data(folder, args.rows, args.center, args.partner, args.key_bits)
         print(f"wrote {args.rows} rows × ({args.center} + {args.partner}) features in {time.perf_counter() - started:.0f} s", flush=True)
         started = time.perf_counter()
         report, peaks = run_through_daemons(folder / "job.toml", args.workers)
@@ -79,7 +84,7 @@ def main() -> None:
     for member, processes in peaks.items():
         print(f"peak memory, {member}: {max(processes):.0f} MiB (processes: {', '.join(f'{m:.0f}' for m in processes)} MiB)")
         peak = max(peak, max(processes))
-    print(f"scale_epoch_seconds={epoch:.1f} scale_peak_mib={peak:.0f}")
+    print_figures([Figure("scale_epoch_seconds", epoch), Figure("scale_peak_mib", peak)])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ One server serves the same trivial method on a plaintext port and on a mutual-TL
 from a fresh consortium CA); a client calls each in turn, and the server times the caller check every
 fedscore method makes (reading the member name from the verified certificate).
 
-    python bench/tls.py [--calls 3000]
+    python bench/tls.py [--calls 3000] [--rounds 5] [--smoke]
+
+Last line (see figures.py): the mutual-TLS call time beside the plaintext one, and the caller check.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport.rpc import open_channel
 from fedscore.transport.tls import TlsIdentity, caller_name
+
+from figures import Figure, print_figures
 
 
 class Timed(pb_grpc.PartyServicer):
@@ -43,12 +47,8 @@ def per_call_us(stub, calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    folders = init_consortium(Path(tempfile.mkdtemp(prefix="fedscore-bench-tls-")), ["card_center"])
+def measure(folders: dict[str, Path], calls: int, rounds_wanted: int) -> tuple[dict[str, list[float]], float]:
+    """({"plaintext": [µs a call, each round], "mutual TLS": [...]}, µs a caller check) from one server."""
     server_id, client_id = TlsIdentity.load(folders["card_center"]), TlsIdentity.load(folders["coordinator"])
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_PartyServicer_to_server(Timed(), server)
@@ -57,18 +57,32 @@ def main() -> None:
     server.start()
     plain = pb_grpc.PartyStub(open_channel(f"127.0.0.1:{plain_port}", "card_center", None))
     secure = pb_grpc.PartyStub(open_channel(f"127.0.0.1:{tls_port}", "card_center", client_id))
-    rounds = {"plaintext": [], "mutual TLS": []}
-    for _ in range(args.rounds):   # alternated, so both see the same machine
-        rounds["plaintext"].append(per_call_us(plain, args.calls))
-        rounds["mutual TLS"].append(per_call_us(secure, args.calls))
+    rounds: dict[str, list[float]] = {"plaintext": [], "mutual TLS": []}
+    for _ in range(rounds_wanted):   # alternated, so both see the same machine
+        rounds["plaintext"].append(per_call_us(plain, calls))
+        rounds["mutual TLS"].append(per_call_us(secure, calls))
     check = float(secure.Status(pb.PingRequest()).version)
+    server.stop(0)
+    return rounds, check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a few hundred calls, one round: seconds")
+    args = parser.parse_args()
+    if args.smoke:
+        args.calls, args.rounds = 200, 1
+    with tempfile.TemporaryDirectory(prefix="fedscore-bench-tls-") as tmp:
+        rounds, check = measure(init_consortium(Path(tmp), ["card_center"]), args.calls, args.rounds)
     for name, values in rounds.items():
         print(f"{name:<11} unary call on loopback: median {statistics.median(values):.0f} µs "
               f"({', '.join(f'{v:.0f}' for v in values)})")
-    ratio = statistics.median(rounds["mutual TLS"]) / statistics.median(rounds["plaintext"])
-    print(f"caller check (member name from the verified certificate): {check:.2f} µs")
-    print(f"tls_call_ratio={ratio:.3f} caller_check_us={check:.2f}")
-    server.stop(0)
+    print_figures([
+        Figure("tls_call_us", statistics.median(rounds["mutual TLS"]), statistics.median(rounds["plaintext"]), "plaintext"),
+        Figure("tls_caller_check_us", check),   # the member name read from the verified certificate
+    ])
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def demo() -> None:
     """A consortium of our own, trained and serving, to run the clients against."""
     import pandas as pd
 
-    from fedscore.config import load_job, load_scoring
+    from fedscore.job_file import load_job, load_scoring
     from fedscore.daemons.launcher import LocalConsortium
     from fedscore.demo import write_demo
     from fedscore.runner import run_job_file

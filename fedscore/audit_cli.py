@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedscore.errors import FedscoreError
+from fedscore.errors import FedscoreError, UnverifiedError
 from fedscore.ledger.block import Block
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.settlement import balances
@@ -31,7 +31,7 @@ def read_ledger(path: Path) -> list[Block]:
         store.close()
 
 
-class ProofError(FedscoreError):
+class ProofError(UnverifiedError):
     """An inclusion proof that was read but does not check out: like a ledger that does not verify (exit 3)."""
 
 

@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.errors import ConfigError, FedscoreError, InternalError
+from fedscore.errors import ConfigError, FedscoreError, InternalError, UnverifiedError
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1       # a bug: no input explains it
-EXIT_ERROR = 2          # a problem the user can fix, named on one line (argparse uses 2 for a bad command line too)
-EXIT_UNVERIFIED = 3     # a ledger or inclusion proof that does not verify
+# the codes fedscore's errors exit with are their classes' own (fedscore.errors); named here for the contract
+EXIT_INTERNAL = InternalError.exit_code       # 1: a bug, no input explains it
+EXIT_ERROR = FedscoreError.exit_code          # 2: a problem to fix, named on one line (argparse's bad command line too)
+EXIT_UNVERIFIED = UnverifiedError.exit_code   # 3: a ledger or inclusion proof that does not verify
 EXIT_PARTIAL = 4        # done, but some applicants were not scored
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143   # SIGTERM (128 + SIGTERM)
@@ -115,7 +116,7 @@ def _print_report(report: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedscore.progress import ProgressView
-    from fedscore.report import html_path
+    from fedscore.report.build import html_path
     from fedscore.runner import run_job_file
 
     with ProgressView.for_stderr(args.quiet) as view:
@@ -154,7 +155,7 @@ def _partial(result: dict) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.demo import summary_table, write_demo
     from fedscore.progress import ProgressView
-    from fedscore.report import html_path
+    from fedscore.report.build import html_path
     from fedscore.runner import run_job_file, score_file
 
     human = not (args.quiet or args.json)
@@ -227,7 +228,7 @@ def _print_scoring_settlement(settlement: dict) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from fedscore.config import load_coordinator_config, load_party_config
+    from fedscore.daemons.config import load_coordinator_config, load_party_config
     from fedscore.daemons.server import serve
 
     loader = load_party_config if args.role == "party" else load_coordinator_config
@@ -250,7 +251,6 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from fedscore import audit_cli
-    from fedscore.ledger.verify import LedgerError
 
     text, document = {
         "verify": (audit_cli.verify, audit_cli.verify_document),
@@ -268,16 +268,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             shown = text(target, *extra)
             if not args.quiet:
                 print(shown)
-    except (LedgerError, audit_cli.ProofError) as error:
+    except UnverifiedError as error:
         if args.json:
             _print_json({"ok": False, "error": str(error), "block": getattr(error, "height", None)})
-        print(f"fedscore: does not verify: {error}", file=sys.stderr)
-        return EXIT_UNVERIFIED
+        raise   # main names it and exits EXIT_UNVERIFIED
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fedscore.config import load_job
+    from fedscore.job_file import load_job
     from fedscore.status import consortium_status, format_status
     from fedscore.transport.tls import TlsIdentity
 
@@ -459,20 +458,25 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.handler(args)
-    except InternalError as error:
-        print(f"fedscore: internal error: {error}", file=sys.stderr)
-        return EXIT_INTERNAL
-    except FedscoreError as error:
-        print(f"fedscore: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as error:   # a path that cannot be read or written: the user's to fix
-        print(f"fedscore: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("fedscore: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("fedscore: stopped by SIGTERM", file=sys.stderr)
-        return EXIT_TERMINATED
+    except (FedscoreError, OSError, KeyboardInterrupt, Terminated) as error:
+        code, line = exit_for(error)
+        print(line, file=sys.stderr)
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exit_for(error: BaseException) -> tuple[int, str]:
+    """The exit code for what ended a command, and the one line on stderr that says so.
+
+    A fedscore error's class owns its code (fedscore.errors), whether raised here or rebuilt from a daemon's answer.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "fedscore: interrupted"
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED, "fedscore: stopped by SIGTERM"
+    if isinstance(error, OSError):   # a path that cannot be read or written: the user's to fix
+        return EXIT_ERROR, f"fedscore: error: {error}"
+    code = error.exit_code if isinstance(error, FedscoreError) else EXIT_INTERNAL
+    what = {EXIT_INTERNAL: "internal error", EXIT_UNVERIFIED: "does not verify"}.get(code, "error")
+    return code, f"fedscore: {what}: {error}"

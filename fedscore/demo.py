@@ -12,11 +12,10 @@ finds the applicants all three hold before training.
 New applicants for scoring are people the card center has never seen: some
 known to both partners, one to the bureau only, one to neither. A demo
 identity provider certifies a key for each, and each applicant signs a
-consent to the card center's check (fedscore.scoring.consent).
+consent to the card center's check (fedscore.protocol.scoring.consent).
 """
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from nacl.signing import SigningKey
 import numpy as np
 import pandas as pd
 
-from fedscore.scoring.consent import certify_applicant, give_consent
+from fedscore.files import write_secret
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 
 ID = "ID"
 LABEL = "default.payment.next.month"
@@ -129,9 +129,7 @@ def issuer_key(folder: Path) -> SigningKey:
     if path.exists():
         return SigningKey(path.read_bytes())
     key = SigningKey.generate()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(bytes(key))
+    write_secret(path, bytes(key))
     return key
 
 

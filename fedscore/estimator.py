@@ -6,14 +6,15 @@ private set intersection, then the card center's, the partners' and the
 coordinator's sessions exchanging the same Paillier-encrypted and masked
 messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
 settings give the weights a daemon run gives, and predictions use the model
-files' maths (fedscore.scoring.offline), so they equal what the scoring
-service would answer.
+files' maths (fedscore.protocol.scoring.offline), so they equal what the
+scoring service would answer.
 
 It protects nothing: every party's rows and the private key sit in this one
 process. Use it on data you may hold together; deploy daemons for the rest.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,16 +24,17 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from fedscore.config import JobSpec, PartySpec
-from fedscore.crypto.obfuscation import SHORT_EXPONENT
+from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError
+from fedscore.job import JobSpec, PartySpec
 from fedscore.model import metrics
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.offline import log_odds, probabilities
 from fedscore.protocol.simulation import build_consortium, simulate
 from fedscore.protocol.training import Progress
-from fedscore.scoring.offline import log_odds, probabilities
+from fedscore.report.build import build_report
 
 JOB_NAME = "notebook"
 PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
@@ -80,8 +82,9 @@ class FederatedLogisticRegression(BaseEstimator):
     columns), ``intercept_``, ``losses_`` (per epoch), ``aligned_rows_``
     (applicants every party holds), ``overlaps_``, ``models_`` (each party's
     model file, as its daemon would write it) and ``report_`` (the job
-    report's keys that apply in one process: AUC and KS on the training and
-    held-out rows, the card-center-only baseline, timings).
+    report, built as a daemon run's is and with the same keys: AUC and KS on
+    the training and held-out rows, the card-center-only baseline, timings;
+    the audit chain's and settlement's keys are None, as there is no chain).
 
     A deployed party refuses keys under 2048 bits and batches under 64 rows
     by default (its daemon's ``min_key_bits``, ``min_batch_rows``); small keys
@@ -91,16 +94,16 @@ class FederatedLogisticRegression(BaseEstimator):
     def __init__(
         self,
         *,
-        epochs: int = 10,
-        batch_size: int = 0,
-        learning_rate: float = 0.15,
-        l2: float = 0.0,
-        validation: float = 0.3,
-        seed: int = 42,
-        key_bits: int = 2048,
-        early_stop_tol: float = 0.0,
-        min_overlap: int = 100,
-        obfuscation: str = SHORT_EXPONENT,
+        epochs: int = JobSpec.epochs,
+        batch_size: int = JobSpec.batch_size,
+        learning_rate: float = JobSpec.learning_rate,
+        l2: float = JobSpec.l2,
+        validation: float = JobSpec.validation,
+        seed: int = JobSpec.seed,
+        key_bits: int = JobSpec.key_bits,
+        early_stop_tol: float = JobSpec.early_stop_tol,
+        min_overlap: int = JobSpec.min_overlap,
+        obfuscation: str = JobSpec.obfuscation,
         n_jobs: int | None = None,
         verbose: bool = False,
     ):
@@ -141,9 +144,12 @@ class FederatedLogisticRegression(BaseEstimator):
             name: table_from_frame(party.frame, list(spec.party(name).id_columns), spec.party(name).label, party=name)
             for name, party in named.items()
         }
+        keys = generate_keypair(spec.key_bits)
         pool = self._pool()
+        started = time.perf_counter()
         try:
-            consortium = build_consortium(spec, tables, pool)
+            consortium = build_consortium(spec, tables, pool, keys)
+            alignment_seconds = time.perf_counter() - started
             result = simulate(consortium, self._progress)
         finally:
             pool.close()
@@ -164,34 +170,19 @@ class FederatedLogisticRegression(BaseEstimator):
         self.id_columns_: dict[str, list[str]] = {p.name: list(p.id_columns) for p in spec.parties}
         self.classes_ = np.array([0, 1])
         self.job_id_: str = consortium.coordinator.job_id
-        train_rows = len(center_session.train_rows)
-        self.report_: dict = {
-            "job": spec.name,
-            "job_id": self.job_id_,
-            **{key: result.metrics.get(key) for key in (
-                "auc", "ks", "test_auc", "test_ks", "local_only_auc", "local_only_test_auc", "local_only_test_ks")},
-            "loss": self.losses_,
-            "epoch_seconds": list(result.epoch_seconds),
-            "epochs": len(self.losses_),
-            "epochs_planned": spec.epochs,
-            "stopped_early": result.stopped_early,
-            "steps": result.steps,
-            "rows": self.aligned_rows_,
-            "aligned_rows": self.aligned_rows_,
-            "overlaps": self.overlaps_,
-            "train_rows": train_rows,
-            "test_rows": self.aligned_rows_ - train_rows,
-            "key_bits": spec.key_bits,
-            "public_key_fingerprint": consortium.coordinator.public_key.fingerprint(),
-            "learning_rate": spec.learning_rate,
-            "batch_size": spec.batch_size,
-            "l2": spec.l2,
-            "seed": spec.seed,
-            "parties": [
-                {"name": name, "role": session.role, "features": len(session.table.feature_names), "rows": tables[name].rows}
+        self.report_: dict = build_report(
+            spec, self.job_id_, consortium.coordinator.public_key, self.aligned_rows_, len(center_session.train_rows),
+            result,
+            parties={
+                name: {"role": session.role, "features": len(session.table.feature_names), "rows": tables[name].rows}
                 for name, session in sessions.items()
-            ],
-        }
+            },
+            alignment={
+                "aligned_rows": self.aligned_rows_, "overlaps": self.overlaps_, "alignment_seconds": alignment_seconds,
+                "obfuscation": spec.obfuscation, "obfuscation_seconds": 0.0,   # precompute_epochs is 0: all inline
+            },
+            seconds=time.perf_counter() - started,
+        )
         return self
 
     def _training_parties(
@@ -263,8 +254,8 @@ class FederatedLogisticRegression(BaseEstimator):
 
         Rows some party lacks are left out with a warning: the scoring service
         would still score them, counting a missing partner as an average
-        applicant (see fedscore.scoring.offline.offline_answer), but a prototype's
-        metrics should not mix the two.
+        applicant (see fedscore.protocol.scoring.offline.offline_answer), but a
+        prototype's metrics should not mix the two.
         """
         index, u, _ = self._log_odds(parties, with_labels=False)
         return pd.Series(u, index=index, name="log_odds")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscore.config import load_job, load_scoring
+from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError
 from fedscore.model.data import ID_SEPARATOR, normalise_id
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.protocol.training import Progress
-from fedscore.report import write_report
+from fedscore.report.build import write_report
 from fedscore.transport.clients.coordinator import CoordinatorClient
 from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.tls import TlsIdentity
@@ -62,7 +62,7 @@ def run_job_file(
     if report_path is not None:
         write_report(report_path, report)
         if not align_only:
-            from fedscore.report_html import write_html_report   # matplotlib loads only when a page is drawn
+            from fedscore.report.html import write_html_report   # matplotlib loads only when a page is drawn
 
             write_html_report(report_path, report)
     return report

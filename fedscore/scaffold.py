@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from fedscore.config import NAME_PATTERN
+from fedscore.daemons.config import DaemonConfig
+from fedscore.job import NAME_PATTERN
 from fedscore.errors import ConfigError
 
 Role = Literal["card_center", "partner"]
@@ -52,10 +53,10 @@ def config_text(name: str, role: "Role", listen: str, config_hint: str, tls_dir:
         (f"tls_dir = {json.dumps(tls_dir)}", "this member's cert.pem, key.pem, ca.pem from `fedscore certs init`"),
         ('state_dir = "state"', "models, ledger replicas, signing key; relative to this file"),
         ('data_dir = "data"', "jobs may only read files inside this folder"),
-        ("workers = 0", "processes for Paillier work; 0 = every core"),
-        ("min_key_bits = 2048", "refuse jobs with smaller Paillier keys"),
-        ("min_batch_rows = 64", "refuse jobs whose steps cover fewer applicants"),
-        ("max_message_mib = 64", "the largest message this daemon accepts"),
+        (f"workers = {DaemonConfig.workers}", "processes for Paillier work; 0 = every core"),
+        (f"min_key_bits = {DaemonConfig.min_key_bits}", "refuse jobs with smaller Paillier keys"),
+        (f"min_batch_rows = {DaemonConfig.min_batch_rows}", "refuse jobs whose steps cover fewer applicants"),
+        (f"max_message_mib = {DaemonConfig.max_message_mib}", "the largest message this daemon accepts"),
     ]
     role_text = ROLE_TEXT[role]
     lines = [f"{setting:<{CONFIG_COMMENT - 1}} # {comment}" for setting, comment in settings]

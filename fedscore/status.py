@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.daemons.health import SERVICES
 from fedscore.proto import fedscore_pb2 as pb

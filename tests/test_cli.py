@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from fedscore import cli
-from fedscore.config import load_party_config
+from fedscore.daemons.config import load_party_config
 from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table
 from fedscore.progress import ProgressView, clock, eta_seconds

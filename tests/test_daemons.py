@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 import grpc
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError
 from fedscore.model.model_file import PartyModel
@@ -177,12 +177,15 @@ class FakeContext:
     def abort(self, code, message):
         raise AbortCalled(code, message)
 
+    def set_trailing_metadata(self, metadata):
+        self.trailing_metadata = metadata
+
     def auth_context(self):
         return {}
 
 
 def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
-    from fedscore.config import DaemonConfig
+    from fedscore.daemons.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
     from fedscore.daemons.party.service import PartyService
     from fedscore.proto import fedscore_pb2 as pb
@@ -204,7 +207,7 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
 
 
 def test_a_party_serves_every_method_of_its_services_and_each_chain_by_kind(breast_folder):
-    from fedscore.config import DaemonConfig
+    from fedscore.daemons.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
     from fedscore.daemons.party.service import PartyService
 

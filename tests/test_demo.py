@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.protocol.simulation import build_consortium, load_tables
 
 from conftest import trained_weights

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import fedscore
 from fedscore import FederatedLogisticRegression, Party
-from fedscore.config import parse_job
+from fedscore.job_file import parse_job
 from fedscore.errors import ConfigError, DataError
 from fedscore.model.data import load_party_table
 from fedscore.model.model_file import PartyModel
@@ -61,8 +61,15 @@ def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder):
     np.testing.assert_allclose(model.losses_, report["loss"], rtol=0, atol=1e-12)
     assert model.aligned_rows_ == report["aligned_rows"] == 569
     assert model.overlaps_ == report["overlaps"]
-    for key in ("auc", "ks", "test_auc", "test_ks", "local_only_test_auc", "train_rows", "test_rows", "steps"):
+    # one builder for both: the same keys, and the same values wherever no deployment is needed
+    assert set(model.report_) == set(report)
+    deployment_only = {"ledgers", "ledger_head", "ledger_blocks", "settlement"}
+    assert all(model.report_[key] is None for key in deployment_only) and report["settlement"]["lines"]
+    timings = {"seconds", "alignment_seconds", "obfuscation_seconds", "epoch_seconds"}
+    different = {"job", "job_id", "public_key_fingerprint", "parties", "coordinator", "evaluation"}
+    for key in sorted(set(report) - deployment_only - timings - different):
         assert model.report_[key] == pytest.approx(report[key], abs=1e-12), key
+    assert model.report_["local_only_ks"] is not None
 
 
 def test_predictions_are_the_sigmoid_of_the_federated_linear_score():

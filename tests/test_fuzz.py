@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from fedscore.config import ScoringSettings, load_job
+from fedscore.job_file import ScoringSettings, load_job
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 from fedscore.runner import submit
-from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.clients.scoring import ScoringClient
 
@@ -26,7 +26,7 @@ from faults import count
 # What a daemon may answer to a message it cannot use. INTERNAL would mean an exception nobody handled.
 PROPER = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
           grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
-          grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+          grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS}
 PARTY_SERVICES = ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring")   # all on a party's one port
 PARTY_METHODS = [m for name in PARTY_SERVICES for m in pb.DESCRIPTOR.services_by_name[name].methods]
 BOUNDARY_INTS = [0, 1, 2, 7, 255, 2**31 - 1, 2**32 - 1, 2**63 - 1]

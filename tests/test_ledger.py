@@ -15,6 +15,7 @@ from fedscore.ledger import merkle
 from fedscore.ledger.block import make_block, sign
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.training_rules import TrainingRules
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.settlement import balances, settlement_body, settlement_message
 from fedscore.ledger.store import LedgerStore
@@ -48,7 +49,7 @@ def build_chain(folder: Path, steps: int = 4, settle: bool = True, end: bool = T
     members = {
         name: LedgerMember(
             name, key, folder / name / "ledger.sqlite",
-            Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS)),
+            TrainingRules(Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS))),
         )
         for name, key in signing_keys.items()
     }
@@ -63,7 +64,7 @@ def build_chain(folder: Path, steps: int = 4, settle: bool = True, end: bool = T
     append([{"kind": "alignment", "aligned_rows": 900, "overlaps": {"bureau": 950}}])
     for step in range(steps):
         for m in members.values():  # every member took part in the step and kept its digests
-            m.facts.digests[f"{step}/0"] = {"partial/bureau": f"{step:064x}"}
+            m.rules.facts.digests[f"{step}/0"] = {"partial/bureau": f"{step:064x}"}
         append([{"kind": "step", "epoch": step, "batch": 0, "rows": 900, "loss": 0.6 - step / 100,
                  "seconds": 1.5, "digests": {"partial/bureau": f"{step:064x}"}}])
     if not end:
@@ -122,7 +123,7 @@ def test_settlement_follows_the_contract_and_balances_add_up(tmp_path):
 def test_members_refuse_what_they_did_not_see(tmp_path):
     members, _ = build_chain(tmp_path, steps=1, end=False)
     bureau = members["bureau"]
-    bureau.facts.record(1, 0, "residual/bureau", b"what the bureau really received")
+    bureau.rules.facts.record(1, 0, "residual/bureau", b"what the bureau really received")
     block = proposal(members,
         [{"kind": "step", "epoch": 1, "batch": 0, "rows": 900, "loss": 0.5, "seconds": 1.0,
           "digests": {"residual/bureau": "00" * 32}}]
@@ -148,7 +149,7 @@ def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
     signing_keys = keys()
     members = {
         name: LedgerMember(name, key, tmp_path / name / "l.sqlite",
-                           Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS)))
+                           TrainingRules(Facts(name, bytes(key.verify_key).hex(), role=MEMBERS[name], members=frozenset(MEMBERS))))
         for name, key in signing_keys.items()
     }
     block = proposal(members, [job_start(signing_keys)])
@@ -156,7 +157,7 @@ def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
     for m in members.values():
         m.commit(signed)
     bureau = members["bureau"]
-    bureau.facts.digests["0/0"] = {"partial/bureau": "aa" * 32}
+    bureau.rules.facts.digests["0/0"] = {"partial/bureau": "aa" * 32}
     never = proposal(members, [{"kind": "step", "epoch": 7, "batch": 0, "digests": {}}])
     with pytest.raises(LedgerError, match="step 7/0 never happened here"):
         bureau.sign(never)
@@ -164,7 +165,7 @@ def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
     twice = proposal(members, [real, real])
     with pytest.raises(LedgerError, match="step 0/0 is already on the chain"):
         bureau.sign(twice)
-    bureau.facts.digests["1/0"] = {}
+    bureau.rules.facts.digests["1/0"] = {}
     missing = proposal(members, [real, {"kind": "job_end", "models": {}}])
     with pytest.raises(LedgerError, match="steps on the chain are not the steps this member took part in"):
         bureau.sign(missing)
@@ -173,8 +174,8 @@ def test_members_refuse_padded_or_duplicate_steps_and_missing_ones(tmp_path):
 def test_a_forged_genesis_is_not_committed(tmp_path):
     signing_keys = keys()
     bureau = LedgerMember("bureau", signing_keys["bureau"], tmp_path / "b.sqlite",
-                          Facts("bureau", bytes(signing_keys["bureau"].verify_key).hex(), role="partner",
-                                members=frozenset(MEMBERS)))
+                          TrainingRules(Facts("bureau", bytes(signing_keys["bureau"].verify_key).hex(), role="partner",
+                                              members=frozenset(MEMBERS))))
     mallory = SigningKey(b"\x07" * 32)
     forged = make_block(None, [{"kind": "job_start", "job_id": "x", "fees": FEES,
                                 "members": {"mallory": {"role": "card_center", "key": bytes(mallory.verify_key).hex()}}}])

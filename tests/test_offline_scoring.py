@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedscore.protocol.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
+from fedscore.protocol.scoring.scorecard import ScoringPolicy, points
 from fedscore.protocol.simulation import simulate
-from fedscore.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
-from fedscore.scoring.scorecard import ScoringPolicy, points
 
 from conftest import breast_parties, split_three_ways
 from test_protocol import consortium_for

@@ -8,12 +8,12 @@ import gmpy2
 import numpy as np
 import pytest
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.errors import ProtocolError
 from fedscore.model import metrics
 from fedscore.model.taylor import fit_gradient_descent
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.protocol.simulation import build_consortium, load_tables, simulate
 from fedscore.protocol.training import run_training
 

@@ -18,8 +18,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedscore.model.model_file import PartyModel
-from fedscore.report import html_path
-from fedscore.report_html import render_report
+from fedscore.report.build import html_path
+from fedscore.report.html import render_report
 from fedscore.runner import run_job_file
 
 from conftest import DATA, trained_weights, write_job

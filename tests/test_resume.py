@@ -1,5 +1,5 @@
 """Crash and resume: each kind of daemon is SIGKILLed mid-epoch, the launcher restarts it, and the job finishes
-with the weights, chain and fees of an uninterrupted run."""
+with the weights, chain and fees of an uninterrupted run; no process of a killed daemon outlives it."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedscore.config import load_job
+from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
+from fedscore.proctable import Process, command, descendants, wait_gone
 from fedscore.runner import run_job_file, submit
 
 from conftest import split_three_ways, trained_weights, write_job
@@ -37,6 +38,14 @@ def chain_height(state: Path) -> int:
         return 0
 
 
+def kill_alone(pid: int) -> set[Process]:
+    """SIGKILL the daemon only (not its process group, as the OOM killer or `kill -9` would); its processes that
+    are still running a while later (recorded before the kill: afterwards they belong to init)."""
+    before = descendants(pid)
+    os.kill(pid, signal.SIGKILL)
+    return wait_gone(before, timeout=30)
+
+
 def job_with_fees(folder: Path) -> Path:
     job = write_job(folder, split_three_ways(folder), epochs=EPOCHS, batch_size=128, validation=0.3,
                     restart_timeout=90)
@@ -51,6 +60,7 @@ def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_
     spec, base = load_job(job)
     state = breast_folder / "state"
     killed: list[tuple[str, int, int]] = []
+    left_behind: list[str] = []
     with LocalConsortium(spec, base, state, workers=1) as consortium:
         consortium.supervise()
 
@@ -60,7 +70,7 @@ def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_
                     time.sleep(0.01)
                 time.sleep(0.05)   # into the next step's messages
                 process = consortium.processes[member]
-                os.killpg(process.pid, signal.SIGKILL)
+                left_behind.extend(command(p) for p in kill_alone(process.pid))
                 killed.append((member, height, process.pid))
                 while consortium.processes[member] is process or consortium.dead_members():
                     time.sleep(0.05)   # the supervisor brings it back before the next kill
@@ -78,12 +88,15 @@ def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_
         folder = state / "partner_b" / "jobs" / report["job_id"]
         (folder / "checkpoint.json").write_text("{}")
         (folder / "aligned-rows.bin").write_bytes(bytes(8))
-        os.killpg(consortium.processes["partner_b"].pid, signal.SIGKILL)
+        pool = descendants(consortium.processes["partner_b"].pid)
+        assert len(pool) >= 3, "a party runs a forkserver, a resource tracker and its workers"
+        left_behind.extend(command(p) for p in kill_alone(consortium.processes["partner_b"].pid))
         deadline = time.monotonic() + 60
         while (folder / "checkpoint.json").exists() or (folder / "aligned-rows.bin").exists():
             assert time.monotonic() < deadline, "the restarted partner kept a settled job's checkpoint"
             time.sleep(0.05)
         assert consortium.restarts.get("partner_b") == 1
+        assert not left_behind and not consortium.leftovers, (left_behind, consortium.leftovers)
     for _ in killed:
         count("peer kills and hangs survived")
     recoveries = [e.message for e in events if e.stage == "recover"]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fedscore.scoring.scorecard import LimitBand, ScoringPolicy, answer, credit_limit, decision, points, probability
+from fedscore.protocol.scoring.scorecard import LimitBand, ScoringPolicy, answer, credit_limit, decision, points, probability
 
 POLICY = ScoringPolicy()
 

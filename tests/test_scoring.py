@@ -1,7 +1,6 @@
 """Online scoring in one process: consents, partial scores, answers equal to the offline model, the scoring chain."""
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,40 +12,31 @@ from nacl.signing import SigningKey
 
 from fedscore.errors import ConsentError, DataError, PeerError
 from fedscore.ledger.block import sign
+from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import (
-    ScoringFacts,
-    contributed,
-    mark,
-    scoring_settlement_body,
-    scoring_start_entry,
-    settlement_problem,
-)
-from fedscore.ledger.settlement import balances, settlement_message
-from fedscore.ledger.block import encode_entry
+from fedscore.ledger.scoring_rules import ScoringFacts, ScoringRules, contributed, mark, scoring_start_entry
+from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audit import append_block
-from fedscore.protocol.scoring import (
-    CardCenterScorer,
+from fedscore.ledger.cosign import append_block
+from fedscore.protocol.scoring.batcher import EntryBatcher
+from fedscore.protocol.scoring.card_center import CardCenterScorer
+from fedscore.protocol.scoring.consent import (
     ConsentPolicy,
-    EntryBatcher,
-    Journal,
-    PartnerScorer,
-    ScoringSecrets,
-    now_ms,
-)
-from fedscore.scoring.consent import (
     ConsentToken,
     applicant_digest,
     certify_applicant,
     check_consent,
     give_consent,
 )
-from fedscore.scoring.offline import offline_answer
-from fedscore.scoring.scorecard import ScoringPolicy
-from fedscore.scoring.sources import CsvSource
+from fedscore.files import read_json_lines
+from fedscore.protocol.scoring.journal import Journal, now_ms
+from fedscore.protocol.scoring.offline import offline_answer
+from fedscore.protocol.scoring.partner import PartnerScorer
+from fedscore.protocol.scoring.scorecard import ScoringPolicy
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.sources import CsvSource
 
 from conftest import DATA
 
@@ -152,11 +142,11 @@ class InProcessPartner:
         """(Re)start: the replica and the journal from disk, as a daemon does."""
         partner_facts = facts(self.name, "partner")
         partner_facts.pair_keys = {self.name: self.pair_key}
-        self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", partner_facts)
+        self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", ScoringRules(partner_facts))
         self.scorer = PartnerScorer(
             self.model, CsvSource(self.held, ["id"], self.model.features, party=self.name), "guest",
             ConsentPolicy(TRUSTED), partner_facts, Journal(self.folder / self.name / "answers.jsonl"),
-            on_chain=self.member.seen.tags.__contains__,
+            on_chain=self.member.rules.seen.tags.__contains__,
         )
 
     def stop(self) -> None:
@@ -188,9 +178,7 @@ class InProcessPartner:
         self.scorer.forget_committed()
 
     def sign_settlement(self, body: bytes) -> bytes:
-        problem = settlement_problem(json.loads(body), self.member.entries()[0], self.member.seen)
-        assert problem is None, problem
-        return KEYS[self.name].sign(settlement_message(json.loads(body))).signature
+        return self.member.countersign_settlement(body)
 
 
 class Consortium:
@@ -214,11 +202,11 @@ class Consortium:
     def start_center(self) -> None:
         center_facts = facts("guest", "card_center")
         center_facts.pair_keys = {n: p.pair_key for n, p in self.partners.items()}
-        self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", center_facts)
+        self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", ScoringRules(center_facts))
         self.center = CardCenterScorer(
             self.center_model, POLICY, self.partners, ConsentPolicy(TRUSTED), self.secrets, center_facts,
             Journal(self.folder / "guest" / "pending.jsonl"), timeout=self.timeout,
-            on_chain=self.member.seen.requests.__contains__,
+            on_chain=self.member.rules.seen.requests.__contains__,
         )
         if self.member.height == 0:
             append_block(self.member, self.partners, [scoring_start_entry(center_facts, "test")])
@@ -328,10 +316,7 @@ def test_the_scoring_chain_records_requests_without_personal_data_and_settles_fe
     settlement = {}
 
     def make_entry():
-        body = scoring_settlement_body(c.member.entries()[0], c.member.seen)
-        signatures = {n: p.sign_settlement(encode_entry(body)).hex() for n, p in c.partners.items()}
-        signatures["guest"] = KEYS["guest"].sign(settlement_message(body)).signature.hex()
-        settlement.update(body, signatures=signatures)
+        settlement.update(settlement_entry(c.member, c.partners))
         return settlement
 
     c.batcher.append_after_pending(make_entry)
@@ -413,11 +398,21 @@ def test_nothing_is_lost_or_recorded_twice_across_restarts_and_a_torn_journal(tm
     assert c.center.pending_count() == 3 and c.batcher.has_proposal   # 7 in the saved proposal, 3 waiting
     c.score(11)                                  # appended after the torn line was cut off
     assert c.batcher.flush() == 11
-    assert len(c.member.seen.requests) == 11
+    assert len(c.member.rules.seen.requests) == 11
     # restart again: nothing of it is proposed twice
     c.stop_center()
     c.start_center()
     assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0
+
+
+def test_json_lines_reader_skips_what_a_crash_or_a_hand_left_unreadable(tmp_path, caplog):
+    path = tmp_path / "records.jsonl"
+    assert read_json_lines(path) == []
+    path.write_bytes(b'{"a": 1}\n[2]\n\n{"b": 3}\n{"c": \xe9}\n{"d": 4')   # not an object, empty, not UTF-8, torn
+    assert read_json_lines(path) == [{"a": 1}, {"b": 3}]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"records.jsonl line {n} is not readable; skipped" for n in (2, 3, 5, 6)
+    ]
 
 
 def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
@@ -427,6 +422,8 @@ def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
     for _ in range(2):
         c.center.score(applicant, features, token)
     c.stop_center()
+    with (tmp_path / "guest" / "consent-uses.jsonl").open("a") as uses:
+        uses.write('{"digest": "cut sho')                            # a crash mid-write: this line alone is lost
     c.start_center()
     c.center.score(applicant, features, token)                      # the third use, after a restart
     with pytest.raises(ConsentError, match="used 3 times; it allows 3"):

@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedscore.config import load_job, load_scoring
+from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
 from fedscore.errors import DeniedError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
+from fedscore.protocol.scoring.offline import offline_answer
+from fedscore.protocol.scoring.sources import CsvSource
 from fedscore.runner import run_job_file
-from fedscore.scoring.consent import certify_applicant, give_consent
 from nacl.signing import SigningKey
-from fedscore.scoring.offline import offline_answer
-from fedscore.scoring.sources import CsvSource
 from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.tls import TlsIdentity
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from fedscore.errors import DataError
-from fedscore.scoring.sources import CsvSource, SqliteSource
+from fedscore.protocol.scoring.sources import CsvSource, SqliteSource
 
 from conftest import DATA
 
@@ -55,7 +55,7 @@ def test_bad_sources_are_named(tmp_path):
 
 
 def test_sqlite_ids_follow_the_training_rule_and_new_customers_are_found(tmp_path, monkeypatch):
-    from fedscore.scoring import sources
+    from fedscore.protocol.scoring import sources
 
     database = tmp_path / "partner.db"
     db = sqlite3.connect(database)

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from fedscore.cli import main
-from fedscore.config import ScoringSettings, load_job
+from fedscore.job_file import ScoringSettings, load_job
 from fedscore.crypto.certs import init_consortium
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import LocalConsortium
@@ -244,7 +244,7 @@ def test_the_shipped_configs_find_their_identities_after_certs_init(tmp_path):
     import shutil
     from pathlib import Path
 
-    from fedscore.config import load_coordinator_config, load_party_config
+    from fedscore.daemons.config import load_coordinator_config, load_party_config
     from fedscore.daemons.server import load_identity
 
     root = Path(__file__).resolve().parent.parent

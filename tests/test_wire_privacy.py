@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from nacl.signing import SigningKey
 
-from fedscore.config import ScoringSettings, load_job
+from fedscore.job_file import ScoringSettings, load_job
 from fedscore.daemons.launcher import LocalConsortium
+from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 from fedscore.runner import submit
-from fedscore.scoring.consent import certify_applicant, give_consent
 from fedscore.transport.clients.scoring import ScoringClient
 
 from conftest import write_job

@@ -18,7 +18,6 @@ A member's folder is all its daemon needs (`tls_dir` in its config).
 from __future__ import annotations
 
 import datetime
-import os
 import re
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedscore.errors import ConfigError
+from fedscore.files import write_secret
 
 CA_DIR = "ca"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -48,11 +48,9 @@ def check_member_name(name: str) -> str:
 def write_private(path: Path, data: bytes) -> None:
     """Create ``path`` readable by its owner only; an existing file is never overwritten."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_secret(path, data)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; not overwriting a private key") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 def _private_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -7,11 +7,11 @@ as packed big-endian bytes. Each worker builds its own obfuscator table the
 first time it sees a key, so each worker's randomness base is its own.
 
 With ``workers=0`` the same functions run in the calling process: tests and
-the in-process simulation use that.
+the in-process simulation use that. Workers (PSI's too) end with the
+process that made the pool, however it dies (see ``fedscore.lifeline``).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from collections.abc import Sequence
@@ -26,6 +26,7 @@ from fedscore.crypto.multiexp import combine_signed, weighted_sum_parts
 from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS, SHORT_EXPONENT, STANDARD, Obfuscator, standard_obfuscator
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import ProtocolError
+from fedscore.lifeline import process_pool
 
 _OBFUSCATORS: dict[int, dict[int, Obfuscator]] = {}
 _OBFUSCATORS_LOCK = threading.Lock()
@@ -109,7 +110,7 @@ class CryptoPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # forkserver: workers never inherit a live gRPC server's threads.
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        return process_pool(self.workers, "forkserver")
 
     def close(self) -> None:
         if self._executor is not None:

@@ -25,35 +25,35 @@ from pathlib import Path
 import grpc
 
 from fedscore import __version__
-from fedscore.config import DaemonConfig, JobSpec, check_job_id
+from fedscore.daemons.config import DaemonConfig
+from fedscore.job import JobSpec, check_job_id
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.crypto.paillier import PrivateKey
 from fedscore.daemons.access import require
 from fedscore.errors import FedscoreError, PeerError
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
 from fedscore.ledger import identity
+from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
-from fedscore.protocol.audit import (
+from fedscore.ledger.training_rules import (
+    TrainingRules,
     alignment_entry,
-    forget_steps_off_chain,
-    last_step,
-    append_block,
     job_end_entry,
     job_start_entry,
-    settlement_entry,
+    last_step,
     step_entry,
 )
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.protocol.training import (
     RECOVERABLE, Progress, StepRecord, TrainingResult, history_from_chain, run_training,
 )
-from fedscore.report import build_report
+from fedscore.report.build import build_report
 from fedscore.transport import codec
 from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.rpc import RELAYED, servicer_errors, status_for
@@ -152,7 +152,7 @@ def start_job(
                 raise PeerError(f"the daemon at {clients[name].address} is party {reply.name!r}, not {name!r}")
         signing_key = identity.load_or_create(state_dir)
         coordinator.facts.public_key = identity.public_hex(signing_key)
-        ledger = LedgerMember("coordinator", signing_key, job_folder(state_dir, job_id) / "ledger.sqlite", coordinator.facts)
+        ledger = LedgerMember("coordinator", signing_key, job_folder(state_dir, job_id) / "ledger.sqlite", TrainingRules(coordinator.facts))
         progress(Progress("prepare", message="parties loading and checking their data"))
         replies = call_each(clients, lambda name, c: c.prepare_job(spec))
         members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
@@ -215,7 +215,7 @@ def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJo
     coordinator = CoordinatorSession(job_id, spec, (private_key.public_key, private_key))
     signing_key = identity.load_or_create(state_dir)
     coordinator.facts.public_key = identity.public_hex(signing_key)
-    ledger = LedgerMember("coordinator", signing_key, folder / "ledger.sqlite", coordinator.facts)
+    ledger = LedgerMember("coordinator", signing_key, folder / "ledger.sqlite", TrainingRules(coordinator.facts))
     clients = {p.name: PartyJobClient(p.name, p.address, job_id, private_key.public_key, spec.rpc_timeout, tls)
                for p in spec.parties}
     job = RunningJob(spec, job_id, coordinator, clients, ledger, replies, summary, obfuscation_seconds, started,
@@ -256,7 +256,7 @@ def recover(job: RunningJob, error: Exception | None, progress) -> dict[Step, St
             reason = f"party {down[0]!r} did not answer" if down[0] in job.clients else down[0]
             raise PeerError(f"{reason} for {timeout:.0f} s (restart_timeout)" + (f" after: {error}" if error else ""))
         time.sleep(0.5)
-    forget_steps_off_chain(job.coordinator.facts, job.ledger.seen.steps)
+    job.ledger.rules.forget_steps_off_chain()
     log.info("job %s resumes after %s", job.job_id, after or "its start")
     progress(Progress("recover", message=f"every member answers; resuming after {after or 'the start'}"))
     return history_from_chain(job.ledger.entries())

@@ -4,7 +4,8 @@
                       "consent": "<token>", "job_id": "<optional>"}
       200 {"request_id", "job_id", "probability", "score", "decision", "credit_limit",
            "reasons": [...], "partners_missing": [...]}
-      400 a malformed request, 403 a consent refused, 409 no such open model; {"error": "..."} says why
+      4xx/5xx {"error": "...", "error_class": "..."}: the status and class fedscore.errors gives the failure
+      (e.g. 400 a malformed request, 403 a consent refused, 404 no such open model, 500 a bug)
     GET  /v1/health  200 {"status": "ok", "models": [...]}
 
 It calls the same scoring host as the gRPC Score method; nothing else.
@@ -22,7 +23,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fedscore.daemons.party.scoring import ScoringHost
-from fedscore.errors import ConfigError, DataError, DeniedError, FedscoreError, ProtocolError
+from fedscore.errors import AccessError, ConfigError, DataError, FedscoreError, InternalError
 from fedscore.transport.tls import TlsIdentity, certificate_subject_name
 
 log = logging.getLogger("fedscore.http")
@@ -31,14 +32,9 @@ MAX_CONNECTIONS = 64      # more at once get 503: a flood of slow clients cannot
 SOCKET_TIMEOUT = 10.0     # a client that stops sending mid-request is dropped after this
 
 
-def status_of(error: FedscoreError) -> int:
-    if isinstance(error, DeniedError):
-        return 403
-    if isinstance(error, (DataError, ConfigError)):
-        return 400
-    if isinstance(error, ProtocolError):
-        return 409
-    return 503
+def error_document(error: FedscoreError) -> tuple[int, dict]:
+    """The HTTP status ``error``'s class owns, and a body naming that class beside the message."""
+    return error.http_status, {"error": str(error), "error_class": type(error).__name__}
 
 
 def answer_document(job_id: str, scored) -> dict:
@@ -97,6 +93,23 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return certificate_subject_name(self.connection.getpeercert()) or ""
 
+    def _check_caller(self) -> None:
+        caller = self._caller()
+        if caller is not None and caller != self.host.name:
+            raise AccessError(f"scoring is for {self.host.name!r} only; refused {caller!r}")
+
+    def _read_json(self) -> object:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            raise DataError(f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length")
+        try:
+            return json.loads(self.rfile.read(length))
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"the body is not JSON: {type(error).__name__}") from None
+
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/health":
             self._send(200, {"status": "ok", "models": self.host.open_models()})
@@ -107,29 +120,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/score":
             self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score"})
             return
-        caller = self._caller()
-        if caller is not None and caller != self.host.name:
-            self._send(403, {"error": f"scoring is for {self.host.name!r} only; refused {caller!r}"})
-            return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 < length <= MAX_BODY:
-            self._send(400, {"error": f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length"})
-            return
-        try:
-            document = json.loads(self.rfile.read(length))
-        except (ValueError, RecursionError) as error:
-            self._send(400, {"error": f"the body is not JSON: {type(error).__name__}"})
-            return
-        try:
-            self._send(200, score_document(self.host, document))
+            self._check_caller()
+            self._send(200, score_document(self.host, self._read_json()))
         except FedscoreError as error:
-            self._send(status_of(error), {"error": str(error)})
+            self._send(*error_document(error))
         except Exception as error:  # a bug must not kill the endpoint
             log.exception("scoring over HTTP failed")
-            self._send(500, {"error": f"internal error ({type(error).__name__})"})
+            self._send(*error_document(InternalError(f"{self.host.name}: internal error ({type(error).__name__})")))
 
     def log_message(self, format: str, *args) -> None:  # requests are on the chain; keep the log quiet
         pass

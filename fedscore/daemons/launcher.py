@@ -3,7 +3,8 @@
 Each member gets its own state folder and config under the run's state root;
 each party daemon's data folder is the folder of its own data file, and it
 opens only the file the job names for it. Daemons bind port 0 and report the
-port they got through a ready file, so runs never collide on ports. Unless
+port they got through a ready file, so runs never collide on ports; a daemon
+is used only once it answers the standard gRPC health check. Unless
 told to run insecure, the launcher makes the consortium's CA and every
 member's certificate under the state root (once; later runs reuse them), so
 the daemons talk mutual TLS as they would across banks.
@@ -20,13 +21,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fedscore.config import JobSpec
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedscore.job import JobSpec
 from fedscore.crypto.certs import COORDINATOR, init_consortium
+from fedscore.daemons.health import SERVICES
 from fedscore.errors import DataError, PeerError
+from fedscore.proctable import in_session, wait_gone
+from fedscore.transport.rpc import open_channel, peer_error
 from fedscore.transport.tls import TlsIdentity
 
-STARTUP_SECONDS = 60.0
+HEALTH_TIMEOUT = 5.0       # one health check: a busy machine may be slow to answer the first
+POLL_SECONDS = 0.05
 MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is left down (the job then fails)
+LEFTOVER_SECONDS = 10.0    # how long a dead daemon's workers may take to follow it
 
 
 def _toml_string(value: str) -> str:
@@ -35,6 +44,8 @@ def _toml_string(value: str) -> str:
 
 class LocalConsortium:
     """Start, watch and stop the coordinator and one daemon per party."""
+
+    startup_seconds = 60.0     # from start to answering health SERVING (all daemons start side by side)
 
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
                  consent_issuers: tuple[str, ...] = (), insecure: bool = False):
@@ -49,6 +60,7 @@ class LocalConsortium:
         self.processes: dict[str, subprocess.Popen] = {}
         self.coordinator_address = ""
         self.restarts: dict[str, int] = {}     # member -> times the supervisor restarted it
+        self.leftovers: dict[str, int] = {}    # member -> processes that outlived its dead daemon (then killed)
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
@@ -79,7 +91,7 @@ class LocalConsortium:
         """Start one daemon from its config file, logging to its folder; returns its ready file."""
         ready = config.parent / "ready"
         ready.unlink(missing_ok=True)
-        log = (config.parent / "daemon.log").open("ab")
+        log = self.log_path(member).open("ab")
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready),
              *(["--insecure"] if self.insecure else [])],
@@ -128,25 +140,52 @@ class LocalConsortium:
         return self.spec
 
     def _wait(self, ready_files: dict[str, Path]) -> dict[str, str]:
-        deadline = time.monotonic() + STARTUP_SECONDS
+        """Each daemon's address, once it serves (they start side by side, so waiting in turn costs nothing)."""
+        deadline = time.monotonic() + self.startup_seconds
         addresses: dict[str, str] = {}
-        while len(addresses) < len(ready_files):
-            for member, ready in ready_files.items():
-                if member in addresses:
-                    continue
-                if ready.exists():
-                    lines = ready.read_text().split()
-                    addresses[member] = lines[0]
-                    for line in lines[1:]:
-                        if line.startswith("http="):
-                            self.http_addresses[member] = line.removeprefix("http=")
-                elif self.processes[member].poll() is not None:
-                    raise PeerError(f"{member} daemon exited at start-up: {self.log_tail(member)}")
-            if time.monotonic() > deadline:
-                missing = sorted(set(ready_files) - set(addresses))
-                raise PeerError(f"daemons not ready after {STARTUP_SECONDS:.0f} s: {', '.join(missing)}")
-            time.sleep(0.05)
+        for member, ready in ready_files.items():
+            addresses[member] = self._announced(member, ready, deadline)
+            self.wait_until_serving(member, addresses[member], deadline)
         return addresses
+
+    def _announced(self, member: str, ready: Path, deadline: float) -> str:
+        """The address in ``member``'s ready file (written once it listens), noting its HTTP address if any."""
+        while not ready.exists():
+            self._still_starting(member, deadline, "wrote no ready file")
+        address, *rest = ready.read_text().split()
+        for line in rest:
+            if line.startswith("http="):
+                self.http_addresses[member] = line.removeprefix("http=")
+        return address
+
+    def wait_until_serving(self, member: str, address: str, deadline: float) -> None:
+        """Return once ``member``'s daemon answers the gRPC health check SERVING: listening is not yet serving.
+
+        PeerError naming the daemon and its log if it exits first, or is not serving by ``deadline``
+        (time.monotonic()); the message says what the last check got.
+        """
+        role = "coordinator" if member == COORDINATOR else "party"
+        request = health_pb2.HealthCheckRequest(service=SERVICES[role])
+        with open_channel(address, member, self.identity(member)) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            while True:
+                try:
+                    status = check(request, timeout=max(0.1, min(HEALTH_TIMEOUT, deadline - time.monotonic()))).status
+                except grpc.RpcError as error:
+                    last = str(peer_error(f"{member} daemon", address, error, HEALTH_TIMEOUT))
+                else:
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    last = f"its health is {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+                self._still_starting(member, deadline, f"did not answer its health check SERVING (last: {last})")
+
+    def _still_starting(self, member: str, deadline: float, late: str) -> None:
+        """Wait a moment for a daemon that is starting; PeerError if it died or ``late`` past the deadline."""
+        if self.processes[member].poll() is not None:
+            raise PeerError(f"{member} daemon exited at start-up: {self.log_tail(member)}")
+        if time.monotonic() > deadline:
+            raise PeerError(f"{member} daemon {late} within {self.startup_seconds:g} s (log: {self.log_path(member)})")
+        time.sleep(POLL_SECONDS)
 
     def restart(self, member: str) -> None:
         """Start ``member``'s daemon again (after it died) on the address it had, with its state as it was."""
@@ -170,6 +209,7 @@ class LocalConsortium:
                     if self._stopping.is_set() or self.restarts.get(member, 0) >= MAX_RESTARTS:
                         continue
                     self.restarts[member] = self.restarts.get(member, 0) + 1
+                    self._clear_leftovers(member)
                     try:
                         self.restart(member)
                     except (PeerError, OSError):
@@ -178,8 +218,23 @@ class LocalConsortium:
         self._supervisor = threading.Thread(target=watch, name="supervisor", daemon=True)
         self._supervisor.start()
 
+    def _clear_leftovers(self, member: str) -> None:
+        """A dead daemon's processes (its session: it was started in its own) must follow it; any that do not
+        within LEFTOVER_SECONDS are counted in ``leftovers`` and killed."""
+        session = self.processes[member].pid
+        left = wait_gone(in_session(session), LEFTOVER_SECONDS)
+        if left:
+            self.leftovers[member] = self.leftovers.get(member, 0) + len(left)
+            try:
+                os.killpg(session, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_path(self, member: str) -> Path:
+        return self.state_root / member / "daemon.log"
+
     def log_tail(self, member: str, lines: int = 3) -> str:
-        path = self.state_root / member / "daemon.log"
+        path = self.log_path(member)
         try:
             tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
         except OSError:

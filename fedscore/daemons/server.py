@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 
-from fedscore.config import DaemonConfig
+from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.transport.rpc import channel_options, limit_client_messages
 from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
 

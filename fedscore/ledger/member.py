@@ -1,47 +1,78 @@
-"""One consortium member's part in the chain: check a proposed block, sign it, commit it.
+"""One consortium member's replica of a chain: check a proposed block, sign it, commit it.
 
-The coordinator proposes each block; every member checks it against its
-own replica (height, previous hash, time, Merkle root) and its own record of
-the job (fedscore.ledger.entries) before signing; once every member has
-signed, each verifies all signatures and appends the block to its replica.
-
-The same member keeps a model's scoring chain, under that chain's rules
-(fedscore.ledger.scoring): there the card center proposes, and a member
-keeps only a summary of the chain in memory, not its entries, since
-scoring adds one entry per request.
+This is the log itself, the same for every kind of chain: a block must
+follow this replica's head (height, previous hash, time, Merkle root), come
+from the chain's proposer, and be the only block this member signs at its
+height; once every member has signed, each verifies all signatures and
+appends it. What a chain may record is its rules' business (`ChainRules`):
+a job's training chain (fedscore.ledger.training_rules), proposed by the
+coordinator, or a model's scoring chain (fedscore.ledger.scoring_rules),
+proposed by the card center. The rules read every entry of a proposed block
+against this member's own first-hand record, and say which settlement the
+replica implies, so the member countersigns only that one.
 """
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 from nacl.signing import SigningKey
 
-from fedscore.ledger import entries as entry_rules
+from fedscore.errors import ProtocolError
 from fedscore.ledger.block import Block, decode_entry, make_block, sign, signature_valid
-from fedscore.ledger.entries import Facts
-from fedscore.ledger.scoring import ScoringFacts, ScoringSeen, audit_scoring, forget_recorded
+from fedscore.ledger.settlement import countersign
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, signature_problems, check_link, genesis_members
 
 MAX_CLOCK_SKEW_NS = 300 * 10**9
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)   # what reading a malformed entry raises
 
 
-class LedgerMember:
-    def __init__(self, name: str, key: SigningKey, path: Path, facts: Facts | ScoringFacts):
+class Review(Protocol):
+    """A proposed block's entries, read in order against the chain and the block's entries before them."""
+
+    def objection(self, entry: dict) -> str | None: ...
+    def add(self, entry: dict) -> None: ...
+
+
+class ChainRules(Protocol):
+    """What one kind of chain may record, as one member judges it from what it saw itself."""
+
+    proposer_role: str   # the role (in the genesis entry) of the one member who proposes blocks
+
+    def remember(self, entry: dict) -> None:
+        """An entry committed to this replica (on start-up: every stored one, in order)."""
+
+    def entries(self) -> list[dict]:
+        """The committed entries these rules keep in memory."""
+
+    def review(self) -> Review:
+        """A fresh review of a proposed block, over the committed chain."""
+
+    def settlement_body(self) -> dict:
+        """The settlement this replica implies now."""
+
+    def settlement_refusal(self, body: bytes) -> str | None:
+        """Why this member will not countersign settlement ``body`` (None: it follows from the replica)."""
+
+
+Rules = TypeVar("Rules", bound=ChainRules)
+
+
+class LedgerMember(Generic[Rules]):
+    """This member's replica of one chain, under that chain's ``rules``."""
+
+    def __init__(self, name: str, key: SigningKey, path: Path, rules: Rules):
         self.name = name
         self.key = key
-        self.facts = facts
-        self.scoring = isinstance(facts, ScoringFacts)
+        self.rules = rules
         self.store = LedgerStore(path)
         self._lock = threading.Lock()
         self._signed: dict[int, bytes] = {}   # height -> the one block hash this member signed there
         self.genesis: Block | None = None
         self.head: Block | None = None
-        self._entries: list[dict] = []        # every entry (training); the genesis entry only (scoring)
-        self._seen: Any = ScoringSeen(dict(facts.pair_keys)) if self.scoring else entry_rules.Seen()
         for block in self.store.blocks():
             self._remember(block)
 
@@ -50,11 +81,7 @@ class LedgerMember:
             self.genesis = block
         self.head = block
         for entry in block.decoded():
-            if not self.scoring or not self._entries:
-                self._entries.append(entry)
-            self._seen.add(entry)
-            if self.scoring:
-                forget_recorded(entry, self.facts)   # on the chain now: no need to remember it
+            self.rules.remember(entry)
 
     @property
     def path(self) -> Path:
@@ -65,14 +92,8 @@ class LedgerMember:
         """Blocks on this replica."""
         return 0 if self.head is None else self.head.height + 1
 
-    @property
-    def seen(self) -> Any:
-        return self._seen
-
-    def _audit(self, entry: dict, chain: list[dict], seen: Any) -> str | None:
-        if self.scoring:
-            return audit_scoring(entry, self.facts, chain[0] if chain else None, seen)
-        return entry_rules.audit(entry, self.facts, chain, seen)
+    def _refuse(self, block: Block, reason: str) -> LedgerError:
+        return LedgerError(block.height, f"member {self.name!r} refuses it: {reason}")
 
     def propose(self, entries: list[dict]) -> Block:
         """The next block (unsigned) holding ``entries``."""
@@ -83,34 +104,28 @@ class LedgerMember:
         try:
             check_link(block, self.head)
         except LedgerError as error:
-            raise LedgerError(block.height, f"member {self.name!r} refuses it: {str(error).split(': ', 1)[1]}") from None
+            raise self._refuse(block, str(error).split(": ", 1)[1]) from None
         if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
-            raise LedgerError(block.height, f"member {self.name!r} refuses it: its time is in the future")
-        chain = self._entries if len(block.entries) == 1 or self.scoring else list(self._entries)
-        seen = self._seen.copy()
-        for position, entry_bytes in enumerate(block.entries):
+            raise self._refuse(block, "its time is in the future")
+        review = self.rules.review()
+        for entry_bytes in block.entries:
             try:
                 entry = decode_entry(entry_bytes)
-                reason = self._audit(entry, chain, seen)
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                reason = review.objection(entry)
+            except UNREADABLE as error:
                 reason = f"an entry it cannot read ({type(error).__name__})"
             if reason:
-                raise LedgerError(block.height, f"member {self.name!r} refuses it: {reason}")
-            if position + 1 < len(block.entries):
-                if not self.scoring:
-                    chain.append(entry)
-                elif not chain:
-                    chain = [entry]          # a scoring rule needs only the genesis entry
-            seen.add(entry)
+                raise self._refuse(block, reason)
+            review.add(entry)
 
     def proposer(self, block: Block) -> tuple[str, bytes]:
-        """Who may propose blocks on this chain, and their key: the coordinator (training), the card center (scoring)."""
+        """Who may propose blocks on this chain, and their key: the one member the genesis gives the rules' proposer role."""
         genesis = block if block.height == 0 else self.genesis
         entry = decode_entry(genesis.entries[0])
-        role = "card_center" if entry.get("kind") == "scoring_start" else "coordinator"
+        role = self.rules.proposer_role
         names = [n for n, m in entry.get("members", {}).items() if m.get("role") == role]
         if len(names) != 1:
-            raise LedgerError(block.height, f"member {self.name!r} refuses it: the genesis names no single {role}")
+            raise self._refuse(block, f"the genesis names no single {role}")
         return names[0], bytes.fromhex(entry["members"][names[0]]["key"])
 
     def sign(self, block: Block) -> bytes:
@@ -118,16 +133,16 @@ class LedgerMember:
         so the proposer cannot get two versions signed and nobody else can propose at all."""
         with self._lock:
             if not block.entries:
-                raise LedgerError(block.height, f"member {self.name!r} refuses it: a block must hold entries")
+                raise self._refuse(block, "a block must hold entries")
             earlier = self._signed.get(block.height)
             if earlier is not None and earlier != block.hash():
-                raise LedgerError(block.height, f"member {self.name!r} refuses it: it already signed another block at this height")
+                raise self._refuse(block, "it already signed another block at this height")
             try:
                 proposer, key = self.proposer(block)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-                raise LedgerError(block.height, f"member {self.name!r} refuses it: the genesis entry is not readable") from None
+            except (*UNREADABLE, IndexError):
+                raise self._refuse(block, "the genesis entry is not readable") from None
             if proposer != self.name and not signature_valid(block.hash(), block.signatures.get(proposer, b""), key):
-                raise LedgerError(block.height, f"member {self.name!r} refuses it: it is not signed by the proposer {proposer!r}")
+                raise self._refuse(block, f"it is not signed by the proposer {proposer!r}")
             self.check(block)
             self._signed[block.height] = block.hash()
             return sign(block, self.key)
@@ -155,8 +170,18 @@ class LedgerMember:
         with self._lock:
             self._signed = {height: block for height, block in self._signed.items() if height < self.height}
 
+    def countersign_settlement(self, body: bytes) -> bytes:
+        """This member's signature on settlement ``body``, the canonical JSON its proposer sent, if the body
+        follows from this replica (ProtocolError naming this member and why not, otherwise)."""
+        with self._lock:
+            refusal = self.rules.settlement_refusal(body)
+        if refusal:
+            raise ProtocolError(f"party {self.name!r}: {refusal}")
+        return countersign(self.key, body)
+
     def entries(self) -> list[dict]:
-        return list(self._entries)
+        """The committed entries the rules keep: every one (training), the genesis only (scoring)."""
+        return self.rules.entries()
 
     def close(self) -> None:
         self.store.close()

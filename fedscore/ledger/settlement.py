@@ -1,18 +1,30 @@
-"""Fees: the job's contract, the settlement it implies, and who owes whom.
+"""Fees: the job's contract, the settlements it implies, their checking and countersigning, and who owes whom.
 
 Amounts are integers in minor units (fen). The card center pays each partner
 `per_step` for every training step recorded on the chain and
-`per_overlap_row` for every applicant it shares with that partner; once the
-model serves, `per_request` for every scoring request the partner answered
-(settled on the model's scoring chain, fedscore.ledger.scoring). Anyone
-holding a replica can recompute the settlement from the chain alone, which
-is how every member checks it before signing.
+`per_overlap_row` for every applicant it shares with that partner (one
+`settlement` closing the training chain); once the model serves,
+`per_request` for every scoring request the partner answered (numbered
+`scoring_settlement`s on the model's scoring chain, fedscore.ledger.scoring_rules).
+Anyone holding a replica can recompute a settlement from the chain alone,
+which is how every member checks it before countersigning or signing the
+block that records it.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 from fedscore.errors import ConfigError
+from fedscore.ledger.block import decode_entry, encode_entry
+
+if TYPE_CHECKING:
+    from fedscore.ledger.scoring_rules import ScoringSeen
+
+SETTLEMENT_DOMAIN = b"fedscore-settlement/1\n"
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,10 @@ class FeeContract:
         return contract
 
 
+# -- the bodies a chain implies ------------------------------------------------------------------
+
 def settlement_body(entries: list[dict]) -> dict:
-    """The settlement a chain's entries imply (entries of every block, in order)."""
+    """The training settlement a job's chain implies (entries of every block, in order)."""
     start = entries[0]
     contract = FeeContract.from_dict(start["fees"])
     roles = {name: info["role"] for name, info in start["members"].items()}
@@ -64,15 +78,112 @@ def settlement_body(entries: list[dict]) -> dict:
     }
 
 
-SETTLEMENT_DOMAIN = b"fedscore-settlement/1\n"
+def scoring_settlement_body(genesis: dict, seen: ScoringSeen) -> dict:
+    """The scoring settlement of the requests since the last one: per_request fen per contribution. The lines
+    of partners whose keys this member lacks are left out (a partner computes its own line only)."""
+    contract = FeeContract.from_dict(genesis["fees"])
+    members = genesis["members"]
+    payer = next(n for n, m in sorted(members.items()) if m["role"] == "card_center")
+    lines = []
+    for payee in sorted(n for n, m in members.items() if m["role"] == "partner"):
+        if payee in seen.keys:
+            count = seen.unsettled.get(payee, 0)
+            lines.append({"payee": payee, "requests": count, "amount": count * contract.per_request})
+    return {
+        "kind": "scoring_settlement", "job_id": genesis["job_id"], "number": seen.settlements + 1,
+        "currency": contract.currency, "payer": payer, "lines": lines, "total": sum(l["amount"] for l in lines),
+    }
 
+
+def scoring_settlement_problem(body: dict, genesis: dict, seen: ScoringSeen) -> str | None:
+    """Why this member cannot agree to the scoring settlement ``body`` (None: it agrees): it checks the
+    lines it can recompute, and that the others are in place and add up."""
+    expected = scoring_settlement_body(genesis, seen)
+    partners = sorted(n for n, m in genesis["members"].items() if m["role"] == "partner")
+    lines = body.get("lines")
+    if not isinstance(lines, list) or [l.get("payee") for l in lines if isinstance(l, dict)] != partners:
+        return "the settlement must have one line per partner, in name order"
+    if {k: body.get(k) for k in ("kind", "job_id", "number", "currency", "payer")} != {
+        k: expected[k] for k in ("kind", "job_id", "number", "currency", "payer")
+    } or set(body) != set(expected):
+        return "the settlement's job, number, currency or payer is not the chain's"
+    for line in expected["lines"]:
+        if lines[partners.index(line["payee"])] != line:
+            return f"the settlement's line for {line['payee']!r} does not follow from the contract and the requests since the last one"
+    amounts = [l.get("amount") for l in lines]
+    if not all(isinstance(a, int) and a >= 0 for a in amounts) or body.get("total") != sum(amounts):
+        return "the settlement's amounts do not add up"
+    return None
+
+
+# -- signatures ------------------------------------------------------------------------------------
 
 def settlement_message(body: dict) -> bytes:
     """What payer and payees sign: a domain tag, then the canonical body (never a block hash)."""
-    from fedscore.ledger.block import encode_entry
-
     return SETTLEMENT_DOMAIN + encode_entry(body)
 
+
+def signers(body: dict) -> list[str]:
+    """Who must sign a settlement: its payer, then every payee."""
+    return [body["payer"], *(line["payee"] for line in body["lines"])]
+
+
+def signature_valid(body: dict, signature: bytes, public_key: bytes) -> bool:
+    try:
+        VerifyKey(public_key).verify(settlement_message(body), signature)
+        return True
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+
+
+def signature_problem(entry: dict, members: dict[str, dict]) -> str | None:
+    """Why a settlement entry is not signed by everyone it names (None: it is). ``members``: the genesis' table."""
+    body = {k: v for k, v in entry.items() if k != "signatures"}
+    signatures = entry.get("signatures", {})
+    for signer in signers(body):
+        try:
+            valid = signature_valid(body, bytes.fromhex(signatures.get(signer, "")), bytes.fromhex(members[signer]["key"]))
+        except (KeyError, ValueError, TypeError, AttributeError):   # an unknown signer, or no hex where hex belongs
+            valid = False
+        if not valid:
+            return f"the settlement lacks a valid signature from {signer!r}"
+    return None
+
+
+# -- countersigning: a member signs only what follows from its own replica ---------------------------
+
+def training_refusal(body: bytes, entries: list[dict]) -> str | None:
+    """Why a member holding ``entries`` will not countersign the training settlement ``body`` (None: it will)."""
+    try:
+        decode_entry(body)
+    except ValueError:
+        return "the settlement to sign is not JSON"
+    if not entries:
+        return "refuses to sign a settlement: its replica holds no chain yet"
+    if body != encode_entry(settlement_body(entries)):
+        return ("refuses to sign a settlement that does not follow from its own replica "
+                "(fee contract, recorded steps and overlaps)")
+    return None
+
+
+def scoring_refusal(body: bytes, genesis: dict, seen: ScoringSeen) -> str | None:
+    """Why a member will not countersign the scoring settlement ``body`` (None: it will)."""
+    try:
+        document = decode_entry(body)
+        problem = scoring_settlement_problem(document, genesis, seen) if isinstance(document, dict) else "not an object"
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        problem = f"it is not readable ({type(error).__name__})"
+    if problem or encode_entry(document) != body:
+        return f"refuses to sign the scoring settlement: {problem or 'not canonical JSON'}"
+    return None
+
+
+def countersign(key: SigningKey, body: bytes) -> bytes:
+    """A member's signature on a canonical settlement body it checked."""
+    return key.sign(settlement_message(decode_entry(body))).signature
+
+
+# -- balances ----------------------------------------------------------------------------------------
 
 def balances(entries: list[dict]) -> dict[str, dict[str, int]]:
     """{member: {"owes": fen, "owed": fen}} over every settlement on the chain: a job's training

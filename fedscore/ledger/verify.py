@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from fedscore.errors import FedscoreError
+from fedscore.errors import LedgerError   # defined with the other errors; imported from here too
+from fedscore.lifeline import process_pool
 from fedscore.ledger import merkle
 from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signature_valid
 
 
 GENESIS_KINDS = ("job_start", "scoring_start")
-
-
-class LedgerError(FedscoreError):
-    """A block that breaks the chain; the message names it."""
-
-    def __init__(self, height: int, reason: str):
-        super().__init__(f"block {height}: {reason}")
-        self.height = height
 
 
 @dataclass(frozen=True)
@@ -112,7 +104,7 @@ def verify_chain(blocks: Iterable[Block], workers: int = 0) -> ChainSummary:
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(items) > 500:
         size = -(-len(items) // workers)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             parts = pool.map(signature_problems, [items[i : i + size] for i in range(0, len(items), size)])
             bad = [problem for part in parts for problem in part]
     else:

@@ -36,8 +36,6 @@ from fedscore.errors import DataError, ProtocolError
 from fedscore.model.data import PartyTable
 from fedscore.protocol.fanout import call_each
 
-DEFAULT_MIN_OVERLAP = 100
-
 
 def psi_domain(job_id: str) -> bytes:
     """Hash-to-curve domain: ids hash differently in every job."""
@@ -139,7 +137,7 @@ class CardCenterAlignment(PsiParty):
         positions[at_mine] = at_theirs
         return positions
 
-    def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int = DEFAULT_MIN_OVERLAP) -> Alignment:
+    def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
         with ThreadPoolExecutor(max_workers=1) as helper:
             mine = helper.submit(self.blinded_ids)  # while the partners blind theirs
             matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")

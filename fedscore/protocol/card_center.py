@@ -25,7 +25,8 @@ from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_score
 from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
+from fedscore.job import Step
+from fedscore.protocol.party import PartySession, one_message_at_a_time
 
 
 class PartnerHandle(Protocol):

@@ -11,14 +11,14 @@ import secrets
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.crypto.masks import word_masks
 from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
 from fedscore.crypto.pool import pack
 from fedscore.errors import ProtocolError
 from fedscore.ledger.entries import Facts, step_key
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.model.taylor import LOG2_MINUS_HALF
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec, Step
 from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import SCORE_BITS, quantise_columns
 from fedscore.crypto.masks import uniform_mask
@@ -49,15 +49,6 @@ def one_message_at_a_time(method):
             return method(self, *args, **kwargs)
 
     return locked
-
-
-@dataclass(frozen=True, order=True)
-class Step:
-    epoch: int
-    batch: int
-
-    def __str__(self) -> str:
-        return f"epoch {self.epoch + 1} batch {self.batch + 1}"
 
 
 @dataclass

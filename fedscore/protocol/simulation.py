@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PrivateKey, PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.model.data import PartyTable, load_party_table

@@ -23,7 +23,7 @@ from fedscore.errors import PeerError, UnknownJobError
 from fedscore.model.rows import batches
 from fedscore.protocol.coordinator import CoordinatorSession
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 
 
 class PartyHandle(Protocol):

@@ -8,49 +8,39 @@ checks every ciphertext is a unit modulo n² (0 < c < n², gcd(c, n) = 1).
 from __future__ import annotations
 
 import base64
-
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, fields
 
 import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.config import JobSpec, PartySpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import pack, unpack
 from fedscore.errors import ProtocolError
+from fedscore.job import JobSpec, PartySpec, Step
 from fedscore.ledger.block import Block
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
-from fedscore.protocol.party import Step
 
 BLOCK_BYTES = 2 * 1024 * 1024
 MAX_VECTOR = 50_000_000
 
 
+# Every JobSpec field travels but where the submitter reaches the coordinator, which no member needs.
+NOT_SENT = frozenset({"coordinator_address"})
+_SCALARS = tuple(f.name for f in fields(JobSpec) if f.name not in {"parties", "fees", *NOT_SENT})
+# Empty on the wire (never a valid value) means the JobSpec default, as for a sender older than these fields.
+_EMPTY_MEANS_DEFAULT = ("rpc_timeout", "restart_timeout", "obfuscation")
+
+
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    """A new JobSpec field without its proto field fails here, at once, not as a silent default later."""
     return pb.JobSpec(
-        name=spec.name,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        learning_rate=spec.learning_rate,
-        l2=spec.l2,
-        validation=spec.validation,
-        seed=spec.seed,
-        key_bits=spec.key_bits,
-        early_stop_tol=spec.early_stop_tol,
-        min_overlap=spec.min_overlap,
-        rpc_timeout=spec.rpc_timeout,
-        obfuscation=spec.obfuscation,
-        precompute_epochs=spec.precompute_epochs,
-        refill_obfuscators=spec.refill_obfuscators,
-        restart_timeout=spec.restart_timeout,
-        fees=pb.FeeContract(
-            currency=spec.fees.currency, per_step=spec.fees.per_step, per_overlap_row=spec.fees.per_overlap_row,
-            per_request=spec.fees.per_request,
-        ),
+        **{name: getattr(spec, name) for name in _SCALARS},
+        fees=pb.FeeContract(**asdict(spec.fees)),
         parties=[
-            pb.PartySpec(name=p.name, address=p.address, data=p.data, id_columns=list(p.id_columns), label=p.label or "")
+            pb.PartySpec(**{**asdict(p), "id_columns": list(p.id_columns), "label": p.label or ""})
             for p in spec.parties
         ],
     )
@@ -66,28 +56,18 @@ def spec_from_text(text: str) -> JobSpec:
 
 
 def spec_from_proto(message: pb.JobSpec) -> JobSpec:
+    settings = {name: getattr(message, name) for name in _SCALARS}
+    for name in _EMPTY_MEANS_DEFAULT:
+        settings[name] = settings[name] or getattr(JobSpec, name)
+    fees = {f.name: getattr(message.fees, f.name) for f in fields(FeeContract)}
     return JobSpec(
-        name=message.name,
-        epochs=message.epochs,
-        batch_size=message.batch_size,
-        learning_rate=message.learning_rate,
-        l2=message.l2,
-        validation=message.validation,
-        seed=message.seed,
-        key_bits=message.key_bits,
-        early_stop_tol=message.early_stop_tol,
-        min_overlap=message.min_overlap,
-        rpc_timeout=message.rpc_timeout or 1800.0,
-        obfuscation=message.obfuscation or "short-exponent",
-        precompute_epochs=message.precompute_epochs,
-        refill_obfuscators=message.refill_obfuscators,
-        restart_timeout=message.restart_timeout or 120.0,
-        fees=FeeContract(
-            currency=message.fees.currency or "CNY", per_step=message.fees.per_step,
-            per_overlap_row=message.fees.per_overlap_row, per_request=message.fees.per_request,
-        ),
+        **settings,
+        fees=FeeContract(**{**fees, "currency": fees["currency"] or FeeContract.currency}),
         parties=tuple(
-            PartySpec(name=p.name, address=p.address, data=p.data, id_columns=tuple(p.id_columns), label=p.label or None)
+            PartySpec(**{
+                **{f.name: getattr(p, f.name) for f in fields(PartySpec)},
+                "id_columns": tuple(p.id_columns), "label": p.label or None,
+            })
             for p in message.parties
         ),
     ).validate()

@@ -1,21 +1,23 @@
 """Channel settings and error translation shared by every client and server.
 
-Servers turn fedscore's own errors into gRPC statuses whose message already
-names the party at fault; clients turn transport failures (a daemon that is
-down, or silent past its deadline) into PeerError naming the peer.
+Servers turn fedscore's own errors into the status their class owns (see
+fedscore.errors), with the class's name in trailing metadata and a message
+that already names the party at fault; clients rebuild that very class.
+Transport failures (a daemon that is down, still starting, silent past its
+deadline, or refusing our certificate) become PeerError naming the peer.
 """
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
+from typing import NoReturn
 
 import grpc
 
+from fedscore.job import JobSpec
 from fedscore.transport.tls import TlsIdentity
-from fedscore.errors import (
-    ConfigError, DataError, DeniedError, FedscoreError, InternalError, PeerError, ProtocolError, UnknownJobError,
-)
+from fedscore.errors import FedscoreError, InternalError, PeerError, class_for_status, error_class, rebuild
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024   # vectors are streamed in blocks far below this
 
@@ -24,9 +26,10 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # a peer that restarts is reached again within seconds, not after gRPC's default two-minute backoff
+        # a peer that restarts is reached again within seconds, not after gRPC's default two-minute backoff.
+        # Not grpc.min_reconnect_backoff_ms: gRPC takes it as the time a connection (TLS handshake included)
+        # may take, and at 200 ms a busy machine's handshakes failed as "Handshake read failed (Endpoint closing)"
         ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
@@ -40,11 +43,12 @@ def limit_client_messages(max_message_bytes: int) -> None:
     global _client_options
     _client_options = channel_options(max_message_bytes)
 PING_TIMEOUT = 10.0
-STEP_TIMEOUT = 1800.0      # coordinator -> party, unless the job sets rpc_timeout
+STEP_TIMEOUT = JobSpec.rpc_timeout   # coordinator -> party, unless the job sets rpc_timeout
 PARTNER_SHARE = 2 / 3      # card center -> partner: shorter, so a silent partner is named before the card center is
 
 log = logging.getLogger("fedscore.rpc")
 RELAYED = "reports:"   # "party 'guest' reports: partner 'x' at ... did not answer": a daemon relaying a peer's silence
+ERROR_CLASS = "fedscore-error-class"   # trailing metadata: the fedscore.errors class a daemon's status stands for
 
 
 def open_channel(address: str, peer: str, tls: TlsIdentity | None, options: list | None = None) -> grpc.Channel:
@@ -59,19 +63,23 @@ def open_channel(address: str, peer: str, tls: TlsIdentity | None, options: list
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, DeniedError):
-        return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(error, (DataError, ConfigError)):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, UnknownJobError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, PeerError):        # a peer of this daemon did not answer: the caller may wait and resume
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(error, ProtocolError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(error, FedscoreError):
-        return grpc.StatusCode.ABORTED
-    return grpc.StatusCode.INTERNAL
+    """The status ``error``'s class owns; INTERNAL for anything that is not a fedscore error (a bug)."""
+    return grpc.StatusCode[error.grpc_status] if isinstance(error, FedscoreError) else grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, error: BaseException, owner: str) -> NoReturn:
+    """End the call with ``error``: its status, its class beside it, a message naming the party at fault.
+
+    ``owner`` names this daemon: relayed peer failures and bugs say who reports them.
+    """
+    if isinstance(error, PeerError):
+        sent, message = PeerError, f"{owner} {RELAYED} {error}"
+    elif isinstance(error, FedscoreError):
+        sent, message = type(error), str(error)
+    else:
+        sent, message = InternalError, f"{owner}: internal error ({type(error).__name__}: {error})"
+    context.set_trailing_metadata(((ERROR_CLASS, sent.__name__),))
+    context.abort(status_for(error), message)
 
 
 def servicer_errors(owner: str) -> Callable:
@@ -82,47 +90,59 @@ def servicer_errors(owner: str) -> Callable:
         def unary(self, request, context):
             try:
                 return method(self, request, context)
-            except FedscoreError as error:
-                log.warning("%s: %s", method.__name__, error)
-                message = f"{getattr(self, owner)} {RELAYED} {error}" if isinstance(error, PeerError) else str(error)
-                context.abort(status_for(error), message)
-            except Exception as error:  # a bug here must not kill the daemon
-                log.exception("%s failed", method.__name__)
-                context.abort(grpc.StatusCode.INTERNAL, f"{getattr(self, owner)}: internal error ({type(error).__name__}: {error})")
+            except Exception as error:  # a bug here must not kill the daemon either
+                if isinstance(error, FedscoreError):
+                    log.warning("%s: %s", method.__name__, error)
+                else:
+                    log.exception("%s failed", method.__name__)
+                abort(context, error, getattr(self, owner))
 
         return unary
 
     return wrap
 
 
+def sent_class(error: grpc.RpcError) -> type[FedscoreError] | None:
+    """The fedscore error class a daemon named beside its status; None if it named none (or one we do not know)."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    names = [value for key, value in metadata or () if key == ERROR_CLASS]
+    return error_class(names[0]) if names else None
+
+
+def unreachable(peer: str, address: str, details: str) -> PeerError:
+    """Why no call got through: nobody listening, a handshake cut short, or a certificate refused."""
+    lowered = details.lower()
+    if "hostname verification" in lowered:
+        return PeerError(f"the daemon at {address} presented a certificate that does not name {peer}")
+    if "tls handshake failed" in lowered or "ssl_error" in lowered or "certificate" in lowered:
+        return PeerError(
+            f"{peer} at {address}: TLS handshake failed (a certificate from another CA, or a daemon "
+            f"started with --insecure?): {details}"
+        )
+    if "connection refused" in lowered:
+        return PeerError(f"{peer} at {address} did not answer: nothing listens there (not started yet, or stopped)")
+    if "handshake read failed" in lowered or "handshake write failed" in lowered:
+        return PeerError(f"{peer} at {address} did not answer: the connection closed before the TLS handshake "
+                         f"finished (still starting, overloaded, or stopping?): {details}")
+    return PeerError(f"{peer} at {address} did not answer ({details})")
+
+
 def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | None = None) -> FedscoreError:
+    """The fedscore error a failed call stands for: the class the daemon named, else what the status says."""
     code, details = error.code(), error.details() or ""
+    named = sent_class(error)
+    if named is not None:   # the daemon answered and named its error
+        return rebuild(named, details or f"{peer} at {address} failed ({code.name})")
     if code == grpc.StatusCode.UNAVAILABLE:
         if RELAYED in details:   # the daemon answered: one of its own peers did not
             return PeerError(details)
-        if "Hostname Verification" in details:
-            return PeerError(f"the daemon at {address} presented a certificate that does not name {peer}")
-        if "handshake" in details.lower() or "certificate" in details.lower():
-            return PeerError(
-                f"{peer} at {address}: TLS handshake failed (a certificate from another CA, or a daemon "
-                f"started with --insecure?): {details}"
-            )
-        return PeerError(f"{peer} at {address} did not answer ({details})")
+        return unreachable(peer, address, details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         limit = f" within {timeout:.0f} s" if timeout else ""
         return PeerError(f"{peer} at {address} did not answer{limit}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return DataError(details)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return DeniedError(details)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return UnknownJobError(details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return ProtocolError(details)
-    if code == grpc.StatusCode.INTERNAL:
-        return InternalError(details or f"{peer} at {address} failed")
     if code == grpc.StatusCode.CANCELLED:
         return PeerError(f"{peer} at {address}: call cancelled")
-    # A refusal or failure the daemon explains (servers name the party at fault): passed on as it is, and
-    # not taken for a peer that went away.
-    return FedscoreError(details or f"{peer} at {address} failed ({code.name})")
+    # A daemon that named no class (or gRPC itself): the status's class. Any other refusal the daemon explains
+    # (servers name the party at fault) is passed on as it is, and not taken for a peer that went away.
+    fallback = class_for_status(code.name) or FedscoreError
+    return rebuild(fallback, details or f"{peer} at {address} failed ({code.name})")

@@ -37,7 +37,7 @@ class Alignment:
         handles = {name: client.alignment for name, client in job.partners.items()}
         result = self._open(job, CardCenterAlignment).align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
-        job.ledger.facts.aligned_rows, job.ledger.facts.overlaps = result.aligned_rows, dict(result.overlaps)
+        job.ledger.rules.facts.aligned_rows, job.ledger.rules.facts.overlaps = result.aligned_rows, dict(result.overlaps)
         return pb.AlignReply(
             aligned_rows=result.aligned_rows,
             overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
@@ -66,5 +66,5 @@ class Alignment:
         job, aligner = self._partner_side(request.job_id, context)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
-        job.ledger.facts.aligned_rows = len(job.aligned_rows)
+        job.ledger.rules.facts.aligned_rows = len(job.aligned_rows)
         return pb.Empty()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import FedscoreError, ProtocolError, UnknownJobError
 from fedscore.ledger.block import decode_entry
 from fedscore.ledger.store import LedgerStore
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
 from fedscore.transport import codec
 
 log = logging.getLogger("fedscore.party")

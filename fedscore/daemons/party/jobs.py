@@ -17,26 +17,28 @@ import grpc
 import numpy as np
 from nacl.signing import SigningKey
 
-from fedscore.config import DaemonConfig, JobSpec, check_job_id, resolve_data_file
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.daemons.party.checkpoint import (
     Checkpoint, drop_checkpoint, drop_settled_checkpoints, read_checkpoint, save_checkpoint,
 )
 from fedscore.errors import AccessError, ConfigError, DataError, FedscoreError, ProtocolError, UnknownJobError
+from fedscore.files import file_digest, write_atomically
+from fedscore.job import JobSpec, Step, check_job_id
 from fedscore.ledger import identity
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.entries import digest as entry_digest
 from fedscore.ledger.member import LedgerMember
+from fedscore.ledger.training_rules import TrainingRules, last_step
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.model.model_file import PartyModel, file_digest, write_atomically
+from fedscore.model.model_file import PartyModel
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
-from fedscore.protocol.audit import forget_steps_off_chain, last_step
 from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.party import PartySession, Step
 from fedscore.protocol.partner import PartnerSession
+from fedscore.protocol.party import PartySession
 from fedscore.transport import codec
 from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.rpc import PARTNER_SHARE
@@ -115,7 +117,7 @@ class Jobs:
 
     def checkpoint(self, job: PreparedJob) -> None:
         """Written after every step: everything but the data needed to pick the job up after a crash."""
-        facts = job.ledger.facts
+        facts = job.ledger.rules.facts
         state = Checkpoint(job.spec, job.public_key, job.aligned_rows, job.data_sha256, job.session.checkpoint(),
                            facts.aligned_rows, facts.overlaps)
         save_checkpoint(self.job_dir(job.job_id), job.job_id, self.name, state)
@@ -132,7 +134,8 @@ class Jobs:
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
-        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", self._facts(spec, public_key))
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite",
+                              TrainingRules(self._facts(spec, public_key)))
         kind = CardCenterAlignment if me.is_card_center else PartnerAlignment
         job = PreparedJob(
             request.job_id, spec, table, public_key, kind(self.name, table, request.job_id, self.pool), ledger,
@@ -212,7 +215,7 @@ class Jobs:
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
             session = PartnerSession(*common)
-        session.facts = job.ledger.facts
+        session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session
 
@@ -226,18 +229,18 @@ class Jobs:
         model = session.model()
         text = model.to_json()
         write_atomically(path, text)
-        job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
+        job.ledger.rules.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
         return pb.FinishJobReply(
             model_path=str(path), state_dir=str(self.config.state_dir),
-            model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+            model_digest=job.ledger.rules.facts.model_digest, ledger_path=str(job.ledger.path),
             report_path=self._write_page(request.job_id, session, model),
         )
 
     def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
         """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
         the trained model is what the job is for."""
-        from fedscore.report_html import render_party_page   # matplotlib loads only when a job finishes
+        from fedscore.report.html import render_party_page   # matplotlib loads only when a job finishes
 
         path = self.job_dir(job_id) / REPORT_FILE
         evaluation = session.evaluation if isinstance(session, CardCenterSession) else None
@@ -287,7 +290,7 @@ class Jobs:
                 f"{self.label}: its chain of job {request.job_id!r} ends after {last_step(ledger.entries())}, "
                 f"not after {step}; it cannot resume there"
             )
-        forget_steps_off_chain(ledger.facts, ledger.seen.steps)
+        ledger.rules.forget_steps_off_chain()
         job.session.resume_after(step)
         self.checkpoint(job)
         log.info("job %s resumes after %s", request.job_id, step or "its start")
@@ -320,7 +323,7 @@ class Jobs:
         model_file = folder / MODEL_FILE
         if model_file.is_file():   # it had finished: the job's end must carry this model's digest
             facts.model_digest = entry_digest(model_file.read_bytes())
-        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", facts)
+        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", TrainingRules(facts))
         partners = self._partner_clients(job_id, saved.spec, saved.public_key)
         job = PreparedJob(job_id, saved.spec, table, saved.public_key, None, ledger, partners, saved.aligned_rows,
                           data_sha256=saved.data_sha256)

@@ -9,7 +9,6 @@ verify or was never settled.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -17,29 +16,26 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from fedscore.config import DaemonConfig, JobSpec, ScoringSettings, check_job_id, resolve_data_file
+from fedscore.daemons.config import DaemonConfig, resolve_data_file
+from fedscore.job import JobSpec, check_job_id
+from fedscore.job_file import ScoringSettings
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.ledger import identity
-from fedscore.ledger.block import decode_entry, encode_entry
+from fedscore.ledger.block import decode_entry
+from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.member import LedgerMember
-from fedscore.ledger.scoring import ScoringFacts, scoring_settlement_body, scoring_start_entry, settlement_problem
-from fedscore.ledger.settlement import settlement_message
+from fedscore.ledger.scoring_rules import ScoringFacts, ScoringRules, scoring_start_entry
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audit import append_block
 from fedscore.protocol.fanout import call_each
-from fedscore.protocol.scoring import (
-    CardCenterScorer,
-    ConsentPolicy,
-    ConsentUses,
-    EntryBatcher,
-    Journal,
-    PartnerScorer,
-    Scored,
-    ScoringSecrets,
-)
-from fedscore.scoring.sources import CsvSource, SqliteSource
+from fedscore.protocol.scoring.batcher import EntryBatcher
+from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
+from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentUses
+from fedscore.protocol.scoring.journal import Journal
+from fedscore.protocol.scoring.partner import PartnerScorer
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.sources import CsvSource, SqliteSource
 from fedscore.transport.clients.scoring import ScoringPeer
 
 log = logging.getLogger("fedscore.scoring")
@@ -188,12 +184,12 @@ class ScoringHost:
             path = resolve_data_file(self.config.data_dir, me.data, self.name)
             source = CsvSource(path, list(me.id_columns), model.features, party=self.name)
         folder = self.jobs_dir() / job_id
-        member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
+        member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", ScoringRules(facts))
         journal = None
         try:
             journal = Journal(folder / "scoring-answers.jsonl")
             scorer = PartnerScorer(model, source, facts.card_center, self.consent_policy(), facts, journal,
-                                   on_chain=member.seen.tags.__contains__, uses=self.consent_uses())
+                                   on_chain=member.rules.seen.tags.__contains__, uses=self.consent_uses())
             scorer.forget_committed()
         except BaseException:
             if journal is not None:
@@ -220,11 +216,11 @@ class ScoringHost:
         peers = {p.name: ScoringPeer(p.name, p.address, job_id, timeout=10.0, tls=self.config.tls) for p in partners}
         member = journal = None
         try:
-            member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", facts)
+            member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", ScoringRules(facts))
             journal = Journal(folder / "scoring-pending.jsonl")
             scorer = CardCenterScorer(
                 model, settings.policy, peers, self.consent_policy(), secrets, facts, journal,
-                timeout=settings.timeout_ms / 1000, on_chain=member.seen.requests.__contains__,
+                timeout=settings.timeout_ms / 1000, on_chain=member.rules.seen.requests.__contains__,
                 uses=self.consent_uses(),
             )
             sync = lambda: self._sync_partners(spec, member, peers, facts)   # noqa: E731
@@ -316,12 +312,9 @@ class ScoringHost:
         settlement: dict = {}
 
         def make_entry() -> dict | None:
-            if member.seen.last_kind == "scoring_settlement":   # nothing since the last (a retried settle)
+            if member.rules.seen.last_kind == "scoring_settlement":   # nothing since the last (a retried settle)
                 return None
-            body = scoring_settlement_body(member.entries()[0], member.seen)
-            signatures = call_each(peers, lambda name, peer: peer.sign_settlement(encode_entry(body)), "member")
-            signatures[self.name] = self.key.sign(settlement_message(body)).signature
-            settlement.update(body, signatures={n: s.hex() for n, s in sorted(signatures.items())})
+            settlement.update(settlement_entry(member, peers))
             return settlement
 
         served.batcher.append_after_pending(make_entry)
@@ -357,14 +350,3 @@ class ScoringHost:
         served = self.served(job_id)
         if isinstance(served.scorer, PartnerScorer):
             served.scorer.forget_committed()
-
-    def sign_settlement(self, job_id: str, body_bytes: bytes) -> bytes:
-        member = self.ledger(job_id)
-        try:
-            body = json.loads(body_bytes)
-            problem = settlement_problem(body, member.entries()[0], member.seen) if isinstance(body, dict) else "not an object"
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            problem = f"it is not readable ({type(error).__name__})"
-        if problem or encode_entry(body) != body_bytes:
-            raise ProtocolError(f"{self.label}: refuses to sign the scoring settlement: {problem or 'not canonical JSON'}")
-        return self.key.sign(settlement_message(body)).signature

@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Callable
 
-from fedscore.config import DaemonConfig
+from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.party.alignment import Alignment
 from fedscore.daemons.party.chain import Chains, ScoringChain, TrainingChain
@@ -189,7 +189,7 @@ class PartyService:
         key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
         self.scoring = ScoringHost(config, key)
         self.jobs = Jobs(config, pool, key)
-        chains = Chains(label, {"training": TrainingChain(self.jobs, key), "scoring": ScoringChain(self.scoring, label)})
+        chains = Chains(label, {"training": TrainingChain(self.jobs), "scoring": ScoringChain(self.scoring, label)})
         self.servicers = {
             "Party": PartyServicer(label, PartyStatus(config.name, self.jobs, self.scoring)),
             "Jobs": JobsServicer(label, self.jobs),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.errors import PeerError
 from fedscore.proto import fedscore_pb2 as pb

@@ -1,12 +1,12 @@
 """The coordinator's calls of a party's Jobs service: a training job's life at that party."""
 from __future__ import annotations
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer, ServiceClient
 from fedscore.transport.rpc import PING_TIMEOUT

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.transport.clients.alignment import AlignmentClient
 from fedscore.transport.clients.base import Peer, ServiceClient
 from fedscore.transport.clients.chain import ChainClient

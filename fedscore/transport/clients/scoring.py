@@ -7,7 +7,7 @@ import threading
 import time
 from concurrent.futures import Future
 
-from fedscore.config import JobSpec
+from fedscore.job import JobSpec
 from fedscore.errors import ConsentError, FedscoreError, PeerError, ProtocolError
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb

@@ -12,7 +12,7 @@ from gmpy2 import mpz
 from fedscore.crypto.paillier import PublicKey
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.party import Step
+from fedscore.job import Step
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer, ServiceClient
 

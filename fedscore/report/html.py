@@ -10,10 +10,11 @@ import base64
 import html
 from pathlib import Path
 
-from fedscore import report_plots as plots
 from fedscore.model.curves import PSI_SHIFTED, PSI_STABLE, psi_reading
-from fedscore.model.model_file import PartyModel, write_atomically
-from fedscore.report import html_path
+from fedscore.files import write_atomically
+from fedscore.model.model_file import PartyModel
+from fedscore.report import plots
+from fedscore.report.build import html_path
 
 STYLE = """
 body { font-family: "DejaVu Sans", Arial, sans-serif; color: #222; margin: 24px auto; max-width: 960px; }

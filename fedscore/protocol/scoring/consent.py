@@ -14,6 +14,11 @@ look the applicant up with.
 Token layout (then base64url, without padding, for CSV files and JSON):
 version (1) | issuer key (32) | applicant key (32) | certificate (64) |
 issued_at, unix seconds (8) | card center (1 + n) | purpose (1 + n) | signature (64)
+
+A party accepts a consent under its `ConsentPolicy` (the issuers it trusts,
+the purposes, how old) and acts on it at most `max_uses` times, whatever
+model is asked: `ConsentUses` counts the uses on disk, so neither a restart
+nor another model lets a consent be replayed.
 """
 from __future__ import annotations
 
@@ -23,12 +28,14 @@ import struct
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from fedscore.errors import ConsentError
 from fedscore.model.data import normalise_id
+from fedscore.protocol.scoring.journal import Journal
 
 VERSION = 1
 PURPOSE = "credit-card-application"
@@ -145,3 +152,52 @@ def check_consent(
         )
     except (BadSignatureError, ValueError):
         raise ConsentError("the applicant's signature on the consent does not verify") from None
+
+
+@dataclass(frozen=True)
+class ConsentPolicy:
+    """Which consents a party accepts, and how often each."""
+
+    trusted_issuers: frozenset[bytes]
+    purposes: frozenset[str] = frozenset({PURPOSE})
+    max_age: int = DEFAULT_MAX_AGE
+    max_uses: int = 3          # one application, and a retry or two
+
+    def check(self, token: ConsentToken, digest: bytes, card_center: str) -> None:
+        check_consent(token, digest, card_center, self.trusted_issuers, self.purposes, self.max_age)
+
+
+def _recent_use(use: dict, cutoff: float) -> bool:
+    """A use recorded whole, of a consent that may still be valid."""
+    issued_at = use.get("issued_at")
+    return isinstance(use.get("digest"), str) and isinstance(issued_at, (int, float)) and issued_at >= cutoff
+
+
+class ConsentUses:
+    """How often this party has acted on each consent, so a consent cannot be replayed for more checks
+    than the applicant agreed to. One per party, whatever model is asked (a daemon keeps it in its state
+    folder), journalled (digest and date of each use) for as long as a consent can be valid, so
+    neither a restart nor another model resets it."""
+
+    def __init__(self, path: Path, policy: ConsentPolicy):
+        self.path, self.policy = path, policy
+        self._counts: dict[str, int] = {}
+        self._journal = Journal(path)
+        cutoff = time.time() - policy.max_age - 86_400
+        for use in self._journal.keep_only(lambda use: _recent_use(use, cutoff)):
+            self._counts[use["digest"]] = self._counts.get(use["digest"], 0) + 1
+
+    def admit(self, token: ConsentToken, where: str) -> None:
+        """Count one use of ``token``, or refuse it if it has been used up."""
+        digest = token.digest()
+
+        def count() -> None:   # under the journal's lock, so two requests cannot both take the last use
+            used = self._counts.get(digest, 0)
+            if used >= self.policy.max_uses:
+                raise ConsentError(f"{where}: this consent has been used {used} times; it allows {self.policy.max_uses}")
+            self._counts[digest] = used + 1
+
+        self._journal.append({"digest": digest, "issued_at": token.issued_at}, before=count)
+
+    def close(self) -> None:
+        self._journal.close()

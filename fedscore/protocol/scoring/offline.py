@@ -14,7 +14,7 @@ import numpy as np
 
 from fedscore.errors import DataError
 from fedscore.model.model_file import PartyModel
-from fedscore.scoring.scorecard import Answer, ScoringPolicy, answer, probability
+from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, answer, probability
 
 
 def contribution_matrix(model: PartyModel, matrix: np.ndarray) -> np.ndarray:

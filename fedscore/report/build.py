@@ -1,13 +1,23 @@
-"""The job report: what a data scientist reads after a run (JSON)."""
+"""The job report: what a data scientist reads after a run (JSON), the same keys however the job ran.
+
+The coordinator daemon builds it after a deployed job; the notebook estimator
+builds it from the same function, passing None for what only a deployment has
+(the audit chain, the settlement, the coordinator's state folder).
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from fedscore.config import JobSpec
 from fedscore.crypto.paillier import PublicKey
-from fedscore.model.model_file import write_atomically
+from fedscore.files import write_atomically
+from fedscore.job import JobSpec
 from fedscore.protocol.training import TrainingResult
+
+METRICS = (
+    "auc", "ks", "test_auc", "test_ks", "local_only_auc", "local_only_ks", "local_only_test_auc", "local_only_test_ks",
+)
+NO_AUDIT = {"ledgers": None, "head": None, "blocks": None, "settlement": None}
 
 
 def build_report(
@@ -19,22 +29,21 @@ def build_report(
     result: TrainingResult,
     parties: dict[str, dict],
     alignment: dict,
-    audit: dict,
-    coordinator_state: str,
     seconds: float,
+    audit: dict | None = None,
+    coordinator_state: str | None = None,
+    resumptions: int = 0,
 ) -> dict:
-    metrics = result.metrics
+    """The report of one trained job.
+
+    ``alignment``: aligned_rows, overlaps, alignment_seconds, obfuscation and
+    obfuscation_seconds; ``audit``: ledgers, head, blocks and settlement (None: no chain).
+    """
+    metrics, audit = result.metrics, audit or NO_AUDIT
     return {
         "job": spec.name,
         "job_id": job_id,
-        "auc": metrics["auc"],
-        "ks": metrics["ks"],
-        "test_auc": metrics.get("test_auc"),
-        "test_ks": metrics.get("test_ks"),
-        "local_only_auc": metrics.get("local_only_auc"),
-        "local_only_ks": metrics.get("local_only_ks"),
-        "local_only_test_auc": metrics.get("local_only_test_auc"),
-        "local_only_test_ks": metrics.get("local_only_test_ks"),
+        **{key: metrics.get(key) for key in METRICS},
         "evaluation": metrics.get("curves"),   # the HTML report's curves: aggregates only (fedscore.model.curves)
         "loss": result.losses,
         "epoch_seconds": result.epoch_seconds,
@@ -63,6 +72,7 @@ def build_report(
         "ledger_blocks": audit["blocks"],
         "settlement": audit["settlement"],
         "seconds": seconds,
+        "resumptions": resumptions,
     }
 
 

@@ -3,10 +3,10 @@
 `ApplicantSource.find(digest)` returns the model's feature values for one
 applicant, in the model's column order, or None when the party does not know
 the applicant (or holds an incomplete row for them). Requests name the
-applicant by `applicant_digest(id)` (fedscore.scoring.consent), never by the
-id itself, so each source keeps an index from digest to its own ids; ids
-follow the same rule as training (stripped, case-folded). `lookup(id)` is
-the same look-up for callers that hold the id.
+applicant by `applicant_digest(id)` (fedscore.protocol.scoring.consent),
+never by the id itself, so each source keeps an index from digest to its own
+ids; ids follow the same rule as training (stripped, case-folded).
+`lookup(id)` is the same look-up for callers that hold the id.
 
 - `CsvSource`: the party's CSV, read and checked as in training, indexed in memory.
 - `SqliteSource`: a table in a SQLite database through the standard DB-API,
@@ -29,7 +29,7 @@ import numpy as np
 
 from fedscore.errors import DataError
 from fedscore.model.data import load_party_table
-from fedscore.scoring.consent import applicant_digest
+from fedscore.protocol.scoring.consent import applicant_digest
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REFRESH_SECONDS = 60.0

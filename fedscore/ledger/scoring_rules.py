@@ -1,4 +1,4 @@
-"""The scoring chain of a trained model: what each entry records, and how a member checks it.
+"""The scoring chain's rules: what each entry of a trained model's chain records, and when a member agrees to it.
 
 Every model that serves gets its own chain, replicated by the card center
 and the partners (the coordinator has no part in scoring); the card center
@@ -26,7 +26,7 @@ names a tag it answered, with the consent it checked, and no tag of its own
 twice. An answer marked as not contributing (it arrived after the card
 center stopped waiting) is counted as unbilled, not refused. The card center
 signs only entries it made itself. Settlements: each payee checks its own
-line; the card center checks every line.
+line; the card center checks every line (fedscore.ledger.settlement).
 """
 from __future__ import annotations
 
@@ -35,10 +35,8 @@ import hmac
 import re
 from dataclasses import dataclass, field
 
-from nacl.signing import VerifyKey
-
+from fedscore.ledger import settlement
 from fedscore.ledger.block import encode_entry
-from fedscore.ledger.settlement import FeeContract, settlement_message
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 TAG = re.compile(r"^[0-9a-f]{32}$")
@@ -160,43 +158,6 @@ def scoring_entry(request_id: str, time_ms: int, applicant: str, consent: str, c
     }
 
 
-def scoring_settlement_body(genesis: dict, seen: ScoringSeen) -> dict:
-    """The settlement of the requests since the last one: per_request fen per contribution. The lines
-    of partners whose keys this member lacks are left out (a partner computes its own line only)."""
-    contract = FeeContract.from_dict(genesis["fees"])
-    members = genesis["members"]
-    payer = next(n for n, m in sorted(members.items()) if m["role"] == "card_center")
-    lines = []
-    for payee in sorted(n for n, m in members.items() if m["role"] == "partner"):
-        if payee in seen.keys:
-            count = seen.unsettled.get(payee, 0)
-            lines.append({"payee": payee, "requests": count, "amount": count * contract.per_request})
-    return {
-        "kind": "scoring_settlement", "job_id": genesis["job_id"], "number": seen.settlements + 1,
-        "currency": contract.currency, "payer": payer, "lines": lines, "total": sum(l["amount"] for l in lines),
-    }
-
-
-def settlement_problem(body: dict, genesis: dict, seen: ScoringSeen) -> str | None:
-    """Why this member cannot agree to the scoring settlement ``body`` (None: it agrees)."""
-    expected = scoring_settlement_body(genesis, seen)
-    partners = sorted(n for n, m in genesis["members"].items() if m["role"] == "partner")
-    lines = body.get("lines")
-    if not isinstance(lines, list) or [l.get("payee") for l in lines if isinstance(l, dict)] != partners:
-        return "the settlement must have one line per partner, in name order"
-    if {k: body.get(k) for k in ("kind", "job_id", "number", "currency", "payer")} != {
-        k: expected[k] for k in ("kind", "job_id", "number", "currency", "payer")
-    } or set(body) != set(expected):
-        return "the settlement's job, number, currency or payer is not the chain's"
-    for line in expected["lines"]:
-        if lines[partners.index(line["payee"])] != line:
-            return f"the settlement's line for {line['payee']!r} does not follow from the contract and the requests since the last one"
-    amounts = [l.get("amount") for l in lines]
-    if not all(isinstance(a, int) and a >= 0 for a in amounts) or body.get("total") != sum(amounts):
-        return "the settlement's amounts do not add up"
-    return None
-
-
 def entry_problem(entry: dict, partners: list[str]) -> str | None:
     """The shape every scoring entry must have: these fields, these formats, nothing more."""
     if set(entry) != ENTRY_KEYS:
@@ -223,58 +184,55 @@ def entry_problem(entry: dict, partners: list[str]) -> str | None:
     return None
 
 
-def audit_scoring(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: ScoringSeen) -> str | None:
+def objection(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: ScoringSeen) -> str | None:
     """Why this member cannot sign ``entry`` on the scoring chain (None: it agrees)."""
     kind = entry.get("kind")
-    me = facts.member
     if genesis is None:
-        if kind != "scoring_start":
-            return "the first block must start the model's scoring"
-        if entry.get("job_id") != facts.job_id:
-            return f"the scoring chain is for job {entry.get('job_id')!r}, not {facts.job_id!r}"
-        if entry.get("training_head") != facts.training_head:
-            return "the training head is not that of this member's settled training chain"
-        if entry.get("members") != facts.members:
-            return "the members are not those of the training chain's genesis (names, roles and keys)"
-        if entry.get("fees") != facts.fees:
-            return "the fee contract is not the job's"
-        return None
+        return _scoring_start(entry, facts) if kind == "scoring_start" else "the first block must start the model's scoring"
     if kind == "scoring_start":
         return "a second scoring start"
     if kind == "scoring":
-        problem = entry_problem(entry, facts.partners)
-        if problem:
-            return problem
-        request = entry["request_id"]
-        if request in seen.requests:
-            return f"request {request} is already on the chain"
-        if facts.role == "card_center":
-            if facts.answered.get(request) != entry_digest(entry):
-                return f"request {request} is not an entry this card center made"
-            return None
-        tag = entry["partners"][me]["tag"]
-        if tag in seen.tags:
-            return f"its request {tag} is already on the chain"
-        verdict = contributed(entry, me, facts.pair_keys[me])
-        if verdict is None:
-            return f"its mark on request {tag} is not one the card center and {me!r} agreed"
-        if verdict and facts.answered.get(tag) != entry["consent_digest"]:
-            return f"request {tag} marks {me!r} as a contributor, but it never answered it with that consent"
-        return None
+        return _scoring(entry, facts, seen)
     if kind == "scoring_settlement":
         body = {k: v for k, v in entry.items() if k != "signatures"}
-        problem = settlement_problem(body, genesis, seen)
-        if problem:
-            return problem
-        for signer in [body["payer"], *(line["payee"] for line in body["lines"])]:
-            try:
-                VerifyKey(bytes.fromhex(genesis["members"][signer]["key"])).verify(
-                    settlement_message(body), bytes.fromhex(entry.get("signatures", {}).get(signer, ""))
-                )
-            except Exception:
-                return f"the settlement lacks a valid signature from {signer!r}"
-        return None
+        return settlement.scoring_settlement_problem(body, genesis, seen) or settlement.signature_problem(
+            entry, genesis["members"])
     return f"unknown entry kind {kind!r} on a scoring chain"
+
+
+def _scoring_start(entry: dict, facts: ScoringFacts) -> str | None:
+    if entry.get("job_id") != facts.job_id:
+        return f"the scoring chain is for job {entry.get('job_id')!r}, not {facts.job_id!r}"
+    if entry.get("training_head") != facts.training_head:
+        return "the training head is not that of this member's settled training chain"
+    if entry.get("members") != facts.members:
+        return "the members are not those of the training chain's genesis (names, roles and keys)"
+    if entry.get("fees") != facts.fees:
+        return "the fee contract is not the job's"
+    return None
+
+
+def _scoring(entry: dict, facts: ScoringFacts, seen: ScoringSeen) -> str | None:
+    problem = entry_problem(entry, facts.partners)
+    if problem:
+        return problem
+    request = entry["request_id"]
+    if request in seen.requests:
+        return f"request {request} is already on the chain"
+    if facts.role == "card_center":
+        if facts.answered.get(request) != entry_digest(entry):
+            return f"request {request} is not an entry this card center made"
+        return None
+    me = facts.member
+    tag = entry["partners"][me]["tag"]
+    if tag in seen.tags:
+        return f"its request {tag} is already on the chain"
+    verdict = contributed(entry, me, facts.pair_keys[me])
+    if verdict is None:
+        return f"its mark on request {tag} is not one the card center and {me!r} agreed"
+    if verdict and facts.answered.get(tag) != entry["consent_digest"]:
+        return f"request {tag} marks {me!r} as a contributor, but it never answered it with that consent"
+    return None
 
 
 def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
@@ -289,3 +247,51 @@ def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
     tag = entry["partners"].get(me, {}).get("tag")
     if facts.answered.pop(tag, None) is not None and not contributed(entry, me, facts.pair_keys[me]):
         facts.unbilled += 1
+
+
+@dataclass
+class ScoringReview:
+    """A proposed block's entries, checked one by one against the chain's summary and the block's entries before them."""
+
+    facts: ScoringFacts
+    genesis: dict | None
+    seen: ScoringSeen
+
+    def objection(self, entry: dict) -> str | None:
+        return objection(entry, self.facts, self.genesis, self.seen)
+
+    def add(self, entry: dict) -> None:
+        if self.genesis is None:
+            self.genesis = entry
+        self.seen.add(entry)
+
+
+class ScoringRules:
+    """One member's rules for a model's scoring chain. It keeps the genesis entry and a summary
+    (`seen`) only, not every entry: scoring adds one entry per request."""
+
+    proposer_role = "card_center"
+
+    def __init__(self, facts: ScoringFacts):
+        self.facts = facts
+        self.seen = ScoringSeen(dict(facts.pair_keys))
+        self.genesis: dict | None = None
+
+    def remember(self, entry: dict) -> None:
+        if self.genesis is None:
+            self.genesis = entry
+        self.seen.add(entry)
+        forget_recorded(entry, self.facts)   # on the chain now: no need to remember it
+
+    def entries(self) -> list[dict]:
+        """The genesis entry (the only one kept)."""
+        return [] if self.genesis is None else [self.genesis]
+
+    def review(self) -> ScoringReview:
+        return ScoringReview(self.facts, self.genesis, self.seen.copy())
+
+    def settlement_body(self) -> dict:
+        return settlement.scoring_settlement_body(self.genesis, self.seen)
+
+    def settlement_refusal(self, body: bytes) -> str | None:
+        return settlement.scoring_refusal(body, self.genesis, self.seen)

@@ -1,0 +1,162 @@
+"""A party's or the coordinator's daemon config (TOML), checked whole on load.
+
+Paths in a config are relative to the config file. Every value is checked
+here, before the daemon binds a port or opens its state, and an error names
+the file, the key and the value it refuses. The folders a config names are
+looked at when the daemon starts (fedscore.daemons.server), so a config can
+be checked before its data or certificates are in place.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedscore.errors import ConfigError
+from fedscore.job import KEY_BITS, NAME_PATTERN
+from fedscore.toml_tables import read_toml, refuse_unknown, take
+
+if TYPE_CHECKING:
+    from fedscore.transport.tls import TlsIdentity
+
+HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")   # an Ed25519 public key
+ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir"}
+PARTY_ONLY = {
+    "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
+    "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id",
+}
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Settings of a coordinator or party daemon."""
+
+    name: str
+    listen: str
+    state_dir: Path
+    data_dir: Path | None = None
+    workers: int = 0          # 0 = every core
+    max_message_mib: int = 64 # the largest message this daemon accepts (vectors are streamed in smaller blocks)
+    min_key_bits: int = 2048  # a party refuses jobs with smaller Paillier keys
+    min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
+    consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
+    consent_max_age_days: int = 30
+    consent_max_uses: int = 3                # checks one consent allows (an application, a retry or two)
+    http_listen: str = ""     # the card center's HTTP/JSON scoring endpoint ("" = none)
+    scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
+    scoring_table: str = "applicants"
+    scoring_id: str = "id"
+    card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
+    tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
+    tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
+
+
+def load_party_config(path: Path | str) -> DaemonConfig:
+    return _load(Path(path), "party")
+
+
+def load_coordinator_config(path: Path | str) -> DaemonConfig:
+    return _load(Path(path), "coordinator")
+
+
+def resolve_data_file(data_dir: Path, name: str, party: str) -> Path:
+    """The file a job names for this party, which must lie inside the party's data folder."""
+    root = data_dir.resolve()
+    candidate = (root / name).resolve()
+    if Path(name).is_absolute() or not candidate.is_relative_to(root):
+        raise ConfigError(f"party {party!r}: data file {name!r} is outside its data folder; jobs may only name files inside it")
+    return candidate
+
+
+def _load(path: Path, section: str) -> DaemonConfig:
+    where = f"{section} config {path.name}"
+    table = read_toml(path, f"{section} config").get(section)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: missing [{section}] table")
+    is_party = section == "party"
+    refuse_unknown(table, EVERY_DAEMON | (PARTY_ONLY if is_party else set()), f"{where} [{section}]")
+    base = path.resolve().parent
+    return DaemonConfig(
+        **_every_daemon(table, base, "" if is_party else "coordinator", where),
+        **(_party_settings(table, base, where) if is_party else {}),
+    )
+
+
+def _every_daemon(table: dict[str, Any], base: Path, default_name: str, where: str) -> dict[str, Any]:
+    name = take(table, "name", str, default_name, where)
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{where}: name {name!r}: use letters, digits, '-' and '_' (at most 63)")
+    workers = take(table, "workers", int, DaemonConfig.workers, where)
+    if workers < 0:
+        raise ConfigError(f"{where}: workers must be 0 (every core) or positive, got {workers}")
+    max_message_mib = take(table, "max_message_mib", int, DaemonConfig.max_message_mib, where)
+    if not 4 <= max_message_mib <= 1024:   # streamed blocks are 2 MiB; PSI positions go as 8 bytes per aligned row
+        raise ConfigError(f"{where}: max_message_mib must be between 4 and 1024, got {max_message_mib}")
+    return {
+        "name": name,
+        "listen": _address(table, "listen", "127.0.0.1:0", where),
+        "state_dir": _path(table, "state_dir", "state", base, where),
+        "workers": workers,
+        "max_message_mib": max_message_mib,
+        "tls_dir": _optional_path(table, "tls_dir", base, where),   # read, and checked, when the daemon starts
+    }
+
+
+def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
+    min_key_bits = take(table, "min_key_bits", int, DaemonConfig.min_key_bits, where)
+    if min_key_bits not in KEY_BITS:
+        raise ConfigError(f"{where}: min_key_bits must be one of {', '.join(map(str, KEY_BITS))}, got {min_key_bits}")
+    min_batch_rows = take(table, "min_batch_rows", int, DaemonConfig.min_batch_rows, where)
+    if min_batch_rows < 1:
+        raise ConfigError(f"{where}: min_batch_rows must be at least 1, got {min_batch_rows}")
+    issuers = take(table, "consent_issuers", list, [], where)
+    for issuer in issuers:
+        if not (isinstance(issuer, str) and HEX_KEY.fullmatch(issuer)):
+            raise ConfigError(f"{where}: consent_issuers must be hex Ed25519 public keys (64 hex digits), got {issuer!r}")
+    max_age = take(table, "consent_max_age_days", int, DaemonConfig.consent_max_age_days, where)
+    if not 0 < max_age <= 3650:
+        raise ConfigError(f"{where}: consent_max_age_days must be between 1 and 3650, got {max_age}")
+    max_uses = take(table, "consent_max_uses", int, DaemonConfig.consent_max_uses, where)
+    if not 0 < max_uses <= 1_000_000:
+        raise ConfigError(f"{where}: consent_max_uses must be between 1 and 1000000, got {max_uses}")
+    card_centers = take(table, "card_centers", list, [], where)
+    for center in card_centers:
+        if not (isinstance(center, str) and NAME_PATTERN.fullmatch(center)):
+            raise ConfigError(f"{where}: card_centers must be a list of member names, got {center!r}")
+    return {
+        "data_dir": _path(table, "data_dir", "data", base, where),   # must exist when the daemon starts
+        "min_key_bits": min_key_bits,
+        "min_batch_rows": min_batch_rows,
+        "consent_issuers": tuple(i.lower() for i in issuers),
+        "consent_max_age_days": max_age,
+        "consent_max_uses": max_uses,
+        "http_listen": _address(table, "http_listen", "", where),
+        "scoring_database": _optional_path(table, "scoring_database", base, where),
+        "scoring_table": take(table, "scoring_table", str, DaemonConfig.scoring_table, where),
+        "scoring_id": take(table, "scoring_id", str, DaemonConfig.scoring_id, where),
+        "card_centers": tuple(card_centers),
+    }
+
+
+def _address(table: dict[str, Any], key: str, default: str, where: str) -> str:
+    """host:port (port 0 = any free one); "" only where the default is "" (the setting is off)."""
+    address = take(table, key, str, default, where)
+    if address == "" and default == "":
+        return address
+    match = ADDRESS.fullmatch(address)
+    if match is None or int(match["port"]) > 65_535:
+        raise ConfigError(f"{where}: {key} must be host:port (e.g. 0.0.0.0:50061), got {address!r}")
+    return address
+
+
+def _path(table: dict[str, Any], key: str, default: str, base: Path, where: str) -> Path:
+    """A path setting, relative to the config file."""
+    return base / take(table, key, str, default, where)
+
+
+def _optional_path(table: dict[str, Any], key: str, base: Path, where: str) -> Path | None:
+    """A path setting that may be left out or empty (None)."""
+    value = take(table, key, str, "", where)
+    return base / value if value else None

@@ -1,0 +1,163 @@
+"""The job file (TOML): the [job] settings, the parties, [fees], [coordinator] and the optional [scoring] table.
+
+Paths in a job file are relative to the job file and are left as written; a
+party daemon resolves its own inside its data folder. Every [job] key is a
+JobSpec field and takes its default from there, so the file, the codec and
+the estimator cannot disagree on one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedscore.errors import ConfigError
+from fedscore.job import JobSpec, PartySpec
+from fedscore.ledger.settlement import FeeContract
+from fedscore.protocol.scoring.scorecard import LimitBand, ScoringPolicy
+from fedscore.toml_tables import Kind, read_toml, refuse_unknown, table_of, take
+
+_KINDS: dict[str, Kind] = {"int": int, "float": (int, float), "str": str, "bool": bool}
+# every plain JobSpec field is a [job] key, with the field's default; the coordinator's address has its own table
+JOB_KEYS: dict[str, Kind] = {
+    f.name: _KINDS[f.type] for f in fields(JobSpec) if f.type in _KINDS and f.name != "coordinator_address"
+}
+
+
+def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
+    """A JobSpec from a parsed job TOML document (paths left as written)."""
+    refuse_unknown(document, {"job", "parties", "coordinator", "fees", "scoring"}, where)
+    parse_scoring(document, where)   # checked with the job, used when the model serves
+    job = document.get("job")
+    if not isinstance(job, dict):
+        raise ConfigError(f"{where}: missing [job] table")
+    at = f"{where} [job]"
+    refuse_unknown(job, set(JOB_KEYS), at)
+    settings = {key: _job_setting(job, key, kind, at) for key, kind in JOB_KEYS.items()}
+    coordinator = table_of(document, "coordinator", where)
+    refuse_unknown(coordinator, {"address"}, f"{where} [coordinator]")
+    spec = JobSpec(
+        **settings,
+        parties=_parse_parties(document, where),
+        fees=FeeContract.from_dict(table_of(document, "fees", where), f"{where} [fees]"),
+        coordinator_address=take(coordinator, "address", str, "", f"{where} [coordinator]"),
+    )
+    return spec.validate()
+
+
+def _job_setting(job: dict[str, Any], key: str, kind: Kind, where: str) -> Any:
+    default = JobSpec.__dataclass_fields__[key].default
+    value = take(job, key, kind, "" if default is MISSING else default, where)
+    return float(value) if kind == _KINDS["float"] else value
+
+
+def _parse_parties(document: dict[str, Any], where: str) -> tuple[PartySpec, ...]:
+    entries = document.get("parties")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: no [[parties]] entries")
+    return tuple(_parse_party(entry, f"{where} [[parties]] #{index}", where) for index, entry in enumerate(entries, start=1))
+
+
+def _parse_party(entry: Any, at: str, where: str) -> PartySpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{at}: must be a table")
+    refuse_unknown(entry, {"name", "data", "id", "label", "address"}, at)
+    name = take(entry, "name", str, "", at)
+    if not name:
+        raise ConfigError(f"{at}: missing name")
+    at = f"{where} party {name!r}"
+    ids = take(entry, "id", (str, list), "", at)
+    id_columns = (ids,) if isinstance(ids, str) else tuple(ids)
+    if not id_columns or not all(isinstance(c, str) and c for c in id_columns):
+        raise ConfigError(f"{at}: id must name a column, or a list of columns")
+    return PartySpec(
+        name=name,
+        data=take(entry, "data", str, "", at),
+        id_columns=id_columns,
+        label=take(entry, "label", str, None, at) or None,
+        address=take(entry, "address", str, "", at),
+    )
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The card center's scoring: its policy, how long it waits for partners, how it batches chain entries."""
+
+    policy: ScoringPolicy = ScoringPolicy()
+    timeout_ms: float = 500.0          # a partner later than this is listed in partners_missing
+    batch_entries: int = 500           # a scoring block when this many requests wait ...
+    batch_seconds: float = 1.0         # ... or the oldest waited this long
+    consent_issuers: tuple[str, ...] = ()   # hex Ed25519 keys; a local consortium's parties all trust these
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScoringSettings":
+        document = json.loads(text)
+        policy = document.pop("policy")
+        bands = tuple(LimitBand(**band) for band in policy.pop("limit_bands"))
+        return cls(policy=ScoringPolicy(**policy, limit_bands=bands), **{**document, "consent_issuers": tuple(document["consent_issuers"])})
+
+
+POLICY_NUMBERS = ("offset", "pdo", "min_score", "max_score", "approve_at", "review_at")
+
+
+def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringSettings:
+    """The job file's optional [scoring] table."""
+    table = table_of(document, "scoring", where)
+    at = f"{where} [scoring]"
+    refuse_unknown(
+        table, {*POLICY_NUMBERS, "limit_basis", "limit_bands", "limit_step", "limit_cap", "timeout_ms",
+                "batch_entries", "batch_seconds", "consent_issuers"}, at,
+    )
+    defaults = ScoringPolicy()
+    numbers = {name: float(take(table, name, (int, float), getattr(defaults, name), at)) for name in POLICY_NUMBERS}
+    bands = defaults.limit_bands
+    if "limit_bands" in table:
+        raw = take(table, "limit_bands", list, [], at)
+        try:
+            bands = tuple(LimitBand(float(b["min_score"]), float(b["multiple"])) for b in raw)
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"{at}: each [[scoring.limit_bands]] needs min_score and multiple (numbers)") from None
+        if any(not math.isfinite(b.multiple) or b.multiple < 0 for b in bands):
+            raise ConfigError(f"{at}: a limit band's multiple must be zero or positive")
+    try:
+        policy = ScoringPolicy(
+            **numbers, limit_basis=take(table, "limit_basis", str, defaults.limit_basis, at), limit_bands=bands,
+            limit_step=take(table, "limit_step", int, defaults.limit_step, at),
+            limit_cap=take(table, "limit_cap", int, defaults.limit_cap, at),
+        )
+    except ValueError as error:
+        raise ConfigError(f"{at}: {error}") from None
+    issuers = take(table, "consent_issuers", list, [], at)
+    for issuer in issuers:
+        if not (isinstance(issuer, str) and re.fullmatch(r"[0-9a-fA-F]{64}", issuer)):
+            raise ConfigError(f"{at}: consent_issuers must be hex Ed25519 public keys (64 hex digits), got {issuer!r}")
+    settings = ScoringSettings(
+        policy=policy,
+        timeout_ms=float(take(table, "timeout_ms", (int, float), ScoringSettings.timeout_ms, at)),
+        batch_entries=take(table, "batch_entries", int, ScoringSettings.batch_entries, at),
+        batch_seconds=float(take(table, "batch_seconds", (int, float), ScoringSettings.batch_seconds, at)),
+        consent_issuers=tuple(i.lower() for i in issuers),
+    )
+    if not 1 <= settings.timeout_ms <= 60_000:
+        raise ConfigError(f"{at}: timeout_ms must be between 1 and 60000, got {settings.timeout_ms}")
+    if not 1 <= settings.batch_entries <= 2_000 or not 0.01 <= settings.batch_seconds <= 3600:
+        # a block of 2 000 entries is about 2.5 MB: within any daemon's message limit (at least 4 MiB)
+        raise ConfigError(f"{at}: batch_entries must be 1..2000 and batch_seconds 0.01..3600")
+    return settings
+
+
+def load_scoring(path: Path | str) -> ScoringSettings:
+    path = Path(path)
+    return parse_scoring(read_toml(path, "job file"), where=f"job file {path.name}")
+
+
+def load_job(path: Path | str) -> tuple[JobSpec, Path]:
+    """(spec, folder the job's relative paths start from)."""
+    path = Path(path)
+    return parse_job(read_toml(path, "job file"), where=f"job file {path.name}"), path.resolve().parent

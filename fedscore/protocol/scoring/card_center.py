@@ -1,0 +1,173 @@
+"""The card center's side of online scoring: its own values, the partners' partial scores, the answer.
+
+The card center checks the request's own features and the consent before
+any partner is asked, then asks every partner at once (each under its own
+tag for the request), waits at most its timeout, and turns its own
+contributions, the intercept and the partial scores into the answer
+(fedscore.protocol.scoring.scorecard). Each answered request becomes a
+`scoring` entry (fedscore.ledger.scoring_rules), journalled before the answer is
+returned; `EntryBatcher` (fedscore.protocol.scoring.batcher) puts the
+entries on the chain.
+
+What crosses the card center's boundary: it sends each partner the
+applicant's digest, the consent token and that partner's tag for the
+request. It learns each partner's partial score for the applicant it asked
+about (it needs them for the reasons), and nothing about applicants it did
+not ask about.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedscore.errors import DataError, FedscoreError
+from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, mark, scoring_entry
+from fedscore.model.data import normalise_id
+from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentToken, ConsentUses, applicant_digest
+from fedscore.protocol.scoring.journal import Journal, now_ms
+from fedscore.protocol.scoring.offline import feature_contributions
+from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, answer
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+
+log = logging.getLogger("fedscore.scoring")
+
+
+class PartnerScorerHandle(Protocol):
+    """How the card center asks one partner's scorer; the future gives u_k, or None if the partner does not
+    know the applicant."""
+
+    def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future: ...
+
+
+@dataclass(frozen=True)
+class Scored:
+    request_id: str
+    answer: Answer
+    partial_scores: dict[str, float | None]
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class CardCenterScorer:
+    """The card center's side of scoring one model."""
+
+    def __init__(self, model: PartyModel, policy: ScoringPolicy, partners: Mapping[str, PartnerScorerHandle],
+                 consent: ConsentPolicy, secrets: ScoringSecrets, facts: ScoringFacts, journal: Journal,
+                 timeout: float = 0.5, on_chain: Callable[[str], bool] = lambda request_id: False,
+                 uses: ConsentUses | None = None):
+        if model.intercept is None:
+            raise DataError(f"party {model.party!r}: its model has no intercept; is it the card center's?")
+        self.model = model
+        self.policy = policy
+        self.partners = dict(partners)
+        self.consent = consent
+        self.secrets = secrets
+        self.facts = facts
+        self.journal = journal
+        self.uses = uses or ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
+        self.timeout = timeout
+        self.pending: list[dict] = []
+        self._lock = threading.Lock()
+        for entry in journal.load():
+            if not on_chain(entry["request_id"]):
+                facts.answered.setdefault(entry["request_id"], entry_digest(entry))
+                self.pending.append(entry)
+
+    def own_values(self, features: Mapping[str, object]) -> tuple[list[float], float]:
+        """The model's columns from the request, in model order, and the credit limit's base amount;
+        every one present and a finite number (checked before any partner is asked)."""
+        missing = [name for name in self.model.features if name not in features]
+        if missing:
+            raise DataError(f"the request lacks the card center's feature {missing[0]!r} (needs {', '.join(self.model.features)})")
+        unknown = sorted(set(features) - set(self.model.features) - {self.policy.limit_basis})
+        if unknown:
+            raise DataError(f"the request has a feature the model does not use: {unknown[0]!r}")
+        for name in [*self.model.features, *([self.policy.limit_basis] if self.policy.limit_basis in features else [])]:
+            if not _is_number(features[name]):
+                raise DataError(f"feature {name!r} must be a finite number")
+        base = float(features.get(self.policy.limit_basis, 0.0))   # zero or less: no limit is suggested
+        return [float(features[name]) for name in self.model.features], base
+
+    def ask_partners(self, request_id: str, tags: Mapping[str, str], digest: bytes, consent: str) -> dict[str, float | None]:
+        """Every partner at once, each under its own tag; one that does not know the applicant, refuses,
+        fails, is late or answers something that is not a finite number gives None."""
+        deadline = time.monotonic() + self.timeout
+        futures = {
+            name: handle.ask_partial_score(tags[name], digest, consent, self.timeout)
+            for name, handle in self.partners.items()
+        }
+        scores: dict[str, float | None] = {}
+        for name, future in futures.items():
+            try:
+                value = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                log.warning("request %s: partner %s did not answer within %.0f ms", request_id, name, self.timeout * 1000)
+                value = None
+            except FedscoreError as error:
+                log.warning("request %s: partner %s: %s", request_id, name, error)
+                value = None
+            if value is not None and not (isinstance(value, float) and math.isfinite(value)):
+                log.warning("request %s: partner %s answered %r, not a finite number; left out", request_id, name, value)
+                value = None
+            scores[name] = value
+        return scores
+
+    def score(self, applicant_id: str, features: Mapping[str, object], consent: str) -> Scored:
+        """The whole answer for one applicant, recorded for the chain before it is returned."""
+        if not normalise_id(applicant_id):
+            raise DataError("the request has no applicant id")
+        values, base = self.own_values(features)
+        digest = applicant_digest(applicant_id)
+        token = ConsentToken.from_text(consent)
+        self.consent.check(token, digest, self.facts.member)   # refused here before any partner is asked
+        self.uses.admit(token, f"card center {self.facts.member!r}")
+        request_id = uuid.uuid4().hex
+        tags = {name: self.secrets.tag(request_id, name) for name in self.partners}
+        scores = self.ask_partners(request_id, tags, digest, consent)
+        own = feature_contributions(self.model, values)
+        result = answer(own, self.model.intercept, scores, base, self.policy)
+        marks = {
+            name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
+            for name, tag in tags.items()
+        }
+        entry = scoring_entry(
+            request_id, now_ms(), self.secrets.salted_applicant(applicant_id),
+            self.secrets.seal_consent(token.to_text()), token.digest(), marks,
+        )
+
+        def remember() -> None:
+            with self._lock:
+                self.facts.answered[request_id] = entry_digest(entry)
+                self.pending.append(entry)
+
+        self.journal.append(entry, before=remember)
+        return Scored(request_id, result, scores)
+
+    def take_pending(self, limit: int) -> list[dict]:
+        with self._lock:
+            taken, self.pending = self.pending[:limit], self.pending[limit:]
+        return taken
+
+    def put_back(self, entries: list[dict]) -> None:
+        with self._lock:
+            self.pending = entries + self.pending
+
+    def drop_pending(self, request_ids: set[str]) -> None:
+        """Forget pending entries that are already in a proposed block."""
+        with self._lock:
+            self.pending = [e for e in self.pending if e["request_id"] not in request_ids]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self.pending)

@@ -1,0 +1,78 @@
+"""Scoring records kept on disk, one JSON line each, written before a request is answered.
+
+The card center journals each request's chain entry and a partner each
+answer it gave, until a block on the chain holds them; every party journals
+each use of a consent for as long as the consent can be valid
+(fedscore.protocol.scoring.consent). A daemon that crashes mid-write leaves
+at most its last line cut short: `fedscore.files.read_json_lines`, the one reader of these
+files, skips a line it cannot read, with a warning, rather than refusing the
+whole file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fedscore.errors import ProtocolError
+from fedscore.files import cut_torn_tail, read_json_lines, write_atomically
+
+log = logging.getLogger("fedscore.scoring")
+
+
+def now_ms() -> int:
+    """The clock scoring records are stamped with: unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+class Journal:
+    """Records a daemon must not lose, one JSON line each, written before the request is answered.
+
+    Each line is flushed to the operating system before the answer goes out,
+    so it survives the daemon crashing (not the machine losing power). A line
+    cut short by a crash is cut off when the journal is opened again, so the
+    next record starts on a line of its own.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        cut_torn_tail(path)
+        self._handle = path.open("a", encoding="utf-8")
+
+    def load(self) -> list[dict]:
+        return read_json_lines(self.path)
+
+    def append(self, record: dict, before: Callable[[], None] | None = None) -> None:
+        """Write one record; ``before`` runs under the journal's lock first (so a pruning never misses it)."""
+        line = json_line(record)
+        with self.lock:
+            if self._handle.closed:
+                raise ProtocolError(f"{self.path.name}: the model is closing; request not recorded")
+            if before is not None:
+                before()
+            self._handle.write(line)
+            self._handle.flush()
+
+    def keep_only(self, keep: Callable[[dict], bool]) -> list[dict]:
+        """Rewrite the journal with only the records ``keep`` accepts (those not on the chain yet); returns them."""
+        with self.lock:
+            self._handle.close()
+            try:
+                kept = [r for r in self.load() if keep(r)]
+                write_atomically(self.path, "".join(json_line(r) for r in kept), 0o600)
+            finally:   # a failed rewrite leaves the journal as it was, and open for the next request
+                self._handle = self.path.open("a", encoding="utf-8")
+        return kept
+
+    def close(self) -> None:
+        with self.lock:
+            self._handle.close()

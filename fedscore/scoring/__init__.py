@@ -1,1 +1,0 @@
-"""Scoring new applicants with a trained model: scorecard points, decisions, limits, reasons."""
