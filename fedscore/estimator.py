@@ -30,8 +30,8 @@ from fedscore.errors import ConfigError, DataError
 from fedscore.model import metrics
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.simulation import build_consortium, simulate
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.simulation import build_consortium, simulate
+from fedscore.protocol.training.driver import Progress
 from fedscore.scoring.offline import log_odds, probabilities
 
 JOB_NAME = "notebook"

@@ -7,7 +7,7 @@ from pathlib import Path
 from fedscore.config import JobSpec
 from fedscore.crypto.paillier import PublicKey
 from fedscore.model.model_file import write_atomically
-from fedscore.protocol.training import TrainingResult
+from fedscore.protocol.training.driver import TrainingResult
 
 
 def build_report(

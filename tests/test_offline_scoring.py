@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedscore.protocol.simulation import simulate
+from fedscore.protocol.training.simulation import simulate
 from fedscore.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
 from fedscore.scoring.scorecard import ScoringPolicy, points
 

@@ -40,10 +40,10 @@ from fedscore.model.model_file import PartyModel, file_digest, write_atomically
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
-from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.audit import forget_steps_off_chain, last_step
-from fedscore.protocol.party import PartySession, Step
-from fedscore.protocol.partner import PartnerSession
+from fedscore.protocol.training.session import PartySession, Step
+from fedscore.protocol.training.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors

@@ -28,7 +28,7 @@ from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audit import append_block
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.scoring import (
     CardCenterScorer,
     ConsentPolicy,

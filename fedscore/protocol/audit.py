@@ -9,8 +9,8 @@ from fedscore.ledger.block import Block, encode_entry
 from fedscore.ledger.entries import Facts
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.settlement import settlement_body
-from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
+from fedscore.protocol.training.fanout import call_each
+from fedscore.protocol.training.session import Step
 
 
 class LedgerHandle(Protocol):

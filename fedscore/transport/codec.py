@@ -22,7 +22,7 @@ from fedscore.errors import ProtocolError
 from fedscore.ledger.block import Block
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
-from fedscore.protocol.party import Step
+from fedscore.protocol.training.session import Step
 
 BLOCK_BYTES = 2 * 1024 * 1024
 MAX_VECTOR = 50_000_000

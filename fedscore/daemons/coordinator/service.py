@@ -34,7 +34,7 @@ from fedscore.model.model_file import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
+from fedscore.protocol.training.coordinator import CoordinatorSession, new_job_id
 from fedscore.ledger import identity
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
@@ -48,9 +48,9 @@ from fedscore.protocol.audit import (
     settlement_entry,
     step_entry,
 )
-from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import Step
-from fedscore.protocol.training import (
+from fedscore.protocol.training.fanout import call_each
+from fedscore.protocol.training.session import Step
+from fedscore.protocol.training.driver import (
     RECOVERABLE, Progress, StepRecord, TrainingResult, history_from_chain, run_training,
 )
 from fedscore.report import build_report

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 from gmpy2 import mpz
@@ -24,24 +23,16 @@ from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
 from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
-from fedscore.protocol.fanout import call_each
-from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
-
-
-class PartnerHandle(Protocol):
-    """How the card center reaches a partner: in-process, or over gRPC."""
-
-    def encrypted_partial(self, step: Step) -> list[mpz]: ...
-    def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...
-    def encrypted_loss_term(self, step: Step) -> mpz: ...
-    def masked_scores(self) -> np.ndarray: ...
+from fedscore.protocol.ports import PartnerTrainingHandle
+from fedscore.protocol.training.fanout import call_each
+from fedscore.protocol.training.session import PartySession, Step, one_message_at_a_time
 
 
 class CardCenterSession(PartySession):
     role = "card_center"
     has_intercept = True
 
-    def __init__(self, *args, partners: Mapping[str, PartnerHandle], **kwargs):
+    def __init__(self, *args, partners: Mapping[str, PartnerTrainingHandle], **kwargs):
         super().__init__(*args, **kwargs)
         self.partners = dict(partners)
         labels = self.table.labels

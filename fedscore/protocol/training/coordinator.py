@@ -18,7 +18,7 @@ from fedscore.crypto.paillier import PrivateKey, PublicKey, generate_keypair
 from fedscore.crypto.pool import pack
 from fedscore.errors import ProtocolError
 from fedscore.ledger.entries import Facts, step_key
-from fedscore.protocol.party import Step
+from fedscore.protocol.training.session import Step
 from fedscore.model.taylor import LOG2_MINUS_HALF
 
 

@@ -12,7 +12,7 @@ from gmpy2 import mpz
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, encode_scores
 from fedscore.crypto.masks import new_seed, word_masks
 from fedscore.errors import ProtocolError
-from fedscore.protocol.party import PartySession, Step, one_message_at_a_time
+from fedscore.protocol.training.session import PartySession, Step, one_message_at_a_time
 
 
 class PartnerSession(PartySession):
