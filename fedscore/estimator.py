@@ -1,7 +1,7 @@
 """A scikit-learn-style estimator: the federated protocol with every party in one process.
 
 For a data scientist trying feature splits in a notebook before any daemon is
-deployed. ``fit`` runs what a deployed job runs (fedscore.protocol.simulation):
+deployed. ``fit`` runs what a deployed job runs (fedscore.protocol.training.simulation):
 private set intersection, then the card center's, the partners' and the
 coordinator's sessions exchanging the same Paillier-encrypted and masked
 messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
