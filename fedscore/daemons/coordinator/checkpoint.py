@@ -97,22 +97,23 @@ class JobFolder:
     def write_report(self, report: dict) -> None:
         write_atomically(self.path / REPORT_FILE, json.dumps(report, indent=2) + "\n")
 
-    def report(self) -> str | None:
-        """The finished job's report JSON, if it finished."""
-        path = self.path / REPORT_FILE
-        return path.read_text() if path.is_file() else None
-
     def record_failure(self, card_center: str, error: BaseException) -> None:
         """Why the job failed, for whoever follows it later (its card center only)."""
         write_atomically(self.path / FAILED_FILE, json.dumps(
             {"card_center": card_center, "error": f"{type(error).__name__}: {error}"}))
 
-    def failure(self) -> dict | None:
-        """{"card_center", "error"} of a failed job; None when none is recorded or it is unreadable."""
+    def ended(self) -> tuple[str, str | None, str | None] | None:
+        """(card center, report JSON, None) of a finished job, (card center, None, why) of a failed one, else None."""
+        report = self.path / REPORT_FILE
+        if report.is_file():
+            text = report.read_text()
+            center = next(p["name"] for p in json.loads(text)["parties"] if p["role"] == "card_center")
+            return center, text, None
         try:
-            return json.loads((self.path / FAILED_FILE).read_text())
+            failure = json.loads((self.path / FAILED_FILE).read_text())
         except (OSError, ValueError):
             return None
+        return failure.get("card_center", ""), None, failure.get("error")
 
     def chain_head(self) -> tuple[int, bytes] | None:
         """(blocks, head hash) of the job's chain, if it has one."""

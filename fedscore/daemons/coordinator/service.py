@@ -6,7 +6,6 @@ calls into those and events back into messages.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -87,19 +86,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except FedscoreError as error:
             context.abort(status_for(error), str(error))
         run = self._runs.get(request.job_id)
-        if run is None:
-            folder = JobFolder(self.config.state_dir, request.job_id)
-            report = folder.report()
-            if report is not None:
-                center = next(p["name"] for p in json.loads(report)["parties"] if p["role"] == "card_center")
-                self._allow_follower(context, center)
-                yield pb.JobEvent(job_id=request.job_id, report_json=report)
-                return
-            failure = folder.failure()
-            if failure is None:
+        if run is None:   # ended before this daemon started
+            ended = JobFolder(self.config.state_dir, request.job_id).ended()
+            if ended is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: no job {request.job_id} here")
-            self._allow_follower(context, failure.get("card_center", ""))
-            context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} failed: {failure.get('error')}")
+            card_center, report, error = ended
+            self._allow_follower(context, card_center)
+            if report is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} failed: {error}")
+            yield pb.JobEvent(job_id=request.job_id, report_json=report)
+            return
         self._allow_follower(context, run.card_center)
         events = run.follow()
         context.add_callback(lambda: run.unfollow(events))
