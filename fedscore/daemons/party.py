@@ -1,7 +1,7 @@
 """The party daemon: runs next to a party's data and answers the protocol's RPCs.
 
 It only moves bytes between gRPC and the party's session
-(fedscore.protocol.partner / card_center), checks what arrives, and writes
+(fedscore.protocol.training.partner / card_center), checks what arrives, and writes
 the party's model to its own state folder. The card center's daemon also
 dials the partners named in the job. Once a model is trained, the same
 daemon serves it (fedscore.daemons.scoring).
@@ -41,11 +41,11 @@ from fedscore.model.model_file import PartyModel
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
-from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.ledger.training_rules import TrainingRules, last_step
 from fedscore.job import Step
-from fedscore.protocol.party import PartySession
-from fedscore.protocol.partner import PartnerSession
+from fedscore.protocol.training.session import PartySession
+from fedscore.protocol.training.partner import PartnerSession
 from fedscore.transport import codec
 from fedscore.transport.clients import PartyClient, PsiClient
 from fedscore.transport.rpc import PARTNER_SHARE, servicer_errors

@@ -22,7 +22,7 @@ from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.job import Step
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.driver import Progress
 from fedscore.transport import codec
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.transport.rpc import PING_TIMEOUT, RELAYED, STEP_TIMEOUT, open_channel, peer_error
