@@ -1,7 +1,7 @@
 """A scikit-learn-style estimator: the federated protocol with every party in one process.
 
 For a data scientist trying feature splits in a notebook before any daemon is
-deployed. ``fit`` runs what a deployed job runs (fedscore.protocol.simulation):
+deployed. ``fit`` runs what a deployed job runs (fedscore.protocol.training.simulation):
 private set intersection, then the card center's, the partners' and the
 coordinator's sessions exchanging the same Paillier-encrypted and masked
 messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
@@ -32,8 +32,8 @@ from fedscore.model import metrics
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.offline import log_odds, probabilities
-from fedscore.protocol.simulation import build_consortium, simulate
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.simulation import build_consortium, simulate
+from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import build_report
 
 JOB_NAME = "notebook"

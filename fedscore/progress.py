@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.driver import Progress
 
 Mode = Literal["bars", "plain", "off"]
 PLAIN_EVERY = 10.0   # seconds between two plain step or scoring lines

@@ -15,7 +15,7 @@ from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError
 from fedscore.model.data import ID_SEPARATOR, normalise_id
 from fedscore.files import write_atomically
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import write_report
 from fedscore.transport.clients.coordinator import CoordinatorClient
 from fedscore.transport.clients.scoring import ScoringClient

@@ -21,7 +21,7 @@ from fedscore.daemons.config import load_party_config
 from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table
 from fedscore.progress import ProgressView, clock, eta_seconds
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.driver import Progress
 from fedscore.transport.clients.base import Peer
 from fedscore.transport.clients.party import PartyClient
 from fedscore.transport.tls import TlsIdentity

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fedscore.job_file import load_job
-from fedscore.protocol.simulation import build_consortium, load_tables
+from fedscore.protocol.training.simulation import build_consortium, load_tables
 
 from conftest import trained_weights
 from test_protocol import reference

@@ -6,7 +6,7 @@ import pytest
 
 from fedscore.protocol.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, points
-from fedscore.protocol.simulation import simulate
+from fedscore.protocol.training.simulation import simulate
 
 from conftest import breast_parties, split_three_ways
 from test_protocol import consortium_for

@@ -20,10 +20,56 @@ def test_signed_round_trip_and_homomorphism(keypair, inline_pool):
     values = [0, 1, -1, 2**60, -(2**200), 123456789]
     encrypted = inline_pool.encrypt(public, values)
     assert [private.decrypt_signed(c) for c in encrypted] == values
-    total = paillier.product(public, encrypted)
+    total = paillier.add_all(public, encrypted)
     assert private.decrypt_signed(total) == sum(values)
     assert private.decrypt_signed(paillier.add_plain(public, encrypted[1], -5)) == -4
-    assert private.decrypt_signed(paillier.invert(public, encrypted[5])) == -123456789
+    assert private.decrypt_signed(paillier.negate(public, encrypted[5])) == -123456789
+
+
+def test_named_operations_match_python_paillier(keypair, inline_pool):
+    """Each operation gives the very ciphertext python-paillier's arithmetic gives, and decrypts as plain maths."""
+    from phe import paillier as phe
+
+    public, private = keypair
+    phe_public = phe.PaillierPublicKey(int(public.n))
+    xs, ys = [7, -3, 2**100, 0], [-9, 11, -(2**90), 5]
+    ex, ey = inline_pool.encrypt(public, xs), inline_pool.encrypt(public, ys)
+
+    def theirs(c: mpz) -> phe.EncryptedNumber:
+        return phe.EncryptedNumber(phe_public, int(c), 0)
+
+    def same(ours: mpz, other: phe.EncryptedNumber) -> bool:
+        return ours == other.ciphertext(be_secure=False)
+
+    for a, b, x, y in zip(ex, ey, xs, ys):
+        assert same(paillier.add(public, a, b), theirs(a) + theirs(b))
+        assert same(paillier.add_plain(public, a, y), theirs(a) + y)
+        assert same(paillier.negate(public, a), theirs(a) * -1)
+        assert private.decrypt_signed(paillier.add(public, a, paillier.negate(public, b))) == x - y
+    assert [private.decrypt_signed(c) for c in paillier.add_plains(public, ex, ys)] == [x + y for x, y in zip(xs, ys)]
+    assert paillier.add_plains(public, ex, ys) == [paillier.add_plain(public, a, y) for a, y in zip(ex, ys)]
+    assert same(paillier.add_all(public, ex), sum(map(theirs, ex[1:]), theirs(ex[0])))
+    assert private.decrypt_signed(paillier.add_all(public, [])) == 0
+    summed = paillier.add_elementwise(public, [ex, ey, ex])
+    assert [private.decrypt_signed(c) for c in summed] == [2 * x + y for x, y in zip(xs, ys)]
+    assert paillier.add_elementwise(public, [ex]) == ex
+
+
+def test_rerandomise_keeps_the_plaintext_and_changes_the_ciphertext(keypair):
+    from phe import paillier as phe
+
+    public, private = keypair
+    phe_public = phe.PaillierPublicKey(int(public.n))
+    values = [42, -42, 0]
+    rs = [secrets.randbelow(int(public.n) - 2) + 2 for _ in values]
+    obfuscators = [gmpy2.powmod(r, public.n, public.nsquare) for r in rs]
+    encrypted = [paillier.encrypt(public, v, mpz(1)) for v in values]   # no randomness yet
+    fresh = paillier.rerandomise_each(public, encrypted, obfuscators)
+    # the same as python-paillier encrypting each value with that r
+    assert fresh == [phe_public.raw_encrypt(v % int(public.n), r) for v, r in zip(values, rs)]
+    assert all(f != c for f, c in zip(fresh, encrypted))
+    assert [private.decrypt_signed(c) for c in fresh] == values
+    assert paillier.rerandomise(public, encrypted[1], obfuscators[1]) == fresh[1]
 
 
 def test_python_paillier_decrypts_our_ciphertexts(keypair, inline_pool):

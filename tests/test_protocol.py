@@ -14,8 +14,8 @@ from fedscore.errors import ProtocolError
 from fedscore.model import metrics
 from fedscore.model.taylor import fit_gradient_descent
 from fedscore.job import Step
-from fedscore.protocol.simulation import build_consortium, load_tables, simulate
-from fedscore.protocol.training import run_training
+from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate
+from fedscore.protocol.training.driver import run_training
 
 from conftest import breast_parties, split_three_ways, write_job
 

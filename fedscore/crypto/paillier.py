@@ -1,5 +1,9 @@
 """Paillier keys and the handful of operations the protocol needs, on plain integers.
 
+The protocol sessions combine ciphertexts only through the named operations
+at the end of this module (add, add_all, add_plains, negate, rerandomise,
+...), so no session reduces modulo n² itself.
+
 Ciphertexts are gmpy2 ``mpz`` values modulo n², not python-paillier objects:
 bulk vectors stay cheap to build, multiply and serialise. Key generation and
 CRT decryption come from python-paillier (``phe``), which uses gmpy2 inside.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -111,13 +116,13 @@ def encrypt(public_key: PublicKey, m: int, obfuscator: mpz) -> mpz:
     return plaintext_factor(public_key, m) * obfuscator % public_key.nsquare
 
 
-def add_plain(public_key: PublicKey, ciphertext: mpz, m: int) -> mpz:
-    """[[x + m]] from [[x]]; carries no new randomness."""
-    return ciphertext * plaintext_factor(public_key, m) % public_key.nsquare
+def add(public_key: PublicKey, a: mpz, b: mpz) -> mpz:
+    """[[x + y]] from [[x]] and [[y]]."""
+    return a * b % public_key.nsquare
 
 
-def product(public_key: PublicKey, ciphertexts) -> mpz:
-    """[[Σ x_i]] from [[x_i]]."""
+def add_all(public_key: PublicKey, ciphertexts: Iterable[mpz]) -> mpz:
+    """[[Σ x_i]] from [[x_i]] ([[0]] without randomness when there are none)."""
     nsquare = public_key.nsquare
     acc = mpz(1)
     for c in ciphertexts:
@@ -125,6 +130,37 @@ def product(public_key: PublicKey, ciphertexts) -> mpz:
     return acc
 
 
-def invert(public_key: PublicKey, ciphertext: mpz) -> mpz:
+def add_elementwise(public_key: PublicKey, vectors: Sequence[Sequence[mpz]]) -> list[mpz]:
+    """[[Σ_k x_k,i]] for each position i, from equally long vectors [[x_k,i]]."""
+    nsquare = public_key.nsquare
+    out = list(vectors[0])
+    for vector in vectors[1:]:
+        out = [a * b % nsquare for a, b in zip(out, vector)]
+    return out
+
+
+def add_plain(public_key: PublicKey, ciphertext: mpz, m: int) -> mpz:
+    """[[x + m]] from [[x]]; carries no new randomness."""
+    return ciphertext * plaintext_factor(public_key, m) % public_key.nsquare
+
+
+def add_plains(public_key: PublicKey, ciphertexts: Sequence[mpz], plaintexts: Sequence[int]) -> list[mpz]:
+    """[[x_i + m_i]] for each position i; carries no new randomness (see :func:`rerandomise_each`)."""
+    nsquare = public_key.nsquare
+    return [c * plaintext_factor(public_key, m) % nsquare for c, m in zip(ciphertexts, plaintexts)]
+
+
+def negate(public_key: PublicKey, ciphertext: mpz) -> mpz:
     """[[-x]] from [[x]]."""
     return gmpy2.invert(ciphertext, public_key.nsquare)
+
+
+def rerandomise(public_key: PublicKey, ciphertext: mpz, obfuscator: mpz) -> mpz:
+    """[[x]] again, unlinkable to the input: multiplied by a fresh obfuscator (a random n-th residue)."""
+    return ciphertext * obfuscator % public_key.nsquare
+
+
+def rerandomise_each(public_key: PublicKey, ciphertexts: Sequence[mpz], obfuscators: Sequence[mpz]) -> list[mpz]:
+    """:func:`rerandomise` for each position, each with its own never-used obfuscator."""
+    nsquare = public_key.nsquare
+    return [c * r % nsquare for c, r in zip(ciphertexts, obfuscators)]

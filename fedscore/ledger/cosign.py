@@ -16,7 +16,7 @@ from fedscore.ledger import settlement
 from fedscore.ledger.block import Block, encode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.verify import genesis_members
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.training.fanout import call_each
 
 
 class LedgerHandle(Protocol):

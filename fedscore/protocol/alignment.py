@@ -26,7 +26,6 @@ import secrets
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -34,7 +33,8 @@ from fedscore.crypto import psi
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import DataError, ProtocolError
 from fedscore.model.data import PartyTable
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.ports import PartnerPsiHandle
+from fedscore.protocol.training.fanout import call_each
 
 
 def psi_domain(job_id: str) -> bytes:
@@ -95,14 +95,6 @@ class PartnerAlignment(PsiParty):
             raise ProtocolError(f"{self.party}: aligned positions repeat")
         self.rows = np.sort(self.order[positions])  # the table is sorted by id: row order is id order
         return self.rows
-
-
-class PartnerPsiHandle(Protocol):
-    """How the card center reaches a partner's alignment: in-process or over gRPC."""
-
-    def blinded_ids(self) -> bytes: ...
-    def reblind(self, points: bytes) -> bytes: ...
-    def accept(self, positions: np.ndarray) -> object: ...
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from fedscore.crypto.paillier import PublicKey
 from fedscore.files import write_atomically
 from fedscore.job import JobSpec
-from fedscore.protocol.training import TrainingResult
+from fedscore.protocol.training.driver import TrainingResult
 
 METRICS = (
     "auc", "ks", "test_auc", "test_ks", "local_only_auc", "local_only_ks", "local_only_test_auc", "local_only_test_ks",

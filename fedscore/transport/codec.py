@@ -22,6 +22,7 @@ from fedscore.job import JobSpec, PartySpec, Step
 from fedscore.ledger.block import Block
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
+from fedscore.job import Step
 
 BLOCK_BYTES = 2 * 1024 * 1024
 MAX_VECTOR = 50_000_000

@@ -36,9 +36,9 @@ from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import PartyModel
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
-from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.partner import PartnerSession
-from fedscore.protocol.party import PartySession
+from fedscore.protocol.training.card_center import CardCenterSession
+from fedscore.protocol.training.partner import PartnerSession
+from fedscore.protocol.training.session import PartySession
 from fedscore.transport import codec
 from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.rpc import PARTNER_SHARE

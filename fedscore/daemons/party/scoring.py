@@ -28,7 +28,7 @@ from fedscore.ledger.scoring_rules import ScoringFacts, ScoringRules, scoring_st
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.scoring.batcher import EntryBatcher
 from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentUses

@@ -1,6 +1,6 @@
 """A party's training steps: the coordinator's calls at every party, and the card center's calls at a
 partner. Each checks who calls and what arrives, then hands the step to the job's session
-(fedscore.protocol.card_center / partner)."""
+(fedscore.protocol.training.card_center / partner)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from fedscore.daemons.access import COORDINATOR, require
 from fedscore.daemons.party.jobs import Jobs, require_card_center
 from fedscore.errors import ProtocolError
 from fedscore.proto import fedscore_pb2 as pb
-from fedscore.protocol.card_center import CardCenterSession
-from fedscore.protocol.partner import PartnerSession
+from fedscore.protocol.training.card_center import CardCenterSession
+from fedscore.protocol.training.partner import PartnerSession
 from fedscore.transport import codec
 
 

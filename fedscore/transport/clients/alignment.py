@@ -1,6 +1,6 @@
 """Calls of a party's Alignment service: the coordinator asks the card center to align, and the card
 center runs private set intersection with each partner (an AlignmentClient is the PartnerPsiHandle of
-fedscore.protocol.alignment)."""
+fedscore.protocol.ports)."""
 from __future__ import annotations
 
 import numpy as np

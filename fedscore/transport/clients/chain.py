@@ -1,6 +1,6 @@
 """Calls of a member's Chain service by a chain's proposer: the coordinator for a job's training chain, the
 card center for a model's scoring chain (a ChainClient is the LedgerHandle and SettlementSigner of
-fedscore.protocol.audit)."""
+fedscore.ledger.cosign)."""
 from __future__ import annotations
 
 from fedscore.ledger.block import Block

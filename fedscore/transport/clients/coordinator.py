@@ -11,7 +11,7 @@ from fedscore.crypto.certs import COORDINATOR
 from fedscore.errors import PeerError
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.protocol.training import Progress
+from fedscore.protocol.training.driver import Progress
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer, ServiceClient
 from fedscore.transport.rpc import PING_TIMEOUT, RELAYED

@@ -138,7 +138,7 @@ class PartialScoreSender:
 
 class ScoringPeer:
     """The card center's view of a partner while a model serves: partial scores (PartnerHandle of
-    fedscore.protocol.scoring) and the model's scoring chain (LedgerHandle, SettlementSigner)."""
+    fedscore.protocol.scoring.card_center) and the model's scoring chain (LedgerHandle, SettlementSigner)."""
 
     def __init__(self, name: str, address: str, job_id: str, timeout: float = STEP_TIMEOUT,
                  tls: TlsIdentity | None = None):

@@ -1,7 +1,6 @@
 """Calls of a party's Training service: the coordinator's steps at every party, and the card center's
 requests to a partner. A TrainingClient is the handle the training sessions talk to (PartyHandle,
-CardCenterHandle, PartnerControlHandle in fedscore.protocol.training; PartnerHandle in
-fedscore.protocol.card_center)."""
+CardCenterHandle, PartnerControlHandle, PartnerTrainingHandle in fedscore.protocol.ports)."""
 from __future__ import annotations
 
 import json

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 from gmpy2 import mpz
@@ -24,25 +23,17 @@ from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
 from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.ports import PartnerTrainingHandle
+from fedscore.protocol.training.fanout import call_each
+from fedscore.protocol.training.session import PartySession, one_message_at_a_time
 from fedscore.job import Step
-from fedscore.protocol.party import PartySession, one_message_at_a_time
-
-
-class PartnerHandle(Protocol):
-    """How the card center reaches a partner: in-process, or over gRPC."""
-
-    def encrypted_partial(self, step: Step) -> list[mpz]: ...
-    def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...
-    def encrypted_loss_term(self, step: Step) -> mpz: ...
-    def masked_scores(self) -> np.ndarray: ...
 
 
 class CardCenterSession(PartySession):
     role = "card_center"
     has_intercept = True
 
-    def __init__(self, *args, partners: Mapping[str, PartnerHandle], **kwargs):
+    def __init__(self, *args, partners: Mapping[str, PartnerTrainingHandle], **kwargs):
         super().__init__(*args, **kwargs)
         self.partners = dict(partners)
         labels = self.table.labels
@@ -81,22 +72,15 @@ class CardCenterSession(PartySession):
             self.record(step, f"partial/{name}", partials[name], width)
             self.record(step, f"residual/{name}", shares[name], width)
         call_each(self.partners, lambda name, p: p.receive_residual(step, shares[name]), "partner")
-        combined = self.combine(list(partials.values()))
+        combined = paillier.add_elementwise(self.public_key, list(partials.values()))
         state.encrypted_rest = combined
         self._loss_part = self.encrypted_label_term(combined, own, rows)
 
-    def combine(self, vectors: list[list[mpz]]) -> list[mpz]:
-        """Element-wise product: [[Σ_k x_k,i]] from the vectors [[x_k,i]]."""
-        nsquare = self.public_key.nsquare
-        out = list(vectors[0])
-        for vector in vectors[1:]:
-            out = [a * b % nsquare for a, b in zip(out, vector)]
-        return out
-
     def residual_shares(self, encrypted_own: list[mpz], partials: Mapping[str, list[mpz]]) -> dict[str, list[mpz]]:
         """For each partner k: [[U_C − Y]]·Π_{j≠k}[[U_j]] = [[D − U_k]]."""
+        key = self.public_key
         return {
-            name: self.combine([encrypted_own] + [v for other, v in partials.items() if other != name])
+            name: paillier.add_elementwise(key, [encrypted_own, *(v for other, v in partials.items() if other != name)])
             for name in partials
         }
 
@@ -104,10 +88,10 @@ class CardCenterSession(PartySession):
         """[[T]], T = Σ(1 − 2y)·D: Π_{y=0}[[ΣU]]·(Π_{y=1}[[ΣU]])⁻¹ times the plaintext part."""
         key = self.public_key
         labels = self.train_labels[rows]
-        goods = paillier.product(key, (c for c, y in zip(encrypted_sum, labels) if y == 0))
-        bads = paillier.product(key, (c for c, y in zip(encrypted_sum, labels) if y == 1))
+        goods = paillier.add_all(key, (c for c, y in zip(encrypted_sum, labels) if y == 0))
+        bads = paillier.add_all(key, (c for c, y in zip(encrypted_sum, labels) if y == 1))
         plain = sum(o if y == 0 else -o for o, y in zip(own, labels))
-        return paillier.add_plain(key, goods * paillier.invert(key, bads) % key.nsquare, plain)
+        return paillier.add_plain(key, paillier.add(key, goods, paillier.negate(key, bads)), plain)
 
     @one_message_at_a_time
     def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]:
@@ -120,8 +104,8 @@ class CardCenterSession(PartySession):
         key = self.public_key
         for name, term in terms.items():
             self.record(step, f"loss_term/{name}", [term], key.ciphertext_bytes)
-        total = paillier.add_plain(key, paillier.product(key, [self._loss_part, *terms.values()]), state.loss_term)
-        share = total * self.fresh_obfuscators(1)[0] % key.nsquare
+        total = paillier.add_plain(key, paillier.add_all(key, [self._loss_part, *terms.values()]), state.loss_term)
+        share = paillier.rerandomise(key, total, self.fresh_obfuscators(1)[0])
         self.record(step, "loss_share", [share], key.ciphertext_bytes)
         return share, self.step_digests(step)
 

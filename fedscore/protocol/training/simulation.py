@@ -13,11 +13,11 @@ from fedscore.job import JobSpec
 from fedscore.crypto.paillier import PrivateKey, PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.model.data import PartyTable, load_party_table
-from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.alignment import Alignment, CardCenterAlignment, PartnerAlignment
-from fedscore.protocol.coordinator import CoordinatorSession, new_job_id
-from fedscore.protocol.partner import PartnerSession
-from fedscore.protocol.training import Progress, TrainingResult, run_training
+from fedscore.protocol.training.coordinator import CoordinatorSession, new_job_id
+from fedscore.protocol.training.partner import PartnerSession
+from fedscore.protocol.training.driver import Progress, TrainingResult, run_training
 
 
 @dataclass

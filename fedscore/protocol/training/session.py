@@ -209,16 +209,14 @@ class PartySession:
     def masked_gradient(self, step: Step) -> list[mpz]:
         """[[X̂ᵀD + r]] per column, freshly randomised, r uniform in Z_n and kept here."""
         state = self._current(step, needs="residual")
-        key, nsquare = self.public_key, self.public_key.nsquare
+        key = self.public_key
         quantised = self.quantised[state.rows]
         encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
         plain = integer_gradient(quantised, state.own_part)
         masks = [uniform_mask(key.n) for _ in plain]
         state.masks = masks
-        masked = [
-            c * paillier.plaintext_factor(key, p + r) % nsquare * fresh % nsquare
-            for c, p, r, fresh in zip(encrypted, plain, masks, self.fresh_obfuscators(len(plain)))
-        ]
+        gradient = paillier.add_plains(key, encrypted, [p + r for p, r in zip(plain, masks)])
+        masked = paillier.rerandomise_each(key, gradient, self.fresh_obfuscators(len(plain)))
         self.record(step, f"gradient/{self.party}", masked, key.ciphertext_bytes)
         return masked
 

@@ -12,8 +12,8 @@ from gmpy2 import mpz
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, encode_scores
 from fedscore.crypto.masks import new_seed, word_masks
 from fedscore.errors import ProtocolError
+from fedscore.protocol.training.session import PartySession, one_message_at_a_time
 from fedscore.job import Step
-from fedscore.protocol.party import PartySession, one_message_at_a_time
 
 
 class PartnerSession(PartySession):

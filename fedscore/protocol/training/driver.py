@@ -14,31 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
-from gmpy2 import mpz
 
 from fedscore.errors import PeerError, UnknownJobError
 from fedscore.model.rows import batches
-from fedscore.protocol.coordinator import CoordinatorSession
-from fedscore.protocol.fanout import call_each
+from fedscore.protocol.ports import CardCenterHandle, PartnerControlHandle, PartyHandle
+from fedscore.protocol.training.coordinator import CoordinatorSession
+from fedscore.protocol.training.fanout import call_each
 from fedscore.job import Step
-
-
-class PartyHandle(Protocol):
-    def masked_gradient(self, step: Step) -> list[mpz]: ...
-    def apply_gradient(self, step: Step, values: list[int]) -> None: ...
-
-
-class CardCenterHandle(PartyHandle, Protocol):
-    def forward_step(self, step: Step) -> None: ...
-    def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]: ...
-    def evaluate(self, mask_sum: np.ndarray) -> dict: ...
-
-
-class PartnerControlHandle(PartyHandle, Protocol):
-    def score_mask_seed(self) -> bytes: ...
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""The coordinator's gRPC service: submitting a job, following it, and what this daemon runs.
+
+The jobs themselves live in jobs.py (start, recover, finish, resume), their
+files in checkpoint.py and their events in events.py; this module turns gRPC
+calls into those and events back into messages.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import grpc
+
+from fedscore import __version__
+from fedscore.daemons.config import DaemonConfig
+from fedscore.job import check_job_id
+from fedscore.daemons.access import require
+from fedscore.daemons.coordinator.checkpoint import JobFolder, checkpointed_jobs
+from fedscore.daemons.coordinator.events import JobRun, JobRuns
+from fedscore.daemons.coordinator.jobs import resume_job, run_job
+from fedscore.errors import FedscoreError, PeerError
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.training.coordinator import new_job_id
+from fedscore.protocol.training.driver import Progress
+from fedscore.transport import codec
+from fedscore.transport.rpc import RELAYED, servicer_errors, status_for
+from fedscore.transport.tls import caller_name
+
+log = logging.getLogger("fedscore.coordinator")
+handles_errors = servicer_errors("label")
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self.label = "coordinator"
+        self._runs = JobRuns()
+
+    def resume_unfinished(self) -> list[str]:
+        """At start, before serving: go on with every job that was training when this daemon stopped."""
+        resumed = []
+        for folder in checkpointed_jobs(self.config.state_dir):
+            job_id = folder.job_id
+            try:
+                spec = folder.spec()
+            except (OSError, ValueError, KeyError, StopIteration, FedscoreError) as error:
+                log.error("job %s cannot resume: unreadable checkpoint (%s)", job_id, error)
+                folder.drop_checkpoint()
+                continue
+            run = self._runs.add(JobRun(job_id, spec))
+            run.start(lambda publish, job_id=job_id: resume_job(self.config.state_dir, job_id, publish, self.config.tls))
+            log.warning("resuming job %s, unfinished when the coordinator stopped", job_id)
+            resumed.append(job_id)
+        return resumed
+
+    @handles_errors
+    def Ping(self, request, context):
+        return pb.PingReply(name=self.config.name, role="coordinator", version=__version__)
+
+    @handles_errors
+    def Status(self, request, context):
+        """The jobs this daemon ran or runs since it started that the caller is a member of: state, last
+        progress, chain head."""
+        statuses = [self._status(run) for run in self._runs.of_member(caller_name(context))]
+        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses)
+
+    def RunJob(self, request, context):
+        try:
+            spec = codec.spec_from_proto(request.job)
+            require(context, spec.card_center.name, "coordinator: running a job")   # the card center asks for training
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+        job_id = new_job_id(spec.name)
+        cancelled = threading.Event()
+        run = self._runs.add(JobRun(job_id, spec, grace=spec.restart_timeout, cancelled=cancelled))
+        events = run.follow()
+        context.add_callback(lambda: run.unfollow(events))   # the submitter went away: see JobRun
+        run.start(lambda publish: run_job(spec, job_id, self.config.state_dir, publish, cancelled, request.align_only,
+                                          self.config.tls))
+        yield from self._stream(run, events, context)
+
+    def FollowJob(self, request, context):
+        try:
+            check_job_id(request.job_id, self.label)
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+        run = self._runs.get(request.job_id)
+        if run is None:   # ended before this daemon started
+            ended = JobFolder(self.config.state_dir, request.job_id).ended()
+            if ended is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: no job {request.job_id} here")
+            card_center, report, error = ended
+            self._allow_follower(context, card_center)
+            if report is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} failed: {error}")
+            yield pb.JobEvent(job_id=request.job_id, report_json=report)
+            return
+        self._allow_follower(context, run.card_center)
+        events = run.follow()
+        context.add_callback(lambda: run.unfollow(events))
+        yield from self._stream(run, events, context)
+
+    def _status(self, run: JobRun) -> pb.JobStatus:
+        """A run's state, last progress and chain head."""
+        stage, detail, latest = run.state()
+        status = pb.JobStatus(job_id=run.job_id, stage=stage, detail=detail, chain="training")
+        if latest is not None:
+            status.epoch = latest.epoch
+            status.batch = latest.step
+        head = JobFolder(self.config.state_dir, run.job_id).chain_head()
+        if head is not None:
+            status.blocks, status.head = head[0], head[1].hex()
+        return status
+
+    @staticmethod
+    def _allow_follower(context, card_center: str) -> None:
+        try:
+            require(context, card_center, "coordinator: following a job")
+        except FedscoreError as error:
+            context.abort(status_for(error), str(error))
+
+    def _stream(self, run: JobRun, events: queue.Queue, context):
+        while True:
+            item = events.get()
+            if isinstance(item, Progress):
+                yield pb.JobEvent(job_id=run.job_id, progress=pb.Progress(
+                    stage=item.stage, epoch=item.epoch, epochs=item.epochs, loss=item.loss,
+                    seconds=item.seconds, message=item.message, step=item.step, steps=item.steps,
+                ))
+            elif isinstance(item, str):
+                yield pb.JobEvent(job_id=run.job_id, report_json=item)
+                return
+            elif isinstance(item, FedscoreError):
+                log.warning("job %s failed: %s", run.job_id, item)
+                # "coordinator reports:" tells the submitter the job failed, not that the coordinator went away
+                message = f"{self.label} {RELAYED} {item}" if isinstance(item, PeerError) else str(item)
+                context.abort(status_for(item), message)
+            else:
+                log.error("job %s failed", run.job_id, exc_info=item)
+                context.abort(status_for(item), f"coordinator: internal error ({type(item).__name__}: {item})")
+
+
+def add_to_server(service: CoordinatorService, server) -> None:
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)

@@ -1,0 +1,58 @@
+"""Every handle the protocol sessions and the training driver talk to, in one place.
+
+A handle is a peer as a session sees it: another session in the same
+process (simulation, estimator, tests) or a gRPC client (the daemons). The
+sessions never know which; they only call the methods listed here.
+
+Who holds which handle:
+  coordinator (training driver) -> card center   CardCenterHandle
+  coordinator (training driver) -> partner       PartnerControlHandle
+  card center (training)        -> partner       PartnerTrainingHandle
+  card center (alignment)       -> partner       PartnerPsiHandle
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from gmpy2 import mpz
+
+from fedscore.job import Step
+
+
+class PartyHandle(Protocol):
+    """What the coordinator asks of every party each step."""
+
+    def masked_gradient(self, step: Step) -> list[mpz]: ...
+    def apply_gradient(self, step: Step, values: list[int]) -> None: ...
+
+
+class CardCenterHandle(PartyHandle, Protocol):
+    """What the coordinator asks of the card center: the residual, the loss and the evaluation."""
+
+    def forward_step(self, step: Step) -> None: ...
+    def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]: ...
+    def evaluate(self, mask_sum: np.ndarray) -> dict: ...
+
+
+class PartnerControlHandle(PartyHandle, Protocol):
+    """What the coordinator asks of a partner: besides the gradient, a seed for the evaluation masks."""
+
+    def score_mask_seed(self) -> bytes: ...
+
+
+class PartnerTrainingHandle(Protocol):
+    """How the card center reaches a partner during training."""
+
+    def encrypted_partial(self, step: Step) -> list[mpz]: ...
+    def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...
+    def encrypted_loss_term(self, step: Step) -> mpz: ...
+    def masked_scores(self) -> np.ndarray: ...
+
+
+class PartnerPsiHandle(Protocol):
+    """How the card center reaches a partner's alignment."""
+
+    def blinded_ids(self) -> bytes: ...
+    def reblind(self, points: bytes) -> bytes: ...
+    def accept(self, positions: np.ndarray) -> object: ...
