@@ -13,11 +13,16 @@ import grpc
 
 from fedscore.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.access import AccessInterceptor, CallLimits
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
 from fedscore.model.model_file import write_atomically
 from fedscore.transport.rpc import channel_options, limit_client_messages
 from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
+
+# The role table names the split services (Party, Jobs, Training, ...); until the daemons serve them it would
+# refuse every call of the single Party service, so it is enforced only once they do.
+ENFORCE_ROLE_TABLE = False
 
 
 def configure_logging(name: str) -> None:
@@ -58,7 +63,12 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept
     options = channel_options(config.max_message_mib * 1024 * 1024)
     limit_client_messages(config.max_message_mib * 1024 * 1024)
-    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=options)
+    limits = CallLimits()
+    # who may call what (the role table) and how much one caller may hold, checked before a servicer runs
+    label = f"party {config.name!r}" if role == "party" else role
+    access = AccessInterceptor(config.name, config.card_centers, limits, label=label)
+    server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
+                         interceptors=[access] if ENFORCE_ROLE_TABLE else [])
     if role == "party":
         from fedscore.daemons import party
 
