@@ -84,7 +84,7 @@ def load(address: str, job_id: str, path: str, concurrency: int, seconds: float,
             options = [("grpc.ssl_target_name_override", identity.name)]
             channel = grpc.aio.secure_channel(address, identity.channel_credentials(), options=options)
         async with channel:
-            stub = pb_grpc.PartyStub(channel)
+            stub = pb_grpc.ScoringStub(channel)
 
             async def worker(offset: int) -> None:
                 i = offset

@@ -5,7 +5,7 @@ daemon answers scoring requests from no other identity):
 
 - score_https: POST /v1/score on the daemon's HTTPS endpoint (its config's
   http_listen), with the standard library only;
-- score_grpc: Party.Score on the daemon's gRPC port, with the stubs generated
+- score_grpc: Scoring.Score on the daemon's gRPC port, with the stubs generated
   from protos/fedscore.proto (shipped as fedscore.proto).
 
 Against a running card center whose model is open for scoring:
@@ -75,7 +75,7 @@ def score_grpc(channel: grpc.Channel, applicant_id: str, features: dict[str, flo
                timeout: float = 2.0) -> dict:
     """The answer as a dict; a refusal raises grpc.RpcError (its code() and details() say why)."""
     request = pb.ScoreRequest(applicant_id=applicant_id, features=features, consent=consent)
-    reply = pb_grpc.PartyStub(channel).Score(request, timeout=timeout)
+    reply = pb_grpc.ScoringStub(channel).Score(request, timeout=timeout)
     return {
         "request_id": reply.request_id, "job_id": reply.job_id, "probability": reply.probability,
         "score": reply.score, "decision": reply.decision, "credit_limit": reply.credit_limit,

@@ -184,7 +184,7 @@ class FakeContext:
 def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
     from fedscore.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
-    from fedscore.daemons.party import PartyService
+    from fedscore.daemons.party.service import PartyService
     from fedscore.proto import fedscore_pb2 as pb
     from fedscore.transport import codec
 
@@ -324,11 +324,11 @@ def test_a_message_over_the_daemons_limit_is_refused_and_it_keeps_serving(tmp_pa
             time.sleep(0.05)
         address = ready.read_text().split()[0]
         with grpc.insecure_channel(address, options=OPTIONS) as channel:
-            stub = pb_grpc.PartyStub(channel)
             with pytest.raises(grpc.RpcError) as refused:
-                stub.PsiAccept(pb.FixedBlock(job_id="job-0000aaaa", width=8, data=bytes(5 * 1024 * 1024)), timeout=30)
+                pb_grpc.AlignmentStub(channel).PsiAccept(
+                    pb.FixedBlock(job_id="job-0000aaaa", width=8, data=bytes(5 * 1024 * 1024)), timeout=30)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert stub.Ping(pb.PingRequest(), timeout=10).name == "host"
+            assert pb_grpc.PartyStub(channel).Ping(pb.PingRequest(), timeout=10).name == "host"
         count("malformed messages tried")
     finally:
         process.terminate()

@@ -26,7 +26,8 @@ from faults import count
 PROPER = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
           grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
           grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-SERVICE = pb.DESCRIPTOR.services_by_name["Party"]
+PARTY_SERVICES = ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring")   # all on a party's one port
+PARTY_METHODS = [m for name in PARTY_SERVICES for m in pb.DESCRIPTOR.services_by_name[name].methods]
 BOUNDARY_INTS = [0, 1, 2, 7, 255, 2**31 - 1, 2**32 - 1, 2**63 - 1]
 BOUNDARY_FLOATS = [0.0, -0.0, 1.0, -1.0, 1e308, -1e308, float("inf"), float("-inf"), float("nan"), 5e-324]
 
@@ -90,7 +91,7 @@ def random_scalar(field, rng: random.Random, job_ids: list[str]):
 
 def call(channel: grpc.Channel, method, request) -> grpc.StatusCode:
     """One call of any shape; the status it ended with."""
-    path = f"/fedscore.v1.Party/{method.name}"
+    path = f"/{method.containing_service.full_name}/{method.name}"
     serialize, timeout = (lambda m: m.SerializeToString()), 20
     try:
         if method.client_streaming:
@@ -143,7 +144,7 @@ def breast_folder_module(tmp_path_factory):
 TRIED: dict[str, int] = {}
 
 
-@pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
+@pytest.mark.parametrize("method", PARTY_METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
 def test_every_method_answers_malformed_messages_with_a_proper_status(consortium, method):
     running, report, _, _ = consortium
     job_ids = ["fuzz-job-0badcafe", report["job_id"]]
@@ -172,11 +173,11 @@ def test_raw_bytes_to_any_method_of_either_service_leave_the_daemons_serving(con
     """Bytes that may not even be a protobuf message: gRPC itself refuses what it cannot decode
     (INTERNAL, "Exception deserializing request!"); what decodes must get a proper status."""
     running, _, _, _ = consortium
-    methods = [("Party", m) for m in SERVICE.methods] + [
-        ("Coordinator", m) for m in pb.DESCRIPTOR.services_by_name["Coordinator"].methods]
-    service, method = methods[which % len(methods)]
+    methods = PARTY_METHODS + list(pb.DESCRIPTOR.services_by_name["Coordinator"].methods)
+    method = methods[which % len(methods)]
+    service = method.containing_service.name
     address = running.coordinator_address if service == "Coordinator" else running.spec.parties[which % 2].address
-    path = f"/fedscore.v1.{service}/{method.name}"
+    path = f"/{method.containing_service.full_name}/{method.name}"
     with grpc.insecure_channel(address) as channel:
         try:
             if method.client_streaming and method.server_streaming:

@@ -148,12 +148,18 @@ def test_plaintext_a_foreign_ca_and_the_wrong_member_are_refused(consortium, tmp
         PartyClient("host", guest, tls=running.identity("coordinator")).ping()
 
 
-def _stub(running, caller: str, target: str):
+PARTY_SERVICES = ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring")
+
+
+def _stub(running, caller: str, target: str, method: str = "RunJob"):
+    """A channel from ``caller`` to ``target`` and the stub of the service that has ``method``."""
     identity = running.identity(caller)
     address = running.coordinator_address if target == "coordinator" else running.spec.party(target).address
     channel = grpc.secure_channel(address, identity.channel_credentials(),
                                   options=[*OPTIONS, ("grpc.ssl_target_name_override", target)])
-    return channel, (pb_grpc.CoordinatorStub if target == "coordinator" else pb_grpc.PartyStub)(channel)
+    services = ("Coordinator",) if target == "coordinator" else PARTY_SERVICES
+    service = next(s for s in services if method in pb.DESCRIPTOR.services_by_name[s].methods_by_name)
+    return channel, getattr(pb_grpc, f"{service}Stub")(channel)
 
 
 def _heights(running, job_id: str) -> dict[str, int]:
@@ -198,7 +204,7 @@ def test_each_member_may_call_only_what_its_role_allows_and_a_refusal_changes_no
     ]
     heights = _heights(running, trained)
     for caller, target, method, request in refused:
-        channel, stub = _stub(running, caller, target)
+        channel, stub = _stub(running, caller, target, method)
         with channel:
             with pytest.raises(grpc.RpcError) as caught:
                 answer = getattr(stub, method)(request, timeout=30)

@@ -21,7 +21,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from fedscore.daemons.scoring import ScoringHost
+from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import ConfigError, DataError, DeniedError, FedscoreError, ProtocolError
 from fedscore.transport.tls import TlsIdentity, certificate_subject_name
 

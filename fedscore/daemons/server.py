@@ -70,7 +70,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
                          interceptors=[access] if ENFORCE_ROLE_TABLE else [])
     if role == "party":
-        from fedscore.daemons import party
+        from fedscore.daemons.party import service as party
 
         if config.data_dir is None or not config.data_dir.is_dir():
             raise ConfigError(f"party {config.name!r}: data folder {config.data_dir} does not exist")

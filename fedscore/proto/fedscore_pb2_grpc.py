@@ -230,7 +230,8 @@ class Coordinator:
 
 
 class PartyStub:
-    """Missing associated documentation comment in .proto file."""
+    """any member
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -248,150 +249,11 @@ class PartyStub:
                 request_serializer=fedscore__pb2.PingRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.StatusReply.FromString,
                 _registered_method=True)
-        self.PrepareJob = channel.unary_unary(
-                '/fedscore.v1.Party/PrepareJob',
-                request_serializer=fedscore__pb2.PrepareJobRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.PrepareJobReply.FromString,
-                _registered_method=True)
-        self.StartTraining = channel.unary_unary(
-                '/fedscore.v1.Party/StartTraining',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.StartTrainingReply.FromString,
-                _registered_method=True)
-        self.MaskedGradient = channel.unary_unary(
-                '/fedscore.v1.Party/MaskedGradient',
-                request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
-                _registered_method=True)
-        self.ApplyGradient = channel.unary_unary(
-                '/fedscore.v1.Party/ApplyGradient',
-                request_serializer=fedscore__pb2.MaskedGradientValues.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.FinishJob = channel.unary_unary(
-                '/fedscore.v1.Party/FinishJob',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.FinishJobReply.FromString,
-                _registered_method=True)
-        self.AbortJob = channel.unary_unary(
-                '/fedscore.v1.Party/AbortJob',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.CloseJob = channel.unary_unary(
-                '/fedscore.v1.Party/CloseJob',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.ResumeJob = channel.unary_unary(
-                '/fedscore.v1.Party/ResumeJob',
-                request_serializer=fedscore__pb2.ResumeRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.ProposeBlock = channel.unary_unary(
-                '/fedscore.v1.Party/ProposeBlock',
-                request_serializer=fedscore__pb2.Block.SerializeToString,
-                response_deserializer=fedscore__pb2.Signature.FromString,
-                _registered_method=True)
-        self.CommitBlock = channel.unary_unary(
-                '/fedscore.v1.Party/CommitBlock',
-                request_serializer=fedscore__pb2.Block.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.SignSettlement = channel.unary_unary(
-                '/fedscore.v1.Party/SignSettlement',
-                request_serializer=fedscore__pb2.SettlementRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.Signature.FromString,
-                _registered_method=True)
-        self.Align = channel.unary_unary(
-                '/fedscore.v1.Party/Align',
-                request_serializer=fedscore__pb2.AlignRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.AlignReply.FromString,
-                _registered_method=True)
-        self.ForwardStep = channel.unary_unary(
-                '/fedscore.v1.Party/ForwardStep',
-                request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.LossShare = channel.unary_unary(
-                '/fedscore.v1.Party/LossShare',
-                request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.LossShareReply.FromString,
-                _registered_method=True)
-        self.Evaluate = channel.unary_unary(
-                '/fedscore.v1.Party/Evaluate',
-                request_serializer=fedscore__pb2.EvaluateRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.EvaluateReply.FromString,
-                _registered_method=True)
-        self.ScoreMaskSeed = channel.unary_unary(
-                '/fedscore.v1.Party/ScoreMaskSeed',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Seed.FromString,
-                _registered_method=True)
-        self.PsiBlindedIds = channel.unary_stream(
-                '/fedscore.v1.Party/PsiBlindedIds',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.FixedBlock.FromString,
-                _registered_method=True)
-        self.PsiReblind = channel.stream_stream(
-                '/fedscore.v1.Party/PsiReblind',
-                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
-                response_deserializer=fedscore__pb2.FixedBlock.FromString,
-                _registered_method=True)
-        self.PsiAccept = channel.unary_unary(
-                '/fedscore.v1.Party/PsiAccept',
-                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.EncryptedPartial = channel.unary_stream(
-                '/fedscore.v1.Party/EncryptedPartial',
-                request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
-                _registered_method=True)
-        self.PutResidual = channel.stream_unary(
-                '/fedscore.v1.Party/PutResidual',
-                request_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
-        self.EncryptedLossTerm = channel.unary_unary(
-                '/fedscore.v1.Party/EncryptedLossTerm',
-                request_serializer=fedscore__pb2.StepRef.SerializeToString,
-                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
-                _registered_method=True)
-        self.MaskedScores = channel.unary_stream(
-                '/fedscore.v1.Party/MaskedScores',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.FixedBlock.FromString,
-                _registered_method=True)
-        self.OpenScoring = channel.unary_unary(
-                '/fedscore.v1.Party/OpenScoring',
-                request_serializer=fedscore__pb2.OpenScoringRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.OpenScoringReply.FromString,
-                _registered_method=True)
-        self.Score = channel.unary_unary(
-                '/fedscore.v1.Party/Score',
-                request_serializer=fedscore__pb2.ScoreRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.ScoreReply.FromString,
-                _registered_method=True)
-        self.PartialScore = channel.unary_unary(
-                '/fedscore.v1.Party/PartialScore',
-                request_serializer=fedscore__pb2.PartialScoreRequest.SerializeToString,
-                response_deserializer=fedscore__pb2.PartialScoreReply.FromString,
-                _registered_method=True)
-        self.SettleScoring = channel.unary_unary(
-                '/fedscore.v1.Party/SettleScoring',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.SettleScoringReply.FromString,
-                _registered_method=True)
-        self.CloseScoring = channel.unary_unary(
-                '/fedscore.v1.Party/CloseScoring',
-                request_serializer=fedscore__pb2.JobRef.SerializeToString,
-                response_deserializer=fedscore__pb2.Empty.FromString,
-                _registered_method=True)
 
 
 class PartyServicer:
-    """Missing associated documentation comment in .proto file."""
+    """any member
+    """
 
     def Ping(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -401,191 +263,6 @@ class PartyServicer:
 
     def Status(self, request, context):
         """its jobs, steps, chains and open models
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PrepareJob(self, request, context):
-        """coordinator -> every party
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def StartTraining(self, request, context):
-        """after alignment: open the training session
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def MaskedGradient(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ApplyGradient(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def FinishJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def AbortJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CloseJob(self, request, context):
-        """after settlement: release the job's memory
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ResumeJob(self, request, context):
-        """after a member died: rewind to the chain's last step
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ProposeBlock(self, request, context):
-        """coordinator -> every party: the audit chain
-        check the block against what this member saw; sign
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CommitBlock(self, request, context):
-        """every member signed: verify and append to the replica
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def SignSettlement(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Align(self, request, context):
-        """coordinator -> card center
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ForwardStep(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def LossShare(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Evaluate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ScoreMaskSeed(self, request, context):
-        """coordinator -> partner
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PsiBlindedIds(self, request, context):
-        """card center -> partner: private set intersection
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PsiReblind(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PsiAccept(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def EncryptedPartial(self, request, context):
-        """card center -> partner: training
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutResidual(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def EncryptedLossTerm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def MaskedScores(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def OpenScoring(self, request, context):
-        """scoring a trained model: approval system -> card center, and card center -> partner
-        load the model, open its scoring chain
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Score(self, request, context):
-        """card center: one applicant's answer
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PartialScore(self, request, context):
-        """partner: its parts of the log-odds
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def SettleScoring(self, request, context):
-        """card center: settle requests so far
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CloseScoring(self, request, context):
-        """put pending entries on the chain, unload
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -604,146 +281,6 @@ def add_PartyServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.PingRequest.FromString,
                     response_serializer=fedscore__pb2.StatusReply.SerializeToString,
             ),
-            'PrepareJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.PrepareJob,
-                    request_deserializer=fedscore__pb2.PrepareJobRequest.FromString,
-                    response_serializer=fedscore__pb2.PrepareJobReply.SerializeToString,
-            ),
-            'StartTraining': grpc.unary_unary_rpc_method_handler(
-                    servicer.StartTraining,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.StartTrainingReply.SerializeToString,
-            ),
-            'MaskedGradient': grpc.unary_unary_rpc_method_handler(
-                    servicer.MaskedGradient,
-                    request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
-            ),
-            'ApplyGradient': grpc.unary_unary_rpc_method_handler(
-                    servicer.ApplyGradient,
-                    request_deserializer=fedscore__pb2.MaskedGradientValues.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'FinishJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.FinishJob,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.FinishJobReply.SerializeToString,
-            ),
-            'AbortJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.AbortJob,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'CloseJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.CloseJob,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'ResumeJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.ResumeJob,
-                    request_deserializer=fedscore__pb2.ResumeRequest.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'ProposeBlock': grpc.unary_unary_rpc_method_handler(
-                    servicer.ProposeBlock,
-                    request_deserializer=fedscore__pb2.Block.FromString,
-                    response_serializer=fedscore__pb2.Signature.SerializeToString,
-            ),
-            'CommitBlock': grpc.unary_unary_rpc_method_handler(
-                    servicer.CommitBlock,
-                    request_deserializer=fedscore__pb2.Block.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'SignSettlement': grpc.unary_unary_rpc_method_handler(
-                    servicer.SignSettlement,
-                    request_deserializer=fedscore__pb2.SettlementRequest.FromString,
-                    response_serializer=fedscore__pb2.Signature.SerializeToString,
-            ),
-            'Align': grpc.unary_unary_rpc_method_handler(
-                    servicer.Align,
-                    request_deserializer=fedscore__pb2.AlignRequest.FromString,
-                    response_serializer=fedscore__pb2.AlignReply.SerializeToString,
-            ),
-            'ForwardStep': grpc.unary_unary_rpc_method_handler(
-                    servicer.ForwardStep,
-                    request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'LossShare': grpc.unary_unary_rpc_method_handler(
-                    servicer.LossShare,
-                    request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.LossShareReply.SerializeToString,
-            ),
-            'Evaluate': grpc.unary_unary_rpc_method_handler(
-                    servicer.Evaluate,
-                    request_deserializer=fedscore__pb2.EvaluateRequest.FromString,
-                    response_serializer=fedscore__pb2.EvaluateReply.SerializeToString,
-            ),
-            'ScoreMaskSeed': grpc.unary_unary_rpc_method_handler(
-                    servicer.ScoreMaskSeed,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.Seed.SerializeToString,
-            ),
-            'PsiBlindedIds': grpc.unary_stream_rpc_method_handler(
-                    servicer.PsiBlindedIds,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
-            ),
-            'PsiReblind': grpc.stream_stream_rpc_method_handler(
-                    servicer.PsiReblind,
-                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
-                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
-            ),
-            'PsiAccept': grpc.unary_unary_rpc_method_handler(
-                    servicer.PsiAccept,
-                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'EncryptedPartial': grpc.unary_stream_rpc_method_handler(
-                    servicer.EncryptedPartial,
-                    request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
-            ),
-            'PutResidual': grpc.stream_unary_rpc_method_handler(
-                    servicer.PutResidual,
-                    request_deserializer=fedscore__pb2.IntegerBlock.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
-            'EncryptedLossTerm': grpc.unary_unary_rpc_method_handler(
-                    servicer.EncryptedLossTerm,
-                    request_deserializer=fedscore__pb2.StepRef.FromString,
-                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
-            ),
-            'MaskedScores': grpc.unary_stream_rpc_method_handler(
-                    servicer.MaskedScores,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
-            ),
-            'OpenScoring': grpc.unary_unary_rpc_method_handler(
-                    servicer.OpenScoring,
-                    request_deserializer=fedscore__pb2.OpenScoringRequest.FromString,
-                    response_serializer=fedscore__pb2.OpenScoringReply.SerializeToString,
-            ),
-            'Score': grpc.unary_unary_rpc_method_handler(
-                    servicer.Score,
-                    request_deserializer=fedscore__pb2.ScoreRequest.FromString,
-                    response_serializer=fedscore__pb2.ScoreReply.SerializeToString,
-            ),
-            'PartialScore': grpc.unary_unary_rpc_method_handler(
-                    servicer.PartialScore,
-                    request_deserializer=fedscore__pb2.PartialScoreRequest.FromString,
-                    response_serializer=fedscore__pb2.PartialScoreReply.SerializeToString,
-            ),
-            'SettleScoring': grpc.unary_unary_rpc_method_handler(
-                    servicer.SettleScoring,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.SettleScoringReply.SerializeToString,
-            ),
-            'CloseScoring': grpc.unary_unary_rpc_method_handler(
-                    servicer.CloseScoring,
-                    request_deserializer=fedscore__pb2.JobRef.FromString,
-                    response_serializer=fedscore__pb2.Empty.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fedscore.v1.Party', rpc_method_handlers)
@@ -753,7 +290,8 @@ def add_PartyServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Party:
-    """Missing associated documentation comment in .proto file."""
+    """any member
+    """
 
     @staticmethod
     def Ping(request,
@@ -809,6 +347,137 @@ class Party:
             metadata,
             _registered_method=True)
 
+
+class JobsStub:
+    """coordinator -> every party: a training job's life
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PrepareJob = channel.unary_unary(
+                '/fedscore.v1.Jobs/PrepareJob',
+                request_serializer=fedscore__pb2.PrepareJobRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.PrepareJobReply.FromString,
+                _registered_method=True)
+        self.StartTraining = channel.unary_unary(
+                '/fedscore.v1.Jobs/StartTraining',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.StartTrainingReply.FromString,
+                _registered_method=True)
+        self.FinishJob = channel.unary_unary(
+                '/fedscore.v1.Jobs/FinishJob',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.FinishJobReply.FromString,
+                _registered_method=True)
+        self.AbortJob = channel.unary_unary(
+                '/fedscore.v1.Jobs/AbortJob',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CloseJob = channel.unary_unary(
+                '/fedscore.v1.Jobs/CloseJob',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/fedscore.v1.Jobs/ResumeJob',
+                request_serializer=fedscore__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class JobsServicer:
+    """coordinator -> every party: a training job's life
+    """
+
+    def PrepareJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTraining(self, request, context):
+        """after alignment: open the training session
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseJob(self, request, context):
+        """after settlement: release the job's memory
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """after a member died: rewind to the chain's last step
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PrepareJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareJob,
+                    request_deserializer=fedscore__pb2.PrepareJobRequest.FromString,
+                    response_serializer=fedscore__pb2.PrepareJobReply.SerializeToString,
+            ),
+            'StartTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTraining,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.StartTrainingReply.SerializeToString,
+            ),
+            'FinishJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJob,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.FinishJobReply.SerializeToString,
+            ),
+            'AbortJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortJob,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'CloseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseJob,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=fedscore__pb2.ResumeRequest.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Jobs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Jobs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Jobs:
+    """coordinator -> every party: a training job's life
+    """
+
     @staticmethod
     def PrepareJob(request,
             target,
@@ -823,7 +492,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/PrepareJob',
+            '/fedscore.v1.Jobs/PrepareJob',
             fedscore__pb2.PrepareJobRequest.SerializeToString,
             fedscore__pb2.PrepareJobReply.FromString,
             options,
@@ -850,63 +519,9 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/StartTraining',
+            '/fedscore.v1.Jobs/StartTraining',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.StartTrainingReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def MaskedGradient(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fedscore.v1.Party/MaskedGradient',
-            fedscore__pb2.StepRef.SerializeToString,
-            fedscore__pb2.IntegerBlock.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ApplyGradient(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fedscore.v1.Party/ApplyGradient',
-            fedscore__pb2.MaskedGradientValues.SerializeToString,
-            fedscore__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
@@ -931,7 +546,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/FinishJob',
+            '/fedscore.v1.Jobs/FinishJob',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.FinishJobReply.FromString,
             options,
@@ -958,7 +573,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/AbortJob',
+            '/fedscore.v1.Jobs/AbortJob',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
@@ -985,7 +600,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/CloseJob',
+            '/fedscore.v1.Jobs/CloseJob',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
@@ -1012,7 +627,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/ResumeJob',
+            '/fedscore.v1.Jobs/ResumeJob',
             fedscore__pb2.ResumeRequest.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
@@ -1025,8 +640,201 @@ class Party:
             metadata,
             _registered_method=True)
 
+
+class TrainingStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.MaskedGradient = channel.unary_unary(
+                '/fedscore.v1.Training/MaskedGradient',
+                request_serializer=fedscore__pb2.StepRef.SerializeToString,
+                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                _registered_method=True)
+        self.ApplyGradient = channel.unary_unary(
+                '/fedscore.v1.Training/ApplyGradient',
+                request_serializer=fedscore__pb2.MaskedGradientValues.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ForwardStep = channel.unary_unary(
+                '/fedscore.v1.Training/ForwardStep',
+                request_serializer=fedscore__pb2.StepRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.LossShare = channel.unary_unary(
+                '/fedscore.v1.Training/LossShare',
+                request_serializer=fedscore__pb2.StepRef.SerializeToString,
+                response_deserializer=fedscore__pb2.LossShareReply.FromString,
+                _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/fedscore.v1.Training/Evaluate',
+                request_serializer=fedscore__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.EvaluateReply.FromString,
+                _registered_method=True)
+        self.ScoreMaskSeed = channel.unary_unary(
+                '/fedscore.v1.Training/ScoreMaskSeed',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Seed.FromString,
+                _registered_method=True)
+        self.EncryptedPartial = channel.unary_stream(
+                '/fedscore.v1.Training/EncryptedPartial',
+                request_serializer=fedscore__pb2.StepRef.SerializeToString,
+                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                _registered_method=True)
+        self.PutResidual = channel.stream_unary(
+                '/fedscore.v1.Training/PutResidual',
+                request_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.EncryptedLossTerm = channel.unary_unary(
+                '/fedscore.v1.Training/EncryptedLossTerm',
+                request_serializer=fedscore__pb2.StepRef.SerializeToString,
+                response_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                _registered_method=True)
+        self.MaskedScores = channel.unary_stream(
+                '/fedscore.v1.Training/MaskedScores',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
+                _registered_method=True)
+
+
+class TrainingServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def MaskedGradient(self, request, context):
+        """coordinator -> every party
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyGradient(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStep(self, request, context):
+        """coordinator -> card center
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LossShare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evaluate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreMaskSeed(self, request, context):
+        """coordinator -> partner
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncryptedPartial(self, request, context):
+        """card center -> partner
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutResidual(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncryptedLossTerm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MaskedScores(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TrainingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'MaskedGradient': grpc.unary_unary_rpc_method_handler(
+                    servicer.MaskedGradient,
+                    request_deserializer=fedscore__pb2.StepRef.FromString,
+                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+            ),
+            'ApplyGradient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyGradient,
+                    request_deserializer=fedscore__pb2.MaskedGradientValues.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'ForwardStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardStep,
+                    request_deserializer=fedscore__pb2.StepRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'LossShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.LossShare,
+                    request_deserializer=fedscore__pb2.StepRef.FromString,
+                    response_serializer=fedscore__pb2.LossShareReply.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=fedscore__pb2.EvaluateRequest.FromString,
+                    response_serializer=fedscore__pb2.EvaluateReply.SerializeToString,
+            ),
+            'ScoreMaskSeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreMaskSeed,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Seed.SerializeToString,
+            ),
+            'EncryptedPartial': grpc.unary_stream_rpc_method_handler(
+                    servicer.EncryptedPartial,
+                    request_deserializer=fedscore__pb2.StepRef.FromString,
+                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+            ),
+            'PutResidual': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutResidual,
+                    request_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'EncryptedLossTerm': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncryptedLossTerm,
+                    request_deserializer=fedscore__pb2.StepRef.FromString,
+                    response_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+            ),
+            'MaskedScores': grpc.unary_stream_rpc_method_handler(
+                    servicer.MaskedScores,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Training', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Training', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Training:
+    """Missing associated documentation comment in .proto file."""
+
     @staticmethod
-    def ProposeBlock(request,
+    def MaskedGradient(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1039,9 +847,9 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/ProposeBlock',
-            fedscore__pb2.Block.SerializeToString,
-            fedscore__pb2.Signature.FromString,
+            '/fedscore.v1.Training/MaskedGradient',
+            fedscore__pb2.StepRef.SerializeToString,
+            fedscore__pb2.IntegerBlock.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1053,7 +861,7 @@ class Party:
             _registered_method=True)
 
     @staticmethod
-    def CommitBlock(request,
+    def ApplyGradient(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1066,63 +874,9 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/CommitBlock',
-            fedscore__pb2.Block.SerializeToString,
+            '/fedscore.v1.Training/ApplyGradient',
+            fedscore__pb2.MaskedGradientValues.SerializeToString,
             fedscore__pb2.Empty.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def SignSettlement(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fedscore.v1.Party/SignSettlement',
-            fedscore__pb2.SettlementRequest.SerializeToString,
-            fedscore__pb2.Signature.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Align(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fedscore.v1.Party/Align',
-            fedscore__pb2.AlignRequest.SerializeToString,
-            fedscore__pb2.AlignReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1147,7 +901,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/ForwardStep',
+            '/fedscore.v1.Training/ForwardStep',
             fedscore__pb2.StepRef.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
@@ -1174,7 +928,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/LossShare',
+            '/fedscore.v1.Training/LossShare',
             fedscore__pb2.StepRef.SerializeToString,
             fedscore__pb2.LossShareReply.FromString,
             options,
@@ -1201,7 +955,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/Evaluate',
+            '/fedscore.v1.Training/Evaluate',
             fedscore__pb2.EvaluateRequest.SerializeToString,
             fedscore__pb2.EvaluateReply.FromString,
             options,
@@ -1228,90 +982,9 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/ScoreMaskSeed',
+            '/fedscore.v1.Training/ScoreMaskSeed',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Seed.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PsiBlindedIds(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/fedscore.v1.Party/PsiBlindedIds',
-            fedscore__pb2.JobRef.SerializeToString,
-            fedscore__pb2.FixedBlock.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PsiReblind(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/fedscore.v1.Party/PsiReblind',
-            fedscore__pb2.FixedBlock.SerializeToString,
-            fedscore__pb2.FixedBlock.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PsiAccept(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fedscore.v1.Party/PsiAccept',
-            fedscore__pb2.FixedBlock.SerializeToString,
-            fedscore__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1336,7 +1009,7 @@ class Party:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/fedscore.v1.Party/EncryptedPartial',
+            '/fedscore.v1.Training/EncryptedPartial',
             fedscore__pb2.StepRef.SerializeToString,
             fedscore__pb2.IntegerBlock.FromString,
             options,
@@ -1363,7 +1036,7 @@ class Party:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/fedscore.v1.Party/PutResidual',
+            '/fedscore.v1.Training/PutResidual',
             fedscore__pb2.IntegerBlock.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,
@@ -1390,7 +1063,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/EncryptedLossTerm',
+            '/fedscore.v1.Training/EncryptedLossTerm',
             fedscore__pb2.StepRef.SerializeToString,
             fedscore__pb2.IntegerBlock.FromString,
             options,
@@ -1417,7 +1090,7 @@ class Party:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/fedscore.v1.Party/MaskedScores',
+            '/fedscore.v1.Training/MaskedScores',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.FixedBlock.FromString,
             options,
@@ -1429,6 +1102,492 @@ class Party:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AlignmentStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Align = channel.unary_unary(
+                '/fedscore.v1.Alignment/Align',
+                request_serializer=fedscore__pb2.AlignRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AlignReply.FromString,
+                _registered_method=True)
+        self.PsiBlindedIds = channel.unary_stream(
+                '/fedscore.v1.Alignment/PsiBlindedIds',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
+                _registered_method=True)
+        self.PsiReblind = channel.stream_stream(
+                '/fedscore.v1.Alignment/PsiReblind',
+                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.FixedBlock.FromString,
+                _registered_method=True)
+        self.PsiAccept = channel.unary_unary(
+                '/fedscore.v1.Alignment/PsiAccept',
+                request_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class AlignmentServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Align(self, request, context):
+        """coordinator -> card center
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PsiBlindedIds(self, request, context):
+        """card center -> partner: private set intersection
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PsiReblind(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PsiAccept(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AlignmentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Align': grpc.unary_unary_rpc_method_handler(
+                    servicer.Align,
+                    request_deserializer=fedscore__pb2.AlignRequest.FromString,
+                    response_serializer=fedscore__pb2.AlignReply.SerializeToString,
+            ),
+            'PsiBlindedIds': grpc.unary_stream_rpc_method_handler(
+                    servicer.PsiBlindedIds,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+            'PsiReblind': grpc.stream_stream_rpc_method_handler(
+                    servicer.PsiReblind,
+                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
+                    response_serializer=fedscore__pb2.FixedBlock.SerializeToString,
+            ),
+            'PsiAccept': grpc.unary_unary_rpc_method_handler(
+                    servicer.PsiAccept,
+                    request_deserializer=fedscore__pb2.FixedBlock.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Alignment', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Alignment', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Alignment:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Align(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Alignment/Align',
+            fedscore__pb2.AlignRequest.SerializeToString,
+            fedscore__pb2.AlignReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PsiBlindedIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedscore.v1.Alignment/PsiBlindedIds',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.FixedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PsiReblind(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedscore.v1.Alignment/PsiReblind',
+            fedscore__pb2.FixedBlock.SerializeToString,
+            fedscore__pb2.FixedBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PsiAccept(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Alignment/PsiAccept',
+            fedscore__pb2.FixedBlock.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ChainStub:
+    """A chain's proposer -> every other member: the coordinator for a training chain, the card center for a
+    scoring chain.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ProposeBlock = channel.unary_unary(
+                '/fedscore.v1.Chain/ProposeBlock',
+                request_serializer=fedscore__pb2.Block.SerializeToString,
+                response_deserializer=fedscore__pb2.Signature.FromString,
+                _registered_method=True)
+        self.CommitBlock = channel.unary_unary(
+                '/fedscore.v1.Chain/CommitBlock',
+                request_serializer=fedscore__pb2.Block.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SignSettlement = channel.unary_unary(
+                '/fedscore.v1.Chain/SignSettlement',
+                request_serializer=fedscore__pb2.SettlementRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.Signature.FromString,
+                _registered_method=True)
+
+
+class ChainServicer:
+    """A chain's proposer -> every other member: the coordinator for a training chain, the card center for a
+    scoring chain.
+    """
+
+    def ProposeBlock(self, request, context):
+        """check the block against what this member saw; sign
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitBlock(self, request, context):
+        """every member signed: verify and append to the replica
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignSettlement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ChainServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ProposeBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeBlock,
+                    request_deserializer=fedscore__pb2.Block.FromString,
+                    response_serializer=fedscore__pb2.Signature.SerializeToString,
+            ),
+            'CommitBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBlock,
+                    request_deserializer=fedscore__pb2.Block.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'SignSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignSettlement,
+                    request_deserializer=fedscore__pb2.SettlementRequest.FromString,
+                    response_serializer=fedscore__pb2.Signature.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Chain', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Chain', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Chain:
+    """A chain's proposer -> every other member: the coordinator for a training chain, the card center for a
+    scoring chain.
+    """
+
+    @staticmethod
+    def ProposeBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Chain/ProposeBlock',
+            fedscore__pb2.Block.SerializeToString,
+            fedscore__pb2.Signature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Chain/CommitBlock',
+            fedscore__pb2.Block.SerializeToString,
+            fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Chain/SignSettlement',
+            fedscore__pb2.SettlementRequest.SerializeToString,
+            fedscore__pb2.Signature.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ScoringStub:
+    """Scoring a trained model: approval system -> card center, and card center -> partner.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.OpenScoring = channel.unary_unary(
+                '/fedscore.v1.Scoring/OpenScoring',
+                request_serializer=fedscore__pb2.OpenScoringRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.OpenScoringReply.FromString,
+                _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/fedscore.v1.Scoring/Score',
+                request_serializer=fedscore__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.ScoreReply.FromString,
+                _registered_method=True)
+        self.PartialScore = channel.unary_unary(
+                '/fedscore.v1.Scoring/PartialScore',
+                request_serializer=fedscore__pb2.PartialScoreRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.PartialScoreReply.FromString,
+                _registered_method=True)
+        self.SettleScoring = channel.unary_unary(
+                '/fedscore.v1.Scoring/SettleScoring',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.SettleScoringReply.FromString,
+                _registered_method=True)
+        self.CloseScoring = channel.unary_unary(
+                '/fedscore.v1.Scoring/CloseScoring',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class ScoringServicer:
+    """Scoring a trained model: approval system -> card center, and card center -> partner.
+    """
+
+    def OpenScoring(self, request, context):
+        """load the model, open its scoring chain
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """card center: one applicant's answer
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PartialScore(self, request, context):
+        """partner: its parts of the log-odds
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleScoring(self, request, context):
+        """card center: settle requests so far
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseScoring(self, request, context):
+        """put pending entries on the chain, unload
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ScoringServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'OpenScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenScoring,
+                    request_deserializer=fedscore__pb2.OpenScoringRequest.FromString,
+                    response_serializer=fedscore__pb2.OpenScoringReply.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=fedscore__pb2.ScoreRequest.FromString,
+                    response_serializer=fedscore__pb2.ScoreReply.SerializeToString,
+            ),
+            'PartialScore': grpc.unary_unary_rpc_method_handler(
+                    servicer.PartialScore,
+                    request_deserializer=fedscore__pb2.PartialScoreRequest.FromString,
+                    response_serializer=fedscore__pb2.PartialScoreReply.SerializeToString,
+            ),
+            'SettleScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleScoring,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.SettleScoringReply.SerializeToString,
+            ),
+            'CloseScoring': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseScoring,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Scoring', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Scoring', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Scoring:
+    """Scoring a trained model: approval system -> card center, and card center -> partner.
+    """
 
     @staticmethod
     def OpenScoring(request,
@@ -1444,7 +1603,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/OpenScoring',
+            '/fedscore.v1.Scoring/OpenScoring',
             fedscore__pb2.OpenScoringRequest.SerializeToString,
             fedscore__pb2.OpenScoringReply.FromString,
             options,
@@ -1471,7 +1630,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/Score',
+            '/fedscore.v1.Scoring/Score',
             fedscore__pb2.ScoreRequest.SerializeToString,
             fedscore__pb2.ScoreReply.FromString,
             options,
@@ -1498,7 +1657,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/PartialScore',
+            '/fedscore.v1.Scoring/PartialScore',
             fedscore__pb2.PartialScoreRequest.SerializeToString,
             fedscore__pb2.PartialScoreReply.FromString,
             options,
@@ -1525,7 +1684,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/SettleScoring',
+            '/fedscore.v1.Scoring/SettleScoring',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.SettleScoringReply.FromString,
             options,
@@ -1552,7 +1711,7 @@ class Party:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/fedscore.v1.Party/CloseScoring',
+            '/fedscore.v1.Scoring/CloseScoring',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Empty.FromString,
             options,

@@ -29,6 +29,14 @@ from fedscore.transport.rpc import PING_TIMEOUT, RELAYED, STEP_TIMEOUT, open_cha
 from fedscore.transport.tls import TlsIdentity
 
 
+def _party_stubs(channel):
+    """Every method of a party's services, by method name."""
+    stubs = type("PartyStubs", (), {})()
+    for name in ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring"):
+        vars(stubs).update(vars(getattr(pb_grpc, f"{name}Stub")(channel)))
+    return stubs
+
+
 class PartyClient:
     """Talks to one party daemon on behalf of one job."""
 
@@ -37,7 +45,7 @@ class PartyClient:
         self.address = address
         self.timeout = timeout
         self._channel = open_channel(address, name, tls)
-        self._stub = pb_grpc.PartyStub(self._channel)
+        self._stub = _party_stubs(self._channel)
         self.job_id = ""
         self.public_key: PublicKey | None = None
 
@@ -317,7 +325,7 @@ class ScoringPeer:
         self.job_id = job_id
         self.timeout = timeout
         self._channel = open_channel(address, name, tls)
-        self._stub = pb_grpc.PartyStub(self._channel)
+        self._stub = _party_stubs(self._channel)
         self._sender = PartialScoreSender(self)
 
     def close(self) -> None:
@@ -361,7 +369,7 @@ class ScoringClient:
         self.address = address
         self.timeout = timeout
         self._channel = open_channel(address, card_center, tls)
-        self._stub = pb_grpc.PartyStub(self._channel)
+        self._stub = _party_stubs(self._channel)
 
     def close(self) -> None:
         self._channel.close()

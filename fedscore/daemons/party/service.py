@@ -4,7 +4,7 @@ It only moves bytes between gRPC and the party's session
 (fedscore.protocol.partner / card_center), checks what arrives, and writes
 the party's model to its own state folder. The card center's daemon also
 dials the partners named in the job. Once a model is trained, the same
-daemon serves it (fedscore.daemons.scoring).
+daemon serves it (fedscore.daemons.party.scoring).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from fedscore.crypto import psi
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import COORDINATOR, require
-from fedscore.daemons.scoring import ScoringHost
+from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import (
     AccessError, ConfigError, ConsentError, DataError, FedscoreError, ProtocolError, UnknownJobError,
 )
@@ -646,4 +646,5 @@ class PartyService(pb_grpc.PartyServicer):
 
 
 def add_to_server(service: PartyService, server) -> None:
-    pb_grpc.add_PartyServicer_to_server(service, server)
+    for name in ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring"):
+        getattr(pb_grpc, f"add_{name}Servicer_to_server")(service, server)
