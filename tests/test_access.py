@@ -4,7 +4,10 @@ others."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,10 +49,6 @@ def _shapes() -> dict[str, tuple[bool, bool]]:
 
 
 SHAPES = _shapes()
-SPLIT = "Training" in pb.DESCRIPTOR.services_by_name   # until the Party service is split, shapes go by method name
-if not SPLIT:
-    _BY_NAME = {m.rsplit("/", 1)[1]: shape for m, shape in SHAPES.items()}
-    SHAPES.update({m: _BY_NAME[m.rsplit("/", 1)[1]] for m in ROLE_TABLE if m not in SHAPES})
 STREAMED_REQUESTS = sorted(m for m, (streamed, _) in SHAPES.items() if streamed and m in ROLE_TABLE)
 
 
@@ -145,7 +144,6 @@ def _open_silent_streams(channel: grpc.Channel, method: str, count: int, release
     return [channel.stream_unary(method).future(_silent(release)) for _ in range(count)]
 
 
-@pytest.mark.skipif(not SPLIT, reason="the protos still have one Party service")
 def test_the_table_names_every_method_the_daemons_serve_and_nothing_else():
     assert set(ROLE_TABLE) == set(SHAPES)
     assert all(ROLE_TABLE.values())
@@ -249,5 +247,43 @@ def test_silent_streams_from_a_member_with_the_role_are_capped_and_ended_by_the_
             # the seats are free again
             assert interceptor.open_calls(CARD_CENTER) == 0
             assert _call(card_center, PUT_RESIDUAL, iter([b"m"])) == b"ok"
+    finally:
+        release.set()
+
+
+@pytest.fixture
+def party_daemon(members, tmp_path):
+    """A real party daemon "bank" taking jobs only from "cardco"; yields its address."""
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "party.toml"
+    config.write_text(f'[party]\nname = "{SERVER}"\nlisten = "127.0.0.1:0"\nstate_dir = "state"\n'
+                      f'tls_dir = "{members[SERVER]}"\ncard_centers = ["{CARD_CENTER}"]\n')
+    ready = tmp_path / "ready"
+    daemon = subprocess.Popen([sys.executable, "-m", "fedscore", "party", "serve", "--config", str(config),
+                               "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():   # the daemon writes its address once serving
+            assert daemon.poll() is None and time.monotonic() < deadline, "the party daemon did not start"
+            time.sleep(0.05)
+        yield ready.read_text().split()[0]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_a_party_daemon_keeps_answering_while_a_member_without_a_role_opens_silent_streams(members, party_daemon):
+    release = threading.Event()
+    silent = [f"/{PACKAGE}.Training/PutResidual", f"/{PACKAGE}.Alignment/PsiReblind"]
+    try:
+        with _channel(members, "bureau", party_daemon) as bureau, \
+                _channel(members, "coordinator", party_daemon) as coordinator:
+            # together more streams than the daemon has threads; each is refused unread, holding no thread
+            held = [f for method in silent for f in _open_silent_streams(bureau, method, CallLimits().threads, release)]
+            for future in held:
+                assert future.exception(timeout=WAIT).code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "refused 'bureau'" in future.exception().details()
+            for caller in (coordinator, bureau):   # their senders are still silent, and the party answers
+                assert pb.PingReply.FromString(_call(caller, PING, b"", timeout=10)).name == SERVER
     finally:
         release.set()

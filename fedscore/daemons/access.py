@@ -94,6 +94,7 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Coordinator/FollowJob": _MEMBER,   # then: the caller must be the job's card center
     "/grpc.health.v1.Health/Check": _MEMBER,
     "/grpc.health.v1.Health/Watch": _MEMBER,
+    "/grpc.health.v1.Health/List": _MEMBER,
 })
 
 

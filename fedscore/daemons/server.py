@@ -20,10 +20,6 @@ from fedscore.model.model_file import write_atomically
 from fedscore.transport.rpc import channel_options, limit_client_messages
 from fedscore.transport.tls import INSECURE_WARNING, TlsIdentity
 
-# The role table names the split services (Party, Jobs, Training, ...); until the daemons serve them it would
-# refuse every call of the single Party service, so it is enforced only once they do.
-ENFORCE_ROLE_TABLE = False
-
 
 def configure_logging(name: str) -> None:
     logging.basicConfig(
@@ -68,7 +64,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     label = f"party {config.name!r}" if role == "party" else role
     access = AccessInterceptor(config.name, config.card_centers, limits, label=label)
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
-                         interceptors=[access] if ENFORCE_ROLE_TABLE else [])
+                         interceptors=[access])
     if role == "party":
         from fedscore.daemons.party import service as party
 
