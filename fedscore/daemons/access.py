@@ -204,10 +204,6 @@ class AccessInterceptor(grpc.ServerInterceptor):
             return None
         return _guarded(handler, handler_call_details.method, self)
 
-    def open_calls(self, caller: str) -> int:
-        with self._lock:
-            return self._open[caller]
-
     @contextmanager
     def admitted(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
         """Run the call only if the caller's role allows it and the caller has a free seat."""
@@ -215,7 +211,7 @@ class AccessInterceptor(grpc.ServerInterceptor):
         allowed = self.table.get(method)
         if allowed is None:
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"{self.label}: {method} is not in its role table; refused {caller or 'the call'!r}")
+                         f"{self.label}: {method} is not in its role table; refused {_who(caller)}")
         if caller is None:   # plaintext: nobody to check
             yield
             return
@@ -257,10 +253,13 @@ class AccessInterceptor(grpc.ServerInterceptor):
         log.warning("%s", message)
         context.abort(code, message)
 
-    def ended_idle(self, method: str, context: grpc.ServicerContext, idle: StreamIdle) -> None:
-        caller = caller_name(context)
+    def end_idle(self, method: str, context: grpc.ServicerContext, idle: StreamIdle) -> None:
         self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                     f"{self.label}: ended {method} from {caller or 'a caller'!r}: {idle}")
+                     f"{self.label}: ended {method} from {_who(caller_name(context))}: {idle}")
+
+
+def _who(caller: str | None) -> str:
+    return repr(caller) if caller is not None else "a plaintext caller"
 
 
 _MAKERS = {
@@ -287,7 +286,7 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, interceptor: AccessInt
             try:
                 yield paced
             except StreamIdle as idle:
-                interceptor.ended_idle(method, context, idle)
+                interceptor.end_idle(method, context, idle)
             finally:
                 paced.close()
 
