@@ -31,7 +31,7 @@ from fedscore.config import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
 from fedscore.runner import run_job_file
-from fedscore.transport.clients import ScoringClient
+from fedscore.transport.clients.scoring import ScoringClient
 
 ROWS = 8000
 REQUESTS = 24_000     # warm-up, sequential and sustained requests, each with a consent of its own

@@ -105,7 +105,7 @@ def demo() -> None:
     from fedscore.daemons.launcher import LocalConsortium
     from fedscore.demo import write_demo
     from fedscore.runner import run_job_file
-    from fedscore.transport.clients import ScoringClient
+    from fedscore.transport.clients.scoring import ScoringClient
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)

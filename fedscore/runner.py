@@ -17,7 +17,8 @@ from fedscore.model.data import ID_SEPARATOR, normalise_id
 from fedscore.model.model_file import write_atomically
 from fedscore.protocol.training import Progress
 from fedscore.report import write_report
-from fedscore.transport.clients import CoordinatorClient, ScoringClient
+from fedscore.transport.clients.coordinator import CoordinatorClient
+from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.tls import TlsIdentity
 
 

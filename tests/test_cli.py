@@ -22,7 +22,8 @@ from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table
 from fedscore.progress import ProgressView, clock, eta_seconds
 from fedscore.protocol.training import Progress
-from fedscore.transport.clients import PartyClient
+from fedscore.transport.clients.base import Peer
+from fedscore.transport.clients.party import PartyClient
 from fedscore.transport.tls import TlsIdentity
 
 from conftest import breast_parties, write_job
@@ -316,7 +317,7 @@ def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role, iden
             assert time.monotonic() < deadline, "the daemon did not come up"
             time.sleep(0.05)
         address = ready.read_text().split()[0]
-        client = PartyClient("acme", address, tls=TlsIdentity.load(tmp_path / "certs" / "coordinator"))
+        client = PartyClient(Peer("acme", address, tls=TlsIdentity.load(tmp_path / "certs" / "coordinator")))
         try:
             reply = client.ping()      # over mutual TLS, as the coordinator
         finally:

@@ -190,18 +190,38 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
 
     spec, _ = load_job(write_job(breast_folder, breast_parties()))
     config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
-    service = PartyService(config, CryptoPool(0))
+    service = PartyService(config, CryptoPool(0)).servicers["Jobs"]
     request = pb.PrepareJobRequest(
         job_id="job-0000aaaa", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes()
     )
     with pytest.raises(AbortCalled) as caught:
         service.PrepareJob(request, FakeContext())
     assert "party 'host': refuses 512-bit keys; its policy asks for at least 2048" in caught.value.args[1]
-    relaxed = PartyService(replace(config, min_key_bits=512), CryptoPool(0))
+    relaxed = PartyService(replace(config, min_key_bits=512), CryptoPool(0)).servicers["Jobs"]
     assert relaxed.PrepareJob(request, FakeContext()).rows == 569
     with pytest.raises(AbortCalled, match="already prepared"):
         relaxed.PrepareJob(request, FakeContext())
 
+
+def test_a_party_serves_every_method_of_its_services_and_each_chain_by_kind(breast_folder):
+    from fedscore.config import DaemonConfig
+    from fedscore.crypto.pool import CryptoPool
+    from fedscore.daemons.party.service import PartyService
+
+    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
+    servicers = PartyService(config, CryptoPool(0)).servicers
+    assert set(servicers) == set(pb.DESCRIPTOR.services_by_name) - {"Coordinator"}
+    for name, servicer in servicers.items():
+        unimplemented = getattr(pb_grpc, f"{name}Servicer")
+        for method in pb.DESCRIPTOR.services_by_name[name].methods:
+            assert getattr(type(servicer), method.name) is not getattr(unimplemented, method.name), (name, method.name)
+    chain = servicers["Chain"]
+    with pytest.raises(AbortCalled, match="no chain 'audit'"):
+        chain.ProposeBlock(pb.Block(job_id="job-0000aaaa", chain="audit"), FakeContext())
+    for kind, refusal in (("", "no job 'job-0000aaaa'"), ("training", "no job 'job-0000aaaa'"), ("scoring", "not open for scoring")):
+        with pytest.raises(AbortCalled, match=refusal) as caught:
+            chain.CommitBlock(pb.Block(job_id="job-0000aaaa", chain=kind), FakeContext())
+        assert "no chain" not in caught.value.args[1]
 
 def partial_overlap_files(folder: Path) -> tuple[list[dict], list[dict], dict]:
     """The breast split with each party missing some applicants and holding some others:

@@ -17,7 +17,8 @@ from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.runner import submit
 from fedscore.scoring.consent import certify_applicant, give_consent
-from fedscore.transport.clients import PartyClient, ScoringClient
+from fedscore.transport.clients.party import PartyJobClient
+from fedscore.transport.clients.scoring import ScoringClient
 
 from conftest import breast_parties, write_job
 from faults import count
@@ -122,8 +123,8 @@ def consortium(tmp_path_factory, breast_folder_module):
         scoring = ScoringClient(running.spec.card_center.address, running.spec.card_center.name)
         scoring.open_scoring(running.spec, settings.to_json())
         # a job prepared at the partner and left open, so messages about it reach past the first check
-        host = PartyClient("host", running.spec.party("host").address)
-        host.prepare_job("fuzz-job-0badcafe", running.spec, generate_keypair(512)[0])
+        host = PartyJobClient("host", running.spec.party("host").address, "fuzz-job-0badcafe", generate_keypair(512)[0])
+        host.prepare_job(running.spec)
         yield running, report, issuer, settings
         scoring.close()
         host.close()

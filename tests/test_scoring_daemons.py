@@ -28,7 +28,7 @@ from fedscore.scoring.consent import certify_applicant, give_consent
 from nacl.signing import SigningKey
 from fedscore.scoring.offline import offline_answer
 from fedscore.scoring.sources import CsvSource
-from fedscore.transport.clients import ScoringClient
+from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.tls import TlsIdentity
 
 from faults import count

@@ -27,7 +27,9 @@ from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.runner import submit
 from fedscore.transport import codec
-from fedscore.transport.clients import PartyClient, ScoringClient
+from fedscore.transport.clients.base import Peer
+from fedscore.transport.clients.party import PartyClient, PartyJobClient
+from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.rpc import OPTIONS
 from fedscore.transport.tls import TlsIdentity
 
@@ -128,8 +130,9 @@ def consortium(tmp_path_factory):
         scoring = ScoringClient(running.spec.card_center.address, "guest", running.card_center_identity)
         scoring.open_scoring(running.spec, settings.to_json(), report["job_id"])
         # a job the coordinator prepared at the partner and left open, so refused calls about it reach a real job
-        host = PartyClient("host", running.spec.party("host").address, tls=running.identity("coordinator"))
-        host.prepare_job(PREPARED, running.spec, generate_keypair(512)[0])
+        host = PartyJobClient("host", running.spec.party("host").address, PREPARED, generate_keypair(512)[0],
+                              tls=running.identity("coordinator"))
+        host.prepare_job(running.spec)
         yield running, report
         scoring.close()
         host.close()
@@ -138,14 +141,14 @@ def consortium(tmp_path_factory):
 def test_plaintext_a_foreign_ca_and_the_wrong_member_are_refused(consortium, tmp_path):
     running, _ = consortium
     guest = running.spec.party("guest").address
-    assert PartyClient("guest", guest, tls=running.identity("coordinator")).ping().name == "guest"
+    assert PartyClient(Peer("guest", guest, tls=running.identity("coordinator"))).ping().name == "guest"
     with pytest.raises(PeerError, match="guest"):
-        PartyClient("guest", guest, tls=None).ping()
+        PartyClient(Peer("guest", guest, tls=None)).ping()
     stranger = TlsIdentity.load(init_consortium(tmp_path / "other", ["coordinator"])["coordinator"])
     with pytest.raises(PeerError, match="TLS handshake failed"):
-        PartyClient("guest", guest, tls=stranger).ping()
+        PartyClient(Peer("guest", guest, tls=stranger)).ping()
     with pytest.raises(PeerError, match="certificate that does not name party 'host'"):
-        PartyClient("host", guest, tls=running.identity("coordinator")).ping()
+        PartyClient(Peer("host", guest, tls=running.identity("coordinator"))).ping()
 
 
 PARTY_SERVICES = ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring")
@@ -223,9 +226,10 @@ def test_each_member_may_call_only_what_its_role_allows_and_a_refusal_changes_no
     assert "takes jobs only from card centers guest" in caught.value.details()
 
     # nothing changed: the prepared job is still there, the chains did not move, the model still serves
-    coordinator_view = PartyClient("host", running.spec.party("host").address, tls=running.identity("coordinator"))
+    coordinator_view = PartyJobClient("host", running.spec.party("host").address, PREPARED, generate_keypair(512)[0],
+                                      tls=running.identity("coordinator"))
     with pytest.raises(Exception, match="already prepared"):
-        coordinator_view.prepare_job(PREPARED, running.spec, generate_keypair(512)[0])
+        coordinator_view.prepare_job(running.spec)
     coordinator_view.close()
     assert _heights(running, trained) == heights
     assert not running.dead_members()

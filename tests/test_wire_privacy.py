@@ -16,7 +16,7 @@ from fedscore.config import ScoringSettings, load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.runner import submit
 from fedscore.scoring.consent import certify_applicant, give_consent
-from fedscore.transport.clients import ScoringClient
+from fedscore.transport.clients.scoring import ScoringClient
 
 from conftest import write_job
 from faults import count as tally

@@ -55,7 +55,7 @@ from fedscore.protocol.training import (
 )
 from fedscore.report import build_report
 from fedscore.transport import codec
-from fedscore.transport.clients import PartyClient
+from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.rpc import RELAYED, servicer_errors, status_for
 from fedscore.transport.tls import TlsIdentity, caller_name
 
@@ -77,7 +77,7 @@ class RunningJob:
     spec: JobSpec
     job_id: str
     coordinator: CoordinatorSession
-    clients: dict[str, PartyClient]
+    clients: dict[str, PartyJobClient]
     ledger: LedgerMember
     replies: dict[str, dict]           # party -> role, features, rows
     summary: dict                      # what alignment found
@@ -120,7 +120,7 @@ def drop_checkpoint(state_dir: Path, job_id: str) -> None:
         (job_folder(state_dir, job_id) / name).unlink(missing_ok=True)
 
 
-def abort_everywhere(clients: dict[str, PartyClient]) -> None:
+def abort_everywhere(clients: dict[str, PartyJobClient]) -> None:
     for client in clients.values():
         try:
             client.abort_job()
@@ -139,7 +139,10 @@ def start_job(
     for party in spec.parties:
         if not party.address:
             raise FedscoreError(f"job {spec.name!r}: party {party.name!r} has no address")
-    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
+    progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
+    coordinator = CoordinatorSession(job_id, spec)
+    clients = {p.name: PartyJobClient(p.name, p.address, job_id, coordinator.public_key, spec.rpc_timeout, tls)
+               for p in spec.parties}
     center = spec.card_center.name
     ledger: LedgerMember | None = None
     try:
@@ -147,13 +150,11 @@ def start_job(
         for name, reply in pings.items():
             if reply.name != name:
                 raise PeerError(f"the daemon at {clients[name].address} is party {reply.name!r}, not {name!r}")
-        progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
-        coordinator = CoordinatorSession(job_id, spec)
         signing_key = identity.load_or_create(state_dir)
         coordinator.facts.public_key = identity.public_hex(signing_key)
         ledger = LedgerMember("coordinator", signing_key, job_folder(state_dir, job_id) / "ledger.sqlite", coordinator.facts)
         progress(Progress("prepare", message="parties loading and checking their data"))
-        replies = call_each(clients, lambda name, c: c.prepare_job(job_id, spec, coordinator.public_key))
+        replies = call_each(clients, lambda name, c: c.prepare_job(spec))
         members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
         members.update({name: {"role": r.role, "key": r.signing_key.hex()} for name, r in replies.items()})
         append_block(ledger, clients, [job_start_entry(job_id, spec, members, coordinator.public_key.fingerprint())])
@@ -215,9 +216,8 @@ def load_job(state_dir: Path, job_id: str, tls: TlsIdentity | None) -> RunningJo
     signing_key = identity.load_or_create(state_dir)
     coordinator.facts.public_key = identity.public_hex(signing_key)
     ledger = LedgerMember("coordinator", signing_key, folder / "ledger.sqlite", coordinator.facts)
-    clients = {p.name: PartyClient(p.name, p.address, timeout=spec.rpc_timeout, tls=tls) for p in spec.parties}
-    for client in clients.values():
-        client.job_id, client.public_key = job_id, private_key.public_key
+    clients = {p.name: PartyJobClient(p.name, p.address, job_id, private_key.public_key, spec.rpc_timeout, tls)
+               for p in spec.parties}
     job = RunningJob(spec, job_id, coordinator, clients, ledger, replies, summary, obfuscation_seconds, started,
                      restarts=restarts, result=result)
     expect_columns(job)

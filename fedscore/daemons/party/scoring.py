@@ -40,7 +40,7 @@ from fedscore.protocol.scoring import (
     ScoringSecrets,
 )
 from fedscore.scoring.sources import CsvSource, SqliteSource
-from fedscore.transport.clients import ScoringPeer
+from fedscore.transport.clients.scoring import ScoringPeer
 
 log = logging.getLogger("fedscore.scoring")
 

@@ -1,0 +1,70 @@
+"""A party's side of a job's alignment: the card center intersects its ids with each partner's (private
+set intersection, fedscore.protocol.alignment) when the coordinator asks; a partner answers it."""
+from __future__ import annotations
+
+from itertools import chain
+
+import grpc
+import numpy as np
+
+from fedscore.crypto import psi
+from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.party.jobs import Jobs, PreparedJob, require_card_center
+from fedscore.errors import ProtocolError
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
+from fedscore.transport import codec
+
+
+class Alignment:
+    """The Alignment service's steps on the jobs of ``jobs``."""
+
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
+        self.label = jobs.label
+
+    def _open(self, job: PreparedJob, kind: type) -> PsiParty:
+        """The job's alignment, while it is of ``kind`` and not done yet."""
+        if not isinstance(job.alignment, kind) or job.aligned_rows is not None:
+            raise ProtocolError(f"{self.label}: no alignment of this kind is open in job {job.job_id!r}")
+        return job.alignment
+
+    # -- coordinator -> card center -------------------------------------------------
+
+    def align(self, request: pb.AlignRequest, context: grpc.ServicerContext) -> pb.AlignReply:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        job = self.jobs.get(request.job_id)
+        handles = {name: client.alignment for name, client in job.partners.items()}
+        result = self._open(job, CardCenterAlignment).align(handles, int(request.min_overlap))
+        job.aligned_rows = result.rows
+        job.ledger.facts.aligned_rows, job.ledger.facts.overlaps = result.aligned_rows, dict(result.overlaps)
+        return pb.AlignReply(
+            aligned_rows=result.aligned_rows,
+            overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
+        )
+
+    # -- card center -> partner -----------------------------------------------------
+
+    def _partner_side(self, job_id: str, context: grpc.ServicerContext) -> tuple[PreparedJob, PsiParty]:
+        job = self.jobs.get(job_id)
+        require_card_center(context, job, self.label)
+        return job, self._open(job, PartnerAlignment)
+
+    def blinded_ids(self, request: pb.JobRef, context: grpc.ServicerContext) -> list[pb.FixedBlock]:
+        _, aligner = self._partner_side(request.job_id, context)
+        return list(codec.fixed_blocks(aligner.blinded_ids(), psi.POINT_BYTES, request.job_id))
+
+    def reblind(self, requests, context: grpc.ServicerContext) -> list[pb.FixedBlock]:
+        first = next(requests, None)
+        if first is None:
+            raise ProtocolError(f"{self.label}: empty re-blinding stream")
+        _, aligner = self._partner_side(first.job_id, context)
+        points = codec.join_fixed_blocks(chain([first], requests), psi.POINT_BYTES)
+        return list(codec.fixed_blocks(aligner.reblind(points), psi.POINT_BYTES, first.job_id))
+
+    def accept(self, request: pb.FixedBlock, context: grpc.ServicerContext) -> pb.Empty:
+        job, aligner = self._partner_side(request.job_id, context)
+        positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
+        job.aligned_rows = aligner.accept(positions)
+        job.ledger.facts.aligned_rows = len(job.aligned_rows)
+        return pb.Empty()

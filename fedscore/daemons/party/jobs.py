@@ -1,0 +1,335 @@
+"""A party's training jobs: the table of the jobs it holds, and each job's life at this party.
+
+The coordinator prepares a job (its data is loaded and checked against this
+party's policy), starts it once aligned (the training session opens),
+finishes it (the model and this party's page are written), and closes or
+aborts it. A job whose daemon died mid-training is restored from its
+checkpoint and resumed at the chain's last step.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from nacl.signing import SigningKey
+
+from fedscore.config import DaemonConfig, JobSpec, check_job_id, resolve_data_file
+from fedscore.crypto.paillier import PublicKey
+from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.party.checkpoint import (
+    Checkpoint, drop_checkpoint, drop_settled_checkpoints, read_checkpoint, save_checkpoint,
+)
+from fedscore.errors import AccessError, ConfigError, DataError, FedscoreError, ProtocolError, UnknownJobError
+from fedscore.ledger import identity
+from fedscore.ledger.entries import Facts
+from fedscore.ledger.entries import digest as entry_digest
+from fedscore.ledger.member import LedgerMember
+from fedscore.model.data import PartyTable, load_party_table
+from fedscore.model.model_file import PartyModel, file_digest, write_atomically
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
+from fedscore.protocol.audit import forget_steps_off_chain, last_step
+from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.party import PartySession, Step
+from fedscore.protocol.partner import PartnerSession
+from fedscore.transport import codec
+from fedscore.transport.clients.party import PartyJobClient
+from fedscore.transport.rpc import PARTNER_SHARE
+
+log = logging.getLogger("fedscore.party")
+MODEL_FILE = "model.json"
+REPORT_FILE = "report.html"   # a party's own page, beside its model.json
+
+
+@dataclass
+class PreparedJob:
+    """A job on this party: its data, then its alignment, then its training session."""
+
+    job_id: str
+    spec: JobSpec
+    table: PartyTable
+    public_key: PublicKey
+    alignment: PsiParty | None                                           # None once restored from a checkpoint
+    ledger: LedgerMember
+    partners: dict[str, PartyJobClient] = field(default_factory=dict)   # the card center's only
+    aligned_rows: np.ndarray | None = None                               # table rows held by every party
+    session: PartySession | None = None
+    data_sha256: str = ""                                                # of the data file, to resume only on the same data
+
+    def release(self) -> None:
+        """Its connections and its replica; the session's background work stops."""
+        if self.session is not None:
+            self.session.reserve.stop()
+            if self.session.reserve.made_in_background:
+                log.info("job %s: %d obfuscators made in the background", self.job_id, self.session.reserve.made_in_background)
+        for client in self.partners.values():
+            client.close()
+        self.ledger.close()
+
+
+def require_card_center(context: grpc.ServicerContext, job: PreparedJob, label: str) -> None:
+    """The caller must be THIS job's card center: known only once the request named the job."""
+    require(context, job.spec.card_center.name, f"{label}: job {job.job_id}")
+
+
+class Jobs:
+    """The jobs this party holds, and their life from PrepareJob to CloseJob."""
+
+    def __init__(self, config: DaemonConfig, pool: CryptoPool, key: SigningKey):
+        self.config = config
+        self.name = config.name
+        self.label = f"party {config.name!r}"
+        self.pool = pool
+        self.key = key
+        self._jobs: dict[str, PreparedJob] = {}
+        self._lock = threading.Lock()
+        drop_settled_checkpoints(config.state_dir)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.config.state_dir / "jobs" / check_job_id(job_id, self.label)
+
+    def get(self, job_id: str) -> PreparedJob:
+        check_job_id(job_id, self.label)
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise UnknownJobError(f"{self.label}: no job {job_id!r} here (never prepared, finished or aborted)")
+        return job
+
+    def listed(self) -> list[PreparedJob]:
+        with self._lock:
+            return [job for _, job in sorted(self._jobs.items())]
+
+    def session(self, job: PreparedJob, kind: type = PartySession) -> PartySession:
+        """The job's training session, which must be of ``kind`` (a call for the other role is refused)."""
+        if job.session is None:
+            raise ProtocolError(f"{self.label}: job {job.job_id!r} has not started training")
+        if not isinstance(job.session, kind):
+            raise ProtocolError(f"{self.label}: this call is not for a {job.session.role} in job {job.job_id!r}")
+        return job.session
+
+    def checkpoint(self, job: PreparedJob) -> None:
+        """Written after every step: everything but the data needed to pick the job up after a crash."""
+        facts = job.ledger.facts
+        state = Checkpoint(job.spec, job.public_key, job.aligned_rows, job.data_sha256, job.session.checkpoint(),
+                           facts.aligned_rows, facts.overlaps)
+        save_checkpoint(self.job_dir(job.job_id), job.job_id, self.name, state)
+
+    # -- PrepareJob ------------------------------------------------------------
+
+    def prepare(self, request: pb.PrepareJobRequest, context: grpc.ServicerContext) -> pb.PrepareJobReply:
+        require(context, COORDINATOR, f"{self.label}: preparing a job")
+        spec = codec.spec_from_proto(request.job)
+        self._check_policy(request, spec)
+        me = spec.party(self.name)
+        public_key = PublicKey.from_bytes(request.public_key)
+        if public_key.bits != spec.key_bits:
+            raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
+        path = resolve_data_file(self.config.data_dir, me.data, self.name)
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", self._facts(spec, public_key))
+        kind = CardCenterAlignment if me.is_card_center else PartnerAlignment
+        job = PreparedJob(
+            request.job_id, spec, table, public_key, kind(self.name, table, request.job_id, self.pool), ledger,
+            self._partner_clients(request.job_id, spec, public_key), data_sha256=file_digest(path),
+        )
+        with self._lock:
+            self._jobs[request.job_id] = job
+        log.info("job %s prepared: %d rows, %d features from %s", request.job_id, table.rows, len(table.feature_names), path)
+        return pb.PrepareJobReply(
+            party=self.name, role="card_center" if me.is_card_center else "partner", rows=table.rows,
+            features=len(table.feature_names), state_dir=str(self.config.state_dir),
+            signing_key=bytes(self.key.verify_key),
+        )
+
+    def _check_policy(self, request: pb.PrepareJobRequest, spec: JobSpec) -> None:
+        """This party's own rules for the jobs it takes: addressed to it, once, from a card center it names,
+        with keys long enough."""
+        if request.party != self.name:
+            raise ConfigError(
+                f"{self.label}: the job addresses this daemon as {request.party!r}; check the job's party addresses"
+            )
+        with self._lock:
+            if request.job_id in self._jobs:
+                raise ProtocolError(f"{self.label}: job {request.job_id!r} is already prepared here")
+        if self.config.card_centers and spec.card_center.name not in self.config.card_centers:
+            raise AccessError(
+                f"{self.label}: takes jobs only from card centers {', '.join(self.config.card_centers)}; "
+                f"refused a job with card center {spec.card_center.name!r}"
+            )
+        if spec.key_bits < self.config.min_key_bits:
+            raise ConfigError(
+                f"{self.label}: refuses {spec.key_bits}-bit keys; its policy asks for at least {self.config.min_key_bits}"
+            )
+
+    def _facts(self, spec: JobSpec, public_key: PublicKey) -> Facts:
+        """What this member knows first-hand of a job from the start, to check the chain's blocks against."""
+        return Facts(
+            self.name, identity.public_hex(self.key), role="card_center" if spec.party(self.name).is_card_center else "partner",
+            members=frozenset({"coordinator", *(p.name for p in spec.parties)}), job_digest=spec.digest(),
+            paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
+        )
+
+    def _partner_clients(self, job_id: str, spec: JobSpec, public_key: PublicKey) -> dict[str, PartyJobClient]:
+        """The card center dials each partner of the job (a partner dials nobody)."""
+        if not spec.party(self.name).is_card_center:
+            return {}
+        timeout = spec.rpc_timeout * PARTNER_SHARE
+        return {
+            p.name: PartyJobClient(p.name, p.address, job_id, public_key, timeout, self.config.tls, f"partner {p.name!r}")
+            for p in spec.partners
+        }
+
+    # -- StartTraining ---------------------------------------------------------
+
+    def start(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.StartTrainingReply:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        job = self.get(request.job_id)
+        if job.aligned_rows is None or job.session is not None:
+            raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
+        session = self._open_session(job)
+        smallest = session.smallest_batch()
+        if smallest < self.config.min_batch_rows:
+            raise ConfigError(
+                f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
+                f"applicants); its policy asks for at least {self.config.min_batch_rows}"
+            )
+        seconds = session.prepare_obfuscators()
+        job.session = session
+        self.checkpoint(job)
+        log.info("job %s training on %d aligned of %d rows", request.job_id, len(job.aligned_rows), job.table.rows)
+        return pb.StartTrainingReply(obfuscation_seconds=seconds)
+
+    def _open_session(self, job: PreparedJob) -> PartySession:
+        common = (job.job_id, job.spec, self.name, job.table.subset(job.aligned_rows), job.public_key, self.pool)
+        if job.partners:
+            partners = {name: client.training for name, client in job.partners.items()}
+            session: PartySession = CardCenterSession(*common, partners=partners)
+        else:
+            session = PartnerSession(*common)
+        session.facts = job.ledger.facts
+        self.pool.warm(job.public_key, job.spec.obfuscation)
+        return session
+
+    # -- FinishJob, CloseJob, AbortJob -------------------------------------------
+
+    def finish(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.FinishJobReply:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        job = self.get(request.job_id)
+        session = self.session(job)
+        path = self.job_dir(request.job_id) / MODEL_FILE
+        model = session.model()
+        text = model.to_json()
+        write_atomically(path, text)
+        job.ledger.facts.model_digest = entry_digest(text.encode("utf-8"))
+        log.info("job %s finished: model written to %s", request.job_id, path)
+        return pb.FinishJobReply(
+            model_path=str(path), state_dir=str(self.config.state_dir),
+            model_digest=job.ledger.facts.model_digest, ledger_path=str(job.ledger.path),
+            report_path=self._write_page(request.job_id, session, model),
+        )
+
+    def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
+        """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
+        the trained model is what the job is for."""
+        from fedscore.report_html import render_party_page   # matplotlib loads only when a job finishes
+
+        path = self.job_dir(job_id) / REPORT_FILE
+        evaluation = session.evaluation if isinstance(session, CardCenterSession) else None
+        try:
+            write_atomically(path, render_party_page(model, session.table.rows, len(session.train_rows), evaluation))
+        except Exception:   # noqa: BLE001 - any drawing failure; the job's model stands
+            log.exception("job %s: could not write this party's report page %s", job_id, path)
+            return ""
+        return str(path)
+
+    def close(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Empty:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        self._forget(request.job_id)
+        return pb.Empty()
+
+    def abort(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Empty:
+        """Drop the job and any model it wrote; its ledger stays as the record of what happened."""
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        self._forget(request.job_id)
+        for name in (MODEL_FILE, REPORT_FILE):
+            (self.job_dir(request.job_id) / name).unlink(missing_ok=True)
+        log.info("job %s aborted", request.job_id)
+        return pb.Empty()
+
+    def _forget(self, job_id: str) -> None:
+        """In memory, and its checkpoint (a closed or aborted job is never resumed)."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        drop_checkpoint(self.job_dir(job_id))
+        if job is not None:
+            job.release()
+
+    # -- ResumeJob ---------------------------------------------------------------
+
+    def resume(self, request: pb.ResumeRequest, context: grpc.ServicerContext) -> pb.Empty:
+        """After a member died mid-job: rewind to the last step on the chain, restoring the job if this daemon restarted."""
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        job = self._held_or_restored(request.job_id)
+        if job.session is None:
+            raise ProtocolError(f"{self.label}: job {request.job_id!r} had not started training; it cannot resume")
+        step = Step(request.epoch, request.batch) if request.started else None
+        ledger = job.ledger
+        ledger.abandon_uncommitted()
+        ledger.commit(codec.block_from_proto(request.head))   # the coordinator's head: committed already, or the next
+        if last_step(ledger.entries()) != step:
+            raise ProtocolError(
+                f"{self.label}: its chain of job {request.job_id!r} ends after {last_step(ledger.entries())}, "
+                f"not after {step}; it cannot resume there"
+            )
+        forget_steps_off_chain(ledger.facts, ledger.seen.steps)
+        job.session.resume_after(step)
+        self.checkpoint(job)
+        log.info("job %s resumes after %s", request.job_id, step or "its start")
+        return pb.Empty()
+
+    def _held_or_restored(self, job_id: str) -> PreparedJob:
+        check_job_id(job_id, self.label)
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        restored = self._restore(job_id)
+        with self._lock:
+            job = self._jobs.setdefault(job_id, restored)
+        if job is not restored:   # another resume got there first
+            restored.release()
+        return job
+
+    def _restore(self, job_id: str) -> PreparedJob:
+        """A job this daemon was training before it restarted, from its checkpoint, on the same data."""
+        folder = self.job_dir(job_id)
+        saved = read_checkpoint(folder, job_id, self.label)
+        me = saved.spec.party(self.name)
+        path = resolve_data_file(self.config.data_dir, me.data, self.name)
+        if file_digest(path) != saved.data_sha256:
+            raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        facts = self._facts(saved.spec, saved.public_key)
+        facts.aligned_rows, facts.overlaps = saved.aligned_count, saved.overlaps
+        model_file = folder / MODEL_FILE
+        if model_file.is_file():   # it had finished: the job's end must carry this model's digest
+            facts.model_digest = entry_digest(model_file.read_bytes())
+        ledger = LedgerMember(self.name, self.key, folder / "ledger.sqlite", facts)
+        partners = self._partner_clients(job_id, saved.spec, saved.public_key)
+        job = PreparedJob(job_id, saved.spec, table, saved.public_key, None, ledger, partners, saved.aligned_rows,
+                          data_sha256=saved.data_sha256)
+        try:
+            job.session = self._open_session(job)
+            job.session.restore(saved.training)
+        except (ValueError, KeyError, TypeError, FedscoreError) as error:
+            job.session = None
+            job.release()
+            raise ProtocolError(f"{self.label}: the checkpoint of job {job_id!r} does not fit the job ({error})") from None
+        log.info("job %s restored from its checkpoint (last step here: %s)", job_id, job.session.checkpoint()["done"])
+        return job

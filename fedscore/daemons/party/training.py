@@ -1,0 +1,102 @@
+"""A party's training steps: the coordinator's calls at every party, and the card center's calls at a
+partner. Each checks who calls and what arrives, then hands the step to the job's session
+(fedscore.protocol.card_center / partner)."""
+from __future__ import annotations
+
+import json
+from itertools import chain
+
+import grpc
+
+from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.party.jobs import Jobs, require_card_center
+from fedscore.errors import ProtocolError
+from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.card_center import CardCenterSession
+from fedscore.protocol.partner import PartnerSession
+from fedscore.transport import codec
+
+
+class Training:
+    """The Training service's steps on the jobs of ``jobs``."""
+
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
+        self.label = jobs.label
+
+    # -- coordinator -> every party ---------------------------------------------
+
+    def masked_gradient(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.IntegerBlock:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        session = self.jobs.session(self.jobs.get(request.job_id))
+        values = session.masked_gradient(codec.step_from_proto(request))
+        return codec.single_block(values, session.public_key.ciphertext_bytes, request)
+
+    def apply_gradient(self, request: pb.MaskedGradientValues, context: grpc.ServicerContext) -> pb.Empty:
+        require(context, COORDINATOR, f"{self.label}: job {request.step.job_id}")
+        job = self.jobs.get(request.step.job_id)
+        session = self.jobs.session(job)
+        _, values = codec.join_integer_blocks([request.values], session.public_key.plaintext_bytes)
+        codec.check_residues(values, session.public_key)
+        session.apply_gradient(codec.step_from_proto(request.step), [int(v) for v in values])
+        self.jobs.checkpoint(job)
+        return pb.Empty()
+
+    # -- coordinator -> card center ----------------------------------------------
+
+    def forward_step(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.Empty:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        self.jobs.session(self.jobs.get(request.job_id), CardCenterSession).forward_step(codec.step_from_proto(request))
+        return pb.Empty()
+
+    def loss_share(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.LossShareReply:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        session = self.jobs.session(self.jobs.get(request.job_id), CardCenterSession)
+        value, digests = session.loss_share(codec.step_from_proto(request))
+        return pb.LossShareReply(
+            share=codec.single_block([value], session.public_key.ciphertext_bytes, request), digests=digests
+        )
+
+    def evaluate(self, request: pb.EvaluateRequest, context: grpc.ServicerContext) -> pb.EvaluateReply:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        session = self.jobs.session(self.jobs.get(request.job_id), CardCenterSession)
+        if len(request.mask_sum) % 8:
+            raise ProtocolError(f"{self.label}: mask sum is not a whole number of 64-bit words")
+        return pb.EvaluateReply(metrics_json=json.dumps(session.evaluate(codec.words(request.mask_sum))))
+
+    # -- coordinator -> partner ----------------------------------------------------
+
+    def score_mask_seed(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Seed:
+        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+        return pb.Seed(seed=self.jobs.session(self.jobs.get(request.job_id), PartnerSession).score_mask_seed())
+
+    # -- card center -> partner ----------------------------------------------------
+
+    def _partner_session(self, job_id: str, context: grpc.ServicerContext) -> PartnerSession:
+        job = self.jobs.get(job_id)
+        require_card_center(context, job, self.label)
+        return self.jobs.session(job, PartnerSession)
+
+    def encrypted_partial(self, request: pb.StepRef, context: grpc.ServicerContext) -> list[pb.IntegerBlock]:
+        session = self._partner_session(request.job_id, context)
+        values = session.encrypted_partial(codec.step_from_proto(request))
+        return list(codec.integer_blocks(values, session.public_key.ciphertext_bytes, request))
+
+    def put_residual(self, requests, context: grpc.ServicerContext) -> pb.Empty:
+        first = next(requests, None)
+        if first is None or not first.HasField("step"):
+            raise ProtocolError(f"{self.label}: residual stream without a step header")
+        session = self._partner_session(first.step.job_id, context)
+        step, values = codec.join_integer_blocks(chain([first], requests), session.public_key.ciphertext_bytes)
+        codec.check_ciphertexts(values, session.public_key)
+        session.receive_residual(codec.step_from_proto(step), values)
+        return pb.Empty()
+
+    def encrypted_loss_term(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.IntegerBlock:
+        session = self._partner_session(request.job_id, context)
+        value = session.encrypted_loss_term(codec.step_from_proto(request))
+        return codec.single_block([value], session.public_key.ciphertext_bytes, request)
+
+    def masked_scores(self, request: pb.JobRef, context: grpc.ServicerContext) -> list[pb.FixedBlock]:
+        session = self._partner_session(request.job_id, context)
+        return list(codec.fixed_blocks(session.masked_scores().astype("<u8").tobytes(), 8, request.job_id))
