@@ -1,22 +1,136 @@
-"""Who may call what, by the member name in the caller's certificate.
+"""Who may call what, by the member name in the caller's certificate, and how much one caller may hold.
 
-The coordinator drives training: it prepares jobs, runs every step, asks for
-evaluation and proposes the training chain's blocks. A job's card center
-drives alignment and the training messages to its partners, and scoring:
-its approval system calls its own daemon with the card center's identity,
-and its daemon asks the partners. Anyone else gets PERMISSION_DENIED before
-anything is read or changed. A plaintext daemon (--insecure) knows no
-caller, so it checks nothing: that mode is for debugging only.
+``ROLE_TABLE`` is the one place that says which role may call which gRPC
+method. ``AccessInterceptor`` enforces it on every call before the servicer
+runs (for a request stream: before its first message is read), so a member
+without the role is refused without being able to hold a thread. It also
+bounds what a member with the role can hold: ``CallLimits.calls_per_caller``
+open calls at once, and a request stream whose next message takes longer than
+``CallLimits.idle_seconds`` is ended. The table knows roles, not jobs: after
+the request is read the servicers still check job-specific facts with
+``require`` (e.g. that the caller is THIS job's card center).
+
+A plaintext daemon (--insecure) knows no caller, so it checks no role and no
+per-caller limit: that mode is for debugging only. Methods missing from the
+table are refused in both modes.
 """
 from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import grpc
 
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.errors import AccessError
+from fedscore.proto import fedscore_pb2 as pb
 from fedscore.transport.tls import caller_name
 
-__all__ = ["COORDINATOR", "require"]
+__all__ = [
+    "COORDINATOR", "ROLE_TABLE", "AccessInterceptor", "CallLimits", "Role", "roles_of", "require",
+]
+
+log = logging.getLogger("fedscore.access")
+
+
+class Role(enum.Enum):
+    """What a caller is to this daemon, known from its certificate alone; the value reads in refusals."""
+
+    COORDINATOR = "the coordinator"
+    CARD_CENTER = "a card center"   # one this party takes jobs from (config `card_centers`; empty: any but the coordinator)
+    SELF = "this member itself"     # e.g. a card center's approval system, calling with the card center's certificate
+    MEMBER = "any member"           # any certificate from the consortium CA
+
+
+_COORDINATOR = frozenset({Role.COORDINATOR})
+_CARD_CENTER = frozenset({Role.CARD_CENTER})
+_SELF = frozenset({Role.SELF})
+_MEMBER = frozenset({Role.MEMBER})
+_P = f"/{pb.DESCRIPTOR.package}."
+
+ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
+    f"{_P}Party/Ping": _MEMBER,
+    f"{_P}Party/Status": _MEMBER,   # each caller sees only the jobs it is a member of
+    f"{_P}Jobs/PrepareJob": _COORDINATOR,
+    f"{_P}Jobs/StartTraining": _COORDINATOR,
+    f"{_P}Jobs/FinishJob": _COORDINATOR,
+    f"{_P}Jobs/AbortJob": _COORDINATOR,
+    f"{_P}Jobs/CloseJob": _COORDINATOR,
+    f"{_P}Jobs/ResumeJob": _COORDINATOR,
+    f"{_P}Training/MaskedGradient": _COORDINATOR,
+    f"{_P}Training/ApplyGradient": _COORDINATOR,
+    f"{_P}Training/ForwardStep": _COORDINATOR,
+    f"{_P}Training/LossShare": _COORDINATOR,
+    f"{_P}Training/Evaluate": _COORDINATOR,
+    f"{_P}Training/ScoreMaskSeed": _COORDINATOR,
+    f"{_P}Training/EncryptedPartial": _CARD_CENTER,
+    f"{_P}Training/PutResidual": _CARD_CENTER,
+    f"{_P}Training/EncryptedLossTerm": _CARD_CENTER,
+    f"{_P}Training/MaskedScores": _CARD_CENTER,
+    f"{_P}Alignment/Align": _COORDINATOR,
+    f"{_P}Alignment/PsiBlindedIds": _CARD_CENTER,
+    f"{_P}Alignment/PsiReblind": _CARD_CENTER,
+    f"{_P}Alignment/PsiAccept": _CARD_CENTER,
+    # the chain's proposer: the coordinator (training chain) or the card center (scoring chain)
+    f"{_P}Chain/ProposeBlock": _COORDINATOR | _CARD_CENTER,
+    f"{_P}Chain/CommitBlock": _COORDINATOR | _CARD_CENTER,
+    f"{_P}Chain/SignSettlement": _COORDINATOR | _CARD_CENTER,
+    # a card center opens its own model (SELF) and its partners' (CARD_CENTER)
+    f"{_P}Scoring/OpenScoring": _SELF | _CARD_CENTER,
+    f"{_P}Scoring/Score": _SELF,
+    f"{_P}Scoring/PartialScore": _CARD_CENTER,
+    f"{_P}Scoring/SettleScoring": _SELF,
+    f"{_P}Scoring/CloseScoring": _SELF | _CARD_CENTER,
+    f"{_P}Coordinator/Ping": _MEMBER,
+    f"{_P}Coordinator/Status": _MEMBER,
+    f"{_P}Coordinator/RunJob": _MEMBER,      # then: the caller must be the job's card center
+    f"{_P}Coordinator/FollowJob": _MEMBER,   # then: the caller must be the job's card center
+    "/grpc.health.v1.Health/Check": _MEMBER,
+    "/grpc.health.v1.Health/Watch": _MEMBER,
+    "/grpc.health.v1.Health/List": _MEMBER,
+})
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """How many calls a daemon serves at once, and for how long one caller may hold them.
+
+    Sized for the members' own concurrency: the coordinator sends a party at
+    most a few calls at once per job, a card center a few per partner per job
+    (one partial-score batch at a time per model), and `fedscore score`
+    keeps 8 requests in flight by default. ``calls_per_caller`` leaves room for
+    that; ``threads`` leaves room for several callers at their limit at once.
+    """
+
+    threads: int = 64               # the server's thread pool
+    calls_per_caller: int = 16      # open calls one member may have at once (RESOURCE_EXHAUSTED beyond)
+    idle_seconds: float = 10.0      # a request stream's next message must come within this (DEADLINE_EXCEEDED)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.calls_per_caller < self.threads:
+            raise ValueError("calls_per_caller must be positive and below threads, so no one caller holds them all")
+        if self.idle_seconds <= 0:
+            raise ValueError("idle_seconds must be positive")
+
+
+def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = ()) -> frozenset[Role]:
+    """The roles ``caller`` plays towards the daemon of member ``own_name``."""
+    card_centers = frozenset(card_centers)
+    roles = {Role.MEMBER}
+    if caller == COORDINATOR:
+        roles.add(Role.COORDINATOR)
+    if caller == own_name:
+        roles.add(Role.SELF)
+    if caller in card_centers or (not card_centers and caller != COORDINATOR):
+        roles.add(Role.CARD_CENTER)
+    return frozenset(roles)
 
 
 def require(context: grpc.ServicerContext, allowed: str, what: str) -> None:
@@ -24,3 +138,166 @@ def require(context: grpc.ServicerContext, allowed: str, what: str) -> None:
     caller = caller_name(context)
     if caller is not None and caller != allowed:
         raise AccessError(f"{what} is for {allowed!r} only; refused {caller!r}")
+
+
+class StreamIdle(BaseException):
+    """A request stream's next message did not come in time.
+
+    A BaseException, like asyncio's CancelledError, so that a servicer's
+    catch-all for its own bugs lets it through to the interceptor.
+    """
+
+
+class IdleDeadline(Iterator):
+    """A request stream whose every next message must arrive within ``seconds``.
+
+    gRPC's request iterator has no timeout, so a helper thread reads it, one
+    message per ask; the servicer's thread waits with a timeout. Closing tells
+    the helper to stop; a helper still waiting on gRPC wakes when the call ends.
+    """
+
+    def __init__(self, requests: Iterator, seconds: float):
+        self.seconds = seconds
+        self._requests = requests
+        self._asks: queue.SimpleQueue = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="request-stream", daemon=True).start()
+
+    def _read(self) -> None:
+        while self._asks.get():
+            try:
+                self._answers.put((next(self._requests), None))
+            except BaseException as error:   # noqa: BLE001 - the end of the stream or its failure, handed over
+                self._answers.put((None, error))
+                return
+
+    def __next__(self):
+        self._asks.put(True)
+        try:
+            message, error = self._answers.get(timeout=self.seconds)
+        except queue.Empty:
+            raise StreamIdle(f"no message within {self.seconds:g} s") from None
+        if error is not None:
+            raise error
+        return message
+
+    def close(self) -> None:
+        self._asks.put(False)
+
+
+class AccessInterceptor(grpc.ServerInterceptor):
+    """Enforces ``table`` and ``limits`` on every call to the daemon of member ``name``."""
+
+    def __init__(self, name: str, card_centers: Iterable[str] = (), limits: CallLimits = CallLimits(),
+                 label: str | None = None, table: Mapping[str, frozenset[Role]] = ROLE_TABLE):
+        self.name = name
+        self.card_centers = tuple(card_centers)
+        self.limits = limits
+        self.label = label or repr(name)
+        self.table = table
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:   # no such method: gRPC answers UNIMPLEMENTED
+            return None
+        return _guarded(handler, handler_call_details.method, self)
+
+    @contextmanager
+    def admitted(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Run the call only if the caller's role allows it and the caller has a free seat."""
+        caller = caller_name(context)
+        allowed = self.table.get(method)
+        if allowed is None:
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"{self.label}: {method} is not in its role table; refused {_who(caller)}")
+        if caller is None:   # plaintext: nobody to check
+            yield
+            return
+        if not allowed & roles_of(caller, self.name, self.card_centers):
+            wanted = " or ".join(sorted(role.value for role in allowed))
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"{self.label}: {method} is for {wanted} only; refused {caller!r}")
+        release = self._take_seat(caller)
+        if release is None:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"{self.label}: {caller!r} already has {self.limits.calls_per_caller} calls open here "
+                         f"(the most one member may hold); refused {method}")
+        context.add_callback(release)   # also when the servicer's generator is never closed
+        try:
+            yield
+        finally:
+            release()
+
+    def _take_seat(self, caller: str) -> Callable[[], None] | None:
+        """Count one more open call of ``caller``; the returned function (idempotent) frees it."""
+        with self._lock:
+            if self._open[caller] >= self.limits.calls_per_caller:
+                return None
+            self._open[caller] += 1
+        done = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if done.is_set():
+                    return
+                done.set()
+                self._open[caller] -= 1
+                if not self._open[caller]:
+                    del self._open[caller]
+
+        return release
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+        log.warning("%s", message)
+        context.abort(code, message)
+
+    def end_idle(self, method: str, context: grpc.ServicerContext, idle: StreamIdle) -> None:
+        self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                     f"{self.label}: ended {method} from {_who(caller_name(context))}: {idle}")
+
+
+def _who(caller: str | None) -> str:
+    return repr(caller) if caller is not None else "a plaintext caller"
+
+
+_MAKERS = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _guarded(handler: grpc.RpcMethodHandler, method: str, interceptor: AccessInterceptor) -> grpc.RpcMethodHandler:
+    """``handler`` admitted by ``interceptor``, its request stream (if any) behind the idle deadline."""
+    kind, make = _MAKERS[handler.request_streaming, handler.response_streaming]
+    behaviour = getattr(handler, kind)
+
+    @contextmanager
+    def entered(request, context):
+        with interceptor.admitted(method, context):
+            if not handler.request_streaming:
+                yield request
+                return
+            paced = IdleDeadline(request, interceptor.limits.idle_seconds)
+            context.add_callback(paced.close)
+            try:
+                yield paced
+            except StreamIdle as idle:
+                interceptor.end_idle(method, context, idle)
+            finally:
+                paced.close()
+
+    if handler.response_streaming:
+        def guarded(request, context):
+            with entered(request, context) as request:
+                yield from behaviour(request, context)
+    else:
+        def guarded(request, context):
+            with entered(request, context) as request:
+                return behaviour(request, context)
+
+    return make(guarded, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)

@@ -13,6 +13,7 @@ import grpc
 
 from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.access import AccessInterceptor, CallLimits
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
 from fedscore.files import write_atomically
@@ -58,7 +59,12 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept
     options = channel_options(config.max_message_mib * 1024 * 1024)
     limit_client_messages(config.max_message_mib * 1024 * 1024)
-    server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix=role), options=options)
+    limits = CallLimits()
+    # who may call what (the role table) and how much one caller may hold, checked before a servicer runs
+    label = f"party {config.name!r}" if role == "party" else role
+    access = AccessInterceptor(config.name, config.card_centers, limits, label=label)
+    server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
+                         interceptors=[access])
     if role == "party":
         from fedscore.daemons.party import service as party
 
