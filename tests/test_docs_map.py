@@ -16,6 +16,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?")
 SPAN = re.compile(r"`([^`\n]+)`")
 # What may stand between a file and the names given beside it: `a.py` `f` (`g`, `h`).
 BESIDE = re.compile(r"[\s,()]*")
+FILE_SUFFIXES = {"bin", "csv", "html", "json", "key", "md", "pem", "py", "sqlite", "toml"}
 
 
 def paragraphs(text: str) -> list[str]:
@@ -101,6 +102,29 @@ def is_defined(path: str, name: str) -> bool:
     return attribute in found.get(owner, set())
 
 
+def qualified_names(text: str) -> set[str]:
+    """Every backticked `Class.method` or `module.function` of a doc whose class or module is fedscore's
+    (file names such as `ca.pem` and gRPC names such as `Scoring.Score` start with neither)."""
+    return {span for span in SPAN.findall(text) if IDENTIFIER.fullmatch(span) and "." in span
+            and span.rpartition(".")[2] not in FILE_SUFFIXES and owners(span)}
+
+
+@cache
+def code_files() -> tuple[str, ...]:
+    return tuple(str(path.relative_to(ROOT)) for path in sorted((ROOT / "fedscore").rglob("*.py"))
+                 if "proto" not in path.parts)
+
+
+def owners(name: str) -> list[str]:
+    """The modules that define the class, or are the module, a qualified name starts with."""
+    owner = name.partition(".")[0]
+    return [path for path in code_files() if owner in definitions(path) or Path(path).stem == owner]
+
+
+def defined_somewhere(name: str) -> bool:
+    return any(is_defined(path, name) for path in owners(name))
+
+
 def doc_cases():
     for doc in MAPPED_DOCS:
         yield pytest.param(doc, id=doc.name)
@@ -119,6 +143,12 @@ def test_every_name_beside_a_file_is_defined_there(doc):
     assert not undefined, f"{doc.name} puts names beside files that do not define them: {undefined}"
 
 
+@pytest.mark.parametrize("doc", doc_cases())
+def test_every_qualified_name_is_defined(doc):
+    undefined = sorted(name for name in qualified_names(doc.read_text()) if not defined_somewhere(name))
+    assert not undefined, f"{doc.name} names methods or functions no module defines: {undefined}"
+
+
 def test_the_map_is_read_as_meant():
     """The reader must see names beside a path, and only those, or the tests above check nothing."""
     text = "| x | `fedscore/a.py` `f`, `B.g` (`h`); then `i`, and `fedscore/b.py`; `fedscore/c.py` `j` |"
@@ -128,3 +158,5 @@ def test_the_map_is_read_as_meant():
     assert ("fedscore/protocol/training/driver.py", "run_training") in protocol_pairs
     assert is_defined("fedscore/crypto/paillier.py", "paillier.add_plains")
     assert not is_defined("fedscore/crypto/paillier.py", "paillier.no_such_operation")
+    assert defined_somewhere("LedgerMember.abandon_uncommitted")
+    assert not defined_somewhere("LedgerMember.no_such_method")
