@@ -1,5 +1,8 @@
-"""Helpers shared by the benchmarks: run a job through real daemons, read processes' peak memory."""
+"""Helpers shared by the benchmarks: their --smoke sizes, a two-party job file, run a job through real daemons,
+read processes' peak memory."""
 from __future__ import annotations
+
+import argparse
 
 from collections.abc import Sequence
 from dataclasses import replace
@@ -12,6 +15,39 @@ from fedscore.runner import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TWO_PARTY_JOB = """\
+[job]
+name = "{name}"
+key_bits = {key_bits}
+{settings}
+[[parties]]
+name = "card_center"
+data = "card_center.csv"
+id = "id"
+label = "y"
+
+[[parties]]
+name = "partner"
+data = "partner.csv"
+id = "{partner_id}"
+"""
+
+
+def parse_with_smoke(parser: argparse.ArgumentParser, smoke_help: str, **smoke_sizes: object) -> argparse.Namespace:
+    """The bench's arguments; with --smoke, ``smoke_sizes`` replace them so the bench runs in seconds (make test)."""
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    args = parser.parse_args()
+    if args.smoke:
+        for name, value in smoke_sizes.items():
+            setattr(args, name, value)
+    return args
+
+
+def two_party_job(name: str, key_bits: int, partner_id: str = "id", **settings: int | float) -> str:
+    """A job file for card_center.csv (ids in "id", labels in "y") and partner.csv, with these [job] settings."""
+    lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    return TWO_PARTY_JOB.format(name=name, key_bits=key_bits, settings=lines, partner_id=partner_id)
 
 
 def process_tree(root: int) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from phe import paillier as phe
 
-from common import SHARED_DATA, run_jobs_through_daemons
+from common import SHARED_DATA, parse_with_smoke, run_jobs_through_daemons
 from figures import Figure, print_figures
 
 FILES = ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv")   # the same ids in the same order
@@ -79,10 +79,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100, help="python-paillier calls timed per operation")
     parser.add_argument("--rows", type=int, default=0, help="the first ROWS rows only (0: all)")
     parser.add_argument("--key-bits", type=int, default=2048)
-    parser.add_argument("--smoke", action="store_true", help="300 rows, 512-bit keys, small samples: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.rows, args.key_bits, args.sample = 300, 512, 10
+    args = parse_with_smoke(parser, "300 rows, 512-bit keys, small samples: seconds",
+                            rows=300, key_bits=512, sample=10)
     with tempfile.TemporaryDirectory(prefix="fedscore-epoch-") as tmp:
         folder = Path(tmp)
         for name in FILES:

@@ -27,6 +27,7 @@ from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.training_rules import TrainingRules
 from fedscore.ledger.verify import verify_chain
 
+from common import parse_with_smoke
 from figures import Figure, print_figures
 
 MEMBERS = {"coordinator": "coordinator", "card_center": "card_center", "bureau": "partner"}
@@ -49,10 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="a few hundred blocks, once: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.blocks, args.repeat = 600, 1   # above the size verification spreads over processes
+    # 600 blocks: above the size verification spreads over processes
+    args = parse_with_smoke(parser, "a few hundred blocks, once: seconds", blocks=600, repeat=1)
     keys = {name: SigningKey.generate() for name in MEMBERS}
     with tempfile.TemporaryDirectory(prefix="fedscore-ledger-") as tmp:
         path = Path(tmp) / "ledger.sqlite"

@@ -20,6 +20,7 @@ from fedscore.crypto.obfuscation import Obfuscator
 from fedscore.crypto.paillier import PrivateKey, PublicKey, encrypt
 from gmpy2 import mpz
 
+from common import parse_with_smoke
 from figures import Figure, print_figures
 
 
@@ -38,10 +39,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="length of the encrypted inner product")
     parser.add_argument("--sample", type=int, default=200, help="phe calls timed per figure")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="512-bit keys, small samples, once: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.bits, args.rows, args.sample, args.repeat = 512, 200, 20, 1
+    args = parse_with_smoke(parser, "512-bit keys, small samples, once: seconds",
+                            bits=512, rows=200, sample=20, repeat=1)
 
     phe_public, phe_private = phe.generate_paillier_keypair(n_length=args.bits)
     public = PublicKey(mpz(phe_public.n))

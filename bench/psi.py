@@ -21,28 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import run_through_daemons
+from common import parse_with_smoke, run_through_daemons, two_party_job
 from figures import Figure, print_figures
 
 GOAL_IDS_PER_SECOND = 2_000_000 / 60   # both parties' ids of the 1M × 1M run in a minute
-
-JOB = """\
-[job]
-name = "psi-bench"
-key_bits = {key_bits}
-min_overlap = 0
-
-[[parties]]
-name = "card_center"
-data = "card_center.csv"
-id = "id"
-label = "y"
-
-[[parties]]
-name = "partner"
-data = "partner.csv"
-id = "customer"
-"""
 
 
 def write_parties(folder: Path, rows: int, overlap: float, key_bits: int) -> int:
@@ -55,7 +37,7 @@ def write_parties(folder: Path, rows: int, overlap: float, key_bits: int) -> int
     partner = pd.DataFrame({"customer": partner_ids, "z": rng.normal(size=rows)})
     center.sample(frac=1.0, random_state=1).to_csv(folder / "card_center.csv", index=False)
     partner.sample(frac=1.0, random_state=2).to_csv(folder / "partner.csv", index=False)
-    (folder / "job.toml").write_text(JOB.format(key_bits=key_bits))
+    (folder / "job.toml").write_text(two_party_job("psi-bench", key_bits, partner_id="customer", min_overlap=0))
     return shared
 
 
@@ -65,10 +47,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.8)
     parser.add_argument("--workers", type=int, default=0, help="crypto processes per party (0 = every core)")
     parser.add_argument("--key-bits", type=int, default=2048)
-    parser.add_argument("--smoke", action="store_true", help="2 000 ids a party, 512-bit keys: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.rows, args.key_bits = 2000, 512
+    args = parse_with_smoke(parser, "2 000 ids a party, 512-bit keys: seconds", rows=2000, key_bits=512)
 
     with tempfile.TemporaryDirectory(prefix="fedscore-psi-") as tmp:
         folder = Path(tmp)

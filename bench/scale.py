@@ -17,29 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import run_through_daemons
+from common import parse_with_smoke, run_through_daemons, two_party_job
 from figures import Figure, print_figures
-
-JOB = """\
-[job]
-name = "scale-bench"
-epochs = 1
-batch_size = 0
-learning_rate = 0.15
-validation = 0.0
-key_bits = {key_bits}
-
-[[parties]]
-name = "card_center"
-data = "card_center.csv"
-id = "id"
-label = "y"
-
-[[parties]]
-name = "partner"
-data = "partner.csv"
-id = "id"
-"""
 
 
 def write_data(folder: Path, rows: int, center: int, partner: int, key_bits: int) -> None:
@@ -56,7 +35,8 @@ def write_data(folder: Path, rows: int, center: int, partner: int, key_bits: int
     frame = pd.DataFrame(x_partner, columns=[f"p{i}" for i in range(partner)])
     frame.insert(0, "id", ids[::-1])
     frame.to_csv(folder / "partner.csv", index=False, float_format="%.5f")
-    (folder / "job.toml").write_text(JOB.format(key_bits=key_bits))
+    job = two_party_job("scale-bench", key_bits, epochs=1, batch_size=0, learning_rate=0.15, validation=0.0)
+    (folder / "job.toml").write_text(job)
 
 
 def main() -> None:
@@ -66,10 +46,8 @@ def main() -> None:
     parser.add_argument("--partner", type=int, default=300)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--key-bits", type=int, default=2048)
-    parser.add_argument("--smoke", action="store_true", help="400 rows, 5 + 20 features, 512-bit keys: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.rows, args.center, args.partner, args.key_bits = 400, 5, 20, 512
+    args = parse_with_smoke(parser, "400 rows, 5 + 20 features, 512-bit keys: seconds",
+                            rows=400, center=5, partner=20, key_bits=512)
     with tempfile.TemporaryDirectory(prefix="fedscore-scale-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()

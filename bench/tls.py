@@ -25,6 +25,7 @@ from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport.rpc import open_channel
 from fedscore.transport.tls import TlsIdentity, caller_name
 
+from common import parse_with_smoke
 from figures import Figure, print_figures
 
 
@@ -70,10 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true", help="a few hundred calls, one round: seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.calls, args.rounds = 200, 1
+    args = parse_with_smoke(parser, "a few hundred calls, one round: seconds", calls=200, rounds=1)
     with tempfile.TemporaryDirectory(prefix="fedscore-bench-tls-") as tmp:
         rounds, check = measure(init_consortium(Path(tmp), ["card_center"]), args.calls, args.rounds)
     for name, values in rounds.items():

@@ -39,23 +39,24 @@ def inline_pool():
     pool.close()
 
 
+def toml_value(value: object) -> str:
+    """A TOML literal for the strings, numbers, booleans and lists test files hold."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
 def write_job(folder: Path, parties: list[dict], **job) -> Path:
     """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables."""
     settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "validation": 0.0,
                 "seed": 7, "key_bits": TEST_KEY_BITS, **job}
-
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines = ["[job]"] + [f"{k} = {value(v)}" for k, v in settings.items()]
+    lines = ["[job]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
     for party in parties:
-        lines += ["", "[[parties]]"] + [f"{k} = {value(v)}" for k, v in party.items()]
+        lines += ["", "[[parties]]"] + [f"{k} = {toml_value(v)}" for k, v in party.items()]
     path = folder / "job.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

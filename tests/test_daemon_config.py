@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import toml_value
 from fedscore.daemons.config import DaemonConfig, load_coordinator_config, load_party_config, resolve_data_file
 from fedscore.daemons.server import load_identity
 from fedscore.errors import ConfigError
 
 ISSUER = "AB" * 32
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
 
 
 def write_config(folder: Path, section: str, **settings: object) -> Path:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from fedscore.job_file import load_job
 from fedscore.crypto.paillier import generate_keypair
+from fedscore.daemons.launcher import signal_session
 from fedscore.proctable import Process, command, descendants, wait_gone
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
@@ -82,10 +83,7 @@ def test_a_party_daemon_killed_mid_psi_leaves_no_worker_forkserver_or_tracker(tm
         left = wait_gone(before, timeout=30)
         assert not left, f"still running after their daemon died: {[command(p) for p in left]}"
     finally:
-        try:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_session(daemon.pid, signal.SIGKILL)
         daemon.wait()
 
 
@@ -108,9 +106,6 @@ def test_a_pool_made_in_a_killed_process_ends_with_it(tmp_path):
         parent.wait()
         assert not wait_gone(before, timeout=30)
     finally:
-        try:
-            os.killpg(parent.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_session(parent.pid, signal.SIGKILL)
         parent.wait()
         parent.stdout.close()

@@ -38,6 +38,14 @@ MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is le
 LEFTOVER_SECONDS = 10.0    # how long a dead daemon's workers may take to follow it
 
 
+def signal_session(session: int, signum: int) -> None:
+    """Send ``signum`` to every process of a session (a daemon starts its own), if any is left."""
+    try:
+        os.killpg(session, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # TOML basic strings share JSON's escapes
 
@@ -225,10 +233,7 @@ class LocalConsortium:
         left = wait_gone(in_session(session), LEFTOVER_SECONDS)
         if left:
             self.leftovers[member] = self.leftovers.get(member, 0) + len(left)
-            try:
-                os.killpg(session, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            signal_session(session, signal.SIGKILL)
 
     def log_path(self, member: str) -> Path:
         return self.state_root / member / "daemon.log"
@@ -250,18 +255,12 @@ class LocalConsortium:
             self._supervisor.join()
         for process in self.processes.values():
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                signal_session(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for process in self.processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_session(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
