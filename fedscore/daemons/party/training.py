@@ -1,5 +1,6 @@
 """A party's training steps: the coordinator's calls at every party, and the card center's calls at a
-partner. Each checks who calls and what arrives, then hands the step to the job's session
+partner. The role table already admitted the caller's role; a card center's call is checked to come from
+THIS job's card center, every step's content is checked, then handed to the job's session
 (fedscore.protocol.training.card_center / partner)."""
 from __future__ import annotations
 
