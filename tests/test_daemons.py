@@ -20,7 +20,7 @@ import grpc
 
 from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError
+from fedscore.errors import ConfigError, DataError, PeerError
 from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.proto import fedscore_pb2 as pb
@@ -161,10 +161,13 @@ def test_unreachable_party_is_named(breast_folder):
                    tls=consortium.card_center_identity)
 
 
-def test_parties_refuse_small_batches(breast_folder):
+def test_parties_refuse_small_batches_and_the_submitter_gets_the_partys_error_class(breast_folder):
+    """The party's ConfigError travels party -> coordinator -> submitter as itself, not as the first class
+    of its gRPC status (DataError shares INVALID_ARGUMENT)."""
     job = write_job(breast_folder, breast_parties(), batch_size=20)
-    with pytest.raises(FedscoreError, match="refuses batches of 20 rows .* at least 64"):
+    with pytest.raises(ConfigError, match="refuses batches of 20 rows .* at least 64") as caught:
         run_job_file(job, local=True, workers=1)
+    assert type(caught.value) is ConfigError
 
 
 class AbortCalled(Exception):

@@ -1,14 +1,23 @@
 """Who may call what, by the member name in the caller's certificate, and how much one caller may hold.
 
-``ROLE_TABLE`` is the one place that says which role may call which gRPC
-method. ``AccessInterceptor`` enforces it on every call before the servicer
-runs (for a request stream: before its first message is read), so a member
-without the role is refused without being able to hold a thread. It also
-bounds what a member with the role can hold: ``CallLimits.calls_per_caller``
-open calls at once, and a request stream whose next message takes longer than
-``CallLimits.idle_seconds`` is ended. The table knows roles, not jobs: after
-the request is read the servicers still check job-specific facts with
-``require`` (e.g. that the caller is THIS job's card center).
+Two checks, each in one place:
+
+* The caller's role, before the request is read. ``ROLE_TABLE`` is the only
+  place that says which role may call which gRPC method; ``AccessInterceptor``
+  enforces it on every call before the servicer runs (for a request stream:
+  before its first message is read), so a member without the role is refused
+  without being able to hold a thread. It also bounds what a member with the
+  role can hold: ``CallLimits.calls_per_caller`` open calls at once, and a
+  request stream whose next message takes longer than ``CallLimits.idle_seconds``
+  is ended. The domain code repeats none of this.
+* Job-specific facts, after the request is read: the table knows roles, not
+  jobs, so the code that looks the job or model up checks the one member it
+  names, with ``require``: THIS job's card center
+  (fedscore.daemons.party.jobs.require_card_center), the chain's proposer by
+  chain kind (fedscore.daemons.party.chain.Chains), the card center a model was
+  trained with or is served for (fedscore.daemons.party.service.ScoringServicer),
+  and the job's card center asking the coordinator to run or follow it
+  (fedscore.daemons.coordinator.service).
 
 A plaintext daemon (--insecure) knows no caller, so it checks no role and no
 per-caller limit: that mode is for debugging only. Methods missing from the
@@ -134,7 +143,10 @@ def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = ()) -> fr
 
 
 def require(context: grpc.ServicerContext, allowed: str, what: str) -> None:
-    """Refuse the call unless the caller's certificate names ``allowed`` (or the daemon runs plaintext)."""
+    """Refuse the call unless the caller's certificate names ``allowed`` (or the daemon runs plaintext).
+
+    For the job-specific checks made once the request is read; a role alone is the table's to check.
+    """
     caller = caller_name(context)
     if caller is not None and caller != allowed:
         raise AccessError(f"{what} is for {allowed!r} only; refused {caller!r}")

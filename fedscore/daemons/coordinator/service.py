@@ -19,13 +19,13 @@ from fedscore.daemons.access import require
 from fedscore.daemons.coordinator.checkpoint import JobFolder, checkpointed_jobs
 from fedscore.daemons.coordinator.events import JobRun, JobRuns
 from fedscore.daemons.coordinator.jobs import resume_job, run_job
-from fedscore.errors import FedscoreError, PeerError
+from fedscore.errors import FedscoreError, UnknownJobError
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.training.coordinator import new_job_id
 from fedscore.protocol.training.driver import Progress
 from fedscore.transport import codec
-from fedscore.transport.rpc import RELAYED, servicer_errors, status_for
+from fedscore.transport.rpc import abort, servicer_errors
 from fedscore.transport.tls import caller_name
 
 log = logging.getLogger("fedscore.coordinator")
@@ -69,9 +69,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def RunJob(self, request, context):
         try:
             spec = codec.spec_from_proto(request.job)
-            require(context, spec.card_center.name, "coordinator: running a job")   # the card center asks for training
+            self._require_jobs_card_center(context, spec.card_center.name, "running a job")
         except FedscoreError as error:
-            context.abort(status_for(error), str(error))
+            abort(context, error, self.label)
         job_id = new_job_id(spec.name)
         cancelled = threading.Event()
         run = self._runs.add(JobRun(job_id, spec, grace=spec.restart_timeout, cancelled=cancelled))
@@ -84,20 +84,19 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def FollowJob(self, request, context):
         try:
             check_job_id(request.job_id, self.label)
+            run = self._runs.get(request.job_id)
+            ended = JobFolder(self.config.state_dir, request.job_id).ended() if run is None else None
+            if run is None and ended is None:
+                raise UnknownJobError(f"coordinator: no job {request.job_id} here")
+            self._require_jobs_card_center(context, run.card_center if run else ended[0], "following a job")
         except FedscoreError as error:
-            context.abort(status_for(error), str(error))
-        run = self._runs.get(request.job_id)
+            abort(context, error, self.label)
         if run is None:   # ended before this daemon started
-            ended = JobFolder(self.config.state_dir, request.job_id).ended()
-            if ended is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: no job {request.job_id} here")
-            card_center, report, error = ended
-            self._allow_follower(context, card_center)
+            _, report, error = ended
             if report is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"coordinator: job {request.job_id} failed: {error}")
+                abort(context, UnknownJobError(f"coordinator: job {request.job_id} failed: {error}"), self.label)
             yield pb.JobEvent(job_id=request.job_id, report_json=report)
             return
-        self._allow_follower(context, run.card_center)
         events = run.follow()
         context.add_callback(lambda: run.unfollow(events))
         yield from self._stream(run, events, context)
@@ -115,11 +114,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return status
 
     @staticmethod
-    def _allow_follower(context, card_center: str) -> None:
-        try:
-            require(context, card_center, "coordinator: following a job")
-        except FedscoreError as error:
-            context.abort(status_for(error), str(error))
+    def _require_jobs_card_center(context: grpc.ServicerContext, card_center: str, what: str) -> None:
+        """Only the job's card center runs or follows it: the role table lets any member call, since the job
+        is known only once the request is read."""
+        require(context, card_center, f"coordinator: {what}")
 
     def _stream(self, run: JobRun, events: queue.Queue, context):
         while True:
@@ -132,14 +130,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             elif isinstance(item, str):
                 yield pb.JobEvent(job_id=run.job_id, report_json=item)
                 return
-            elif isinstance(item, FedscoreError):
-                log.warning("job %s failed: %s", run.job_id, item)
-                # "coordinator reports:" tells the submitter the job failed, not that the coordinator went away
-                message = f"{self.label} {RELAYED} {item}" if isinstance(item, PeerError) else str(item)
-                context.abort(status_for(item), message)
-            else:
-                log.error("job %s failed", run.job_id, exc_info=item)
-                context.abort(status_for(item), f"coordinator: internal error ({type(item).__name__}: {item})")
+            else:   # the job failed: its error reaches the submitter as its own class
+                if isinstance(item, FedscoreError):
+                    log.warning("job %s failed: %s", run.job_id, item)
+                else:
+                    log.error("job %s failed", run.job_id, exc_info=item)
+                # a PeerError goes as "coordinator reports: ...": the job failed, the coordinator did not go away
+                abort(context, item, self.label)
 
 
 def add_to_server(service: CoordinatorService, server) -> None:

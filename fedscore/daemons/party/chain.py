@@ -20,8 +20,11 @@ from fedscore.transport import codec
 class ChainKind(Protocol):
     """One kind of chain: who proposes its blocks, and what follows a commit."""
 
-    def replica(self, job_id: str, context: grpc.ServicerContext) -> LedgerMember:
-        """This member's replica, if the caller is the chain's proposer."""
+    def proposer(self, job_id: str) -> str:
+        """The member that proposes the blocks of ``job_id``'s chain of this kind."""
+
+    def replica(self, job_id: str) -> LedgerMember:
+        """This member's replica of ``job_id``'s chain of this kind."""
 
     def committed(self, job_id: str) -> None:
         """A block was appended to the replica."""
@@ -32,10 +35,11 @@ class TrainingChain:
 
     def __init__(self, jobs: Jobs):
         self.jobs = jobs
-        self.label = jobs.label
 
-    def replica(self, job_id: str, context: grpc.ServicerContext) -> LedgerMember:
-        require(context, COORDINATOR, f"{self.label}: job {job_id}")
+    def proposer(self, job_id: str) -> str:
+        return COORDINATOR
+
+    def replica(self, job_id: str) -> LedgerMember:
         return self.jobs.get(job_id).ledger
 
     def committed(self, job_id: str) -> None:
@@ -45,12 +49,13 @@ class TrainingChain:
 class ScoringChain:
     """A served model's scoring chain: the card center that runs the model proposes every block."""
 
-    def __init__(self, scoring: ScoringHost, label: str):
+    def __init__(self, scoring: ScoringHost):
         self.scoring = scoring
-        self.label = label
 
-    def replica(self, job_id: str, context: grpc.ServicerContext) -> LedgerMember:
-        require(context, self.scoring.card_center_of(job_id), f"{self.label}: scoring chain of {job_id}")
+    def proposer(self, job_id: str) -> str:
+        return self.scoring.card_center_of(job_id)
+
+    def replica(self, job_id: str) -> LedgerMember:
         return self.scoring.ledger(job_id)
 
     def committed(self, job_id: str) -> None:
@@ -70,16 +75,22 @@ class Chains:
             raise ProtocolError(f"{self.label}: no chain {name!r}")
         return kind
 
+    def _proposers_replica(self, chain: str, job_id: str, context: grpc.ServicerContext) -> LedgerMember:
+        """This member's replica of the chain, if the caller is its proposer: the role table lets both the
+        coordinator and card centers in, only the chain's kind and job say which of them proposes it."""
+        kind = self._kind(chain)
+        require(context, kind.proposer(job_id), f"{self.label}: {chain or 'training'} chain of {job_id}")
+        return kind.replica(job_id)
+
     def propose(self, request: pb.Block, context: grpc.ServicerContext) -> pb.Signature:
-        block = codec.block_from_proto(request)
-        return pb.Signature(signature=self._kind(request.chain).replica(request.job_id, context).sign(block))
+        replica = self._proposers_replica(request.chain, request.job_id, context)
+        return pb.Signature(signature=replica.sign(codec.block_from_proto(request)))
 
     def commit(self, request: pb.Block, context: grpc.ServicerContext) -> pb.Empty:
-        kind = self._kind(request.chain)
-        kind.replica(request.job_id, context).commit(codec.block_from_proto(request))
-        kind.committed(request.job_id)
+        self._proposers_replica(request.chain, request.job_id, context).commit(codec.block_from_proto(request))
+        self._kind(request.chain).committed(request.job_id)
         return pb.Empty()
 
     def sign_settlement(self, request: pb.SettlementRequest, context: grpc.ServicerContext) -> pb.Signature:
-        replica = self._kind(request.chain).replica(request.job_id, context)
+        replica = self._proposers_replica(request.chain, request.job_id, context)
         return pb.Signature(signature=replica.countersign_settlement(request.body))

@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
-from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.access import require
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.daemons.party.checkpoint import (
     Checkpoint, drop_checkpoint, drop_settled_checkpoints, read_checkpoint, save_checkpoint,
@@ -124,8 +124,7 @@ class Jobs:
 
     # -- PrepareJob ------------------------------------------------------------
 
-    def prepare(self, request: pb.PrepareJobRequest, context: grpc.ServicerContext) -> pb.PrepareJobReply:
-        require(context, COORDINATOR, f"{self.label}: preparing a job")
+    def prepare(self, request: pb.PrepareJobRequest) -> pb.PrepareJobReply:
         spec = codec.spec_from_proto(request.job)
         self._check_policy(request, spec)
         me = spec.party(self.name)
@@ -190,8 +189,7 @@ class Jobs:
 
     # -- StartTraining ---------------------------------------------------------
 
-    def start(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.StartTrainingReply:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def start(self, request: pb.JobRef) -> pb.StartTrainingReply:
         job = self.get(request.job_id)
         if job.aligned_rows is None or job.session is not None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
@@ -221,8 +219,7 @@ class Jobs:
 
     # -- FinishJob, CloseJob, AbortJob -------------------------------------------
 
-    def finish(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.FinishJobReply:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def finish(self, request: pb.JobRef) -> pb.FinishJobReply:
         job = self.get(request.job_id)
         session = self.session(job)
         path = self.job_dir(request.job_id) / MODEL_FILE
@@ -251,14 +248,12 @@ class Jobs:
             return ""
         return str(path)
 
-    def close(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Empty:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def close(self, request: pb.JobRef) -> pb.Empty:
         self._forget(request.job_id)
         return pb.Empty()
 
-    def abort(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Empty:
+    def abort(self, request: pb.JobRef) -> pb.Empty:
         """Drop the job and any model it wrote; its ledger stays as the record of what happened."""
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
         self._forget(request.job_id)
         for name in (MODEL_FILE, REPORT_FILE):
             (self.job_dir(request.job_id) / name).unlink(missing_ok=True)
@@ -275,9 +270,8 @@ class Jobs:
 
     # -- ResumeJob ---------------------------------------------------------------
 
-    def resume(self, request: pb.ResumeRequest, context: grpc.ServicerContext) -> pb.Empty:
+    def resume(self, request: pb.ResumeRequest) -> pb.Empty:
         """After a member died mid-job: rewind to the last step on the chain, restoring the job if this daemon restarted."""
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
         job = self._held_or_restored(request.job_id)
         if job.session is None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} had not started training; it cannot resume")

@@ -1,5 +1,10 @@
 """The party daemon's gRPC services, all on one port: each method hands its request to the domain object
-of its concern (jobs, training, alignment, chain, scoring_calls, status) and nothing else.
+of its concern (jobs, training, alignment, chain, status) and nothing else; the Scoring service also
+translates between the wire and ScoringHost (fedscore.daemons.party.scoring), which speaks plain values.
+
+Which role may call which method is the role table's (fedscore.daemons.access), enforced before a request
+is read; what needs the request (this job's card center, the chain's proposer, the model's card center) is
+checked here and in the domain objects, through ``require``.
 
 The daemon runs next to a party's data; the card center's daemon also dials
 the partners named in a job. Once a model is trained, the same daemon serves
@@ -9,19 +14,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 
-from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
+from fedscore.daemons.access import require
+from fedscore.daemons.config import DaemonConfig
 from fedscore.daemons.party.alignment import Alignment
 from fedscore.daemons.party.chain import Chains, ScoringChain, TrainingChain
 from fedscore.daemons.party.jobs import Jobs
 from fedscore.daemons.party.scoring import ScoringHost
-from fedscore.daemons.party.scoring_calls import ScoringCalls
 from fedscore.daemons.party.status import PartyStatus
 from fedscore.daemons.party.training import Training
+from fedscore.errors import ConsentError, DataError, ProtocolError
 from fedscore.ledger import identity
+from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.transport import codec
 from fedscore.transport.rpc import servicer_errors
 
 
@@ -52,6 +61,8 @@ def _streamed(handles: Callable, method: Callable) -> Callable:
 
     return stream
 
+MAX_PARTIAL_SCORES = 1024
+
 
 class _Servicer:
     """A servicer hands each call to its domain object."""
@@ -77,22 +88,22 @@ class JobsServicer(_Servicer, pb_grpc.JobsServicer):
     domain: Jobs
 
     def PrepareJob(self, request, context):
-        return self.domain.prepare(request, context)
+        return self.domain.prepare(request)
 
     def StartTraining(self, request, context):
-        return self.domain.start(request, context)
+        return self.domain.start(request)
 
     def FinishJob(self, request, context):
-        return self.domain.finish(request, context)
+        return self.domain.finish(request)
 
     def AbortJob(self, request, context):
-        return self.domain.abort(request, context)
+        return self.domain.abort(request)
 
     def CloseJob(self, request, context):
-        return self.domain.close(request, context)
+        return self.domain.close(request)
 
     def ResumeJob(self, request, context):
-        return self.domain.resume(request, context)
+        return self.domain.resume(request)
 
 
 @translates_errors
@@ -100,22 +111,22 @@ class TrainingServicer(_Servicer, pb_grpc.TrainingServicer):
     domain: Training
 
     def MaskedGradient(self, request, context):
-        return self.domain.masked_gradient(request, context)
+        return self.domain.masked_gradient(request)
 
     def ApplyGradient(self, request, context):
-        return self.domain.apply_gradient(request, context)
+        return self.domain.apply_gradient(request)
 
     def ForwardStep(self, request, context):
-        return self.domain.forward_step(request, context)
+        return self.domain.forward_step(request)
 
     def LossShare(self, request, context):
-        return self.domain.loss_share(request, context)
+        return self.domain.loss_share(request)
 
     def Evaluate(self, request, context):
-        return self.domain.evaluate(request, context)
+        return self.domain.evaluate(request)
 
     def ScoreMaskSeed(self, request, context):
-        return self.domain.score_mask_seed(request, context)
+        return self.domain.score_mask_seed(request)
 
     def EncryptedPartial(self, request, context):
         yield from self.domain.encrypted_partial(request, context)
@@ -135,7 +146,7 @@ class AlignmentServicer(_Servicer, pb_grpc.AlignmentServicer):
     domain: Alignment
 
     def Align(self, request, context):
-        return self.domain.align(request, context)
+        return self.domain.align(request)
 
     def PsiBlindedIds(self, request, context):
         yield from self.domain.blinded_ids(request, context)
@@ -163,22 +174,62 @@ class ChainServicer(_Servicer, pb_grpc.ChainServicer):
 
 @translates_errors
 class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
-    domain: ScoringCalls
+    """The Scoring service: each call in ScoringHost's own terms, and the reply. The role table lets the card
+    center's approval system (calling with the card center's certificate) score and settle; opening, partial
+    scores and closing also need the model, to know which card center it answers."""
+
+    domain: ScoringHost
 
     def OpenScoring(self, request, context):
-        return self.domain.open(request, context)
+        spec = codec.spec_from_proto(request.job)
+        # the card center's own approval system; at a partner, the card center the model was trained with, from
+        # this party's own records, not the request's
+        host = self.domain
+        opener = host.name if spec.party(host.name).is_card_center else host.trained_card_center(request.job_id)
+        require(context, opener, f"{self.label}: opening a model for scoring")
+        served, features, basis = host.open(request.job_id, spec, request.settings_json, request.pair_key)
+        return pb.OpenScoringReply(
+            job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,
+            ledger_path=str(served.member.path),
+        )
 
     def Score(self, request, context):
-        return self.domain.score(request, context)
+        job_id, scored = self.domain.score(request.job_id, request.applicant_id, dict(request.features), request.consent)
+        result = scored.answer
+        return pb.ScoreReply(
+            request_id=scored.request_id, probability=result.probability, score=result.score,
+            decision=result.decision, credit_limit=result.credit_limit, reasons=list(result.reasons),
+            partners_missing=list(result.partners_missing), job_id=job_id,
+        )
 
     def PartialScore(self, request, context):
-        return self.domain.partial_score(request, context)
+        if len(request.items) > MAX_PARTIAL_SCORES:
+            raise ProtocolError(f"{self.label}: at most {MAX_PARTIAL_SCORES} partial scores per call")
+        require(context, self.domain.card_center_of(request.job_id), f"{self.label}: partial scores")
+        return pb.PartialScoreReply(results=[self._partial_score(request.job_id, item) for item in request.items])
+
+    def _partial_score(self, job_id: str, item: pb.PartialScoreItem) -> pb.PartialScoreResult:
+        try:
+            value = self.domain.partial_score(job_id, item.tag, item.applicant, item.consent, item.deadline_ms)
+        except (ConsentError, DataError) as error:   # this applicant only; the others in the call go on
+            return pb.PartialScoreResult(refused=str(error))
+        return pb.PartialScoreResult(known=value is not None, partial_score=value or 0.0)
 
     def SettleScoring(self, request, context):
-        return self.domain.settle(request, context)
+        settlement = self.domain.settle(request.job_id)
+        member = self.domain.ledger(request.job_id)
+        return pb.SettleScoringReply(
+            settlement_json=json.dumps(settlement), blocks=member.height, head=member.head.hash().hex()
+        )
 
     def CloseScoring(self, request, context):
-        return self.domain.close(request, context)
+        try:
+            owner = self.domain.card_center_of(request.job_id)   # at a card center: itself
+        except ProtocolError:
+            return pb.Empty()   # not open here: nothing to close
+        require(context, owner, f"{self.label}: closing a model")
+        self.domain.close(request.job_id)
+        return pb.Empty()
 
 
 class PartyService:
@@ -189,14 +240,14 @@ class PartyService:
         key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
         self.scoring = ScoringHost(config, key)
         self.jobs = Jobs(config, pool, key)
-        chains = Chains(label, {"training": TrainingChain(self.jobs), "scoring": ScoringChain(self.scoring, label)})
+        chains = Chains(label, {"training": TrainingChain(self.jobs), "scoring": ScoringChain(self.scoring)})
         self.servicers = {
             "Party": PartyServicer(label, PartyStatus(config.name, self.jobs, self.scoring)),
             "Jobs": JobsServicer(label, self.jobs),
             "Training": TrainingServicer(label, Training(self.jobs)),
             "Alignment": AlignmentServicer(label, Alignment(self.jobs)),
             "Chain": ChainServicer(label, chains),
-            "Scoring": ScoringServicer(label, ScoringCalls(self.scoring, config.name)),
+            "Scoring": ScoringServicer(label, self.scoring),
         }
 
 

@@ -1,5 +1,6 @@
 """A party's training steps: the coordinator's calls at every party, and the card center's calls at a
-partner. Each checks who calls and what arrives, then hands the step to the job's session
+partner. The role table already admitted the caller's role; a card center's call is checked to come from
+THIS job's card center, every step's content is checked, then handed to the job's session
 (fedscore.protocol.training.card_center / partner)."""
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from itertools import chain
 
 import grpc
 
-from fedscore.daemons.access import COORDINATOR, require
 from fedscore.daemons.party.jobs import Jobs, require_card_center
 from fedscore.errors import ProtocolError
 from fedscore.proto import fedscore_pb2 as pb
@@ -26,14 +26,12 @@ class Training:
 
     # -- coordinator -> every party ---------------------------------------------
 
-    def masked_gradient(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.IntegerBlock:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def masked_gradient(self, request: pb.StepRef) -> pb.IntegerBlock:
         session = self.jobs.session(self.jobs.get(request.job_id))
         values = session.masked_gradient(codec.step_from_proto(request))
         return codec.single_block(values, session.public_key.ciphertext_bytes, request)
 
-    def apply_gradient(self, request: pb.MaskedGradientValues, context: grpc.ServicerContext) -> pb.Empty:
-        require(context, COORDINATOR, f"{self.label}: job {request.step.job_id}")
+    def apply_gradient(self, request: pb.MaskedGradientValues) -> pb.Empty:
         job = self.jobs.get(request.step.job_id)
         session = self.jobs.session(job)
         _, values = codec.join_integer_blocks([request.values], session.public_key.plaintext_bytes)
@@ -44,21 +42,18 @@ class Training:
 
     # -- coordinator -> card center ----------------------------------------------
 
-    def forward_step(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.Empty:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def forward_step(self, request: pb.StepRef) -> pb.Empty:
         self.jobs.session(self.jobs.get(request.job_id), CardCenterSession).forward_step(codec.step_from_proto(request))
         return pb.Empty()
 
-    def loss_share(self, request: pb.StepRef, context: grpc.ServicerContext) -> pb.LossShareReply:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def loss_share(self, request: pb.StepRef) -> pb.LossShareReply:
         session = self.jobs.session(self.jobs.get(request.job_id), CardCenterSession)
         value, digests = session.loss_share(codec.step_from_proto(request))
         return pb.LossShareReply(
             share=codec.single_block([value], session.public_key.ciphertext_bytes, request), digests=digests
         )
 
-    def evaluate(self, request: pb.EvaluateRequest, context: grpc.ServicerContext) -> pb.EvaluateReply:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def evaluate(self, request: pb.EvaluateRequest) -> pb.EvaluateReply:
         session = self.jobs.session(self.jobs.get(request.job_id), CardCenterSession)
         if len(request.mask_sum) % 8:
             raise ProtocolError(f"{self.label}: mask sum is not a whole number of 64-bit words")
@@ -66,8 +61,7 @@ class Training:
 
     # -- coordinator -> partner ----------------------------------------------------
 
-    def score_mask_seed(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Seed:
-        require(context, COORDINATOR, f"{self.label}: job {request.job_id}")
+    def score_mask_seed(self, request: pb.JobRef) -> pb.Seed:
         return pb.Seed(seed=self.jobs.session(self.jobs.get(request.job_id), PartnerSession).score_mask_seed())
 
     # -- card center -> partner ----------------------------------------------------
