@@ -115,9 +115,9 @@ def _print_report(report: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedscore.progress import ProgressView
+    from fedscore.cli.progress import ProgressView
     from fedscore.report.build import html_path
-    from fedscore.runner import run_job_file
+    from fedscore.cli.runner import run_job_file
 
     with ProgressView.for_stderr(args.quiet) as view:
         report = run_job_file(
@@ -153,10 +153,10 @@ def _partial(result: dict) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedscore.demo import summary_table, write_demo
-    from fedscore.progress import ProgressView
+    from fedscore.cli.demo import summary_table, write_demo
+    from fedscore.cli.progress import ProgressView
     from fedscore.report.build import html_path
-    from fedscore.runner import run_job_file, score_file
+    from fedscore.cli.runner import run_job_file, score_file
 
     human = not (args.quiet or args.json)
     workdir: Path = args.workdir
@@ -200,8 +200,8 @@ def print_scored(result: dict, limit: int = 20) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from fedscore.progress import ProgressView
-    from fedscore.runner import score_file
+    from fedscore.cli.progress import ProgressView
+    from fedscore.cli.runner import score_file
 
     with ProgressView.for_stderr(args.quiet) as view:
         view.stage("starting the party daemons from the trained state" if args.local else "opening the model at the card center")
@@ -250,14 +250,14 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from fedscore import audit_cli
+    from fedscore.cli import audit
 
     text, document = {
-        "verify": (audit_cli.verify, audit_cli.verify_document),
-        "show": (audit_cli.show, audit_cli.show_document),
-        "prove": (audit_cli.prove_entry, audit_cli.prove_document),
-        "check-proof": (audit_cli.check_proof_file, audit_cli.check_proof_document),
-        "balances": (audit_cli.show_balances, audit_cli.balances_document),
+        "verify": (audit.verify, audit.verify_document),
+        "show": (audit.show, audit.show_document),
+        "prove": (audit.prove_entry, audit.prove_document),
+        "check-proof": (audit.check_proof_file, audit.check_proof_document),
+        "balances": (audit.show_balances, audit.balances_document),
     }[args.action]
     target = args.proof if args.action == "check-proof" else args.ledger
     extra = {"prove": [getattr(args, "entry", "")], "verify": [getattr(args, "head", None)]}.get(args.action, [])
@@ -277,7 +277,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
-    from fedscore.status import consortium_status, format_status
+    from fedscore.cli.status import consortium_status, format_status
     from fedscore.transport.tls import TlsIdentity
 
     spec, _ = load_job(args.job)
@@ -294,7 +294,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_init_party(args: argparse.Namespace) -> int:
-    from fedscore.scaffold import init_party
+    from fedscore.cli.scaffold import init_party
 
     folder = args.dir if args.dir is not None else Path(args.name)
     written = init_party(args.name, folder, args.role, args.listen, args.tls_dir)
