@@ -11,7 +11,7 @@ from pathlib import Path
 from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proctable import descendants
-from fedscore.runner import submit
+from fedscore.cli.runner import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -30,8 +30,8 @@ import pandas as pd
 
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
-from fedscore.runner import submit
+from fedscore.cli.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
+from fedscore.cli.runner import submit
 from fedscore.transport.clients.scoring import ScoringClient
 
 from figures import Figure, print_figures

@@ -103,8 +103,8 @@ def demo() -> None:
 
     from fedscore.job_file import load_job, load_scoring
     from fedscore.daemons.launcher import LocalConsortium
-    from fedscore.demo import write_demo
-    from fedscore.runner import run_job_file
+    from fedscore.cli.demo import write_demo
+    from fedscore.cli.runner import run_job_file
     from fedscore.transport.clients.scoring import ScoringClient
 
     with tempfile.TemporaryDirectory() as temporary:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedscore.runner import run_job_file
+from fedscore.cli.runner import run_job_file
 
 from conftest import split_three_ways, write_job
 

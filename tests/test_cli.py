@@ -16,11 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedscore import cli
+from fedscore.cli.exits import (EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED,
+                                EXIT_UNVERIFIED, Terminated)
+from fedscore.cli.main import build_parser, main
 from fedscore.daemons.config import load_party_config
 from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table
-from fedscore.progress import ProgressView, clock, eta_seconds
+from fedscore.cli.progress import ProgressView, clock, eta_seconds
 from fedscore.protocol.training.driver import Progress
 from fedscore.transport.clients.base import Peer
 from fedscore.transport.clients.party import PartyClient
@@ -101,7 +103,7 @@ def test_user_errors_exit_2_with_one_line(breast_folder, change, message):
     parties = breast_parties()
     change(parties)
     done = fedscore("run", write_job(breast_folder, parties), "--local", "--report", breast_folder / "out.json", "--json")
-    assert done.returncode == cli.EXIT_ERROR == 2
+    assert done.returncode == EXIT_ERROR == 2
     lines = done.stderr.strip().splitlines()    # progress lines, then the error: one line, last
     assert [l for l in lines if l.startswith("fedscore:")] == lines[-1:]
     assert lines[-1].startswith("fedscore: error: ") and message in lines[-1]
@@ -126,15 +128,15 @@ def test_a_bad_command_line_exits_2():
         (InternalError("party 'x': a bug"), 1, "fedscore: internal error: party 'x': a bug"),
         (PermissionError(13, "Permission denied", "out.json"), 2, "fedscore: error: [Errno 13] Permission denied: 'out.json'"),
         (KeyboardInterrupt(), 130, "fedscore: interrupted"),
-        (cli.Terminated(), 143, "fedscore: stopped by SIGTERM"),
+        (Terminated(), 143, "fedscore: stopped by SIGTERM"),
     ],
 )
 def test_each_failure_has_its_exit_code(monkeypatch, capsys, raised, code, line):
     def fail(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr("fedscore.runner.run_job_file", fail)
-    assert cli.main(["run", "job.toml", "--quiet"]) == code
+    monkeypatch.setattr("fedscore.cli.runner.run_job_file", fail)
+    assert main(["run", "job.toml", "--quiet"]) == code
     assert capsys.readouterr().err.strip() == line
 
 
@@ -179,8 +181,8 @@ def test_a_signal_stops_a_local_run_and_its_daemons(breast_folder, sig, code):
 
 
 def test_exit_codes_are_documented_in_help_and_readme():
-    codes = [cli.EXIT_OK, cli.EXIT_INTERNAL, cli.EXIT_ERROR, cli.EXIT_UNVERIFIED, cli.EXIT_PARTIAL,
-             cli.EXIT_INTERRUPTED, cli.EXIT_TERMINATED]
+    codes = [EXIT_OK, EXIT_INTERNAL, EXIT_ERROR, EXIT_UNVERIFIED, EXIT_PARTIAL,
+             EXIT_INTERRUPTED, EXIT_TERMINATED]
     shown = fedscore("--help").stdout
     listed = shown[shown.index("exit codes:"):]
     assert [int(m) for m in re.findall(r"^  (\d+)\s", listed, flags=re.M)] == codes
@@ -202,7 +204,7 @@ def _parsers(parser: argparse.ArgumentParser):
 
 
 def test_every_command_and_subcommand_has_an_example_that_parses():
-    parsers = list(_parsers(cli.build_parser()))
+    parsers = list(_parsers(build_parser()))
     assert {p.prog for p in parsers} >= {
         "fedscore", "fedscore run", "fedscore demo", "fedscore score", "fedscore audit", "fedscore audit verify",
         "fedscore audit show", "fedscore audit prove", "fedscore audit check-proof", "fedscore audit balances",
@@ -214,7 +216,7 @@ def test_every_command_and_subcommand_has_an_example_that_parses():
         assert examples, f"{parser.prog} has no example"
         for example in examples:
             assert example.startswith(parser.prog + " "), f"{parser.prog}: example {example!r} is for another command"
-            args = cli.build_parser().parse_args(shlex.split(example)[1:])   # exits (fails the test) if it does not parse
+            args = build_parser().parse_args(shlex.split(example)[1:])   # exits (fails the test) if it does not parse
             assert callable(args.handler)
 
 

@@ -25,7 +25,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.runner import run_job_file, submit
+from fedscore.cli.runner import run_job_file, submit
 from fedscore.transport.rpc import OPTIONS
 
 from faults import count

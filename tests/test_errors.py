@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from fedscore import errors
-from fedscore.cli import exit_for
+from fedscore.cli.exits import exit_for
 from fedscore.daemons.http import start_http
 from fedscore.errors import FedscoreError, InternalError, LedgerError, PeerError, UnverifiedError
 from fedscore.transport.rpc import RELAYED, peer_error, servicer_errors

@@ -18,7 +18,7 @@ from fedscore.errors import ConfigError, DataError
 from fedscore.model.data import load_party_table
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import split_rows
-from fedscore.runner import run_job_file
+from fedscore.cli.runner import run_job_file
 
 from conftest import DATA, TEST_KEY_BITS, split_three_ways, write_job
 from faults import count

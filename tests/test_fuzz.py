@@ -16,7 +16,7 @@ from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.scoring.consent import certify_applicant, give_consent
-from fedscore.runner import submit
+from fedscore.cli.runner import submit
 from fedscore.transport.clients.party import PartyJobClient
 from fedscore.transport.clients.scoring import ScoringClient
 

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from fedscore.model.model_file import PartyModel
 from fedscore.report.build import html_path
 from fedscore.report.html import render_report
-from fedscore.runner import run_job_file
+from fedscore.cli.runner import run_job_file
 
 from conftest import DATA, trained_weights, write_job
 from test_curves import numpy_psi

@@ -17,7 +17,7 @@ from fedscore.daemons.launcher import LocalConsortium
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.proctable import Process, command, descendants, wait_gone
-from fedscore.runner import run_job_file, submit
+from fedscore.cli.runner import run_job_file, submit
 
 from conftest import split_three_ways, trained_weights, write_job
 from faults import count

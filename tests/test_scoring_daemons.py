@@ -18,7 +18,7 @@ import pytest
 
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
+from fedscore.cli.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
 from fedscore.errors import DeniedError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
@@ -26,7 +26,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 from fedscore.protocol.scoring.offline import offline_answer
 from fedscore.protocol.scoring.sources import CsvSource
-from fedscore.runner import run_job_file
+from fedscore.cli.runner import run_job_file
 from nacl.signing import SigningKey
 from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.tls import TlsIdentity

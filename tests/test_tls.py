@@ -25,7 +25,7 @@ from fedscore.errors import ConfigError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.runner import submit
+from fedscore.cli.runner import submit
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer
 from fedscore.transport.clients.party import PartyClient, PartyJobClient
@@ -259,7 +259,7 @@ def test_the_shipped_configs_find_their_identities_after_certs_init(tmp_path):
 
 
 def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_status(consortium, capsys):
-    from fedscore.status import consortium_status
+    from fedscore.cli.status import consortium_status
 
     running, report = consortium
     members = {m["member"]: m for m in consortium_status(running.spec, running.identity("host"))}

@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 from fedscore.job_file import ScoringSettings, load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.protocol.scoring.consent import certify_applicant, give_consent
-from fedscore.runner import submit
+from fedscore.cli.runner import submit
 from fedscore.transport.clients.scoring import ScoringClient
 
 from conftest import write_job

@@ -1,42 +1,22 @@
-"""The `fedscore` command.
+"""The `fedscore` command line: its parser, each parser's examples, and `main`.
 
 Output: a command's result goes to stdout (a summary, or with ``--json`` one
 JSON document and nothing else); progress and errors go to stderr, so a
 script can pipe the result while a person watches the bars. ``--quiet``
-leaves only errors. Exit codes are in EXIT_CODES (and the README).
+leaves only errors. Exit codes are in fedscore.cli.exits (and the README);
+the handlers are in fedscore.cli.commands.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.errors import ConfigError, FedscoreError, InternalError, UnverifiedError
-
-EXIT_OK = 0
-# the codes fedscore's errors exit with are their classes' own (fedscore.errors); named here for the contract
-EXIT_INTERNAL = InternalError.exit_code       # 1: a bug, no input explains it
-EXIT_ERROR = FedscoreError.exit_code          # 2: a problem to fix, named on one line (argparse's bad command line too)
-EXIT_UNVERIFIED = UnverifiedError.exit_code   # 3: a ledger or inclusion proof that does not verify
-EXIT_PARTIAL = 4        # done, but some applicants were not scored
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-EXIT_TERMINATED = 143   # SIGTERM (128 + SIGTERM)
-
-EXIT_CODES = f"""\
-exit codes:
-  {EXIT_OK:<4} done
-  {EXIT_INTERNAL:<4} internal error: a bug to report
-  {EXIT_ERROR:<4} a problem to fix, named on one line: the command line, a job, config or data
-       file, a party that does not answer
-  {EXIT_UNVERIFIED:<4} a ledger or inclusion proof that does not verify (the first bad block is named)
-  {EXIT_PARTIAL:<4} partly done: some applicants were not scored (the first is named; each row's
-       error is in the output file)
-  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
-  {EXIT_TERMINATED:<4} stopped by SIGTERM
-  daemons that --local started are stopped on any exit."""
+from fedscore.cli.commands import cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score, cmd_serve, cmd_status
+from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
+from fedscore.errors import FedscoreError
 
 LEDGER = "fedscore-demo/state/bureau/jobs/JOB_ID/ledger.sqlite"
 
@@ -90,10 +70,6 @@ EXAMPLES: dict[str, list[str]] = {
 }
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so it unwinds like Ctrl-C (daemons started here are stopped)."""
-
-
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
@@ -101,211 +77,6 @@ def _on_sigterm(signum, frame) -> None:
 def epilog(path: str) -> str:
     lines = [f"example: {command}" for command in EXAMPLES[path]]
     return "\n".join(lines + (["", EXIT_CODES] if path == "" else []))
-
-
-def _print_json(document: object) -> None:
-    print(json.dumps(document, indent=2))
-
-
-def _print_report(report: dict) -> None:
-    test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
-    print(f"trained {report['epochs']} epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
-    for party in report["parties"]:
-        print(f"  {party['name']:<14} {party['role']:<12} model: {party['model']}")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from fedscore.progress import ProgressView
-    from fedscore.report.build import html_path
-    from fedscore.runner import run_job_file
-
-    with ProgressView.for_stderr(args.quiet) as view:
-        report = run_job_file(
-            args.job, local=args.local, report_path=args.report, state_dir=args.state,
-            workers=args.workers, progress=view, align_only=args.align_only,
-            tls_dir=args.tls, insecure=args.insecure,
-        )
-    if args.json:
-        _print_json(report)
-    elif args.quiet:
-        pass
-    elif args.align_only:
-        overlaps = ", ".join(f"{name} {count}" for name, count in report["overlaps"].items())
-        print(f"aligned {report['aligned_rows']} applicants held by every party (card center shares: {overlaps})")
-    else:
-        _print_report(report)
-        if args.report:
-            print(f"report: {args.report} (page: {html_path(args.report)})")
-    return EXIT_OK
-
-
-def scoring_summary(result: dict, output: Path) -> dict:
-    """What `score --json` prints: the counts, the model, the settlement; the rows are in the output file."""
-    return {**{key: value for key, value in result.items() if key != "table"}, "output": str(output)}
-
-
-def _partial(result: dict) -> int:
-    """EXIT_PARTIAL, naming the first applicant not scored on stderr, when any was not."""
-    if not result["failed"]:
-        return EXIT_OK
-    print(f"fedscore: {result['failed']} applicant(s) not scored; first: {result['first_error']}", file=sys.stderr)
-    return EXIT_PARTIAL
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from fedscore.demo import summary_table, write_demo
-    from fedscore.progress import ProgressView
-    from fedscore.report.build import html_path
-    from fedscore.runner import run_job_file, score_file
-
-    human = not (args.quiet or args.json)
-    workdir: Path = args.workdir
-    report_path = workdir / "report.json"
-    scored_path = workdir / "scored.csv"
-    with ProgressView.for_stderr(args.quiet) as view:
-        view.stage("writing each party's data and the job file")
-        job = write_demo(workdir, epochs=args.epochs, key_bits=args.key_bits, rows=args.rows)
-        view.note(f"demo consortium in {workdir}: card_center, bureau, ecommerce; {args.key_bits}-bit Paillier keys")
-        report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view)
-    if human:
-        _print_report(report)
-        print()
-        print(summary_table(report))
-        print(f"\nreport: {report_path}, page: {html_path(report_path)}  (training {report['seconds']:.0f} s)")
-        print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
-    with ProgressView.for_stderr(args.quiet) as view:
-        view.stage("starting the party daemons from the trained state")
-        scored = score_file(job, workdir / "applicants.csv", scored_path, local=True, settle=True, workers=1,
-                            progress=view.scoring)
-    if args.json:
-        _print_json({"report": report, "scoring": scoring_summary(scored, scored_path)})
-    elif human:
-        print_scored(scored)
-        print(f"answers: {scored_path}  (scoring chain: {scored['ledger']})")
-        _print_scoring_settlement(scored["settlement"])
-    return _partial(scored)
-
-
-def print_scored(result: dict, limit: int = 20) -> None:
-    table = result["table"]
-    print(f"{'applicant':<12}{'P(default)':>11}{'score':>7}  {'decision':<9}{'limit':>9}  reasons / partners missing")
-    for row in table.head(limit).itertuples():
-        if row.error:
-            print(f"{row.id:<12}  refused: {row.error}")
-            continue
-        notes = "; ".join(filter(None, [row.reasons, f"missing: {row.partners_missing}" if row.partners_missing else ""]))
-        print(f"{row.id:<12}{row.probability:>11.3f}{row.score:>7.0f}  {row.decision:<9}{row.credit_limit:>9}  {notes}")
-    if len(table) > limit:
-        print(f"... {len(table) - limit} more")
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from fedscore.progress import ProgressView
-    from fedscore.runner import score_file
-
-    with ProgressView.for_stderr(args.quiet) as view:
-        view.stage("starting the party daemons from the trained state" if args.local else "opening the model at the card center")
-        result = score_file(
-            args.job, args.input, args.output, local=args.local, state_dir=args.state, job_id=args.job_id or "",
-            settle=args.settle, workers=args.workers, concurrency=args.concurrency, progress=view.scoring,
-            tls_dir=args.tls, insecure=args.insecure,
-        )
-    if args.json:
-        _print_json(scoring_summary(result, args.output))
-    elif not args.quiet:
-        print_scored(result)
-        print(f"scored {result['scored']} of {result['rows']} applicants with model {result['job_id']} in {result['seconds']:.1f} s: {args.output}")
-        if result["settlement"]:
-            _print_scoring_settlement(result["settlement"])
-    return _partial(result)
-
-
-def _print_scoring_settlement(settlement: dict) -> None:
-    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {l['requests']} requests" for l in settlement["lines"])
-    print(f"scoring settlement #{settlement['number']}: {settlement['payer']} owes {owed} {settlement['currency']}")
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from fedscore.daemons.config import load_coordinator_config, load_party_config
-    from fedscore.daemons.server import serve
-
-    loader = load_party_config if args.role == "party" else load_coordinator_config
-    config = loader(args.config)
-    if args.listen:
-        config = replace(config, listen=args.listen)
-    return serve(args.role, config, args.ready_file, insecure=args.insecure)
-
-
-def cmd_certs(args: argparse.Namespace) -> int:
-    from fedscore.crypto.certs import init_consortium
-
-    members = [m.strip() for m in args.members.split(",") if m.strip()]
-    folders = init_consortium(args.consortium, members, days=args.days)
-    print(f"consortium CA: {args.consortium / 'ca'} (keep ca.key offline; it is needed only to admit members)")
-    for name, folder in folders.items():
-        print(f"  {name:<14} {folder}  -> tls_dir of its daemon's config")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from fedscore import audit_cli
-
-    text, document = {
-        "verify": (audit_cli.verify, audit_cli.verify_document),
-        "show": (audit_cli.show, audit_cli.show_document),
-        "prove": (audit_cli.prove_entry, audit_cli.prove_document),
-        "check-proof": (audit_cli.check_proof_file, audit_cli.check_proof_document),
-        "balances": (audit_cli.show_balances, audit_cli.balances_document),
-    }[args.action]
-    target = args.proof if args.action == "check-proof" else args.ledger
-    extra = {"prove": [getattr(args, "entry", "")], "verify": [getattr(args, "head", None)]}.get(args.action, [])
-    try:
-        if args.json:
-            _print_json(document(target, *extra))
-        else:
-            shown = text(target, *extra)
-            if not args.quiet:
-                print(shown)
-    except UnverifiedError as error:
-        if args.json:
-            _print_json({"ok": False, "error": str(error), "block": getattr(error, "height", None)})
-        raise   # main names it and exits EXIT_UNVERIFIED
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from fedscore.job_file import load_job
-    from fedscore.status import consortium_status, format_status
-    from fedscore.transport.tls import TlsIdentity
-
-    spec, _ = load_job(args.job)
-    if not args.insecure and args.tls is None:
-        raise ConfigError("status needs a member's TLS folder (--tls DIR), or --insecure against plaintext daemons")
-    members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
-    if not members:
-        raise ConfigError(f"job file {args.job.name}: no addresses to ask (status reads running daemons)")
-    if args.json:
-        _print_json(members)
-    elif not args.quiet:
-        print(format_status(members))
-    return EXIT_OK if all(m["health"] == "SERVING" for m in members) else EXIT_ERROR
-
-
-def cmd_init_party(args: argparse.Namespace) -> int:
-    from fedscore.scaffold import init_party
-
-    folder = args.dir if args.dir is not None else Path(args.name)
-    written = init_party(args.name, folder, args.role, args.listen, args.tls_dir)
-    if not args.quiet:
-        print(f"party {args.name!r} ({args.role}) in {folder}:")
-        for path in written:
-            print(f"  {path}")
-        identity = "" if args.tls_dir else f", its TLS identity (from `fedscore certs init`) in {folder / 'tls'}"
-        print(f"next: put the data in {folder / 'data'}{identity}, then: fedscore party serve --config {folder / 'party.toml'}")
-        print(f"(see {folder / 'README.md'})")
-    return EXIT_OK
 
 
 class _Parsers:
@@ -464,19 +235,3 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def exit_for(error: BaseException) -> tuple[int, str]:
-    """The exit code for what ended a command, and the one line on stderr that says so.
-
-    A fedscore error's class owns its code (fedscore.errors), whether raised here or rebuilt from a daemon's answer.
-    """
-    if isinstance(error, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "fedscore: interrupted"
-    if isinstance(error, Terminated):
-        return EXIT_TERMINATED, "fedscore: stopped by SIGTERM"
-    if isinstance(error, OSError):   # a path that cannot be read or written: the user's to fix
-        return EXIT_ERROR, f"fedscore: error: {error}"
-    code = error.exit_code if isinstance(error, FedscoreError) else EXIT_INTERNAL
-    what = {EXIT_INTERNAL: "internal error", EXIT_UNVERIFIED: "does not verify"}.get(code, "error")
-    return code, f"fedscore: {what}: {error}"
