@@ -18,7 +18,7 @@ import pytest
 
 from fedscore.cli.exits import (EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED,
                                 EXIT_UNVERIFIED, Terminated)
-from fedscore.cli.main import build_parser, main
+from fedscore.cli.app import build_parser, main
 from fedscore.daemons.config import load_party_config
 from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table

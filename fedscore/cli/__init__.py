@@ -1,4 +1,4 @@
 """The `fedscore` command: its parser, its commands and the local runs they drive."""
-from fedscore.cli.main import main
+from fedscore.cli.app import main
 
 __all__ = ["main"]
