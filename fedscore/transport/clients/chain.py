@@ -30,3 +30,19 @@ class ChainClient(ServiceClient):
     def sign_settlement(self, body: bytes) -> bytes:
         request = pb.SettlementRequest(job_id=self.job_id, body=body, chain=self.chain)
         return self._call("SignSettlement", request).signature
+
+
+class ChainMember:
+    """A member's facade reached through its ``chain`` client: the LedgerHandle and SettlementSigner the
+    proposer's co-signing needs (fedscore.ledger.cosign)."""
+
+    chain: ChainClient
+
+    def propose_block(self, block: Block) -> bytes:
+        return self.chain.propose_block(block)
+
+    def commit_block(self, block: Block) -> None:
+        self.chain.commit_block(block)
+
+    def sign_settlement(self, body: bytes) -> bytes:
+        return self.chain.sign_settlement(body)

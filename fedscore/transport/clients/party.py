@@ -13,7 +13,7 @@ from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.job import Step
 from fedscore.transport.clients.alignment import AlignmentClient
 from fedscore.transport.clients.base import Peer, ServiceClient
-from fedscore.transport.clients.chain import ChainClient
+from fedscore.transport.clients.chain import ChainClient, ChainMember
 from fedscore.transport.clients.jobs import JobsClient
 from fedscore.transport.clients.training import TrainingClient
 from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT
@@ -29,7 +29,7 @@ class PartyClient(ServiceClient):
         return self._call("Ping", pb.PingRequest(), timeout=PING_TIMEOUT)
 
 
-class PartyJobClient(PartyClient):
+class PartyJobClient(PartyClient, ChainMember):
     """A party's daemon as one job sees it: ``jobs``, ``training``, ``alignment`` and ``chain`` (its training
     chain) share one channel. It passes on the methods the coordinator's driver and chain calls use, so one
     object is the party's handle in every protocol step."""
@@ -88,14 +88,3 @@ class PartyJobClient(PartyClient):
 
     def score_mask_seed(self) -> bytes:
         return self.training.score_mask_seed()
-
-    # -- Chain: the training chain's LedgerHandle and SettlementSigner ---------
-
-    def propose_block(self, block: Block) -> bytes:
-        return self.chain.propose_block(block)
-
-    def commit_block(self, block: Block) -> None:
-        self.chain.commit_block(block)
-
-    def sign_settlement(self, body: bytes) -> bytes:
-        return self.chain.sign_settlement(body)

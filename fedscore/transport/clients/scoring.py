@@ -9,12 +9,11 @@ from concurrent.futures import Future
 
 from fedscore.job import JobSpec
 from fedscore.errors import ConsentError, FedscoreError, PeerError, ProtocolError
-from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer, ServiceClient
-from fedscore.transport.clients.chain import ChainClient
+from fedscore.transport.clients.chain import ChainClient, ChainMember
 from fedscore.transport.rpc import PING_TIMEOUT, STEP_TIMEOUT
 from fedscore.transport.tls import TlsIdentity
 
@@ -136,7 +135,7 @@ class PartialScoreSender:
                 future.set_result(result.partial_score if result.known else None)
 
 
-class ScoringPeer:
+class ScoringPeer(ChainMember):
     """The card center's view of a partner while a model serves: partial scores (PartnerHandle of
     fedscore.protocol.scoring.card_center) and the model's scoring chain (LedgerHandle, SettlementSigner)."""
 
@@ -160,12 +159,3 @@ class ScoringPeer:
     def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future:
         """A future of u_k, or None if the partner does not hold the applicant."""
         return self._sender.submit(pb.PartialScoreItem(tag=tag, applicant=digest, consent=consent), timeout)
-
-    def propose_block(self, block: Block) -> bytes:
-        return self.chain.propose_block(block)
-
-    def commit_block(self, block: Block) -> None:
-        self.chain.commit_block(block)
-
-    def sign_settlement(self, body: bytes) -> bytes:
-        return self.chain.sign_settlement(body)
