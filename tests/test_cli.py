@@ -158,8 +158,11 @@ def _daemons_of(state: Path) -> list[int]:
 def test_a_signal_stops_a_local_run_and_its_daemons(breast_folder, sig, code):
     job = write_job(breast_folder, breast_parties(), epochs=500)
     state = breast_folder / "state"
+    # SIGINT's default action even when the suite itself runs in the background, where a shell starts it ignored
+    # (and Python keeps an ignored SIGINT ignored)
     process = subprocess.Popen([sys.executable, "-m", "fedscore", "run", str(job), "--local", "--state", str(state)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in process.stderr:     # plain progress: wait until training runs
             if re.match(r"epoch\s+1/500  loss", line):

@@ -125,9 +125,8 @@ def defined_somewhere(name: str) -> bool:
     return any(is_defined(path, name) for path in owners(name))
 
 
-def doc_cases():
-    for doc in MAPPED_DOCS:
-        yield pytest.param(doc, id=doc.name)
+def doc_cases() -> list:
+    return [pytest.param(doc, id=doc.name) for doc in MAPPED_DOCS]
 
 
 @pytest.mark.parametrize("doc", doc_cases())
