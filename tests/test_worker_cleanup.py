@@ -14,12 +14,12 @@ import pandas as pd
 from fedscore.job_file import load_job
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.daemons.launcher import signal_session
-from fedscore.proctable import Process, command, descendants, wait_gone
+from fedscore.proctable import Process, command, descendants, in_session, wait_gone
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport import codec
 
-from conftest import TEST_KEY_BITS, write_job
+from conftest import TEST_KEY_BITS, breast_parties, write_job
 
 JOB_ID = "cleanup-0000aaaa"
 IDS = 100_000          # seconds of PSI hashing on two workers: the kill lands mid-work
@@ -109,3 +109,37 @@ def test_a_pool_made_in_a_killed_process_ends_with_it(tmp_path):
         signal_session(parent.pid, signal.SIGKILL)
         parent.wait()
         parent.stdout.close()
+
+
+LAUNCHER = """
+import sys, time
+from pathlib import Path
+from fedscore.daemons.launcher import LocalConsortium
+from fedscore.job_file import load_job
+spec, base = load_job(Path(sys.argv[1]))
+consortium = LocalConsortium(spec, base, Path(sys.argv[2]), insecure=True)
+consortium.start()
+print(" ".join(str(p.pid) for p in consortium.processes.values()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_daemons_end_with_their_launcher_however_it_dies(breast_folder):
+    """`fedscore run --local` SIGKILLed (nothing of it runs its clean-up) still leaves no daemon running."""
+    job = write_job(breast_folder, breast_parties())
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(job), str(breast_folder / "state")],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        pids = [int(pid) for pid in launcher.stdout.readline().split()]
+        assert len(pids) == 3, "a coordinator and two parties should have started"
+        daemons = set().union(*(in_session(pid) for pid in pids))   # each daemon runs in a session of its own
+        assert {p.pid for p in daemons} >= set(pids)
+        launcher.kill()
+        launcher.wait()
+        left = wait_gone(daemons, 60)
+        assert not left, f"still running after their launcher was killed: {[command(p) for p in left]}"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in locals().get("pids", []):
+            signal_session(pid, signal.SIGKILL)

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--listen", help="host:port to listen on (overrides the config)")
         serve.add_argument("--ready-file", type=Path, help="write host:port here once serving")
         serve.add_argument("--insecure", action="store_true", help="plaintext, no peer authentication: debugging only")
+        serve.add_argument("--lifeline-fd", type=int, metavar="FD",
+                           help="stop when this inherited pipe closes (how --local daemons end with their launcher)")
         serve.set_defaults(handler=cmd_serve, role=role)
 
     status = commands.add("status", "show each member of a job: up or not, its jobs, steps and chain head",

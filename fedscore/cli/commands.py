@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = loader(args.config)
     if args.listen:
         config = replace(config, listen=args.listen)
-    return serve(args.role, config, args.ready_file, insecure=args.insecure)
+    return serve(args.role, config, args.ready_file, insecure=args.insecure, lifeline_fd=args.lifeline_fd)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:

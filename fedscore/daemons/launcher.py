@@ -71,6 +71,9 @@ class LocalConsortium:
         self.leftovers: dict[str, int] = {}    # member -> processes that outlived its dead daemon (then killed)
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # the daemons' lifeline: they hold the read end and stop when it reaches end of file, which the kernel
+        # makes happen when this process ends, however it ends (SIGKILL too); only this process holds the write end
+        self._lifeline, self._lifeline_holder = os.pipe()
 
     def __enter__(self) -> "LocalConsortium":
         try:
@@ -102,8 +105,9 @@ class LocalConsortium:
         log = self.log_path(member).open("ab")
         self.processes[member] = subprocess.Popen(
             [sys.executable, "-m", "fedscore", role, "serve", "--config", str(config), "--ready-file", str(ready),
-             *(["--insecure"] if self.insecure else [])],
+             "--lifeline-fd", str(self._lifeline), *(["--insecure"] if self.insecure else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(self._lifeline,),
         )
         log.close()
         return ready
@@ -264,3 +268,8 @@ class LocalConsortium:
                 signal_session(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        for descriptor in (self._lifeline, self._lifeline_holder):
+            try:
+                os.close(descriptor)
+            except OSError:   # stopped twice
+                pass

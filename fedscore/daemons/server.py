@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,8 +46,10 @@ def load_identity(role: str, config: DaemonConfig, insecure: bool) -> DaemonConf
     return replace(config, tls=identity)
 
 
-def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insecure: bool = False) -> int:
-    """Run until SIGTERM or SIGINT. ``ready_file`` receives host:port once serving."""
+def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insecure: bool = False,
+          lifeline_fd: int | None = None) -> int:
+    """Run until SIGTERM or SIGINT. ``ready_file`` receives host:port once serving; ``lifeline_fd``, an
+    inherited pipe's read end: stop, as on SIGTERM, when it closes (the launcher that holds its other end died)."""
     configure_logging(config.name)
     log = logging.getLogger(f"fedscore.{role}")
     if insecure:
@@ -111,6 +114,8 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if lifeline_fd is not None:
+        threading.Thread(target=_stop_when_closed, args=(lifeline_fd, stop, log), name="lifeline", daemon=True).start()
     stop.wait()
     log.info("stopping")
     stopping(health)
@@ -122,3 +127,14 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     if pool is not None:
         pool.close()
     return 0
+
+
+def _stop_when_closed(descriptor: int, stop: threading.Event, log: logging.Logger) -> None:
+    """Block on the lifeline (nothing is ever written to it) until end of file, then stop the daemon."""
+    try:
+        while os.read(descriptor, 1):
+            pass
+    except OSError:
+        pass
+    log.warning("the process that launched this daemon is gone; stopping")
+    stop.set()
