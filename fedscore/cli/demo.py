@@ -66,19 +66,7 @@ limit_basis = "LIMIT_BAL"
 limit_step = 1000
 timeout_ms = 500        # a partner later than this is reported in partners_missing
 consent_issuers = ["{issuer}"]   # the demo identity provider that certified the applicants' keys
-
-[[scoring.limit_bands]]
-min_score = 700
-multiple = 1.2
-[[scoring.limit_bands]]
-min_score = 660
-multiple = 1.0
-[[scoring.limit_bands]]
-min_score = 620
-multiple = 0.8
-[[scoring.limit_bands]]
-min_score = 580
-multiple = 0.5
+# credit limits: the default bands (from 700 points 1.2 x LIMIT_BAL, from 660 1.0 x, from 620 0.8 x, from 580 0.5 x)
 
 [coordinator]
 address = "127.0.0.1:50060"     # used without --local

@@ -9,9 +9,11 @@ Who holds which handle:
   coordinator (training driver) -> partner       PartnerControlHandle
   card center (training)        -> partner       PartnerTrainingHandle
   card center (alignment)       -> partner       PartnerPsiHandle
+  card center (scoring)         -> partner       PartnerScorerHandle
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Protocol
 
 import numpy as np
@@ -56,3 +58,10 @@ class PartnerPsiHandle(Protocol):
     def blinded_ids(self) -> bytes: ...
     def reblind(self, points: bytes) -> bytes: ...
     def accept(self, positions: np.ndarray) -> object: ...
+
+
+class PartnerScorerHandle(Protocol):
+    """How the card center asks one partner's scorer; the future gives u_k, or None if the partner does not
+    know the applicant."""
+
+    def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future: ...

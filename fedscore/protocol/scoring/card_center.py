@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Protocol
 
 from fedscore.errors import DataError, FedscoreError
 from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, mark, scoring_entry
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
+from fedscore.protocol.ports import PartnerScorerHandle
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentToken, ConsentUses, applicant_digest
 from fedscore.protocol.scoring.journal import Journal, now_ms
 from fedscore.protocol.scoring.offline import feature_contributions
@@ -39,13 +39,6 @@ from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, answer
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 
 log = logging.getLogger("fedscore.scoring")
-
-
-class PartnerScorerHandle(Protocol):
-    """How the card center asks one partner's scorer; the future gives u_k, or None if the partner does not
-    know the applicant."""
-
-    def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future: ...
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import grpc
 
+from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import FedscoreError
 from fedscore.transport import codec
 from fedscore.transport.rpc import STEP_TIMEOUT, open_channel, peer_error
@@ -61,3 +62,12 @@ class ServiceClient:
     def _fixed_stream(self, method: str, request: Any, width: int) -> bytes:
         """A call answered by a stream of FixedBlocks: their data joined (each item ``width`` bytes)."""
         return self._call(method, request, join=lambda blocks: codec.join_fixed_blocks(blocks, width))
+
+
+class JobClient(ServiceClient):
+    """A service's calls for one job, whose ciphertexts are under the job's public key."""
+
+    def __init__(self, peer: Peer, job_id: str, public_key: PublicKey):
+        super().__init__(peer)
+        self.job_id = job_id
+        self.public_key = public_key

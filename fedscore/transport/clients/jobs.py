@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 from fedscore.job import JobSpec
-from fedscore.crypto.paillier import PublicKey
 from fedscore.ledger.block import Block
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.job import Step
 from fedscore.transport import codec
-from fedscore.transport.clients.base import Peer, ServiceClient
+from fedscore.transport.clients.base import JobClient
 from fedscore.transport.rpc import PING_TIMEOUT
 
 
-class JobsClient(ServiceClient):
+class JobsClient(JobClient):
     """One job at one party: prepared with the job's public key, started, then finished, aborted or closed."""
 
     stub_class = pb_grpc.JobsStub
-
-    def __init__(self, peer: Peer, job_id: str, public_key: PublicKey):
-        super().__init__(peer)
-        self.job_id = job_id
-        self.public_key = public_key
 
     def _ref(self) -> pb.JobRef:
         return pb.JobRef(job_id=self.job_id)

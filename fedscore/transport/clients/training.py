@@ -8,23 +8,17 @@ import json
 import numpy as np
 from gmpy2 import mpz
 
-from fedscore.crypto.paillier import PublicKey
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.job import Step
 from fedscore.transport import codec
-from fedscore.transport.clients.base import Peer, ServiceClient
+from fedscore.transport.clients.base import JobClient
 
 
-class TrainingClient(ServiceClient):
+class TrainingClient(JobClient):
     """One party's training steps in one job; every ciphertext that comes back is checked against the job's key."""
 
     stub_class = pb_grpc.TrainingStub
-
-    def __init__(self, peer: Peer, job_id: str, public_key: PublicKey):
-        super().__init__(peer)
-        self.job_id = job_id
-        self.public_key = public_key
 
     def _step(self, step: Step) -> pb.StepRef:
         return codec.step_to_proto(self.job_id, step)
