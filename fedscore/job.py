@@ -58,6 +58,58 @@ class PartySpec:
         return self.label is not None
 
 
+BINNING_METHODS = ("quantile", "none")
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How every party turns its own columns into attributes (fedscore.model.binning), on its own training rows.
+
+    ``method`` "none" keeps today's raw standardised columns. ``special_values`` names, per column, codes
+    that mean something else than their number (the UCI PAY_x codes -2 and -1: "no consumption", "paid in
+    full") and get bins of their own.
+    """
+
+    method: str = "quantile"
+    max_bins: int = 10
+    min_bin_share: float = 0.05      # no bin holds fewer than this share of training rows
+    min_iv: float = 0.0              # features with a lower information value are dropped (0: keep all)
+    max_features: int = 0            # keep at most this many features per party, by IV (0: all)
+    monotonic: bool = True           # the card center merges its own bins until bad rates are monotonic
+    special_values: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def specials(self, column: str) -> tuple[float, ...]:
+        return next((values for name, values in self.special_values if name == column), ())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Binning":
+        document = json.loads(text) if text else {}
+        specials = tuple((str(name), tuple(float(v) for v in values)) for name, values in document.pop("special_values", []))
+        return cls(**document, special_values=specials)
+
+    def validate(self, where: str) -> None:
+        if self.method not in BINNING_METHODS:
+            raise ConfigError(f"{where} [binning]: method must be one of {', '.join(BINNING_METHODS)}, got {self.method!r}")
+        if not 2 <= self.max_bins <= 100:
+            raise ConfigError(f"{where} [binning]: max_bins must be between 2 and 100, got {self.max_bins}")
+        if not (math.isfinite(self.min_bin_share) and 0 < self.min_bin_share <= 0.5):
+            raise ConfigError(f"{where} [binning]: min_bin_share must be in (0, 0.5], got {self.min_bin_share}")
+        if not (math.isfinite(self.min_iv) and self.min_iv >= 0):
+            raise ConfigError(f"{where} [binning]: min_iv must be zero or positive, got {self.min_iv}")
+        if self.max_features < 0:
+            raise ConfigError(f"{where} [binning]: max_features must be zero (all) or positive, got {self.max_features}")
+        for name, values in self.special_values:
+            if not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"{where} [binning.special_values]: {name!r} must list finite numbers")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A job's settings; the field defaults are every job's defaults (job file, wire, estimator)."""
@@ -79,6 +131,10 @@ class JobSpec:
     precompute_epochs: int = 0        # obfuscators each party makes before training, in epochs' worth
     refill_obfuscators: bool = False  # keep making them in the background while training (max(1, precompute) epochs ahead)
     restart_timeout: float = 120.0    # seconds a member may stay down mid-job (restarting) before the job fails
+    binning: Binning = Binning()
+    protected: tuple[str, ...] = ()   # the card center's columns never used as reasons; out of the model unless kept
+    keep_protected: bool = False      # True: protected columns stay in the model (still never a reason)
+    calibrate: bool = True            # a 1-D logistic recalibration of the total score at the card center
     coordinator_address: str = ""
 
     @property
@@ -137,6 +193,9 @@ class JobSpec:
             raise ConfigError(f"{where}: min_overlap must be zero or positive, got {self.min_overlap}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}: seed must be a non-negative integer below 2^63, got {self.seed}")
+        self.binning.validate(where)
+        if not all(isinstance(c, str) and c for c in self.protected):
+            raise ConfigError(f"{where}: protected must list column names")
         names = [p.name for p in self.parties]
         for name in names:
             if not NAME_PATTERN.fullmatch(name):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedscore.errors import ConfigError
-from fedscore.job import JobSpec, PartySpec
+from fedscore.job import Binning, JobSpec, PartySpec
 from fedscore.ledger.settlement import FeeContract
 from fedscore.protocol.scoring.scorecard import LimitBand, ScoringPolicy
 from fedscore.toml_tables import Kind, read_toml, refuse_unknown, table_of, take
@@ -29,23 +29,63 @@ JOB_KEYS: dict[str, Kind] = {
 
 def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     """A JobSpec from a parsed job TOML document (paths left as written)."""
-    refuse_unknown(document, {"job", "parties", "coordinator", "fees", "scoring"}, where)
+    refuse_unknown(document, {"job", "parties", "coordinator", "fees", "scoring", "binning"}, where)
     parse_scoring(document, where)   # checked with the job, used when the model serves
     job = document.get("job")
     if not isinstance(job, dict):
         raise ConfigError(f"{where}: missing [job] table")
     at = f"{where} [job]"
-    refuse_unknown(job, set(JOB_KEYS), at)
+    refuse_unknown(job, {*JOB_KEYS, "protected"}, at)
     settings = {key: _job_setting(job, key, kind, at) for key, kind in JOB_KEYS.items()}
+    parties = _parse_parties(document, where)
+    protected = _names(take(job, "protected", list, [], at), "protected", at)
+    protected += [c for p in parties for c in _party_protected(document, p.name) if c not in protected]
     coordinator = table_of(document, "coordinator", where)
     refuse_unknown(coordinator, {"address"}, f"{where} [coordinator]")
     spec = JobSpec(
         **settings,
-        parties=_parse_parties(document, where),
+        parties=parties,
+        binning=parse_binning(document, where),
+        protected=tuple(protected),
         fees=FeeContract.from_dict(table_of(document, "fees", where), f"{where} [fees]"),
         coordinator_address=take(coordinator, "address", str, "", f"{where} [coordinator]"),
     )
     return spec.validate()
+
+
+def parse_binning(document: dict[str, Any], where: str = "job file") -> Binning:
+    """The job file's optional [binning] table; every key defaults to the Binning field's default."""
+    table = table_of(document, "binning", where)
+    at = f"{where} [binning]"
+    refuse_unknown(table, {"method", "max_bins", "min_bin_share", "min_iv", "max_features", "monotonic", "special_values"}, at)
+    defaults = Binning()
+    specials = table_of(table, "special_values", at)
+    for column, values in specials.items():
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{at}: special_values.{column} must be a list of numbers, got {values!r}")
+    return Binning(
+        method=take(table, "method", str, defaults.method, at),
+        max_bins=take(table, "max_bins", int, defaults.max_bins, at),
+        min_bin_share=float(take(table, "min_bin_share", (int, float), defaults.min_bin_share, at)),
+        min_iv=float(take(table, "min_iv", (int, float), defaults.min_iv, at)),
+        max_features=take(table, "max_features", int, defaults.max_features, at),
+        monotonic=take(table, "monotonic", bool, defaults.monotonic, at),
+        special_values=tuple((str(c), tuple(float(v) for v in values)) for c, values in sorted(specials.items())),
+    )
+
+
+def _names(values: list, key: str, where: str) -> list[str]:
+    if not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{where}: {key} must be a list of column names, got {values!r}")
+    return list(values)
+
+
+def _party_protected(document: dict[str, Any], party: str) -> list[str]:
+    """The protected columns a [[parties]] entry names (the card center's own columns)."""
+    for entry in document.get("parties", []):
+        if isinstance(entry, dict) and entry.get("name") == party:
+            return _names(entry.get("protected", []), "protected", f"job file party {party!r}")
+    return []
 
 
 def _job_setting(job: dict[str, Any], key: str, kind: Kind, where: str) -> Any:
@@ -64,7 +104,7 @@ def _parse_parties(document: dict[str, Any], where: str) -> tuple[PartySpec, ...
 def _parse_party(entry: Any, at: str, where: str) -> PartySpec:
     if not isinstance(entry, dict):
         raise ConfigError(f"{at}: must be a table")
-    refuse_unknown(entry, {"name", "data", "id", "label", "address"}, at)
+    refuse_unknown(entry, {"name", "data", "id", "label", "address", "protected"}, at)
     name = take(entry, "name", str, "", at)
     if not name:
         raise ConfigError(f"{at}: missing name")

@@ -85,6 +85,16 @@ def _weighted_sum_chunk(n_bytes: bytes, ciphertexts: bytes, matrix: np.ndarray) 
     return pack([value for pair in parts for value in pair], width)
 
 
+def _column_sum_chunk(n_bytes: bytes, ciphertexts: bytes, columns: np.ndarray, total: int) -> bytes:
+    public_key = PublicKey.from_bytes(n_bytes)
+    width, nsquare = public_key.ciphertext_bytes, public_key.nsquare
+    sums = [mpz(1)] * total
+    for value, row in zip(unpack(ciphertexts, width), columns.tolist()):
+        for column in row:
+            sums[column] = sums[column] * value % nsquare
+    return pack(sums, width)
+
+
 def _split(count: int, pieces: int) -> list[tuple[int, int]]:
     pieces = max(1, min(pieces, count))
     bounds = np.linspace(0, count, pieces + 1).astype(int)
@@ -202,6 +212,27 @@ class CryptoPool:
                 positive[j] = positive[j] * values[2 * j] % nsquare
                 negative[j] = negative[j] * values[2 * j + 1] % nsquare
         return [combine_signed(p, q, nsquare) for p, q in zip(positive, negative)]
+
+    def column_sums(self, public_key: PublicKey, ciphertexts: Sequence[mpz], columns: np.ndarray, total: int) -> list[mpz]:
+        """[[Σ_{i: row i has column j} d_i]] for j < ``total``, from [[d_i]] and, per row, the columns
+        that are 1 in a 0/1 matrix (``columns``: rows × ones-per-row indices). With binned attributes a
+        party's gradient is exactly this: a product of ciphertexts per bin, no exponentiation."""
+        rows = len(ciphertexts)
+        if columns.shape[0] != rows:
+            raise ValueError(f"{columns.shape[0]} column rows for {rows} ciphertexts")
+        if rows == 0 or total == 0:
+            return [mpz(1)] * total
+        width, nsquare = public_key.ciphertext_bytes, public_key.nsquare
+        n_bytes = public_key.to_bytes()
+        spans = _split(rows, 2 * max(1, self.workers))
+        packed = self._map(
+            _column_sum_chunk, [(n_bytes, pack(ciphertexts[a:b], width), columns[a:b], total) for a, b in spans]
+        )
+        sums = [mpz(1)] * total
+        for block in packed:
+            for j, value in enumerate(unpack(block, width)):
+                sums[j] = sums[j] * value % nsquare
+        return sums
 
     def hash_and_blind(self, secret: bytes, domain: bytes, identifiers: Sequence[str]) -> bytes:
         """PSI: X25519(k, H(id)) for every id, packed, in the order given."""

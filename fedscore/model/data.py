@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import pandas as pd
 from fedscore.errors import DataError
 
 ID_SEPARATOR = "\x1f"
-LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,28 @@ class PartyTable:
     """One party's rows in canonical id order."""
 
     ids: np.ndarray               # normalised id strings, sorted
-    features: np.ndarray          # float64, rows × columns
+    features: np.ndarray          # float64, rows × columns (NaN: missing, or a text column's cell)
     feature_names: list[str]
     labels: np.ndarray | None     # int8 0/1, or None for a partner
+    text: dict[str, np.ndarray] = field(default_factory=dict)   # text columns (binning on): stripped cells
 
     @property
     def rows(self) -> int:
         return len(self.ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """A feature's raw values: text for a text column, else float64 (NaN: missing)."""
+        return self.text[name] if name in self.text else self.features[:, self.feature_names.index(name)]
+
+    def columns(self, names: list[str] | None = None) -> list[np.ndarray]:
+        return [self.column(n) for n in (self.feature_names if names is None else names)]
+
+    def raw_rows(self, names: list[str]) -> np.ndarray:
+        """rows × names as an object matrix of raw values (floats, NaN, text): what scoring looks up."""
+        matrix = np.empty((self.rows, len(names)), dtype=object)
+        for j, name in enumerate(names):
+            matrix[:, j] = self.column(name)
+        return matrix
 
     def subset(self, rows: np.ndarray) -> "PartyTable":
         """The given rows, in the given order (e.g. the consortium's aligned order)."""
@@ -46,6 +61,7 @@ class PartyTable:
             features=self.features[rows],
             feature_names=self.feature_names,
             labels=None if self.labels is None else self.labels[rows],
+            text={name: values[rows] for name, values in self.text.items()},
         )
 
 
@@ -158,6 +174,27 @@ def _numeric_from_text(column: pd.Series, name: str, origin: Origin) -> np.ndarr
     return values
 
 
+def _lenient_features(columns: pd.DataFrame, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Binning on: empty cells and text are data. A column whose values are mostly text is kept as text
+    (a categorical column); in any other, a cell that is not a finite number is missing (NaN)."""
+    from fedscore.model.binning import is_categorical, numeric_values
+
+    features = np.full((len(columns), len(names)), np.nan)
+    text: dict[str, np.ndarray] = {}
+    for j, name in enumerate(names):
+        column = columns.iloc[:, j]
+        if column.dtype.kind in "fiu":
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            features[:, j] = np.where(np.isfinite(values), values, np.nan)
+            continue
+        cells = column.astype(object).where(column.notna(), "").map(lambda v: str(v).strip()).to_numpy(dtype=object)
+        if is_categorical(cells):
+            text[name] = cells
+        else:
+            features[:, j] = numeric_values(cells)
+    return features, text
+
+
 def _feature_matrix(columns: pd.DataFrame, names: list[str], origin: Origin) -> np.ndarray:
     """The feature columns as float64: a numeric column as it is, any other read as text (as a CSV's
     would be), so that the first row which is not a number, missing or infinite can be named."""
@@ -186,13 +223,15 @@ def check_party_rows(
     label: str | None,
     features: pd.DataFrame,
     origin: Origin,
+    lenient: bool = False,
 ) -> PartyTable:
     """The one checker behind every way a party's rows arrive (a CSV file, a DataFrame).
 
     ``id_parts`` and ``label_text`` hold text (missing values as NaN or "");
     ``features`` holds the feature columns as parsed, numbers or text.
     Ids must be present and unique, the label 0/1 with both classes, every
-    feature a finite number. Rows come back sorted by normalised id.
+    feature a finite number, unless ``lenient`` (binning on: empty cells and
+    text are data, fedscore.model.binning). Rows come back sorted by normalised id.
     """
     where = origin.where
     for column, values in zip(id_columns, id_parts):
@@ -224,13 +263,18 @@ def check_party_rows(
     names = [str(c) for c in features.columns]
     if not names:
         raise DataError(f"{where}: no feature columns besides the id and label columns")
-    matrix = _feature_matrix(features, names, origin)
+    text: dict[str, np.ndarray] = {}
+    if lenient:
+        matrix, text = _lenient_features(features, names)
+    else:
+        matrix = _feature_matrix(features, names, origin)
     order = np.argsort(ids, kind="stable")
     return PartyTable(
         ids=ids[order],
         features=matrix[order],
         feature_names=names,
         labels=None if labels is None else labels[order],
+        text={name: values[order] for name, values in text.items()},
     )
 
 
@@ -243,9 +287,10 @@ def _require_columns(header: list[str], id_columns: list[str], label: str | None
 
 
 def load_party_table(
-    path: Path | str, id_columns: list[str], label: str | None = None, party: str = ""
+    path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False
 ) -> PartyTable:
-    """Read and check one party's CSV; every column but the ids and the label is a feature."""
+    """Read and check one party's CSV; every column but the ids and the label is a feature.
+    ``lenient``: empty cells and text are data (binning on), not errors."""
     path = Path(path)
     where = f"party {party!r}: {path.name}" if party else path.name
     text = _read_text(path, where)
@@ -262,7 +307,7 @@ def load_party_table(
     numbers.columns = names   # positions ascend, as the parser returns them
     return check_party_rows(
         [frame[column].astype(str) for column in id_columns], id_columns,
-        frame[label] if label is not None else None, label, numbers, Origin(where),
+        frame[label] if label is not None else None, label, numbers, Origin(where), lenient,
     )
 
 
@@ -291,6 +336,7 @@ def table_from_frame(
     label: str | None = None,
     party: str = "",
     features: list[str] | None = None,
+    lenient: bool = False,
 ) -> PartyTable:
     """A party's rows from a pandas DataFrame, checked exactly as its CSV file would be.
 
@@ -332,4 +378,4 @@ def table_from_frame(
             )
         id_parts.append(_frame_text(values))
     label_text = _frame_text(frame[label]) if label is not None else None
-    return check_party_rows(id_parts, id_columns, label_text, label, frame[features], origin)
+    return check_party_rows(id_parts, id_columns, label_text, label, frame[features], origin, lenient)

@@ -1,8 +1,19 @@
-"""A party's trained model on disk: its own columns, scaling and weights, nothing else."""
+"""A party's trained model on disk: its own columns, their encoding and weights, nothing else.
+
+Two encodings: raw columns standardised (``mean``/``scale``, one weight per
+feature; binning "none"), or attributes (``bins``: fedscore.model.binning,
+one weight per bin). The card center's file also holds the intercept, the
+recalibration of the total score (``calibration``) and its ``protected``
+columns (never used as a reason).
+"""
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from fedscore.model.binning import Binner
+from fedscore.model.calibration import Calibration
 
 FORMAT = "fedscore.party-model/1"
 
@@ -18,7 +29,24 @@ class PartyModel:
     mean: list[float]
     scale: list[float]
     weights: list[float]
-    intercept: float | None = None   # the card center's only
+    intercept: float | None = None          # the card center's only
+    bins: list[dict] | None = None          # binned attributes (fedscore.model.binning.Binner.to_json)
+    calibration: dict | None = None         # the card center's recalibration {slope, intercept}
+    protected: list[str] = field(default_factory=list)
+
+    @property
+    def binned(self) -> bool:
+        return self.bins is not None
+
+    @functools.cached_property
+    def binner(self) -> Binner:
+        if self.bins is None:
+            raise ValueError(f"party {self.party!r}: its model is not binned")
+        return Binner.from_json(self.bins)
+
+    @property
+    def calibrated(self) -> Calibration:
+        return Calibration.from_json(self.calibration)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=2) + "\n"

@@ -18,7 +18,7 @@ from gmpy2 import mpz
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import pack, unpack
 from fedscore.errors import ProtocolError
-from fedscore.job import JobSpec, PartySpec, Step
+from fedscore.job import Binning, JobSpec, PartySpec, Step
 from fedscore.ledger.block import Block
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
@@ -30,7 +30,8 @@ MAX_VECTOR = 50_000_000
 
 # Every JobSpec field travels but where the submitter reaches the coordinator, which no member needs.
 NOT_SENT = frozenset({"coordinator_address"})
-_SCALARS = tuple(f.name for f in fields(JobSpec) if f.name not in {"parties", "fees", *NOT_SENT})
+_STRUCTURED = {"parties", "fees", "binning", "protected", "calibrate"}
+_SCALARS = tuple(f.name for f in fields(JobSpec) if f.name not in {*_STRUCTURED, *NOT_SENT})
 # Empty on the wire (never a valid value) means the JobSpec default, as for a sender older than these fields.
 _EMPTY_MEANS_DEFAULT = ("rpc_timeout", "restart_timeout", "obfuscation")
 
@@ -40,6 +41,9 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     return pb.JobSpec(
         **{name: getattr(spec, name) for name in _SCALARS},
         fees=pb.FeeContract(**asdict(spec.fees)),
+        binning=spec.binning.to_json(),
+        protected=list(spec.protected),
+        uncalibrated=not spec.calibrate,
         parties=[
             pb.PartySpec(**{**asdict(p), "id_columns": list(p.id_columns), "label": p.label or ""})
             for p in spec.parties
@@ -64,6 +68,9 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
     return JobSpec(
         **settings,
         fees=FeeContract(**{**fees, "currency": fees["currency"] or FeeContract.currency}),
+        binning=_binning(message.binning),
+        protected=tuple(message.protected),
+        calibrate=not message.uncalibrated,
         parties=tuple(
             PartySpec(**{
                 **{f.name: getattr(p, f.name) for f in fields(PartySpec)},
@@ -72,6 +79,13 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
             for p in message.parties
         ),
     ).validate()
+
+
+def _binning(text: str) -> Binning:
+    try:
+        return Binning.from_json(text)
+    except (ValueError, TypeError) as error:
+        raise ProtocolError(f"the job's binning settings are not valid: {error}") from None
 
 
 def step_to_proto(job_id: str, step: Step) -> pb.StepRef:

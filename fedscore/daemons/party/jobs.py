@@ -132,7 +132,7 @@ class Jobs:
         if public_key.bits != spec.key_bits:
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
-        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name, lenient=spec.binning.enabled)
         ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite",
                               TrainingRules(self._facts(spec, public_key)))
         kind = CardCenterAlignment if me.is_card_center else PartnerAlignment
@@ -311,7 +311,7 @@ class Jobs:
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         if file_digest(path) != saved.data_sha256:
             raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
-        table = load_party_table(path, list(me.id_columns), me.label, party=self.name)
+        table = load_party_table(path, list(me.id_columns), me.label, party=self.name, lenient=saved.spec.binning.enabled)
         facts = self._facts(saved.spec, saved.public_key)
         facts.aligned_rows, facts.overlaps = saved.aligned_count, saved.overlaps
         model_file = folder / MODEL_FILE

@@ -13,6 +13,7 @@ partner scores for evaluation.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +24,8 @@ from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
 from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
+from fedscore.model.calibration import IDENTITY, Calibration, fit_calibration
+from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerTrainingHandle
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.training.session import PartySession, one_message_at_a_time
@@ -43,6 +46,17 @@ class CardCenterSession(PartySession):
         self.train_labels = self.labels[self.train_rows]
         self._loss_part: mpz | None = None
         self.evaluation: dict | None = None   # the last evaluate()'s metrics and curves, for this party's own page
+        self.calibration: Calibration | None = None   # fitted at evaluation, when the job calibrates
+
+    def model_features(self) -> list[str]:
+        """Its columns without the protected ones, unless the job keeps them (never as reasons)."""
+        if self.spec.keep_protected:
+            return list(self.table.feature_names)
+        return [name for name in self.table.feature_names if name not in self.spec.protected]
+
+    def protected_columns(self) -> dict[str, np.ndarray]:
+        """The protected columns it holds, for the fairness table (its own data; never sent)."""
+        return {name: self.table.column(name) for name in self.spec.protected if name in self.table.feature_names}
 
     def own_residual_part(self, rows: np.ndarray) -> list[int]:
         """U_C − Y for the rows: the card center's plaintext share of D."""
@@ -123,8 +137,20 @@ class CardCenterSession(PartySession):
         total -= np.asarray(mask_sum, dtype=np.uint64)
         partner_scores = total.view(np.int64) / 2.0**EVAL_SCORE_BITS
         own_scores = self.matrix @ self.weights
+        scores = own_scores + partner_scores
+        labels = self.labels[self.train_rows]
+        self.calibration = fit_calibration(scores[self.train_rows], labels) if self.spec.calibrate else IDENTITY
         self.evaluation = self.metrics(own_scores, partner_scores)
         return self.evaluation
+
+    def model(self) -> PartyModel:
+        """Its model file's content, with the recalibration and the protected columns."""
+        model = super().model()
+        return dataclasses.replace(
+            model,
+            calibration=None if self.calibration is None else self.calibration.to_json(),
+            protected=list(self.spec.protected),
+        )
 
     def metrics(self, own_scores: np.ndarray, partner_scores: np.ndarray) -> dict:
         """AUC and KS of the federated model and of a card-center-only model, train and held out, and the
@@ -149,14 +175,20 @@ class CardCenterSession(PartySession):
         result["curves"] = self.curves(scores, local_scores, partner_scores, held_out)
         return result
 
+    def feature_weights(self) -> list[float]:
+        """One number per feature for the report's bar chart: its weight, or with bins the spread of its bin weights."""
+        if self.binner is None:
+            return [float(w) for w in self.weights[: len(self.features)]]
+        return [float(block.max() - block.min()) for block in self.binner.weight_blocks(self.weights[:-1])]
+
     def curves(self, scores: np.ndarray, local_scores: np.ndarray, partner_scores: np.ndarray, held_out: bool) -> dict:
         """What the HTML report draws, as counts and shares over groups of rows: the curves describe the
         held-out rows when there are any, else the training rows. Partners appear only as one total."""
         train, test = self.train_rows, self.test_rows
         rows = test if held_out else train
         labels = self.labels[rows]
-        features = list(self.table.feature_names)
-        own_parts = [self.matrix[train, j] * self.weights[j] for j in range(len(features))]
+        features = list(self.features)
+        own_parts = self.feature_parts(train)
         shares = curves.variance_shares([*own_parts, partner_scores[train]])
         psi = None
         if len(test) and len(train) >= curves.PSI_BINS:
@@ -179,7 +211,8 @@ class CardCenterSession(PartySession):
             "card_center": {
                 "party": self.party,
                 "features": features,
-                "weights": [float(w) for w in self.weights[: len(features)]],
+                # binned: each feature's spread of bin weights (how far it can move the log-odds)
+                "weights": self.feature_weights(),
                 "intercept": float(self.weights[-1]),
             },
             "variance_shares": {

@@ -15,6 +15,7 @@ nothing, and returns it; the party removes r and takes its step.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -32,10 +33,14 @@ from fedscore.crypto.pool import CryptoPool, pack
 from fedscore.crypto.reserve import ObfuscatorReserve
 from fedscore.errors import DataError, ProtocolError
 from fedscore.ledger.entries import Facts, step_key
+from fedscore.model.binning import Binner, fit_binner
 from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
+
+
+log = logging.getLogger("fedscore.training")
 
 
 def one_message_at_a_time(method):
@@ -69,6 +74,15 @@ def integer_gradient(quantised: np.ndarray, values: list[int]) -> list[int]:
     return [int(x) for x in quantised.T.astype(object).dot(column)] if len(values) else [0] * quantised.shape[1]
 
 
+def integer_column_sums(columns: np.ndarray, values: list[int], total: int) -> list[int]:
+    """X̂ᵀv for a 0/1 matrix given as each row's columns that are 1, in exact Python integers."""
+    sums = [0] * total
+    for value, row in zip(values, columns.tolist()):
+        for column in row:
+            sums[column] += value
+    return sums
+
+
 class PartySession:
     """One party's side of one job: its data, weights and the current step."""
 
@@ -93,17 +107,9 @@ class PartySession:
         self.train_rows, self.test_rows = split_rows(table.rows, spec.validation, spec.seed)
         if len(self.train_rows) < 2:
             raise DataError(f"party {party!r}: {len(self.train_rows)} training rows is too few to train on")
-        self.scaler = Standardiser.fit(table.features[self.train_rows])
-        matrix = self.scaler.transform(table.features)
-        penalised = np.ones(matrix.shape[1])
-        if self.has_intercept:
-            matrix = np.hstack([matrix, np.ones((matrix.shape[0], 1))])
-            penalised = np.append(penalised, 0.0)
-        self.matrix = matrix                              # every row, standardised
-        self.train_matrix = matrix[self.train_rows]
-        self.quantised, self.quantisation = quantise_columns(self.train_matrix)
-        self.penalised = penalised
-        self.weights = np.zeros(matrix.shape[1])
+        self.scaler: Standardiser | None = None
+        self.binner: Binner | None = None
+        self.encode(self.model_features())
         self._message_lock = threading.RLock()
         self._state: StepState | None = None
         self._last_done: Step | None = None
@@ -111,6 +117,66 @@ class PartySession:
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self.facts: Facts | None = None   # when set, digests of every message sent or received go here
         self.reserve = ObfuscatorReserve(pool, public_key, spec.obfuscation)   # made in advance, each used once
+
+    # -- the party's columns as a matrix --------------------------------------
+
+    def model_features(self) -> list[str]:
+        """The columns this party trains on (the card center leaves out its protected ones)."""
+        return list(self.table.feature_names)
+
+    def encode(self, features: list[str]) -> None:
+        """Fit this party's encoding of ``features`` on its training rows and build its matrices.
+
+        Binning on: one 0/1 indicator column per bin (fedscore.model.binning), so X̂ = X exactly and the
+        gradient is a product of ciphertexts per bin. Off: standardised columns, quantised to 16 bits.
+        Called again with fewer features when feature selection drops some (before training starts).
+        """
+        columns = self.table.columns(features)
+        train = self.train_rows
+        if self.spec.binning.enabled:
+            labels = None if self.table.labels is None else self.table.labels[train]
+            self.binner = fit_binner([c[train] for c in columns], features, self.spec.binning, labels)
+            for feature, why in self.binner.dropped:
+                log.warning("party %s: column %r dropped: %s", self.party, feature, why)
+            self.features = self.binner.names
+            matrix = self.binner.indicators(self.table.columns(self.features))
+            indices = self.binner.bin_indices(self.table.columns(self.features)) + np.asarray(self.binner.offsets, dtype=np.int64)
+        else:
+            self.features = list(features)
+            raw = np.column_stack(columns) if columns else np.zeros((self.table.rows, 0))
+            self.scaler = Standardiser.fit(raw[train])
+            matrix = self.scaler.transform(raw)
+            indices = None
+        penalised = np.ones(matrix.shape[1])
+        if self.has_intercept:
+            if indices is not None:
+                indices = np.hstack([indices, np.full((matrix.shape[0], 1), matrix.shape[1], dtype=np.int64)])
+            matrix = np.hstack([matrix, np.ones((matrix.shape[0], 1))])
+            penalised = np.append(penalised, 0.0)
+        self.matrix = matrix                              # every row, encoded
+        self.train_matrix = matrix[train]
+        if indices is not None:
+            self.bin_columns: np.ndarray | None = indices[train]   # per training row, its columns that are 1
+            self.quantised, self.quantisation = self.train_matrix.astype(np.int64), np.ones(matrix.shape[1])
+        else:
+            self.bin_columns = None
+            self.quantised, self.quantisation = quantise_columns(self.train_matrix)
+        self.penalised = penalised
+        self.weights = np.zeros(matrix.shape[1])
+
+    @one_message_at_a_time
+    def select_features(self, keep: list[str]) -> list[str]:
+        """Train on ``keep`` only (feature selection by information value, before the first step);
+        returns the features dropped."""
+        if self._last_done is not None or self._state is not None:
+            raise ProtocolError(f"{self.party}: features can only be selected before training starts")
+        unknown = [f for f in keep if f not in self.features]
+        if unknown:
+            raise ProtocolError(f"{self.party}: asked to keep {unknown[0]!r}, which it does not train on")
+        dropped = [f for f in self.features if f not in keep]
+        if dropped:
+            self.encode([f for f in self.features if f in keep])
+        return dropped
 
     # -- randomness ---------------------------------------------------------
 
@@ -211,8 +277,13 @@ class PartySession:
         state = self._current(step, needs="residual")
         key = self.public_key
         quantised = self.quantised[state.rows]
-        encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
-        plain = integer_gradient(quantised, state.own_part)
+        if self.bin_columns is not None:
+            columns = self.bin_columns[state.rows]
+            encrypted = self.pool.column_sums(key, state.encrypted_rest, columns, self.weights.size)
+            plain = integer_column_sums(columns, state.own_part, self.weights.size)
+        else:
+            encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
+            plain = integer_gradient(quantised, state.own_part)
         masks = [uniform_mask(key.n) for _ in plain]
         state.masks = masks
         gradient = paillier.add_plains(key, encrypted, [p + r for p, r in zip(plain, masks)])
@@ -265,6 +336,7 @@ class PartySession:
             return {"done": None if done is None else [done.epoch, done.batch], "weights": [float(w) for w in weights]}
 
         state = point(self._last_done, self.weights)
+        state["features"] = list(self.features)
         if self._before_last is not None:
             state["before"] = point(*self._before_last)
         return state
@@ -277,6 +349,9 @@ class PartySession:
                 raise ProtocolError(f"{self.party}: checkpoint has {weights.size} weights, the job {self.weights.size}")
             return (None if entry["done"] is None else Step(*entry["done"])), weights
 
+        if "features" in checkpoint and list(checkpoint["features"]) != self.features:
+            self._state, self._last_done = None, None
+            self.select_features(list(checkpoint["features"]))
         self._last_done, self.weights = point(checkpoint)
         self._before_last = point(checkpoint["before"]) if "before" in checkpoint else None
         self._state = None
@@ -298,8 +373,9 @@ class PartySession:
     # -- the model ----------------------------------------------------------
 
     def model(self) -> PartyModel:
-        features = self.table.feature_names
-        weights = self.weights[: len(features)]
+        features = self.features
+        columns = self.weights.size - (1 if self.has_intercept else 0)
+        weights = self.weights[:columns]
         return PartyModel(
             job_id=self.job_id,
             job_name=self.spec.name,
@@ -307,8 +383,17 @@ class PartySession:
             role=self.role,
             id_columns=list(self.spec.party(self.party).id_columns),
             features=list(features),
-            mean=[float(v) for v in self.scaler.mean],
-            scale=[float(v) for v in self.scaler.scale],
+            mean=[] if self.scaler is None else [float(v) for v in self.scaler.mean],
+            scale=[] if self.scaler is None else [float(v) for v in self.scaler.scale],
             weights=[float(v) for v in weights],
             intercept=float(self.weights[-1]) if self.has_intercept else None,
+            bins=None if self.binner is None else self.binner.to_json(),
         )
+
+    def feature_parts(self, rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """Each feature's contribution to the log-odds on ``rows`` (all rows if None)."""
+        matrix = self.matrix if rows is None else self.matrix[rows]
+        if self.binner is None:
+            return [matrix[:, j] * self.weights[j] for j in range(len(self.features))]
+        return [matrix[:, o: o + f.size] @ self.weights[o: o + f.size]
+                for o, f in zip(self.binner.offsets, self.binner.features)]
