@@ -293,3 +293,13 @@ def test_summary_holds_every_key_as_plain_json():
 
     plain = validation_summary(labels, pd_)
     assert "decision_bands" not in plain and "fairness" not in plain
+
+
+def test_text_and_object_attributes_as_a_table_holds_them():
+    # a text column with missing cells, and a numeric column read as Python objects
+    text = np.array(["F", "M", None, "F", " ", np.nan] * 10, dtype=object)
+    ages = np.array([float(v) for v in range(20, 80)], dtype=object)
+    result = fairness_table({"SEX": text, "AGE": ages}, np.arange(60) % 3 == 0, np.zeros(60))
+    assert [(row["group"], row["count"]) for row in result["SEX"]["groups"]] == [("F", 20), ("M", 10), ("missing", 30)]
+    assert result["AGE"]["banded"] is True
+    assert [row["group"] for row in result["AGE"]["groups"]] == ["20–31", "32–43", "44–55", "56–67", "68–79"]

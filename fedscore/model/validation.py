@@ -178,8 +178,21 @@ def _value_text(value: object) -> str:
     return str(value)
 
 
-def _is_numeric(values: np.ndarray) -> bool:
-    return values.dtype.kind in "iuf"
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)) or (
+        isinstance(value, str) and not value.strip())
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray | None:
+    """float64 values (NaN: missing) when every present value is a number, else None (a text attribute)."""
+    if values.dtype.kind in "iuf":
+        return values.astype(np.float64)
+    if values.dtype.kind != "O":
+        return None
+    items = values.tolist()
+    if not all(_missing(v) or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)) for v in items):
+        return None
+    return np.array([np.nan if _missing(v) else float(v) for v in items], dtype=np.float64)
 
 
 def group_labels(values: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
@@ -187,13 +200,15 @@ def group_labels(values: np.ndarray) -> tuple[np.ndarray, list[str], bool]:
 
     Text values and numbers with at most MAX_DISTINCT distinct values are their own groups. A numeric
     attribute with more (e.g. age) is cut at its quantiles into at most BANDS bands, each labelled by
-    the smallest and largest value it holds ("25–34"); ties at a cut stay in one band. NaN is "missing".
+    the smallest and largest value it holds ("25–34"); ties at a cut stay in one band. Missing values
+    (None, NaN, blank text) are the group "missing", shown last.
     """
     values = np.asarray(values)
-    if not _is_numeric(values):
-        text = np.array(["missing" if v is None else _value_text(v) for v in values.tolist()], dtype=object)
-        return text, sorted(set(text.tolist())), False
-    numbers = values.astype(np.float64)
+    numbers = _as_numbers(values)
+    if numbers is None:
+        text = np.array(["missing" if _missing(v) else _value_text(v) for v in values.tolist()], dtype=object)
+        present = sorted(set(text.tolist()) - {"missing"})
+        return text, present + (["missing"] if "missing" in set(text.tolist()) else []), False
     present = ~np.isnan(numbers)
     distinct = np.unique(numbers[present])
     labels = np.full(len(numbers), "missing", dtype=object)

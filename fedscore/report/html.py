@@ -217,8 +217,9 @@ def calibration_section(report: dict) -> str:
     )
     parts.append(sentence)
     if fit:
-        parts.append(f"<p>Calibration fitted on the training rows: slope {_number(fit.get('slope'))}, "
-                     f"intercept {_number(fit.get('intercept'))}.</p>")
+        parts.append(f"<p>Recalibration fitted on the training rows: PD = σ(slope · log-odds + intercept) with slope "
+                     f"{_number(fit.get('slope'))}, intercept {_number(fit.get('intercept'))} (slope 1 and intercept 0 "
+                     "would leave the model's probabilities as they are).</p>")
     if table:
         rows = [[str(i), _rate(r["predicted"]), _rate(r["observed"]), r["count"], r["bads"]]
                 for i, r in enumerate(table, start=1)]
@@ -324,12 +325,16 @@ def iv_section(iv: dict | None) -> str:
     )
 
 
+def _bound(value: object, open_end: str) -> str:
+    if value is None:
+        return open_end
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def _bin_text(value: object) -> str:
-    """A bin as written by the card center: text as is, [low, high) bounds as an interval."""
+    """A bin as written by the card center: text as is, [low, high) bounds as an interval (None: open)."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        low = "−∞" if value[0] is None else f"{value[0]:g}" if isinstance(value[0], (int, float)) else str(value[0])
-        high = "+∞" if value[1] is None else f"{value[1]:g}" if isinstance(value[1], (int, float)) else str(value[1])
-        return f"[{low}, {high})"
+        return f"[{_bound(value[0], '−∞')}, {_bound(value[1], '+∞')})"
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
