@@ -18,17 +18,19 @@ def test_model_files_reproduce_the_federated_scores(breast_folder, keypair, inli
     center, host = consortium.card_center, consortium.partners["host"]
     center_model, host_model = center.model(), host.model()
     federated = center.matrix @ center.weights + host.matrix @ host.weights   # log-odds per row
+    slope, intercept = center_model.calibrated.slope, center_model.calibrated.intercept
+    served = slope * federated + intercept                                    # the card center's recalibration
     policy = ScoringPolicy(limit_basis="x0")
     for row in range(0, center.table.rows, 37):
         result = offline_answer(
             center_model, center.table.features[row], {"host": (host_model, host.table.features[row])}, policy
         )
-        assert result.score == pytest.approx(points(federated[row], policy), abs=1e-9)
-        assert result.probability == pytest.approx(1 / (1 + np.exp(-federated[row])), abs=1e-12)
+        assert result.score == pytest.approx(points(served[row], policy), abs=1e-9)
+        assert result.probability == pytest.approx(1 / (1 + np.exp(-served[row])), abs=1e-12)
         assert partial_score(host_model, host.table.features[row]) == pytest.approx(host.matrix[row] @ host.weights, abs=1e-12)
     unknown = offline_answer(center_model, center.table.features[0], {"host": (host_model, None)}, policy)
     assert unknown.partners_missing == ("host",)
-    assert unknown.score == pytest.approx(points(center.matrix[0] @ center.weights, policy), abs=1e-9)
+    assert unknown.score == pytest.approx(points(slope * (center.matrix[0] @ center.weights) + intercept, policy), abs=1e-9)
 
 
 def test_many_rows_at_once_equal_the_one_row_answers_to_the_bit(breast_folder, keypair, inline_pool):
@@ -39,7 +41,7 @@ def test_many_rows_at_once_equal_the_one_row_answers_to_the_bit(breast_folder, k
     models = {name: s.model() for name, s in consortium.partners.items()}
     partners = {name: (models[name], s.table.features) for name, s in consortium.partners.items()}
     u = log_odds(center.model(), center.table.features, partners)
-    p = probabilities(u)
+    p = probabilities(u, center.model().calibrated)
     policy = ScoringPolicy(limit_basis="x0")
     for row in range(center.table.rows):
         one = offline_answer(
