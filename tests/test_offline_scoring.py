@@ -1,10 +1,29 @@
-"""The trained model files score an applicant exactly as the federated model scored it in training."""
+"""The trained model files score an applicant exactly as the federated model scored it in training; binned,
+calibrated scorecards score raw values (text, missing, unseen) in their documented bins."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from fedscore.protocol.scoring.offline import log_odds, offline_answer, partial_score, partial_scores, probabilities
+from fedscore.job import Binning
+from fedscore.model.attributes import attribute_wording, base_points, bin_wording, partner_points, scorecard_rows
+from fedscore.model.binning import CATEGORICAL, NUMERIC, FeatureBins, bin_counts, fit_binner
+from fedscore.model.data import load_party_table
+from fedscore.model.model_file import PartyModel
+from fedscore.protocol.scoring.offline import (
+    contribution_matrix,
+    feature_contributions,
+    log_odds,
+    offline_answer,
+    partial_score,
+    partial_scores,
+    probabilities,
+)
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, points
 from fedscore.protocol.training.simulation import simulate
 
@@ -56,19 +75,6 @@ def test_many_rows_at_once_equal_the_one_row_answers_to_the_bit(breast_folder, k
 
 
 # -- binned, calibrated scorecards built directly from small synthetic data ------------------
-
-import math
-from dataclasses import dataclass
-from pathlib import Path
-
-import pandas as pd
-
-from fedscore.job import Binning
-from fedscore.model.attributes import attribute_wording, base_points, bin_wording, partner_points, scorecard_rows
-from fedscore.model.binning import CATEGORICAL, NUMERIC, FeatureBins, bin_counts, fit_binner
-from fedscore.model.data import load_party_table
-from fedscore.model.model_file import PartyModel
-from fedscore.protocol.scoring.offline import contribution_matrix, feature_contributions
 
 SLOPE, SHIFT = 0.8, -0.25          # the card center's calibration
 BINNING = Binning(max_bins=5, min_bin_share=0.05, special_values=(("PAY_0", (-2.0, -1.0)),))
@@ -184,6 +190,9 @@ def test_binned_many_rows_equal_the_one_row_answers_to_the_bit(cards):
         one = offline_answer(cards.center, center_matrix[k], {"bureau": (cards.bureau, bureau_matrix[k])}, policy)
         assert p[k] == one.probability and points(SLOPE * u[k] + SHIFT, policy) == one.score
     assert partial_scores(cards.bureau, bureau_matrix).tolist() == [partial_score(cards.bureau, r) for r in bureau_matrix]
+    parts = contribution_matrix(cards.bureau, bureau_matrix)   # each cell: the weight of the row's bin
+    np.testing.assert_allclose(parts.sum(axis=1), cards.bureau.binner.indicators(bureau_matrix.T) @ np.asarray(cards.bureau.weights),
+                               rtol=0, atol=1e-12)
     # the party's table as training reads it (text columns, NaN) scores the same as the request's values
     table = load_party_table(cards.bureau_csv, ["id"], None, lenient=True)
     by_table = partial_scores(cards.bureau, table.raw_rows(BUREAU_FEATURES))
