@@ -11,8 +11,8 @@ the applicant. What a value may be follows the model (``raw_values``):
 - a standardised model needs finite numbers: the CSV must hold only those
   (checked as in training), and a database row with a NULL or a text value
   counts as not known (None).
- Requests name the
-applicant by `applicant_digest(id)` (fedscore.protocol.scoring.consent),
+
+Requests name the applicant by `applicant_digest(id)` (fedscore.protocol.scoring.consent),
 never by the id itself, so each source keeps an index from digest to its own
 ids; ids follow the same rule as training (stripped, case-folded).
 `lookup(id)` is the same look-up for callers that hold the id.
