@@ -43,3 +43,45 @@ def test_answer_combines_parts_and_flags_missing_partners():
         "LIMIT_BAL: -9 points", "EDUCATION: -6 points", "SEX: -1 points", "partner bureau: -26 points",
     )
     assert result.decision == decision(result.score, POLICY)
+
+
+def test_calibration_moves_probability_points_decision_and_limit_together():
+    from fedscore.model.calibration import Calibration
+
+    own = {"AGE": -0.1, "LIMIT_BAL": 0.3}
+    calibration = Calibration(slope=0.7, intercept=1.0)
+    plain = answer(own, intercept=-1.2, partners={"bureau": -0.4}, base_amount=80_000, policy=POLICY)
+    result = answer(own, intercept=-1.2, partners={"bureau": -0.4}, base_amount=80_000, policy=POLICY, calibration=calibration)
+    u = -1.2 + 0.3 - 0.1 - 0.4
+    z = 0.7 * u + 1.0
+    assert plain.probability == pytest.approx(1 / (1 + math.exp(-u)), abs=1e-15)   # identity by default
+    assert result.probability == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-12)
+    assert result.score == pytest.approx(600 - 20 * z / math.log(2), abs=1e-9)
+    assert (plain.decision, result.decision) == ("approve", "review") == (decision(plain.score, POLICY), decision(result.score, POLICY))
+    assert (plain.credit_limit, result.credit_limit) == (64_000, 40_000)
+    # reasons scale with the slope: 0.3 raw log-odds are 0.7·0.3·20/ln2 ≈ 6 points
+    assert result.reasons == ("LIMIT_BAL: -6 points",)
+
+
+def test_binned_reasons_are_worded_sorted_by_points_lost_and_skip_protected_and_small_ones():
+    from fedscore.model.calibration import Calibration
+    from fedscore.protocol.scoring.scorecard import Shortfall
+
+    per_point = 0.5 * 20 / math.log(2)   # slope 0.5
+    shortfalls = (
+        Shortfall("AGE", 0.2, "AGE: missing"),                    # 2.9 points
+        Shortfall("PAY_0", 1.0, "PAY_0: 2 or more"),              # 14.4
+        Shortfall("SEX", 3.0, "SEX: F"),                          # protected: never
+        Shortfall("LIMIT_BAL", 0.5, "LIMIT_BAL: below 50000"),    # 7.2
+        Shortfall("MARRIAGE", 0.6 / per_point, "MARRIAGE: other"),   # 0.6 points: still a reason
+        Shortfall("EDUCATION", 0.4 / per_point, "EDUCATION: other"),  # 0.4 points: not a reason
+        Shortfall("BILL_AMT1", 0.0, "BILL_AMT1: below 100"),      # the best attribute: nothing lost
+    )
+    own = {s.characteristic: 0.0 for s in shortfalls}
+    result = answer(own, intercept=-1.0, partners={"bureau": 0.2, "shop": -0.3, "telco": None}, base_amount=0,
+                    policy=POLICY, calibration=Calibration(0.5, 0.1), shortfalls=shortfalls, protected=("SEX",))
+    assert result.reasons == (
+        "PAY_0: 2 or more", "LIMIT_BAL: below 50000", "AGE: missing", "MARRIAGE: other",
+        "information held by partner bureau",
+    )
+    assert result.partners_missing == ("telco",)

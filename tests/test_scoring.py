@@ -144,7 +144,7 @@ class InProcessPartner:
         partner_facts.pair_keys = {self.name: self.pair_key}
         self.member = LedgerMember(self.name, KEYS[self.name], self.folder / self.name / "scoring.sqlite", ScoringRules(partner_facts))
         self.scorer = PartnerScorer(
-            self.model, CsvSource(self.held, ["id"], self.model.features, party=self.name), "guest",
+            self.model, CsvSource(self.held, ["id"], self.model.features, party=self.name, raw_values=self.model.binned), "guest",
             ConsentPolicy(TRUSTED), partner_facts, Journal(self.folder / self.name / "answers.jsonl"),
             on_chain=self.member.rules.seen.tags.__contains__,
         )
@@ -184,6 +184,8 @@ class InProcessPartner:
 class Consortium:
     """A card center and two partners ("host" holds the host columns; "mirror" holds the same file), in process."""
 
+    policy = POLICY
+
     def __init__(self, folder: Path, timeout: float = 0.5):
         self.folder, self.timeout = folder, timeout
         center_model, partner_model, self.guest, self.host = models()
@@ -204,7 +206,7 @@ class Consortium:
         center_facts.pair_keys = {n: p.pair_key for n, p in self.partners.items()}
         self.member = LedgerMember("guest", KEYS["guest"], self.folder / "guest" / "scoring.sqlite", ScoringRules(center_facts))
         self.center = CardCenterScorer(
-            self.center_model, POLICY, self.partners, ConsentPolicy(TRUSTED), self.secrets, center_facts,
+            self.center_model, self.policy, self.partners, ConsentPolicy(TRUSTED), self.secrets, center_facts,
             Journal(self.folder / "guest" / "pending.jsonl"), timeout=self.timeout,
             on_chain=self.member.rules.seen.requests.__contains__,
         )
@@ -431,3 +433,92 @@ def test_a_consent_allows_a_few_checks_not_more_even_across_a_restart(tmp_path):
     # each partner counts for itself, so calling it directly gains nothing either
     with pytest.raises(ConsentError, match="partner 'host' refuses .* used 3 times"):
         c.partners["host"].scorer.partial_score("9" * 32, applicant_digest(applicant), token, now_ms() + 1000)
+
+
+# -- a binned, calibrated scorecard served online -------------------------------------
+
+
+class BinnedConsortium(Consortium):
+    """The same set-up with binned models: "host" holds the bureau's rows (empty cells, text), "mirror" every
+    other one of them."""
+
+    policy = ScoringPolicy(limit_basis="LIMIT_BAL")
+
+    def __init__(self, folder: Path, timeout: float = 0.5):
+        from test_offline_scoring import scorecard_data
+
+        self.folder, self.timeout = folder, timeout
+        self.cards = scorecard_data(folder)
+        self.center_model, self.guest = self.cards.center, self.cards.guest
+        self.secrets = ScoringSecrets.load_or_create(folder / "guest" / "secrets")
+        mirror_rows = folder / "mirror.csv"
+        pd.read_csv(self.cards.bureau_csv).iloc[::2].to_csv(mirror_rows, index=False)
+        self.held = {"host": self.cards.held, "mirror": pd.read_csv(mirror_rows).set_index("id")}
+        self.partners = {
+            name: InProcessPartner(name, folder, self.secrets.pair_key("job-1", name), self.cards.bureau, path)
+            for name, path in (("host", self.cards.bureau_csv), ("mirror", mirror_rows))
+        }
+        self.start_center()
+
+    def request(self, row: int) -> tuple[str, dict[str, object]]:
+        from test_offline_scoring import CENTER_FEATURES, center_values
+
+        return str(self.guest["id"].iloc[row]), dict(zip(CENTER_FEATURES, center_values(self.cards, row)))
+
+    def offline(self, applicant: str, features: dict[str, object]):
+        from test_offline_scoring import BUREAU_FEATURES, raw
+
+        partners = {
+            name: (self.cards.bureau, [raw(held.loc[applicant, c]) for c in BUREAU_FEATURES] if applicant in held.index else None)
+            for name, held in self.held.items()
+        }
+        return partners, offline_answer(self.center_model, [features[c] for c in self.center_model.features], partners, self.policy)
+
+
+def test_binned_calibrated_online_answers_equal_the_offline_model_row_by_row(tmp_path):
+    from fedscore.protocol.scoring.offline import partial_score
+
+    c = BinnedConsortium(tmp_path)
+    checked = incomplete = 0
+    for row in range(0, len(c.guest), 9):
+        applicant, features = c.request(row)
+        scored = c.center.score(applicant, features, consent_for(applicant).to_text())
+        partners, expected = c.offline(applicant, features)
+        assert scored.answer == expected
+        for name, (model, values) in partners.items():   # what each partner returned is the offline partial score
+            assert scored.partial_scores[name] == (None if values is None else partial_score(model, values))
+            incomplete += values is not None and any(v is None for v in values)
+        incomplete += any(v is None for v in features.values())
+        checked += 1
+    assert checked == len(range(0, len(c.guest), 9)) and incomplete > 5   # missing values were scored, not refused
+    assert len(c.center.pending) == checked
+
+
+def test_binned_requests_take_numbers_text_and_null_as_data(tmp_path):
+    c = BinnedConsortium(tmp_path)
+    applicant, features = c.request(100)
+    odd = {**features, "EDUCATION": "a school never seen", "AGE": None, "PAY_0": "-1"}
+    scored = c.center.score(applicant, odd, consent_for(applicant).to_text())
+    assert scored.answer == c.offline(applicant, odd)[1]
+    assert all(not line.startswith("SEX") and "points" not in line for line in scored.answer.reasons)
+
+
+DROP = object()   # the key is left out of the request
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"EDUCATON": "university", "EDUCATION": DROP}, "the request has 'EDUCATON', which the model does not use; it lacks 'EDUCATION'"),
+    ({"EDUCATION": DROP}, "lacks the card center's feature 'EDUCATION'"),
+    ({"INCOME": 1.0}, "does not use: 'INCOME'"),
+    ({"LIMIT_BAL": None}, "'LIMIT_BAL' must be a finite number"),
+    ({"LIMIT_BAL": "lots"}, "'LIMIT_BAL' must be a finite number"),
+    ({"AGE": [30]}, "'AGE' must be a number, text or null"),
+    ({"AGE": True}, "'AGE' must be a number, text or null"),
+])
+def test_binned_requests_still_refuse_a_missing_key_and_name_an_unknown_one(tmp_path, change, message):
+    c = BinnedConsortium(tmp_path)
+    applicant, features = c.request(3)
+    request = {name: value for name, value in {**features, **change}.items() if value is not DROP}
+    with pytest.raises(DataError, match=message):
+        c.center.score(applicant, request, consent_for(applicant).to_text())
+    assert all(p.scorer.facts.answered == {} for p in c.partners.values())

@@ -70,3 +70,51 @@ def test_sqlite_ids_follow_the_training_rule_and_new_customers_are_found(tmp_pat
     assert source.lookup("LATE-COMER")[0] == 3.5
     source.close()
     db.close()
+
+
+def test_for_a_binned_model_sources_return_raw_values_and_an_incomplete_row_is_data(tmp_path):
+    from fedscore.protocol.scoring.offline import partial_score
+    from test_offline_scoring import BUREAU_FEATURES, bureau_values, scorecard_data
+
+    cards = scorecard_data(tmp_path)
+    database = tmp_path / "bureau.db"
+    db = sqlite3.connect(database)
+    db.execute("CREATE TABLE applicants (id TEXT, INQUIRIES, SEGMENT)")   # no declared types: values as given
+    stored = [(a, None if pd.isna(r["INQUIRIES"]) else int(r["INQUIRIES"]), None if pd.isna(r["SEGMENT"]) else r["SEGMENT"])
+              for a, r in cards.held.iterrows()]
+    db.executemany("INSERT INTO applicants VALUES (?, ?, ?)", stored)
+    db.execute("INSERT INTO applicants VALUES ('odd', 'three', 7)")      # text in a numeric column, a number as category
+    db.commit()
+    db.close()
+    csv = CsvSource(cards.bureau_csv, ["id"], BUREAU_FEATURES, party="bureau", raw_values=True)
+    sql = SqliteSource(database, "applicants", "id", BUREAU_FEATURES, party="bureau", raw_values=True)
+    incomplete = [a for a, r in cards.held.iterrows() if r.isna().any()]
+    assert len(incomplete) > 10
+    for applicant in cards.held.index:
+        expected = bureau_values(cards, applicant)
+        reference = partial_score(cards.bureau, expected)
+        for source in (csv, sql):
+            found = source.lookup(applicant.lower())
+            assert found is not None and found.dtype == object
+            assert partial_score(cards.bureau, found) == reference   # to the bit: the same bins
+    row = sql.lookup("odd")
+    assert row.tolist() == ["three", 7.0]
+    binner = cards.bureau.binner
+    inquiries, segment = binner.features
+    blocks = binner.weight_blocks(cards.bureau.weights)
+    assert partial_score(cards.bureau, row) == blocks[0][inquiries.missing] + blocks[1][segment.other]
+    assert csv.lookup("nobody") is None and sql.lookup("nobody") is None
+    sql.close()
+
+
+def test_for_a_standardised_model_a_null_or_text_row_is_not_known(tmp_path):
+    database = tmp_path / "partner.db"
+    db = sqlite3.connect(database)
+    db.execute("CREATE TABLE applicants (id TEXT, x0, x1)")
+    db.executemany("INSERT INTO applicants VALUES (?, ?, ?)", [("a", 1.0, None), ("b", "lots", 2.0), ("c", 1.0, 2.0)])
+    db.commit()
+    db.close()
+    source = SqliteSource(database, "applicants", "id", ["x0", "x1"], party="host")
+    assert source.lookup("a") is None and source.lookup("b") is None
+    assert source.lookup("c").tolist() == [1.0, 2.0]
+    source.close()

@@ -177,12 +177,13 @@ class ScoringHost:
             raise ProtocolError(f"{self.label}: the card center must send a 32-byte mark key to open scoring")
         facts.pair_keys = {self.name: key}
         me = spec.party(self.name)
+        # a binned model scores raw values (empty cells, NULL and text are data); a standardised one finite numbers
         if self.config.scoring_database is not None:
             source = SqliteSource(self.config.scoring_database, self.config.scoring_table, self.config.scoring_id,
-                                  model.features, party=self.name)
+                                  model.features, party=self.name, raw_values=model.binned)
         else:
             path = resolve_data_file(self.config.data_dir, me.data, self.name)
-            source = CsvSource(path, list(me.id_columns), model.features, party=self.name)
+            source = CsvSource(path, list(me.id_columns), model.features, party=self.name, raw_values=model.binned)
         folder = self.jobs_dir() / job_id
         member = LedgerMember(self.name, self.key, folder / "scoring.sqlite", ScoringRules(facts))
         journal = None

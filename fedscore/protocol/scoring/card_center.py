@@ -4,7 +4,8 @@ The card center checks the request's own features and the consent before
 any partner is asked, then asks every partner at once (each under its own
 tag for the request), waits at most its timeout, and turns its own
 contributions, the intercept and the partial scores into the answer
-(fedscore.protocol.scoring.scorecard). Each answered request becomes a
+(fedscore.protocol.scoring.offline.center_answer, the offline reference's own
+computation, under the model's calibration). Each answered request becomes a
 `scoring` entry (fedscore.ledger.scoring_rules), journalled before the answer is
 returned; `EntryBatcher` (fedscore.protocol.scoring.batcher) puts the
 entries on the chain.
@@ -34,8 +35,8 @@ from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerScorerHandle
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentToken, ConsentUses, applicant_digest
 from fedscore.protocol.scoring.journal import Journal, now_ms
-from fedscore.protocol.scoring.offline import feature_contributions
-from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, answer
+from fedscore.protocol.scoring.offline import center_answer
+from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 
 log = logging.getLogger("fedscore.scoring")
@@ -50,6 +51,11 @@ class Scored:
 
 def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _is_raw_value(value: object) -> bool:
+    """What a binned model scores: a number (NaN: missing), text, or null."""
+    return value is None or isinstance(value, str) or (not isinstance(value, bool) and isinstance(value, (int, float)))
 
 
 class CardCenterScorer:
@@ -77,20 +83,30 @@ class CardCenterScorer:
                 facts.answered.setdefault(entry["request_id"], entry_digest(entry))
                 self.pending.append(entry)
 
-    def own_values(self, features: Mapping[str, object]) -> tuple[list[float], float]:
-        """The model's columns from the request, in model order, and the credit limit's base amount;
-        every one present and a finite number (checked before any partner is asked)."""
+    def own_values(self, features: Mapping[str, object]) -> tuple[list[object], float]:
+        """The model's columns from the request, in model order, and the credit limit's base amount
+        (checked before any partner is asked). Every column's key must be there and no other but the
+        limit basis. A binned model takes a number, text or null (all data: an unseen or missing
+        value scores in its documented bin); a standardised one a finite number. The limit basis,
+        when sent, must be a finite number."""
         missing = [name for name in self.model.features if name not in features]
+        unknown = sorted(set(features) - set(self.model.features) - {self.policy.limit_basis})
+        if missing and unknown:
+            raise DataError(f"the request has {unknown[0]!r}, which the model does not use; it lacks {missing[0]!r}")
         if missing:
             raise DataError(f"the request lacks the card center's feature {missing[0]!r} (needs {', '.join(self.model.features)})")
-        unknown = sorted(set(features) - set(self.model.features) - {self.policy.limit_basis})
         if unknown:
             raise DataError(f"the request has a feature the model does not use: {unknown[0]!r}")
-        for name in [*self.model.features, *([self.policy.limit_basis] if self.policy.limit_basis in features else [])]:
-            if not _is_number(features[name]):
-                raise DataError(f"feature {name!r} must be a finite number")
-        base = float(features.get(self.policy.limit_basis, 0.0))   # zero or less: no limit is suggested
-        return [float(features[name]) for name in self.model.features], base
+        for name in self.model.features:
+            if not (_is_raw_value(features[name]) if self.model.binned else _is_number(features[name])):
+                kind = "a number, text or null" if self.model.binned else "a finite number"
+                raise DataError(f"feature {name!r} must be {kind}")
+        basis = self.policy.limit_basis
+        if basis in features and not _is_number(features[basis]):
+            raise DataError(f"feature {basis!r} must be a finite number: the credit limit scales it")
+        base = float(features.get(basis, 0.0))   # zero or less: no limit is suggested
+        values = [features[name] for name in self.model.features]
+        return (values if self.model.binned else [float(v) for v in values]), base
 
     def ask_partners(self, request_id: str, tags: Mapping[str, str], digest: bytes, consent: str) -> dict[str, float | None]:
         """Every partner at once, each under its own tag; one that does not know the applicant, refuses,
@@ -128,8 +144,7 @@ class CardCenterScorer:
         request_id = uuid.uuid4().hex
         tags = {name: self.secrets.tag(request_id, name) for name in self.partners}
         scores = self.ask_partners(request_id, tags, digest, consent)
-        own = feature_contributions(self.model, values)
-        result = answer(own, self.model.intercept, scores, base, self.policy)
+        result = center_answer(self.model, values, scores, base, self.policy)
         marks = {
             name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
             for name, tag in tags.items()

@@ -8,15 +8,30 @@ the score into approve / review / decline; a policy table turns score bands
 and a base amount (stated income, or the card center's own limit field)
 into a suggested credit limit, rounded down to the policy's step.
 
-Reasons follow the adverse-action convention: the features that cost the
-applicant the most points against an average applicant (standardised value
-0), largest first, at most four from the card center's own columns, plus
-one line for each partner whose contribution lowered the score.
+The card center's recalibration (fedscore.model.calibration: slope a,
+intercept c) applies before anything is derived: the probability, the
+points, the decision and the limit all come from the calibrated log-odds
+a·u + c; a model without one uses the identity (a = 1, c = 0).
+
+Reasons follow the adverse-action convention, at most four from the card
+center's own columns (never a protected one), largest first, at least half
+a point each, plus one line for each partner whose partial score lowered
+the score against an average applicant's (0):
+
+- binned models: what each characteristic cost against its best attribute,
+  a·(w_bin − min_b w)·pdo/ln2 points, worded from the applicant's bin
+  ("PAY_0: 2 or more"; fedscore.model.attributes.attribute_wording), and
+  "information held by partner bureau";
+- standardised models: what each feature cost against an average applicant
+  (standardised value 0), "LIMIT_BAL: -9 points", and "partner bureau: -26 points".
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+
+from fedscore.model.calibration import IDENTITY, Calibration
 
 LN2 = math.log(2.0)
 MAX_REASONS = 4
@@ -62,6 +77,16 @@ class Answer:
     partners_missing: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Shortfall:
+    """What one of the card center's characteristics cost a binned model's applicant: the weight of their
+    bin less the best attribute's, in raw log-odds, and their bin in words (a reason's wording)."""
+
+    characteristic: str
+    log_odds: float
+    wording: str
+
+
 def probability(log_odds: float) -> float:
     """σ(u), computed without overflow for large |u|."""
     if log_odds >= 0:
@@ -95,13 +120,33 @@ def credit_limit(score: float, base_amount: float, policy: ScoringPolicy) -> int
     return 0
 
 
-def reasons(own: dict[str, float], partners: dict[str, float], policy: ScoringPolicy) -> tuple[str, ...]:
-    """Lines naming what lowered the score: ``own``/``partners`` are log-odds contributions against average."""
-    per_point = policy.pdo / LN2
-    costly = 0.5 / per_point  # below half a point is not a reason
-    lowering = sorted(((c, name) for name, c in own.items() if c >= costly), reverse=True)[:MAX_REASONS]
-    lines = [f"{name}: -{c * per_point:.0f} points" for c, name in lowering]
-    lines += [f"partner {name}: -{c * per_point:.0f} points" for name, c in sorted(partners.items()) if c >= costly]
+def reasons(
+    own: dict[str, float],
+    partners: dict[str, float],
+    policy: ScoringPolicy,
+    calibration: Calibration = IDENTITY,
+    shortfalls: Sequence[Shortfall] | None = None,
+    protected: Collection[str] = (),
+) -> tuple[str, ...]:
+    """Lines naming what lowered the score, from raw log-odds costs scaled to points by a·pdo/ln2.
+
+    ``shortfalls`` (binned models): each characteristic against its best attribute, worded from the bin.
+    Otherwise ``own``: each feature's contribution against an average applicant, in points.
+    ``partners``: each partner's partial score against an average applicant's (0).
+    """
+    per_point = calibration.slope * policy.pdo / LN2
+    enough = 0.5   # below half a point is not a reason
+    if shortfalls is not None:
+        costs = [(s.log_odds * per_point, s.characteristic, s.wording) for s in shortfalls]
+    else:
+        costs = [(c * per_point, name, f"{name}: -{c * per_point:.0f} points") for name, c in own.items()]
+    costs = [c for c in costs if c[0] >= enough and c[1] not in protected]
+    lowering = sorted(costs, key=lambda c: (-c[0], c[1]))[:MAX_REASONS]
+    lines = [wording for _, _, wording in lowering]
+    for name, u in sorted(partners.items()):
+        if u * per_point >= enough:
+            lines.append(f"information held by partner {name}" if shortfalls is not None
+                         else f"partner {name}: -{u * per_point:.0f} points")
     return tuple(lines)
 
 
@@ -111,18 +156,26 @@ def answer(
     partners: dict[str, float | None],
     base_amount: float,
     policy: ScoringPolicy,
+    calibration: Calibration = IDENTITY,
+    shortfalls: Sequence[Shortfall] | None = None,
+    protected: Collection[str] = (),
 ) -> Answer:
     """The full answer from per-feature log-odds contributions (own), the intercept and each
     partner's partial score (None: the partner does not know the applicant or did not answer;
-    its contribution is then taken as an average applicant's, 0, and the partner is listed)."""
+    its contribution is then taken as an average applicant's, 0, and the partner is listed).
+
+    The model's log-odds u are recalibrated (a·u + c) before the probability, points, decision
+    and limit; ``shortfalls`` (binned models) word the reasons from bins; ``protected`` columns
+    are never a reason."""
     present = {name: partners[name] for name in sorted(partners) if partners[name] is not None}
     log_odds = intercept + sum(own.values()) + sum(present.values())   # one order everywhere: equal to the bit
-    score = points(log_odds, policy)
+    calibrated = calibration.log_odds(log_odds)
+    score = points(calibrated, policy)
     return Answer(
-        probability=probability(log_odds),
+        probability=probability(calibrated),
         score=score,
         decision=decision(score, policy),
         credit_limit=credit_limit(score, base_amount, policy),
-        reasons=reasons(own, present, policy),
+        reasons=reasons(own, present, policy, calibration, shortfalls, protected),
         partners_missing=tuple(sorted(name for name, u in partners.items() if u is None)),
     )

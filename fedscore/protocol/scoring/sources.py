@@ -2,13 +2,23 @@
 
 `ApplicantSource.find(digest)` returns the model's feature values for one
 applicant, in the model's column order, or None when the party does not know
-the applicant (or holds an incomplete row for them). Requests name the
-applicant by `applicant_digest(id)` (fedscore.protocol.scoring.consent),
+the applicant. What a value may be follows the model (``raw_values``):
+
+- a binned model (raw_values=True) scores raw values, so a source returns them
+  as stored, in an object array: numbers, NaN/None for an empty cell or NULL,
+  text. An incomplete row is data (it scores in the missing bins), not an
+  unknown applicant;
+- a standardised model needs finite numbers: the CSV must hold only those
+  (checked as in training), and a database row with a NULL or a text value
+  counts as not known (None).
+
+Requests name the applicant by `applicant_digest(id)` (fedscore.protocol.scoring.consent),
 never by the id itself, so each source keeps an index from digest to its own
 ids; ids follow the same rule as training (stripped, case-folded).
 `lookup(id)` is the same look-up for callers that hold the id.
 
-- `CsvSource`: the party's CSV, read and checked as in training, indexed in memory.
+- `CsvSource`: the party's CSV, read and checked as in training (leniently for a
+  binned model: empty cells and text are data), indexed in memory.
 - `SqliteSource`: a table in a SQLite database through the standard DB-API,
   queried per applicant by rowid; its index from digest to rowid applies the
   training id rule to the stored ids, so they may be padded or in another
@@ -41,13 +51,16 @@ class ApplicantSource(Protocol):
 
 
 class CsvSource:
-    def __init__(self, path: Path, id_columns: list[str], features: list[str], party: str = ""):
-        table = load_party_table(path, id_columns, None, party=party)
+    def __init__(self, path: Path, id_columns: list[str], features: list[str], party: str = "", raw_values: bool = False):
+        table = load_party_table(path, id_columns, None, party=party, lenient=raw_values)
         missing = [f for f in features if f not in table.feature_names]
         if missing:
             raise DataError(f"party {party!r}: {Path(path).name} lacks the model's column {missing[0]!r}")
-        order = [table.feature_names.index(f) for f in features]
-        self._rows = {applicant_digest(applicant): table.features[i, order] for i, applicant in enumerate(table.ids)}
+        if raw_values:
+            matrix = table.raw_rows(features)
+        else:
+            matrix = table.features[:, [table.feature_names.index(f) for f in features]]
+        self._rows = {applicant_digest(applicant): matrix[i] for i, applicant in enumerate(table.ids)}
 
     def find(self, digest: bytes) -> np.ndarray | None:
         return self._rows.get(digest)
@@ -59,7 +72,8 @@ class CsvSource:
 class SqliteSource:
     AMBIGUOUS = -1
 
-    def __init__(self, path: Path, table: str, id_column: str, features: list[str], party: str = ""):
+    def __init__(self, path: Path, table: str, id_column: str, features: list[str], party: str = "",
+                 raw_values: bool = False):
         for name in (table, id_column, *features):
             if not IDENTIFIER.match(name):
                 raise DataError(f"party {party!r}: {name!r} is not a plain SQL identifier")
@@ -73,6 +87,7 @@ class SqliteSource:
         except sqlite3.Error as error:
             raise DataError(f"party {party!r}: cannot read {table} from {Path(path).name}: {error}") from None
         self.party = party
+        self.raw_values = raw_values
         self._lock = threading.Lock()        # one connection, used by one thread at a time
         self._index: dict[bytes, int] = {}
         self._read_at = -math.inf
@@ -104,6 +119,10 @@ class SqliteSource:
             rows = self._db.execute(self._query, (rowid,)).fetchall()
         if len(rows) != 1:
             return None
+        if self.raw_values:   # NULL and text are data for a binned model
+            values = np.empty(len(rows[0]), dtype=object)
+            values[:] = [_raw(v) for v in rows[0]]
+            return values
         try:
             values = np.array([float(v) for v in rows[0]])
         except (TypeError, ValueError):
@@ -115,3 +134,14 @@ class SqliteSource:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _raw(value: object) -> object:
+    """A stored value as binning reads it: numbers as floats, NULL as None, text as it is, blobs as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
