@@ -13,7 +13,7 @@ import pandas as pd
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError
-from fedscore.model.data import ID_SEPARATOR, normalise_id
+from fedscore.model.data import ID_SEPARATOR, MISSING, normalise_id
 from fedscore.files import write_atomically
 from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import write_report
@@ -104,14 +104,17 @@ def read_applicants(path: Path, id_columns: tuple[str, ...], features: list[str]
     return frame, send
 
 
-def _request(row: dict, id_columns: tuple[str, ...], send: list[str]) -> tuple[str, dict[str, float]]:
+def _request(row: dict, id_columns: tuple[str, ...], send: list[str]) -> tuple[str, dict[str, float | str | None]]:
+    """The id and the features of one row: numbers as numbers, an empty cell as missing (None), other text as
+    text (a binned model puts each in its bin; a model without bins refuses what is not a number, naming it)."""
     applicant = ID_SEPARATOR.join(normalise_id(row[c]) for c in id_columns)
-    features = {}
+    features: dict[str, float | str | None] = {}
     for name in send:
+        text = str(row[name]).strip()
         try:
-            features[name] = float(row[name])
+            features[name] = float(text)
         except ValueError:
-            raise DataError(f"column {name!r} holds {row[name]!r}, not a number") from None
+            features[name] = None if text in MISSING else text
     return applicant, features
 
 

@@ -88,6 +88,20 @@ def _binning(text: str) -> Binning:
         raise ProtocolError(f"the job's binning settings are not valid: {error}") from None
 
 
+def score_request(job_id: str, applicant_id: str, features: dict[str, float | str | None], consent: str) -> pb.ScoreRequest:
+    """A scoring request: numbers, text (a binned model's categories) and missing values (None) each in their field."""
+    numbers = {k: float(v) for k, v in features.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    text = {k: v for k, v in features.items() if isinstance(v, str)}
+    missing = [k for k, v in features.items() if v is None]
+    return pb.ScoreRequest(job_id=job_id, applicant_id=applicant_id, features=numbers, text_features=text,
+                           missing_features=missing, consent=consent)
+
+
+def request_features(request: pb.ScoreRequest) -> dict[str, float | str | None]:
+    """A scoring request's features as the scorer takes them (a missing value is None)."""
+    return {**dict(request.features), **dict(request.text_features), **{k: None for k in request.missing_features}}
+
+
 def step_to_proto(job_id: str, step: Step) -> pb.StepRef:
     return pb.StepRef(job_id=job_id, epoch=step.epoch, batch=step.batch)
 

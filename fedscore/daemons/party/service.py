@@ -194,7 +194,7 @@ class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
         )
 
     def Score(self, request, context):
-        job_id, scored = self.domain.score(request.job_id, request.applicant_id, dict(request.features), request.consent)
+        job_id, scored = self.domain.score(request.job_id, request.applicant_id, codec.request_features(request), request.consent)
         result = scored.answer
         return pb.ScoreReply(
             request_id=scored.request_id, probability=result.probability, score=result.score,

@@ -26,6 +26,7 @@ from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
 from fedscore.model.calibration import IDENTITY, Calibration, fit_calibration, sigmoid
 from fedscore.model.validation import points_histogram, validation_summary
+from fedscore.model.attributes import scorecard_rows
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerTrainingHandle
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, credit_limit, points
@@ -197,7 +198,22 @@ class CardCenterSession(PartySession):
         result = validation_summary(labels, pd, score_points, limits, policy.approve_at, policy.review_at, groups)
         result["calibration_fit"] = calibration.to_json() if self.spec.calibrate else None
         result["points_histogram"] = points_histogram(labels, score_points)
+        result["scorecard"] = self.scorecard() if self.binner is not None else None
         return result
+
+    def own_bin_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, bad rows) per bin of its own attributes, in its weights' order."""
+        columns = self.bin_columns[:, :-1]          # without the intercept
+        total = self.weights.size - 1
+        labels = np.repeat(self.train_labels, columns.shape[1])
+        rows = np.bincount(columns.ravel(), minlength=total)
+        bads = np.bincount(columns.ravel(), weights=labels, minlength=total)
+        return rows.astype(np.int64), np.rint(bads).astype(np.int64)
+
+    def scorecard(self) -> list[dict]:
+        """Its own scorecard table: each attribute's training count, bad rate, WOE, weight and points."""
+        rows, bads = self.own_bin_counts()
+        return scorecard_rows(self.model(), self.policy, rows, bads)
 
     def _limit_base(self) -> np.ndarray:
         """The policy's limit basis per row (e.g. LIMIT_BAL), zero when it holds none: no limit suggested."""

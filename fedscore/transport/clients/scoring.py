@@ -31,8 +31,8 @@ class ScoringClient(ServiceClient):
         request = pb.OpenScoringRequest(job_id=job_id, job=codec.spec_to_proto(spec), settings_json=settings_json)
         return self._call("OpenScoring", request, timeout=max(self.peer.timeout, 300.0))
 
-    def score(self, applicant_id: str, features: dict[str, float], consent: str, job_id: str = "") -> pb.ScoreReply:
-        request = pb.ScoreRequest(job_id=job_id, applicant_id=applicant_id, features=features, consent=consent)
+    def score(self, applicant_id: str, features: dict[str, float | str | None], consent: str, job_id: str = "") -> pb.ScoreReply:
+        request = codec.score_request(job_id, applicant_id, features, consent)
         return self._call("Score", request)
 
     def settle(self, job_id: str) -> pb.SettleScoringReply:
