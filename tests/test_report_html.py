@@ -98,12 +98,19 @@ def test_each_party_sees_its_own_weights_and_the_card_center_sees_partners_only_
         for other, features in everyone.items():
             if other != name:
                 assert not any(cell(f) in page for f in features), f"{name}'s page names {other}'s columns"
-    assert "ROC" in pages["guest"] and "ROC" not in pages["bureau"]   # only the card center has the curves
+    roc = 'alt="ROC curves'
+    assert roc in pages["guest"] and roc not in pages["bureau"]   # only the card center has the curves
 
     center = (folder / "report.html").read_text()
     assert all(cell(f) in center for f in everyone["guest"])
     assert not any(cell(f) in center for f in everyone["bureau"] | everyone["shop"])
     assert cell("partners combined (2)") in center
+    assert report["binning"] == "quantile" and cell("spread of bin weights") in center   # the default: binned
+    for name, model in models.items():   # each bin of each own feature, with its weight
+        assert model.binned
+        for feature, labels in ((f.feature, f.labels) for f in model.binner.features):
+            assert all(f"<td class=name>{feature}</td><td class=name>{html.escape(label)}</td>" in pages[name]
+                       for label in labels), (name, feature)
     assert not any(f"{w:+.4f}" in center for name in ("bureau", "shop") for w in models[name].weights)
 
 
@@ -137,8 +144,12 @@ def test_the_curves_are_the_run_s_scores_seen_through_sklearn_and_numpy(run, key
 
     shares = curves["variance_shares"]
     assert sum(shares["features"]) + shares["partners"] == pytest.approx(1.0, abs=1e-5)
-    assert curves["card_center"]["features"] == list(center.table.feature_names)
-    np.testing.assert_allclose(curves["card_center"]["weights"], weights["guest"][:-1], atol=1e-12)
+    assert curves["card_center"]["features"] == list(center.features)
+    if center.binner is None:
+        np.testing.assert_allclose(curves["card_center"]["weights"], weights["guest"][:-1], atol=1e-12)
+    else:   # binned: each feature's spread between its lowest and highest bin weight
+        blocks = center.binner.weight_blocks(weights["guest"][:-1])
+        np.testing.assert_allclose(curves["card_center"]["weights"], [b.max() - b.min() for b in blocks], atol=1e-12)
     # nothing per row: every list is a curve, a histogram or a handful of bins
     lists = [v for part in ("federated", "local_only", "score_histogram") for v in curves[part].values()]
     assert max(len(v) for v in lists) <= 201 and len(federated["bads"]) < len(test) / 5
@@ -235,7 +246,7 @@ def synthetic_run(n: int = 3000, seed: int = 21) -> dict:
         "local_only": rank_curve(labels[half:], log_odds[half:] + rng.normal(0, 1, n - half)).to_json(),
         "score_histogram": score_histogram(labels[half:], log_odds[half:]),
         "psi": psi_json(log_odds[:half], log_odds[half:]),
-        "card_center": {"party": "guest", "features": ["AGE", "LIMIT_BAL"], "weights": [-0.2, 0.4], "intercept": -1.5},
+        "card_center": {"party": "guest", "features": ["AGE", "LIMIT_BAL"], "weights": [0.2, 0.45], "intercept": -1.5},
         "variance_shares": {"features": [0.2, 0.5], "partners": 0.3, "partner_count": 1},
         "points_histogram": points_histogram(labels[half:], points[half:]),
     }
@@ -244,7 +255,7 @@ def synthetic_run(n: int = 3000, seed: int = 21) -> dict:
                                  {k: v[test] for k, v in groups.items()})
     return {
         "job": "validation", "job_id": "job-1", "auc": 0.7, "ks": 0.3, "test_auc": 0.69, "test_ks": 0.29,
-        "loss": [0.69, 0.6, 0.58], "epochs": 3, "epochs_planned": 3, "train_rows": half, "test_rows": n - half,
+        "loss": [0.69, 0.6, 0.58], "binning": "quantile", "epochs": 3, "epochs_planned": 3, "train_rows": half, "test_rows": n - half,
         "parties": [{"name": "guest", "role": "card_center"}, {"name": "bureau", "role": "partner"}],
         "evaluation": curves_,
         **summary,
@@ -276,6 +287,7 @@ def test_a_report_with_validation_keys_renders_every_section_with_its_numbers():
     assert "Stability: training vs held-out rows (same period; not an out-of-time check)" in page
     alts = [alt for alt, _ in images(page)]
     assert alts == expected_images(report)
+    assert cell("spread of bin weights") in page and cell("0.4500") in page
     assert all(image.format == "PNG" and non_white(image) > 1000 for _, image in images(page))
 
     # calibration: the sentence's numbers and each decile's predicted and observed rates
@@ -319,11 +331,12 @@ def test_an_old_report_without_validation_keys_still_renders():
     for key in ("brier", "log_loss", "mean_pd", "observed_default_rate", "calibration", "gains", "decision_bands",
                 "fairness", "iv", "scorecard", "calibration_fit"):
         del report[key]
-    del report["evaluation"]["points_histogram"]
+    del report["evaluation"]["points_histogram"], report["binning"]
     page = render_report(report)
     assert not any(title in page for title in VALIDATION_TITLES)
     assert [alt for alt, _ in images(page)] == expected_images(report)
     assert "<h2>Weights: guest (card center)</h2>" in page
+    assert cell("weight") in page and cell("spread of bin weights") not in page   # no "binning": standardised
 
     bare = render_report({"job": "old", "job_id": "job-0", "auc": 0.7, "loss": [0.6], "parties": []})
     assert "carries no curves" in bare and not any(title in bare for title in VALIDATION_TITLES)

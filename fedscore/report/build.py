@@ -69,6 +69,7 @@ def build_report(
         "train_rows": train_rows,
         "test_rows": rows - train_rows,
         "key_bits": spec.key_bits,
+        "binning": spec.binning.method,      # "none": standardised columns; else binned attributes
         "public_key_fingerprint": public_key.fingerprint(),
         "learning_rate": spec.learning_rate,
         "batch_size": spec.batch_size,

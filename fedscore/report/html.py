@@ -170,26 +170,41 @@ def stability_section(psi: dict | None) -> str:
     )
 
 
-def card_center_section(curves: dict, with_weights: bool = True) -> str:
-    """The card center's weights by name and each part's share of the score's variance; partners as one total."""
+def card_center_section(curves: dict, with_weights: bool = True, binned: bool = False) -> str:
+    """The card center's weights by name and each part's share of the score's variance; partners as one total.
+
+    ``binned``: each feature's "weight" is the spread of its bins' weights (how far it can move the log-odds).
+    """
     own, shares = curves["card_center"], curves["variance_shares"]
-    rows = [[name, f"{w:+.4f}", _percent(s)] for name, w, s in zip(own["features"], own["weights"], shares["features"])]
+    sign = "" if binned else "+"
+    rows = [[name, f"{w:{sign}.4f}", _percent(s)]
+            for name, w, s in zip(own["features"], own["weights"], shares["features"])]
     rows.append(["intercept", f"{own['intercept']:+.4f}", "—"])
     rows.append([f"partners combined ({shares['partner_count']})", "—", _percent(shares["partners"])])
-    weights = _image(plots.weights(own["features"], own["weights"], f"{own['party']}: weights by feature"),
+    weights = _image(plots.weights(own["features"], own["weights"], f"{own['party']}: weights by feature", binned),
                      "the card center's weights") if with_weights else ""
+    encoding = (
+        "Each feature is binned on the training rows and each bin has its own weight; the number here is the spread "
+        "between a feature's lowest and highest bin weight, how far the feature can move the log-odds."
+        if binned else "Weights apply to each column standardised on the training rows."
+    )
     return (
         f"<h2>Weights: {_text(own['party'])} (card center)</h2>"
-        + _table(["feature", "weight", "share of score variance"], rows)
+        + _table(["feature", "spread of bin weights" if binned else "weight", "share of score variance"], rows)
         + weights
         + _image(plots.variance_shares(own["features"], shares["features"], shares["partners"], shares["partner_count"]),
                  "shares of the score's variance")
-        + "<p class=note>Weights apply to each column standardised on the training rows. The card center learns the "
+        + f"<p class=note>{encoding} The card center learns the "
           "partners' part of each score only as one sum, so partners appear here as one total; each partner's own "
           "weights are on the page its daemon wrote beside its model. A share is cov(part, score) / var(score) "
           "over the training rows: the shares add up to 100%, and a part that works against the others is "
           "negative.</p>"
     )
+
+
+def binned(report: dict) -> bool:
+    """Whether the job binned its columns (reports from before binning carry no "binning" key)."""
+    return report.get("binning") not in (None, "none")
 
 
 # -- validation sections (fedscore.model.validation): each only when its key is in the report -------------
@@ -424,7 +439,7 @@ def render_report(report: dict) -> str:
     sections = [summary_section(report), comparison_section(report, curves), loss_section(report.get("loss", []))]
     if curves:
         sections += [distribution_section(curves), points_section(curves, report), stability_section(curves["psi"]),
-                     card_center_section(curves)]
+                     card_center_section(curves, binned=binned(report))]
     else:
         sections.append("<p class=note>This report carries no curves (made by an older coordinator).</p>")
     validation = validation_sections(report)
@@ -447,26 +462,50 @@ def summary_section(report: dict) -> str:
     ])
 
 
-def render_party_page(model: PartyModel, rows: int, train_rows: int, evaluation: dict | None = None) -> str:
-    """One party's own page: its columns and weights; the card center adds the evaluation it computed."""
+def _standardised_weights(model: PartyModel) -> str:
     values = [[name, f"{w:+.4f}", f"{m:.4g}", f"{s:.4g}"]
               for name, w, m, s in zip(model.features, model.weights, model.mean, model.scale)]
     if model.intercept is not None:
         values.append(["intercept", f"{model.intercept:+.4f}", "", ""])
-    sections = [
-        f"<h2>Weights of {_text(model.party)} ({_text(model.role.replace('_', ' '))})</h2>"
-        f"<p>Trained on {train_rows} of the {rows} applicants every party holds.</p>"
-        + _table(["feature", "weight", "training mean", "training std"], values)
+    return (
+        _table(["feature", "weight", "training mean", "training std"], values)
         + _image(plots.weights(model.features, model.weights, f"{model.party}: weights by feature"),
                  f"{model.party}'s weights")
         + "<p class=note>Written by this party's daemon from its own model file; it never leaves this machine. "
           "Weights apply to each column standardised with the training mean and std above.</p>"
-    ]
+    )
+
+
+def _binned_weights(model: PartyModel) -> str:
+    """One row per bin: the weight an applicant in it adds to the log-odds of default."""
+    features = model.binner.features
+    blocks = model.binner.weight_blocks(model.weights)
+    values = [[f.feature, label, f"{w:+.4f}"] for f, block in zip(features, blocks) for label, w in zip(f.labels, block)]
+    if model.intercept is not None:
+        values.append(["intercept", "", f"{model.intercept:+.4f}"])
+    spreads = [float(block.max() - block.min()) if len(block) else 0.0 for block in blocks]
+    return (
+        _table(["feature", "bin", "weight"], values, names=2)
+        + _image(plots.weights([f.feature for f in features], spreads, f"{model.party}: spread of bin weights", True),
+                 f"{model.party}'s weights")
+        + "<p class=note>Written by this party's daemon from its own model file; it never leaves this machine. "
+          "Each feature is binned on this party's training rows; an applicant adds the weight of the bin they fall "
+          "in (log-odds of default; > 0 raises the risk). The chart shows each feature's spread between its lowest "
+          "and highest bin weight.</p>"
+    )
+
+
+def render_party_page(model: PartyModel, rows: int, train_rows: int, evaluation: dict | None = None) -> str:
+    """One party's own page: its columns and weights; the card center adds the evaluation it computed."""
+    heading = (f"<h2>Weights of {_text(model.party)} ({_text(model.role.replace('_', ' '))})</h2>"
+               f"<p>Trained on {train_rows} of the {rows} applicants every party holds.</p>")
+    own = _binned_weights(model) if model.binned else _standardised_weights(model)
+    sections = [heading + own]
     if evaluation is not None and evaluation.get("curves"):
         curves = evaluation["curves"]
         sections += [comparison_section(evaluation, curves), distribution_section(curves),
                      points_section(curves, evaluation), stability_section(curves["psi"]),
-                     card_center_section(curves, with_weights=False)]
+                     card_center_section(curves, with_weights=False, binned=model.binned)]
     if evaluation is not None:
         iv = evaluation.get("iv") or {}
         own = {**evaluation, "iv": {model.party: iv[model.party]} if model.party in iv else None}

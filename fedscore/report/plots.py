@@ -101,13 +101,17 @@ def stability(psi: dict) -> bytes:
     return _png(figure)
 
 
-def weights(names: list[str], values: list[float], title: str) -> bytes:
+def weights(names: list[str], values: list[float], title: str, spreads: bool = False) -> bytes:
+    """Signed weights per standardised column, or (``spreads``) each binned feature's spread of bin weights."""
     order = np.argsort(np.abs(values))
     figure, axes = _figure(height=max(2.2, 0.8 + 0.32 * len(names)))
-    shown = np.asarray(values)[order]
-    axes.barh([names[i] for i in order], shown, color=[BADS if v > 0 else GOODS for v in shown])
+    shown = np.asarray(values, dtype=float)[order]
+    colours = [FEDERATED] * len(shown) if spreads else [BADS if v > 0 else GOODS for v in shown]
+    axes.barh([names[i] for i in order], shown, color=colours)
     axes.axvline(0, color="black", linewidth=0.8)
-    axes.set(xlabel="weight per standard deviation (log-odds of default; > 0 raises the risk)", title=title)
+    xlabel = ("highest minus lowest bin weight (log-odds of default)" if spreads
+              else "weight per standard deviation (log-odds of default; > 0 raises the risk)")
+    axes.set(xlabel=xlabel, title=title)
     return _png(figure)
 
 
