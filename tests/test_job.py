@@ -1,20 +1,24 @@
 """A JobSpec survives the wire and the checkpoint text whole: every field, each set away from its default."""
 from __future__ import annotations
 
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, asdict, fields, replace
 
 import pytest
 
 from fedscore.crypto.obfuscation import STANDARD
 from fedscore.errors import DataError
-from fedscore.job import KEY_BITS, JobSpec, PartySpec, Step, check_job_id
+from fedscore.job import KEY_BITS, Binning, JobSpec, PartySpec, Step, check_job_id
 from fedscore.job_file import parse_job
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.transport import codec
 
 # values a generic rule below cannot guess: the field's own rules restrict them
-CHOSEN = {"key_bits": 3072, "obfuscation": STANDARD, "validation": 0.25, "label": "default_flag"}
+CHOSEN = {
+    "key_bits": 3072, "obfuscation": STANDARD, "validation": 0.25, "label": "default_flag",
+    "binning": Binning(method="none", max_bins=7, min_bin_share=0.1, min_iv=0.02, max_features=5, monotonic=False,
+                       special_values=(("PAY_0", (-2.0, -1.0)),)),
+}
 
 
 def other_than_default(cls: type, name: str, kind: str, default: object) -> object:
@@ -98,10 +102,13 @@ def test_a_job_file_that_names_nothing_gets_every_jobspec_default():
 
 def test_every_plain_field_is_a_job_file_key():
     spec = full_spec()
-    job = {f.name: getattr(spec, f.name) for f in fields(JobSpec) if f.name not in ("parties", "fees", "coordinator_address")}
+    job = {f.name: getattr(spec, f.name) for f in fields(JobSpec)
+           if f.name not in ("parties", "fees", "coordinator_address", "binning")}
+    job["protected"] = list(spec.protected)
     parties = [{"name": p.name, "data": p.data, "id": list(p.id_columns), "label": p.label or "", "address": p.address}
                for p in spec.parties]
-    document = {"job": job, "parties": parties, "fees": spec.fees.to_dict(),
+    binning = {**asdict(spec.binning), "special_values": {c: list(v) for c, v in spec.binning.special_values}}
+    document = {"job": job, "parties": parties, "fees": spec.fees.to_dict(), "binning": binning,
                 "coordinator": {"address": spec.coordinator_address}}
     assert parse_job(document) == spec
 

@@ -134,7 +134,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
     spec, base = load_job(trained / "job.toml")
     settings = load_scoring(trained / "job.toml")
     applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str)
-    features = SPLIT["card_center"]
+    features = [c for c in SPLIT["card_center"] if c not in spec.protected]   # protected columns stay out
     with LocalConsortium(spec, base, trained / "state", 1, settings.consent_issuers) as consortium:
         client = ScoringClient(consortium.spec.card_center.address, consortium.spec.card_center.name,
                                consortium.card_center_identity)
@@ -233,7 +233,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
 def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
     applicants = pd.read_csv(trained / "test-applicants.csv", dtype=str).iloc[50:53].reset_index(drop=True)
     applicants.loc[1, "consent"] = applicants.loc[0, "consent"]     # someone else's consent
-    applicants.loc[2, "AGE"] = "thirty"
+    applicants.loc[2, "LIMIT_BAL"] = "lots"    # text is data for a binned attribute, but the limit scales this one
     path = tmp_path / "bad.csv"
     applicants.to_csv(path, index=False)
     output = tmp_path / "out.csv"
