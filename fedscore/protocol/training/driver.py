@@ -1,5 +1,8 @@
 """The order of a training job's messages, driven by the coordinator.
 
+Before the first step of a job that bins (fedscore.protocol.training.bin_statistics):
+  card center: masked_bin_sums -> coordinator decrypts each partner's masked bin sums
+  card center: apply_bin_sums  (WOE and IV, features kept by IV everywhere) -> each party's column count
 Per step:
   1. card center: forward_step   (gathers [[U_k]], hands out [[D − U_k]])
   2. every party: masked_gradient -> coordinator decrypts g + r
@@ -69,6 +72,16 @@ def history_from_chain(entries: list[dict]) -> dict[Step, StepRecord]:
 RECOVERABLE = (PeerError, UnknownJobError)
 
 
+def select_features(coordinator: CoordinatorSession, center: CardCenterHandle) -> dict[str, int]:
+    """The bin-statistics round and feature selection by IV; the coordinator learns each party's column count."""
+    masked = center.masked_bin_sums()
+    values = {name: coordinator.decrypt_masked_bin_sums(name, ciphertexts) for name, ciphertexts in masked.items()}
+    columns = center.apply_bin_sums(values)
+    for name, count in columns.items():
+        coordinator.expect_columns(name, count)
+    return columns
+
+
 def run_training(
     coordinator: CoordinatorSession,
     card_center: tuple[str, CardCenterHandle],
@@ -80,12 +93,14 @@ def run_training(
     on_step: Callable[[Step, int, float, float, dict[str, str]], None] | None = None,
     history: dict[Step, StepRecord] | None = None,
     recover: Callable[[Exception], dict[Step, StepRecord]] | None = None,
+    on_columns: Callable[[dict[str, int]], None] | None = None,
 ) -> TrainingResult:
     """Train; ``on_step(step, rows, loss, seconds, digests)`` follows every step (the audit chain).
 
     ``history``: steps already on the chain (a resumed job skips them). ``recover(error)``: called when a step
     fails recoverably; it waits for every member, rewinds them to the chain's last step and returns the
-    chain's steps, and the job goes on from there (it raises when a member stays down).
+    chain's steps, and the job goes on from there (it raises when a member stays down). ``on_columns(columns)``
+    follows the feature selection of a job that bins, done before its first step (not again on resume).
     """
     spec = coordinator.spec
     center_name, center = card_center
@@ -106,6 +121,21 @@ def run_training(
         if on_step is not None:
             on_step(step, len(rows), loss, seconds, {**center_digests, **coordinator.step_digests(step)})
         return StepRecord(len(rows), loss, seconds)
+
+    while spec.binning.enabled and not done:
+        started = time.perf_counter()
+        try:
+            columns = select_features(coordinator, center)
+        except RECOVERABLE as error:
+            if recover is None:
+                raise
+            done = recover(error)
+            continue
+        if on_columns is not None:
+            on_columns(columns)
+        progress(Progress("select", seconds=time.perf_counter() - started,
+                          message=f"features selected by information value; columns per party: {columns_text(columns)}"))
+        break
 
     for epoch in range(spec.epochs):
         plan = batches(train_rows, spec.batch_size, spec.seed, epoch)
@@ -158,3 +188,7 @@ def run_training(
             recover(error)
     progress(Progress("evaluate", seconds=time.perf_counter() - started))
     return result
+
+
+def columns_text(columns: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in columns.items())
