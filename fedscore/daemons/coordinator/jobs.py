@@ -1,7 +1,7 @@
 """A job on the coordinator, from its first call to its report, as one object that cleans up after itself.
 
 A job runs in its own thread: key generation, preparing every party, the
-chain's genesis, alignment, the training steps (fedscore.protocol.training)
+chain's genesis, alignment, with bins the bin statistics and feature selection, the training steps (fedscore.protocol.training)
 over gRPC clients, evaluation, and asking each party to write its model.
 Once training starts the job is checkpointed (checkpoint.py), so when a
 member dies mid-job the coordinator waits for it to come back and every
@@ -208,6 +208,13 @@ class RunningJob:
         center = self.spec.card_center.name
         for name, reply in checkpoint.replies.items():
             self.coordinator.expect_columns(name, reply["features"] + (1 if name == center else 0))
+        for name, count in (checkpoint.columns or {}).items():   # after the selection by IV
+            self.coordinator.expect_columns(name, count)
+        self._save()
+
+    def _selected(self, columns: dict[str, int]) -> None:
+        """Features selected by IV: each party's column count, kept for a restarted coordinator."""
+        self.checkpoint.columns = dict(columns)
         self._save()
 
     def _save(self) -> None:
@@ -282,7 +289,7 @@ class RunningJob:
             self.coordinator, (center, clients[center]), {p.name: clients[p.name] for p in self.spec.partners},
             train_rows=self.train_rows, total_rows=self.rows, progress=progress, cancelled=cancelled,
             on_step=lambda *event: append_block(self.ledger, clients, [step_entry(*event)]),
-            history=history, recover=lambda error: self.recover(error, progress),
+            history=history, recover=lambda error: self.recover(error, progress), on_columns=self._selected,
         )
 
     def _report(self, finished: dict) -> dict:
