@@ -55,7 +55,7 @@ def synthetic_parties(folder: Path) -> list[dict]:
 
 
 def consortium_for(folder: Path, keypair, pool, binning: Binning = Binning(), **job):
-    spec, base = load_job(write_job(folder, synthetic_parties(folder), validation=0.25, **job))
+    spec, base = load_job(write_job(folder, synthetic_parties(folder), **{"validation": 0.25, **job}))
     spec = dataclasses.replace(spec, binning=binning)
     return build_consortium(spec, load_tables(spec, base), pool, keypair)
 
@@ -188,3 +188,22 @@ def test_bin_statistics_out_of_order_and_forged_are_refused(tmp_path, keypair, i
         consortium.partners["partner_a"].keep_features(["nothing"])
     with pytest.raises(ProtocolError, match="encrypted labels"):
         consortium.partners["partner_a"].encrypted_bin_sums(center.encrypted_labels()[:-1])
+
+
+def test_daemons_select_the_same_features_and_train_the_same_model(tmp_path, keypair, inline_pool):
+    from fedscore.cli.runner import run_job_file
+    from fedscore.model.model_file import PartyModel
+
+    settings = dict(epochs=2, batch_size=90, learning_rate=0.3, validation=0.25)
+    job = write_job(tmp_path, synthetic_parties(tmp_path), **settings)
+    job.write_text(job.read_text() + "\n[binning]\nmin_iv = 0.1\n")
+    report = run_job_file(job, local=True, workers=1)
+
+    consortium = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1), **settings)
+    simulate(consortium)
+    sessions = {consortium.card_center.party: consortium.card_center, **consortium.partners}
+    models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
+    for name, session in sessions.items():
+        assert models[name].features == session.features and len(session.features) < len(session.model_features())
+        weights = models[name].weights + ([] if models[name].intercept is None else [models[name].intercept])
+        np.testing.assert_allclose(weights, session.weights, rtol=0, atol=1e-9)
