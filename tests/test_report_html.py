@@ -19,7 +19,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from fedscore.model.model_file import PartyModel
 from fedscore.report.build import html_path
-from fedscore.report.html import render_report
+from fedscore.model.curves import population_stability, probability, rank_curve, score_histogram
+from fedscore.model.validation import points_histogram, validation_summary
+from fedscore.report.html import render_party_page, render_report
 from fedscore.cli.runner import run_job_file
 
 from conftest import DATA, trained_weights, write_job
@@ -142,6 +144,18 @@ def test_the_curves_are_the_run_s_scores_seen_through_sklearn_and_numpy(run, key
     assert max(len(v) for v in lists) <= 201 and len(federated["bads"]) < len(test) / 5
 
 
+def expected_images(report: dict) -> list[str]:
+    """The page's plots in order; the validation plots only when the report holds their data."""
+    points = report["evaluation"].get("points_histogram") is not None
+    return [
+        "ROC curves of the federated and the card-center-only model", "KS curve of the federated score",
+        "training loss per epoch", "score distribution of goods and bads",
+        *(["score distribution in points of goods and bads"] if points else []),
+        "score shares per bin, training and held-out rows", "the card center's weights", "shares of the score's variance",
+        *(["reliability: observed against predicted default rate"] if report.get("calibration") else []),
+    ]
+
+
 def screenshot(page: Path, out: Path, height: int) -> Image.Image:
     """What a person sees: the page in headless Chromium, ``height`` pixels tall, 1200 wide."""
     with tempfile.TemporaryDirectory() as profile:
@@ -171,11 +185,7 @@ def test_the_plots_are_on_the_page_in_headless_chromium(run, tmp_path):
     folder, _, report = run
     page = folder / "report.html"
     drawn = images(page.read_text())
-    assert [alt for alt, _ in drawn] == [
-        "ROC curves of the federated and the card-center-only model", "KS curve of the federated score",
-        "training loss per epoch", "score distribution of goods and bads",
-        "score shares per bin, training and held-out rows", "the card center's weights", "shares of the score's variance",
-    ]
+    assert [alt for alt, _ in drawn] == expected_images(report)
     for alt, image in drawn:
         assert image.format == "PNG" and image.width >= 600 and image.height >= 200, alt
         assert non_white(image) > 0.03 * image.width * image.height, f"{alt}: blank"
@@ -200,3 +210,142 @@ def _white_like(match: re.Match) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", image.size, "white").save(buffer, format="PNG")
     return f'<img alt="{match.group(1)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+# -- validation sections, from report dicts (no run needed) --------------------------------------------------
+
+VALIDATION_TITLES = ("<h2>Calibration</h2>", "<h2>Gains and lift</h2>", "<h2>Decision bands</h2>", "<h2>Fairness</h2>",
+                     "<h2>Information value</h2>", "<h2>Scorecard</h2>", "<h2>Score distribution in points</h2>")
+
+
+def synthetic_run(n: int = 3000, seed: int = 21) -> dict:
+    """A report dict as a coordinator would write it, from random scores: curves plus every validation key."""
+    rng = np.random.default_rng(seed)
+    log_odds = rng.normal(-1.5, 1.0, n)
+    pd_ = 1 / (1 + np.exp(-log_odds))
+    labels = (rng.uniform(size=n) < pd_).astype(int)
+    points = 600 - 20 * log_odds / np.log(2)
+    limits = np.where(points >= 620, 50_000.0, np.where(points >= 580, 25_000.0, 0.0))
+    groups = {"SEX": rng.choice([1, 2], n), "AGE": rng.integers(21, 70, n),
+              "REGION": np.r_[rng.choice(["north", "south"], n - 10), ["islands"] * 10]}
+    half = n // 2
+    curves_ = {
+        "rows": "held-out", "row_count": n - half, "bads": int(labels[half:].sum()),
+        "federated": rank_curve(labels[half:], log_odds[half:]).to_json(),
+        "local_only": rank_curve(labels[half:], log_odds[half:] + rng.normal(0, 1, n - half)).to_json(),
+        "score_histogram": score_histogram(labels[half:], log_odds[half:]),
+        "psi": psi_json(log_odds[:half], log_odds[half:]),
+        "card_center": {"party": "guest", "features": ["AGE", "LIMIT_BAL"], "weights": [-0.2, 0.4], "intercept": -1.5},
+        "variance_shares": {"features": [0.2, 0.5], "partners": 0.3, "partner_count": 1},
+        "points_histogram": points_histogram(labels[half:], points[half:]),
+    }
+    test = slice(half, None)
+    summary = validation_summary(labels[test], pd_[test], points[test], limits[test], 620.0, 580.0,
+                                 {k: v[test] for k, v in groups.items()})
+    return {
+        "job": "validation", "job_id": "job-1", "auc": 0.7, "ks": 0.3, "test_auc": 0.69, "test_ks": 0.29,
+        "loss": [0.69, 0.6, 0.58], "epochs": 3, "epochs_planned": 3, "train_rows": half, "test_rows": n - half,
+        "parties": [{"name": "guest", "role": "card_center"}, {"name": "bureau", "role": "partner"}],
+        "evaluation": curves_,
+        **summary,
+        "iv": {"guest": {"AGE": 0.08, "LIMIT_BAL": 0.21, "SEX": 0.004}, "bureau": {"PAY_0": 0.87}},
+        "scorecard": [
+            {"characteristic": "AGE", "bin": [None, 30], "count": 700, "bad_rate": 0.31, "woe": -0.2534,
+             "weight": 0.81, "points": 12.5},
+            {"characteristic": "AGE", "bin": [30, None], "count": 800, "bad_rate": 0.18, "woe": 0.4123,
+             "weight": 0.81, "points": 31.0},
+            {"characteristic": "SEX", "bin": "female", "count": 900, "bad_rate": 0.2, "woe": 0.0912,
+             "weight": 1.02, "points": 24},
+        ],
+        "calibration_fit": {"slope": 0.9731, "intercept": -0.0412},
+    }
+
+
+def psi_json(train: np.ndarray, test: np.ndarray) -> dict:
+    stability = population_stability(train, test)
+    return {"edges": [round(float(e), 3) for e in probability(stability["edges"])],
+            "training": stability["expected"].tolist(), "held_out": stability["actual"].tolist(),
+            "terms": stability["terms"].tolist(), "total": stability["total"]}
+
+
+def test_a_report_with_validation_keys_renders_every_section_with_its_numbers():
+    report = synthetic_run()
+    page = render_report(report)
+    for title in VALIDATION_TITLES:
+        assert title in page, title
+    assert "Stability: training vs held-out rows (same period; not an out-of-time check)" in page
+    alts = [alt for alt, _ in images(page)]
+    assert alts == expected_images(report)
+    assert all(image.format == "PNG" and non_white(image) > 1000 for _, image in images(page))
+
+    # calibration: the sentence's numbers and each decile's predicted and observed rates
+    assert f"Brier score {report['brier']:.4f}" in page and f"log-loss {report['log_loss']:.4f}" in page
+    rate = report["observed_default_rate"]
+    assert f"would score {rate * (1 - rate):.4f}" in page
+    assert f"Mean predicted PD {100 * report['mean_pd']:.2f}%" in page and f"rate of {100 * rate:.2f}%" in page
+    assert "slope 0.9731" in page and "intercept -0.0412" in page
+    for row in report["calibration"]:
+        assert cell(f"{100 * row['predicted']:.2f}%") in page and cell(f"{100 * row['observed']:.2f}%") in page
+
+    # gains: lift and cumulative share per decile
+    for row in report["gains"]:
+        assert cell(f"{row['lift']:.2f}×") in page and cell(f"{100 * row['cumulative_bads_share']:.1f}%") in page
+
+    # decision bands: counts and credit limits
+    for row in report["decision_bands"]:
+        assert f"<td class=name>{row['decision']}</td>" in page
+        assert cell(str(row["count"])) in page and cell(f"{row['total_limit']:,.0f}") in page
+    assert cell("≥ 620") in page and cell("580 – 620") in page and cell("&lt; 580") in page
+
+    # fairness: the ratio and verdict of each attribute; the small group flagged
+    for name, attribute in report["fairness"].items():
+        assert cell(name) in page and cell(f"{attribute['adverse_impact_ratio']:.3f}") in page
+    assert cell("small: not judged") in page and cell("islands") in page
+    assert "(numbers cut into quantile bands)" in page
+
+    # information value, largest first, with its reading; the scorecard's bins and points
+    iv_table = page[page.index("<h2>Information value</h2>"):page.index("<h2>Scorecard</h2>")]
+    at = [iv_table.index(cell(f)) for f in ("PAY_0", "LIMIT_BAL", "AGE", "SEX")]
+    assert at == sorted(at)
+    assert cell("check for leakage") in iv_table and cell("not useful") in iv_table
+    assert cell("0.8700") in iv_table and cell("medium") in iv_table and cell("weak") in iv_table
+    scorecard = page[page.index("<h2>Scorecard</h2>"):]
+    assert cell("[−∞, 30)") in scorecard and cell("[30, +∞)") in scorecard and cell("female") in scorecard
+    assert cell("12.5") in scorecard and cell("-0.2534") in scorecard and cell("24") in scorecard
+
+
+def test_an_old_report_without_validation_keys_still_renders():
+    report = synthetic_run()
+    for key in ("brier", "log_loss", "mean_pd", "observed_default_rate", "calibration", "gains", "decision_bands",
+                "fairness", "iv", "scorecard", "calibration_fit"):
+        del report[key]
+    del report["evaluation"]["points_histogram"]
+    page = render_report(report)
+    assert not any(title in page for title in VALIDATION_TITLES)
+    assert [alt for alt, _ in images(page)] == expected_images(report)
+    assert "<h2>Weights: guest (card center)</h2>" in page
+
+    bare = render_report({"job": "old", "job_id": "job-0", "auc": 0.7, "loss": [0.6], "parties": []})
+    assert "carries no curves" in bare and not any(title in bare for title in VALIDATION_TITLES)
+
+
+def test_keys_present_but_empty_render_nothing_and_a_partial_report_renders_what_it_has():
+    report = {**synthetic_run(), "calibration": None, "gains": [], "fairness": None, "iv": {}, "scorecard": None,
+              "decision_bands": None, "calibration_fit": None}
+    page = render_report(report)
+    assert "<h2>Calibration</h2>" in page and f"Brier score {report['brier']:.4f}" in page   # the sentence alone
+    assert "reliability" not in page and "Recalibration" not in page
+    assert not any(t in page for t in VALIDATION_TITLES if t not in ("<h2>Calibration</h2>",
+                                                                     "<h2>Score distribution in points</h2>"))
+
+
+def test_the_card_center_s_own_page_shows_validation_but_only_its_own_information_values():
+    report = synthetic_run()
+    evaluation = {**{k: v for k, v in report.items() if k != "evaluation"}, "curves": report["evaluation"]}
+    model = PartyModel(party="guest", role="card_center", job_id="job-1", job_name="validation",
+                       id_columns=["id"], features=["AGE", "LIMIT_BAL"], weights=[-0.2, 0.4], mean=[40.0, 1e5],
+                       scale=[10.0, 5e4], intercept=-1.5)
+    page = render_party_page(model, 3000, 1500, evaluation)
+    assert "<h2>Calibration</h2>" in page and "<h2>Scorecard</h2>" in page
+    iv_table = page[page.index("<h2>Information value</h2>"):page.index("<h2>Scorecard</h2>")]
+    assert cell("LIMIT_BAL") in iv_table and cell("PAY_0") not in iv_table

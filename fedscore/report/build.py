@@ -17,6 +17,14 @@ from fedscore.protocol.training.driver import TrainingResult
 METRICS = (
     "auc", "ks", "test_auc", "test_ks", "local_only_auc", "local_only_ks", "local_only_test_auc", "local_only_test_ks",
 )
+# Validation of a credit-grade scorecard (fedscore.model.validation), copied from the card center's metrics when
+# present, else None: brier, log_loss, mean_pd, observed_default_rate (floats); calibration, gains, decision_bands
+# (lists of rows); fairness ({attribute: {...}}); iv ({party: {feature: value}}); scorecard (list of
+# {characteristic, bin, count, bad_rate, woe, weight, points}); calibration_fit ({slope, intercept}).
+VALIDATION = (
+    "brier", "log_loss", "mean_pd", "observed_default_rate", "calibration", "gains", "decision_bands", "fairness",
+    "iv", "scorecard", "calibration_fit",
+)
 NO_AUDIT = {"ledgers": None, "head": None, "blocks": None, "settlement": None}
 
 
@@ -44,6 +52,7 @@ def build_report(
         "job": spec.name,
         "job_id": job_id,
         **{key: metrics.get(key) for key in METRICS},
+        **{key: metrics.get(key) for key in VALIDATION},
         "evaluation": metrics.get("curves"),   # the HTML report's curves: aggregates only (fedscore.model.curves)
         "loss": result.losses,
         "epoch_seconds": result.epoch_seconds,

@@ -95,7 +95,7 @@ def stability(psi: dict) -> bytes:
     axes.bar(positions + 0.2, 100 * held_out, 0.4, color="#e39b2d", label="held-out rows")
     axes.set_xticks(positions, [str(i + 1) for i in positions])
     axes.set(xlabel="bin of the training scores, lowest risk first", ylabel="% of rows",
-             title=f"Population stability: PSI {psi['total']:.4f}",
+             title=f"Stability, training vs held-out rows: PSI {psi['total']:.4f}",
              ylim=(0, 135 * max(training.max(), held_out.max())))   # room for the legend above the bars
     axes.legend(loc="upper left", ncol=2)
     return _png(figure)
@@ -119,4 +119,39 @@ def variance_shares(names: list[str], shares: list[float], partners: float, part
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set(xlabel="% of the federated score's variance (training rows)",
              title="Where the score's spread comes from")
+    return _png(figure)
+
+
+def reliability(calibration: list[dict], rows: str) -> bytes:
+    """Observed against predicted default rate per PD group: on the diagonal when the PD is calibrated."""
+    predicted = np.asarray([row["predicted"] for row in calibration], float)
+    observed = np.asarray([row["observed"] for row in calibration], float)
+    top = min(1.0, 1.1 * max(predicted.max(), observed.max(), 0.01))
+    figure, axes = _figure(height=5.2, width=6.0)
+    axes.plot([0, top], [0, top], color="#cccccc", linestyle="--", linewidth=1, label="perfect calibration")
+    axes.plot(predicted, observed, color=FEDERATED, marker="o", linewidth=2, label="PD groups")
+    axes.set(xlim=(0, top), ylim=(0, top), xlabel="predicted default rate (mean PD)",
+             ylabel="observed default rate", title=f"Reliability, {rows} rows")
+    axes.set_aspect("equal")
+    axes.legend(loc="upper left")
+    return _png(figure)
+
+
+def points_distribution(histogram: dict, rows: str, cut_offs: list[tuple[str, float]] = ()) -> bytes:
+    """Goods and bads per points bin (each as a share of its group), with the decision cut-offs drawn."""
+    edges = np.asarray(histogram["edges"], float)
+    goods, bads = np.asarray(histogram["goods"], float), np.asarray(histogram["bads"], float)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    figure, axes = _figure()
+    axes.bar(centres - width / 4, 100 * goods / max(goods.sum(), 1), width / 2, color=GOODS,
+             label=f"goods ({int(goods.sum())})")
+    axes.bar(centres + width / 4, 100 * bads / max(bads.sum(), 1), width / 2, color=BADS,
+             label=f"bads ({int(bads.sum())})")
+    for name, at in cut_offs:
+        axes.axvline(at, color="black", linestyle=":", linewidth=1.2)
+        axes.annotate(name, (at, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+                      textcoords="offset points", fontsize=9, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    axes.set(xlim=(edges[0], edges[-1]), xlabel="scorecard points (higher = lower risk)", ylabel="% of the group",
+             title=f"Score distribution in points, {rows} rows")
+    axes.legend(loc="upper right")
     return _png(figure)

@@ -40,7 +40,6 @@ class Checkpoint:
     started: float                     # wall-clock seconds since the epoch
     restarts: int = 0                  # times the coordinator restarted during this job
     result: TrainingResult | None = None   # once trained and evaluated
-    columns: dict[str, int] | None = None  # party -> gradient values per step, once features are selected by IV
 
     def to_json(self) -> str:
         return json.dumps({
@@ -48,7 +47,6 @@ class Checkpoint:
             "replies": self.replies, "summary": self.summary, "obfuscation_seconds": self.obfuscation_seconds,
             "started": self.started, "restarts": self.restarts,
             "result": dataclasses.asdict(self.result) if self.result is not None else None,
-            "columns": self.columns,
         }, indent=1)
 
     @classmethod
@@ -58,7 +56,6 @@ class Checkpoint:
             document["job_id"], codec.spec_from_text(document["spec"]), document["replies"], document["summary"],
             document["obfuscation_seconds"], document["started"], document["restarts"],
             TrainingResult(**document["result"]) if document.get("result") else None,
-            document.get("columns"),
         )
 
 

@@ -163,8 +163,10 @@ class RunningJob:
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.time() - started}
         if spec.precompute_epochs:
             progress(Progress("prepare", message=f"parties making {spec.precompute_epochs} epoch(s) of obfuscators in advance"))
-        obfuscation_seconds = max(call_each(clients, lambda name, c: c.start_training()).values())
-        replies = {name: {"role": r.role, "features": r.features, "rows": r.rows} for name, r in replies.items()}
+        started_training = call_each(clients, lambda name, c: c.start_training())
+        obfuscation_seconds = max(r.obfuscation_seconds for r in started_training.values())
+        replies = {name: {"role": r.role, "features": r.features, "rows": r.rows, "columns": started_training[name].columns}
+                   for name, r in replies.items()}
         self._training(Checkpoint(job_id, spec, replies, summary, obfuscation_seconds, started))
         return None
 
@@ -205,16 +207,14 @@ class RunningJob:
     def _training(self, checkpoint: Checkpoint) -> None:
         """Training is open: how many gradient values each party sends, and the checkpoint."""
         self.checkpoint = checkpoint
-        center = self.spec.card_center.name
         for name, reply in checkpoint.replies.items():
-            self.coordinator.expect_columns(name, reply["features"] + (1 if name == center else 0))
-        for name, count in (checkpoint.columns or {}).items():   # after the selection by IV
-            self.coordinator.expect_columns(name, count)
+            self.coordinator.expect_columns(name, reply["columns"])
         self._save()
 
     def _selected(self, columns: dict[str, int]) -> None:
-        """Features selected by IV: each party's column count, kept for a restarted coordinator."""
-        self.checkpoint.columns = dict(columns)
+        """Features selected by IV: each party's column count from now on, kept for a restarted coordinator."""
+        for name, count in columns.items():
+            self.checkpoint.replies[name]["columns"] = count
         self._save()
 
     def _save(self) -> None:

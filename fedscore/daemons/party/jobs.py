@@ -204,7 +204,7 @@ class Jobs:
         job.session = session
         self.checkpoint(job)
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(job.aligned_rows), job.table.rows)
-        return pb.StartTrainingReply(obfuscation_seconds=seconds)
+        return pb.StartTrainingReply(obfuscation_seconds=seconds, columns=session.weights.size)
 
     def _open_session(self, job: PreparedJob) -> PartySession:
         common = (job.job_id, job.spec, self.name, job.table.subset(job.aligned_rows), job.public_key, self.pool)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedscore.errors import PeerError, UnknownJobError
+from fedscore.errors import PeerError, ProtocolError, UnknownJobError
 from fedscore.model.rows import batches
 from fedscore.protocol.ports import CardCenterHandle, PartnerControlHandle, PartyHandle
 from fedscore.protocol.training.coordinator import CoordinatorSession
@@ -77,6 +77,9 @@ def select_features(coordinator: CoordinatorSession, center: CardCenterHandle) -
     masked = center.masked_bin_sums()
     values = {name: coordinator.decrypt_masked_bin_sums(name, ciphertexts) for name, ciphertexts in masked.items()}
     columns = center.apply_bin_sums(values)
+    members = {party.name for party in coordinator.spec.parties}
+    if set(columns) != members or min(columns.values()) < 1:
+        raise ProtocolError("the card center's column counts after the selection do not name every party once")
     for name, count in columns.items():
         coordinator.expect_columns(name, count)
     return columns

@@ -26,9 +26,9 @@ class JobsClient(JobClient):
         )
         return self._call("PrepareJob", request)
 
-    def start_training(self) -> float:
-        """Open the training session; returns the seconds spent making obfuscators in advance."""
-        return self._call("StartTraining", self._ref()).obfuscation_seconds
+    def start_training(self) -> pb.StartTrainingReply:
+        """Open the training session: the seconds spent making obfuscators in advance, and its column count."""
+        return self._call("StartTraining", self._ref())
 
     def finish_job(self) -> pb.FinishJobReply:
         return self._call("FinishJob", self._ref())

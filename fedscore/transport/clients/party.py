@@ -53,7 +53,7 @@ class PartyJobClient(PartyClient, ChainMember):
     def prepare_job(self, spec: JobSpec) -> pb.PrepareJobReply:
         return self.jobs.prepare_job(spec)
 
-    def start_training(self) -> float:
+    def start_training(self) -> pb.StartTrainingReply:
         return self.jobs.start_training()
 
     def finish_job(self) -> pb.FinishJobReply:
