@@ -4,6 +4,7 @@ every party, training then equals numpy gradient descent, and a partner sees onl
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,28 @@ def test_daemons_select_the_same_features_and_train_the_same_model(tmp_path, key
         assert models[name].features == session.features and len(session.features) < len(session.model_features())
         weights = models[name].weights + ([] if models[name].intercept is None else [models[name].intercept])
         np.testing.assert_allclose(weights, session.weights, rtol=0, atol=1e-9)
+
+
+def test_the_card_center_keeps_its_bin_statistics_across_a_restart(tmp_path, keypair, inline_pool):
+    consortium = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1))
+    center = consortium.card_center
+    select_features(consortium.coordinator, center)
+    saved = json.loads(json.dumps(center.checkpoint()))   # as the checkpoint file holds it
+    again = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1)).card_center
+    again.restore(saved)
+    assert (again.iv, again.bin_statistics, again.dropped_by_iv) == (center.iv, center.bin_statistics, center.dropped_by_iv)
+    assert again.features == center.features and again.weights.size == center.weights.size
+
+
+def test_a_partner_names_its_features_as_its_config_says(tmp_path):
+    from fedscore.daemons.config import load_party_config
+    from fedscore.errors import ConfigError
+
+    path = tmp_path / "party.toml"
+    path.write_text('[party]\nname = "bureau"\n')
+    assert load_party_config(path).feature_names == "real"
+    path.write_text('[party]\nname = "bureau"\nfeature_names = "opaque"\n')
+    assert load_party_config(path).feature_names == "opaque"
+    path.write_text('[party]\nname = "bureau"\nfeature_names = "hidden"\n')
+    with pytest.raises(ConfigError, match="feature_names must be one of real, opaque, got 'hidden'"):
+        load_party_config(path)

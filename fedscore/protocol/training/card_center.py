@@ -282,3 +282,16 @@ class CardCenterSession(PartySession):
             log.warning("party %s: dropped by information value below %g or beyond the %d best: %s", self.party,
                         settings.min_iv, settings.max_features, ", ".join(dropped))
         return {self.party: int(self.weights.size), **{name: int(count) for name, count in columns.items()}}
+
+    def checkpoint(self) -> dict:
+        """The training state, and the bin statistics once gathered (a restarted card center still reports them)."""
+        state = super().checkpoint()
+        if self.iv is not None:
+            state["bin_statistics"] = {"iv": self.iv, "bins": self.bin_statistics, "dropped": self.dropped_by_iv}
+        return state
+
+    def restore(self, checkpoint: dict) -> None:
+        super().restore(checkpoint)
+        saved = checkpoint.get("bin_statistics")
+        if saved is not None:
+            self.iv, self.bin_statistics, self.dropped_by_iv = saved["iv"], saved["bins"], saved["dropped"]
