@@ -25,9 +25,11 @@ from fedscore.crypto import paillier
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, SCORE_BITS, encode_scores
 from fedscore.errors import ProtocolError
 from fedscore.model import curves, metrics
-from fedscore.model.calibration import IDENTITY, Calibration, fit_calibration
+from fedscore.model.calibration import IDENTITY, Calibration, fit_calibration, sigmoid
+from fedscore.model.validation import points_histogram, validation_summary
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerTrainingHandle
+from fedscore.protocol.scoring.scorecard import ScoringPolicy, credit_limit, points
 from fedscore.protocol.training import bin_statistics as binstats
 from fedscore.protocol.training.bin_statistics import BinSums
 from fedscore.protocol.training.fanout import call_each
@@ -52,6 +54,7 @@ class CardCenterSession(PartySession):
         self._loss_part: mpz | None = None
         self.evaluation: dict | None = None   # the last evaluate()'s metrics and curves, for this party's own page
         self.calibration: Calibration | None = None   # fitted at evaluation, when the job calibrates
+        self.policy = ScoringPolicy()   # decisions and limits in the report: the scoring policy (the default unless set)
 
     def model_features(self) -> list[str]:
         """Its columns without the protected ones, unless the job keeps them (never as reasons)."""
@@ -178,7 +181,36 @@ class CardCenterSession(PartySession):
             result["local_only_test_auc"] = metrics.auc(labels[test], local_scores[test])
             result["local_only_test_ks"] = metrics.ks(labels[test], local_scores[test])
         result["curves"] = self.curves(scores, local_scores, partner_scores, held_out)
+        result.update(self.validation(scores, test if held_out else train))
+        result["curves"]["points_histogram"] = result.pop("points_histogram")
         return result
+
+    def validation(self, scores: np.ndarray, rows: np.ndarray) -> dict:
+        """What a bank's model validation reads, on ``rows`` (the held-out rows when there are any): the
+        calibrated probabilities' Brier, log-loss, mean against the observed rate and calibration table; gains;
+        the decisions and limits the scoring policy would give; fairness by protected attribute (its own
+        columns); the attributes' points and information value."""
+        calibration = self.calibration or IDENTITY
+        policy = self.policy
+        log_odds = calibration.log_odds(scores[rows])
+        pd = sigmoid(log_odds)
+        score_points = np.array([points(u, policy) for u in log_odds.tolist()])
+        base = self._limit_base()[rows]
+        limits = np.array([credit_limit(p, b, policy) for p, b in zip(score_points.tolist(), base.tolist())])
+        groups = {name: values[rows] for name, values in self.protected_columns().items()}
+        labels = self.labels[rows]
+        result = validation_summary(labels, pd, score_points, limits, policy.approve_at, policy.review_at, groups)
+        result["calibration_fit"] = calibration.to_json() if self.spec.calibrate else None
+        result["points_histogram"] = points_histogram(labels, score_points)
+        return result
+
+    def _limit_base(self) -> np.ndarray:
+        """The policy's limit basis per row (e.g. LIMIT_BAL), zero when it holds none: no limit suggested."""
+        name = self.policy.limit_basis
+        if name not in self.table.feature_names or name in self.table.text:
+            return np.zeros(self.table.rows)
+        values = self.table.column(name)
+        return np.where(np.isfinite(values), values, 0.0)
 
     def feature_weights(self) -> list[float]:
         """One number per feature for the report's bar chart: its weight, or with bins the spread of its bin weights."""
