@@ -18,7 +18,7 @@ from fedscore.job_file import load_job
 from fedscore.model.binning import bin_counts, woe_iv
 from fedscore.model.taylor import fit_gradient_descent
 from fedscore.protocol.training.bin_statistics import features_to_keep, shown_names
-from fedscore.protocol.training.driver import select_features
+from fedscore.protocol.training.driver import select_features_by_iv
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate
 
 from conftest import write_job
@@ -89,7 +89,7 @@ def test_federated_bin_counts_and_iv_equal_plaintext(tmp_path, keypair, inline_p
     sessions = {center.party: center, **consortium.partners}
     expected = {name: plaintext_statistics(s, labels) for name, s in sessions.items()}   # before any selection
 
-    columns = select_features(coordinator, center)
+    columns = select_features_by_iv(coordinator, center)
 
     assert set(center.iv) == set(sessions) == set(center.bin_statistics)
     for party, features in expected.items():
@@ -150,7 +150,7 @@ def test_a_partner_sees_only_ciphertexts_and_shows_opaque_names(tmp_path, keypai
     partner.keep_features = lambda names: (asked.append(list(names)), keep(names))[1]
     features = list(partner.features)
 
-    select_features(consortium.coordinator, center)
+    select_features_by_iv(consortium.coordinator, center)
 
     [labels] = received
     plain = center.train_labels.astype(int).tolist()
@@ -213,7 +213,7 @@ def test_daemons_select_the_same_features_and_train_the_same_model(tmp_path, key
 def test_the_card_center_keeps_its_bin_statistics_across_a_restart(tmp_path, keypair, inline_pool):
     consortium = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1))
     center = consortium.card_center
-    select_features(consortium.coordinator, center)
+    select_features_by_iv(consortium.coordinator, center)
     saved = json.loads(json.dumps(center.checkpoint()))   # as the checkpoint file holds it
     again = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1)).card_center
     again.restore(saved)
@@ -233,3 +233,14 @@ def test_a_partner_names_its_features_as_its_config_says(tmp_path):
     path.write_text('[party]\nname = "bureau"\nfeature_names = "hidden"\n')
     with pytest.raises(ConfigError, match="feature_names must be one of real, opaque, got 'hidden'"):
         load_party_config(path)
+
+
+def test_the_coordinator_decrypts_only_one_value_per_partner_bin(tmp_path, keypair, inline_pool):
+    consortium = consortium_for(tmp_path, keypair, inline_pool)
+    coordinator, partner = consortium.coordinator, consortium.partners["partner_a"]
+    bins = partner.weights.size
+    with pytest.raises(ProtocolError, match=f"{bins + 1} bin sums for partner 'partner_a'; it has {bins} bins"):
+        coordinator.decrypt_masked_bin_sums("partner_a", inline_pool.encrypt(keypair[0], [0] * (bins + 1)))
+    with pytest.raises(ProtocolError, match="'center', which is not a partner"):
+        coordinator.decrypt_masked_bin_sums("center", inline_pool.encrypt(keypair[0], [0]))
+    assert coordinator.decrypt_masked_bin_sums("partner_a", inline_pool.encrypt(keypair[0], list(range(bins)))) == list(range(bins))

@@ -59,7 +59,12 @@ class CoordinatorSession:
 
     def decrypt_masked_bin_sums(self, party: str, masked: list[mpz]) -> list[int]:
         """s + r mod n for each bin of partner ``party`` (its bad count plus the card center's uniform mask),
-        returned to the card center."""
+        returned to the card center. Only for a partner, and exactly one value per bin of its (one column per
+        bin): the card center cannot have anything else decrypted here."""
+        if party not in {p.name for p in self.spec.partners}:
+            raise ProtocolError(f"bin sums of {party!r}, which is not a partner of job {self.spec.name!r}")
+        if len(masked) != self._columns.get(party, len(masked)):
+            raise ProtocolError(f"{len(masked)} bin sums for partner {party!r}; it has {self._columns[party]} bins")
         return self._decrypt_masked(masked)
 
     def _decrypt_masked(self, masked: list[mpz]) -> list[int]:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -70,9 +71,10 @@ def history_from_chain(entries: list[dict]) -> dict[Step, StepRecord]:
 # What a step's failure may be, when a member died or restarted mid-step: a peer that does not answer,
 # or one that answers it has no such job any more. Anything else (a refusal, a wrong size) stops the job.
 RECOVERABLE = (PeerError, UnknownJobError)
+Result = TypeVar("Result")
 
 
-def select_features(coordinator: CoordinatorSession, center: CardCenterHandle) -> dict[str, int]:
+def select_features_by_iv(coordinator: CoordinatorSession, center: CardCenterHandle) -> dict[str, int]:
     """The bin-statistics round and feature selection by IV; the coordinator learns each party's column count."""
     masked = center.masked_bin_sums()
     values = {name: coordinator.decrypt_masked_bin_sums(name, ciphertexts) for name, ciphertexts in masked.items()}
@@ -83,6 +85,17 @@ def select_features(coordinator: CoordinatorSession, center: CardCenterHandle) -
     for name, count in columns.items():
         coordinator.expect_columns(name, count)
     return columns
+
+
+def retried(action: Callable[[], Result], recover: Callable[[Exception], object] | None) -> Result:
+    """``action()``, again after ``recover(error)`` each time a member died under it (no recover: the error)."""
+    while True:
+        try:
+            return action()
+        except RECOVERABLE as error:
+            if recover is None:
+                raise
+            recover(error)
 
 
 def run_training(
@@ -125,20 +138,14 @@ def run_training(
             on_step(step, len(rows), loss, seconds, {**center_digests, **coordinator.step_digests(step)})
         return StepRecord(len(rows), loss, seconds)
 
-    while spec.binning.enabled and not done:
+    if spec.binning.enabled and not done:
+        progress(Progress("select", message="bin statistics at the card center, then features selected by information value"))
         started = time.perf_counter()
-        try:
-            columns = select_features(coordinator, center)
-        except RECOVERABLE as error:
-            if recover is None:
-                raise
-            done = recover(error)
-            continue
+        columns = retried(lambda: select_features_by_iv(coordinator, center), recover)
         if on_columns is not None:
             on_columns(columns)
         progress(Progress("select", seconds=time.perf_counter() - started,
                           message=f"features selected by information value; columns per party: {columns_text(columns)}"))
-        break
 
     for epoch in range(spec.epochs):
         plan = batches(train_rows, spec.batch_size, spec.seed, epoch)
@@ -178,17 +185,12 @@ def run_training(
         previous_loss = epoch_loss
     result.steps = len(done)
 
+    def evaluate() -> dict:
+        seeds = call_each(partners, lambda name, p: p.score_mask_seed())
+        return center.evaluate(coordinator.score_mask_sum(list(seeds.values()), total_rows))
+
     started = time.perf_counter()
-    while True:
-        try:
-            seeds = call_each(partners, lambda name, p: p.score_mask_seed())
-            mask_sum = coordinator.score_mask_sum(list(seeds.values()), total_rows)
-            result.metrics = center.evaluate(mask_sum)
-            break
-        except RECOVERABLE as error:
-            if recover is None:
-                raise
-            recover(error)
+    result.metrics = retried(evaluate, recover)
     progress(Progress("evaluate", seconds=time.perf_counter() - started))
     return result
 
