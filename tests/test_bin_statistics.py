@@ -244,3 +244,30 @@ def test_the_coordinator_decrypts_only_one_value_per_partner_bin(tmp_path, keypa
     with pytest.raises(ProtocolError, match="'center', which is not a partner"):
         coordinator.decrypt_masked_bin_sums("center", inline_pool.encrypt(keypair[0], [0]))
     assert coordinator.decrypt_masked_bin_sums("partner_a", inline_pool.encrypt(keypair[0], list(range(bins)))) == list(range(bins))
+
+
+def test_a_partner_lost_during_the_round_is_waited_for_and_the_round_runs_again(tmp_path, keypair, inline_pool):
+    from fedscore.errors import PeerError
+    from fedscore.protocol.training.driver import run_training
+
+    consortium = consortium_for(tmp_path, keypair, inline_pool, Binning(min_iv=0.1), epochs=1)
+    center, partner = consortium.card_center, consortium.partners["partner_b"]
+    answer = partner.encrypted_bin_sums
+    calls: list[int] = []
+
+    def flaky(labels):
+        calls.append(len(labels))
+        if len(calls) == 1:
+            raise PeerError("partner 'partner_b' did not answer")
+        return answer(labels)
+
+    partner.encrypted_bin_sums = flaky
+    recovered: list[Exception] = []
+    selected: list[dict] = []
+    run_training(consortium.coordinator, (center.party, center), consortium.partners,
+                 train_rows=len(center.train_rows), total_rows=center.table.rows,
+                 recover=lambda error: recovered.append(error) or {}, on_columns=selected.append)
+
+    assert len(calls) == 2 and len(recovered) == 1
+    assert selected == [{name: s.weights.size for name, s in {center.party: center, **consortium.partners}.items()}]
+    assert center.dropped_by_iv["partner_a"] and partner.features == ["tenure"]
