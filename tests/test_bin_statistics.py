@@ -185,6 +185,8 @@ def test_bin_statistics_out_of_order_and_forged_are_refused(tmp_path, keypair, i
     forged = dict(values, partner_b=[v + 1 for v in values["partner_b"]])   # one bad more in every bin
     with pytest.raises(ProtocolError, match="partner 'partner_b'.*not counts"):
         center.apply_bin_sums(forged)
+    with pytest.raises(ProtocolError, match="asked to keep none of its features"):
+        consortium.partners["partner_a"].keep_features([])
     with pytest.raises(ProtocolError, match="asked to keep a feature it does not show"):
         consortium.partners["partner_a"].keep_features(["nothing"])
     with pytest.raises(ProtocolError, match="encrypted labels"):

@@ -1,8 +1,9 @@
 """The coordinator's own computations: it holds the Paillier private key.
 
-It decrypts only masked gradients and masked bin sums (uniform in Z_n whatever
-they hide), the batch loss (one number), and sums the partners' evaluation mask seeds. It
-never receives a partial score, a residual or a label, encrypted or not.
+It decrypts only masked gradients and masked bin sums (uniform in Z_n
+whatever they hide), the batch loss (one number), and sums the partners'
+evaluation mask seeds. It never receives a partial score, a residual or a
+label, encrypted or not.
 """
 from __future__ import annotations
 

@@ -86,6 +86,8 @@ class PartnerSession(PartySession):
     @one_message_at_a_time
     def keep_features(self, keep: list[str]) -> int:
         """Train on the features ``keep`` names (as shown) only; returns its column count from now on."""
+        if self.features and not keep:
+            raise ProtocolError(f"{self.party}: asked to keep none of its features; it would have no part in the model")
         dropped = self.select_features(binstats.real_names(self.party, self.features, self.shown_features(), keep))
         if dropped:
             log.warning("party %s: the card center dropped by information value: %s", self.party, ", ".join(dropped))
