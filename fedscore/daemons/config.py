@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedscore.errors import ConfigError
 from fedscore.job import KEY_BITS, NAME_PATTERN
+from fedscore.protocol.training.bin_statistics import FEATURE_NAMINGS
 from fedscore.toml_tables import read_toml, refuse_unknown, take
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-
 EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir"}
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
-    "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id",
+    "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
 }
 
 
@@ -49,6 +50,8 @@ class DaemonConfig:
     scoring_table: str = "applicants"
     scoring_id: str = "id"
     card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
+    feature_names: str = "real"             # as a partner, its features' names in the card center's statistics:
+                                            # "real", or "opaque" ("<party>:f1", "<party>:f2"... in its columns' order)
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
 
@@ -125,6 +128,9 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
     for center in card_centers:
         if not (isinstance(center, str) and NAME_PATTERN.fullmatch(center)):
             raise ConfigError(f"{where}: card_centers must be a list of member names, got {center!r}")
+    feature_names = take(table, "feature_names", str, DaemonConfig.feature_names, where)
+    if feature_names not in FEATURE_NAMINGS:
+        raise ConfigError(f"{where}: feature_names must be one of {', '.join(FEATURE_NAMINGS)}, got {feature_names!r}")
     return {
         "data_dir": _path(table, "data_dir", "data", base, where),   # must exist when the daemon starts
         "min_key_bits": min_key_bits,
@@ -137,6 +143,7 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "scoring_table": take(table, "scoring_table", str, DaemonConfig.scoring_table, where),
         "scoring_id": take(table, "scoring_id", str, DaemonConfig.scoring_id, where),
         "card_centers": tuple(card_centers),
+        "feature_names": feature_names,
     }
 
 

@@ -660,6 +660,16 @@ class TrainingStub:
                 request_serializer=fedscore__pb2.MaskedGradientValues.SerializeToString,
                 response_deserializer=fedscore__pb2.Empty.FromString,
                 _registered_method=True)
+        self.MaskedBinSums = channel.unary_unary(
+                '/fedscore.v1.Training/MaskedBinSums',
+                request_serializer=fedscore__pb2.JobRef.SerializeToString,
+                response_deserializer=fedscore__pb2.MaskedBinSumsReply.FromString,
+                _registered_method=True)
+        self.ApplyBinSums = channel.unary_unary(
+                '/fedscore.v1.Training/ApplyBinSums',
+                request_serializer=fedscore__pb2.BinSumValues.SerializeToString,
+                response_deserializer=fedscore__pb2.ColumnCounts.FromString,
+                _registered_method=True)
         self.ForwardStep = channel.unary_unary(
                 '/fedscore.v1.Training/ForwardStep',
                 request_serializer=fedscore__pb2.StepRef.SerializeToString,
@@ -679,6 +689,16 @@ class TrainingStub:
                 '/fedscore.v1.Training/ScoreMaskSeed',
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.Seed.FromString,
+                _registered_method=True)
+        self.EncryptedBinSums = channel.stream_unary(
+                '/fedscore.v1.Training/EncryptedBinSums',
+                request_serializer=fedscore__pb2.IntegerBlock.SerializeToString,
+                response_deserializer=fedscore__pb2.BinSumsReply.FromString,
+                _registered_method=True)
+        self.KeepFeatures = channel.unary_unary(
+                '/fedscore.v1.Training/KeepFeatures',
+                request_serializer=fedscore__pb2.KeepFeaturesRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.KeepFeaturesReply.FromString,
                 _registered_method=True)
         self.EncryptedPartial = channel.unary_stream(
                 '/fedscore.v1.Training/EncryptedPartial',
@@ -718,9 +738,22 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ForwardStep(self, request, context):
-        """coordinator -> card center
+    def MaskedBinSums(self, request, context):
+        """coordinator -> card center; with bins, before the first step: each partner's masked bin sums, then the
+        decrypted values back (features selected by information value everywhere), each party's column count
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyBinSums(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardStep(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -744,9 +777,22 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EncryptedPartial(self, request, context):
+    def EncryptedBinSums(self, request_iterator, context):
         """card center -> partner
+        [[y_i]] per training row; step: the job only
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepFeatures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncryptedPartial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -782,6 +828,16 @@ def add_TrainingServicer_to_server(servicer, server):
                     request_deserializer=fedscore__pb2.MaskedGradientValues.FromString,
                     response_serializer=fedscore__pb2.Empty.SerializeToString,
             ),
+            'MaskedBinSums': grpc.unary_unary_rpc_method_handler(
+                    servicer.MaskedBinSums,
+                    request_deserializer=fedscore__pb2.JobRef.FromString,
+                    response_serializer=fedscore__pb2.MaskedBinSumsReply.SerializeToString,
+            ),
+            'ApplyBinSums': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyBinSums,
+                    request_deserializer=fedscore__pb2.BinSumValues.FromString,
+                    response_serializer=fedscore__pb2.ColumnCounts.SerializeToString,
+            ),
             'ForwardStep': grpc.unary_unary_rpc_method_handler(
                     servicer.ForwardStep,
                     request_deserializer=fedscore__pb2.StepRef.FromString,
@@ -801,6 +857,16 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.ScoreMaskSeed,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.Seed.SerializeToString,
+            ),
+            'EncryptedBinSums': grpc.stream_unary_rpc_method_handler(
+                    servicer.EncryptedBinSums,
+                    request_deserializer=fedscore__pb2.IntegerBlock.FromString,
+                    response_serializer=fedscore__pb2.BinSumsReply.SerializeToString,
+            ),
+            'KeepFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepFeatures,
+                    request_deserializer=fedscore__pb2.KeepFeaturesRequest.FromString,
+                    response_serializer=fedscore__pb2.KeepFeaturesReply.SerializeToString,
             ),
             'EncryptedPartial': grpc.unary_stream_rpc_method_handler(
                     servicer.EncryptedPartial,
@@ -877,6 +943,60 @@ class Training:
             '/fedscore.v1.Training/ApplyGradient',
             fedscore__pb2.MaskedGradientValues.SerializeToString,
             fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MaskedBinSums(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Training/MaskedBinSums',
+            fedscore__pb2.JobRef.SerializeToString,
+            fedscore__pb2.MaskedBinSumsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyBinSums(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Training/ApplyBinSums',
+            fedscore__pb2.BinSumValues.SerializeToString,
+            fedscore__pb2.ColumnCounts.FromString,
             options,
             channel_credentials,
             insecure,
@@ -985,6 +1105,60 @@ class Training:
             '/fedscore.v1.Training/ScoreMaskSeed',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Seed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncryptedBinSums(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedscore.v1.Training/EncryptedBinSums',
+            fedscore__pb2.IntegerBlock.SerializeToString,
+            fedscore__pb2.BinSumsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Training/KeepFeatures',
+            fedscore__pb2.KeepFeaturesRequest.SerializeToString,
+            fedscore__pb2.KeepFeaturesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,13 +13,17 @@ Who holds which handle:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from gmpy2 import mpz
 
 from fedscore.job import Step
+
+if TYPE_CHECKING:
+    from fedscore.protocol.training.bin_statistics import BinSums
 
 
 class PartyHandle(Protocol):
@@ -30,7 +34,11 @@ class PartyHandle(Protocol):
 
 
 class CardCenterHandle(PartyHandle, Protocol):
-    """What the coordinator asks of the card center: the residual, the loss and the evaluation."""
+    """What the coordinator asks of the card center: the bin statistics and feature selection before the first
+    step, the residual, the loss and the evaluation."""
+
+    def masked_bin_sums(self) -> dict[str, list[mpz]]: ...
+    def apply_bin_sums(self, values: Mapping[str, list[int]]) -> dict[str, int]: ...
 
     def forward_step(self, step: Step) -> None: ...
     def loss_share(self, step: Step) -> tuple[mpz, dict[str, str]]: ...
@@ -44,7 +52,10 @@ class PartnerControlHandle(PartyHandle, Protocol):
 
 
 class PartnerTrainingHandle(Protocol):
-    """How the card center reaches a partner during training."""
+    """How the card center reaches a partner during training (and, with bins, before its first step)."""
+
+    def encrypted_bin_sums(self, encrypted_labels: list[mpz]) -> "BinSums": ...
+    def keep_features(self, keep: list[str]) -> int: ...
 
     def encrypted_partial(self, step: Step) -> list[mpz]: ...
     def receive_residual(self, step: Step, residual: list[mpz]) -> None: ...

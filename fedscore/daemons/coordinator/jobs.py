@@ -1,7 +1,7 @@
 """A job on the coordinator, from its first call to its report, as one object that cleans up after itself.
 
 A job runs in its own thread: key generation, preparing every party, the
-chain's genesis, alignment, the training steps (fedscore.protocol.training)
+chain's genesis, alignment, with bins the bin statistics and feature selection, the training steps (fedscore.protocol.training)
 over gRPC clients, evaluation, and asking each party to write its model.
 Once training starts the job is checkpointed (checkpoint.py), so when a
 member dies mid-job the coordinator waits for it to come back and every
@@ -211,6 +211,12 @@ class RunningJob:
             self.coordinator.expect_columns(name, reply["columns"])
         self._save()
 
+    def _selected(self, columns: dict[str, int]) -> None:
+        """Features selected by IV: each party's column count from now on, kept for a restarted coordinator."""
+        for name, count in columns.items():
+            self.checkpoint.replies[name]["columns"] = count
+        self._save()
+
     def _save(self) -> None:
         self.folder.save(self.checkpoint, self.coordinator.private_key_json())
 
@@ -283,7 +289,7 @@ class RunningJob:
             self.coordinator, (center, clients[center]), {p.name: clients[p.name] for p in self.spec.partners},
             train_rows=self.train_rows, total_rows=self.rows, progress=progress, cancelled=cancelled,
             on_step=lambda *event: append_block(self.ledger, clients, [step_entry(*event)]),
-            history=history, recover=lambda error: self.recover(error, progress),
+            history=history, recover=lambda error: self.recover(error, progress), on_columns=self._selected,
         )
 
     def _report(self, finished: dict) -> dict:

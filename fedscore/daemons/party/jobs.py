@@ -212,7 +212,7 @@ class Jobs:
             partners = {name: client.training for name, client in job.partners.items()}
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
-            session = PartnerSession(*common)
+            session = PartnerSession(*common, feature_names=self.config.feature_names)
         session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session

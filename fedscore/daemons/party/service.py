@@ -116,6 +116,12 @@ class TrainingServicer(_Servicer, pb_grpc.TrainingServicer):
     def ApplyGradient(self, request, context):
         return self.domain.apply_gradient(request)
 
+    def MaskedBinSums(self, request, context):
+        return self.domain.masked_bin_sums(request)
+
+    def ApplyBinSums(self, request, context):
+        return self.domain.apply_bin_sums(request)
+
     def ForwardStep(self, request, context):
         return self.domain.forward_step(request)
 
@@ -127,6 +133,12 @@ class TrainingServicer(_Servicer, pb_grpc.TrainingServicer):
 
     def ScoreMaskSeed(self, request, context):
         return self.domain.score_mask_seed(request)
+
+    def EncryptedBinSums(self, request_iterator, context):
+        return self.domain.encrypted_bin_sums(request_iterator, context)
+
+    def KeepFeatures(self, request, context):
+        return self.domain.keep_features(request, context)
 
     def EncryptedPartial(self, request, context):
         yield from self.domain.encrypted_partial(request, context)

@@ -42,6 +42,28 @@ class Training:
 
     # -- coordinator -> card center ----------------------------------------------
 
+    def masked_bin_sums(self, request: pb.JobRef) -> pb.MaskedBinSumsReply:
+        session = self.jobs.session(self.jobs.get(request.job_id), CardCenterSession)
+        width = session.public_key.ciphertext_bytes
+        return pb.MaskedBinSumsReply(sums=[
+            pb.PartyIntegers(party=name, values=codec.single_block(values, width))
+            for name, values in session.masked_bin_sums().items()
+        ])
+
+    def apply_bin_sums(self, request: pb.BinSumValues) -> pb.ColumnCounts:
+        job = self.jobs.get(request.job_id)
+        session = self.jobs.session(job, CardCenterSession)
+        values: dict[str, list[int]] = {}
+        for item in request.values:
+            if item.party in values:
+                raise ProtocolError(f"{self.label}: bin sum values for partner {item.party!r} twice")
+            _, party_values = codec.join_integer_blocks([item.values], session.public_key.plaintext_bytes)
+            codec.check_residues(party_values, session.public_key)
+            values[item.party] = [int(v) for v in party_values]
+        columns = session.apply_bin_sums(values)
+        self.jobs.checkpoint(job)
+        return pb.ColumnCounts(columns=columns)
+
     def forward_step(self, request: pb.StepRef) -> pb.Empty:
         self.jobs.session(self.jobs.get(request.job_id), CardCenterSession).forward_step(codec.step_from_proto(request))
         return pb.Empty()
@@ -70,6 +92,25 @@ class Training:
         job = self.jobs.get(job_id)
         require_card_center(context, job, self.label)
         return self.jobs.session(job, PartnerSession)
+
+    def encrypted_bin_sums(self, requests, context: grpc.ServicerContext) -> pb.BinSumsReply:
+        first = next(requests, None)
+        if first is None or not first.HasField("step"):
+            raise ProtocolError(f"{self.label}: encrypted labels stream without a job header")
+        session = self._partner_session(first.step.job_id, context)
+        width = session.public_key.ciphertext_bytes
+        _, values = codec.join_integer_blocks(chain([first], requests), width)
+        codec.check_ciphertexts(values, session.public_key)
+        sums = session.encrypted_bin_sums(values)
+        return pb.BinSumsReply(features=sums.features, bins=sums.bins, rows=sums.rows,
+                               sums=codec.single_block(sums.sums, width))
+
+    def keep_features(self, request: pb.KeepFeaturesRequest, context: grpc.ServicerContext) -> pb.KeepFeaturesReply:
+        job = self.jobs.get(request.job_id)
+        require_card_center(context, job, self.label)
+        columns = self.jobs.session(job, PartnerSession).keep_features(list(request.features))
+        self.jobs.checkpoint(job)
+        return pb.KeepFeaturesReply(columns=columns)
 
     def encrypted_partial(self, request: pb.StepRef, context: grpc.ServicerContext) -> list[pb.IntegerBlock]:
         session = self._partner_session(request.job_id, context)

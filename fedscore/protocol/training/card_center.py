@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import dataclasses
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,9 +31,13 @@ from fedscore.model.attributes import scorecard_rows
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerTrainingHandle
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, credit_limit, points
+from fedscore.protocol.training import bin_statistics as binstats
+from fedscore.protocol.training.bin_statistics import BinSums
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.training.session import PartySession, one_message_at_a_time
 from fedscore.job import Step
+
+log = logging.getLogger("fedscore.training")
 
 
 class CardCenterSession(PartySession):
@@ -269,3 +274,72 @@ class CardCenterSession(PartySession):
                 "partner_count": len(self.partners),
             },
         }
+
+    # -- bin statistics and feature selection, before the first step (fedscore.protocol.training.bin_statistics)
+
+    iv: dict[str, dict[str, float]] | None = None          # party -> feature -> information value, every feature binned
+    bin_statistics: dict[str, list[dict]] | None = None    # party -> [{feature, bin, label, rows, bads, woe}]
+    dropped_by_iv: dict[str, list[str]] | None = None      # party -> features the selection dropped
+    _bin_sums: tuple[dict[str, BinSums], dict[str, list[int]]] | None = None   # answers and masks until applied
+
+    @one_message_at_a_time
+    def encrypted_labels(self) -> list[mpz]:
+        """[[y_i]] for the training rows, in their order, each freshly encrypted (partners sum them per bin)."""
+        return binstats.encrypted_labels(self)
+
+    @one_message_at_a_time
+    def masked_bin_sums(self) -> dict[str, list[mpz]]:
+        """Every partner's [[bads per bin + r]], r uniform in Z_n and kept here, for the coordinator to decrypt."""
+        if self._last_done is not None or self._state is not None:
+            raise ProtocolError(f"{self.party}: bin statistics are gathered before training starts")
+        labels = self.encrypted_labels()
+        answers: dict[str, BinSums] = call_each(self.partners, lambda name, p: p.encrypted_bin_sums(labels), "partner")
+        masked, masks = {}, {}
+        for name, sums in answers.items():
+            binstats.check_bin_sums(name, sums, len(self.train_rows))
+            masked[name], masks[name] = binstats.mask_bin_sums(
+                self.public_key, sums.sums, self.fresh_obfuscators(len(sums.sums))
+            )
+        self._bin_sums = (answers, masks)
+        return masked
+
+    @one_message_at_a_time
+    def apply_bin_sums(self, values: Mapping[str, list[int]]) -> dict[str, int]:
+        """Remove the masks from the decrypted bin sums, compute every party's WOE and IV, keep each party's
+        features by IV (partners are told theirs) and return each party's column count from now on."""
+        if self._bin_sums is None:
+            raise ProtocolError(f"{self.party}: bin sum values arrived before the bin sums were gathered")
+        answers, masks = self._bin_sums
+        if set(values) != set(answers):
+            raise ProtocolError(f"{self.party}: bin sum values for {len(values)} partners, expected {len(answers)}")
+        total_bads = int(self.train_labels.sum())
+        statistics = {self.party: binstats.own_statistics(self)}
+        for name, sums in answers.items():
+            bads = binstats.unmask_bin_sums(name, values[name], masks[name], self.public_key.n)
+            statistics[name] = binstats.partner_statistics(name, sums, bads, total_bads)
+        self._bin_sums = None
+        self.iv = {party: {s.feature: s.iv for s in stats} for party, stats in statistics.items()}
+        self.bin_statistics = {party: [row for s in stats for row in s.to_rows()] for party, stats in statistics.items()}
+        settings = self.spec.binning
+        keep = {party: binstats.features_to_keep(iv, settings.min_iv, settings.max_features)
+                for party, iv in self.iv.items()}
+        self.dropped_by_iv = {party: [f for f in self.iv[party] if f not in keep[party]] for party in self.iv}
+        columns = call_each(self.partners, lambda name, p: p.keep_features(keep[name]), "partner")
+        dropped = self.select_features(keep[self.party])
+        if dropped:
+            log.warning("party %s: dropped by information value below %g or beyond the %d best: %s", self.party,
+                        settings.min_iv, settings.max_features, ", ".join(dropped))
+        return {self.party: int(self.weights.size), **{name: int(count) for name, count in columns.items()}}
+
+    def checkpoint(self) -> dict:
+        """The training state, and the bin statistics once gathered (a restarted card center still reports them)."""
+        state = super().checkpoint()
+        if self.iv is not None:
+            state["bin_statistics"] = {"iv": self.iv, "bins": self.bin_statistics, "dropped": self.dropped_by_iv}
+        return state
+
+    def restore(self, checkpoint: dict) -> None:
+        super().restore(checkpoint)
+        saved = checkpoint.get("bin_statistics")
+        if saved is not None:
+            self.iv, self.bin_statistics, self.dropped_by_iv = saved["iv"], saved["bins"], saved["dropped"]

@@ -1,8 +1,9 @@
 """The coordinator's own computations: it holds the Paillier private key.
 
-It decrypts only masked gradients (uniform in Z_n whatever the gradient), the
-batch loss (one number), and sums the partners' evaluation mask seeds. It
-never receives a partial score, a residual or a label, encrypted or not.
+It decrypts only masked gradients and masked bin sums (uniform in Z_n
+whatever they hide), the batch loss (one number), and sums the partners'
+evaluation mask seeds. It never receives a partial score, a residual or a
+label, encrypted or not.
 """
 from __future__ import annotations
 
@@ -51,11 +52,25 @@ class CoordinatorSession:
             raise ProtocolError(
                 f"party {party!r} sent {len(masked)} gradient values; it has {self._columns[party]} columns"
             )
-        values = [self._private_key.decrypt(c) for c in masked]
+        values = self._decrypt_masked(masked)
         key = self.public_key
         self.facts.record(step.epoch, step.batch, f"gradient/{party}", pack(masked, key.ciphertext_bytes))
         self.facts.record(step.epoch, step.batch, f"gradient_values/{party}", pack(values, key.plaintext_bytes))
         return values
+
+    def decrypt_masked_bin_sums(self, party: str, masked: list[mpz]) -> list[int]:
+        """s + r mod n for each bin of partner ``party`` (its bad count plus the card center's uniform mask),
+        returned to the card center. Only for a partner, and exactly one value per bin of its (one column per
+        bin): the card center cannot have anything else decrypted here."""
+        if party not in {p.name for p in self.spec.partners}:
+            raise ProtocolError(f"bin sums of {party!r}, which is not a partner of job {self.spec.name!r}")
+        if len(masked) != self._columns.get(party, len(masked)):
+            raise ProtocolError(f"{len(masked)} bin sums for partner {party!r}; it has {self._columns[party]} bins")
+        return self._decrypt_masked(masked)
+
+    def _decrypt_masked(self, masked: list[mpz]) -> list[int]:
+        """Masked values: uniform in Z_n whatever they hide."""
+        return [self._private_key.decrypt(c) for c in masked]
 
     def decrypt_loss(self, encrypted_total: mpz, batch_rows: int, step: Step) -> float:
         """The batch's Taylor loss from [[Z]] = [[4·|B|·2^P·(loss − log 2 + 1/2)]]."""

@@ -1,5 +1,8 @@
 """The order of a training job's messages, driven by the coordinator.
 
+Before the first step of a job that bins (fedscore.protocol.training.bin_statistics):
+  card center: masked_bin_sums -> coordinator decrypts each partner's masked bin sums
+  card center: apply_bin_sums  (WOE and IV, features kept by IV everywhere) -> each party's column count
 Per step:
   1. card center: forward_step   (gathers [[U_k]], hands out [[D − U_k]])
   2. every party: masked_gradient -> coordinator decrypts g + r
@@ -14,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from fedscore.errors import PeerError, UnknownJobError
+from fedscore.errors import PeerError, ProtocolError, UnknownJobError
 from fedscore.model.rows import batches
 from fedscore.protocol.ports import CardCenterHandle, PartnerControlHandle, PartyHandle
 from fedscore.protocol.training.coordinator import CoordinatorSession
@@ -67,6 +71,31 @@ def history_from_chain(entries: list[dict]) -> dict[Step, StepRecord]:
 # What a step's failure may be, when a member died or restarted mid-step: a peer that does not answer,
 # or one that answers it has no such job any more. Anything else (a refusal, a wrong size) stops the job.
 RECOVERABLE = (PeerError, UnknownJobError)
+Result = TypeVar("Result")
+
+
+def select_features_by_iv(coordinator: CoordinatorSession, center: CardCenterHandle) -> dict[str, int]:
+    """The bin-statistics round and feature selection by IV; the coordinator learns each party's column count."""
+    masked = center.masked_bin_sums()
+    values = {name: coordinator.decrypt_masked_bin_sums(name, ciphertexts) for name, ciphertexts in masked.items()}
+    columns = center.apply_bin_sums(values)
+    members = {party.name for party in coordinator.spec.parties}
+    if set(columns) != members or min(columns.values()) < 1:
+        raise ProtocolError("the card center's column counts after the selection do not name every party once")
+    for name, count in columns.items():
+        coordinator.expect_columns(name, count)
+    return columns
+
+
+def retried(action: Callable[[], Result], recover: Callable[[Exception], object] | None) -> Result:
+    """``action()``, again after ``recover(error)`` each time a member died under it (no recover: the error)."""
+    while True:
+        try:
+            return action()
+        except RECOVERABLE as error:
+            if recover is None:
+                raise
+            recover(error)
 
 
 def run_training(
@@ -80,12 +109,14 @@ def run_training(
     on_step: Callable[[Step, int, float, float, dict[str, str]], None] | None = None,
     history: dict[Step, StepRecord] | None = None,
     recover: Callable[[Exception], dict[Step, StepRecord]] | None = None,
+    on_columns: Callable[[dict[str, int]], None] | None = None,
 ) -> TrainingResult:
     """Train; ``on_step(step, rows, loss, seconds, digests)`` follows every step (the audit chain).
 
     ``history``: steps already on the chain (a resumed job skips them). ``recover(error)``: called when a step
     fails recoverably; it waits for every member, rewinds them to the chain's last step and returns the
-    chain's steps, and the job goes on from there (it raises when a member stays down).
+    chain's steps, and the job goes on from there (it raises when a member stays down). ``on_columns(columns)``
+    follows the feature selection of a job that bins, done before its first step (not again on resume).
     """
     spec = coordinator.spec
     center_name, center = card_center
@@ -106,6 +137,15 @@ def run_training(
         if on_step is not None:
             on_step(step, len(rows), loss, seconds, {**center_digests, **coordinator.step_digests(step)})
         return StepRecord(len(rows), loss, seconds)
+
+    if spec.binning.enabled and not done:
+        progress(Progress("select", message="bin statistics at the card center, then features selected by information value"))
+        started = time.perf_counter()
+        columns = retried(lambda: select_features_by_iv(coordinator, center), recover)
+        if on_columns is not None:
+            on_columns(columns)
+        progress(Progress("select", seconds=time.perf_counter() - started,
+                          message=f"features selected by information value; columns per party: {columns_text(columns)}"))
 
     for epoch in range(spec.epochs):
         plan = batches(train_rows, spec.batch_size, spec.seed, epoch)
@@ -145,16 +185,15 @@ def run_training(
         previous_loss = epoch_loss
     result.steps = len(done)
 
+    def evaluate() -> dict:
+        seeds = call_each(partners, lambda name, p: p.score_mask_seed())
+        return center.evaluate(coordinator.score_mask_sum(list(seeds.values()), total_rows))
+
     started = time.perf_counter()
-    while True:
-        try:
-            seeds = call_each(partners, lambda name, p: p.score_mask_seed())
-            mask_sum = coordinator.score_mask_sum(list(seeds.values()), total_rows)
-            result.metrics = center.evaluate(mask_sum)
-            break
-        except RECOVERABLE as error:
-            if recover is None:
-                raise
-            recover(error)
+    result.metrics = retried(evaluate, recover)
     progress(Progress("evaluate", seconds=time.perf_counter() - started))
     return result
+
+
+def columns_text(columns: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in columns.items())

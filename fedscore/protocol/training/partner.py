@@ -6,20 +6,33 @@ other partners' ciphertexts, so the partner cannot strip anything off it.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from gmpy2 import mpz
 
 from fedscore.crypto.fixedpoint import EVAL_SCORE_BITS, encode_scores
 from fedscore.crypto.masks import new_seed, word_masks
 from fedscore.errors import ProtocolError
+from fedscore.protocol.training import bin_statistics as binstats
+from fedscore.protocol.training.bin_statistics import REAL, BinSums
 from fedscore.protocol.training.session import PartySession, one_message_at_a_time
 from fedscore.job import Step
+
+log = logging.getLogger("fedscore.training")
 
 
 class PartnerSession(PartySession):
     role = "partner"
     has_intercept = False
     _score_seed: bytes | None = None
+
+    def __init__(self, *args, feature_names: str = REAL, **kwargs):
+        """``feature_names``: how its features appear to the other parties ("real", or "opaque": "<party>:f1"...)."""
+        if feature_names not in binstats.FEATURE_NAMINGS:
+            raise ValueError(f"feature_names must be one of {', '.join(binstats.FEATURE_NAMINGS)}, got {feature_names!r}")
+        super().__init__(*args, **kwargs)
+        self.feature_names = feature_names
 
     @one_message_at_a_time
     def encrypted_partial(self, step: Step) -> list[mpz]:
@@ -56,3 +69,26 @@ class PartnerSession(PartySession):
         seed, self._score_seed = self._score_seed, None  # one use per seed
         scores = encode_scores(self.matrix @ self.weights, EVAL_SCORE_BITS).view(np.uint64)
         return scores + word_masks(seed, len(scores))
+
+    # -- bin statistics and feature selection, before the first step (fedscore.protocol.training.bin_statistics)
+
+    def shown_features(self) -> list[str]:
+        """Its features as the other parties see them."""
+        return binstats.shown_names(self.party, self.features, self.model_features(), self.feature_names)
+
+    @one_message_at_a_time
+    def encrypted_bin_sums(self, encrypted_labels: list[mpz]) -> BinSums:
+        """Rows per bin, and [[bads]] per bin from the card center's [[y_i]]: it sees ciphertexts only."""
+        if self._last_done is not None or self._state is not None:
+            raise ProtocolError(f"{self.party}: bin sums are asked for before training starts")
+        return binstats.encrypted_bin_sums(self, self.shown_features(), encrypted_labels)
+
+    @one_message_at_a_time
+    def keep_features(self, keep: list[str]) -> int:
+        """Train on the features ``keep`` names (as shown) only; returns its column count from now on."""
+        if self.features and not keep:
+            raise ProtocolError(f"{self.party}: asked to keep none of its features; it would have no part in the model")
+        dropped = self.select_features(binstats.real_names(self.party, self.features, self.shown_features(), keep))
+        if dropped:
+            log.warning("party %s: the card center dropped by information value: %s", self.party, ", ".join(dropped))
+        return int(self.weights.size)

@@ -2,6 +2,8 @@
 center's whole view of a party in one job: the clients of its services on one channel."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from gmpy2 import mpz
 
@@ -76,6 +78,12 @@ class PartyJobClient(PartyClient, ChainMember):
 
     def apply_gradient(self, step: Step, values: list[int]) -> None:
         self.training.apply_gradient(step, values)
+
+    def masked_bin_sums(self) -> dict[str, list[mpz]]:
+        return self.training.masked_bin_sums()
+
+    def apply_bin_sums(self, values: Mapping[str, list[int]]) -> dict[str, int]:
+        return self.training.apply_bin_sums(values)
 
     def forward_step(self, step: Step) -> None:
         self.training.forward_step(step)

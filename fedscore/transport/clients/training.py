@@ -4,13 +4,16 @@ CardCenterHandle, PartnerControlHandle, PartnerTrainingHandle in fedscore.protoc
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 from gmpy2 import mpz
 
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.errors import ProtocolError
 from fedscore.job import Step
+from fedscore.protocol.training.bin_statistics import BinSums
 from fedscore.transport import codec
 from fedscore.transport.clients.base import JobClient
 
@@ -38,6 +41,21 @@ class TrainingClient(JobClient):
 
     # -- coordinator -> card center -------------------------------------------
 
+    def masked_bin_sums(self) -> dict[str, list[mpz]]:
+        reply = self._call("MaskedBinSums", pb.JobRef(job_id=self.job_id))
+        sums = {item.party: self._ciphertexts([item.values]) for item in reply.sums}
+        if len(sums) != len(reply.sums):
+            raise ProtocolError(f"{self.peer.label}: masked bin sums name a partner twice")
+        return sums
+
+    def apply_bin_sums(self, values: Mapping[str, list[int]]) -> dict[str, int]:
+        width = self.public_key.plaintext_bytes
+        request = pb.BinSumValues(job_id=self.job_id, values=[
+            pb.PartyIntegers(party=name, values=codec.single_block([mpz(v) for v in party_values], width))
+            for name, party_values in values.items()
+        ])
+        return dict(self._call("ApplyBinSums", request).columns)
+
     def forward_step(self, step: Step) -> None:
         self._call("ForwardStep", self._step(step))
 
@@ -55,6 +73,16 @@ class TrainingClient(JobClient):
         return self._call("ScoreMaskSeed", pb.JobRef(job_id=self.job_id)).seed
 
     # -- card center -> partner -----------------------------------------------
+
+    def encrypted_bin_sums(self, encrypted_labels: list[mpz]) -> BinSums:
+        header = pb.StepRef(job_id=self.job_id)   # no step yet: it names the job
+        blocks = codec.integer_blocks(encrypted_labels, self.public_key.ciphertext_bytes, header)
+        reply = self._call("EncryptedBinSums", blocks)
+        return BinSums(features=list(reply.features), bins=[int(b) for b in reply.bins],
+                       rows=[int(r) for r in reply.rows], sums=self._ciphertexts([reply.sums]))
+
+    def keep_features(self, keep: list[str]) -> int:
+        return self._call("KeepFeatures", pb.KeepFeaturesRequest(job_id=self.job_id, features=list(keep))).columns
 
     def encrypted_partial(self, step: Step) -> list[mpz]:
         return self._call("EncryptedPartial", self._step(step), join=self._ciphertexts)
