@@ -50,8 +50,8 @@ class DaemonConfig:
     scoring_table: str = "applicants"
     scoring_id: str = "id"
     card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
-    feature_names: str = "real"             # as a partner, its features' names in the card center's statistics:
-                                            # "real", or "opaque" ("<party>:f1", "<party>:f2"... in its columns' order)
+    feature_names: str = "opaque"           # as a partner, its features' names in the card center's statistics:
+                                            # "opaque" ("<party>:f1", "<party>:f2"... in its columns' order) or "real"
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
 

@@ -204,6 +204,7 @@ class CardCenterSession(PartySession):
         result["calibration_fit"] = calibration.to_json() if self.spec.calibrate else None
         result["points_histogram"] = points_histogram(labels, score_points)
         result["scorecard"] = self.scorecard() if self.binner is not None else None
+        result["iv"] = self.iv
         return result
 
     def own_bin_counts(self) -> tuple[np.ndarray, np.ndarray]:
