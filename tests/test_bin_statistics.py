@@ -273,3 +273,48 @@ def test_a_partner_lost_during_the_round_is_waited_for_and_the_round_runs_again(
     assert len(calls) == 2 and len(recovered) == 1
     assert selected == [{name: s.weights.size for name, s in {center.party: center, **consortium.partners}.items()}]
     assert center.dropped_by_iv["partner_a"] and partner.features == ["tenure"]
+
+
+def test_messy_files_train_calibrate_and_score_offline_as_trained(tmp_path, keypair, inline_pool):
+    """Text categories, empty cells and a special value in every party's file: the job trains, calibrates,
+    and scoring each applicant from the model files and the raw files gives the model's own scores."""
+    from fedscore.model.data import load_party_table
+    from fedscore.model.calibration import sigmoid
+    from fedscore.protocol.scoring.offline import log_odds, probabilities
+
+    binning = Binning(special_values=(("tenure", (0.0,)), ("income", (-1.0,)), ("debt", (-1.0,))))
+    parties = synthetic_parties(tmp_path)
+    center_file = pd.read_csv(tmp_path / "center.csv")
+    center_file.loc[center_file.index % 9 == 0, "income"] = -1      # "not declared": a code, not an amount
+    center_file.to_csv(tmp_path / "center.csv", index=False)
+    spec, base = load_job(write_job(tmp_path, parties, validation=0.25, epochs=4, learning_rate=0.5))
+    spec = dataclasses.replace(spec, binning=binning)
+    consortium = build_consortium(spec, load_tables(spec, base), inline_pool, keypair)
+    result = simulate(consortium)
+    center = consortium.card_center
+    sessions = {center.party: center, **consortium.partners}
+    models = {name: s.model() for name, s in sessions.items()}
+    assert models["center"].calibration is not None and result.metrics["mean_pd"] is not None
+    assert "= -1" in models["center"].binner.features[models["center"].features.index("income")].labels
+
+    tables = {name: load_party_table(tmp_path / p["data"], [p["id"]], p.get("label"), party=name, lenient=True)
+              for name, p in zip(sessions, parties)}
+    aligned = center.table.ids
+    rows = {name: np.searchsorted(t.ids, aligned) for name, t in tables.items()}
+    raw = {name: tables[name].raw_rows(models[name].features)[rows[name]] for name in sessions}
+    served = log_odds(models["center"], raw["center"], {n: (models[n], raw[n]) for n in consortium.partners})
+    trained = sum(s.matrix @ s.weights for s in sessions.values())
+    np.testing.assert_allclose(served, trained, rtol=0, atol=1e-9)
+    slope, intercept = center.calibration.slope, center.calibration.intercept
+    np.testing.assert_allclose(probabilities(served, models["center"].calibrated), sigmoid(slope * trained + intercept),
+                               rtol=0, atol=1e-12)
+
+    # values no training row had: an unseen job, a blank, text where a number belongs — each lands in a bin
+    model_a = models["partner_a"]
+    strange = np.array([[np.nan, "pilot", 1.0], ["lots", "", -2.0]], dtype=object)
+    columns = [strange[:, model_a.features.index(f)] if f in ("debt", "job") else np.array([0.0, 0.0])
+               for f in model_a.features]
+    contributions = model_a.binner.contributions(model_a.weights, columns)
+    job_bins = model_a.binner.features[model_a.features.index("job")]
+    assert job_bins.assign(["pilot", ""]).tolist() == [job_bins.other, job_bins.missing]
+    assert np.isfinite(contributions).all()
