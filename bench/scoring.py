@@ -30,7 +30,7 @@ import pandas as pd
 
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.cli.demo import SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
+from fedscore.cli.demo import PROTECTED, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
 from fedscore.cli.runner import submit
 from fedscore.transport.clients.scoring import ScoringClient
 
@@ -73,7 +73,8 @@ def train(consortium: LocalConsortium) -> None:
 
 def requests_from(path: Path) -> list[tuple[str, dict[str, float], str]]:
     frame = pd.read_csv(path, dtype=str)
-    return [(r["id"], {c: float(r[c]) for c in SPLIT["card_center"]}, r["consent"]) for r in frame.to_dict("records")]
+    features = [c for c in SPLIT["card_center"] if c not in PROTECTED]   # what the card center's model takes
+    return [(r["id"], {c: float(r[c]) for c in features}, r["consent"]) for r in frame.to_dict("records")]
 
 
 def load(address: str, job_id: str, path: str, concurrency: int, seconds: float, start, skip: int, out,

@@ -119,6 +119,7 @@ class JobSpec:
     epochs: int = 10
     batch_size: int = 0
     learning_rate: float = 0.15
+    momentum: float = 0.0             # heavy-ball momentum of every party's own steps; 0 = plain gradient descent
     l2: float = 0.0
     validation: float = 0.3
     seed: int = 42
@@ -173,6 +174,8 @@ class JobSpec:
             raise ConfigError(f"{where}: batch_size must be 0 (whole set) or positive, got {self.batch_size}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ConfigError(f"{where}: learning_rate must be a positive number, got {self.learning_rate}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ConfigError(f"{where}: momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.l2) and self.l2 >= 0):
             raise ConfigError(f"{where}: l2 must be zero or positive, got {self.l2}")
         if not (math.isfinite(self.validation) and 0 <= self.validation < 1):

@@ -50,11 +50,13 @@ def toml_value(value: object) -> str:
     return repr(value)
 
 
-def write_job(folder: Path, parties: list[dict], **job) -> Path:
-    """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables."""
+def write_job(folder: Path, parties: list[dict], binning: dict | None = None, **job) -> Path:
+    """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables, ``binning`` as [binning]."""
     settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "validation": 0.0,
                 "seed": 7, "key_bits": TEST_KEY_BITS, **job}
     lines = ["[job]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
+    if binning:
+        lines += ["", "[binning]"] + [f"{k} = {toml_value(v)}" for k, v in binning.items()]
     for party in parties:
         lines += ["", "[[parties]]"] + [f"{k} = {toml_value(v)}" for k, v in party.items()]
     path = folder / "job.toml"

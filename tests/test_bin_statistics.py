@@ -229,9 +229,9 @@ def test_a_partner_names_its_features_as_its_config_says(tmp_path):
 
     path = tmp_path / "party.toml"
     path.write_text('[party]\nname = "bureau"\n')
+    assert load_party_config(path).feature_names == "opaque"     # the default: its column names stay home
+    path.write_text('[party]\nname = "bureau"\nfeature_names = "real"\n')
     assert load_party_config(path).feature_names == "real"
-    path.write_text('[party]\nname = "bureau"\nfeature_names = "opaque"\n')
-    assert load_party_config(path).feature_names == "opaque"
     path.write_text('[party]\nname = "bureau"\nfeature_names = "hidden"\n')
     with pytest.raises(ConfigError, match="feature_names must be one of real, opaque, got 'hidden'"):
         load_party_config(path)

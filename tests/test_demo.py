@@ -30,7 +30,9 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
 
     report = json.loads((workdir / "report.json").read_text())
     page = (workdir / "report.html").read_text()
-    assert "fedscore report: default-credit" in page and page.count('src="data:image/png;base64,') == 7
+    # ROC, KS, loss, P(default) histogram, stability, weights, variance shares, reliability, points histogram
+    assert "fedscore report: default-credit" in page and page.count('src="data:image/png;base64,') == 9
+    assert report["scorecard"] and report["calibration"] and abs(report["mean_pd"] - report["observed_default_rate"]) < 0.03
     assert all(Path(p["report"]).is_file() for p in report["parties"])   # each party's own page
     ids = {
         name: set(pd.read_csv(workdir / f"{name}.csv")[column])

@@ -32,7 +32,7 @@ def reference(consortium, *, quantised: bool):
     return fit_gradient_descent(
         [s.train_matrix for s in sessions],
         consortium.card_center.train_labels,
-        epochs=spec.epochs, learning_rate=spec.learning_rate, l2=spec.l2,
+        epochs=spec.epochs, learning_rate=spec.learning_rate, l2=spec.l2, momentum=spec.momentum,
         batch_size=spec.batch_size, seed=spec.seed,
         unpenalised=[s.penalised == 0 for s in sessions],
         gradient_blocks=[s.quantised / s.quantisation for s in sessions] if quantised else None,
@@ -42,6 +42,7 @@ def reference(consortium, *, quantised: bool):
 FAST_PATHS = [
     {},
     {"precompute_epochs": 2},                                   # obfuscators made in advance, then inline
+    {"momentum": 0.7},                                          # heavy ball: each party's own velocity
     {"obfuscation": "standard", "precompute_epochs": 1},        # r^n with a full exponent
     {"refill_obfuscators": True},                               # made in the background while training
 ]
@@ -194,6 +195,7 @@ def test_messages_out_of_order_are_refused(breast_folder, keypair, inline_pool):
 
 def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypair, inline_pool):
     consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool)
-    too_many = inline_pool.encrypt(keypair[0], [0] * 21)
-    with pytest.raises(ProtocolError, match="party 'host' sent 21 gradient values; it has 20 columns"):
+    columns = consortium.partners["host"].weights.size
+    too_many = inline_pool.encrypt(keypair[0], [0] * (columns + 1))
+    with pytest.raises(ProtocolError, match=f"party 'host' sent {columns + 1} gradient values; it has {columns} columns"):
         consortium.coordinator.decrypt_masked_gradient("host", too_many, Step(0, 0))

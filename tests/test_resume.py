@@ -48,7 +48,7 @@ def kill_alone(pid: int) -> set[Process]:
 
 def job_with_fees(folder: Path) -> Path:
     job = write_job(folder, split_three_ways(folder), epochs=EPOCHS, batch_size=128, validation=0.3,
-                    restart_timeout=90)
+                    restart_timeout=90, momentum=0.6)   # velocity must resume too
     job.write_text(job.read_text() + "\n[fees]\nper_step = 7\nper_overlap_row = 1\n")
     return job
 

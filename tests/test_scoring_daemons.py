@@ -164,8 +164,10 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         assert status == 403 and "not certified for this applicant" in refused["error"]
         with pytest.raises(DeniedError, match="not certified"):
             client.score(row["id"], values, other)
-        status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "AGE": "old"}, "consent": row["consent"]}, me)
-        assert status == 400 and "'AGE' must be a finite number" in bad["error"]
+        status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "AGE": 40}, "consent": row["consent"]}, me)
+        assert status == 400 and "'AGE', which the model does not use" in bad["error"]   # protected: not a model feature
+        status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "LIMIT_BAL": "old"}, "consent": row["consent"]}, me)
+        assert status == 400 and "'LIMIT_BAL' must be a finite number" in bad["error"]
         status, bad = post(http_address, {"applicant_id": row["id"], "features": values}, me)
         assert status == 400 and "consent" in bad["error"]
 
@@ -248,7 +250,7 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
     assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
     scored = pd.read_csv(output, dtype=str, keep_default_na=False)
     assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
-    assert "'AGE' holds 'thirty', not a number" in scored["error"].iloc[2]
+    assert "'LIMIT_BAL' must be a finite number" in scored["error"].iloc[2]
 
     missing = subprocess.run(
         [sys.executable, "-m", "fedscore", "score", "--job", str(trained / "job.toml"), "--local",

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add("demo", "train the bundled three-party consortium, then score new applicants")
     demo.add_argument("--workdir", type=Path, default=Path("fedscore-demo"), help="where the parties' files go (default: ./fedscore-demo)")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--key-bits", type=int, default=2048)
     demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
     demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")

@@ -3,7 +3,9 @@
 Every party bins only its own columns, on its own training rows (the held-out
 rows never shape a bin), and never shows another party a value or a cut point:
 
-- numeric columns: quantile cut points (at most ``max_bins`` ranges), then
+- numeric columns: quantile cut points (at most ``max_bins`` ranges), rounded
+  to two significant digits as scorecards print them (so no cut point is an
+  applicant's exact value), then
   adjacent ranges merged until each holds at least ``min_bin_share`` of the
   training rows, so no bin singles out a few applicants. The card center,
   which holds the labels, also merges adjacent ranges of its own columns
@@ -43,6 +45,7 @@ MISSING = "missing"
 OTHER = "other"
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+CUT_DIGITS = 2   # significant digits of a numeric cut point
 _MISSING_TEXT = frozenset({"", "nan", "NaN", "NA", "null", "None"})
 
 
@@ -288,12 +291,22 @@ def _fit_numeric(name: str, numbers: np.ndarray, settings: Binning, smallest: in
     )
 
 
+def round_cut(values: np.ndarray, digits: int = CUT_DIGITS) -> np.ndarray:
+    """Cut points rounded to ``digits`` significant digits, as scorecards print them ("< 50000", not
+    "< 49873.25"): a quantile is some applicant's exact value, and the card center's cut points travel in its
+    scorecard table, which the job's report carries."""
+    values = np.asarray(values, dtype=np.float64)
+    magnitude = np.floor(np.log10(np.where(values == 0, 1.0, np.abs(values))))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return np.round(values * scale) / scale
+
+
 def _quantile_edges(values: np.ndarray, max_bins: int) -> np.ndarray:
-    """Distinct quantile cut points splitting ``values`` into at most ``max_bins`` ranges."""
+    """Distinct quantile cut points splitting ``values`` into at most ``max_bins`` ranges, rounded (``round_cut``)."""
     if values.size == 0:
         return np.array([])
     cuts = np.quantile(values, np.linspace(0.0, 1.0, max_bins + 1)[1:-1], method="lower")
-    cuts = np.unique(cuts)
+    cuts = np.unique(round_cut(cuts))
     # a cut at the smallest value leaves an empty first range; x < min never happens on these rows
     return cuts[cuts > values.min()]
 
@@ -326,7 +339,9 @@ def _merge_to_monotonic(edges: np.ndarray, values: np.ndarray, labels: np.ndarra
         counts = np.bincount(index, minlength=len(edges) + 1).astype(float)
         bads = np.bincount(index, weights=labels, minlength=len(edges) + 1)
         rates = bads / np.maximum(counts, 1.0)
-        trend = np.sign(np.corrcoef(np.arange(len(rates)), rates)[0, 1]) if len(rates) > 2 else 1.0
+        if len(rates) <= 2:
+            break   # two ranges are monotonic whichever way their rates go
+        trend = np.sign(np.corrcoef(np.arange(len(rates)), rates)[0, 1])
         steps = np.diff(rates) * (trend if trend != 0 else 1.0)
         violations = np.flatnonzero(steps < 0)
         if violations.size == 0:

@@ -42,8 +42,10 @@ def fit_gradient_descent(
     seed: int = 0,
     unpenalised: Sequence[np.ndarray] | None = None,
     gradient_blocks: Sequence[np.ndarray] | None = None,
+    momentum: float = 0.0,
 ) -> tuple[list[np.ndarray], list[float]]:
-    """Plain mini-batch gradient descent on the Taylor loss, one weight block per party.
+    """Mini-batch gradient descent on the Taylor loss, one weight block per party (heavy ball with ``momentum``:
+    v ← μ·v − lr·g, w ← w + v; 0 is plain gradient descent).
 
     ``unpenalised[p]`` flags columns of block p left out of the L2 term (the
     intercept). ``gradient_blocks`` replaces the matrices used in Xᵀd, e.g.
@@ -52,6 +54,7 @@ def fit_gradient_descent(
     """
     gradient_blocks = gradient_blocks or blocks
     weights = [np.zeros(block.shape[1]) for block in blocks]
+    velocities = [np.zeros(block.shape[1]) for block in blocks]
     penalty = [
         np.ones(block.shape[1]) if unpenalised is None else (~np.asarray(unpenalised[p], bool)).astype(float)
         for p, block in enumerate(blocks)
@@ -67,7 +70,8 @@ def fit_gradient_descent(
             count += len(rows)
             for p, grad_block in enumerate(gradient_blocks):
                 gradient = grad_block[rows].T @ d / len(rows) + l2 * weights[p] * penalty[p]
-                weights[p] = weights[p] - learning_rate * gradient
+                velocities[p] = momentum * velocities[p] - learning_rate * gradient
+                weights[p] = weights[p] + velocities[p]
         losses.append(total / count)
     return weights, losses
 

@@ -113,7 +113,8 @@ class PartySession:
         self._message_lock = threading.RLock()
         self._state: StepState | None = None
         self._last_done: Step | None = None
-        self._before_last: tuple[Step | None, np.ndarray] | None = None   # to rewind one step on resume
+        # (last step, weights, velocity) before the last step: to rewind one step on resume
+        self._before_last: tuple[Step | None, np.ndarray, np.ndarray] | None = None
         self._batches: tuple[int, list[np.ndarray]] | None = None
         self.facts: Facts | None = None   # when set, digests of every message sent or received go here
         self.reserve = ObfuscatorReserve(pool, public_key, spec.obfuscation)   # made in advance, each used once
@@ -163,6 +164,7 @@ class PartySession:
             self.quantised, self.quantisation = quantise_columns(self.train_matrix)
         self.penalised = penalised
         self.weights = np.zeros(matrix.shape[1])
+        self.velocity = np.zeros(matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
 
     @one_message_at_a_time
     def select_features(self, keep: list[str]) -> list[str]:
@@ -311,8 +313,10 @@ class PartySession:
         share = 2.0 * float(self.weights @ xtd) + 2.0 * size * self.spec.l2 * float(penalised @ penalised)
         state.loss_term = int(round(share * 2.0**SCORE_BITS))
         state.masks = None
-        self._before_last = (self._last_done, self.weights)
-        self.weights = self.weights - self.spec.learning_rate * gradient
+        self._before_last = (self._last_done, self.weights, self.velocity)
+        # heavy ball (momentum 0: plain gradient descent): each party steps its own weights, nothing is exchanged
+        self.velocity = self.spec.momentum * self.velocity - self.spec.learning_rate * gradient
+        self.weights = self.weights + self.velocity
         self._last_done = step
 
     @one_message_at_a_time
@@ -332,10 +336,11 @@ class PartySession:
     @one_message_at_a_time
     def checkpoint(self) -> dict:
         """The training state after the last applied step, and before it (a step may be redone once)."""
-        def point(done: Step | None, weights: np.ndarray) -> dict:
-            return {"done": None if done is None else [done.epoch, done.batch], "weights": [float(w) for w in weights]}
+        def point(done: Step | None, weights: np.ndarray, velocity: np.ndarray) -> dict:
+            return {"done": None if done is None else [done.epoch, done.batch], "weights": [float(w) for w in weights],
+                    "velocity": [float(v) for v in velocity]}
 
-        state = point(self._last_done, self.weights)
+        state = point(self._last_done, self.weights, self.velocity)
         state["features"] = list(self.features)
         if self._before_last is not None:
             state["before"] = point(*self._before_last)
@@ -343,16 +348,17 @@ class PartySession:
 
     @one_message_at_a_time
     def restore(self, checkpoint: dict) -> None:
-        def point(entry: dict) -> tuple[Step | None, np.ndarray]:
+        def point(entry: dict) -> tuple[Step | None, np.ndarray, np.ndarray]:
             weights = np.array(entry["weights"], dtype=float)
             if weights.shape != self.weights.shape:
                 raise ProtocolError(f"{self.party}: checkpoint has {weights.size} weights, the job {self.weights.size}")
-            return (None if entry["done"] is None else Step(*entry["done"])), weights
+            velocity = np.array(entry.get("velocity", np.zeros(weights.size)), dtype=float)
+            return (None if entry["done"] is None else Step(*entry["done"])), weights, velocity
 
         if "features" in checkpoint and list(checkpoint["features"]) != self.features:
             self._state, self._last_done = None, None
             self.select_features(list(checkpoint["features"]))
-        self._last_done, self.weights = point(checkpoint)
+        self._last_done, self.weights, self.velocity = point(checkpoint)
         self._before_last = point(checkpoint["before"]) if "before" in checkpoint else None
         self._state = None
 
@@ -366,7 +372,7 @@ class PartySession:
         if self._last_done != step:
             if self._before_last is None or self._before_last[0] != step:
                 raise ProtocolError(f"{self.party}: cannot resume after {step}: its last step is {self._last_done}")
-            self._last_done, self.weights = self._before_last
+            self._last_done, self.weights, self.velocity = self._before_last
             self._before_last = None
         self._state = None
 
