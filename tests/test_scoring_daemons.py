@@ -165,7 +165,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         with pytest.raises(DeniedError, match="not certified"):
             client.score(row["id"], values, other)
         status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "AGE": 40}, "consent": row["consent"]}, me)
-        assert status == 400 and "'AGE', which the model does not use" in bad["error"]   # protected: not a model feature
+        assert status == 400 and "does not use: 'AGE'" in bad["error"]   # protected: not a model feature
         status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "LIMIT_BAL": "old"}, "consent": row["consent"]}, me)
         assert status == 400 and "'LIMIT_BAL' must be a finite number" in bad["error"]
         status, bad = post(http_address, {"applicant_id": row["id"], "features": values}, me)
