@@ -33,9 +33,9 @@ FIGURES = {   # what each bench's last line must name
 }
 GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second",
          "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap"}
-BASELINES = {"epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second", "paillier_encrypt_per_second",
-             "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us", "scorecard_test_auc",
-             "scorecard_brier"}
+BASELINES = {"epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second",
+             "paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us",
+             "scorecard_test_auc", "scorecard_brier"}
 NEEDS_SHARED_DATA = {"epoch"}
 SMOKE_SECONDS = 600   # a bound for a very busy machine, not an expectation
 
