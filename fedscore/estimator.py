@@ -15,7 +15,6 @@ process. Use it on data you may hold together; deploy daemons for the rest.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.offline import log_odds, probabilities
 from fedscore.protocol.scoring.scorecard import LN2, ScoringPolicy
+from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.training.simulation import build_consortium, simulate
 from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import build_report
@@ -144,7 +144,7 @@ def scorecard_frame(model: PartyModel, pdo: float = ScoringPolicy.pdo) -> pd.Dat
     return frame
 
 
-def information_values(session: object, settings: Binning) -> pd.Series:
+def information_values(session: CardCenterSession) -> pd.Series:
     """IV by (party, feature): the card center's federated bin statistics when it has them, else its own
     columns' IV on its own training rows (on the job's bins, or default quantile bins for raw columns)."""
     federated = getattr(session, "iv", None)
@@ -156,7 +156,7 @@ def information_values(session: object, settings: Binning) -> pd.Series:
         binner = session.binner
         if binner is None:
             columns = [c[train] for c in session.table.columns(session.features)]
-            binner = fit_binner(columns, session.features, settings if settings.enabled else Binning(), labels)
+            binner = fit_binner(columns, session.features, Binning(), labels)
         indices = binner.bin_indices([c[train] for c in session.table.columns(binner.names)])
         pairs = {}
         for j, bins in enumerate(binner.features):
@@ -293,7 +293,7 @@ class FederatedLogisticRegression(BaseEstimator):
         self.intercept_: float = float(self.models_[center].intercept)
         self.calibration_: Calibration = self.models_[center].calibrated
         self.scorecard_: pd.DataFrame = scorecard_frame(self.models_[center])
-        self.iv_: pd.Series = information_values(center_session, spec.binning)
+        self.iv_: pd.Series = information_values(center_session)
         self.losses_: list[float] = list(result.losses)
         self.aligned_rows_: int = consortium.alignment.aligned_rows
         self.overlaps_: dict[str, int] = dict(consortium.alignment.overlaps)
