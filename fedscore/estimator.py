@@ -6,8 +6,9 @@ private set intersection, then the card center's, the partners' and the
 coordinator's sessions exchanging the same Paillier-encrypted and masked
 messages, minus gRPC, the audit chain and the fees. So the same DataFrames and
 settings give the weights a daemon run gives, and predictions use the model
-files' maths (fedscore.protocol.scoring.offline), so they equal what the
-scoring service would answer.
+files' maths (fedscore.protocol.scoring.offline for raw columns; each party's
+bins and bin weights for a binned scorecard), recalibrated as the card
+center's model file says, so they equal what the scoring service would answer.
 
 It protects nothing: every party's rows and the private key sit in this one
 process. Use it on data you may hold together; deploy daemons for the rest.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -27,17 +28,23 @@ from sklearn.utils.validation import check_is_fitted
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError
-from fedscore.job import JobSpec, PartySpec
+from fedscore.job import Binning, JobSpec, PartySpec
 from fedscore.model import metrics
+from fedscore.model.binning import bin_counts, fit_binner, woe_iv
+from fedscore.model.calibration import Calibration
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.scoring.offline import log_odds, probabilities
+from fedscore.protocol.scoring.scorecard import LN2, ScoringPolicy
+from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.training.simulation import build_consortium, simulate
 from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import build_report
 
 JOB_NAME = "notebook"
 PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
+SCORECARD_COLUMNS = ["characteristic", "bin", "weight", "points"]
+RAW_BIN = "per standard deviation"          # a raw column's one "attribute": its standardised value
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,106 @@ def _as_party(value: Party | pd.DataFrame, name: str) -> Party:
     raise ConfigError(f"party {name!r}: expected a pandas DataFrame or a fedscore.Party, got {type(value).__name__}")
 
 
+def as_binning(value: Binning | Mapping | str) -> Binning:
+    """The ``binning`` parameter as the job's Binning: a Binning, a dict of its fields (``special_values``
+    as {column: [codes]}), or a method name ("none": raw standardised columns; "quantile")."""
+    if isinstance(value, Binning):
+        return value
+    if isinstance(value, str):
+        return Binning(method=value)
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(Binning)}
+        unknown = sorted(map(str, set(value) - known))
+        if unknown:
+            raise ConfigError(f"binning: unknown setting {unknown[0]!r} (settings: {', '.join(sorted(known))})")
+        settings = dict(value)
+        specials = settings.pop("special_values", ())
+        pairs = specials.items() if isinstance(specials, Mapping) else specials
+        try:
+            settings["special_values"] = tuple(
+                (str(column), tuple(float(v) for v in codes)) for column, codes in sorted(pairs, key=lambda p: str(p[0]))
+            )
+        except (TypeError, ValueError):
+            raise ConfigError("binning: special_values must map each column to a list of numbers") from None
+        return Binning(**settings)
+    raise ConfigError(f"binning must be a fedscore.job.Binning, a dict of its settings or a method name, got {type(value).__name__}")
+
+
+def partial_log_odds(model: PartyModel, table: PartyTable, rows: np.ndarray) -> np.ndarray:
+    """A binned party's part of the log-odds on ``rows`` of its table: the weight of each row's bin, added
+    feature by feature in the model's order (any value scores: missing and unseen ones have their bin)."""
+    columns = [values[rows] for values in table.columns(model.features)]
+    parts = model.binner.contributions(model.weights, columns)
+    total = np.zeros(len(rows))
+    for j in range(parts.shape[1]):
+        total = total + parts[:, j]
+    return total
+
+
+def scorecard_frame(model: PartyModel, pdo: float = ScoringPolicy.pdo) -> pd.DataFrame:
+    """The card center's attributes with their weights and points (fedscore.model.attributes when present).
+
+    Points follow the served score, offset + pdo·log2(odds of good), so an attribute's points are
+    −slope·w·pdo/ln 2 with the calibration's slope; a raw column's row gives its points per standard deviation.
+    """
+    try:
+        from fedscore.model.attributes import scorecard_rows
+    except ImportError:
+        scorecard_rows = None
+    if scorecard_rows is not None:
+        try:
+            frame = pd.DataFrame(list(scorecard_rows(model)))
+        except (TypeError, ValueError):
+            frame = None
+        if frame is not None and set(SCORECARD_COLUMNS) <= set(frame.columns):
+            return frame
+    slope = model.calibrated.slope
+    if model.binned:
+        binner = model.binner
+        rows = [
+            (bins.feature, label, float(weight))
+            for bins, block in zip(binner.features, binner.weight_blocks(model.weights))
+            for label, weight in zip(bins.labels, block)
+        ]
+    else:
+        rows = [(feature, RAW_BIN, float(weight)) for feature, weight in zip(model.features, model.weights)]
+    frame = pd.DataFrame(rows, columns=SCORECARD_COLUMNS[:3])
+    frame["points"] = -slope * frame["weight"].to_numpy() * pdo / LN2
+    return frame
+
+
+def information_values(session: CardCenterSession) -> pd.Series:
+    """IV by (party, feature): the card center's federated bin statistics when it has them, else its own
+    columns' IV on its own training rows (on the job's bins, or default quantile bins for raw columns)."""
+    federated = getattr(session, "iv", None)
+    if federated:
+        pairs = {(party, feature): float(value) for party, values in federated.items() for feature, value in values.items()}
+    else:
+        train = session.train_rows
+        labels = session.labels[train]
+        binner = session.binner
+        if binner is None:
+            columns = [c[train] for c in session.table.columns(session.features)]
+            binner = fit_binner(columns, session.features, Binning(), labels)
+        indices = binner.bin_indices([c[train] for c in session.table.columns(binner.names)])
+        pairs = {}
+        for j, bins in enumerate(binner.features):
+            rows, bads = bin_counts(indices[:, j], labels, bins.size)
+            pairs[(session.party, bins.feature)] = woe_iv(rows, bads)[1]
+    index = pd.MultiIndex.from_tuples(list(pairs), names=["party", "feature"]) if pairs else \
+        pd.MultiIndex.from_arrays([[], []], names=["party", "feature"])
+    return pd.Series(list(pairs.values()), index=index, name="iv", dtype=np.float64)
+
+
+def _weights(model: PartyModel) -> pd.Series:
+    """A party's weights indexed by attribute ("FEATURE: bin") when binned, else by feature."""
+    if model.binned:
+        index = pd.Index(model.binner.columns, name="attribute")
+    else:
+        index = pd.Index(model.features, name="feature")
+    return pd.Series(model.weights, index=index, name=model.party, dtype=np.float64)
+
+
 class FederatedLogisticRegression(BaseEstimator):
     """Vertical logistic regression across a card center and its partners, simulated in one process.
 
@@ -76,15 +183,28 @@ class FederatedLogisticRegression(BaseEstimator):
     defaults; ``n_jobs`` is how many processes do the Paillier work (None: this
     process only; -1: every core) and changes timings, never results.
 
+    ``binning`` is the job file's [binning] table: a ``fedscore.job.Binning``,
+    a dict of its settings, or "none" for raw standardised columns (one
+    weight per column). Binned (the default), each party cuts its own columns
+    into bins on its own training rows and trains one weight per bin; text
+    columns are categories and missing values have a bin of their own.
+    ``protected`` names card-center columns kept out of the model (unless
+    ``keep_protected``) and never used as reasons; ``calibrate`` refits the
+    total score's level on the training rows (σ(slope·u + intercept)).
+
     ``fit(parties)`` takes a mapping from party name to a DataFrame (or a
-    ``Party`` naming its id and label columns). Fitted attributes:
-    ``coef_`` (party → weights by feature, on each party's standardised
-    columns), ``intercept_``, ``losses_`` (per epoch), ``aligned_rows_``
-    (applicants every party holds), ``overlaps_``, ``models_`` (each party's
-    model file, as its daemon would write it) and ``report_`` (the job
-    report, built as a daemon run's is and with the same keys: AUC and KS on
-    the training and held-out rows, the card-center-only baseline, timings;
-    the audit chain's and settlement's keys are None, as there is no chain).
+    ``Party`` naming its id and label columns); labels are 0/1 or True/False.
+    Fitted attributes: ``coef_`` (party → weights by attribute "FEATURE: bin",
+    or by feature on standardised raw columns), ``intercept_`` (before
+    calibration), ``calibration_`` (slope, intercept), ``losses_`` (per
+    epoch), ``aligned_rows_`` (applicants every party holds), ``overlaps_``,
+    ``models_`` (each party's model file, as its daemon would write it),
+    ``scorecard_`` (the card center's attributes: characteristic, bin,
+    weight, points), ``iv_`` (information value by party and feature) and
+    ``report_`` (the job report, built as a daemon run's is and with the
+    same keys: AUC and KS on the training and held-out rows, the
+    card-center-only baseline, timings; the audit chain's and settlement's
+    keys are None, as there is no chain).
 
     A deployed party refuses keys under 2048 bits and batches under 64 rows
     by default (its daemon's ``min_key_bits``, ``min_batch_rows``); small keys
@@ -104,6 +224,10 @@ class FederatedLogisticRegression(BaseEstimator):
         early_stop_tol: float = JobSpec.early_stop_tol,
         min_overlap: int = JobSpec.min_overlap,
         obfuscation: str = JobSpec.obfuscation,
+        binning: Binning | Mapping | str = JobSpec.binning,
+        protected: Sequence[str] = JobSpec.protected,
+        keep_protected: bool = JobSpec.keep_protected,
+        calibrate: bool = JobSpec.calibrate,
         n_jobs: int | None = None,
         verbose: bool = False,
     ):
@@ -117,6 +241,10 @@ class FederatedLogisticRegression(BaseEstimator):
         self.early_stop_tol = early_stop_tol
         self.min_overlap = min_overlap
         self.obfuscation = obfuscation
+        self.binning = binning
+        self.protected = protected
+        self.keep_protected = keep_protected
+        self.calibrate = calibrate
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -135,13 +263,17 @@ class FederatedLogisticRegression(BaseEstimator):
         ``card_center`` names the party holding the labels, in column ``label``;
         or give that party as ``Party(frame, label=...)``. Every column of a
         party's frame but its ids and label is a feature, checked as its CSV file
-        would be (missing ids, duplicates, text, NaN or inf: a DataError naming
-        the party, column and row).
+        would be (missing ids or duplicates: a DataError naming the party, column
+        and row). Binned, empty cells and text are data; with raw columns
+        (binning "none") text, NaN or inf are errors too.
         """
         named, center = self._training_parties(parties, card_center, id_columns, label)
         spec = self._spec(named, center)
+        lenient = spec.binning.enabled
         tables = {
-            name: table_from_frame(party.frame, list(spec.party(name).id_columns), spec.party(name).label, party=name)
+            name: table_from_frame(
+                party.frame, list(spec.party(name).id_columns), spec.party(name).label, party=name, lenient=lenient,
+            )
             for name, party in named.items()
         }
         keys = generate_keypair(spec.key_bits)
@@ -157,11 +289,11 @@ class FederatedLogisticRegression(BaseEstimator):
         center_session = consortium.card_center
         sessions = {center: center_session, **consortium.partners}
         self.models_: dict[str, PartyModel] = {name: session.model() for name, session in sessions.items()}
-        self.coef_: dict[str, pd.Series] = {
-            name: pd.Series(model.weights, index=pd.Index(model.features, name="feature"), name=name, dtype=np.float64)
-            for name, model in self.models_.items()
-        }
+        self.coef_: dict[str, pd.Series] = {name: _weights(model) for name, model in self.models_.items()}
         self.intercept_: float = float(self.models_[center].intercept)
+        self.calibration_: Calibration = self.models_[center].calibrated
+        self.scorecard_: pd.DataFrame = scorecard_frame(self.models_[center])
+        self.iv_: pd.Series = information_values(center_session)
         self.losses_: list[float] = list(result.losses)
         self.aligned_rows_: int = consortium.alignment.aligned_rows
         self.overlaps_: dict[str, int] = dict(consortium.alignment.overlaps)
@@ -231,8 +363,15 @@ class FederatedLogisticRegression(BaseEstimator):
             name=JOB_NAME, parties=party_specs, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=float(self.learning_rate), l2=float(self.l2), validation=float(self.validation), seed=self.seed,
             key_bits=self.key_bits, early_stop_tol=float(self.early_stop_tol), min_overlap=self.min_overlap,
-            obfuscation=self.obfuscation,
+            obfuscation=self.obfuscation, binning=as_binning(self.binning), protected=self._protected(),
+            keep_protected=bool(self.keep_protected), calibrate=bool(self.calibrate),
         ).validate()
+
+    def _protected(self) -> tuple[str, ...]:
+        listed = (self.protected,) if isinstance(self.protected, str) else tuple(self.protected or ())
+        if not all(isinstance(c, str) and c for c in listed):
+            raise ConfigError(f"protected must list column names, got {self.protected!r}")
+        return listed
 
     def _pool(self) -> CryptoPool:
         if self.n_jobs is None:
@@ -250,9 +389,10 @@ class FederatedLogisticRegression(BaseEstimator):
     # -- scoring ------------------------------------------------------------
 
     def decision_function(self, parties: Mapping[str, Party | pd.DataFrame]) -> pd.Series:
-        """The log-odds of default, indexed by the card center's ids, for applicants every party holds.
+        """The (calibrated) log-odds of default, indexed by the card center's ids, for applicants every party holds.
 
-        Rows some party lacks are left out with a warning: the scoring service
+        slope·u + intercept with the card center's calibration, u the model's
+        own log-odds: what every probability, score and decision uses. Rows some party lacks are left out with a warning: the scoring service
         would still score them, counting a missing partner as an average
         applicant (see fedscore.protocol.scoring.offline.offline_answer), but a
         prototype's metrics should not mix the two.
@@ -265,14 +405,14 @@ class FederatedLogisticRegression(BaseEstimator):
 
         Only applicants every party holds, in the card center's row order (others
         left out with a warning, as in decision_function). p_bad is the
-        probability the scoring service answers, computed by the same functions.
+        calibrated probability σ(slope·u + intercept) the scoring service answers.
         """
         index, u, _ = self._log_odds(parties, with_labels=False)
         bad = probabilities(u)
         return pd.DataFrame({PROBABILITY_COLUMNS[0]: 1.0 - bad, PROBABILITY_COLUMNS[1]: bad}, index=index)
 
     def predict(self, parties: Mapping[str, Party | pd.DataFrame]) -> pd.Series:
-        """1 (default) where the log-odds are positive, else 0; rows as in predict_proba."""
+        """1 (default) where the calibrated log-odds are positive (p_bad > 0.5), else 0; rows as in predict_proba."""
         index, u, _ = self._log_odds(parties, with_labels=False)
         return pd.Series((u > 0).astype(np.int64), index=index, name=self.label_)
 
@@ -292,7 +432,7 @@ class FederatedLogisticRegression(BaseEstimator):
     def _log_odds(
         self, parties: Mapping[str, Party | pd.DataFrame], with_labels: bool
     ) -> tuple[pd.Index, np.ndarray, np.ndarray | None]:
-        """(the card center's ids, log-odds, labels) for the applicants every party holds, in its row order."""
+        """(the card center's ids, calibrated log-odds, labels) for the applicants every party holds, in its row order."""
         check_is_fitted(self)
         if not isinstance(parties, Mapping):
             raise ConfigError("parties must be a mapping from party name to DataFrame")
@@ -310,7 +450,7 @@ class FederatedLogisticRegression(BaseEstimator):
         tables: dict[str, PartyTable] = {
             name: table_from_frame(
                 party.frame, ids[name], (party.label or self.label_) if with_labels and name == center else None,
-                party=name, features=self.models_[name].features,
+                party=name, features=self.models_[name].features, lenient=self.models_[name].binned,
             )
             for name, party in given.items()
         }
@@ -335,11 +475,25 @@ class FederatedLogisticRegression(BaseEstimator):
                 f"{int((~held).sum())} of {len(held)} card center rows are not held by every party ({detail}); "
                 "they are left out", stacklevel=3,
             )
-        partner_rows = {
-            name: (self.models_[name], tables[name].features[rows[name][held]]) for name in tables if name != center
-        }
-        u = log_odds(self.models_[center], tables[center].features[center_rows[held]], partner_rows)
+        kept_rows = {name: (center_rows if name == center else rows[name])[held] for name in tables}
+        u = self.calibration_.log_odds(self._model_log_odds(tables, kept_rows))
         kept = given_ids.iloc[np.flatnonzero(held)]
         index = pd.Index(kept.iloc[:, 0], name=center_ids[0]) if len(center_ids) == 1 else pd.MultiIndex.from_frame(kept)
         labels = tables[center].labels
         return index, u, None if labels is None else labels[center_rows[held]].astype(np.int64)
+
+    def _model_log_odds(self, tables: Mapping[str, PartyTable], rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        """u before calibration: the intercept, the card center's part, then the partners' in name order
+        (the order the scoring service adds them in)."""
+        center = self.card_center_
+        partners = sorted(name for name in tables if name != center)
+        if not self.models_[center].binned:
+            return log_odds(
+                self.models_[center], tables[center].features[rows[center]],
+                {name: (self.models_[name], tables[name].features[rows[name]]) for name in partners},
+            )
+        own = partial_log_odds(self.models_[center], tables[center], rows[center])
+        rest = np.zeros(len(own))
+        for name in partners:
+            rest = rest + partial_log_odds(self.models_[name], tables[name], rows[name])
+        return self.models_[center].intercept + own + rest

@@ -21,17 +21,21 @@ from figures import Figure, bench_scripts, figure_names, parse_last_line  # noqa
 from summary import README_BEGIN, README_END, read_summary, readme_table, replace_readme_table, rows_of, write_summary  # noqa: E402
 
 FIGURES = {   # what each bench's last line must name
-    "epoch": ["epoch_seconds", "epoch_inline_seconds", "epoch_obfuscation_seconds"],
+    "epoch": ["epoch_seconds", "epoch_inline_seconds", "epoch_obfuscation_seconds", "epoch_binned_seconds"],
     "ledger": ["ledger_verify_blocks_per_second", "ledger_append_blocks_per_second"],
     "paillier": ["paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second"],
     "psi": ["psi_ids_per_second", "psi_peak_mib"],
     "scale": ["scale_epoch_seconds", "scale_peak_mib"],
+    "scorecard": ["scorecard_test_auc", "scorecard_auc_gap", "scorecard_brier", "scorecard_brier_gap",
+                  "scorecard_mean_pd_gap", "scorecard_raw_test_auc", "scorecard_raw_brier"],
     "scoring": ["scoring_p99_ms", "scoring_p50_ms", "scoring_per_second"],
     "tls": ["tls_call_us", "tls_caller_check_us"],
 }
-GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second"}
-BASELINES = {"epoch_seconds", "epoch_inline_seconds", "ledger_verify_blocks_per_second", "paillier_encrypt_per_second",
-             "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us"}
+GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second",
+         "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap"}
+BASELINES = {"epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second",
+             "paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us",
+             "scorecard_test_auc", "scorecard_brier"}
 NEEDS_SHARED_DATA = {"epoch"}
 SMOKE_SECONDS = 600   # a bound for a very busy machine, not an expectation
 

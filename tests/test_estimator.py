@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 import fedscore
@@ -42,10 +43,12 @@ def sigmoid(u: np.ndarray) -> np.ndarray:
 def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder):
     """Three parties, one of them with shuffled rows and ids in other case and spacing; mini-batches, L2, held-out rows."""
     parties = split_three_ways(breast_folder)
-    report = run_job_file(write_job(breast_folder, parties, **SETTINGS), local=True, workers=1)
+    job_file = write_job(breast_folder, parties, **SETTINGS)
+    job_file.write_text(job_file.read_text() + '\n[binning]\nmethod = "none"\n')
+    report = run_job_file(job_file, local=True, workers=1)
     daemon_models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
 
-    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, **SETTINGS)
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, binning="none", **SETTINGS)
     assert model.fit(frames(breast_folder, parties), card_center="guest", label="y") is model
 
     assert set(model.coef_) == set(daemon_models) == {"guest", "partner_a", "partner_b"}
@@ -57,6 +60,8 @@ def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder):
         np.testing.assert_allclose(model.coef_[name].to_numpy(), written.weights, rtol=0, atol=1e-12)
         assert model.coef_[name].abs().max() > 1e-3   # trained, not left at zero
     assert model.intercept_ == pytest.approx(daemon_models["guest"].intercept, abs=1e-12)
+    assert model.models_["guest"].calibration == pytest.approx(daemon_models["guest"].calibration, abs=1e-12)
+    assert model.calibration_.slope == pytest.approx(daemon_models["guest"].calibration["slope"], abs=1e-12)
     assert daemon_models["partner_a"].intercept is None
     np.testing.assert_allclose(model.losses_, report["loss"], rtol=0, atol=1e-12)
     assert model.aligned_rows_ == report["aligned_rows"] == 569
@@ -72,10 +77,12 @@ def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder):
     assert model.report_["local_only_ks"] is not None
 
 
-def test_predictions_are_the_sigmoid_of_the_federated_linear_score():
+def test_raw_columns_predict_the_calibrated_sigmoid_of_the_federated_linear_score():
     data = breast()
-    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=3, learning_rate=0.3, validation=0.0, seed=5)
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=3, learning_rate=0.3, validation=0.0, seed=5,
+                                        binning="none")
     model.fit(data, card_center="guest", label="y")
+    assert not model.models_["guest"].binned and model.coef_["guest"].index.name == "feature"
 
     # numpy on the raw frames: each party standardises its own columns (population std) and adds w·x̂
     guest, host = (frame.set_index("id").sort_index() for frame in (data["guest"], data["host"]))
@@ -84,6 +91,9 @@ def test_predictions_are_the_sigmoid_of_the_federated_linear_score():
     for frame, name in ((guest, "guest"), (host, "host")):
         x = frame[model.coef_[name].index].to_numpy()
         u += ((x - x.mean(axis=0)) / x.std(axis=0)) @ model.coef_[name].to_numpy()
+    slope, shift = model.models_["guest"].calibration["slope"], model.models_["guest"].calibration["intercept"]
+    assert slope > 0 and (slope, shift) != (1.0, 0.0)
+    u = slope * u + shift
     expected = pd.Series(sigmoid(u), index=guest.index)
 
     proba = model.predict_proba(data)
@@ -218,7 +228,7 @@ def test_bad_frames_give_the_csv_loaders_error(tmp_path, party, spoil, fragment)
     data = breast()
     spoil(data[party])
     expected = as_frame_error(error_of_csv(data[party], tmp_path, party, "y" if party == "guest" else None), party)
-    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1)
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1, binning="none")   # raw: every cell a number
     with pytest.raises(DataError) as caught:
         model.fit(data, card_center="guest", label="y")
     assert str(caught.value) == expected
@@ -228,7 +238,7 @@ def test_bad_frames_give_the_csv_loaders_error(tmp_path, party, spoil, fragment)
 
 def test_scoring_frames_are_checked_too():
     data = breast()
-    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1, validation=0.0)
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1, validation=0.0, binning="none")
     with pytest.raises(NotFittedError):
         model.predict_proba(data)
     model.fit(data, card_center="guest", label="y")
@@ -296,3 +306,165 @@ def test_the_package_exports_the_estimator_without_importing_scikit_learn_up_fro
     probe = "import sys, fedscore; assert 'sklearn' not in sys.modules; fedscore.FederatedLogisticRegression; print('ok')"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "ok\n"
     assert fedscore.Party is Party
+
+
+# -- binned scorecards --------------------------------------------------------
+
+BINNED = dict(key_bits=TEST_KEY_BITS, epochs=8, batch_size=0, learning_rate=1.0, validation=0.25, seed=3)
+
+
+def synthetic(rows: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """A card center with a skewed income (some missing) and a text region; a bureau with a debt ratio (some
+    missing) and late-payment counts, rows in another order. Ids all have 4 digits, so text order is number order."""
+    rng = np.random.default_rng(seed)
+    income = rng.lognormal(10, 0.5, rows)
+    region = rng.choice(["north", "south", "east", "west"], rows, p=[0.4, 0.3, 0.2, 0.1])
+    debt = rng.normal(0, 1, rows)
+    late = rng.poisson(1.0, rows).astype(float)
+    u = -1.5 - 1.6 * (np.log(income) - 10) + 0.9 * debt + 0.5 * late + np.where(region == "west", 0.8, 0.0)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-u))).astype(int)
+    ids = rng.permutation(rows) + 1000
+    center = pd.DataFrame({"id": ids, "income": income, "region": region, "y": y})
+    center.loc[rng.random(rows) < 0.08, "income"] = np.nan
+    bureau = pd.DataFrame({"id": ids, "debt": debt, "late": late}).sample(frac=1.0, random_state=1)
+    bureau.loc[rng.random(rows) < 0.1, "debt"] = np.nan
+    return {"bank": center, "bureau": bureau}
+
+
+def bins_by_hand(document: dict, values: pd.Series) -> np.ndarray:
+    """A feature's bin for each value, read off the model file's bins with pandas and numpy alone."""
+    if document["kind"] == "categorical":
+        lookup = dict(document["categories"])
+        texts = values.astype(object)
+        return np.array([document["missing"] if pd.isna(t) else lookup.get(str(t), document["other"]) for t in texts])
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    found = np.asarray(document["range_bins"])[np.searchsorted(np.asarray(document["edges"]), numbers, side="right")]
+    for value, index in document.get("specials", []):
+        found[numbers == value] = index
+    found[np.isnan(numbers)] = document["missing"]
+    return found
+
+
+def log_odds_by_hand(model: FederatedLogisticRegression, data: dict[str, pd.DataFrame]) -> pd.Series:
+    """u = intercept + Σ over parties and features of the weight of the row's bin, by the card center's ids."""
+    frames = {name: frame.set_index("id") for name, frame in data.items()}
+    index = frames["bank"].index
+    u = pd.Series(model.models_["bank"].intercept, index=index)
+    for name, party in model.models_.items():
+        offset = 0
+        for document in party.bins:
+            weights = np.asarray(party.weights[offset: offset + len(document["labels"])])
+            offset += len(document["labels"])
+            column = frames[name][document["feature"]].reindex(index)
+            u += weights[bins_by_hand(document, column)]
+        assert offset == len(party.weights)
+    return u
+
+
+def training_ids(frame: pd.DataFrame, validation: float, seed: int) -> np.ndarray:
+    """The ids the job trains on: the aligned rows are in id order, split by the job's seed."""
+    ids = np.sort(frame["id"].to_numpy())
+    return ids[split_rows(len(ids), validation, seed)[0]]
+
+
+def test_a_binned_fit_takes_text_columns_and_missing_values():
+    data = synthetic()
+    model = FederatedLogisticRegression(**BINNED).fit(data, card_center="bank", label="y")
+
+    bank, bureau = model.models_["bank"], model.models_["bureau"]
+    assert bank.binned and bureau.binned and bank.features == ["income", "region"] and bureau.features == ["debt", "late"]
+    assert {"income: missing", "region: west"} <= set(model.coef_["bank"].index)   # 8% missing: a bin of its own
+    assert "debt: missing" in model.coef_["bureau"].index
+    assert model.coef_["bank"].index.tolist() == bank.binner.columns and model.coef_["bank"].abs().max() > 0.05
+    assert len(model.losses_) == 8 and model.losses_[-1] < model.losses_[0]
+    assert 0.7 < model.report_["test_auc"] <= 1.0
+
+    # the scorecard: every card-center attribute, its weight, and points = −slope·w·20/ln 2
+    card = model.scorecard_
+    assert card.columns.tolist()[:4] == ["characteristic", "bin", "weight", "points"]
+    assert list(zip(card["characteristic"], card["bin"])) == [
+        (d["feature"], label) for d in bank.bins for label in d["labels"]]
+    np.testing.assert_allclose(card["weight"], bank.weights, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(card["points"], -model.calibration_.slope * np.asarray(bank.weights) * 20 / np.log(2),
+                               rtol=1e-9, atol=1e-9)
+    region = card[card["characteristic"] == "region"]
+    assert region["bin"].str.startswith("west").tolist() == (region["points"] == region["points"].min()).tolist()
+
+    # information value of the card center's columns on its training rows, by hand from its bins
+    train = data["bank"].set_index("id").loc[training_ids(data["bank"], BINNED["validation"], BINNED["seed"])]
+    for document in bank.bins:
+        rows = pd.crosstab(bins_by_hand(document, train[document["feature"]]), train["y"])
+        goods, bads = rows[0] / rows[0].sum(), rows[1] / rows[1].sum()
+        iv = float(((goods - bads) * np.log(goods / bads)).sum())
+        assert model.iv_[("bank", document["feature"])] == pytest.approx(iv, rel=1e-9)
+    assert model.iv_[("bank", "income")] > model.iv_[("bank", "region")] > 0
+    assert model.iv_.index.names == ["party", "feature"]
+
+
+def test_binned_predict_proba_is_the_calibrated_sigmoid_of_the_bin_weights():
+    data = synthetic()
+    model = FederatedLogisticRegression(**BINNED).fit(data, card_center="bank", label="y")
+    u = log_odds_by_hand(model, data)
+
+    # the calibration is the exact logistic fit of the label on u over the training rows (scikit-learn, no penalty)
+    train = training_ids(data["bank"], BINNED["validation"], BINNED["seed"])
+    labels = data["bank"].set_index("id")["y"]
+    reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=1000).fit(u.loc[train].to_frame(), labels.loc[train])
+    slope, shift = model.models_["bank"].calibration["slope"], model.models_["bank"].calibration["intercept"]
+    assert slope == pytest.approx(reference.coef_[0, 0], rel=1e-5) and shift == pytest.approx(reference.intercept_[0], abs=1e-5)
+    assert abs(slope - 1.0) > 0.05   # the Taylor-trained score's level is off; calibration moves it
+
+    proba = model.predict_proba(data)
+    assert proba.index.tolist() == data["bank"]["id"].tolist()
+    expected = sigmoid(slope * u + shift).loc[proba.index]
+    np.testing.assert_allclose(proba["p_bad"], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.decision_function(data), (slope * u + shift).loc[proba.index], rtol=0, atol=1e-9)
+    assert (model.predict(data) == (expected > 0.5).astype(int)).all()
+
+    # calibrated: the mean PD on the training rows is the training default rate
+    assert proba["p_bad"].loc[train].mean() == pytest.approx(labels.loc[train].mean(), abs=0.005)
+    uncalibrated = sigmoid(u.loc[train]).mean()
+    assert abs(uncalibrated - labels.loc[train].mean()) > abs(proba["p_bad"].loc[train].mean() - labels.loc[train].mean())
+
+    # scoring frames may hold missing values and categories never seen in training: they score in their bins
+    unseen = {"bank": data["bank"].assign(region="atlantis", income=np.nan), "bureau": data["bureau"]}
+    changed = model.predict_proba(unseen)
+    np.testing.assert_allclose(changed["p_bad"], sigmoid(slope * log_odds_by_hand(model, unseen) + shift).loc[changed.index],
+                               rtol=0, atol=1e-12)
+
+
+def test_bool_labels_train_the_model_zero_one_labels_train():
+    data = synthetic(rows=600, seed=4)
+    settings = {**BINNED, "epochs": 3}
+    numbers = FederatedLogisticRegression(**settings).fit(data, card_center="bank", label="y")
+    flags = {"bank": data["bank"].assign(y=data["bank"]["y"].astype(bool)), "bureau": data["bureau"]}
+    assert flags["bank"]["y"].dtype == bool
+    booleans = FederatedLogisticRegression(**settings).fit(flags, card_center="bank", label="y")
+    for name in numbers.models_:
+        assert booleans.models_[name].bins == numbers.models_[name].bins
+        np.testing.assert_array_equal(booleans.coef_[name], numbers.coef_[name])
+    assert booleans.calibration_ == numbers.calibration_ and booleans.losses_ == numbers.losses_
+    pd.testing.assert_frame_equal(booleans.predict_proba(flags), numbers.predict_proba(data))
+    assert booleans.score(flags) == pytest.approx(numbers.score(data), abs=1e-12)
+
+
+def test_binning_is_given_as_settings_a_dict_or_a_method_and_raw_columns_stay_raw():
+    from fedscore.estimator import as_binning
+    from fedscore.job import Binning
+
+    assert as_binning("none") == Binning(method="none") and not as_binning("none").enabled
+    assert as_binning({"max_bins": 4, "special_values": {"PAY_0": [-2, -1]}}) == Binning(
+        max_bins=4, special_values=(("PAY_0", (-2.0, -1.0)),))
+    assert FederatedLogisticRegression().binning == Binning()
+    with pytest.raises(ConfigError, match="unknown setting 'bins'"):
+        as_binning({"bins": 3})
+    with pytest.raises(ConfigError, match="method must be one of quantile, none"):
+        FederatedLogisticRegression(binning="woe", key_bits=TEST_KEY_BITS).fit(breast(), card_center="guest", label="y")
+
+    data = synthetic(rows=600, seed=5)
+    raw = FederatedLogisticRegression(**{**BINNED, "epochs": 2}, binning={"method": "none"}, protected=["region"])
+    raw.fit({"bank": data["bank"].assign(region=(data["bank"]["region"] == "west").astype(float)).fillna(0.0),
+             "bureau": data["bureau"].fillna(0.0)}, card_center="bank", label="y")
+    assert raw.models_["bank"].features == ["income"] and raw.models_["bank"].protected == ["region"]
+    assert raw.scorecard_["bin"].tolist() == ["per standard deviation"]
+    assert raw.iv_.index.tolist() == [("bank", "income")] and raw.iv_.iloc[0] > 0
