@@ -217,6 +217,7 @@ class FederatedLogisticRegression(BaseEstimator):
         epochs: int = JobSpec.epochs,
         batch_size: int = JobSpec.batch_size,
         learning_rate: float = JobSpec.learning_rate,
+        momentum: float = JobSpec.momentum,
         l2: float = JobSpec.l2,
         validation: float = JobSpec.validation,
         seed: int = JobSpec.seed,
@@ -234,6 +235,7 @@ class FederatedLogisticRegression(BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.momentum = momentum
         self.l2 = l2
         self.validation = validation
         self.seed = seed
@@ -361,7 +363,8 @@ class FederatedLogisticRegression(BaseEstimator):
         )
         return JobSpec(
             name=JOB_NAME, parties=party_specs, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=float(self.learning_rate), l2=float(self.l2), validation=float(self.validation), seed=self.seed,
+            learning_rate=float(self.learning_rate), momentum=float(self.momentum), l2=float(self.l2),
+            validation=float(self.validation), seed=self.seed,
             key_bits=self.key_bits, early_stop_tol=float(self.early_stop_tol), min_overlap=self.min_overlap,
             obfuscation=self.obfuscation, binning=as_binning(self.binning), protected=self._protected(),
             keep_protected=bool(self.keep_protected), calibrate=bool(self.calibrate),

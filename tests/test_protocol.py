@@ -42,13 +42,13 @@ def reference(consortium, *, quantised: bool):
 FAST_PATHS = [
     {},
     {"precompute_epochs": 2},                                   # obfuscators made in advance, then inline
-    {"momentum": 0.7},                                          # heavy ball: each party's own velocity
     {"obfuscation": "standard", "precompute_epochs": 1},        # r^n with a full exponent
     {"refill_obfuscators": True},                               # made in the background while training
 ]
 
 
-@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["inline", "precomputed", "standard", "refilled"])
+@pytest.mark.parametrize("fast_path", [*FAST_PATHS, {"momentum": 0.7}],
+                         ids=["inline", "precomputed", "standard", "refilled", "momentum"])
 def test_three_parties_match_numpy_gradient_descent(breast_folder, keypair, inline_pool, fast_path):
     consortium = consortium_for(
         breast_folder, split_three_ways(breast_folder), keypair, inline_pool,
