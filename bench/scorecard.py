@@ -13,8 +13,8 @@ file's unless given; the rows are the job's own split (fedscore.model.rows.split
 On the held-out rows it prints, side by side: fedscore binned and calibrated (the job's [binning], or the default
 quantile bins), scikit-learn's LogisticRegression on the same 0/1 attribute columns and training rows (the exact
 logistic loss, no penalty), and fedscore on raw standardised columns (binning "none", calibrated too): AUC, KS,
-Brier score, log-loss, mean PD and the observed default rate. Then what the scorecard is judged by: |AUC −
-scikit-learn's| ≤ 0.005, |mean PD − observed default rate| ≤ 0.01, Brier − scikit-learn's ≤ 0.002.
+Brier score, log-loss, mean PD and the observed default rate. Then what the scorecard is judged by: scikit-learn's
+AUC − ours ≤ 0.005 (a shortfall; ours may be higher), |mean PD − observed default rate| ≤ 0.01, Brier − scikit-learn's ≤ 0.002.
 
 Plain gradient descent on indicator columns converges slowly: on the demo data the Brier score comes within 0.002
 of scikit-learn's after about 50 epochs at learning rate 1.0 (1.5 diverges). The job file's heavy-ball momentum
@@ -168,10 +168,12 @@ def main() -> None:
     print_table([binned, reference, raw])
 
     ours, theirs, plain = binned.measures(), reference.measures(), raw.measures()
-    auc_gap = abs(ours["test AUC"] - theirs["test AUC"])
+    # how far the federated model's AUC falls short of scikit-learn's (one-sided, like the Brier gap: ranking
+    # held-out rows better than the exact fit is no failure; the unpenalised exact fit can overfit its bins)
+    auc_gap = theirs["test AUC"] - ours["test AUC"]
     pd_gap = abs(ours["mean PD"] - ours["observed default rate"])
     brier_gap = ours["Brier"] - theirs["Brier"]
-    print(f"|AUC − scikit-learn's| {auc_gap:.4f} (≤ {AUC_GAP}), |mean PD − observed| {pd_gap:.4f} (≤ {MEAN_PD_GAP}), "
+    print(f"scikit-learn's AUC − ours {auc_gap:+.4f} (≤ {AUC_GAP}), |mean PD − observed| {pd_gap:.4f} (≤ {MEAN_PD_GAP}), "
           f"Brier − scikit-learn's {brier_gap:+.4f} (≤ {BRIER_GAP}); binned − raw: AUC "
           f"{ours['test AUC'] - plain['test AUC']:+.4f}, Brier {ours['Brier'] - plain['Brier']:+.4f}")
     print_figures([
