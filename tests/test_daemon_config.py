@@ -74,6 +74,8 @@ def test_a_coordinator_config_is_named_coordinator_and_has_no_data(tmp_path):
     ({"card_centers": "bank"}, "card_centers must be a list, got 'bank'"),
     ({"state_dir": 7}, "state_dir must be a string, got 7"),
     ({"scoring_table": ["a"]}, "scoring_table must be a string"),
+    ({"reason": "x" * 161}, "reason must be one printable line of at most 160 characters"),
+    ({"reason": "a\tb"}, "reason must be one printable line"),
 ])
 def test_each_bad_value_is_refused_by_name(tmp_path, settings, fragment):
     with pytest.raises(ConfigError) as refused:

@@ -85,3 +85,14 @@ def test_binned_reasons_are_worded_sorted_by_points_lost_and_skip_protected_and_
         "information held by partner bureau",
     )
     assert result.partners_missing == ("telco",)
+
+
+def test_a_partner_that_lowered_the_score_is_named_in_its_own_words_when_it_gave_them():
+    policy = ScoringPolicy()
+    partners = {"bureau": 0.8, "shop": 0.5, "telco": -0.4}    # telco raised the score: no line for it
+    wording = {"bureau": "late payments reported by your credit bureau"}
+    given = answer({}, -1.0, partners, 0.0, policy, shortfalls=(), partner_wording=wording)
+    assert given.reasons == ("late payments reported by your credit bureau", "information held by partner shop")
+    plain = answer({}, -1.0, partners, 0.0, policy, shortfalls=())
+    assert plain.reasons == ("information held by partner bureau", "information held by partner shop")
+    assert (given.probability, given.score) == (plain.probability, plain.score)   # words change nothing else

@@ -27,7 +27,9 @@ EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tl
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
+    "reason",
 }
+REASON_LIMIT = 160   # characters of a partner's reason line
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class DaemonConfig:
     card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
     feature_names: str = "opaque"           # as a partner, its features' names in the card center's statistics:
                                             # "opaque" ("<party>:f1", "<party>:f2"... in its columns' order) or "real"
+    reason: str = ""                        # as a partner, its own words for an applicant's reason line when its
+                                            # part lowered the score ("" : "information held by partner <name>")
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
 
@@ -131,7 +135,11 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
     feature_names = take(table, "feature_names", str, DaemonConfig.feature_names, where)
     if feature_names not in FEATURE_NAMINGS:
         raise ConfigError(f"{where}: feature_names must be one of {', '.join(FEATURE_NAMINGS)}, got {feature_names!r}")
+    reason = take(table, "reason", str, DaemonConfig.reason, where).strip()
+    if len(reason) > REASON_LIMIT or not reason.isprintable():
+        raise ConfigError(f"{where}: reason must be one printable line of at most {REASON_LIMIT} characters")
     return {
+        "reason": reason,
         "data_dir": _path(table, "data_dir", "data", base, where),   # must exist when the daemon starts
         "min_key_bits": min_key_bits,
         "min_batch_rows": min_batch_rows,

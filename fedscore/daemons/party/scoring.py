@@ -58,6 +58,7 @@ class ScoringHost:
         self.name = config.name
         self.label = f"party {config.name!r}"
         self.key = key
+        self.reason = config.reason   # as a partner: its own words for its reason line, sent when a model opens
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._open_lock = threading.Lock()
@@ -224,7 +225,7 @@ class ScoringHost:
                 timeout=settings.timeout_ms / 1000, on_chain=member.rules.seen.requests.__contains__,
                 uses=self.consent_uses(),
             )
-            sync = lambda: self._sync_partners(spec, member, peers, facts)   # noqa: E731
+            sync = lambda: self._sync_partners(spec, member, peers, facts, scorer)   # noqa: E731
             sync()
             if member.height == 0:
                 append_block(member, peers, [scoring_start_entry(facts, job_name)])
@@ -243,9 +244,12 @@ class ScoringHost:
             raise
         return ServedModel(job_id, "card_center", member, scorer, peers, batcher, spec)
 
-    def _sync_partners(self, spec: JobSpec, member: LedgerMember, peers: dict[str, ScoringPeer], facts: ScoringFacts) -> None:
-        """Open the model at every partner (again, after a restart) and send each the blocks it missed."""
+    def _sync_partners(self, spec: JobSpec, member: LedgerMember, peers: dict[str, ScoringPeer], facts: ScoringFacts,
+                       scorer: CardCenterScorer) -> None:
+        """Open the model at every partner (again, after a restart), take its wording of its reason line, and
+        send each the blocks it missed."""
         replies = call_each(peers, lambda name, peer: peer.open_scoring(spec, facts.pair_keys[name]))
+        scorer.partner_wording = {name: reply.reason for name, reply in replies.items() if reply.reason}
         for name, reply in replies.items():
             if reply.blocks > member.height:
                 raise LedgerError(member.height, f"partner {name!r} holds {reply.blocks} scoring blocks, more than the card center's {member.height}")

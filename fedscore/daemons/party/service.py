@@ -202,7 +202,7 @@ class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
         served, features, basis = host.open(request.job_id, spec, request.settings_json, request.pair_key)
         return pb.OpenScoringReply(
             job_id=served.job_id, features=features, limit_basis=basis, blocks=served.member.height,
-            ledger_path=str(served.member.path),
+            ledger_path=str(served.member.path), reason=host.reason if served.role == "partner" else "",
         )
 
     def Score(self, request, context):

@@ -76,6 +76,7 @@ class CardCenterScorer:
         self.journal = journal
         self.uses = uses or ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self.timeout = timeout
+        self.partner_wording: dict[str, str] = {}   # each partner's own words for its reason line, when it opens
         self.pending: list[dict] = []
         self._lock = threading.Lock()
         for entry in journal.load():
@@ -144,7 +145,7 @@ class CardCenterScorer:
         request_id = uuid.uuid4().hex
         tags = {name: self.secrets.tag(request_id, name) for name in self.partners}
         scores = self.ask_partners(request_id, tags, digest, consent)
-        result = center_answer(self.model, values, scores, base, self.policy)
+        result = center_answer(self.model, values, scores, base, self.policy, self.partner_wording)
         marks = {
             name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
             for name, tag in tags.items()

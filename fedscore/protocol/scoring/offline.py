@@ -103,15 +103,18 @@ def limit_base(center: PartyModel, values: Sequence[object], policy: ScoringPoli
 
 
 def center_answer(
-    center: PartyModel, center_values: Sequence[object], scores: Mapping[str, float | None], base: float, policy: ScoringPolicy
+    center: PartyModel, center_values: Sequence[object], scores: Mapping[str, float | None], base: float,
+    policy: ScoringPolicy, partner_wording: Mapping[str, str] | None = None,
 ) -> Answer:
     """The answer from the card center's own values and the partners' partial scores (None: unknown or no
-    answer): the one computation behind both the offline and the online answer."""
+    answer): the one computation behind both the offline and the online answer. ``partner_wording``: each
+    partner's own words for its reason line (its config's ``reason``), where it gave them."""
     if center.intercept is None:
         raise DataError(f"party {center.party!r}: its model has no intercept; is it the card center's?")
     own = feature_contributions(center, center_values)
     reasons_from = shortfalls(center, center_values) if center.binned else None
-    return answer(own, center.intercept, dict(scores), base, policy, center.calibrated, reasons_from, center.protected)
+    return answer(own, center.intercept, dict(scores), base, policy, center.calibrated, reasons_from, center.protected,
+                  partner_wording)
 
 
 def offline_answer(

@@ -28,7 +28,7 @@ the score against an average applicant's (0):
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedscore.model.calibration import IDENTITY, Calibration
@@ -127,12 +127,14 @@ def reasons(
     calibration: Calibration = IDENTITY,
     shortfalls: Sequence[Shortfall] | None = None,
     protected: Collection[str] = (),
+    partner_wording: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """Lines naming what lowered the score, from raw log-odds costs scaled to points by a·pdo/ln2.
 
     ``shortfalls`` (binned models): each characteristic against its best attribute, worded from the bin.
     Otherwise ``own``: each feature's contribution against an average applicant, in points.
-    ``partners``: each partner's partial score against an average applicant's (0).
+    ``partners``: each partner's partial score against an average applicant's (0); its line is in the
+    partner's own words when its config gives them (``partner_wording``).
     """
     per_point = calibration.slope * policy.pdo / LN2
     enough = 0.5   # below half a point is not a reason
@@ -145,8 +147,9 @@ def reasons(
     lines = [wording for _, _, wording in lowering]
     for name, u in sorted(partners.items()):
         if u * per_point >= enough:
-            lines.append(f"information held by partner {name}" if shortfalls is not None
-                         else f"partner {name}: -{u * per_point:.0f} points")
+            own_words = (partner_wording or {}).get(name)
+            lines.append(own_words or (f"information held by partner {name}" if shortfalls is not None
+                                       else f"partner {name}: -{u * per_point:.0f} points"))
     return tuple(lines)
 
 
@@ -159,6 +162,7 @@ def answer(
     calibration: Calibration = IDENTITY,
     shortfalls: Sequence[Shortfall] | None = None,
     protected: Collection[str] = (),
+    partner_wording: Mapping[str, str] | None = None,
 ) -> Answer:
     """The full answer from per-feature log-odds contributions (own), the intercept and each
     partner's partial score (None: the partner does not know the applicant or did not answer;
@@ -176,6 +180,6 @@ def answer(
         score=score,
         decision=decision(score, policy),
         credit_limit=credit_limit(score, base_amount, policy),
-        reasons=reasons(own, present, policy, calibration, shortfalls, protected),
+        reasons=reasons(own, present, policy, calibration, shortfalls, protected, partner_wording),
         partners_missing=tuple(sorted(name for name, u in partners.items() if u is None)),
     )
