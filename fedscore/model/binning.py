@@ -274,17 +274,9 @@ def _fit_numeric(name: str, numbers: np.ndarray, settings: Binning, smallest: in
     labels_out = [_range_label(edges, k) for k in range(ranges)]
     specials = [(value, ranges + i) for i, value in enumerate(kept_specials)]
     labels_out += [f"= {_number_text(v)}" for v in kept_specials]
-    if plain.size == 0:
-        # only special values and missing ones: no range holds a row, so ranges join the first special bin
-        pass
     range_counts = np.bincount(np.searchsorted(edges, plain, side="right"), minlength=ranges)
     largest = int(np.argmax(range_counts)) if plain.size else (ranges if kept_specials else 0)
-    if missing.sum() >= smallest:
-        missing_bin = len(labels_out)
-        labels_out.append(MISSING)
-    else:
-        missing_bin = largest
-        labels_out[largest] += f" or {MISSING}"
+    missing_bin = _own_bin_or_largest(labels_out, MISSING, missing.sum() >= smallest, largest)
     return FeatureBins(
         feature=name, kind=NUMERIC, labels=tuple(labels_out), missing=missing_bin, other=missing_bin,
         edges=tuple(float(e) for e in edges), range_bins=tuple(range(ranges)), specials=tuple(specials),
@@ -364,20 +356,20 @@ def _fit_categorical(name: str, texts: list[str | None], max_bins: int, smallest
     if not kept:
         return "no category holds the minimum share of training rows"
     largest = 0   # kept is sorted by count, largest first
-    if rest >= smallest:
-        other = len(labels)
-        labels.append(OTHER)
-    else:
-        other = largest
-        labels[largest] += f" or {OTHER}"
-    if missing_count >= smallest:
-        missing = len(labels)
-        labels.append(MISSING)
-    else:
-        missing = largest
-        labels[largest] += f" or {MISSING}"
+    other = _own_bin_or_largest(labels, OTHER, rest >= smallest, largest)
+    missing = _own_bin_or_largest(labels, MISSING, missing_count >= smallest, largest)
     return FeatureBins(feature=name, kind=CATEGORICAL, labels=tuple(labels), missing=missing, other=other,
                        categories=tuple(categories))
+
+
+def _own_bin_or_largest(labels: list[str], label: str, enough: bool, largest: int) -> int:
+    """The bin of ``label`` (missing, other): a bin of its own when it holds enough training rows, else the
+    feature's largest bin, whose label then says so. Appends to ``labels``."""
+    if enough:
+        labels.append(label)
+        return len(labels) - 1
+    labels[largest] += f" or {label}"
+    return largest
 
 
 def _number_text(value: float) -> str:

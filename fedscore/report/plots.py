@@ -72,15 +72,20 @@ def loss(losses: list[float]) -> bytes:
     return _png(figure)
 
 
-def score_distribution(histogram: dict, rows: str) -> bytes:
-    edges = np.asarray(histogram["edges"])
+def _goods_and_bads(axes, edges: np.ndarray, histogram: dict) -> None:
+    """Goods and bads side by side per bin, each as a share of its own group."""
     goods, bads = np.asarray(histogram["goods"], float), np.asarray(histogram["bads"], float)
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    figure, axes = _figure()
     axes.bar(centres - width / 4, 100 * goods / max(goods.sum(), 1), width / 2, color=GOODS,
              label=f"goods ({int(goods.sum())})")
     axes.bar(centres + width / 4, 100 * bads / max(bads.sum(), 1), width / 2, color=BADS,
              label=f"bads ({int(bads.sum())})")
+
+
+def score_distribution(histogram: dict, rows: str) -> bytes:
+    edges = np.asarray(histogram["edges"])
+    figure, axes = _figure()
+    _goods_and_bads(axes, edges, histogram)
     axes.set(xlim=(0, 1), xlabel="federated P(default)", ylabel="% of the group",
              title=f"Score distribution of goods and bads, {rows} rows")
     axes.legend()
@@ -144,13 +149,8 @@ def reliability(calibration: list[dict], rows: str) -> bytes:
 def points_distribution(histogram: dict, rows: str, cut_offs: list[tuple[str, float]] = ()) -> bytes:
     """Goods and bads per points bin (each as a share of its group), with the decision cut-offs drawn."""
     edges = np.asarray(histogram["edges"], float)
-    goods, bads = np.asarray(histogram["goods"], float), np.asarray(histogram["bads"], float)
-    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     figure, axes = _figure()
-    axes.bar(centres - width / 4, 100 * goods / max(goods.sum(), 1), width / 2, color=GOODS,
-             label=f"goods ({int(goods.sum())})")
-    axes.bar(centres + width / 4, 100 * bads / max(bads.sum(), 1), width / 2, color=BADS,
-             label=f"bads ({int(bads.sum())})")
+    _goods_and_bads(axes, edges, histogram)
     for name, at in cut_offs:
         axes.axvline(at, color="black", linestyle=":", linewidth=1.2)
         axes.annotate(name, (at, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
