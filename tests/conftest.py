@@ -12,7 +12,7 @@ from fedscore.crypto.pool import CryptoPool
 
 HERE = Path(__file__).resolve().parent
 FAULT_KINDS = ["peer kills and hangs survived", "malformed messages tried", "bad files tried", "leak needles looked for",
-               "leaks found"]
+               "leaks found", "attacks tried", "attacks succeeded"]
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
