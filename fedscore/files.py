@@ -33,9 +33,13 @@ def _temporary_copy(path: Path, data: str | bytes) -> str:
     return temporary
 
 
-def write_atomically(path: Path, text: str | bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file beside ``path`` and rename: a reader sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, text: str | bytes, mode: int = 0o600) -> None:
+    """Write to a temporary file beside ``path`` and rename: a reader sees all or nothing.
+
+    Owner-only unless ``mode`` says otherwise: what fedscore writes (models, reports, scores, checkpoints)
+    describes applicants or a party's data, so other accounts on the machine read none of it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = _temporary_copy(path, text)
     try:
         os.chmod(temporary, mode)

@@ -87,6 +87,13 @@ def test_a_truncated_replica_fails_against_the_reported_head(finished_run, tmp_p
     assert done.returncode == 3 and "not the expected" in done.stderr  # ... but not the reported one
 
 
+def test_a_malformed_head_is_a_usage_error_not_a_failed_verification(finished_run):
+    """Exit 3 means "the evidence does not verify": a mistyped or cut-short --head must not say that."""
+    for head in (finished_run["ledger_head"][:12], finished_run["ledger_head"] + "0", "zz" * 32):
+        done = audit("verify", finished_run["ledgers"]["guest"], "--head", head)
+        assert done.returncode == 2 and "not a block hash" in done.stderr, head
+
+
 def test_a_tampered_replica_fails_and_names_the_block(finished_run, tmp_path):
     copy = tmp_path / "ledger.sqlite"
     copy.write_bytes(Path(finished_run["ledgers"]["guest"]).read_bytes())

@@ -200,3 +200,15 @@ def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypa
     too_many = inline_pool.encrypt(keypair[0], [0] * (columns + 1))
     with pytest.raises(ProtocolError, match=f"party 'host' sent {columns + 1} gradient values; it has {columns} columns"):
         consortium.coordinator.decrypt_masked_gradient("host", too_many, Step(0, 0))
+
+
+def test_coordinator_refuses_a_loss_below_the_taylor_minimum(breast_folder, keypair, inline_pool):
+    """A card center sending another ciphertext as [[Z]] (here, a partner's negative partial score) has it
+    refused, not decrypted onto the chain; an offset substitute would pass (docs/privacy.md says so)."""
+    consortium = consortium_for(breast_folder, breast_parties(), keypair, inline_pool)
+    coordinator = consortium.coordinator
+    partial = -3 * 2**SCORE_BITS   # one applicant's partial score of −3, scaled as the protocol scales it
+    with pytest.raises(ProtocolError, match="below the Taylor loss's minimum"):
+        coordinator.decrypt_loss(inline_pool.encrypt(keypair[0], [partial])[0], 64, Step(0, 0))
+    honest = coordinator.decrypt_loss(inline_pool.encrypt(keypair[0], [4 * 64 * 2**SCORE_BITS])[0], 64, Step(0, 1))
+    assert honest == pytest.approx(np.log(2) - 0.5 + 1.0)

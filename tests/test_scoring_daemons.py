@@ -284,3 +284,14 @@ def test_score_json_prints_the_summary_and_quiet_prints_nothing(trained, tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
     assert (pd.read_csv(output, dtype=str, keep_default_na=False)["error"] == "").all()
+
+
+def test_state_folders_models_and_reports_are_their_owners_only(trained):
+    """Models, pages and ledgers describe applicants: no other account on the machine may read them."""
+    state = trained / "state"
+    for party in ("card_center", "bureau", "ecommerce"):
+        assert (state / party).stat().st_mode & 0o777 == 0o700, party
+        job = next((state / party / "jobs").glob("*/model.json")).parent
+        for name in ("model.json", "report.html", "ledger.sqlite"):
+            assert (job / name).stat().st_mode & 0o077 == 0, f"{party}'s {name} is readable by others"
+        assert job.stat().st_mode & 0o077 == 0, f"{party}'s job folder is readable by others"

@@ -101,6 +101,15 @@ def _add_tls_arguments(command: argparse.ArgumentParser) -> None:
                          help="plaintext, no authentication (daemons started with --insecure): debugging only")
 
 
+def _block_hash(text: str) -> str:
+    """A block hash as a report prints it (64 hex digits): anything else is a mistyped command (exit 2),
+    not a chain that fails to verify (exit 3)."""
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a block hash: give all 64 hex digits the job report prints")
+    return value
+
+
 def _output_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors (with --json: the document only)")
     parser.add_argument("--json", action="store_true", help=f"print {what} as one JSON document on stdout, and nothing else there")
@@ -162,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "prove":
             sub.add_argument("entry", help="HEIGHT:INDEX, e.g. 5:0")
         if action == "verify":
-            sub.add_argument("--head", help="the head hash the job report gives: a truncated or replaced chain fails too")
+            sub.add_argument("--head", type=_block_hash,
+                             help="the head hash the job report gives: a truncated or replaced chain fails too")
         _output_options(sub, "the result")
         sub.set_defaults(handler=cmd_audit)
     check = actions.add("check-proof", "verify an inclusion proof offline; exit 3 if it does not verify")

@@ -88,7 +88,7 @@ class LocalConsortium:
 
     def _launch(self, member: str, role: str, settings: dict[str, str | int | list[str]]) -> Path:
         folder = self.state_root / member
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = folder / f"{role}.toml"
         if not self.insecure:
             settings = {**settings, "tls_dir": str(self.certs_dir / member)}

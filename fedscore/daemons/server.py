@@ -56,7 +56,9 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
         log.warning(INSECURE_WARNING)
         print(f"WARNING: {role} {config.name!r} {INSECURE_WARNING}", file=sys.stderr, flush=True)
     config = load_identity(role, config, insecure)
+    os.umask(0o077)   # every file and folder the daemon makes (ledgers, journals, models) is its owner's only
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.chmod(0o700)   # a folder made by an older version, or by hand, too
     pool = None
     service = None
     # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept

@@ -22,6 +22,8 @@ from fedscore.ledger.entries import Facts, step_key
 from fedscore.job import Step
 from fedscore.model.taylor import LOG2_MINUS_HALF
 
+LOSS_ROUNDING = 1e-6   # how far fixed-point rounding can take an honest loss below its minimum (far less in fact)
+
 
 def new_job_id(name: str) -> str:
     return f"{name}-{secrets.token_hex(4)}"
@@ -73,9 +75,20 @@ class CoordinatorSession:
         return [self._private_key.decrypt(c) for c in masked]
 
     def decrypt_loss(self, encrypted_total: mpz, batch_rows: int, step: Step) -> float:
-        """The batch's Taylor loss from [[Z]] = [[4·|B|·2^P·(loss − log 2 + 1/2)]]."""
+        """The batch's Taylor loss from [[Z]] = [[4·|B|·2^P·(loss − log 2 + 1/2)]].
+
+        The card center assembles [[Z]], so a deviating one could send any ciphertext it holds here and have
+        one value per step decrypted onto the chain. An honest Z is never negative (each row's Taylor loss is
+        at least log 2 − 1/2); a value below that is refused, which catches a careless substitute but not one
+        offset to look like a loss: docs/privacy.md counts this as one value per step.
+        """
         total = self._private_key.decrypt_signed(encrypted_total)
         loss = LOG2_MINUS_HALF + total / (4.0 * batch_rows * 2.0**SCORE_BITS)
+        if loss < LOG2_MINUS_HALF - LOSS_ROUNDING:
+            raise ProtocolError(
+                f"the loss of epoch {step.epoch + 1} batch {step.batch + 1} decrypts to {loss:.6g}, below the Taylor "
+                f"loss's minimum log 2 − 1/2 = {LOG2_MINUS_HALF:.6g}: the card center's [[Z]] is not a loss"
+            )
         self.facts.record(step.epoch, step.batch, "loss_share", pack([encrypted_total], self.public_key.ciphertext_bytes))
         self.facts.losses[step_key(step.epoch, step.batch)] = loss
         return loss
