@@ -27,14 +27,17 @@ twice, and no entry marks as not contributing a request its own journal
 says it answered before the request's deadline: it bills from its own
 record, not from the card center's word. Only an answer it gave after the
 deadline may be marked as not contributing; it is counted as unbilled. The
-card center signs only entries it made itself. Settlements: each payee checks its own
-line; the card center checks every line (fedscore.ledger.settlement).
+card center signs only entries it made itself. Settlements: each payee
+checks its own line, and that no answer it gave in time is still missing
+from the chain; the card center checks every line
+(fedscore.ledger.settlement).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass, field
 
 from fedscore.ledger import settlement
@@ -44,6 +47,7 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 TAG = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
+SETTLE_GRACE_MS = 300_000   # a partner's answer must be on the chain this long after its deadline before a settlement
 ENTRY_KEYS = {"kind", "request_id", "time_ms", "applicant", "consent", "consent_digest", "partners"}
 
 
@@ -243,6 +247,20 @@ def _scoring(entry: dict, facts: ScoringFacts, seen: ScoringSeen) -> str | None:
     return None
 
 
+def unrecorded_answer(facts: ScoringFacts, now_ms: int) -> str | None:
+    """Why a partner will not settle yet: an answer it gave in time is still not on the chain, though its
+    deadline passed SETTLE_GRACE_MS ago (a card center settles only after putting every entry it holds on the
+    chain, so a settlement without it would leave that answer unpaid). None: every such answer is recorded."""
+    if facts.role != "partner":
+        return None
+    overdue = sorted(tag for tag, deadline in list(facts.on_time.items()) if deadline < now_ms - SETTLE_GRACE_MS)
+    if not overdue:
+        return None
+    more = f" (and {len(overdue) - 1} more)" if len(overdue) > 1 else ""
+    return (f"refuses to sign the scoring settlement: request {overdue[0]}{more}, which {facts.member!r} answered "
+            "before its deadline, is not on the chain")
+
+
 def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
     """An entry is on the chain: what this member kept about it until then can go (a partner notes
     an answer the chain marks as not contributing as unbilled: it was late, or it would have refused the block)."""
@@ -303,4 +321,4 @@ class ScoringRules:
         return settlement.scoring_settlement_body(self.genesis, self.seen)
 
     def settlement_refusal(self, body: bytes) -> str | None:
-        return settlement.scoring_refusal(body, self.genesis, self.seen)
+        return settlement.scoring_refusal(body, self.genesis, self.seen) or unrecorded_answer(self.facts, time.time_ns() // 1_000_000)
