@@ -63,6 +63,11 @@ def test_a_partner_refuses_a_block_that_marks_its_answers_as_not_contributing(tm
         entry = next(e for e, s in zip(forged, scored) if s.partial_scores[name] is not None)
         with pytest.raises(LedgerError, match=f"request {entry['partners'][name]['tag']} marks {name!r} as not contributing"):
             partner.member.sign(signed_by_card_center(c, [entry]))
+    host = c.partners["host"]
+    host.stop()
+    host.start()   # a restarted partner bills from its journal on disk just the same
+    with pytest.raises(LedgerError, match=f"request {forged[0]['partners']['host']['tag']} marks 'host' as not contributing"):
+        host.member.sign(signed_by_card_center(c, forged[:1]))
 
     # a settlement now (the requests withheld from the chain) is refused too once their deadlines are long past
     late_now = now_ms() + SETTLE_GRACE_MS + 1000

@@ -321,4 +321,5 @@ class ScoringRules:
         return settlement.scoring_settlement_body(self.genesis, self.seen)
 
     def settlement_refusal(self, body: bytes) -> str | None:
-        return settlement.scoring_refusal(body, self.genesis, self.seen) or unrecorded_answer(self.facts, time.time_ns() // 1_000_000)
+        now_ms = time.time_ns() // 1_000_000
+        return settlement.scoring_refusal(body, self.genesis, self.seen) or unrecorded_answer(self.facts, now_ms)
