@@ -17,9 +17,9 @@ from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.files import read_json_lines
 from fedscore.job import JobSpec, PartySpec
 from fedscore.job_file import ScoringSettings, parse_scoring
-from fedscore.ledger.block import sign
+from fedscore.ledger.block import encode_entry, sign
 from fedscore.ledger.cosign import co_sign, settlement_entry
-from fedscore.ledger.scoring_rules import SETTLE_GRACE_MS, contributed, entry_digest, mark, unrecorded_answer
+from fedscore.ledger.scoring_rules import SETTLE_GRACE_MS, contributed, mark, unrecorded_answer
 from fedscore.ledger.verify import LedgerError
 from fedscore.protocol.scoring import card_center as card_center_module
 from fedscore.protocol.scoring.consent import applicant_digest
@@ -51,13 +51,13 @@ def test_a_partner_refuses_a_block_that_marks_its_answers_as_not_contributing(tm
     forged = list(c.center.pending)
     assert not any(contributed(e, n, p.pair_key) for e in forged for n, p in c.partners.items())
 
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(LedgerError) as refused:
         c.batcher.flush()
     recorded = {p.member.height for p in c.partners.values()} | {c.member.height}
     assert not attack(succeeded=recorded != {1})   # nothing past the genesis, at any replica
-    first_block = forged[:7]
-    named = [e["partners"][n]["tag"] for e in first_block for n in c.partners if e["partners"][n]["tag"] in str(refused.value)]
-    assert named and "as not contributing" in str(refused.value) and "before the request's deadline" in str(refused.value)
+    message = str(refused.value)
+    assert "as not contributing" in message and "before the request's deadline" in message
+    assert any(e["partners"][n]["tag"] in message for e in forged[:7] for n in c.partners)   # it names the request
     # each partner refuses on its own, naming its own tag for the first request it answered
     for name, partner in c.partners.items():
         entry = next(e for e, s in zip(forged, scored) if s.partial_scores[name] is not None)
@@ -75,6 +75,15 @@ def test_a_partner_refuses_a_block_that_marks_its_answers_as_not_contributing(tm
     withheld = unrecorded_answer(c.partners["host"].member.rules.facts, late_now)
     assert not attack(succeeded=withheld is None)
     assert "answered before its deadline, is not on the chain" in withheld and "(and 39 more)" in withheld
+    # through the countersigning path, five minutes on: the card center's settlement of nothing is refused
+    zero = c.member.rules.settlement_body()
+    assert zero["total"] == 0
+    facts = c.partners["host"].member.rules.facts
+    kept = dict(facts.on_time)
+    facts.on_time.update({tag: deadline - SETTLE_GRACE_MS - 1000 for tag, deadline in kept.items()})
+    with pytest.raises(ProtocolError, match="party 'host': refuses to sign the scoring settlement: request [0-9a-f]{32} "):
+        c.partners["host"].sign_settlement(encode_entry(zero))
+    facts.on_time.update(kept)
 
     # the only entries the partners sign bill what they answered; the settlement follows from them, not 0
     honest = []
@@ -82,7 +91,6 @@ def test_a_partner_refuses_a_block_that_marks_its_answers_as_not_contributing(tm
         partners = {n: {"tag": v["tag"], "mark": mark(c.partners[n].pair_key, v["tag"], result.partial_scores[n] is not None)}
                     for n, v in entry["partners"].items()}
         honest.append({**entry, "partners": partners})
-        c.member.rules.facts.answered[entry["request_id"]] = entry_digest(honest[-1])
     for start in range(0, 40, 10):
         signed = co_sign(c.member, c.partners, signed_by_card_center(c, honest[start:start + 10]))
         for partner in c.partners.values():
