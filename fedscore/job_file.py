@@ -135,6 +135,17 @@ class ScoringSettings:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def validate(self, where: str) -> "ScoringSettings":
+        """The limits a card center serves under, wherever its settings come from (a job file, the wire).
+        A wait is required: it is the deadline every partner's answer carries, and partners bill by it."""
+        timeout = self.timeout_ms
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 60_000:
+            raise ConfigError(f"{where}: timeout_ms (the partners' deadline) must be between 1 and 60000, got {timeout}")
+        if not 1 <= self.batch_entries <= 2_000 or not 0.01 <= self.batch_seconds <= 3600:
+            # a block of 2 000 entries is about 2.5 MB: within any daemon's message limit (at least 4 MiB)
+            raise ConfigError(f"{where}: batch_entries must be 1..2000 and batch_seconds 0.01..3600")
+        return self
+
     @classmethod
     def from_json(cls, text: str) -> "ScoringSettings":
         document = json.loads(text)
@@ -184,12 +195,7 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
         batch_seconds=float(take(table, "batch_seconds", (int, float), ScoringSettings.batch_seconds, at)),
         consent_issuers=tuple(i.lower() for i in issuers),
     )
-    if not 1 <= settings.timeout_ms <= 60_000:
-        raise ConfigError(f"{at}: timeout_ms must be between 1 and 60000, got {settings.timeout_ms}")
-    if not 1 <= settings.batch_entries <= 2_000 or not 0.01 <= settings.batch_seconds <= 3600:
-        # a block of 2 000 entries is about 2.5 MB: within any daemon's message limit (at least 4 MiB)
-        raise ConfigError(f"{at}: batch_entries must be 1..2000 and batch_seconds 0.01..3600")
-    return settings
+    return settings.validate(at)
 
 
 def load_scoring(path: Path | str) -> ScoringSettings:

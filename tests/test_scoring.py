@@ -284,7 +284,8 @@ def test_requests_without_a_valid_consent_are_refused_before_any_partner_is_aske
         c.center.score(applicant, features, consent_for("someone-else").to_text())
     # the partner refuses on its own too, whatever the card center does
     with pytest.raises(ConsentError, match="partner 'host' refuses"):
-        c.partners["host"].scorer.partial_score("a" * 32, applicant_digest(applicant), consent_for("someone-else").to_text())
+        c.partners["host"].scorer.partial_score("a" * 32, applicant_digest(applicant), consent_for("someone-else").to_text(),
+                                                now_ms() + 1000)
     assert c.center.pending == [] and c.partners["host"].scorer.facts.answered == {}
 
 

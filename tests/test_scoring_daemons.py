@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedscore.cli.status import member_status
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.cli.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
@@ -223,6 +224,10 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
             except PeerError:
                 time.sleep(0.5)
         assert settled["kind"] == "scoring_settlement" and list(again.partners_missing) in ([], ["ecommerce"])
+        # each partner reports, in its status, the answers it gave that are not billed (none: all were in time)
+        bureau_status = member_status("bureau", consortium.spec.party("bureau").address, "party", me)
+        serving = [j for j in bureau_status["jobs"] if j["chain"] == "scoring" and j["job_id"] == opened.job_id]
+        assert [j["detail"] for j in serving] == ["partner, 0 answers unbilled"]
         client.close()
     replicas = {p: list(LedgerStore(next((trained / "state" / p / "jobs").glob("*/scoring.sqlite"))).blocks())
                 for p in ("card_center", "bureau", "ecommerce")}

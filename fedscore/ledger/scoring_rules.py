@@ -22,17 +22,22 @@ own mark; the other partners' marks are opaque to it, so it cannot learn
 whether they hold the applicant it was asked about.
 
 A partner signs a block only if every entry that marks it as a contributor
-names a tag it answered, with the consent it checked, and no tag of its own
-twice. An answer marked as not contributing (it arrived after the card
-center stopped waiting) is counted as unbilled, not refused. The card center
-signs only entries it made itself. Settlements: each payee checks its own
-line; the card center checks every line (fedscore.ledger.settlement).
+names a tag it answered, with the consent it checked, no tag of its own
+twice, and no entry marks as not contributing a request its own journal
+says it answered before the request's deadline: it bills from its own
+record, not from the card center's word. Only an answer it gave after the
+deadline may be marked as not contributing; it is counted as unbilled. The
+card center signs only entries it made itself. Settlements: each payee
+checks its own line, and that no answer it gave in time is still missing
+from the chain; the card center checks every line
+(fedscore.ledger.settlement).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass, field
 
 from fedscore.ledger import settlement
@@ -42,6 +47,7 @@ REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 TAG = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
+SETTLE_GRACE_MS = 300_000   # a partner's answer must be on the chain this long after its deadline before a settlement
 ENTRY_KEYS = {"kind", "request_id", "time_ms", "applicant", "consent", "consent_digest", "partners"}
 
 
@@ -77,7 +83,10 @@ class ScoringFacts:
     pair_keys: dict[str, bytes] = field(default_factory=dict)   # partner -> mark key (a partner: its own only)
     answered: dict[str, str] = field(default_factory=dict)
     # card center: request id -> digest of the entry it made; partner: its tag -> consent digest; until on the chain
-    unbilled: int = 0                         # a partner's answers the chain marks as not contributing
+    on_time: dict[str, int] = field(default_factory=dict)
+    # a partner's answers given before the request's deadline (tag -> deadline, unix ms): an entry must bill them
+    unbilled: list[str] = field(default_factory=list)
+    # a partner's answers the chain recorded as not contributing, until its scorer logs them (durably)
 
     @property
     def partners(self) -> list[str]:
@@ -232,12 +241,29 @@ def _scoring(entry: dict, facts: ScoringFacts, seen: ScoringSeen) -> str | None:
         return f"its mark on request {tag} is not one the card center and {me!r} agreed"
     if verdict and facts.answered.get(tag) != entry["consent_digest"]:
         return f"request {tag} marks {me!r} as a contributor, but it never answered it with that consent"
+    if not verdict and tag in facts.on_time:
+        return (f"request {tag} marks {me!r} as not contributing, but its journal says it answered it before "
+                f"the request's deadline ({facts.on_time[tag]} ms): that answer is billed")
     return None
 
 
+def unrecorded_answer(facts: ScoringFacts, now_ms: int) -> str | None:
+    """Why a partner will not settle yet: an answer it gave in time is still not on the chain, though its
+    deadline passed SETTLE_GRACE_MS ago (a card center settles only after putting every entry it holds on the
+    chain, so a settlement without it would leave that answer unpaid). None: every such answer is recorded."""
+    if facts.role != "partner":
+        return None
+    overdue = sorted(tag for tag, deadline in list(facts.on_time.items()) if deadline < now_ms - SETTLE_GRACE_MS)
+    if not overdue:
+        return None
+    more = f" (and {len(overdue) - 1} more)" if len(overdue) > 1 else ""
+    return (f"refuses to sign the scoring settlement: request {overdue[0]}{more}, which {facts.member!r} answered "
+            "before its deadline, is not on the chain")
+
+
 def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
-    """An entry is on the chain: what this member kept about it until then can go (a partner counts
-    an answer the chain marks as not contributing as unbilled)."""
+    """An entry is on the chain: what this member kept about it until then can go (a partner notes
+    an answer the chain marks as not contributing as unbilled: it was late, or it would have refused the block)."""
     if entry.get("kind") != "scoring":
         return
     if facts.role == "card_center":
@@ -245,8 +271,9 @@ def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
         return
     me = facts.member
     tag = entry["partners"].get(me, {}).get("tag")
+    facts.on_time.pop(tag, None)
     if facts.answered.pop(tag, None) is not None and not contributed(entry, me, facts.pair_keys[me]):
-        facts.unbilled += 1
+        facts.unbilled.append(tag)
 
 
 @dataclass
@@ -294,4 +321,5 @@ class ScoringRules:
         return settlement.scoring_settlement_body(self.genesis, self.seen)
 
     def settlement_refusal(self, body: bytes) -> str | None:
-        return settlement.scoring_refusal(body, self.genesis, self.seen)
+        now_ms = time.time_ns() // 1_000_000
+        return settlement.scoring_refusal(body, self.genesis, self.seen) or unrecorded_answer(self.facts, now_ms)

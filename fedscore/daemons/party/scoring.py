@@ -104,8 +104,9 @@ class ScoringHost:
             raise ProtocolError(f"{self.label}: model {job_id!r} is not open for scoring here")
         return served
 
-    def training_facts(self, job_id: str, role: str) -> tuple[PartyModel, ScoringFacts, str]:
-        """This party's model and what its settled training chain says: members, fees, head."""
+    def training_facts(self, job_id: str, role: str) -> tuple[PartyModel, ScoringFacts, dict]:
+        """This party's model, what its settled training chain says (members, fees, head), and that chain's
+        genesis entry (the job's name and digest as this party trained it)."""
         folder = self.jobs_dir() / check_job_id(job_id, self.label)
         try:
             model = PartyModel.from_json((folder / "model.json").read_text())
@@ -132,7 +133,7 @@ class ScoringHost:
         facts = ScoringFacts(
             self.name, identity.public_hex(self.key), role, job_id, members, start["fees"], summary.head.hex()
         )
-        return model, facts, start["job_name"]
+        return model, facts, start
 
     def consent_policy(self) -> ConsentPolicy:
         if not self.config.consent_issuers:
@@ -171,7 +172,13 @@ class ScoringHost:
         return served.scorer.policy.limit_basis if isinstance(served.scorer, CardCenterScorer) else ""
 
     def _open_partner(self, job_id: str, spec: JobSpec, key: bytes) -> ServedModel:
-        model, facts, _ = self.training_facts(job_id, "partner")
+        model, facts, start = self.training_facts(job_id, "partner")
+        # the data file and id columns come from the request's spec: only as the job this party trained
+        if spec.digest() != start.get("job_digest"):
+            raise ProtocolError(
+                f"{self.label}: the job sent to open model {job_id!r} has digest {spec.digest()}, but this party "
+                f"trained it as job digest {start.get('job_digest')} (its training chain's genesis); not opened"
+            )
         if facts.card_center != spec.card_center.name:
             raise ProtocolError(f"{self.label}: job {job_id!r} was trained with card center {facts.card_center!r}")
         if len(key) != 32:
@@ -205,7 +212,9 @@ class ScoringHost:
             settings = ScoringSettings.from_json(settings_json) if settings_json else ScoringSettings()
         except (ValueError, TypeError, KeyError) as error:
             raise ConfigError(f"{self.label}: scoring settings are not readable: {error}") from None
-        model, facts, job_name = self.training_facts(job_id, "card_center")
+        settings.validate(f"{self.label}: scoring settings")
+        model, facts, start = self.training_facts(job_id, "card_center")
+        job_name = start["job_name"]
         partners = [p for p in spec.partners]
         if sorted(p.name for p in partners) != facts.partners:
             raise ConfigError(f"{self.label}: job {job_id!r} was trained with partners {', '.join(facts.partners)}")
@@ -288,7 +297,9 @@ class ScoringHost:
 
     def open_models(self) -> list[dict]:
         with self._lock:
-            return [{"job_id": j, "role": m.role, "blocks": m.member.height} for j, m in sorted(self._models.items())]
+            return [{"job_id": j, "role": m.role, "blocks": m.member.height,
+                     **({"unbilled": m.scorer.unbilled} if isinstance(m.scorer, PartnerScorer) else {})}
+                    for j, m in sorted(self._models.items())]
 
     # -- requests -----------------------------------------------------------------
 
@@ -302,7 +313,7 @@ class ScoringHost:
         served = self.card_center_model(job_id)
         return served.job_id, served.scorer.score(applicant_id, features, consent)
 
-    def partial_score(self, job_id: str, tag: str, digest: bytes, consent: str, deadline_ms: int = 0) -> float | None:
+    def partial_score(self, job_id: str, tag: str, digest: bytes, consent: str, deadline_ms: int) -> float | None:
         if not job_id:
             raise ProtocolError(f"{self.label}: a partial score names its model")
         served = self.served(job_id)

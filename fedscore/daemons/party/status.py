@@ -48,6 +48,7 @@ class PartyStatus:
             if caller is not None and caller not in decode_entry(ledger.genesis.entries[0]).get("members", {}):
                 continue
             blocks, head = ledger.store.head_summary()
+            detail = model["role"] + (f", {model['unbilled']} answers unbilled" if "unbilled" in model else "")
             statuses.append(pb.JobStatus(job_id=model["job_id"], stage="serving", blocks=blocks, head=head.hex(),
-                                         chain="scoring", detail=model["role"]))
+                                         chain="scoring", detail=detail))
         return statuses

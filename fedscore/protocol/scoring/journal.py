@@ -23,9 +23,20 @@ from fedscore.files import cut_torn_tail, read_json_lines, write_atomically
 log = logging.getLogger("fedscore.scoring")
 
 
+ANSWER_TRANSIT_MS = 100   # at most this much of the card center's wait is kept for answers to travel back
+
+
 def now_ms() -> int:
     """The clock scoring records are stamped with: unix milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def answer_deadline_ms(timeout: float) -> int:
+    """The deadline a partner is given when the card center waits ``timeout`` seconds: the end of the wait, less
+    the time an answer needs to reach it (a fifth of the wait, at most ANSWER_TRANSIT_MS). A partner bills every
+    answer it journalled by then, so an answer given in time must also arrive in time."""
+    wait_ms = int(timeout * 1000)
+    return now_ms() + wait_ms - min(ANSWER_TRANSIT_MS, wait_ms // 5)
 
 
 def json_line(record: dict) -> str:

@@ -11,6 +11,7 @@ from fedscore.job import JobSpec
 from fedscore.errors import ConsentError, FedscoreError, PeerError, ProtocolError
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.protocol.scoring.journal import answer_deadline_ms
 from fedscore.transport import codec
 from fedscore.transport.clients.base import Peer, ServiceClient
 from fedscore.transport.clients.chain import ChainClient, ChainMember
@@ -86,7 +87,7 @@ class PartialScoreSender:
     def submit(self, item: pb.PartialScoreItem, timeout: float) -> Future:
         """Queue one request; its item carries the deadline, so a partner never answers after it."""
         future: Future = Future()
-        item.deadline_ms = time.time_ns() // 1_000_000 + int(timeout * 1000)
+        item.deadline_ms = answer_deadline_ms(timeout)
         self._queue.put((item, time.monotonic() + timeout, future))
         return future
 
