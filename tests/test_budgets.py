@@ -296,3 +296,16 @@ def test_within_the_cap_alignment_works_and_the_set_size_goes_on_the_chain(tmp_p
     journal = json.loads((tmp_path / "state" / "host" / "budget.json").read_text())["jobs"]
     assert [(r["card_center"], r["label_digest"]) for r in journal] == [("guest", alignment["label_digest"])]
     assert len(journal[0]["rows_digest"]) == 64
+
+
+def test_init_party_writes_the_card_centers_it_takes_jobs_from(tmp_path):
+    from fedscore.cli.scaffold import init_party
+
+    init_party("acme", tmp_path / "named", card_centers=("bank",))
+    init_party("acme", tmp_path / "unnamed")
+    named, unnamed = (load_party_config(tmp_path / f / "party.toml") for f in ("named", "unnamed"))
+    assert named.card_centers == ("bank",) and unnamed.card_centers == ()
+    assert 'card_centers = []' in (tmp_path / "unnamed" / "party.toml").read_text()   # the line is there to fill in
+    assert (named.max_jobs, named.window_days, named.max_set_ratio) == (4, 30, 2.0)
+    with pytest.raises(ConfigError, match="party name 'two words'"):
+        init_party("acme", tmp_path / "bad", card_centers=("two words",))
