@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from nacl.signing import SigningKey
 
 from fedscore.cli.runner import run_job_file
 from fedscore.daemons.config import DaemonConfig, load_party_config
