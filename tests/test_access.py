@@ -152,10 +152,13 @@ def test_the_table_names_every_method_the_daemons_serve_and_nothing_else():
 def test_roles_come_from_the_certificate_name_alone():
     assert roles_of("coordinator", SERVER, [CARD_CENTER]) == {Role.COORDINATOR, Role.MEMBER}
     assert roles_of("bureau", SERVER, [CARD_CENTER]) == {Role.MEMBER}
-    # a party with no card_centers list takes jobs from any member but the coordinator
-    assert roles_of("bureau", SERVER, []) == {Role.CARD_CENTER, Role.MEMBER}
+    assert roles_of(CARD_CENTER, SERVER, [CARD_CENTER]) == {Role.CARD_CENTER, Role.MEMBER}
+    # a party with no card_centers list takes jobs from no member: nobody is a card center to it
+    assert roles_of("bureau", SERVER, []) == {Role.MEMBER}
     assert roles_of("coordinator", SERVER, []) == {Role.COORDINATOR, Role.MEMBER}
-    assert roles_of(SERVER, SERVER, []) == {Role.SELF, Role.CARD_CENTER, Role.MEMBER}
+    assert roles_of(SERVER, SERVER, []) == {Role.SELF, Role.MEMBER}
+    # naming the coordinator does not make it a card center
+    assert roles_of("coordinator", SERVER, ["coordinator"]) == {Role.COORDINATOR, Role.MEMBER}
 
 
 def test_every_method_and_caller_role_is_allowed_or_refused_before_anything_is_read(members):

@@ -296,7 +296,8 @@ def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role, iden
     assert certs.returncode == 0, certs.stderr
     folder = tmp_path / "acme"
     tls = ["--tls-dir", tmp_path / "certs" / "acme"] if identity == "--tls-dir" else []
-    done = fedscore("init", "party", "acme", "--dir", folder, "--role", role, "--listen", "127.0.0.1:0", *tls)
+    done = fedscore("init", "party", "acme", "--dir", folder, "--role", role, "--listen", "127.0.0.1:0", *tls,
+                    "--card-center", "bank", "--card-center", "cardco")
     assert done.returncode == 0, done.stderr
     assert f"fedscore party serve --config {folder / 'party.toml'}" in done.stdout
     assert (folder / "state").is_dir() and (folder / "README.md").is_file() and (folder / "data" / "README.md").is_file()
@@ -305,6 +306,7 @@ def test_init_party_makes_a_folder_a_daemon_serves_as_it_is(tmp_path, role, iden
         shutil.copytree(tmp_path / "certs" / "acme", folder / "tls")
     config = load_party_config(folder / "party.toml")
     assert config.name == "acme" and config.data_dir == folder / "data" and config.state_dir == folder / "state"
+    assert config.card_centers == ("bank", "cardco")   # the members whose jobs it takes
     assert config.tls_dir.resolve() == (tmp_path / "certs" / "acme").resolve() if tls else config.tls_dir == folder / "tls"
     # the stub has the shape a job reads: the label only for the card center
     table = load_party_table(folder / "data" / "acme.csv", ["id"], "y" if role == "card_center" else None, party="acme")

@@ -195,7 +195,8 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
     from fedscore.transport import codec
 
     spec, _ = load_job(write_job(breast_folder, breast_parties()))
-    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder)
+    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder,
+                          card_centers=("guest",))
     service = PartyService(config, CryptoPool(0)).servicers["Jobs"]
     request = pb.PrepareJobRequest(
         job_id="job-0000aaaa", job=codec.spec_to_proto(spec), party="host", public_key=keypair[0].to_bytes()

@@ -41,7 +41,8 @@ def start_partner(folder: Path) -> tuple[subprocess.Popen, str]:
     pd.DataFrame({"id": range(IDS), "z": 0.5}).to_csv(data / "partner.csv", index=False)
     config = folder / "party.toml"
     config.write_text(f'[party]\nname = "partner"\nlisten = "127.0.0.1:0"\nstate_dir = "{folder / "state"}"\n'
-                      f'data_dir = "{data}"\nworkers = {WORKERS}\nmin_key_bits = {TEST_KEY_BITS}\n')
+                      f'data_dir = "{data}"\nworkers = {WORKERS}\nmin_key_bits = {TEST_KEY_BITS}\n'
+                      'card_centers = ["card_center"]\n')
     ready = folder / "ready"
     daemon = subprocess.Popen([sys.executable, "-m", "fedscore", "party", "serve", "--config", str(config),
                                "--ready-file", str(ready), "--insecure"],

@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     party.add_argument("--listen", default="127.0.0.1:50061", help="host:port the daemon will listen on (default: %(default)s)")
     party.add_argument("--tls-dir", type=Path, metavar="DIR",
                        help="this party's member folder from `fedscore certs init` (default: the config expects tls/ in the folder)")
+    party.add_argument("--card-center", action="append", default=[], metavar="NAME",
+                       help="a member whose jobs this party takes as partner (repeat for several; "
+                            "none: it takes no job until card_centers in its config names one)")
     party.add_argument("--quiet", action="store_true", help="print nothing but errors")
     party.set_defaults(handler=cmd_init_party)
     return parser

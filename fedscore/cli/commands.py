@@ -209,7 +209,7 @@ def cmd_init_party(args: argparse.Namespace) -> int:
     from fedscore.cli.scaffold import init_party
 
     folder = args.dir if args.dir is not None else Path(args.name)
-    written = init_party(args.name, folder, args.role, args.listen, args.tls_dir)
+    written = init_party(args.name, folder, args.role, args.listen, args.tls_dir, tuple(args.card_center))
     if not args.quiet:
         print(f"party {args.name!r} ({args.role}) in {folder}:")
         for path in written:

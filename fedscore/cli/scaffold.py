@@ -45,8 +45,10 @@ CONFIG_TAIL = """\
 """
 
 
-def config_text(name: str, role: "Role", listen: str, config_hint: str, tls_dir: str) -> str:
+def config_text(name: str, role: "Role", listen: str, config_hint: str, tls_dir: str,
+                card_centers: tuple[str, ...] = ()) -> str:
     """The party.toml: every setting a party needs, each with a comment on what it is for."""
+    centers = "[" + ", ".join(json.dumps(c) for c in card_centers) + "]"
     settings = [
         (f'name = "{name}"', "the name the job file gives this party"),
         (f'listen = "{listen}"', "host:port the other members reach this daemon on (mutual TLS)"),
@@ -57,6 +59,10 @@ def config_text(name: str, role: "Role", listen: str, config_hint: str, tls_dir:
         (f"min_key_bits = {DaemonConfig.min_key_bits}", "refuse jobs with smaller Paillier keys"),
         (f"min_batch_rows = {DaemonConfig.min_batch_rows}", "refuse jobs whose steps cover fewer applicants"),
         (f"max_message_mib = {DaemonConfig.max_message_mib}", "the largest message this daemon accepts"),
+        (f"card_centers = {centers}", 'members whose jobs it takes as partner; none named, none taken: e.g. ["bank"]'),
+        (f"max_jobs = {DaemonConfig.max_jobs}", "jobs over its rows it takes from each card center ..."),
+        (f"window_days = {DaemonConfig.window_days}", "... in any window of this many days"),
+        (f"max_set_ratio = {DaemonConfig.max_set_ratio}", "a card center's ids in alignment: at most this times its own"),
     ]
     role_text = ROLE_TEXT[role]
     lines = [f"{setting:<{CONFIG_COMMENT - 1}} # {comment}" for setting, comment in settings]
@@ -153,13 +159,15 @@ STUB_ROWS = {
 
 
 def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DEFAULT_LISTEN,
-               tls_dir: Path | None = None) -> list[Path]:
+               tls_dir: Path | None = None, card_centers: tuple[str, ...] = ()) -> list[Path]:
     """Write a new party folder at ``folder``; returns the files written. Refuses an existing, non-empty folder.
 
     ``tls_dir``: this party's member folder from `fedscore certs init`; without it the config expects ``tls/``.
+    ``card_centers``: the members whose jobs it takes as partner (none: it takes none until its config names some).
     """
-    if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"party name {name!r}: use a letter, then letters, digits, '-' and '_' (at most 64)")
+    for party in (name, *card_centers):
+        if not NAME_PATTERN.fullmatch(party):
+            raise ConfigError(f"party name {party!r}: use a letter, then letters, digits, '-' and '_' (at most 64)")
     if role not in ROLES:
         raise ConfigError(f"role {role!r}: use card_center or partner")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -180,7 +188,7 @@ def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DE
     role_text = ROLE_TEXT[role]
     config_hint = str(folder / "party.toml")
     files = {
-        Path("party.toml"): config_text(name, role, listen, config_hint, tls_setting),
+        Path("party.toml"): config_text(name, role, listen, config_hint, tls_setting, tuple(card_centers)),
         Path("data") / csv: "\n".join(STUB_ROWS[role]) + "\n",
         Path("data") / "README.md": DATA_README.format(
             name=name, csv=csv, label_line=LABEL_LINE if role == "card_center" else ""

@@ -53,7 +53,7 @@ class Role(enum.Enum):
     """What a caller is to this daemon, known from its certificate alone; the value reads in refusals."""
 
     COORDINATOR = "the coordinator"
-    CARD_CENTER = "a card center"   # one this party takes jobs from (config `card_centers`; empty: any but the coordinator)
+    CARD_CENTER = "a card center"   # one this party takes jobs from (config `card_centers`; empty: none)
     SELF = "this member itself"     # e.g. a card center's approval system, calling with the card center's certificate
     MEMBER = "any member"           # any certificate from the consortium CA
 
@@ -141,7 +141,7 @@ def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = ()) -> fr
         roles.add(Role.COORDINATOR)
     if caller == own_name:
         roles.add(Role.SELF)
-    if caller in card_centers or (not card_centers and caller != COORDINATOR):
+    if caller in card_centers and caller != COORDINATOR:
         roles.add(Role.CARD_CENTER)
     return frozenset(roles)
 

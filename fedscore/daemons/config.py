@@ -27,7 +27,7 @@ EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tl
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
-    "reason",
+    "reason", "max_jobs", "window_days", "max_set_ratio",
 }
 REASON_LIMIT = 160   # characters of a partner's reason line
 
@@ -51,7 +51,11 @@ class DaemonConfig:
     scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
     scoring_table: str = "applicants"
     scoring_id: str = "id"
-    card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: any member)
+    card_centers: tuple[str, ...] = ()       # members this party takes jobs from as card center (empty: none)
+    max_jobs: int = 4                        # as a partner, jobs over its rows it takes from each card center ...
+    window_days: int = 30                    # ... in any window of this many days (each shows its scores)
+    max_set_ratio: float = 2.0               # as a partner, the card center's ids in alignment: at most this many
+                                             # times its own (more would let it test guessed ids against its customers)
     feature_names: str = "opaque"           # as a partner, its features' names in the card center's statistics:
                                             # "opaque" ("<party>:f1", "<party>:f2"... in its columns' order) or "real"
     reason: str = ""                        # as a partner, its own words for an applicant's reason line when its
@@ -132,6 +136,15 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
     for center in card_centers:
         if not (isinstance(center, str) and NAME_PATTERN.fullmatch(center)):
             raise ConfigError(f"{where}: card_centers must be a list of member names, got {center!r}")
+    max_jobs = take(table, "max_jobs", int, DaemonConfig.max_jobs, where)
+    if not 1 <= max_jobs <= 10_000:
+        raise ConfigError(f"{where}: max_jobs must be between 1 and 10000, got {max_jobs}")
+    window_days = take(table, "window_days", int, DaemonConfig.window_days, where)
+    if not 1 <= window_days <= 3650:
+        raise ConfigError(f"{where}: window_days must be between 1 and 3650, got {window_days}")
+    max_set_ratio = take(table, "max_set_ratio", (int, float), DaemonConfig.max_set_ratio, where)
+    if not 1.0 <= max_set_ratio <= 1000.0:
+        raise ConfigError(f"{where}: max_set_ratio must be between 1 and 1000, got {max_set_ratio}")
     feature_names = take(table, "feature_names", str, DaemonConfig.feature_names, where)
     if feature_names not in FEATURE_NAMINGS:
         raise ConfigError(f"{where}: feature_names must be one of {', '.join(FEATURE_NAMINGS)}, got {feature_names!r}")
@@ -151,6 +164,9 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "scoring_table": take(table, "scoring_table", str, DaemonConfig.scoring_table, where),
         "scoring_id": take(table, "scoring_id", str, DaemonConfig.scoring_id, where),
         "card_centers": tuple(card_centers),
+        "max_jobs": max_jobs,
+        "window_days": window_days,
+        "max_set_ratio": float(max_set_ratio),
         "feature_names": feature_names,
     }
 

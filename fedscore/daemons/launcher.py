@@ -36,6 +36,7 @@ HEALTH_TIMEOUT = 5.0       # one health check: a busy machine may be slow to ans
 POLL_SECONDS = 0.05
 MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is left down (the job then fails)
 LEFTOVER_SECONDS = 10.0    # how long a dead daemon's workers may take to follow it
+LOCAL_MAX_JOBS = 10_000    # a partner's job budget when one owner runs every party (the run's state folder is reused)
 
 
 def signal_session(session: int, signum: int) -> None:
@@ -132,10 +133,12 @@ class LocalConsortium:
                 raise DataError(f"party {party.name!r}: data file {party.data!r} not found (looked for {data})")
             ready_files[party.name] = self._launch(
                 party.name, "party",
-                # one owner runs every party here, so the job's key size is the policy
+                # one owner runs every party here, so the job's key size is the policy, and the job's card center
+                # is every party's; with every party's data in one place, no job budget protects anything
                 {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
                  "workers": self.workers, "min_key_bits": self.spec.key_bits,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
+                 "max_jobs": LOCAL_MAX_JOBS,
                  **({"http_listen": "127.0.0.1:0"} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))

@@ -32,8 +32,11 @@ class Facts:
     job_digest: str = ""
     paillier_fingerprint: str = ""
     fees: dict | None = None
+    budget: dict | None = None                        # a partner's use of its job budget (fedscore.protocol.budget)
     aligned_rows: int | None = None
     overlaps: dict[str, int] | None = None
+    card_center_ids: int | None = None                # ids the card center sent a partner in alignment
+    label_digest: str | None = None                   # the card center's: of its labels over the training rows
     digests: dict[str, dict[str, str]] = field(default_factory=dict)   # step key -> message -> hex
     losses: dict[str, float] = field(default_factory=dict)
     model_digest: str | None = None

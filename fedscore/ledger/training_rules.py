@@ -1,8 +1,9 @@
 """The training chain's rules: what each entry of a job's chain records, and when a member agrees to it.
 
 A job's chain holds, in order: `job_start` (the genesis: members, keys,
-roles, the job's digest, the Paillier key's fingerprint, the fee contract),
-one `alignment`, one `step` per training step (message digests and the
+roles, each partner's use of its job budget, the job's digest, the Paillier
+key's fingerprint, the fee contract), one `alignment` (with the card
+center's set size and a digest of its training labels), one `step` per training step (message digests and the
 loss), `job_end` (each party's model digest), and the `settlement` the fee
 contract implies (fedscore.ledger.settlement). The coordinator proposes every
 block; each member signs only what agrees with its own first-hand record
@@ -30,8 +31,14 @@ def job_start_entry(job_id: str, spec: JobSpec, members: dict[str, dict], pailli
     }
 
 
-def alignment_entry(aligned_rows: int, overlaps: dict[str, int]) -> dict:
-    return {"kind": "alignment", "aligned_rows": aligned_rows, "overlaps": overlaps}
+def alignment_entry(aligned_rows: int, overlaps: dict[str, int], card_center_ids: int | None = None,
+                    label_digest: str = "") -> dict:
+    entry = {"kind": "alignment", "aligned_rows": aligned_rows, "overlaps": overlaps}
+    if card_center_ids is not None:
+        entry["card_center_ids"] = card_center_ids
+    if label_digest:
+        entry["label_digest"] = label_digest
+    return entry
 
 
 def step_entry(step: Step, rows: int, loss: float, seconds: float, digests: dict[str, str]) -> dict:
@@ -95,6 +102,8 @@ def _job_start(entry: dict, facts: Facts, chain: list[dict], seen: Seen) -> str 
         return f"the genesis entry does not list {me!r} with its own signing key"
     if facts.role and mine.get("role") != facts.role:
         return f"the genesis entry gives {me!r} the role {mine.get('role')!r}, not {facts.role!r}"
+    if facts.budget is not None and mine.get("budget") != facts.budget:
+        return f"the genesis entry records {me!r}'s job budget as {mine.get('budget')!r}, not {facts.budget!r}"
     if facts.members and set(entry.get("members", {})) != facts.members:
         return "the genesis entry's members are not the job's parties and its coordinator"
     if facts.job_digest and entry.get("job_digest") != facts.job_digest:
@@ -111,6 +120,11 @@ def _alignment(entry: dict, facts: Facts, chain: list[dict], seen: Seen) -> str 
         return f"aligned rows {entry.get('aligned_rows')} where this member aligned {facts.aligned_rows}"
     if facts.overlaps is not None and entry.get("overlaps") != facts.overlaps:
         return "the overlaps are not those this member computed"
+    if facts.card_center_ids is not None and entry.get("card_center_ids") != facts.card_center_ids:
+        return (f"the card center's set is recorded as {entry.get('card_center_ids')} ids, where "
+                f"{facts.card_center_ids} were sent here")
+    if facts.label_digest is not None and entry.get("label_digest") != facts.label_digest:
+        return "the label digest is not that of this member's training labels"
     # A partner cannot recount its overlap with the card center (PSI does not tell it); it can bound it.
     mine = entry.get("overlaps", {}).get(facts.member)
     if facts.aligned_rows is not None and facts.role == "partner" and (mine is None or mine < facts.aligned_rows):

@@ -19,6 +19,11 @@ Revealed: C learns, for each partner, which of its own applicants that
 partner holds, and how many ids the partner has; a partner learns how many
 ids C has and which of its own rows are in the final aligned set (held by
 every party). Nobody learns anything about ids outside the intersection.
+
+C chooses the set it sends: padded with guessed ids, it would learn which
+guesses are the partner's customers. A partner re-blinds at most
+``max_set_ratio`` times its own count of ids, and the count C sent goes on
+the chain.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import numpy as np
 
 from fedscore.crypto import psi
 from fedscore.crypto.pool import CryptoPool
-from fedscore.errors import DataError, ProtocolError
+from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.model.data import PartyTable
 from fedscore.protocol.ports import PartnerPsiHandle
 from fedscore.protocol.training.fanout import call_each
@@ -71,6 +76,8 @@ class PartnerAlignment(PsiParty):
     """
 
     rows: np.ndarray | None = None
+    card_center_ids: int | None = None     # how many ids the card center sent to re-blind
+    max_set_ratio: float | None = None     # None: any number (a daemon sets its party's policy)
     _answered: frozenset[str] = frozenset()
 
     def _once(self, what: str) -> None:
@@ -84,6 +91,15 @@ class PartnerAlignment(PsiParty):
 
     def reblind(self, points: bytes) -> bytes:
         self._once("re-blinding")
+        count = len(points) // psi.POINT_BYTES
+        if self.max_set_ratio is not None and count > self.max_set_ratio * self.table.rows:
+            raise ConfigError(
+                f"{self.party}: the card center sent {count} ids to intersect with this party's {self.table.rows}, "
+                f"more than max_set_ratio = {self.max_set_ratio:g} times as many (at most "
+                f"{int(self.max_set_ratio * self.table.rows)}): a larger set could test guessed ids against this "
+                f"party's customers. Raise max_set_ratio in [party] to take it"
+            )
+        self.card_center_ids = count
         return super().reblind(points)
 
     def accept(self, positions: np.ndarray) -> np.ndarray:
@@ -101,6 +117,7 @@ class PartnerAlignment(PsiParty):
 class Alignment:
     rows: np.ndarray                          # the card center's table rows, in id order
     overlaps: dict[str, int] = field(default_factory=dict)  # |C ∩ P| per partner
+    card_center_ids: int = 0                  # ids the card center sent each partner
 
     @property
     def aligned_rows(self) -> int:
@@ -147,4 +164,4 @@ class CardCenterAlignment(PsiParty):
                 f"only {len(shared)} applicants are held by every party, fewer than the job's min_overlap of {min_overlap}"
             )
         call_each(partners, lambda name, p: p.accept(np.sort(matches[name][shared])), "partner")
-        return Alignment(rows=np.sort(self.order[shared]), overlaps=overlaps)
+        return Alignment(rows=np.sort(self.order[shared]), overlaps=overlaps, card_center_ids=self.table.rows)

@@ -39,6 +39,7 @@ from fedscore.ledger.training_rules import (
     last_step,
     step_entry,
 )
+from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.training.coordinator import CoordinatorSession
 from fedscore.protocol.training.driver import (
     RECOVERABLE, Progress, StepRecord, TrainingResult, history_from_chain, run_training,
@@ -153,11 +154,12 @@ class RunningJob:
         progress(Progress("prepare", message="parties loading and checking their data"))
         replies = call_each(clients, lambda name, c: c.prepare_job(spec))
         members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
-        members.update({name: {"role": r.role, "key": r.signing_key.hex()} for name, r in replies.items()})
+        members.update({name: member_entry(r) for name, r in replies.items()})
         append_block(self.ledger, clients, [job_start_entry(job_id, spec, members, coordinator.public_key.fingerprint())])
-        summary = self._align(progress)
+        summary, alignment = self._align(progress)
         summary["party_rows"] = {name: reply.rows for name, reply in replies.items()}
-        append_block(self.ledger, clients, [alignment_entry(summary["aligned_rows"], summary["overlaps"])])
+        append_block(self.ledger, clients, [alignment_entry(
+            summary["aligned_rows"], summary["overlaps"], alignment.card_center_ids, alignment.label_digest)])
         if align_only:
             abort_everywhere(clients)
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.time() - started}
@@ -170,8 +172,8 @@ class RunningJob:
         self._training(Checkpoint(job_id, spec, replies, summary, obfuscation_seconds, started))
         return None
 
-    def _align(self, progress: Progressed) -> dict:
-        """Private set intersection between the card center and each partner; what it found."""
+    def _align(self, progress: Progressed) -> tuple[dict, pb.AlignReply]:
+        """Private set intersection between the card center and each partner; what it found, and the reply."""
         progress(Progress("align", message="private set intersection between the card center and each partner"))
         aligned_at = time.perf_counter()
         alignment = self.clients[self.spec.card_center.name].align(self.spec.min_overlap)
@@ -181,7 +183,7 @@ class RunningJob:
             "aligned_rows": alignment.aligned_rows,
             "overlaps": {o.party: o.rows for o in alignment.overlaps},
             "alignment_seconds": alignment_seconds,
-        }
+        }, alignment
 
     def restore(self, checkpoint: Checkpoint, private_key: PrivateKey) -> None:
         """Pick up a checkpointed job after the coordinator restarted (counted: see MAX_RESTARTS)."""
@@ -318,6 +320,16 @@ class RunningJob:
             seconds=time.time() - checkpoint.started,
             resumptions=self.recoveries + checkpoint.restarts,
         )
+
+
+def member_entry(reply: pb.PrepareJobReply) -> dict:
+    """A party in the genesis entry: its role and signing key, and a partner's use of its job budget."""
+    entry = {"role": reply.role, "key": reply.signing_key.hex()}
+    if reply.HasField("budget"):
+        b = reply.budget
+        entry["budget"] = {"card_center": b.card_center, "jobs": b.jobs, "max_jobs": b.max_jobs,
+                           "window_days": b.window_days}
+    return entry
 
 
 def answers(client: PartyJobClient) -> bool:

@@ -10,8 +10,10 @@ import numpy as np
 from fedscore.crypto import psi
 from fedscore.daemons.party.jobs import Jobs, PreparedJob, require_card_center
 from fedscore.errors import ProtocolError
+from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
+from fedscore.protocol.budget import label_digest, rows_digest
 from fedscore.transport import codec
 
 
@@ -35,10 +37,16 @@ class Alignment:
         handles = {name: client.alignment for name, client in job.partners.items()}
         result = self._open(job, CardCenterAlignment).align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
-        job.ledger.rules.facts.aligned_rows, job.ledger.rules.facts.overlaps = result.aligned_rows, dict(result.overlaps)
+        facts = job.ledger.rules.facts
+        facts.aligned_rows, facts.overlaps = result.aligned_rows, dict(result.overlaps)
+        facts.card_center_ids = result.card_center_ids
+        # the labels this job trains on, as a digest on the chain: partners see the same rows trained on other labels
+        train_rows, _ = split_rows(result.aligned_rows, job.spec.validation, job.spec.seed)
+        facts.label_digest = label_digest(job.table.labels[result.rows][train_rows])
         return pb.AlignReply(
             aligned_rows=result.aligned_rows,
             overlaps=[pb.Overlap(party=name, rows=count) for name, count in result.overlaps.items()],
+            label_digest=facts.label_digest, card_center_ids=result.card_center_ids,
         )
 
     # -- card center -> partner -----------------------------------------------------
@@ -56,13 +64,16 @@ class Alignment:
         first = next(requests, None)
         if first is None:
             raise ProtocolError(f"{self.label}: empty re-blinding stream")
-        _, aligner = self._partner_side(first.job_id, context)
+        job, aligner = self._partner_side(first.job_id, context)
         points = codec.join_fixed_blocks(chain([first], requests), psi.POINT_BYTES)
-        return list(codec.fixed_blocks(aligner.reblind(points), psi.POINT_BYTES, first.job_id))
+        reblinded = aligner.reblind(points)   # refuses a card center's set too large for this party's policy
+        job.ledger.rules.facts.card_center_ids = aligner.card_center_ids
+        return list(codec.fixed_blocks(reblinded, psi.POINT_BYTES, first.job_id))
 
     def accept(self, request: pb.FixedBlock, context: grpc.ServicerContext) -> pb.Empty:
         job, aligner = self._partner_side(request.job_id, context)
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
         job.ledger.rules.facts.aligned_rows = len(job.aligned_rows)
+        self.jobs.budget.note(job.job_id, rows_digest=rows_digest(job.table.ids[job.aligned_rows]))
         return pb.Empty()

@@ -43,7 +43,7 @@ class TrainingChain:
         return self.jobs.get(job_id).ledger
 
     def committed(self, job_id: str) -> None:
-        pass
+        self.jobs.committed(job_id)
 
 
 class ScoringChain:

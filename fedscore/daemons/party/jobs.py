@@ -21,6 +21,7 @@ from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import require
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
+from fedscore.daemons.party.budget import BudgetJournal
 from fedscore.daemons.party.checkpoint import (
     Checkpoint, drop_checkpoint, drop_settled_checkpoints, read_checkpoint, save_checkpoint,
 )
@@ -36,6 +37,7 @@ from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import PartyModel
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
+from fedscore.protocol.budget import BudgetPolicy
 from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.training.partner import PartnerSession
 from fedscore.protocol.training.session import PartySession
@@ -90,6 +92,7 @@ class Jobs:
         self.key = key
         self._jobs: dict[str, PreparedJob] = {}
         self._lock = threading.Lock()
+        self.budget = BudgetJournal(config.state_dir, BudgetPolicy(config.max_jobs, config.window_days), config.name)
         drop_settled_checkpoints(config.state_dir)
 
     def job_dir(self, job_id: str) -> Path:
@@ -133,11 +136,13 @@ class Jobs:
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name, lenient=spec.binning.enabled)
-        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite",
-                              TrainingRules(self._facts(spec, public_key)))
-        kind = CardCenterAlignment if me.is_card_center else PartnerAlignment
+        # a partner counts the job against the card center's budget once it takes it (align-only jobs too)
+        budget = None if me.is_card_center else self.budget.admit(spec.card_center.name, request.job_id, spec.digest())
+        facts = self._facts(spec, public_key)
+        facts.budget = None if budget is None else budget.to_dict()
+        ledger = LedgerMember(self.name, self.key, self.job_dir(request.job_id) / "ledger.sqlite", TrainingRules(facts))
         job = PreparedJob(
-            request.job_id, spec, table, public_key, kind(self.name, table, request.job_id, self.pool), ledger,
+            request.job_id, spec, table, public_key, self._aligner(me.is_card_center, table, request.job_id), ledger,
             self._partner_clients(request.job_id, spec, public_key), data_sha256=file_digest(path),
         )
         with self._lock:
@@ -146,8 +151,16 @@ class Jobs:
         return pb.PrepareJobReply(
             party=self.name, role="card_center" if me.is_card_center else "partner", rows=table.rows,
             features=len(table.feature_names), state_dir=str(self.config.state_dir),
-            signing_key=bytes(self.key.verify_key),
+            signing_key=bytes(self.key.verify_key), budget=None if budget is None else pb.BudgetUse(**budget.to_dict()),
         )
+
+    def _aligner(self, is_card_center: bool, table: PartyTable, job_id: str) -> PsiParty:
+        """This party's side of the job's private set intersection; a partner's bounds the card center's set."""
+        if is_card_center:
+            return CardCenterAlignment(self.name, table, job_id, self.pool)
+        aligner = PartnerAlignment(self.name, table, job_id, self.pool)
+        aligner.max_set_ratio = self.config.max_set_ratio
+        return aligner
 
     def _check_policy(self, request: pb.PrepareJobRequest, spec: JobSpec) -> None:
         """This party's own rules for the jobs it takes: addressed to it, once, from a card center it names,
@@ -159,10 +172,16 @@ class Jobs:
         with self._lock:
             if request.job_id in self._jobs:
                 raise ProtocolError(f"{self.label}: job {request.job_id!r} is already prepared here")
-        if self.config.card_centers and spec.card_center.name not in self.config.card_centers:
+        center = spec.card_center.name
+        if center != self.name and center not in self.config.card_centers:
+            if not self.config.card_centers:
+                raise AccessError(
+                    f"{self.label}: takes jobs from no card center, its config names none; refused a job with card "
+                    f'center {center!r}. To take its jobs, add card_centers = ["{center}"] to [party]'
+                )
             raise AccessError(
                 f"{self.label}: takes jobs only from card centers {', '.join(self.config.card_centers)}; "
-                f"refused a job with card center {spec.card_center.name!r}"
+                f"refused a job with card center {center!r} (add it to card_centers in [party] to take its jobs)"
             )
         if spec.key_bits < self.config.min_key_bits:
             raise ConfigError(
@@ -186,6 +205,16 @@ class Jobs:
             p.name: PartyJobClient(p.name, p.address, job_id, public_key, timeout, self.config.tls, f"partner {p.name!r}")
             for p in spec.partners
         }
+
+    def committed(self, job_id: str) -> None:
+        """A block joined the job's chain: a partner keeps the card center's label digest from the alignment entry
+        in its journal, beside its own aligned rows' digest."""
+        job = self.get(job_id)
+        if job.spec.party(self.name).is_card_center or job.ledger.rules.seen.steps:   # alignment comes before steps
+            return
+        entries = job.ledger.entries()
+        if entries and entries[-1].get("kind") == "alignment" and entries[-1].get("label_digest"):
+            self.budget.note(job_id, label_digest=str(entries[-1]["label_digest"]))
 
     # -- StartTraining ---------------------------------------------------------
 
