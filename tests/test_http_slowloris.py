@@ -16,6 +16,7 @@ import pytest
 
 from fedscore.crypto.certs import init_consortium
 from fedscore.daemons.http import start_http
+from fedscore.daemons import http_gate
 from fedscore.daemons.http_gate import MAX_WORKERS
 from fedscore.transport.tls import TlsIdentity
 
@@ -187,3 +188,74 @@ def test_idle_connections_beyond_the_thread_count_do_not_stop_scoring(endpoint, 
             assert bare.recv(100) == b""   # TLS 1.3: the refusal may only show at the first read
             raise ConnectionError("closed without an answer")
     assert score(endpoint, identities["card_center"], 7000)["credit_limit"] == 7000
+
+
+def server_closed(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` seconds (it never sends these sockets anything)."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_one_address_holds_at_most_its_share_and_its_longest_idle_make_room(identities, monkeypatch):
+    monkeypatch.setattr(http_gate, "HANDSHAKE_DEADLINE", 60.0)   # only the cap closes sockets in this test
+    server, address = start_http(EchoHost(), "127.0.0.1:0", identities["card_center"])
+    extra = 8
+    sockets = [socket.create_connection(split(address), timeout=10, source_address=("127.0.0.6", 0))
+               for _ in range(http_gate.PER_ADDRESS + extra)]
+    try:
+        assert all(server_closed(sock, 10) for sock in sockets[:extra])   # the oldest, in arrival order
+        assert not any(server_closed(sock, 0.05) for sock in sockets[extra:])
+        # a request from that address still gets in: it displaces the longest idle, not the other way round
+        connection = http.client.HTTPConnection(*split(address), timeout=10)
+        connection.sock = tls_connection(address, identities["card_center"], 10, "127.0.0.6")
+        body = json.dumps({"applicant_id": "a6", "features": {"LIMIT_BAL": 6000}, "consent": "token"})
+        connection.request("POST", "/v1/score", body, {"Content-Type": "application/json"})
+        assert json.loads(connection.getresponse().read())["credit_limit"] == 6000
+        connection.close()
+        assert server_closed(sockets[extra], 10) and not server_closed(sockets[extra + 1], 0.05)
+        assert score(address, identities["card_center"], 5000)["credit_limit"] == 5000   # other addresses: unaffected
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.shutdown()
+
+
+def test_kept_alive_and_pipelined_requests_are_answered_and_an_idle_one_holds_no_thread(identities, monkeypatch):
+    monkeypatch.setattr(http_gate, "MAX_WORKERS", 1)
+    monkeypatch.setattr(http_gate, "IDLE_TIMEOUT", 1.0)
+    server, address = start_http(EchoHost(), "127.0.0.1:0", identities["card_center"])
+    try:
+        kept = http.client.HTTPConnection(*split(address), timeout=10)
+        kept.sock = tls_connection(address, identities["card_center"], 10)
+        first = kept.sock
+        for limit in (1000, 2000, 3000):
+            body = json.dumps({"applicant_id": "k", "features": {"LIMIT_BAL": limit}, "consent": "token"})
+            kept.request("POST", "/v1/score", body, {"Content-Type": "application/json"})
+            assert json.loads(kept.getresponse().read())["credit_limit"] == limit
+        assert kept.sock is first   # one connection served them all
+
+        # it now idles between requests; with a single worker thread, another client is still answered
+        assert score(address, identities["card_center"], 4000, timeout=5)["credit_limit"] == 4000
+
+        # two requests sent in one write: the second, already read ahead, is answered too
+        with tls_connection(address, identities["card_center"], 10) as pipelined:
+            bodies = [json.dumps({"applicant_id": "p", "features": {"LIMIT_BAL": n}, "consent": "token"}).encode()
+                      for n in (5000, 6000)]
+            pipelined.sendall(b"".join(b"POST /v1/score HTTP/1.1\r\nHost: card_center\r\nContent-Length: %d\r\n\r\n%s"
+                                       % (len(body), body) for body in bodies))
+            reader = pipelined.makefile("rb")
+            for limit in (5000, 6000):
+                status = reader.readline()
+                headers = dict(line.decode().split(": ", 1) for line in iter(lambda: reader.readline().strip(), b""))
+                body = reader.read(int(headers["Content-Length"]))
+                assert status.startswith(b"HTTP/1.1 200") and json.loads(body)["credit_limit"] == limit
+
+        # the kept-alive connection, idle past IDLE_TIMEOUT, is closed by the server
+        assert server_closed(first, 10)
+    finally:
+        server.shutdown()
