@@ -56,12 +56,23 @@ class Link:
         return self.address[0]
 
     def close(self) -> None:
+        """End the stream, then drop what the client sent that will not be read, so that closing is a clean
+        end of stream and not a reset that could overtake the answer or alert sent before it."""
         self.open = False
-        for closing in (self.rfile, self.wfile, self.sock):
+        for closing in (self.rfile, self.wfile):
             try:
                 closing.close()
             except OSError:   # the writer flushes on close; to a client that is gone it cannot
                 pass
+        try:
+            self.sock.settimeout(0.0)
+            self.sock.shutdown(socket.SHUT_WR)   # on a TLS socket this also drops TLS: reads below are raw
+            for _ in range(16):
+                if not self.sock.recv(65536):
+                    break
+        except OSError:   # nothing more to read, or the client is gone
+            pass
+        self.sock.close()
 
 
 def next_request_state(link: Link) -> int | bool:
