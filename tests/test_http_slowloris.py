@@ -23,7 +23,7 @@ from fedscore.transport.tls import TlsIdentity
 from faults import attack
 
 ATTACK_ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]   # loopback: any 127.x reaches the server
-SOCKETS_PER_THREAD = 16
+SOCKETS_PER_THREAD = 24
 LEGIT_CALLERS = 4
 LEGIT_SECONDS = 3.0   # past the handshake deadline, so idle sockets are closed and reopened while requests go on
 

@@ -11,7 +11,11 @@
 It calls the same scoring host as the gRPC Score method; nothing else.
 Served over HTTPS with client certificates, like the gRPC port: a client
 must present the card center's own certificate to score (403 otherwise),
-any consortium certificate to read the health page.
+any consortium certificate to read the health page. A connection gets a
+thread only while its request is served; the TLS handshake and the wait for a
+request happen on the gate (fedscore.daemons.http_gate), with short deadlines
+and a share per client address, so slow or silent clients cannot take the
+threads the approval system needs.
 """
 from __future__ import annotations
 
@@ -150,6 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _GatedServer(HTTPServer):
     """Accepts connections and hands them to the gate (fedscore.daemons.http_gate), which does the TLS
     handshake and waits for each request without a thread; a worker thread then serves that one request."""
+
+    request_queue_size = 128   # the kernel's queue of connections not yet accepted; 5 would drop them in a flood
 
     def __init__(self, *args, tls: ssl.SSLContext | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -152,11 +152,20 @@ class ConnectionGate:
                 if key.fileobj is self._wake_reader:
                     self._drain_wake_ups()
                 elif key.data.open:
-                    self._advance(key.data)
+                    self._step(key.data)
             self._read_inbox()
             self._expire()
         for link in list(self._waiting):
             self._close(link)
+        while True:   # what arrived while stopping
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if message[0] == "new":
+                message[1].close()
+            elif message[0] == "back":
+                self._close(message[1])
         self._selector.close()
         for closing in (self._wake_reader, self._wake_writer):
             closing.close()
@@ -181,7 +190,7 @@ class ConnectionGate:
                 if keep and not self._stopped.is_set():
                     link.sock.settimeout(0.0)
                     self._wait(link, IDLE_TIMEOUT)
-                    self._advance(link)
+                    self._step(link)
                 else:
                     self._close(link)
 
@@ -196,7 +205,7 @@ class ConnectionGate:
             sock.setblocking(False)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             log.debug("HTTP connection from %s dropped at once: %s", host, error)
             sock.close()
             return
@@ -204,7 +213,7 @@ class ConnectionGate:
         self._open += 1
         self._open_from[host] += 1
         self._wait(link, HANDSHAKE_DEADLINE if link.handshaking else IDLE_TIMEOUT)
-        self._advance(link)
+        self._step(link)
 
     def _evict(self, waiting: dict[Link, None]) -> bool:
         """Close the longest-waiting link of ``waiting``; False if there is none."""
@@ -220,6 +229,14 @@ class ConnectionGate:
         self._waiting[link] = None
         self._waiting_from[link.host][link] = None
         heapq.heappush(self._deadlines, (link.deadline, next(self._order), link))
+
+    def _step(self, link: Link) -> None:
+        """Advance ``link``; whatever goes wrong with one connection closes it, never the gate."""
+        try:
+            self._advance(link)
+        except Exception:
+            log.exception("HTTP connection from %s: the gate failed on it", link.host)
+            self._close(link)
 
     def _advance(self, link: Link) -> None:
         """Take the handshake a step, or see whether a request has come; hand the link to a worker if so."""
