@@ -23,7 +23,7 @@ from fedscore.transport.tls import TlsIdentity
 from faults import attack
 
 ATTACK_ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]   # loopback: any 127.x reaches the server
-SOCKETS_PER_THREAD = 24
+SOCKETS_PER_THREAD = 16   # four addresses x two threads x 16 = 128 sockets, each address at its share
 LEGIT_CALLERS = 4
 LEGIT_SECONDS = 3.0   # past the handshake deadline, so idle sockets are closed and reopened while requests go on
 
@@ -258,4 +258,43 @@ def test_kept_alive_and_pipelined_requests_are_answered_and_an_idle_one_holds_no
         # the kept-alive connection, idle past IDLE_TIMEOUT, is closed by the server
         assert server_closed(first, 10)
     finally:
+        server.shutdown()
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_at_its_deadline_and_frees_its_thread(identities, monkeypatch):
+    monkeypatch.setattr(http_gate, "MAX_WORKERS", 1)
+    monkeypatch.setattr(http_gate, "REQUEST_DEADLINE", 1.0)
+    server, address = start_http(EchoHost(), "127.0.0.1:0", identities["card_center"])
+    trickled = threading.Event()
+    cut = threading.Event()
+
+    def trickle() -> None:   # a member's certificate, then a request one header byte at a time, never finished
+        with tls_connection(address, identities["bureau"], 10, "127.0.0.7") as slow:
+            slow.sendall(b"POST /v1/score HTTP/1.1\r\nX-Slow: ")
+            try:
+                for sent in range(100):   # each byte well within the server's per-read timeout
+                    slow.sendall(b"x")
+                    if sent == 2:
+                        trickled.set()
+                    slow.settimeout(0.3)
+                    try:
+                        if not slow.recv(1):
+                            break
+                    except TimeoutError:
+                        continue
+            except OSError:
+                pass
+            cut.set()
+
+    slow_client = threading.Thread(target=trickle, daemon=True)
+    slow_client.start()
+    try:
+        assert trickled.wait(10)   # it has the one worker thread
+        started = time.monotonic()
+        answered = score(address, identities["card_center"], 8000, timeout=15)["credit_limit"] == 8000
+        waited = time.monotonic() - started
+        assert not attack(succeeded=not answered or not cut.wait(10))
+        assert waited < 10   # the trickler was cut at its deadline, not after its 100 bytes
+    finally:
+        slow_client.join(40)
         server.shutdown()

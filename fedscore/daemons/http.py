@@ -124,11 +124,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             raise DataError(f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length")
         try:
-            return json.loads(self.rfile.read(length))
+            body = self.rfile.read(length)
+            self.request.request_read()
+            return json.loads(body)
         except (ValueError, RecursionError) as error:
             raise DataError(f"the body is not JSON: {type(error).__name__}") from None
 
     def do_GET(self) -> None:
+        self.request.request_read()
         if self.path.rstrip("/") == "/v1/health":
             self._send(200, {"status": "ok", "models": self.host.open_models()})
         else:

@@ -8,7 +8,9 @@ within HANDSHAKE_DEADLINE of the connection's arrival, and a connection that
 sends no request (the first after the handshake, or the next) is closed after
 IDLE_TIMEOUT. A client that opens sockets and sends nothing, or completes the
 handshake and sends nothing, holds a socket for seconds but never a thread, so
-the approval system's requests keep theirs.
+the approval system's requests keep theirs. A request that began must be read
+whole within REQUEST_DEADLINE, or its connection is cut: a client trickling
+bytes holds a thread for that long, not for as long as it likes.
 
 One client address holds at most PER_ADDRESS connections, and the endpoint at
 most MAX_OPEN. Past either, the longest-waiting connection (of that address, or
@@ -36,13 +38,14 @@ MAX_OPEN = 512            # connections held at all (handshaking, idle or in a r
 PER_ADDRESS = 32          # connections from one client address; above an approval system's connection pool
 HANDSHAKE_DEADLINE = 2.0  # seconds from arrival to a finished TLS handshake
 IDLE_TIMEOUT = 5.0        # seconds a connection may wait for its first or next request
+REQUEST_DEADLINE = 10.0   # seconds a worker waits for the whole request once it began; then the connection is cut
 
 
 class Link:
     """One client connection: its socket (TLS-wrapped on a TLS endpoint), and the reader and writer every
     request on it shares, so bytes a client sent ahead (a pipelined request) are not lost between requests."""
 
-    __slots__ = ("sock", "address", "rfile", "wfile", "handshaking", "deadline", "watching", "open")
+    __slots__ = ("sock", "address", "rfile", "wfile", "handshaking", "deadline", "watching", "open", "reading_until")
 
     def __init__(self, sock: socket.socket, address: tuple, handshaking: bool):
         self.sock, self.address, self.handshaking = sock, address, handshaking
@@ -50,6 +53,11 @@ class Link:
         self.deadline = 0.0
         self.watching = 0      # the selector events it is registered for; 0 when not registered
         self.open = True
+        self.reading_until = 0.0   # while a worker reads a request: when the gate cuts the connection
+
+    def request_read(self) -> None:
+        """The request is read whole; answering it has no deadline here."""
+        self.reading_until = 0.0
 
     @property
     def host(self) -> str:
@@ -116,7 +124,8 @@ class ConnectionGate:
         self._waiting_from: dict[str, OrderedDict[Link, None]] = defaultdict(OrderedDict)
         self._open_from: dict[str, int] = defaultdict(int)   # waiting or in a request
         self._open = 0
-        self._deadlines: list[tuple[float, int, Link]] = []
+        self._deadlines: list[tuple[float, int, Link]] = []   # waiting links'
+        self._reading: list[tuple[float, int, Link]] = []     # links in a worker, reading a request
         self._order = itertools.count()
         self._ready: queue.SimpleQueue = queue.SimpleQueue()    # links with a request, for the workers
         self._workers_lock = threading.Lock()
@@ -299,9 +308,12 @@ class ConnectionGate:
         while self._deadlines:
             deadline, _, link = self._deadlines[0]
             if link in self._waiting and link.deadline == deadline:
-                return max(0.0, deadline - time.monotonic())
+                break
             heapq.heappop(self._deadlines)
-        return None
+        while self._reading and self._reading[0][2].reading_until != self._reading[0][0]:
+            heapq.heappop(self._reading)
+        soonest = min([entries[0][0] for entries in (self._deadlines, self._reading) if entries], default=None)
+        return None if soonest is None else max(0.0, soonest - time.monotonic())
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -311,10 +323,20 @@ class ConnectionGate:
                 log.debug("HTTP connection from %s closed: %s", link.host,
                           "no TLS handshake in time" if link.handshaking else "no request in time")
                 self._close(link)
+        while self._reading and self._reading[0][0] <= now:
+            deadline, _, link = heapq.heappop(self._reading)
+            if link.reading_until == deadline:
+                log.debug("HTTP connection from %s cut: its request was not read whole in time", link.host)
+                try:   # the socket's own shutdown, not TLS's: its worker is blocked reading and gets the end
+                    socket.socket.shutdown(link.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # --- the workers
 
     def _dispatch(self, link: Link) -> None:
+        link.reading_until = time.monotonic() + REQUEST_DEADLINE
+        heapq.heappush(self._reading, (link.reading_until, next(self._order), link))
         with self._workers_lock:
             if self._idle_workers:
                 self._idle_workers -= 1
@@ -333,6 +355,7 @@ class ConnectionGate:
                 keep = self._serve(link)
             except Exception as error:   # a client gone mid-answer, or a bug: this connection ends, not the endpoint
                 log.info("HTTP connection from %s dropped: %s", link.host, error)
+            link.request_read()
             if self._stopped.is_set():
                 link.close()
             else:
