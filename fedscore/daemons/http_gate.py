@@ -45,7 +45,8 @@ class Link:
     """One client connection: its socket (TLS-wrapped on a TLS endpoint), and the reader and writer every
     request on it shares, so bytes a client sent ahead (a pipelined request) are not lost between requests."""
 
-    __slots__ = ("sock", "address", "rfile", "wfile", "handshaking", "deadline", "watching", "open", "reading_until")
+    __slots__ = ("sock", "address", "rfile", "wfile", "handshaking", "deadline", "watching", "open", "reading_until",
+                 "reading_checked")
 
     def __init__(self, sock: socket.socket, address: tuple, handshaking: bool):
         self.sock, self.address, self.handshaking = sock, address, handshaking
@@ -53,7 +54,8 @@ class Link:
         self.deadline = 0.0
         self.watching = 0      # the selector events it is registered for; 0 when not registered
         self.open = True
-        self.reading_until = 0.0   # while a worker reads a request: when the gate cuts the connection
+        self.reading_until = 0.0     # while a request is read: when the gate cuts the connection (0: not reading)
+        self.reading_checked = 0.0   # the gate's pending check of reading_until, at this time
 
     def request_read(self) -> None:
         """The request is read whole; answering it has no deadline here."""
@@ -310,7 +312,7 @@ class ConnectionGate:
             if link in self._waiting and link.deadline == deadline:
                 break
             heapq.heappop(self._deadlines)
-        while self._reading and self._reading[0][2].reading_until != self._reading[0][0]:
+        while self._reading and not self._reading_check_due(*self._reading[0]):
             heapq.heappop(self._reading)
         soonest = min([entries[0][0] for entries in (self._deadlines, self._reading) if entries], default=None)
         return None if soonest is None else max(0.0, soonest - time.monotonic())
@@ -324,19 +326,34 @@ class ConnectionGate:
                           "no TLS handshake in time" if link.handshaking else "no request in time")
                 self._close(link)
         while self._reading and self._reading[0][0] <= now:
-            deadline, _, link = heapq.heappop(self._reading)
-            if link.reading_until == deadline:
+            entry = heapq.heappop(self._reading)
+            link = entry[2]
+            if not self._reading_check_due(*entry):
+                continue
+            if link.reading_until > now:   # its worker took it later than it was queued: check again then
+                self._check_reading(link)
+            else:
                 log.debug("HTTP connection from %s cut: its request was not read whole in time", link.host)
                 try:   # the socket's own shutdown, not TLS's: its worker is blocked reading and gets the end
                     socket.socket.shutdown(link.sock, socket.SHUT_RDWR)
                 except OSError:
                     pass
 
+    @staticmethod
+    def _reading_check_due(at: float, _: int, link: Link) -> bool:
+        """Whether this check of a link's reading deadline still counts: the link still reads a request,
+        and no later check of it was queued."""
+        return bool(link.reading_until) and link.open and at == link.reading_checked
+
+    def _check_reading(self, link: Link) -> None:
+        link.reading_checked = link.reading_until
+        heapq.heappush(self._reading, (link.reading_checked, next(self._order), link))
+
     # --- the workers
 
     def _dispatch(self, link: Link) -> None:
-        link.reading_until = time.monotonic() + REQUEST_DEADLINE
-        heapq.heappush(self._reading, (link.reading_until, next(self._order), link))
+        link.reading_until = time.monotonic() + REQUEST_DEADLINE   # from the queue; its worker restarts the clock
+        self._check_reading(link)
         with self._workers_lock:
             if self._idle_workers:
                 self._idle_workers -= 1
@@ -350,6 +367,7 @@ class ConnectionGate:
     def _work(self) -> None:
         while True:
             link = self._ready.get()
+            link.reading_until = time.monotonic() + REQUEST_DEADLINE
             keep = False
             try:
                 keep = self._serve(link)
