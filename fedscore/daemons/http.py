@@ -11,7 +11,11 @@
 It calls the same scoring host as the gRPC Score method; nothing else.
 Served over HTTPS with client certificates, like the gRPC port: a client
 must present the card center's own certificate to score (403 otherwise),
-any consortium certificate to read the health page.
+any consortium certificate to read the health page. A connection gets a
+thread only while its request is served; the TLS handshake and the wait for a
+request happen on the gate (fedscore.daemons.http_gate), with short deadlines
+and a share per client address, so slow or silent clients cannot take the
+threads the approval system needs.
 """
 from __future__ import annotations
 
@@ -20,15 +24,15 @@ import logging
 import ssl
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from fedscore.daemons.http_gate import ConnectionGate, Link
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import AccessError, ConfigError, DataError, FedscoreError, InternalError
 from fedscore.transport.tls import TlsIdentity, certificate_subject_name
 
 log = logging.getLogger("fedscore.http")
 MAX_BODY = 64 * 1024
-MAX_CONNECTIONS = 64      # more at once get 503: a flood of slow clients cannot take every thread
 SOCKET_TIMEOUT = 10.0     # a client that stops sending mid-request is dropped after this
 
 
@@ -68,9 +72,23 @@ def score_document(host: ScoringHost, document: object) -> dict:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Serves one request on a link; the gate waits for the next one without holding a thread."""
+
     host: ScoringHost
     protocol_version = "HTTP/1.1"
-    timeout = SOCKET_TIMEOUT
+
+    def setup(self) -> None:
+        link: Link = self.request
+        self.connection = link.sock
+        self.connection.settimeout(SOCKET_TIMEOUT)
+        self.rfile, self.wfile = link.rfile, link.wfile
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        self.wfile.flush()
 
     def _send(self, status: int, document: dict) -> None:
         try:
@@ -106,11 +124,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             raise DataError(f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length")
         try:
-            return json.loads(self.rfile.read(length))
+            body = self.rfile.read(length)
+            self.request.request_read()
+            return json.loads(body)
         except (ValueError, RecursionError) as error:
             raise DataError(f"the body is not JSON: {type(error).__name__}") from None
 
     def do_GET(self) -> None:
+        self.request.request_read()
         if self.path.rstrip("/") == "/v1/health":
             self._send(200, {"status": "ok", "models": self.host.open_models()})
         else:
@@ -133,47 +154,36 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once."""
+class _GatedServer(HTTPServer):
+    """Accepts connections and hands them to the gate (fedscore.daemons.http_gate), which does the TLS
+    handshake and waits for each request without a thread; a worker thread then serves that one request."""
 
-    daemon_threads = True
+    request_queue_size = 128   # the kernel's queue of connections not yet accepted; 5 would drop them in a flood
 
     def __init__(self, *args, tls: ssl.SSLContext | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._tls = tls
+        self.gate = ConnectionGate(tls, self._serve)
+
+    def process_request(self, request, client_address) -> None:
+        self.gate.admit(request, client_address)
 
     def handle_error(self, request, client_address) -> None:
         log.info("HTTP connection from %s dropped: %s", client_address[0], sys.exc_info()[1])
 
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            try:
-                if self._tls is None:   # a TLS client is just closed on: no handshake on the accepting thread
-                    request.settimeout(1.0)
-                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            finally:
-                self.shutdown_request(request)
-            return
-        if self._tls is not None:   # the handshake happens on the connection's own thread, at its first read
-            request = self._tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        super().process_request(request, client_address)
+    def _serve(self, link: Link) -> bool:
+        return not self.RequestHandlerClass(link, link.address, self).close_connection
 
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.gate.stop()
 
 
-def start_http(host: ScoringHost, listen: str, tls: TlsIdentity | None) -> tuple[ThreadingHTTPServer, str]:
+def start_http(host: ScoringHost, listen: str, tls: TlsIdentity | None) -> tuple[HTTPServer, str]:
     """Serve in a background thread; returns the server and the host:port it got."""
     address, _, port = listen.rpartition(":")
     handler = type("Handler", (_Handler,), {"host": host})
     try:
-        server = _BoundedServer(
+        server = _GatedServer(
             (address or "127.0.0.1", int(port or 0)), handler, tls=tls.ssl_context(server=True) if tls else None
         )
     except (OSError, ValueError) as error:
