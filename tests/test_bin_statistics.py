@@ -131,8 +131,9 @@ def test_selection_by_iv_then_training_equals_numpy(tmp_path, keypair, inline_po
     reference, losses = fit_gradient_descent(
         [s.train_matrix for s in sessions.values()], center.train_labels,
         epochs=3, learning_rate=0.3, batch_size=90, seed=consortium.coordinator.spec.seed,
-        unpenalised=[s.penalised == 0 for s in sessions.values()],
+        unpenalised=[s.penalised == 0 for s in sessions.values()], start=[s.start for s in sessions.values()],
     )
+    assert np.any(center.start != 0) and not any(np.any(p.start) for p in consortium.partners.values())
     for session, weights in zip(sessions.values(), reference):
         np.testing.assert_allclose(session.weights, weights, rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.losses, losses, rtol=0, atol=1e-6)

@@ -27,7 +27,8 @@ def consortium_for(folder: Path, parties: list[dict], keypair, pool, **job):
 
 
 def reference(consortium, *, quantised: bool):
-    """Numpy gradient descent on the parties' own standardised training matrices."""
+    """Numpy gradient descent on the parties' own standardised training matrices, from the parties' own start
+    (the card center's secret random weights, the partners' zeros)."""
     spec = consortium.coordinator.spec
     sessions = [consortium.card_center, *consortium.partners.values()]
     return fit_gradient_descent(
@@ -37,6 +38,7 @@ def reference(consortium, *, quantised: bool):
         batch_size=spec.batch_size, seed=spec.seed,
         unpenalised=[s.penalised == 0 for s in sessions],
         gradient_blocks=[s.quantised / s.quantisation for s in sessions] if quantised else None,
+        start=[s.start for s in sessions],
     )
 
 
@@ -173,9 +175,11 @@ def test_partner_cannot_strip_its_own_part_from_the_residual(breast_folder, keyp
     # Control: the same residual built FATE-style, the card center's part added without randomness.
     naive = [c * (1 + (part % n) * n) % nsquare for c, part in zip(own_ciphertexts, own_part)]
     leaked = stripped(naive)
-    recovered = [(v - (n if v > n // 2 else 0)) / 2**SCORE_BITS for v in leaked]  # = u_C − (4y − 2)
-    guessed_labels = [1 if v < 0 else 0 for v in recovered]                        # u_C = 0 at the first step
-    assert guessed_labels == labels.tolist()  # the attack reads every label from the naive form
+    recovered = [v - (n if v > n // 2 else 0) for v in leaked]   # = U_C − (4y − 2)·2^P, the card center's part
+    assert recovered == own_part                                 # the attack reads it exactly from the naive form
+    u_center = center.partial_scores(rows)                       # U_C alone (secret start): the rest is the labels
+    guessed_labels = [1 if v / 2**SCORE_BITS - u < 0 else 0 for v, u in zip(recovered, u_center)]
+    assert guessed_labels == labels.tolist()
 
 
 def test_messages_out_of_order_are_refused(breast_folder, keypair, inline_pool):

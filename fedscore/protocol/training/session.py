@@ -163,8 +163,13 @@ class PartySession:
             self.bin_columns = None
             self.quantised, self.quantisation = quantise_columns(self.train_matrix)
         self.penalised = penalised
-        self.weights = np.zeros(matrix.shape[1])
+        self.start = self.starting_weights()        # zero here; the card center's are secret (training.start)
+        self.weights = self.start.copy()
         self.velocity = np.zeros(matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
+
+    def starting_weights(self) -> np.ndarray:
+        """Where this party's weights start: zero (a partner's start hides nothing from itself)."""
+        return np.zeros(self.train_matrix.shape[1])
 
     @one_message_at_a_time
     def select_features(self, keep: list[str]) -> list[str]:
@@ -342,6 +347,7 @@ class PartySession:
 
         state = point(self._last_done, self.weights, self.velocity)
         state["features"] = list(self.features)
+        state["start"] = [float(w) for w in self.start]
         if self._before_last is not None:
             state["before"] = point(*self._before_last)
         return state
@@ -359,6 +365,11 @@ class PartySession:
             self._state, self._last_done = None, None
             self.select_features(list(checkpoint["features"]))
         self._last_done, self.weights, self.velocity = point(checkpoint)
+        if "start" in checkpoint:
+            start = np.array(checkpoint["start"], dtype=float)
+            if start.shape != self.weights.shape:
+                raise ProtocolError(f"{self.party}: checkpoint has {start.size} starting weights, the job {self.weights.size}")
+            self.start = start
         self._before_last = point(checkpoint["before"]) if "before" in checkpoint else None
         self._state = None
 
