@@ -38,6 +38,7 @@ from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
+from fedscore.protocol.training import batch_rule
 
 
 log = logging.getLogger("fedscore.training")
@@ -236,8 +237,12 @@ class PartySession:
 
     def smallest_batch(self) -> int:
         """Rows in the job's smallest step (the same in every epoch)."""
-        plan = batches(len(self.train_rows), self.spec.batch_size, self.spec.seed, 0)
-        return min(len(rows) for rows in plan)
+        return batch_rule.smallest_batch(len(self.train_rows), self.spec.batch_size, self.spec.seed)
+
+    def check_batch(self, min_batch_rows: int = 0, who: str | None = None) -> None:
+        """Refuse the job if its smallest step is short for this party's columns (training.batch_rule)."""
+        batch_rule.check_batch(who or f"party {self.party!r}", self.smallest_batch(), self.weights.size,
+                               self.spec.min_rows_per_column, min_batch_rows)
 
     def step_rows(self, step: Step) -> np.ndarray:
         if self._batches is None or self._batches[0] != step.epoch:
