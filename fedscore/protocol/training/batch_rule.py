@@ -34,9 +34,9 @@ def check_batch(who: str, rows: int, columns: int, rows_per_column: int, min_bat
     if rows >= needed:
         return
     per_column = f"the job's min_rows_per_column {rows_per_column} × {columns} columns = {rows_per_column * columns}"
-    rule = f"max(its min_batch_rows {min_batch_rows}, {per_column})" if min_batch_rows else per_column
+    rule = f"max(its min_batch_rows {min_batch_rows}, {per_column}) = {needed}" if min_batch_rows else per_column
     raise ConfigError(
-        f"{who}: refuses batches of {rows} rows for {columns} columns: the rule is rows per batch ≥ {rule} = "
-        f"{needed} (a gradient over few rows per column gives away the labels); raise the job's batch_size "
+        f"{who}: refuses batches of {rows} rows for {columns} columns: the rule is rows per batch ≥ {rule} "
+        f"(a gradient over few rows per column gives away the labels); raise the job's batch_size "
         f"(0: every training row) or train on fewer columns (fewer features or bins)"
     )
