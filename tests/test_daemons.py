@@ -164,8 +164,9 @@ def test_unreachable_party_is_named(breast_folder):
 def test_parties_refuse_small_batches_and_the_submitter_gets_the_partys_error_class(breast_folder):
     """The party's ConfigError travels party -> coordinator -> submitter as itself, not as the first class
     of its gRPC status (DataError shares INVALID_ARGUMENT)."""
-    job = write_job(breast_folder, breast_parties(), batch_size=20)
-    with pytest.raises(ConfigError, match="refuses batches of 20 rows .* at least 64") as caught:
+    job = write_job(breast_folder, breast_parties(), batch_size=20, min_rows_per_column=4)
+    with pytest.raises(ConfigError, match=r"refuses batches of 20 rows for \d+ columns: the rule is rows per batch ≥ "
+                                          r"max\(its min_batch_rows 1, the job's min_rows_per_column 4 × \d+ columns") as caught:
         run_job_file(job, local=True, workers=1)
     assert type(caught.value) is ConfigError
 

@@ -2,6 +2,7 @@
 compared with plaintext numpy on the same data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gmpy2
@@ -12,6 +13,7 @@ from fedscore.job_file import load_job
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.errors import ProtocolError
 from fedscore.model import metrics
+from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import fit_gradient_descent
 from fedscore.job import Step
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate
@@ -204,3 +206,24 @@ def test_coordinator_refuses_a_gradient_of_the_wrong_length(breast_folder, keypa
     too_many = inline_pool.encrypt(keypair[0], [0] * (columns + 1))
     with pytest.raises(ProtocolError, match=f"party 'host' sent {columns + 1} gradient values; it has {columns} columns"):
         consortium.coordinator.decrypt_masked_gradient("host", too_many, Step(0, 0))
+
+
+def test_the_card_center_starts_at_a_secret_random_point_that_its_checkpoint_and_model_keep(breast_folder, keypair, inline_pool):
+    """Its start is drawn from the operating system per job (not from the job spec every party sees), and a
+    restarted card center resumes from the start it drew: its checkpoint and its model file hold it."""
+    first = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=1)
+    again = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=1)
+    center, host = first.card_center, first.partners["host"]
+    assert not np.array_equal(center.start, again.card_center.start)          # same job, another start
+    assert np.std(center.train_matrix @ center.start) == pytest.approx(1.0)   # one logit over the training rows
+    assert not np.any(host.start) and not np.any(host.weights)
+
+    saved = json.loads(json.dumps(center.checkpoint()))   # as the checkpoint file holds it
+    again.card_center.restore(saved)
+    np.testing.assert_array_equal(again.card_center.start, center.start)
+    np.testing.assert_array_equal(again.card_center.weights, center.start)
+    simulate(first)
+    model = center.model()
+    assert model.start == center.start.tolist() and model.start[-1] != 0       # the intercept's start, last
+    assert PartyModel.from_json(model.to_json()).start == model.start
+    assert host.model().start is None
