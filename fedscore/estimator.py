@@ -370,7 +370,8 @@ class FederatedLogisticRegression(BaseEstimator):
             learning_rate=float(self.learning_rate), momentum=float(self.momentum), l2=float(self.l2),
             validation=float(self.validation), seed=self.seed,
             key_bits=self.key_bits, early_stop_tol=float(self.early_stop_tol), min_overlap=self.min_overlap,
-            min_rows_per_column=self.min_rows_per_column, obfuscation=self.obfuscation, binning=as_binning(self.binning), protected=self._protected(),
+            min_rows_per_column=self.min_rows_per_column, obfuscation=self.obfuscation,
+            binning=as_binning(self.binning), protected=self._protected(),
             keep_protected=bool(self.keep_protected), calibrate=bool(self.calibrate),
         ).validate()
 
