@@ -11,21 +11,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
-from fedscore.crypto.paillier import generate_keypair
-from fedscore.crypto.pool import CryptoPool
 from fedscore.job_file import load_job
-from fedscore.model.model_file import PartyModel
-from fedscore.model.taylor import fit_gradient_descent
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.proctable import Process, command, descendants, wait_gone
 from fedscore.cli.runner import run_job_file, submit
-from fedscore.protocol.training.simulation import build_consortium, load_tables
 
-from conftest import TEST_KEY_BITS, split_three_ways, trained_weights, write_job
+from conftest import assert_descent_from_recorded_start, split_three_ways, write_job
 from faults import count
 
 EPOCHS = 5          # three steps an epoch on the breast data's training rows: chain heights 2 to 16 are steps
@@ -57,24 +51,6 @@ def job_with_fees(folder: Path) -> Path:
                     restart_timeout=90, momentum=0.6)   # velocity must resume too
     job.write_text(job.read_text() + "\n[fees]\nper_step = 7\nper_overlap_row = 1\n")
     return job
-
-
-def gradient_descent_from_the_recorded_start(job: Path, report: dict) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Plaintext gradient descent on the job's attribute matrices (built in this process from the same files) from
-    where each party's model file says it started: (weights by party, intercept last; loss per epoch)."""
-    spec, base = load_job(job)
-    sessions = build_consortium(spec, load_tables(spec, base), CryptoPool(0), generate_keypair(TEST_KEY_BITS))
-    sessions = {s.party: s for s in (sessions.card_center, *sessions.partners.values())}
-    models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
-    starts = [np.zeros(s.weights.size) if models[name].start is None else np.array(models[name].start)
-              for name, s in sessions.items()]
-    weights, losses = fit_gradient_descent(
-        [s.train_matrix for s in sessions.values()], sessions[spec.card_center.name].train_labels,
-        epochs=spec.epochs, learning_rate=spec.learning_rate, l2=spec.l2, momentum=spec.momentum,
-        batch_size=spec.batch_size, seed=spec.seed, unpenalised=[s.penalised == 0 for s in sessions.values()],
-        gradient_blocks=[s.quantised / s.quantisation for s in sessions.values()], start=starts,
-    )
-    return dict(zip(sessions, weights)), losses
 
 
 def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_nothing_happened(breast_folder):
@@ -129,10 +105,7 @@ def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_
 
     # each run's model is exactly gradient descent from its own start: the killed card center kept its start
     for run in (plain, report):
-        expected, losses = gradient_descent_from_the_recorded_start(job, run)
-        for name, weights in trained_weights(run).items():
-            np.testing.assert_allclose(weights, expected[name], rtol=0, atol=1e-9)
-        np.testing.assert_allclose(run["loss"], losses, rtol=0, atol=1e-6)
+        assert_descent_from_recorded_start(spec, base, run)
 
     # every step on the chain exactly once, every replica the same, the fees those of the plain run
     replicas = {member: Path(path) for member, path in report["ledgers"].items()}
