@@ -35,7 +35,10 @@ def write_data(folder: Path, rows: int, center: int, partner: int, key_bits: int
     frame = pd.DataFrame(x_partner, columns=[f"p{i}" for i in range(partner)])
     frame.insert(0, "id", ids[::-1])
     frame.to_csv(folder / "partner.csv", index=False, float_format="%.5f")
-    job = two_party_job("scale-bench", key_bits, epochs=1, batch_size=0, learning_rate=0.15, validation=0.0)
+    # synthetic rows every party holds, timed not protected: the overlap and rows-per-column floors are off (the
+    # smoke run's 400 rows would fall under both)
+    job = two_party_job("scale-bench", key_bits, epochs=1, batch_size=0, learning_rate=0.15, validation=0.0,
+                        min_overlap=0, min_rows_per_column=0)
     (folder / "job.toml").write_text(job)
 
 

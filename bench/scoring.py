@@ -129,12 +129,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="client processes in the throughput run")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per client process")
     parser.add_argument("--insecure", action="store_true", help="plaintext daemons, to measure what mutual TLS costs")
-    parser.add_argument("--smoke", action="store_true", help="600 applicants, 512-bit keys, a few requests: seconds")
+    parser.add_argument("--smoke", action="store_true", help="2500 applicants, 512-bit keys, a few requests: seconds")
     args = parser.parse_args()
     sizes = {"rows": ROWS, "key_bits": 2048, "consents": REQUESTS}
     if args.smoke:
         args.requests, args.seconds, args.concurrency = 30, 2.0, 4
-        sizes = {"rows": 600, "key_bits": 512, "consents": 3000}
+        sizes = {"rows": 2500, "key_bits": 512, "consents": 3000}   # enough for the min_overlap and rows per column
     with tempfile.TemporaryDirectory(prefix="fedscore-bench-scoring-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

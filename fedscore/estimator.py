@@ -206,9 +206,11 @@ class FederatedLogisticRegression(BaseEstimator):
     card-center-only baseline, timings; the audit chain's and settlement's
     keys are None, as there is no chain).
 
-    A deployed party refuses keys under 2048 bits and batches under 64 rows
+    A deployed party refuses keys under 2048 bits and batches under 256 rows
     by default (its daemon's ``min_key_bits``, ``min_batch_rows``); small keys
-    here are for speed while prototyping.
+    here are for speed while prototyping. Every step must cover
+    ``min_rows_per_column`` rows per column of each party (binned: per bin),
+    here as in a deployed job.
     """
 
     def __init__(
@@ -224,6 +226,7 @@ class FederatedLogisticRegression(BaseEstimator):
         key_bits: int = JobSpec.key_bits,
         early_stop_tol: float = JobSpec.early_stop_tol,
         min_overlap: int = JobSpec.min_overlap,
+        min_rows_per_column: int = JobSpec.min_rows_per_column,
         obfuscation: str = JobSpec.obfuscation,
         binning: Binning | Mapping | str = JobSpec.binning,
         protected: Sequence[str] = JobSpec.protected,
@@ -242,6 +245,7 @@ class FederatedLogisticRegression(BaseEstimator):
         self.key_bits = key_bits
         self.early_stop_tol = early_stop_tol
         self.min_overlap = min_overlap
+        self.min_rows_per_column = min_rows_per_column
         self.obfuscation = obfuscation
         self.binning = binning
         self.protected = protected
@@ -366,7 +370,8 @@ class FederatedLogisticRegression(BaseEstimator):
             learning_rate=float(self.learning_rate), momentum=float(self.momentum), l2=float(self.l2),
             validation=float(self.validation), seed=self.seed,
             key_bits=self.key_bits, early_stop_tol=float(self.early_stop_tol), min_overlap=self.min_overlap,
-            obfuscation=self.obfuscation, binning=as_binning(self.binning), protected=self._protected(),
+            min_rows_per_column=self.min_rows_per_column, obfuscation=self.obfuscation,
+            binning=as_binning(self.binning), protected=self._protected(),
             keep_protected=bool(self.keep_protected), calibrate=bool(self.calibrate),
         ).validate()
 

@@ -125,7 +125,8 @@ class JobSpec:
     seed: int = 42
     key_bits: int = 2048
     early_stop_tol: float = 0.0
-    min_overlap: int = 100
+    min_overlap: int = 500            # fewest applicants shared: a small overlap reveals too much to train on
+    min_rows_per_column: int = 4      # every step covers at least this many rows per column of each party (0: off)
     fees: FeeContract = FeeContract()
     rpc_timeout: float = 1800.0       # seconds a party may take to answer one call before the job stops
     obfuscation: str = SHORT_EXPONENT # or STANDARD: r^n with a full exponent, no extra assumption
@@ -194,6 +195,8 @@ class JobSpec:
             raise ConfigError(f"{where}: precompute_epochs must be between 0 and 1000, got {self.precompute_epochs}")
         if self.min_overlap < 0:
             raise ConfigError(f"{where}: min_overlap must be zero or positive, got {self.min_overlap}")
+        if not 0 <= self.min_rows_per_column <= 1000:
+            raise ConfigError(f"{where}: min_rows_per_column must be between 0 and 1000, got {self.min_rows_per_column}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"{where}: seed must be a non-negative integer below 2^63, got {self.seed}")
         self.binning.validate(where)

@@ -53,7 +53,9 @@ def toml_value(value: object) -> str:
 def write_job(folder: Path, parties: list[dict], binning: dict | None = None, **job) -> Path:
     """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables, ``binning`` as [binning]."""
     settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "validation": 0.0,
-                "seed": 7, "key_bits": TEST_KEY_BITS, **job}
+                "seed": 7, "key_bits": TEST_KEY_BITS,
+                # tiny data on purpose: the breast split's 569 rows, up to 200 bins a party
+                "min_overlap": 100, "min_rows_per_column": 0, **job}
     lines = ["[job]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
     if binning:
         lines += ["", "[binning]"] + [f"{k} = {toml_value(v)}" for k, v in binning.items()]
@@ -104,6 +106,36 @@ def trained_weights(report: dict) -> dict[str, np.ndarray]:
         extra = [] if model.intercept is None else [model.intercept]
         weights[party["name"]] = np.array(model.weights + extra)
     return weights
+
+
+def descent_from_recorded_start(spec, base: Path, report: dict) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Plaintext gradient descent on a job's matrices (built in this process from the same files) from where each
+    party's model file in ``report`` says it started (the card center's start is secret and new in every job):
+    (weights by party, intercept last; the loss of each epoch). A run's weights are these to 1e-9."""
+    from fedscore.model.model_file import PartyModel
+    from fedscore.model.taylor import fit_gradient_descent
+    from fedscore.protocol.training.simulation import build_consortium, load_tables
+
+    built = build_consortium(spec, load_tables(spec, base), CryptoPool(0), generate_keypair(TEST_KEY_BITS))
+    sessions = {s.party: s for s in (built.card_center, *built.partners.values())}
+    models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
+    starts = [np.zeros(s.weights.size) if models[name].start is None else np.array(models[name].start)
+              for name, s in sessions.items()]
+    weights, losses = fit_gradient_descent(
+        [s.train_matrix for s in sessions.values()], built.card_center.train_labels,
+        epochs=spec.epochs, learning_rate=spec.learning_rate, l2=spec.l2, momentum=spec.momentum,
+        batch_size=spec.batch_size, seed=spec.seed, unpenalised=[s.penalised == 0 for s in sessions.values()],
+        gradient_blocks=[s.quantised / s.quantisation for s in sessions.values()], start=starts,
+    )
+    return dict(zip(sessions, weights)), losses
+
+
+def assert_descent_from_recorded_start(spec, base: Path, report: dict) -> None:
+    """The run's model is exactly gradient descent from its own start (its losses too)."""
+    expected, losses = descent_from_recorded_start(spec, base, report)
+    for name, weights in trained_weights(report).items():
+        np.testing.assert_allclose(weights, expected[name], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(report["loss"][: len(losses)], losses[: len(report["loss"])], rtol=0, atol=1e-6)
 
 
 def needs_shared_data():

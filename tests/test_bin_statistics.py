@@ -131,8 +131,9 @@ def test_selection_by_iv_then_training_equals_numpy(tmp_path, keypair, inline_po
     reference, losses = fit_gradient_descent(
         [s.train_matrix for s in sessions.values()], center.train_labels,
         epochs=3, learning_rate=0.3, batch_size=90, seed=consortium.coordinator.spec.seed,
-        unpenalised=[s.penalised == 0 for s in sessions.values()],
+        unpenalised=[s.penalised == 0 for s in sessions.values()], start=[s.start for s in sessions.values()],
     )
+    assert np.any(center.start != 0) and not any(np.any(p.start) for p in consortium.partners.values())
     for session, weights in zip(sessions.values(), reference):
         np.testing.assert_allclose(session.weights, weights, rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.losses, losses, rtol=0, atol=1e-6)
@@ -206,10 +207,20 @@ def test_daemons_select_the_same_features_and_train_the_same_model(tmp_path, key
     simulate(consortium)
     sessions = {consortium.card_center.party: consortium.card_center, **consortium.partners}
     models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
-    for name, session in sessions.items():
+    # the card center's start is secret and drawn afresh per job: the daemons' model is plaintext gradient
+    # descent from the start its model file records, on the same attributes
+    starts = [np.array(models[name].start) if models[name].start is not None else np.zeros(s.weights.size)
+              for name, s in sessions.items()]
+    assert np.any(starts[0] != 0) and not any(np.any(start) for start in starts[1:])
+    reference, _ = fit_gradient_descent(
+        [s.train_matrix for s in sessions.values()], consortium.card_center.train_labels,
+        epochs=2, learning_rate=0.3, batch_size=90, seed=consortium.coordinator.spec.seed,
+        unpenalised=[s.penalised == 0 for s in sessions.values()], start=starts,
+    )
+    for (name, session), expected in zip(sessions.items(), reference):
         assert models[name].features == session.features and len(session.features) < len(session.model_features())
         weights = models[name].weights + ([] if models[name].intercept is None else [models[name].intercept])
-        np.testing.assert_allclose(weights, session.weights, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-9)
 
 
 def test_the_card_center_keeps_its_bin_statistics_across_a_restart(tmp_path, keypair, inline_pool):

@@ -27,6 +27,16 @@ from faults import count
 SETTINGS = dict(epochs=3, batch_size=128, l2=0.01, learning_rate=0.3, validation=0.25, seed=11)
 
 
+@pytest.fixture
+def pinned_start(monkeypatch):
+    """The card center's start drawn from a fixed seed, for tests comparing two fits (a job's start is secret
+    and new in every job: fedscore.protocol.training.start)."""
+    from fedscore.protocol.training import card_center
+    from fedscore.protocol.training.start import secret_start
+
+    monkeypatch.setattr(card_center, "secret_start", lambda matrix: secret_start(matrix, rng=np.random.default_rng(0)))
+
+
 def frames(folder: Path, parties: list[dict]) -> dict[str, pd.DataFrame]:
     """Each party's CSV as a data scientist would load it: plain pd.read_csv."""
     return {p["name"]: pd.read_csv(folder / p["data"]) for p in parties}
@@ -40,13 +50,20 @@ def sigmoid(u: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-u))
 
 
-def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder):
-    """Three parties, one of them with shuffled rows and ids in other case and spacing; mini-batches, L2, held-out rows."""
+def test_weights_equal_those_of_a_daemon_run_with_the_same_seed(breast_folder, monkeypatch):
+    """Three parties, one of them with shuffled rows and ids in other case and spacing; mini-batches, L2, held-out rows.
+    The card center's start is secret and new in every job: the estimator here starts where the daemon run's model
+    file says its card center started, and everything else follows exactly."""
+    from fedscore.protocol.training import card_center
+
     parties = split_three_ways(breast_folder)
     job_file = write_job(breast_folder, parties, **SETTINGS)
     job_file.write_text(job_file.read_text() + '\n[binning]\nmethod = "none"\n')
     report = run_job_file(job_file, local=True, workers=1)
     daemon_models = {p["name"]: PartyModel.from_json(Path(p["model"]).read_text()) for p in report["parties"]}
+    daemon_start = np.array(daemon_models["guest"].start)
+    assert np.any(daemon_start != 0) and all(daemon_models[name].start is None for name in ("partner_a", "partner_b"))
+    monkeypatch.setattr(card_center, "secret_start", lambda matrix: daemon_start.copy())
 
     model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, binning="none", **SETTINGS)
     assert model.fit(frames(breast_folder, parties), card_center="guest", label="y") is model
@@ -125,10 +142,11 @@ def test_raw_columns_predict_the_calibrated_sigmoid_of_the_federated_linear_scor
     assert 0.9 < auc <= 1.0
 
 
-def test_the_key_size_changes_timings_not_results():
+def test_the_key_size_changes_timings_not_results(pinned_start):
     """The masks cancel exactly, so a small prototyping key trains the model a 2048-bit deployment trains."""
     small, large = (
-        FederatedLogisticRegression(key_bits=bits, epochs=2, batch_size=100, l2=0.02).fit(breast(), card_center="guest", label="y")
+        FederatedLogisticRegression(key_bits=bits, epochs=2, batch_size=100, l2=0.02, min_rows_per_column=0).fit(
+            breast(), card_center="guest", label="y")
         for bits in (TEST_KEY_BITS, 768)
     )
     assert small.report_["key_bits"] != large.report_["key_bits"]
@@ -139,7 +157,7 @@ def test_the_key_size_changes_timings_not_results():
 
 def test_rows_a_partner_lacks_are_left_out_with_a_warning_and_ids_may_be_the_index():
     data = breast()
-    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0).fit(
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0, min_rows_per_column=0).fit(
         {"guest": Party(data["guest"], label="y"), "host": data["host"]}
     )
     full = model.predict_proba(data)
@@ -155,13 +173,13 @@ def test_rows_a_partner_lacks_are_left_out_with_a_warning_and_ids_may_be_the_ind
             roc_auc_score(shuffled.loc[kept, "y"], full.loc[kept, "p_bad"]), abs=1e-12)
 
 
-def test_several_id_columns_index_the_predictions_by_all_of_them():
+def test_several_id_columns_index_the_predictions_by_all_of_them(pinned_start):
     """Ids split over two columns (as "phone" and "national_id" might be): same rows, same full-batch model."""
     def split(frame: pd.DataFrame) -> pd.DataFrame:
         return frame.assign(block=frame["id"] // 100, item=frame["id"] % 100).drop(columns=["id"])
 
     data = breast()
-    settings = dict(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0, batch_size=0)
+    settings = dict(key_bits=TEST_KEY_BITS, epochs=2, validation=0.0, batch_size=0, min_rows_per_column=0)
     single = FederatedLogisticRegression(**settings).fit(data, card_center="guest", label="y")
     double = FederatedLogisticRegression(**settings).fit(
         {name: split(frame) for name, frame in data.items()}, card_center="guest", label="y", id_columns=["block", "item"])
@@ -306,7 +324,8 @@ def test_parameters_are_the_job_files_and_clone_round_trips():
     assert tuned.set_params(epochs=2, seed=3) is tuned and (tuned.epochs, tuned.seed) == (2, 3)
     assert "epochs=2" in repr(tuned)
 
-    fitted = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1).fit(breast(), card_center="guest", label="y")
+    fitted = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1, min_rows_per_column=0).fit(
+        breast(), card_center="guest", label="y")
     unfitted = clone(fitted)
     assert unfitted.get_params() == fitted.get_params() and not hasattr(unfitted, "coef_")
     with pytest.raises(NotFittedError):
@@ -324,7 +343,7 @@ def test_the_package_exports_the_estimator_without_importing_scikit_learn_up_fro
 
 # -- binned scorecards --------------------------------------------------------
 
-BINNED = dict(key_bits=TEST_KEY_BITS, epochs=8, batch_size=0, learning_rate=1.0, validation=0.25, seed=3)
+BINNED = dict(key_bits=TEST_KEY_BITS, epochs=20, batch_size=0, learning_rate=1.0, momentum=0.8, validation=0.25, seed=3)
 
 
 def synthetic(rows: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -390,7 +409,7 @@ def test_a_binned_fit_takes_text_columns_and_missing_values():
     assert {"income: missing", "region: west"} <= set(model.coef_["bank"].index)   # 8% missing: a bin of its own
     assert "debt: missing" in model.coef_["bureau"].index
     assert model.coef_["bank"].index.tolist() == bank.binner.columns and model.coef_["bank"].abs().max() > 0.05
-    assert len(model.losses_) == 8 and model.losses_[-1] < model.losses_[0]
+    assert len(model.losses_) == BINNED["epochs"] and model.losses_[-1] < model.losses_[0]
     assert 0.7 < model.report_["test_auc"] <= 1.0
 
     # the scorecard: every card-center attribute, its weight, and points = −slope·w·20/ln 2
@@ -447,7 +466,7 @@ def test_binned_predict_proba_is_the_calibrated_sigmoid_of_the_bin_weights():
                                rtol=0, atol=1e-12)
 
 
-def test_bool_labels_train_the_model_zero_one_labels_train():
+def test_bool_labels_train_the_model_zero_one_labels_train(pinned_start):
     data = synthetic(rows=600, seed=4)
     settings = {**BINNED, "epochs": 3}
     numbers = FederatedLogisticRegression(**settings).fit(data, card_center="bank", label="y")

@@ -85,7 +85,7 @@ def test_the_job_example_trains_and_writes_its_report(job_run):
     assert round(report["test_auc"], 4) == float(found[5])
     assert 0.5 < report["local_only_test_auc"] < report["test_auc"] < 1   # the partners add to the card center alone
     assert report["epochs"] == 10 and report["key_bits"] == 512 and len(report["loss"]) == 10
-    assert report["loss"][0] == pytest.approx(0.6931471805599453, abs=1e-9) and report["loss"][-1] < report["loss"][0]
+    assert report["loss"][-1] < report["loss"][0]   # from the card center's secret start, not log 2 at zero
     assert {p["name"]: p["role"] for p in report["parties"]} == {
         "card_center": "card_center", "bureau": "partner", "ecommerce": "partner"}
     for party in report["parties"]:

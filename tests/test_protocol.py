@@ -2,6 +2,7 @@
 compared with plaintext numpy on the same data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gmpy2
@@ -12,6 +13,7 @@ from fedscore.job_file import load_job
 from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.errors import ProtocolError
 from fedscore.model import metrics
+from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import fit_gradient_descent
 from fedscore.job import Step
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate
@@ -27,7 +29,8 @@ def consortium_for(folder: Path, parties: list[dict], keypair, pool, **job):
 
 
 def reference(consortium, *, quantised: bool):
-    """Numpy gradient descent on the parties' own standardised training matrices."""
+    """Numpy gradient descent on the parties' own standardised training matrices, from the parties' own start
+    (the card center's secret random weights, the partners' zeros)."""
     spec = consortium.coordinator.spec
     sessions = [consortium.card_center, *consortium.partners.values()]
     return fit_gradient_descent(
@@ -37,6 +40,7 @@ def reference(consortium, *, quantised: bool):
         batch_size=spec.batch_size, seed=spec.seed,
         unpenalised=[s.penalised == 0 for s in sessions],
         gradient_blocks=[s.quantised / s.quantisation for s in sessions] if quantised else None,
+        start=[s.start for s in sessions],
     )
 
 
@@ -173,9 +177,11 @@ def test_partner_cannot_strip_its_own_part_from_the_residual(breast_folder, keyp
     # Control: the same residual built FATE-style, the card center's part added without randomness.
     naive = [c * (1 + (part % n) * n) % nsquare for c, part in zip(own_ciphertexts, own_part)]
     leaked = stripped(naive)
-    recovered = [(v - (n if v > n // 2 else 0)) / 2**SCORE_BITS for v in leaked]  # = u_C − (4y − 2)
-    guessed_labels = [1 if v < 0 else 0 for v in recovered]                        # u_C = 0 at the first step
-    assert guessed_labels == labels.tolist()  # the attack reads every label from the naive form
+    recovered = [v - (n if v > n // 2 else 0) for v in leaked]   # = U_C − (4y − 2)·2^P, the card center's part
+    assert recovered == own_part                                 # the attack reads it exactly from the naive form
+    u_center = center.partial_scores(rows)                       # U_C alone (secret start): the rest is the labels
+    guessed_labels = [1 if v / 2**SCORE_BITS - u < 0 else 0 for v, u in zip(recovered, u_center)]
+    assert guessed_labels == labels.tolist()
 
 
 def test_messages_out_of_order_are_refused(breast_folder, keypair, inline_pool):
@@ -212,3 +218,24 @@ def test_coordinator_refuses_a_loss_below_the_taylor_minimum(breast_folder, keyp
         coordinator.decrypt_loss(inline_pool.encrypt(keypair[0], [partial])[0], 64, Step(0, 0))
     honest = coordinator.decrypt_loss(inline_pool.encrypt(keypair[0], [4 * 64 * 2**SCORE_BITS])[0], 64, Step(0, 1))
     assert honest == pytest.approx(np.log(2) - 0.5 + 1.0)
+
+
+def test_the_card_center_starts_at_a_secret_random_point_that_its_checkpoint_and_model_keep(breast_folder, keypair, inline_pool):
+    """Its start is drawn from the operating system per job (not from the job spec every party sees), and a
+    restarted card center resumes from the start it drew: its checkpoint and its model file hold it."""
+    first = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=1)
+    again = consortium_for(breast_folder, breast_parties(), keypair, inline_pool, epochs=1)
+    center, host = first.card_center, first.partners["host"]
+    assert not np.array_equal(center.start, again.card_center.start)          # same job, another start
+    assert np.std(center.train_matrix @ center.start) == pytest.approx(1.0)   # one logit over the training rows
+    assert not np.any(host.start) and not np.any(host.weights)
+
+    saved = json.loads(json.dumps(center.checkpoint()))   # as the checkpoint file holds it
+    again.card_center.restore(saved)
+    np.testing.assert_array_equal(again.card_center.start, center.start)
+    np.testing.assert_array_equal(again.card_center.weights, center.start)
+    simulate(first)
+    model = center.model()
+    assert model.start == center.start.tolist() and model.start[-1] != 0       # the intercept's start, last
+    assert PartyModel.from_json(model.to_json()).start == model.start
+    assert host.model().start is None

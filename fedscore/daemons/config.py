@@ -43,7 +43,7 @@ class DaemonConfig:
     workers: int = 0          # 0 = every core
     max_message_mib: int = 64 # the largest message this daemon accepts (vectors are streamed in smaller blocks)
     min_key_bits: int = 2048  # a party refuses jobs with smaller Paillier keys
-    min_batch_rows: int = 64  # ... and jobs whose steps cover fewer rows
+    min_batch_rows: int = 256  # ... and jobs whose steps cover fewer rows (or fewer than 4 per column)
     consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
     consent_max_age_days: int = 30
     consent_max_uses: int = 3                # checks one consent allows (an application, a retry or two)

@@ -133,10 +133,10 @@ class LocalConsortium:
                 raise DataError(f"party {party.name!r}: data file {party.data!r} not found (looked for {data})")
             ready_files[party.name] = self._launch(
                 party.name, "party",
-                # one owner runs every party here, so the job's key size is the policy, and the job's card center
-                # is every party's; with every party's data in one place, no job budget protects anything
+                # one owner runs every party here, so the job's key size and batches are the policy, and the job's
+                # card center is every party's; with every party's data in one place, no job budget protects anything
                 {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
-                 "workers": self.workers, "min_key_bits": self.spec.key_bits,
+                 "workers": self.workers, "min_key_bits": self.spec.key_bits, "min_batch_rows": 1,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
                  "max_jobs": LOCAL_MAX_JOBS,
                  **({"http_listen": "127.0.0.1:0"} if party.is_card_center else {})},

@@ -3,8 +3,9 @@
 Two encodings: raw columns standardised (``mean``/``scale``, one weight per
 feature; binning "none"), or attributes (``bins``: fedscore.model.binning,
 one weight per bin). The card center's file also holds the intercept, the
-recalibration of the total score (``calibration``) and its ``protected``
-columns (never used as a reason).
+recalibration of the total score (``calibration``), its ``protected``
+columns (never used as a reason) and where its weights started (``start``:
+secret random values, fedscore.protocol.training.start).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class PartyModel:
     bins: list[dict] | None = None          # binned attributes (fedscore.model.binning.Binner.to_json)
     calibration: dict | None = None         # the card center's recalibration {slope, intercept}
     protected: list[str] = field(default_factory=list)
+    start: list[float] | None = None        # the card center's secret starting weights, its intercept last
 
     @property
     def binned(self) -> bool:

@@ -43,17 +43,20 @@ def fit_gradient_descent(
     unpenalised: Sequence[np.ndarray] | None = None,
     gradient_blocks: Sequence[np.ndarray] | None = None,
     momentum: float = 0.0,
+    start: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[float]]:
     """Mini-batch gradient descent on the Taylor loss, one weight block per party (heavy ball with ``momentum``:
     v ← μ·v − lr·g, w ← w + v; 0 is plain gradient descent).
 
     ``unpenalised[p]`` flags columns of block p left out of the L2 term (the
     intercept). ``gradient_blocks`` replaces the matrices used in Xᵀd, e.g.
-    by their fixed-point quantisation. Returns the weights and the mean loss
+    by their fixed-point quantisation. ``start[p]`` is where block p's weights
+    start (zero if None; the card center's are secret random values). Returns the weights and the mean loss
     of each epoch (each batch's loss taken before its update).
     """
     gradient_blocks = gradient_blocks or blocks
-    weights = [np.zeros(block.shape[1]) for block in blocks]
+    weights = [np.zeros(block.shape[1]) if start is None else np.array(start[p], dtype=float)
+               for p, block in enumerate(blocks)]
     velocities = [np.zeros(block.shape[1]) for block in blocks]
     penalty = [
         np.ones(block.shape[1]) if unpenalised is None else (~np.asarray(unpenalised[p], bool)).astype(float)

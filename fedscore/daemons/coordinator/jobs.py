@@ -166,6 +166,8 @@ class RunningJob:
         if spec.precompute_epochs:
             progress(Progress("prepare", message=f"parties making {spec.precompute_epochs} epoch(s) of obfuscators in advance"))
         started_training = call_each(clients, lambda name, c: c.start_training())
+        coordinator.check_partner_batches({name: r.columns for name, r in started_training.items()},
+                                          len(split_rows(summary["aligned_rows"], spec.validation, spec.seed)[0]))
         obfuscation_seconds = max(r.obfuscation_seconds for r in started_training.values())
         replies = {name: {"role": r.role, "features": r.features, "rows": r.rows, "columns": started_training[name].columns}
                    for name, r in replies.items()}

@@ -223,12 +223,7 @@ class Jobs:
         if job.aligned_rows is None or job.session is not None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
         session = self._open_session(job)
-        smallest = session.smallest_batch()
-        if smallest < self.config.min_batch_rows:
-            raise ConfigError(
-                f"{self.label}: refuses batches of {smallest} rows (each step's gradient would describe too few "
-                f"applicants); its policy asks for at least {self.config.min_batch_rows}"
-            )
+        session.check_batch(self.config.min_batch_rows, self.label)   # max(min_batch_rows, min_rows_per_column × columns)
         seconds = session.prepare_obfuscators()
         job.session = session
         self.checkpoint(job)

@@ -35,6 +35,7 @@ from fedscore.protocol.training import bin_statistics as binstats
 from fedscore.protocol.training.bin_statistics import BinSums
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.training.session import PartySession, one_message_at_a_time
+from fedscore.protocol.training.start import secret_start
 from fedscore.job import Step
 
 log = logging.getLogger("fedscore.training")
@@ -62,6 +63,11 @@ class CardCenterSession(PartySession):
         if self.spec.keep_protected:
             return list(self.table.feature_names)
         return [name for name in self.table.feature_names if name not in self.spec.protected]
+
+    def starting_weights(self) -> np.ndarray:
+        """Secret random weights and intercept (fedscore.protocol.training.start): at zero, a partner's first
+        gradient would give it the labels of the batch."""
+        return secret_start(self.train_matrix)
 
     def protected_columns(self) -> dict[str, np.ndarray]:
         """The protected columns it holds, for the fairness table (its own data; never sent)."""
@@ -159,6 +165,7 @@ class CardCenterSession(PartySession):
             model,
             calibration=None if self.calibration is None else self.calibration.to_json(),
             protected=list(self.spec.protected),
+            start=[float(w) for w in self.start],
         )
 
     def metrics(self, own_scores: np.ndarray, partner_scores: np.ndarray) -> dict:

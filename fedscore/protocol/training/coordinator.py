@@ -8,6 +8,7 @@ label, encrypted or not.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 import numpy as np
 from gmpy2 import mpz
@@ -21,6 +22,7 @@ from fedscore.errors import ProtocolError
 from fedscore.ledger.entries import Facts, step_key
 from fedscore.job import Step
 from fedscore.model.taylor import LOG2_MINUS_HALF
+from fedscore.protocol.training import batch_rule
 
 LOSS_ROUNDING = 1e-6   # how far fixed-point rounding can take an honest loss below its minimum (far less in fact)
 
@@ -47,6 +49,15 @@ class CoordinatorSession:
     def expect_columns(self, party: str, columns: int) -> None:
         """How many gradient values ``party`` may send per step (its features, plus the intercept)."""
         self._columns[party] = columns
+
+    def check_partner_batches(self, columns: Mapping[str, int], train_rows: int) -> None:
+        """Refuse the job when a partner's columns make its steps too short (training.batch_rule): a partner
+        checks only itself, and one reading labels would not refuse; every column count is known here."""
+        rows = batch_rule.smallest_batch(train_rows, self.spec.batch_size, self.spec.seed)
+        for party in self.spec.partners:
+            if party.name in columns:
+                batch_rule.check_batch(f"coordinator: partner {party.name!r}", rows, columns[party.name],
+                                       self.spec.min_rows_per_column)
 
     def decrypt_masked_gradient(self, party: str, masked: list[mpz], step: Step) -> list[int]:
         """g + r mod n for each column: uniform values, returned to their owner."""

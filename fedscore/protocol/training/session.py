@@ -38,6 +38,7 @@ from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
+from fedscore.protocol.training import batch_rule
 
 
 log = logging.getLogger("fedscore.training")
@@ -163,8 +164,13 @@ class PartySession:
             self.bin_columns = None
             self.quantised, self.quantisation = quantise_columns(self.train_matrix)
         self.penalised = penalised
-        self.weights = np.zeros(matrix.shape[1])
+        self.start = self.starting_weights()        # zero here; the card center's are secret (training.start)
+        self.weights = self.start.copy()
         self.velocity = np.zeros(matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
+
+    def starting_weights(self) -> np.ndarray:
+        """Where this party's weights start: zero (a partner's start hides nothing from itself)."""
+        return np.zeros(self.train_matrix.shape[1])
 
     @one_message_at_a_time
     def select_features(self, keep: list[str]) -> list[str]:
@@ -231,8 +237,12 @@ class PartySession:
 
     def smallest_batch(self) -> int:
         """Rows in the job's smallest step (the same in every epoch)."""
-        plan = batches(len(self.train_rows), self.spec.batch_size, self.spec.seed, 0)
-        return min(len(rows) for rows in plan)
+        return batch_rule.smallest_batch(len(self.train_rows), self.spec.batch_size, self.spec.seed)
+
+    def check_batch(self, min_batch_rows: int = 0, who: str | None = None) -> None:
+        """Refuse the job if its smallest step is short for this party's columns (training.batch_rule)."""
+        batch_rule.check_batch(who or f"party {self.party!r}", self.smallest_batch(), self.weights.size,
+                               self.spec.min_rows_per_column, min_batch_rows)
 
     def step_rows(self, step: Step) -> np.ndarray:
         if self._batches is None or self._batches[0] != step.epoch:
@@ -342,6 +352,7 @@ class PartySession:
 
         state = point(self._last_done, self.weights, self.velocity)
         state["features"] = list(self.features)
+        state["start"] = [float(w) for w in self.start]
         if self._before_last is not None:
             state["before"] = point(*self._before_last)
         return state
@@ -359,6 +370,11 @@ class PartySession:
             self._state, self._last_done = None, None
             self.select_features(list(checkpoint["features"]))
         self._last_done, self.weights, self.velocity = point(checkpoint)
+        if "start" in checkpoint:
+            start = np.array(checkpoint["start"], dtype=float)
+            if start.shape != self.weights.shape:
+                raise ProtocolError(f"{self.party}: checkpoint has {start.size} starting weights, the job {self.weights.size}")
+            self.start = start
         self._before_last = point(checkpoint["before"]) if "before" in checkpoint else None
         self._state = None
 

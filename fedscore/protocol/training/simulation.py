@@ -40,8 +40,11 @@ def build_consortium(
     tables: Mapping[str, PartyTable],
     pool: CryptoPool,
     keys: tuple[PublicKey, PrivateKey] | None = None,
+    min_batch_rows: int = 0,
 ) -> Consortium:
-    """Align the parties privately, then open every party's session on the aligned rows."""
+    """Align the parties privately, then open every party's session on the aligned rows; every party and the
+    coordinator check the job's batches against its columns as a daemon does (``min_batch_rows``: each
+    party's own floor, which a deployed party's policy sets)."""
     coordinator = CoordinatorSession(new_job_id(spec.name), spec, keys)
     job_id, key = coordinator.job_id, coordinator.public_key
     center_spec = spec.card_center
@@ -57,7 +60,9 @@ def build_consortium(
         partners=partners,
     )
     for session in (center, *partners.values()):
+        session.check_batch(min_batch_rows)
         coordinator.expect_columns(session.party, session.weights.size)
+    coordinator.check_partner_batches({name: p.weights.size for name, p in partners.items()}, len(center.train_rows))
     return Consortium(coordinator, center, partners, alignment)
 
 
