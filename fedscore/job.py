@@ -116,10 +116,10 @@ class JobSpec:
 
     name: str
     parties: tuple[PartySpec, ...]
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 0
-    learning_rate: float = 0.15
-    momentum: float = 0.0             # heavy-ball momentum of every party's own steps; 0 = plain gradient descent
+    learning_rate: float = 1.0
+    momentum: float = 0.8             # heavy-ball momentum of every party's own steps; 0 = plain gradient descent
     l2: float = 0.0
     validation: float = 0.3
     seed: int = 42

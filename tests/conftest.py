@@ -52,7 +52,7 @@ def toml_value(value: object) -> str:
 
 def write_job(folder: Path, parties: list[dict], binning: dict | None = None, **job) -> Path:
     """A job file in ``folder``; ``parties`` entries are written as [[parties]] tables, ``binning`` as [binning]."""
-    settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "validation": 0.0,
+    settings = {"name": "test-job", "epochs": 3, "learning_rate": 0.15, "momentum": 0.0, "validation": 0.0,
                 "seed": 7, "key_bits": TEST_KEY_BITS,
                 # tiny data on purpose: the breast split's 569 rows, up to 200 bins a party
                 "min_overlap": 100, "min_rows_per_column": 0, **job}

@@ -24,7 +24,7 @@ from fedscore.cli.runner import run_job_file
 from conftest import DATA, TEST_KEY_BITS, split_three_ways, write_job
 from faults import count
 
-SETTINGS = dict(epochs=3, batch_size=128, l2=0.01, learning_rate=0.3, validation=0.25, seed=11)
+SETTINGS = dict(epochs=3, batch_size=128, l2=0.01, learning_rate=0.3, validation=0.25, seed=11, momentum=0.0)
 
 
 @pytest.fixture
