@@ -53,6 +53,7 @@ epochs = 1
 batch_size = 0
 learning_rate = 0.15
 validation = 0.0
+min_overlap = 0         # a timing bench on sampled rows: the overlap floor is not what it measures
 key_bits = {key_bits}
 precompute_epochs = 1
 

@@ -119,6 +119,8 @@ def consortium(tmp_path_factory, breast_folder_module):
     # the coordinator's or card center's certificate would be refused before them; tests/test_tls.py covers that)
     with LocalConsortium(spec, base, folder / "state", 1, (bytes(issuer.verify_key).hex(),), insecure=True) as running:
         report = submit(running.spec, running.coordinator_address, lambda event: None)
+        # checked now: the fuzzing may send AbortJob for this job (plaintext lets anyone), which drops its model file
+        assert_descent_from_recorded_start(running.spec, running.base_dir, report)
         settings = ScoringSettings(consent_issuers=(bytes(issuer.verify_key).hex(),))
         scoring = ScoringClient(running.spec.card_center.address, running.spec.card_center.name)
         scoring.open_scoring(running.spec, settings.to_json())
@@ -201,8 +203,7 @@ def test_after_the_fuzzing_the_consortium_still_trains_and_scores(consortium):
     assert sum(TRIED.values()) >= 1000 or not TRIED   # run alone, this test only checks the daemons
     assert not running.dead_members()
     again = submit(running.spec, running.coordinator_address, lambda event: None)
-    for run in (report, again):   # each exactly gradient descent from its own secret start
-        assert_descent_from_recorded_start(running.spec, running.base_dir, run)
+    assert_descent_from_recorded_start(running.spec, running.base_dir, again)   # from its own secret start
     client = ScoringClient(running.spec.card_center.address, running.spec.card_center.name)
     opened = client.open_scoring(running.spec, settings.to_json(), again["job_id"])
     import pandas as pd

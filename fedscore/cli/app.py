@@ -45,7 +45,7 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore score --job fedscore-demo/job.toml --input fedscore-demo/applicants.csv --output scored.csv --settle --json",
     ],
     "audit": [f"fedscore audit verify {LEDGER}"],
-    "audit verify": [f"fedscore audit verify {LEDGER} --head HEAD_HASH", f"fedscore audit verify {LEDGER} --quiet"],
+    "audit verify": [f"fedscore audit verify {LEDGER} --head " + "3f" * 32, f"fedscore audit verify {LEDGER} --quiet"],
     "audit show": [f"fedscore audit show {LEDGER}"],
     "audit prove": [f"fedscore audit prove {LEDGER} 5:0"],
     "audit check-proof": ["fedscore audit check-proof proof.json"],
