@@ -115,7 +115,10 @@ def test_each_party_sees_its_own_weights_and_the_card_center_sees_partners_only_
     # no weight to learn sit at exactly zero)
     own = {f"{w:+.4f}" for w in models["guest"].weights}
     shown = [f"{w:+.4f}" for name in ("bureau", "shop") for w in models[name].weights if f"{w:+.4f}" not in own]
-    assert shown and not any(cell(w) in center for w in shown)
+    # the card center's page holds other signed four-decimal figures, so a value can coincide by chance (the
+    # card center's start is random): a page showing the partners' weights would hold every one of them
+    coinciding = sum(cell(w) in center for w in shown)
+    assert shown and coinciding <= max(3, len(shown) // 10), (coinciding, len(shown))
 
 
 def test_the_curves_are_the_run_s_scores_seen_through_sklearn_and_numpy(run, keypair, inline_pool):

@@ -222,8 +222,14 @@ def test_each_member_may_call_only_what_its_role_allows_and_a_refusal_changes_no
     channel, stub = _stub(running, "host", "coordinator")
     with channel, pytest.raises(grpc.RpcError) as caught:
         list(stub.RunJob(pb.RunJobRequest(job=codec.spec_to_proto(swapped)), timeout=60))
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "takes jobs only from card centers guest" in caught.value.details()
+    # the job fails at whichever party answers first: host (its own card center) lacks the label column, and
+    # guest refuses host as a card center; guest's refusal, asked directly, is the rule under test
+    assert caught.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+    at_guest = PartyJobClient("guest", running.spec.party("guest").address, "swapped-0000beef",
+                              generate_keypair(512)[0], tls=running.identity("coordinator"))
+    with pytest.raises(Exception, match="takes jobs only from card centers guest; refused a job with card center 'host'"):
+        at_guest.prepare_job(swapped)
+    at_guest.close()
 
     # nothing changed: the prepared job is still there, the chains did not move, the model still serves
     coordinator_view = PartyJobClient("host", running.spec.party("host").address, PREPARED, generate_keypair(512)[0],

@@ -6,6 +6,7 @@ Figures are built without pyplot, so drawing in a daemon's threads touches no gl
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,7 +26,9 @@ def _figure(height: float = HEIGHT, width: float = WIDTH) -> tuple[Figure, objec
 
 
 def _png(figure: Figure) -> bytes:
-    figure.tight_layout()
+    with warnings.catch_warnings():   # a figure whose labels leave no margin keeps its default layout, silently:
+        warnings.filterwarnings("ignore", message="Tight layout not applied")   # `--quiet` prints nothing
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", facecolor="white")
     return buffer.getvalue()
