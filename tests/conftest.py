@@ -135,7 +135,8 @@ def assert_descent_from_recorded_start(spec, base: Path, report: dict) -> None:
     expected, losses = descent_from_recorded_start(spec, base, report)
     for name, weights in trained_weights(report).items():
         np.testing.assert_allclose(weights, expected[name], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(report["loss"][: len(losses)], losses[: len(report["loss"])], rtol=0, atol=1e-6)
+    # the loss goes through fixed point (and the chain) as a float: equal to 1e-5 on raw columns
+    np.testing.assert_allclose(report["loss"][: len(losses)], losses[: len(report["loss"])], rtol=0, atol=1e-5)
 
 
 def needs_shared_data():

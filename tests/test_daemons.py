@@ -64,7 +64,10 @@ def test_local_run_of_three_parties_matches_numpy(breast_folder):
 
 @needs_shared_data()
 def test_converges_to_the_taylor_optimum_on_default_credit(tmp_path):
-    """FATE's benchmark pair, whole data: within 0.003 AUC of the Taylor-loss optimum."""
+    """FATE's benchmark pair, whole data: exactly gradient descent from the card center's recorded start, and
+    near the Taylor-loss optimum. From a zero start three epochs came within 0.003 AUC of it; from the secret
+    start they end 0.0005-0.010 below it (20 starts in plaintext), the start's share in flat directions of the loss
+    decaying slowly on raw columns."""
     for name in ("default_credit_hetero_guest.csv", "default_credit_hetero_host.csv"):
         (tmp_path / name).symlink_to(SHARED_DATA / name)
     job = write_job(
@@ -74,6 +77,7 @@ def test_converges_to_the_taylor_optimum_on_default_credit(tmp_path):
         epochs=3, batch_size=3000, learning_rate=1.0, validation=0.0, binning={"method": "none"},
     )   # raw standardised columns: the Taylor optimum this compares with is on those
     report = run_job_file(job, local=True)
+    assert_descent_from_recorded_start(*load_job(job), report)
 
     guest = pd.read_csv(tmp_path / "default_credit_hetero_guest.csv").sort_values("id")
     host = pd.read_csv(tmp_path / "default_credit_hetero_host.csv").sort_values("id")
@@ -83,7 +87,7 @@ def test_converges_to_the_taylor_optimum_on_default_credit(tmp_path):
     with_intercept = np.hstack([joined, np.ones((len(labels), 1))])
     optimum_auc = roc_auc_score(labels, with_intercept @ taylor_optimum(with_intercept, labels))
     assert optimum_auc == pytest.approx(0.7185, abs=5e-4)
-    assert report["auc"] >= optimum_auc - 0.003
+    assert report["auc"] >= optimum_auc - 0.015
     exact_auc = roc_auc_score(labels, LogisticRegression(max_iter=2000).fit(joined, labels).decision_function(joined))
     assert report["auc"] < exact_auc  # the Taylor approximation's own ceiling
     assert report["test_auc"] is None
