@@ -30,10 +30,11 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError
 from fedscore.job import Binning, JobSpec, PartySpec
 from fedscore.model import metrics
-from fedscore.model.binning import bin_counts, fit_binner, woe_iv
+from fedscore.model.binning import fit_binner
 from fedscore.model.calibration import Calibration
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
+from fedscore.model.woe import bin_counts, woe_iv
 from fedscore.protocol.scoring.offline import log_odds, probabilities
 from fedscore.protocol.scoring.scorecard import LN2, ScoringPolicy
 from fedscore.protocol.training.card_center import CardCenterSession

@@ -15,8 +15,8 @@ from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import ProtocolError
 from fedscore.job import Binning
 from fedscore.job_file import load_job
-from fedscore.model.binning import bin_counts, woe_iv
 from fedscore.model.taylor import fit_gradient_descent
+from fedscore.model.woe import bin_counts, woe_iv
 from fedscore.protocol.training.bin_statistics import features_to_keep, shown_names
 from fedscore.protocol.training.driver import select_features_by_iv
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate

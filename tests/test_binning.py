@@ -8,10 +8,11 @@ from sklearn.linear_model import LogisticRegression
 
 from fedscore.job import Binning
 from fedscore.model.binning import (
-    CATEGORICAL, MISSING, OTHER, Binner, bin_counts, fit_binner, fit_feature, woe_iv,
+    CATEGORICAL, MISSING, OTHER, Binner, fit_binner, fit_feature,
 )
 from fedscore.model.calibration import fit_calibration
 from fedscore.model.data import load_party_table
+from fedscore.model.woe import bin_counts, woe_iv
 
 RNG = np.random.default_rng(11)
 

@@ -12,9 +12,10 @@ import pytest
 
 from fedscore.job import Binning
 from fedscore.model.attributes import attribute_wording, base_points, bin_wording, partner_points, scorecard_rows
-from fedscore.model.binning import CATEGORICAL, NUMERIC, FeatureBins, bin_counts, fit_binner
+from fedscore.model.binning import CATEGORICAL, NUMERIC, FeatureBins, fit_binner
 from fedscore.model.data import load_party_table
 from fedscore.model.model_file import PartyModel
+from fedscore.model.woe import bin_counts
 from fedscore.protocol.scoring.offline import (
     contribution_matrix,
     feature_contributions,

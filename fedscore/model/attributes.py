@@ -24,9 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedscore.model.binning import CATEGORICAL, MISSING, OTHER, FeatureBins, woe_iv
+from fedscore.model.binning import CATEGORICAL, MISSING, OTHER, FeatureBins
 from fedscore.model.calibration import Calibration
 from fedscore.model.model_file import PartyModel
+from fedscore.model.woe import woe_iv
 from fedscore.protocol.scoring.scorecard import LN2, ScoringPolicy
 
 _OR_MISSING = f" or {MISSING}"
@@ -108,7 +109,7 @@ def scorecard_rows(
     """One row per (characteristic, bin) of a binned model, in the model's order.
 
     ``rows``/``bads``: rows and bad rows per bin, one number per weight (the order of
-    ``model.binner.columns``), e.g. from fedscore.model.binning.bin_counts; without them
+    ``model.binner.columns``), e.g. from fedscore.model.woe.bin_counts; without them
     count, bad_rate and woe are None. Points use the model's calibration (a partner's: slope 1).
     """
     if not model.binned:

@@ -31,7 +31,7 @@ from fedscore.crypto import paillier
 from fedscore.crypto.masks import uniform_mask
 from fedscore.crypto.paillier import PublicKey
 from fedscore.errors import ProtocolError
-from fedscore.model.binning import bin_counts, woe_iv
+from fedscore.model.woe import bin_counts, woe_iv
 
 if TYPE_CHECKING:
     from fedscore.protocol.training.card_center import CardCenterSession
