@@ -15,7 +15,6 @@ nothing, and returns it; the party removes r and takes its step.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from gmpy2 import mpz
 
 from fedscore.job import JobSpec, Step
 from fedscore.crypto import paillier
-from fedscore.crypto.fixedpoint import SCORE_BITS, quantise_columns
+from fedscore.crypto.fixedpoint import SCORE_BITS
 from fedscore.crypto.masks import uniform_mask
 from fedscore.crypto.obfuscation import STANDARD, standard_obfuscator
 from fedscore.crypto.paillier import PublicKey
@@ -33,15 +32,13 @@ from fedscore.crypto.pool import CryptoPool, pack
 from fedscore.crypto.reserve import ObfuscatorReserve
 from fedscore.errors import DataError, ProtocolError
 from fedscore.ledger.entries import Facts, step_key
-from fedscore.model.binning import Binner, fit_binner
+from fedscore.model.binning import Binner
 from fedscore.model.data import PartyTable
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
 from fedscore.protocol.training import batch_rule
-
-
-log = logging.getLogger("fedscore.training")
+from fedscore.protocol.training.encoding import encode_table, integer_column_sums, integer_gradient
 
 
 def one_message_at_a_time(method):
@@ -67,21 +64,6 @@ class StepState:
     encrypted_rest: list[mpz] | None = None
     masks: list[int] | None = None
     loss_term: int | None = None
-
-
-def integer_gradient(quantised: np.ndarray, values: list[int]) -> list[int]:
-    """X̂ᵀv in exact Python integers (v can exceed 64 bits once multiplied)."""
-    column = np.array(values, dtype=object)
-    return [int(x) for x in quantised.T.astype(object).dot(column)] if len(values) else [0] * quantised.shape[1]
-
-
-def integer_column_sums(columns: np.ndarray, values: list[int], total: int) -> list[int]:
-    """X̂ᵀv for a 0/1 matrix given as each row's columns that are 1, in exact Python integers."""
-    sums = [0] * total
-    for value, row in zip(values, columns.tolist()):
-        for column in row:
-            sums[column] += value
-    return sums
 
 
 class PartySession:
@@ -127,46 +109,19 @@ class PartySession:
         return list(self.table.feature_names)
 
     def encode(self, features: list[str]) -> None:
-        """Fit this party's encoding of ``features`` on its training rows and build its matrices.
-
-        Binning on: one 0/1 indicator column per bin (fedscore.model.binning), so X̂ = X exactly and the
-        gradient is a product of ciphertexts per bin. Off: standardised columns, quantised to 16 bits.
-        Called again with fewer features when feature selection drops some (before training starts).
+        """Fit this party's encoding of ``features`` on its training rows and build its matrices
+        (training.encoding). Called again with fewer features when feature selection drops some
+        (before training starts).
         """
-        columns = self.table.columns(features)
-        train = self.train_rows
-        if self.spec.binning.enabled:
-            labels = None if self.table.labels is None else self.table.labels[train]
-            self.binner = fit_binner([c[train] for c in columns], features, self.spec.binning, labels)
-            for feature, why in self.binner.dropped:
-                log.warning("party %s: column %r dropped: %s", self.party, feature, why)
-            self.features = self.binner.names
-            matrix = self.binner.indicators(self.table.columns(self.features))
-            indices = self.binner.bin_indices(self.table.columns(self.features)) + np.asarray(self.binner.offsets, dtype=np.int64)
-        else:
-            self.features = list(features)
-            raw = np.column_stack(columns) if columns else np.zeros((self.table.rows, 0))
-            self.scaler = Standardiser.fit(raw[train])
-            matrix = self.scaler.transform(raw)
-            indices = None
-        penalised = np.ones(matrix.shape[1])
-        if self.has_intercept:
-            if indices is not None:
-                indices = np.hstack([indices, np.full((matrix.shape[0], 1), matrix.shape[1], dtype=np.int64)])
-            matrix = np.hstack([matrix, np.ones((matrix.shape[0], 1))])
-            penalised = np.append(penalised, 0.0)
-        self.matrix = matrix                              # every row, encoded
-        self.train_matrix = matrix[train]
-        if indices is not None:
-            self.bin_columns: np.ndarray | None = indices[train]   # per training row, its columns that are 1
-            self.quantised, self.quantisation = self.train_matrix.astype(np.int64), np.ones(matrix.shape[1])
-        else:
-            self.bin_columns = None
-            self.quantised, self.quantisation = quantise_columns(self.train_matrix)
-        self.penalised = penalised
+        encoding = encode_table(self.table, features, self.train_rows, self.spec.binning, self.has_intercept, self.party)
+        self.features, self.scaler, self.binner = encoding.features, encoding.scaler, encoding.binner
+        self.matrix, self.train_matrix = encoding.matrix, encoding.train_matrix   # every row; the training rows
+        self.bin_columns = encoding.bin_columns     # per training row, its columns that are 1 (binning on)
+        self.quantised, self.quantisation = encoding.quantised, encoding.quantisation
+        self.penalised = encoding.penalised
         self.start = self.starting_weights()        # zero here; the card center's are secret (training.start)
         self.weights = self.start.copy()
-        self.velocity = np.zeros(matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
+        self.velocity = np.zeros(self.matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
 
     def starting_weights(self) -> np.ndarray:
         """Where this party's weights start: zero (a partner's start hides nothing from itself)."""
