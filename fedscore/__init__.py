@@ -15,13 +15,18 @@ __version__ = "0.1.0"
 __all__ = ["FederatedLogisticRegression", "Party", "__version__"]
 
 if TYPE_CHECKING:
-    from fedscore.estimator import FederatedLogisticRegression, Party
+    from fedscore.estimator import FederatedLogisticRegression
+    from fedscore.estimator_inputs import Party
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: scikit-learn's import costs seconds, and the CLI and daemons never need it.
-    if name in ("FederatedLogisticRegression", "Party"):
-        from fedscore import estimator
+    if name == "FederatedLogisticRegression":
+        from fedscore.estimator import FederatedLogisticRegression
 
-        return getattr(estimator, name)
+        return FederatedLogisticRegression
+    if name == "Party":
+        from fedscore.estimator_inputs import Party
+
+        return Party
     raise AttributeError(f"module 'fedscore' has no attribute {name!r}")

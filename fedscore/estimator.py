@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -28,78 +27,20 @@ from sklearn.utils.validation import check_is_fitted
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError
-from fedscore.job import Binning, JobSpec, PartySpec
+from fedscore.estimator_inputs import Party, as_binning, as_party, column_list
+from fedscore.estimator_tables import information_values, party_weights, scorecard_frame
+from fedscore.job import JobSpec, PartySpec
 from fedscore.model import metrics
-from fedscore.model.binning import fit_binner
 from fedscore.model.calibration import Calibration
 from fedscore.model.data import PartyTable, frame_ids, table_from_frame
 from fedscore.model.model_file import PartyModel
-from fedscore.model.woe import bin_counts, woe_iv
 from fedscore.protocol.scoring.offline import log_odds, probabilities
-from fedscore.protocol.scoring.scorecard import LN2, ScoringPolicy
-from fedscore.protocol.training.card_center import CardCenterSession
 from fedscore.protocol.training.simulation import build_consortium, simulate
 from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import build_report
 
 JOB_NAME = "notebook"
 PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
-SCORECARD_COLUMNS = ["characteristic", "bin", "weight", "points"]
-RAW_BIN = "per standard deviation"          # a raw column's one "attribute": its standardised value
-
-
-@dataclass(frozen=True)
-class Party:
-    """One party's rows: a DataFrame, its id column(s) and, for the card center only, its label column.
-
-    ``id_columns`` None means the default: fit's ``id_columns``, and when
-    scoring, the columns this party used in fit. An id column may also be an
-    index level.
-    """
-
-    frame: pd.DataFrame
-    id_columns: str | Sequence[str] | None = None
-    label: str | None = None
-
-
-def _column_list(columns: str | Sequence[str], what: str) -> list[str]:
-    listed = [columns] if isinstance(columns, str) else list(columns)
-    if not listed or not all(isinstance(c, str) and c for c in listed):
-        raise ConfigError(f"{what}: id_columns must name a column, or a list of columns, got {columns!r}")
-    return listed
-
-
-def _as_party(value: Party | pd.DataFrame, name: str) -> Party:
-    if isinstance(value, Party):
-        return value
-    if isinstance(value, pd.DataFrame):
-        return Party(value)
-    raise ConfigError(f"party {name!r}: expected a pandas DataFrame or a fedscore.Party, got {type(value).__name__}")
-
-
-def as_binning(value: Binning | Mapping | str) -> Binning:
-    """The ``binning`` parameter as the job's Binning: a Binning, a dict of its fields (``special_values``
-    as {column: [codes]}), or a method name ("none": raw standardised columns; "quantile")."""
-    if isinstance(value, Binning):
-        return value
-    if isinstance(value, str):
-        return Binning(method=value)
-    if isinstance(value, Mapping):
-        known = {f.name for f in fields(Binning)}
-        unknown = sorted(map(str, set(value) - known))
-        if unknown:
-            raise ConfigError(f"binning: unknown setting {unknown[0]!r} (settings: {', '.join(sorted(known))})")
-        settings = dict(value)
-        specials = settings.pop("special_values", ())
-        pairs = specials.items() if isinstance(specials, Mapping) else specials
-        try:
-            settings["special_values"] = tuple(
-                (str(column), tuple(float(v) for v in codes)) for column, codes in sorted(pairs, key=lambda p: str(p[0]))
-            )
-        except (TypeError, ValueError):
-            raise ConfigError("binning: special_values must map each column to a list of numbers") from None
-        return Binning(**settings)
-    raise ConfigError(f"binning must be a fedscore.job.Binning, a dict of its settings or a method name, got {type(value).__name__}")
 
 
 def partial_log_odds(model: PartyModel, table: PartyTable, rows: np.ndarray) -> np.ndarray:
@@ -111,70 +52,6 @@ def partial_log_odds(model: PartyModel, table: PartyTable, rows: np.ndarray) -> 
     for j in range(parts.shape[1]):
         total = total + parts[:, j]
     return total
-
-
-def scorecard_frame(model: PartyModel, pdo: float = ScoringPolicy.pdo) -> pd.DataFrame:
-    """The card center's attributes with their weights and points (fedscore.model.attributes when present).
-
-    Points follow the served score, offset + pdo·log2(odds of good), so an attribute's points are
-    −slope·w·pdo/ln 2 with the calibration's slope; a raw column's row gives its points per standard deviation.
-    """
-    try:
-        from fedscore.model.attributes import scorecard_rows
-    except ImportError:
-        scorecard_rows = None
-    if scorecard_rows is not None:
-        try:
-            frame = pd.DataFrame(list(scorecard_rows(model)))
-        except (TypeError, ValueError):
-            frame = None
-        if frame is not None and set(SCORECARD_COLUMNS) <= set(frame.columns):
-            return frame
-    slope = model.calibrated.slope
-    if model.binned:
-        binner = model.binner
-        rows = [
-            (bins.feature, label, float(weight))
-            for bins, block in zip(binner.features, binner.weight_blocks(model.weights))
-            for label, weight in zip(bins.labels, block)
-        ]
-    else:
-        rows = [(feature, RAW_BIN, float(weight)) for feature, weight in zip(model.features, model.weights)]
-    frame = pd.DataFrame(rows, columns=SCORECARD_COLUMNS[:3])
-    frame["points"] = -slope * frame["weight"].to_numpy() * pdo / LN2
-    return frame
-
-
-def information_values(session: CardCenterSession) -> pd.Series:
-    """IV by (party, feature): the card center's federated bin statistics when it has them, else its own
-    columns' IV on its own training rows (on the job's bins, or default quantile bins for raw columns)."""
-    federated = getattr(session, "iv", None)
-    if federated:
-        pairs = {(party, feature): float(value) for party, values in federated.items() for feature, value in values.items()}
-    else:
-        train = session.train_rows
-        labels = session.labels[train]
-        binner = session.binner
-        if binner is None:
-            columns = [c[train] for c in session.table.columns(session.features)]
-            binner = fit_binner(columns, session.features, Binning(), labels)
-        indices = binner.bin_indices([c[train] for c in session.table.columns(binner.names)])
-        pairs = {}
-        for j, bins in enumerate(binner.features):
-            rows, bads = bin_counts(indices[:, j], labels, bins.size)
-            pairs[(session.party, bins.feature)] = woe_iv(rows, bads)[1]
-    index = pd.MultiIndex.from_tuples(list(pairs), names=["party", "feature"]) if pairs else \
-        pd.MultiIndex.from_arrays([[], []], names=["party", "feature"])
-    return pd.Series(list(pairs.values()), index=index, name="iv", dtype=np.float64)
-
-
-def _weights(model: PartyModel) -> pd.Series:
-    """A party's weights indexed by attribute ("FEATURE: bin") when binned, else by feature."""
-    if model.binned:
-        index = pd.Index(model.binner.columns, name="attribute")
-    else:
-        index = pd.Index(model.features, name="feature")
-    return pd.Series(model.weights, index=index, name=model.party, dtype=np.float64)
 
 
 class FederatedLogisticRegression(BaseEstimator):
@@ -296,7 +173,7 @@ class FederatedLogisticRegression(BaseEstimator):
         center_session = consortium.card_center
         sessions = {center: center_session, **consortium.partners}
         self.models_: dict[str, PartyModel] = {name: session.model() for name, session in sessions.items()}
-        self.coef_: dict[str, pd.Series] = {name: _weights(model) for name, model in self.models_.items()}
+        self.coef_: dict[str, pd.Series] = {name: party_weights(model) for name, model in self.models_.items()}
         self.intercept_: float = float(self.models_[center].intercept)
         self.calibration_: Calibration = self.models_[center].calibrated
         self.scorecard_: pd.DataFrame = scorecard_frame(self.models_[center])
@@ -334,8 +211,8 @@ class FederatedLogisticRegression(BaseEstimator):
         """Every party as a Party with its id columns and label settled, and the card center's name."""
         if not isinstance(parties, Mapping) or not parties:
             raise ConfigError("fit: parties must be a mapping from party name to DataFrame, with at least two parties")
-        default_ids = _column_list(id_columns, "fit")
-        named = {name: _as_party(value, name) for name, value in parties.items()}
+        default_ids = column_list(id_columns, "fit")
+        named = {name: as_party(value, name) for name, value in parties.items()}
         labelled = [name for name, party in named.items() if party.label is not None]
         if card_center is None:
             if len(labelled) != 1:
@@ -352,7 +229,7 @@ class FederatedLogisticRegression(BaseEstimator):
             raise ConfigError(f"fit: only the card center carries a label; party {others[0]!r} names one too")
         settled = {}
         for name, party in named.items():
-            ids = default_ids if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
+            ids = default_ids if party.id_columns is None else column_list(party.id_columns, f"party {name!r}")
             own_label = (party.label or label) if name == card_center else None
             if name == card_center and own_label is None:
                 raise ConfigError(f"fit: the card center {card_center!r} needs its label column: fit(..., label=COLUMN)")
@@ -451,9 +328,9 @@ class FederatedLogisticRegression(BaseEstimator):
             problem = f"party {missing[0]!r} is missing" if missing else f"party {extra[0]!r} is not in the model"
             raise ConfigError(f"{problem}: the model was trained with {', '.join(sorted(expected))}")
         center = self.card_center_
-        given = {name: _as_party(parties[name], name) for name in self.models_}
+        given = {name: as_party(parties[name], name) for name in self.models_}
         ids = {
-            name: self.id_columns_[name] if party.id_columns is None else _column_list(party.id_columns, f"party {name!r}")
+            name: self.id_columns_[name] if party.id_columns is None else column_list(party.id_columns, f"party {name!r}")
             for name, party in given.items()
         }
         tables: dict[str, PartyTable] = {

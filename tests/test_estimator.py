@@ -482,7 +482,7 @@ def test_bool_labels_train_the_model_zero_one_labels_train(pinned_start):
 
 
 def test_binning_is_given_as_settings_a_dict_or_a_method_and_raw_columns_stay_raw():
-    from fedscore.estimator import as_binning
+    from fedscore.estimator_inputs import as_binning
     from fedscore.job import Binning
 
     assert as_binning("none") == Binning(method="none") and not as_binning("none").enabled
