@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench protos clean
+.PHONY: demo test test-all bench protos clean
 
 $(BIN)/fedscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,11 @@ $(BIN)/fedscore: pyproject.toml
 demo: $(BIN)/fedscore
 	$(BIN)/fedscore demo
 
+# The suite without its slowest end-to-end runs (marked slow); `make test-all` runs every test, as CI does.
 test: $(BIN)/fedscore
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(BIN)/fedscore
 	$(BIN)/python -m pytest -q
 
 # Every bench at full size, one after another (best on an idle machine): writes bench/results/<date>.md,

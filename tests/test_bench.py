@@ -69,6 +69,7 @@ def test_every_bench_is_listed_here():
     assert sorted(s.stem for s in bench_scripts()) == sorted(FIGURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bench", sorted(FIGURES))
 def test_each_bench_runs_at_smoke_size_and_ends_with_its_figures(bench, smoke_runs):
     if bench not in smoke_runs:

@@ -154,6 +154,7 @@ def _daemons_of(state: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_a_local_run_and_its_daemons(breast_folder, sig, code):
     job = write_job(breast_folder, breast_parties(), epochs=500)

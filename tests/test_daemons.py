@@ -63,6 +63,7 @@ def test_local_run_of_three_parties_matches_numpy(breast_folder):
 
 
 @needs_shared_data()
+@pytest.mark.slow
 def test_converges_to_the_taylor_optimum_on_default_credit(tmp_path):
     """FATE's benchmark pair, whole data: exactly gradient descent from the card center's recorded start, and
     near the Taylor-loss optimum. From a zero start three epochs came within 0.003 AUC of it; from the secret
@@ -311,6 +312,7 @@ def test_an_overlap_below_the_minimum_stops_the_job(tmp_path):
         run_job_file(write_job(tmp_path, partial, min_overlap=10_000), local=True, workers=1)
 
 
+@pytest.mark.slow
 def test_a_hung_partner_is_named_within_the_job_timeout(breast_folder):
     """A partner that stops answering (SIGSTOP: alive, silent) fails the job after rpc_timeout, not 30 minutes."""
     spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=50, rpc_timeout=6, restart_timeout=3))

@@ -74,6 +74,7 @@ def job_run(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_job_example_trains_and_writes_its_report(job_run):
     summary = (job_run / "stdout.txt").read_text()
     found = re.search(r"trained 10 epochs on (\d+) of (\d+) aligned rows: AUC ([0-9.]+), KS ([0-9.]+), "
@@ -97,6 +98,7 @@ def test_the_job_example_trains_and_writes_its_report(job_run):
         assert line["amount"] == 500 * line["steps"] + line["overlap_rows"] and line["steps"] == report["steps"]
 
 
+@pytest.mark.slow
 def test_every_replica_of_the_job_example_verifies_against_the_reports_head(job_run):
     report = json.loads((job_run / "report.json").read_text())
     assert set(report["ledgers"]) == {"coordinator", "card_center", "bureau", "ecommerce"}
@@ -170,7 +172,9 @@ def test_the_docs_mark_code_to_run():
     assert any(b.kind == "runnable: report" for b in RUNNABLE) and len(EXCERPTS) >= 2
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=str)
+# a block that reads the job example's report needs its training run: the slow tier
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.slow) if b.kind == "runnable: report" else b
+                                   for b in RUNNABLE], ids=str)
 def test_runnable_doc_code_runs(block, tmp_path, request):
     script = tmp_path / f"{Path(block.page).stem}_{block.line}.py"
     script.write_text(block.code)

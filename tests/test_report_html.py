@@ -202,6 +202,7 @@ def drawn_by_images(page: Path, folder: Path, name: str, height: int) -> tuple[i
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it: .ci/run)")
+@pytest.mark.slow
 def test_the_plots_are_on_the_page_in_headless_chromium(run, tmp_path):
     folder, _, report = run
     page = folder / "report.html"

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 
 from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
@@ -53,6 +54,7 @@ def job_with_fees(folder: Path) -> Path:
     return job
 
 
+@pytest.mark.slow
 def test_each_kind_of_daemon_killed_mid_epoch_comes_back_and_the_job_ends_as_if_nothing_happened(breast_folder):
     job = job_with_fees(breast_folder)
     plain = run_job_file(job, local=True, workers=1, state_dir=breast_folder / "plain")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from nacl.signing import SigningKey
 
 from fedscore.job_file import ScoringSettings, load_job
@@ -124,6 +125,7 @@ def leaks(traffic: list[bytes], frame: pd.DataFrame, label: str | None = None) -
     return len(needles), found
 
 
+@pytest.mark.slow
 def test_no_raw_id_value_or_label_crosses_the_wire_in_alignment_training_or_scoring(tmp_path):
     frames = party_data(tmp_path, np.random.default_rng(11))
     issuer = SigningKey.generate()
