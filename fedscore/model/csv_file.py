@@ -89,12 +89,12 @@ SHOWN_COLUMNS = 8   # a header named in an error: its first columns, not all 300
 
 
 def found_columns(header: list[str], delimiter: str | None = None) -> str:
-    """What a header holds, for an error: how it was split (a file's), how many columns, the first few."""
-    shown = ", ".join(repr(c) if delimiter else c for c in header[:SHOWN_COLUMNS])
+    """What a header holds, for an error: how a file's was split, how many columns, the first few."""
+    shown = ", ".join(repr(c) for c in header[:SHOWN_COLUMNS])
     more = f", ... ({len(header)} in all)" if len(header) > SHOWN_COLUMNS else ""
-    if delimiter is None:
-        return f"columns: {shown}{more}"
     count = f"{len(header)} column" + ("s" if len(header) != 1 else "")
+    if delimiter is None:
+        return f"the frame has {count}: {shown}{more}"
     return f"read as {DELIMITERS[delimiter]}-separated, the header has {count}: {shown}{more}"
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.errors import DataError
-from fedscore.model.csv_file import read_csv_header, require_columns
+from fedscore.model.csv_file import found_columns, read_csv_header, require_columns
 
 ID_SEPARATOR = "\x1f"
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
@@ -328,7 +328,7 @@ def table_from_frame(
     else:
         absent = [c for c in features if c not in header]
         if absent:
-            raise DataError(f"{where}: feature column {absent[0]!r} of the model not found (columns: {', '.join(header)})")
+            raise DataError(f"{where}: feature column {absent[0]!r} of the model not found ({found_columns(header)})")
     if len(frame) == 0:
         raise DataError(f"{where}: has no rows")
     origin = Origin(where, file=False)
