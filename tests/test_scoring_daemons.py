@@ -255,6 +255,7 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
     assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
     scored = pd.read_csv(output, dtype=str, keep_default_na=False)
     assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
+    assert scored["credit_limit"].iloc[0].isdigit() and scored["credit_limit"].iloc[1:].tolist() == ["", ""]   # not 160000.0
     assert "'LIMIT_BAL' must be a finite number" in scored["error"].iloc[2]
 
     missing = subprocess.run(
