@@ -161,6 +161,21 @@ def test_credit_limits_stay_integers_in_the_output_file_and_on_stdout_when_a_row
     assert scored["credit_limit"].dtype == "Int64" and scored["score"].dtype == "float64"
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--epochs", "0"], "demo --epochs 0 --key-bits 512: job 'default-credit': epochs must be between 1 and 100000, got 0"),
+    (["--key-bits", "1000"], "key_bits must be one of 512, 768, 1024, 1536, 2048, 3072, 4096, got 1000"),
+    (["--rows", "900"], "demo --rows 900: only 495 applicants would be held by every party, fewer than the job's min_overlap of 500"),
+    (["--rows", "0"], "demo --rows 0: the bundled data has 30000 applicants; give 1 to 30000"),
+    (["--workers", "-1"], "demo --workers -1: give 0 (every core) or a positive number of processes"),
+])
+def test_demo_refuses_bad_arguments_before_writing_anything(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.setattr("fedscore.cli.runner.LocalConsortium", NoDaemons)
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--key-bits", "512", "--quiet", *arguments]) == EXIT_ERROR
+    assert message in capsys.readouterr().err
+    assert not workdir.exists()
+
+
 # -- exit codes --------------------------------------------------------------------
 
 
