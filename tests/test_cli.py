@@ -99,7 +99,9 @@ class NoDaemons:
 
 @pytest.mark.parametrize("local", [True, False])
 def test_score_names_a_file_without_the_id_column_before_starting_anything(breast_folder, monkeypatch, capsys, local):
-    job = write_job(breast_folder, breast_parties())
+    parties = breast_parties()
+    parties[0]["address"] = "127.0.0.1:9"   # remote: the card center's daemon would be called here
+    job = write_job(breast_folder, parties)
     (breast_folder / "applicants.csv").write_text("customer;consent;x0\nc-1;token;1.5\n")
     monkeypatch.setattr("fedscore.cli.runner.LocalConsortium", NoDaemons)
     monkeypatch.setattr("fedscore.cli.runner.ScoringClient", NoDaemons)
