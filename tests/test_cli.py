@@ -89,6 +89,95 @@ def test_demo_json_quiet_prints_only_the_report_and_scoring_summary(tmp_path):
     assert scoring["job_id"] == printed["report"]["job_id"]
 
 
+# -- score: the applicants file checked first, answers of stable types ---------------
+
+
+class NoDaemons:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("a daemon was started, or the model opened, before the applicants file was checked")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_score_names_a_file_without_the_id_column_before_starting_anything(breast_folder, monkeypatch, capsys, local):
+    parties = breast_parties()
+    parties[0]["address"] = "127.0.0.1:9"   # remote: the card center's daemon would be called here
+    job = write_job(breast_folder, parties)
+    (breast_folder / "applicants.csv").write_text("customer;consent;x0\nc-1;token;1.5\n")
+    monkeypatch.setattr("fedscore.cli.runner.LocalConsortium", NoDaemons)
+    monkeypatch.setattr("fedscore.cli.runner.ScoringClient", NoDaemons)
+    monkeypatch.chdir(breast_folder)
+    given = Path("applicants.csv")   # named as the user gave it
+    flags = ["--local"] if local else ["--insecure"]
+    assert main(["score", "--job", str(job), "--input", str(given), "--output", "out.csv", "--quiet", *flags]) == EXIT_ERROR
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == ("fedscore: error: applicants file applicants.csv lacks column 'id' (needs id, consent and the "
+                     "model's features; read as semicolon-separated, the header has 3 columns: 'customer', 'consent', 'x0')")
+    assert not (breast_folder / "state").exists() and not (breast_folder / "out.csv").exists()
+
+
+def test_a_semicolon_applicants_file_reads_as_its_comma_twin(tmp_path):
+    from fedscore.cli.runner import read_applicants
+
+    (tmp_path / "comma.csv").write_text("id,LIMIT_BAL,EDUCATION,consent\n 007,50000,university,t1\n8,,2,t2\n")
+    (tmp_path / "semicolon.csv").write_text("id;LIMIT_BAL;EDUCATION;consent\n 007;50000;university;t1\n8;;2;t2\n")
+    comma = read_applicants(tmp_path / "comma.csv", ("id",), ["EDUCATION"], "LIMIT_BAL")
+    semicolon = read_applicants(tmp_path / "semicolon.csv", ("id",), ["EDUCATION"], "LIMIT_BAL")
+    pd.testing.assert_frame_equal(comma[0], semicolon[0])
+    assert comma[1] == semicolon[1] == ["EDUCATION", "LIMIT_BAL"]
+    assert semicolon[0]["id"].tolist() == [" 007", "8"]   # ids exactly as written
+    with pytest.raises(Exception, match="lacks the model's feature column 'AGE'"):
+        read_applicants(tmp_path / "semicolon.csv", ("id",), ["EDUCATION", "AGE"], "LIMIT_BAL")
+
+
+class Reply:
+    """A Score reply as the card center gives it: the credit limit an integer (int64 on the wire)."""
+
+    def __init__(self, limit: int):
+        self.probability, self.score, self.decision, self.credit_limit = 0.0625, 680.0, "approve", limit
+        self.reasons, self.partners_missing, self.request_id = ["PAY_0: paid late"], [], "r-1"
+
+
+class OneFails:
+    def score(self, applicant, features, consent, job_id):
+        from fedscore.errors import DeniedError
+
+        if applicant == "bad":
+            raise DeniedError("the consent is not certified for this applicant")
+        return Reply(160_000)
+
+
+def test_credit_limits_stay_integers_in_the_output_file_and_on_stdout_when_a_row_fails(tmp_path, capsys):
+    from fedscore.cli.commands import print_scored
+    from fedscore.cli.runner import score_rows
+
+    frame = pd.DataFrame({"id": ["good", "bad"], "x": ["1", "2"], "consent": ["t", "t"]})
+    scored = score_rows(OneFails(), "job-0000aaaa", frame, ("id",), ["x"], concurrency=1)
+    text = scored.to_csv(index=False)
+    assert text.splitlines()[1:] == [
+        "good,0.0625,680.0,approve,160000,PAY_0: paid late,,r-1,",
+        "bad,,,,,,,,the consent is not certified for this applicant",
+    ]
+    print_scored({"table": scored})
+    printed = capsys.readouterr().out
+    assert "160000  " in printed and "160000.0" not in printed
+    assert scored["credit_limit"].dtype == "Int64" and scored["score"].dtype == "float64"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--epochs", "0"], "demo --epochs 0 --key-bits 512: job 'default-credit': epochs must be between 1 and 100000, got 0"),
+    (["--key-bits", "1000"], "key_bits must be one of 512, 768, 1024, 1536, 2048, 3072, 4096, got 1000"),
+    (["--rows", "900"], "demo --rows 900: only 495 applicants would be held by every party, fewer than the job's min_overlap of 500"),
+    (["--rows", "0"], "demo --rows 0: the bundled data has 30000 applicants; give 1 to 30000"),
+    (["--workers", "-1"], "demo --workers -1: give 0 (every core) or a positive number of processes"),
+])
+def test_demo_refuses_bad_arguments_before_writing_anything(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.setattr("fedscore.cli.runner.LocalConsortium", NoDaemons)
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--key-bits", "512", "--quiet", *arguments]) == EXIT_ERROR
+    assert message in capsys.readouterr().err
+    assert not workdir.exists()
+
+
 # -- exit codes --------------------------------------------------------------------
 
 

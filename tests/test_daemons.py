@@ -21,6 +21,7 @@ import grpc
 from fedscore.job_file import load_job
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, PeerError
+from fedscore.ledger.store import LedgerStore
 from fedscore.model.model_file import PartyModel
 from fedscore.model.taylor import taylor_optimum
 from fedscore.proto import fedscore_pb2 as pb
@@ -215,6 +216,22 @@ def test_a_party_refuses_keys_below_its_policy(breast_folder, keypair):
         relaxed.PrepareJob(request, FakeContext())
 
 
+def test_a_party_prepared_without_a_key_aligns_but_refuses_to_train(breast_folder):
+    from fedscore.daemons.config import DaemonConfig
+    from fedscore.crypto.pool import CryptoPool
+    from fedscore.daemons.party.service import PartyService
+    from fedscore.transport import codec
+
+    spec, _ = load_job(write_job(breast_folder, breast_parties()))
+    config = DaemonConfig(name="host", listen="127.0.0.1:0", state_dir=breast_folder / "state", data_dir=breast_folder,
+                          card_centers=("guest",), min_key_bits=512)
+    service = PartyService(config, CryptoPool(0)).servicers["Jobs"]
+    request = pb.PrepareJobRequest(job_id="job-0000aaaa", job=codec.spec_to_proto(spec), party="host")   # no key
+    assert service.PrepareJob(request, FakeContext()).rows == 569
+    with pytest.raises(AbortCalled, match="was prepared to align only .no Paillier key.; it cannot train"):
+        service.StartTraining(pb.JobRef(job_id="job-0000aaaa"), FakeContext())
+
+
 def test_a_party_serves_every_method_of_its_services_and_each_chain_by_kind(breast_folder):
     from fedscore.daemons.config import DaemonConfig
     from fedscore.crypto.pool import CryptoPool
@@ -299,11 +316,19 @@ def test_alignment_through_the_daemons_counts_the_intersection(tmp_path, overlap
         [{"name": "card_center", "data": "c.csv", "id": "id", "label": "y"}, {"name": "bureau", "data": "p.csv", "id": "id"}],
         min_overlap=0,
     )
-    report = run_job_file(job, local=True, workers=1, align_only=True)
+    events = []
+    report = run_job_file(job, local=True, workers=1, align_only=True, progress=events.append)
     expected = 600 if overlap == "full" else 0
     assert report["aligned_rows"] == expected and report["overlaps"] == {"bureau": expected}
     assert report["party_rows"] == {"card_center": 600, "bureau": len(other)}
     assert not list((tmp_path / "state").rglob("model.json"))
+    # alignment encrypts nothing: no Paillier key pair was made, and every replica's genesis says so
+    assert "keys" not in {event.stage for event in events} and "align" in {event.stage for event in events}
+    replicas = sorted((tmp_path / "state").rglob("ledger.sqlite"))
+    assert len(replicas) == 3
+    for replica in replicas:
+        genesis = next(iter(LedgerStore(replica).blocks())).decoded()[0]
+        assert genesis["kind"] == "job_start" and genesis["paillier_fingerprint"] == "", replica
 
 
 def test_an_overlap_below_the_minimum_stops_the_job(tmp_path):

@@ -86,6 +86,41 @@ def test_missing_file_and_bad_encoding(tmp_path):
     count("bad files tried", 2)
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_file_separated_by_semicolons_tabs_or_pipes_reads_as_its_comma_twin(tmp_path, delimiter):
+    twin = load(write(tmp_path, GOOD.replace(",", delimiter), "other.csv"))
+    table = load(write(tmp_path, GOOD))
+    assert twin.ids.tolist() == table.ids.tolist() and twin.feature_names == table.feature_names == ["a", "b"]
+    np.testing.assert_array_equal(twin.features, table.features)
+    assert twin.labels.tolist() == table.labels.tolist()
+
+
+def test_a_column_not_found_names_the_delimiter_and_the_columns_read(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load(write(tmp_path, "key;y;a;b\n1;0;2;3\n"))
+    assert str(caught.value) == (
+        "party 'bank': party.csv: id column 'id' not found "
+        "(read as semicolon-separated, the header has 4 columns: 'key', 'y', 'a', 'b')"
+    )
+    wide = ",".join(["key", "y", *(f"x{i}" for i in range(20))])
+    with pytest.raises(DataError, match=r"comma-separated, the header has 22 columns: 'key', 'y', 'x0', .*'x5', \.\.\. \(22 in all\)\)$"):
+        load(write(tmp_path, wide + "\n" + ",".join("1" * 22) + "\n"))
+    with pytest.raises(DataError, match="the header has 1 column: 'id:y:a'"):
+        load(write(tmp_path, "id:y:a\n1:0:2\n"))
+
+
+def test_a_decimal_comma_in_a_semicolon_file_is_refused_not_read_as_text(tmp_path):
+    path = write(tmp_path, "id;y;a;b\n1;0;1,5;10\n2;1;2;20\n")
+    for lenient in (False, True):
+        with pytest.raises(DataError, match="column 'a' writes numbers with a decimal comma on 1 rows .first at line 2."):
+            load_party_table(path, ["id"], "y", party="bank", lenient=lenient)
+
+
+def test_a_ragged_row_in_a_semicolon_file_names_how_it_was_read(tmp_path):
+    with pytest.raises(DataError, match="line 3 has 2 fields, the header has 3 .read as semicolon-separated.$"):
+        load(write(tmp_path, "id;y;a\n1;0;2\n2;1\n"))
+
+
 def test_partner_file_without_label(tmp_path):
     table = load(write(tmp_path, "id,a\n2,1\n1,2\n"), label=None)
     assert table.labels is None and table.ids.tolist() == ["1", "2"]

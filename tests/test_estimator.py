@@ -205,6 +205,7 @@ def error_of_csv(frame: pd.DataFrame, folder: Path, party: str, label: str | Non
 def as_frame_error(csv_error: str, party: str) -> str:
     """The CSV message with the file named as a DataFrame and file lines as .iloc positions (header = line 1)."""
     text = csv_error.replace(f"party {party!r}: {party}.csv:", f"party {party!r}: DataFrame:")
+    text = text.replace("read as comma-separated, the header has", "the frame has")
     text = re.sub(r"lines (\d+) and (\d+)", lambda m: f".iloc[{int(m[1]) - 2}] and .iloc[{int(m[2]) - 2}]", text)
     return re.sub(r"line (\d+)", lambda m: f".iloc[{int(m[1]) - 2}]", text)
 
@@ -248,7 +249,7 @@ BAD = [
     ("host", _inf, "column 'x0' has 1 missing or infinite values (first at .iloc[9])"),
     ("host", _text, "column 'x2' is not numeric on 1 rows (first at .iloc[40])"),
     ("host", _duplicate, "2 rows share an id with another row (first at .iloc[3] and .iloc[12])"),
-    ("host", _no_id, "id column 'id' not found (columns: key, x0, x1"),
+    ("host", _no_id, "id column 'id' not found (the frame has 21 columns: 'key', 'x0', 'x1'"),
     ("host", _empty_id, "id column 'id' is empty on 1 rows (first at .iloc[20])"),
     ("guest", _bad_label, "label column 'y' must hold 0 or 1; 1 rows do not (first at .iloc[30])"),
     ("guest", _one_class, "label column 'y' holds only 1s"),

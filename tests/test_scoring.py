@@ -289,12 +289,27 @@ def test_requests_without_a_valid_consent_are_refused_before_any_partner_is_aske
     assert c.center.pending == [] and c.partners["host"].scorer.facts.answered == {}
 
 
+def test_a_grpc_request_sending_a_feature_twice_is_refused():
+    from fedscore.proto import fedscore_pb2 as pb
+    from fedscore.transport import codec
+
+    request = pb.ScoreRequest(features={"x0": 1.0, "x3": 2.0}, text_features={"x3": "two"}, missing_features=["x5"])
+    with pytest.raises(DataError, match="sends feature 'x3' more than once"):
+        codec.request_features(request)
+    assert codec.request_features(pb.ScoreRequest(features={"x0": 1.0}, text_features={"x3": "two"}, missing_features=["x5"])) == {
+        "x0": 1.0, "x3": "two", "x5": None}
+
+
 @pytest.mark.parametrize("features, message", [
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0}, "lacks the card center's feature 'x7'"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": float("nan")}, "'x7' must be a finite number"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": True}, "'x7' must be a finite number"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": 1.0, "x9": 1.0}, "does not use: 'x9'"),
     ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": 1.0, "x9": "lots"}, "does not use: 'x9'"),
+    ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "x7": 1.0, "x9": 1.0, "x1": 2.0}, "has features the model does not use: 'x1', 'x9'$"),
+    ({"x0": 1.0, "x3": 2.0}, r"lacks the card center's features 'x5', 'x7' \(needs x0, x3, x5, x7\)$"),
+    ({"x0": 1.0, "x3": 2.0, "x5": 3.0, "X7": 1.0},
+     r"^the request has 'X7', which the model does not use; it lacks 'x7' \(needs x0, x3, x5, x7\)$"),
 ])
 def test_malformed_requests_name_the_field_and_no_partner_is_asked(tmp_path, features, message):
     c = Consortium(tmp_path)

@@ -20,7 +20,7 @@ from fedscore.cli.status import member_status
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.cli.demo import ID_COLUMN, SPLIT, bundled_data, issuer_key, party_rows, write_applicants, write_demo
-from fedscore.errors import DeniedError, PeerError
+from fedscore.errors import DataError, DeniedError, PeerError
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.model.model_file import PartyModel
@@ -167,6 +167,16 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
             client.score(row["id"], values, other)
         status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "AGE": 40}, "consent": row["consent"]}, me)
         assert status == 400 and "does not use: 'AGE'" in bad["error"]   # protected: not a model feature
+        # a misspelt feature: the name sent and the name missing, the same over HTTP and gRPC (one rule)
+        misspelt = {"LIMIT_BAL": values["LIMIT_BAL"], "EDUCATON": values["EDUCATION"]}
+        status, bad = post(http_address, {"applicant_id": row["id"], "features": misspelt, "consent": row["consent"]}, me)
+        assert status == 400 and bad["error"] == (
+            "the request has 'EDUCATON', which the model does not use; it lacks 'EDUCATION' (needs LIMIT_BAL, EDUCATION)")
+        with pytest.raises(DataError) as caught:
+            client.score(row["id"], misspelt, row["consent"])
+        assert bad["error"] in str(caught.value)
+        status, bad = post(http_address, {"applicant_id": row["id"], "feature": values, "consnt": row["consent"]}, me)
+        assert status == 400 and bad["error"].startswith("unknown fields 'consnt', 'feature' (expected applicant_id")
         status, bad = post(http_address, {"applicant_id": row["id"], "features": {**values, "LIMIT_BAL": "old"}, "consent": row["consent"]}, me)
         assert status == 400 and "'LIMIT_BAL' must be a finite number" in bad["error"]
         status, bad = post(http_address, {"applicant_id": row["id"], "features": values}, me)
@@ -255,6 +265,7 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
     assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
     scored = pd.read_csv(output, dtype=str, keep_default_na=False)
     assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
+    assert scored["credit_limit"].iloc[0].isdigit() and scored["credit_limit"].iloc[1:].tolist() == ["", ""]   # not 160000.0
     assert "'LIMIT_BAL' must be a finite number" in scored["error"].iloc[2]
 
     missing = subprocess.run(

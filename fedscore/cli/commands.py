@@ -65,11 +65,12 @@ def _partial(result: dict) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedscore.cli.demo import summary_table, write_demo
+    from fedscore.cli.demo import check_arguments, summary_table, write_demo
     from fedscore.cli.progress import ProgressView
     from fedscore.cli.runner import run_job_file, score_file
     from fedscore.report.build import html_path
 
+    check_arguments(args.epochs, args.key_bits, args.rows, args.workers)   # before anything is written
     human = not (args.quiet or args.json)
     workdir: Path = args.workdir
     report_path = workdir / "report.json"

@@ -16,6 +16,7 @@ consent to the card center's check (fedscore.protocol.scoring.consent).
 """
 from __future__ import annotations
 
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from nacl.signing import SigningKey
 import numpy as np
 import pandas as pd
 
+from fedscore.errors import ConfigError
 from fedscore.files import write_secret
+from fedscore.job import JobSpec
+from fedscore.job_file import parse_job
 from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 
 ID = "ID"
@@ -106,6 +110,29 @@ data = "ecommerce.csv"
 id = "id"
 address = "127.0.0.1:50063"
 """
+
+
+BUNDLED_ROWS = 30_000   # applicants in the bundled UCI file
+
+
+def check_arguments(epochs: int, key_bits: int, rows: int | None, workers: int) -> JobSpec:
+    """The demo's job as its arguments make it, checked before anything is written: epochs and key bits by
+    every job's rules (JobSpec.validate, through the job file's parser), rows against the job's min_overlap."""
+    try:
+        spec = parse_job(tomllib.loads(JOB.format(epochs=epochs, key_bits=key_bits, issuer="00" * 32)), "demo job")
+    except ConfigError as error:
+        raise ConfigError(f"demo --epochs {epochs} --key-bits {key_bits}: {error}") from None
+    if rows is not None:
+        if not 1 <= rows <= BUNDLED_ROWS:
+            raise ConfigError(f"demo --rows {rows}: the bundled data has {BUNDLED_ROWS} applicants; give 1 to {BUNDLED_ROWS}")
+        held = party_rows(rows)
+        shared = len(set(held["card_center"].tolist()).intersection(held["bureau"].tolist(), held["ecommerce"].tolist()))
+        if shared < spec.min_overlap:
+            raise ConfigError(f"demo --rows {rows}: only {shared} applicants would be held by every party, fewer than the "
+                              f"job's min_overlap of {spec.min_overlap}; give more rows")
+    if workers < 0:
+        raise ConfigError(f"demo --workers {workers}: give 0 (every core) or a positive number of processes")
+    return spec
 
 
 def bundled_data() -> pd.DataFrame:

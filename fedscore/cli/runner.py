@@ -2,6 +2,7 @@
 on a consortium started here."""
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pandas as pd
 from fedscore.job_file import load_job, load_scoring
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import ConfigError, DataError, FedscoreError
+from fedscore.model.csv_file import found_columns, read_csv_header
 from fedscore.model.data import ID_SEPARATOR, MISSING, normalise_id
 from fedscore.files import write_atomically
 from fedscore.protocol.training.driver import Progress
@@ -56,7 +58,7 @@ def run_job_file(
         missing = [p.name for p in spec.parties if not p.address]
         if not spec.coordinator_address or missing:
             what = "the coordinator" if not spec.coordinator_address else f"party {missing[0]!r}"
-            raise ConfigError(f"job file {job_path.name}: no address for {what}; add it, or use --local")
+            raise ConfigError(f"job file {job_path}: no address for {what}; add it, or use --local")
         tls = client_identity(tls_dir, insecure, spec.card_center.name)
         report = submit(spec, spec.coordinator_address, progress, align_only, tls)
     if report_path is not None:
@@ -85,23 +87,38 @@ def client_identity(tls_dir: Path | None, insecure: bool, card_center: str) -> T
 
 
 OUTPUT_COLUMNS = ["id", "probability", "score", "decision", "credit_limit", "reasons", "partners_missing", "request_id", "error"]
+TEXT_COLUMNS = ["id", "decision", "reasons", "partners_missing", "request_id", "error"]
 CONSENT_COLUMN = "consent"
+
+
+def load_applicants(path: Path, id_columns: tuple[str, ...]) -> pd.DataFrame:
+    """The applicants file as text (ids exactly as written), its id and consent columns checked: all that is
+    known before the model is open, so a wrong file is named before any daemon starts."""
+    where = f"applicants file {path}"
+    text, header, delimiter = read_csv_header(path, where)
+    needed = [*id_columns, CONSENT_COLUMN]
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise DataError(f"{where} lacks column {missing[0]!r} (needs {', '.join(needed)} and the model's features; "
+                        f"{found_columns(header, delimiter)})")
+    frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, skip_blank_lines=True)
+    frame.columns = header
+    return frame
+
+
+def applicant_features(path: Path, frame: pd.DataFrame, features: list[str], limit_basis: str) -> list[str]:
+    """The columns to send for each applicant, once the model names its features: each must be in the file."""
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise DataError(f"applicants file {path} lacks the model's feature column {missing[0]!r} "
+                        f"(needs {', '.join(features)})")
+    return features + ([limit_basis] if limit_basis in frame.columns and limit_basis not in features else [])
 
 
 def read_applicants(path: Path, id_columns: tuple[str, ...], features: list[str], limit_basis: str) -> tuple[pd.DataFrame, list[str]]:
     """The applicants file as text (ids exactly as written), with its columns checked; and the feature columns to send."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"applicants file {path} does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"applicants file {path.name} is not a readable CSV: {error}") from None
-    needed = [*id_columns, *features, CONSENT_COLUMN]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise DataError(f"applicants file {path.name} lacks column {missing[0]!r} (needs {', '.join(needed)})")
-    send = features + ([limit_basis] if limit_basis in frame.columns and limit_basis not in features else [])
-    return frame, send
+    frame = load_applicants(path, id_columns)
+    return frame, applicant_features(path, frame, features, limit_basis)
 
 
 def _request(row: dict, id_columns: tuple[str, ...], send: list[str]) -> tuple[str, dict[str, float | str | None]]:
@@ -148,7 +165,17 @@ def score_rows(client: ScoringClient, job_id: str, frame: pd.DataFrame, id_colum
         results = [future.result() for future in futures]
     finally:
         pool.shutdown(cancel_futures=True)   # on Ctrl-C, rows not yet sent are dropped, not waited for
-    return pd.DataFrame(results, columns=OUTPUT_COLUMNS)
+    return output_table(results)
+
+
+def output_table(results: list[dict]) -> pd.DataFrame:
+    """The answers, each column of one type whether or not some row failed: a failed row's credit limit is
+    missing (an empty cell), not a reason to write every other limit as a float; its text cells are empty."""
+    table = pd.DataFrame(results, columns=OUTPUT_COLUMNS)
+    table["credit_limit"] = table["credit_limit"].astype("Int64")
+    table[["probability", "score"]] = table[["probability", "score"]].astype("float64")
+    table[TEXT_COLUMNS] = table[TEXT_COLUMNS].fillna("").astype(str)
+    return table
 
 
 def score_file(
@@ -173,12 +200,13 @@ def score_file(
     spec, base = load_job(job_path)
     settings = load_scoring(job_path)
     started = time.perf_counter()
+    frame = load_applicants(input_path, spec.card_center.id_columns)   # before any daemon starts or model opens
 
     def run(job_spec, address: str, tls: TlsIdentity | None) -> dict:
         client = ScoringClient(address, job_spec.card_center.name, tls)
         try:
             opened = client.open_scoring(job_spec, settings.to_json(), job_id)
-            frame, send = read_applicants(input_path, job_spec.card_center.id_columns, list(opened.features), opened.limit_basis)
+            send = applicant_features(input_path, frame, list(opened.features), opened.limit_basis)
             scored = score_rows(client, opened.job_id, frame, job_spec.card_center.id_columns, send, concurrency, progress)
             settlement = json.loads(client.settle(opened.job_id).settlement_json) if settle else None
             if local:
@@ -199,5 +227,5 @@ def score_file(
                              insecure=insecure) as consortium:
             return run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
     if not spec.card_center.address:
-        raise ConfigError(f"job file {job_path.name}: no address for the card center; add it, or use --local")
+        raise ConfigError(f"job file {job_path}: no address for the card center; add it, or use --local")
     return run(spec, spec.card_center.address, client_identity(tls_dir, insecure, spec.card_center.name))

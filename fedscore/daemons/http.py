@@ -56,7 +56,8 @@ def score_document(host: ScoringHost, document: object) -> dict:
         raise DataError("the request must be a JSON object")
     unknown = sorted(set(document) - {"applicant_id", "features", "consent", "job_id"})
     if unknown:
-        raise DataError(f"unknown field {unknown[0]!r} (expected applicant_id, features, consent, job_id)")
+        names = ", ".join(repr(name) for name in unknown)
+        raise DataError(f"unknown field{'s' if len(unknown) > 1 else ''} {names} (expected applicant_id, features, consent, job_id)")
     applicant, features, consent = document.get("applicant_id"), document.get("features"), document.get("consent")
     if not isinstance(applicant, (str, int)) or isinstance(applicant, bool):
         raise DataError("applicant_id must be a string")

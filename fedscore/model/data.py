@@ -4,6 +4,10 @@ Errors name the file, the column and the line (1 = header) but never a raw
 value or an id: the message travels to the coordinator and the job's owner,
 outside the party.
 
+A file's text, delimiter and header are fedscore.model.csv_file's concern; a
+file not separated by commas that writes a number with a decimal comma (2,5)
+has it refused here, not read as text.
+
 Id rule (every party applies the same one): each id column is read as text,
 stripped of surrounding whitespace and case-folded; several id columns are
 joined with U+001F. So " 00123" and "00123" are one id, 123 and "123" too,
@@ -12,7 +16,6 @@ but "123" and "0123" are not. Private set intersection
 """
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.errors import DataError
+from fedscore.model.csv_file import found_columns, read_csv_header, require_columns
 
 ID_SEPARATOR = "\x1f"
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
@@ -76,59 +80,6 @@ def normalise_ids(columns: list[pd.Series]) -> np.ndarray:
     for part in parts[1:]:
         joined = joined + ID_SEPARATOR + part
     return joined.to_numpy(dtype=object)
-
-
-def _read_text(path: Path, where: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{where}: file does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"{where}: is a folder, not a CSV file") from None
-    except PermissionError:
-        raise DataError(f"{where}: cannot be read (permission denied)") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(f"{where}: line {line} is not UTF-8 text") from None
-
-
-def _check_shape(text: str, where: str) -> list[str]:
-    """The header, after checking every row has as many fields as the header."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{where}: file is empty") from None
-    except csv.Error as error:
-        raise DataError(f"{where}: header is not valid CSV ({error})") from None
-    header = [name.strip() for name in header]
-    if not any(header):
-        raise DataError(f"{where}: file is empty")
-    seen: set[str] = set()
-    for name in header:
-        if not name:
-            raise DataError(f"{where}: the header has an empty column name")
-        if name in seen:
-            raise DataError(f"{where}: column {name!r} appears twice in the header")
-        seen.add(name)
-    rows = 0
-    try:
-        for fields in reader:
-            if not fields:
-                continue
-            rows += 1
-            if len(fields) != len(header):
-                raise DataError(
-                    f"{where}: line {reader.line_num} has {len(fields)} fields, the header has {len(header)}"
-                )
-    except csv.Error as error:
-        raise DataError(f"{where}: line {reader.line_num} is not valid CSV ({error})") from None
-    if rows == 0:
-        raise DataError(f"{where}: has a header but no rows")
-    return header
-
 
 
 MISSING = ["", "nan", "NaN", "NA", "null", "None"]
@@ -278,12 +229,24 @@ def check_party_rows(
     )
 
 
-def _require_columns(header: list[str], id_columns: list[str], label: str | None, where: str) -> None:
-    for column in id_columns:
-        if column not in header:
-            raise DataError(f"{where}: id column {column!r} not found (columns: {', '.join(header)})")
-    if label is not None and label not in header:
-        raise DataError(f"{where}: label column {label!r} not found (columns: {', '.join(header)})")
+DECIMAL_COMMA = r"^\s*[-+]?\d+,\d+\s*$"
+
+
+def _refuse_decimal_commas(numbers: pd.DataFrame, delimiter: str, origin: Origin) -> None:
+    """A file not separated by commas may write 2,5 for 2.5: such a number is refused, never read as text."""
+    if delimiter == ",":
+        return
+    for name in numbers.columns:
+        column = numbers[name]
+        if column.dtype.kind in "fiub":
+            continue
+        comma = column.astype(str).str.match(DECIMAL_COMMA).to_numpy()
+        if comma.any():
+            rows = _positions(comma)
+            raise DataError(
+                f"{origin.where}: column {name!r} writes numbers with a decimal comma on {len(rows)} rows (first at "
+                f"{origin.row(rows[0])}); save the file with '.' as the decimal mark"
+            )
 
 
 def load_party_table(
@@ -293,18 +256,19 @@ def load_party_table(
     ``lenient``: empty cells and text are data (binning on), not errors."""
     path = Path(path)
     where = f"party {party!r}: {path.name}" if party else path.name
-    text = _read_text(path, where)
-    header = _check_shape(text, where)
-    _require_columns(header, id_columns, label, where)
+    text, header, delimiter = read_csv_header(path, where)
+    require_columns(header, id_columns, label, where, delimiter)
     text_columns = [header.index(c) for c in [*id_columns, *([label] if label is not None else [])]]
-    frame = pd.read_csv(io.StringIO(text), usecols=text_columns, dtype=str, keep_default_na=False, skip_blank_lines=True)
+    frame = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=text_columns, dtype=str, keep_default_na=False,
+                        skip_blank_lines=True)
     frame.columns = [str(c).strip() for c in frame.columns]
     names = [c for c in header if c not in id_columns and c != label]
     # Fast path: the parser reads numbers straight into arrays (a 300-column file never becomes
     # millions of Python strings); only a column that is not all numbers arrives as text.
-    numbers = pd.read_csv(io.StringIO(text), usecols=[header.index(n) for n in names], na_values=MISSING,
+    numbers = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=[header.index(n) for n in names], na_values=MISSING,
                           keep_default_na=False, skip_blank_lines=True) if names else pd.DataFrame(index=frame.index)
     numbers.columns = names   # positions ascend, as the parser returns them
+    _refuse_decimal_commas(numbers, delimiter, Origin(where))
     return check_party_rows(
         [frame[column].astype(str) for column in id_columns], id_columns,
         frame[label] if label is not None else None, label, numbers, Origin(where), lenient,
@@ -358,13 +322,13 @@ def table_from_frame(
             raise DataError(f"{where}: column {name.strip()!r} appears twice")
         header.append(name.strip())
     frame = frame.set_axis(header, axis=1)
-    _require_columns(header, id_columns, label, where)
+    require_columns(header, id_columns, label, where)
     if features is None:
         features = [c for c in header if c not in id_columns and c != label]
     else:
         absent = [c for c in features if c not in header]
         if absent:
-            raise DataError(f"{where}: feature column {absent[0]!r} of the model not found (columns: {', '.join(header)})")
+            raise DataError(f"{where}: feature column {absent[0]!r} of the model not found ({found_columns(header)})")
     if len(frame) == 0:
         raise DataError(f"{where}: has no rows")
     origin = Origin(where, file=False)

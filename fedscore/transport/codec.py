@@ -17,7 +17,7 @@ from gmpy2 import mpz
 
 from fedscore.crypto.paillier import PublicKey
 from fedscore.crypto.pool import pack, unpack
-from fedscore.errors import ProtocolError
+from fedscore.errors import DataError, ProtocolError
 from fedscore.job import Binning, JobSpec, PartySpec, Step
 from fedscore.ledger.block import Block
 from fedscore.ledger.settlement import FeeContract
@@ -98,8 +98,14 @@ def score_request(job_id: str, applicant_id: str, features: dict[str, float | st
 
 
 def request_features(request: pb.ScoreRequest) -> dict[str, float | str | None]:
-    """A scoring request's features as the scorer takes them (a missing value is None)."""
-    return {**dict(request.features), **dict(request.text_features), **{k: None for k in request.missing_features}}
+    """A scoring request's features as the scorer takes them (a missing value is None); a name sent twice
+    (as a number and as text, say) is refused, not settled by which field is read last."""
+    numbers, text, missing = dict(request.features), dict(request.text_features), list(request.missing_features)
+    names = [*numbers, *text, *missing]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"the request sends feature {twice[0]!r} more than once (as a number, text or missing)")
+    return {**numbers, **text, **{k: None for k in missing}}
 
 
 def step_to_proto(job_id: str, step: Step) -> pb.StepRef:

@@ -143,8 +143,9 @@ class RunningJob:
         """
         spec, job_id = self.spec, self.job_id
         started = time.time()
-        progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
-        coordinator = CoordinatorSession(job_id, spec)
+        if not align_only:   # alignment encrypts nothing: an align-only job makes no key pair
+            progress(Progress("keys", message=f"generating a {spec.key_bits}-bit Paillier key pair"))
+        coordinator = CoordinatorSession(job_id, spec, align_only=align_only)
         clients = self._dial(coordinator.public_key)
         pings = call_each(clients, lambda name, c: c.ping())
         for name, reply in pings.items():
@@ -155,7 +156,7 @@ class RunningJob:
         replies = call_each(clients, lambda name, c: c.prepare_job(spec))
         members = {"coordinator": {"role": "coordinator", "key": coordinator.facts.public_key}}
         members.update({name: member_entry(r) for name, r in replies.items()})
-        append_block(self.ledger, clients, [job_start_entry(job_id, spec, members, coordinator.public_key.fingerprint())])
+        append_block(self.ledger, clients, [job_start_entry(job_id, spec, members, coordinator.facts.paillier_fingerprint)])
         summary, alignment = self._align(progress)
         summary["party_rows"] = {name: reply.rows for name, reply in replies.items()}
         append_block(self.ledger, clients, [alignment_entry(
@@ -194,8 +195,8 @@ class RunningJob:
         self._open(CoordinatorSession(self.job_id, self.spec, (private_key.public_key, private_key)))
         self._training(checkpoint)
 
-    def _dial(self, public_key: PublicKey) -> dict[str, PartyJobClient]:
-        """A client per party for this job, under the job's public key."""
+    def _dial(self, public_key: PublicKey | None) -> dict[str, PartyJobClient]:
+        """A client per party for this job, under the job's public key (None: an align-only job)."""
         self.clients = {p.name: PartyJobClient(p.name, p.address, self.job_id, public_key, self.spec.rpc_timeout, self.tls)
                         for p in self.spec.parties}
         return self.clients

@@ -57,7 +57,7 @@ class PreparedJob:
     job_id: str
     spec: JobSpec
     table: PartyTable
-    public_key: PublicKey
+    public_key: PublicKey | None                                         # None: prepared to align only
     alignment: PsiParty | None                                           # None once restored from a checkpoint
     ledger: LedgerMember
     partners: dict[str, PartyJobClient] = field(default_factory=dict)   # the card center's only
@@ -131,8 +131,8 @@ class Jobs:
         spec = codec.spec_from_proto(request.job)
         self._check_policy(request, spec)
         me = spec.party(self.name)
-        public_key = PublicKey.from_bytes(request.public_key)
-        if public_key.bits != spec.key_bits:
+        public_key = PublicKey.from_bytes(request.public_key) if request.public_key else None   # none: align only
+        if public_key is not None and public_key.bits != spec.key_bits:
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name, lenient=spec.binning.enabled)
@@ -188,15 +188,15 @@ class Jobs:
                 f"{self.label}: refuses {spec.key_bits}-bit keys; its policy asks for at least {self.config.min_key_bits}"
             )
 
-    def _facts(self, spec: JobSpec, public_key: PublicKey) -> Facts:
+    def _facts(self, spec: JobSpec, public_key: PublicKey | None) -> Facts:
         """What this member knows first-hand of a job from the start, to check the chain's blocks against."""
         return Facts(
             self.name, identity.public_hex(self.key), role="card_center" if spec.party(self.name).is_card_center else "partner",
             members=frozenset({"coordinator", *(p.name for p in spec.parties)}), job_digest=spec.digest(),
-            paillier_fingerprint=public_key.fingerprint(), fees=spec.fees.to_dict(),
+            paillier_fingerprint="" if public_key is None else public_key.fingerprint(), fees=spec.fees.to_dict(),
         )
 
-    def _partner_clients(self, job_id: str, spec: JobSpec, public_key: PublicKey) -> dict[str, PartyJobClient]:
+    def _partner_clients(self, job_id: str, spec: JobSpec, public_key: PublicKey | None) -> dict[str, PartyJobClient]:
         """The card center dials each partner of the job (a partner dials nobody)."""
         if not spec.party(self.name).is_card_center:
             return {}
@@ -220,6 +220,8 @@ class Jobs:
 
     def start(self, request: pb.JobRef) -> pb.StartTrainingReply:
         job = self.get(request.job_id)
+        if job.public_key is None:
+            raise ProtocolError(f"{self.label}: job {request.job_id!r} was prepared to align only (no Paillier key); it cannot train")
         if job.aligned_rows is None or job.session is not None:
             raise ProtocolError(f"{self.label}: job {request.job_id!r} is not aligned, or already training")
         session = self._open_session(job)

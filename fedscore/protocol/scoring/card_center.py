@@ -58,6 +58,25 @@ def _is_raw_value(value: object) -> bool:
     return value is None or isinstance(value, str) or (not isinstance(value, bool) and isinstance(value, (int, float)))
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def check_feature_names(features: Mapping[str, object], model_features: list[str], limit_basis: str) -> None:
+    """The one rule for a request's feature names, whichever way it came (gRPC, HTTP): every model feature's
+    key, and no other but the limit basis. A misspelt name is both unknown and missing: both are named."""
+    missing = [name for name in model_features if name not in features]
+    unknown = sorted(set(features) - set(model_features) - {limit_basis})
+    plural = "s" if len(missing) > 1 else ""
+    needs = f"(needs {', '.join(model_features)})"
+    if missing and unknown:
+        raise DataError(f"the request has {_names(unknown)}, which the model does not use; it lacks {_names(missing)} {needs}")
+    if missing:
+        raise DataError(f"the request lacks the card center's feature{plural} {_names(missing)} {needs}")
+    if unknown:
+        raise DataError(f"the request has feature{'s' if len(unknown) > 1 else ''} the model does not use: {_names(unknown)}")
+
+
 class CardCenterScorer:
     """The card center's side of scoring one model."""
 
@@ -90,14 +109,7 @@ class CardCenterScorer:
         limit basis. A binned model takes a number, text or null (all data: an unseen or missing
         value scores in its documented bin); a standardised one a finite number. The limit basis,
         when sent, must be a finite number."""
-        missing = [name for name in self.model.features if name not in features]
-        unknown = sorted(set(features) - set(self.model.features) - {self.policy.limit_basis})
-        if missing and unknown:
-            raise DataError(f"the request has {unknown[0]!r}, which the model does not use; it lacks {missing[0]!r}")
-        if missing:
-            raise DataError(f"the request lacks the card center's feature {missing[0]!r} (needs {', '.join(self.model.features)})")
-        if unknown:
-            raise DataError(f"the request has a feature the model does not use: {unknown[0]!r}")
+        check_feature_names(features, self.model.features, self.policy.limit_basis)
         for name in self.model.features:
             if not (_is_raw_value(features[name]) if self.model.binned else _is_number(features[name])):
                 kind = "a number, text or null" if self.model.binned else "a finite number"

@@ -32,14 +32,21 @@ def new_job_id(name: str) -> str:
 
 
 class CoordinatorSession:
-    def __init__(self, job_id: str, spec: JobSpec, keys: tuple[PublicKey, PrivateKey] | None = None):
+    """``align_only``: the job stops once aligned, so no Paillier key pair is made (nothing is encrypted); its
+    fingerprint on the chain is empty, and every party refuses to train it."""
+
+    def __init__(self, job_id: str, spec: JobSpec, keys: tuple[PublicKey, PrivateKey] | None = None,
+                 align_only: bool = False):
         self.job_id = job_id
         self.spec = spec
-        self.public_key, self._private_key = keys or generate_keypair(spec.key_bits)
+        self.public_key: PublicKey | None
+        self._private_key: PrivateKey | None
+        self.public_key, self._private_key = (None, None) if align_only else (keys or generate_keypair(spec.key_bits))
         self._columns: dict[str, int] = {}
         self.facts = Facts(
             "coordinator", "", role="coordinator", members=frozenset({"coordinator", *(p.name for p in spec.parties)}),
-            job_digest=spec.digest(), fees=spec.fees.to_dict(), paillier_fingerprint=self.public_key.fingerprint(),
+            job_digest=spec.digest(), fees=spec.fees.to_dict(),
+            paillier_fingerprint="" if self.public_key is None else self.public_key.fingerprint(),
         )
 
     def private_key_json(self) -> str:

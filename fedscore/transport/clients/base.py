@@ -67,7 +67,7 @@ class ServiceClient:
 class JobClient(ServiceClient):
     """A service's calls for one job, whose ciphertexts are under the job's public key."""
 
-    def __init__(self, peer: Peer, job_id: str, public_key: PublicKey):
+    def __init__(self, peer: Peer, job_id: str, public_key: PublicKey | None):
         super().__init__(peer)
         self.job_id = job_id
         self.public_key = public_key

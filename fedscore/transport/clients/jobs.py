@@ -22,7 +22,7 @@ class JobsClient(JobClient):
     def prepare_job(self, spec: JobSpec) -> pb.PrepareJobReply:
         request = pb.PrepareJobRequest(
             job_id=self.job_id, job=codec.spec_to_proto(spec), party=self.peer.name,
-            public_key=self.public_key.to_bytes(),
+            public_key=b"" if self.public_key is None else self.public_key.to_bytes(),   # none: align only
         )
         return self._call("PrepareJob", request)
 

@@ -36,7 +36,7 @@ class PartyJobClient(PartyClient, ChainMember):
     chain) share one channel. It passes on the methods the coordinator's driver and chain calls use, so one
     object is the party's handle in every protocol step."""
 
-    def __init__(self, name: str, address: str, job_id: str, public_key: PublicKey, timeout: float = STEP_TIMEOUT,
+    def __init__(self, name: str, address: str, job_id: str, public_key: PublicKey | None, timeout: float = STEP_TIMEOUT,
                  tls: TlsIdentity | None = None, label: str = ""):
         super().__init__(Peer(name, address, tls, timeout, label))
         self.jobs = JobsClient(self.peer, job_id, public_key)
