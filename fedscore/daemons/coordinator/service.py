@@ -19,7 +19,9 @@ from fedscore.daemons.access import require
 from fedscore.daemons.coordinator.checkpoint import JobFolder, checkpointed_jobs
 from fedscore.daemons.coordinator.events import JobRun, JobRuns
 from fedscore.daemons.coordinator.jobs import resume_job, run_job
+from fedscore.daemons.job_folders import newest_job_folders
 from fedscore.errors import FedscoreError, UnknownJobError
+from fedscore.ledger.position import UNREADABLE, read_position_file
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.training.coordinator import new_job_id
@@ -61,10 +63,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @handles_errors
     def Status(self, request, context):
-        """The jobs this daemon ran or runs since it started that the caller is a member of: state, last
-        progress, chain head."""
-        statuses = [self._status(run) for run in self._runs.of_member(caller_name(context))]
-        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses)
+        """The jobs the caller is a member of: those this daemon ran or runs since it started (state, last
+        progress, chain head), then the newest others its state folder holds (finished, failed or aborted)."""
+        caller = caller_name(context)
+        statuses = [self._status(run) for run in self._runs.of_member(caller)]
+        folders, left_off = newest_job_folders(self.config.state_dir)
+        for folder in folders:
+            if self._runs.get(folder.name) is None:
+                status = ended_status(JobFolder(self.config.state_dir, folder.name), caller)
+                statuses += [status] if status is not None else []
+        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses,
+                              jobs_left_off=left_off)
 
     def RunJob(self, request, context):
         try:
@@ -137,6 +146,31 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     log.error("job %s failed", run.job_id, exc_info=item)
                 # a PeerError goes as "coordinator reports: ...": the job failed, the coordinator did not go away
                 abort(context, item, self.label)
+
+
+def ended_status(folder: JobFolder, caller: str | None) -> pb.JobStatus | None:
+    """A job that ended before this daemon started, from its folder: finished (settled on its chain),
+    failed (with why), or aborted (its chain ends early: an align-only run, or a job cancelled in between)."""
+    if not folder.ledger_path.is_file():   # it ended before its chain began
+        return None
+    try:
+        position = read_position_file(folder.ledger_path)
+    except UNREADABLE as error:
+        if caller is not None:   # its members are unknown
+            return None
+        return pb.JobStatus(job_id=folder.job_id, chain="training", stage="unreadable", detail=str(error))
+    if caller is not None and caller not in position.members:
+        return None
+    ended = folder.ended()
+    if position.last_kind == "settlement":
+        stage, detail = "finished", ""
+    elif ended is not None and ended[2] is not None:
+        stage, detail = "failed", ended[2]
+    else:
+        stage, detail = "aborted", f"its chain ends with {position.last_kind or 'no entry'}"
+    step = position.last_step
+    return pb.JobStatus(job_id=folder.job_id, chain="training", stage=stage, detail=detail, blocks=position.blocks,
+                        head=position.head.hex(), epoch=step.epoch + 1 if step else 0, batch=step.batch + 1 if step else 0)
 
 
 def add_to_server(service: CoordinatorService, server) -> None:
