@@ -82,12 +82,12 @@ def _summary(entry: dict) -> str:
     for name, head in heads.items():
         if head["state"] != "behind":
             at_tip.setdefault(head["head"], []).append(name)
-    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]} at {entry['blocks']} blocks"
+    forked = entry["verdict"] == "fork"
+    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}" + ("" if forked else f" at {entry['blocks']} blocks")
              for head, names in at_tip.items()]
     parts += [f"{name} is behind at {head['blocks']} blocks, head {head['head'][:12]}"
               for name, head in heads.items() if head["state"] == "behind"]
-    opening = f"heads DIFFER (a fork: different blocks at {entry['blocks']} blocks)" if entry["verdict"] == "fork" \
-        else "heads differ (a member is behind)"
+    opening = f"heads DIFFER at {entry['blocks']} blocks (a fork)" if forked else "heads differ (a member is behind)"
     return f"{opening}: {'; '.join(parts)}"
 
 
