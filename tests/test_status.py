@@ -26,7 +26,8 @@ from conftest import DATA, breast_parties, write_job
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A consortium whose job finished (its parties closed it) and whose model the card center serves."""
+    """A consortium whose job finished (its parties closed it) and whose model the card center serves, and
+    an --align-only job (its parties aborted it after alignment)."""
     folder = tmp_path_factory.mktemp("status")
     for name in ("breast_hetero_guest.csv", "breast_hetero_host.csv"):
         (folder / name).write_bytes((DATA / name).read_bytes())
@@ -37,7 +38,9 @@ def finished(tmp_path_factory):
         scoring = ScoringClient(running.spec.card_center.address, "guest", running.card_center_identity)
         scoring.open_scoring(running.spec, ScoringSettings(consent_issuers=(bytes(issuer).hex(),)).to_json(),
                              report["job_id"])
-        yield running, report
+        aligned = submit(running.spec, running.coordinator_address, lambda event: None, align_only=True,
+                         tls=running.card_center_identity)
+        yield running, {**report, "aligned_job_id": aligned["job_id"]}
         scoring.close()
 
 
@@ -79,6 +82,12 @@ def test_every_member_lists_the_finished_job_with_the_coordinators_head_and_the_
         assert training["stage"] == "finished", name
         assert (training["blocks"], training["head"]) == (report["ledger_blocks"], report["ledger_head"]), name
         assert training["step"] is not None and training["step"][0] == 1, name   # one epoch
+    assert len({tuple(_jobs(members[name], report["job_id"])["training"]["step"]) for name in members}) == 1
+    aligned = {name: _jobs(members[name], report["aligned_job_id"])["training"] for name in members}
+    assert {name: job["stage"] for name, job in aligned.items()} == {"coordinator": "aligned", "guest": "aborted",
+                                                                     "host": "aborted"}
+    assert aligned["host"]["detail"] == "its chain ends with alignment" and aligned["host"]["step"] is None
+    assert _comparison(members.values(), report["aligned_job_id"])["verdict"] == "agree"
     assert _jobs(members["guest"], report["job_id"])["scoring"]["stage"] == "serving"
     agreed = _comparison(members.values(), report["job_id"])
     assert agreed["verdict"] == "agree" and set(agreed["members"]) == {"coordinator", "guest", "host"}
@@ -105,6 +114,7 @@ def test_restarted_members_still_list_finished_jobs_from_their_jobs_folder(finis
     assert host["scoring"]["stage"] == "stopped"   # not served since the restart; its replica is still there
     coordinator = _jobs(members["coordinator"], report["job_id"])["training"]
     assert (coordinator["stage"], coordinator["head"]) == ("finished", report["ledger_head"])
+    assert _jobs(members["coordinator"], report["aligned_job_id"])["training"]["stage"] == "aligned"
     assert _comparison(members.values(), report["job_id"])["verdict"] == "agree"
     scoring = _comparison(members.values(), report["job_id"], "scoring")
     assert set(scoring["members"]) == {"guest", "host"} and scoring["verdict"] == "agree"

@@ -77,18 +77,22 @@ def _summary(entry: dict) -> str:
     heads = entry["members"]
     if entry["verdict"] == "agree":
         head = next(iter(heads.values()))
-        return f"heads agree ({len(heads)} member{'s' * (len(heads) > 1)}): {head['blocks']} blocks, head {head['head'][:12]}"
+        return f"heads agree ({len(heads)} member{'s' * (len(heads) > 1)}): {_blocks(head['blocks'])}, head {head['head'][:12]}"
     at_tip: dict[str, list[str]] = {}
     for name, head in heads.items():
         if head["state"] != "behind":
             at_tip.setdefault(head["head"], []).append(name)
     forked = entry["verdict"] == "fork"
-    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}" + ("" if forked else f" at {entry['blocks']} blocks")
+    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}" + ("" if forked else f" at {_blocks(entry['blocks'])}")
              for head, names in at_tip.items()]
-    parts += [f"{name} is behind at {head['blocks']} blocks, head {head['head'][:12]}"
+    parts += [f"{name} is behind at {_blocks(head['blocks'])}, head {head['head'][:12]}"
               for name, head in heads.items() if head["state"] == "behind"]
-    opening = f"heads DIFFER at {entry['blocks']} blocks (a fork)" if forked else "heads differ (a member is behind)"
+    opening = f"heads DIFFER at {_blocks(entry['blocks'])} (a fork)" if forked else "heads differ (a member is behind)"
     return f"{opening}: {'; '.join(parts)}"
+
+
+def _blocks(count: int) -> str:
+    return f"{count} block{'s' * (count != 1)}"
 
 
 def status_document(members: list[dict]) -> dict:
@@ -113,8 +117,9 @@ def format_status(members: list[dict]) -> str:
             head += f"  ({member['error']})"
         lines.append(head)
         for job in member["jobs"]:
-            step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else "no step yet"
-            chain = f"{job['chain']} chain {job['blocks']} blocks, head {job['head'][:12]}" if job["head"] else "no chain yet"
+            step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else \
+                "" if job["chain"] == "scoring" else "no step yet"
+            chain = f"{job['chain']} chain {_blocks(job['blocks'])}, head {job['head'][:12]}" if job["head"] else "no chain yet"
             detail = f"  {job['detail']}" if job.get("detail") else ""
             lines.append(f"    {job['job_id']:<24} {job['stage']:<11} {step:<20} {chain}{detail}")
         if member.get("jobs_left_off"):

@@ -111,15 +111,23 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         yield from self._stream(run, events, context)
 
     def _status(self, run: JobRun) -> pb.JobStatus:
-        """A run's state, last progress and chain head."""
+        """A run's state, its chain's head and last step (as every party reports them), or its last progress
+        while it has no chain to read."""
         stage, detail, latest = run.state()
         status = pb.JobStatus(job_id=run.job_id, stage=stage, detail=detail, chain="training")
-        if latest is not None:
-            status.epoch = latest.epoch
-            status.batch = latest.step
-        head = JobFolder(self.config.state_dir, run.job_id).chain_head()
-        if head is not None:
-            status.blocks, status.head = head[0], head[1].hex()
+        try:
+            position = read_position_file(JobFolder(self.config.state_dir, run.job_id).ledger_path)
+        except UNREADABLE:   # not begun yet
+            position = None
+        if position is not None:
+            status.blocks, status.head = position.blocks, position.head.hex()
+            if stage == "finished" and position.last_kind == "alignment":   # an --align-only run
+                status.stage = "aligned"
+        step = position.last_step if position is not None else None
+        if step is not None:
+            status.epoch, status.batch = step.epoch + 1, step.batch + 1
+        elif latest is not None:
+            status.epoch, status.batch = latest.epoch, latest.step
         return status
 
     @staticmethod
@@ -150,7 +158,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
 def ended_status(folder: JobFolder, caller: str | None) -> pb.JobStatus | None:
     """A job that ended before this daemon started, from its folder: finished (settled on its chain),
-    failed (with why), or aborted (its chain ends early: an align-only run, or a job cancelled in between)."""
+    failed (with why), aligned (an --align-only run) or aborted (its chain ends early, no failure recorded)."""
     if not folder.ledger_path.is_file():   # it ended before its chain began
         return None
     try:
@@ -166,6 +174,8 @@ def ended_status(folder: JobFolder, caller: str | None) -> pb.JobStatus | None:
         stage, detail = "finished", ""
     elif ended is not None and ended[2] is not None:
         stage, detail = "failed", ended[2]
+    elif position.last_kind == "alignment":   # an --align-only run ends there
+        stage, detail = "aligned", ""
     else:
         stage, detail = "aborted", f"its chain ends with {position.last_kind or 'no entry'}"
     step = position.last_step
