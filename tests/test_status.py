@@ -204,3 +204,16 @@ def test_heads_are_compared_per_job_and_chain():
                                   "bureau is behind at 4 blocks, head a4"
     assert scoring["verdict"] == "fork" and {m["state"] for m in scoring["members"].values()} == {"differs"}
     assert scoring["summary"] == "heads DIFFER at 3 blocks (a fork): bank holds cc; bureau holds dd"
+
+
+def test_a_job_a_party_no_longer_holds_is_finished_interrupted_or_aborted_by_its_folder(tmp_path):
+    from fedscore.daemons.party.status import ended_stage
+    from fedscore.ledger.position import ChainPosition
+
+    def position(kind: str) -> ChainPosition:
+        return ChainPosition(3, b"\x01" * 32, frozenset({"coordinator", "bank"}), kind, None)
+
+    assert ended_stage(tmp_path, position("settlement")) == ("finished", "")
+    assert ended_stage(tmp_path, position("alignment")) == ("aborted", "its chain ends with alignment")
+    (tmp_path / "checkpoint.json").write_text("{}")   # a restart left it mid-training: the coordinator resumes it
+    assert ended_stage(tmp_path, position("step"))[0] == "interrupted"

@@ -1,5 +1,6 @@
-"""`fedscore status`: every member of a job's consortium — answering or not, its jobs, their last step and
-the head of its chain replica — read from the running daemons (health service, then Status)."""
+"""`fedscore status`: every member of a job's consortium — answering or not, its jobs (finished ones
+included), their last step and the head of each chain replica — read from the running daemons (health
+service, then Status); then, for each job and chain, the members' heads compared."""
 from __future__ import annotations
 
 import grpc
@@ -77,14 +78,15 @@ def _summary(entry: dict) -> str:
     heads = entry["members"]
     if entry["verdict"] == "agree":
         head = next(iter(heads.values()))
-        return f"heads agree ({len(heads)} member{'s' * (len(heads) > 1)}): {_blocks(head['blocks'])}, head {head['head'][:12]}"
+        members = f"{len(heads)} member{'s' * (len(heads) > 1)}"
+        return f"heads agree ({members}): {_blocks(head['blocks'])}, head {head['head'][:12]}"
     at_tip: dict[str, list[str]] = {}
     for name, head in heads.items():
         if head["state"] != "behind":
             at_tip.setdefault(head["head"], []).append(name)
     forked = entry["verdict"] == "fork"
-    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}" + ("" if forked else f" at {_blocks(entry['blocks'])}")
-             for head, names in at_tip.items()]
+    height = "" if forked else f" at {_blocks(entry['blocks'])}"   # a fork's opening says it
+    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}{height}" for head, names in at_tip.items()]
     parts += [f"{name} is behind at {_blocks(head['blocks'])}, head {head['head'][:12]}"
               for name, head in heads.items() if head["state"] == "behind"]
     opening = f"heads DIFFER at {_blocks(entry['blocks'])} (a fork)" if forked else "heads differ (a member is behind)"
@@ -119,7 +121,8 @@ def format_status(members: list[dict]) -> str:
         for job in member["jobs"]:
             step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else \
                 "" if job["chain"] == "scoring" else "no step yet"
-            chain = f"{job['chain']} chain {_blocks(job['blocks'])}, head {job['head'][:12]}" if job["head"] else "no chain yet"
+            chain = f"{job['chain']} chain {_blocks(job['blocks'])}, head {job['head'][:12]}" if job["head"] \
+                else "no chain yet"
             detail = f"  {job['detail']}" if job.get("detail") else ""
             lines.append(f"    {job['job_id']:<24} {job['stage']:<11} {step:<20} {chain}{detail}")
         if member.get("jobs_left_off"):
