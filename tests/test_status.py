@@ -217,3 +217,28 @@ def test_a_job_a_party_no_longer_holds_is_finished_interrupted_or_aborted_by_its
     assert ended_stage(tmp_path, position("alignment")) == ("aborted", "its chain ends with alignment")
     (tmp_path / "checkpoint.json").write_text("{}")   # a restart left it mid-training: the coordinator resumes it
     assert ended_stage(tmp_path, position("step"))[0] == "interrupted"
+
+
+def test_a_party_with_many_jobs_lists_the_newest_and_counts_the_others(finished, capsys):
+    from fedscore.daemons.job_folders import MAX_LISTED_JOBS
+
+    running, report = finished
+    jobs = running.state_root / "host" / "jobs"
+    replica = jobs / report["job_id"] / "ledger.sqlite"
+    copies = [jobs / f"copy-{i:08x}" for i in range(MAX_LISTED_JOBS + 5)]
+    try:
+        for age, folder in enumerate(copies):
+            folder.mkdir()
+            (folder / "ledger.sqlite").write_bytes(replica.read_bytes())
+            os.utime(folder / "ledger.sqlite", (2_000_000_000 + age, 2_000_000_000 + age))   # the newest of all
+        host = _status(running)["host"]
+        listed = [job["job_id"] for job in host["jobs"] if job["chain"] == "training"]
+        assert listed == [folder.name for folder in reversed(copies)][:MAX_LISTED_JOBS]
+        held = len(list(jobs.iterdir()))
+        assert host["jobs_left_off"] == held - MAX_LISTED_JOBS
+        assert main(["status", "--job", str(_job_file(running)), "--tls", str(running.certs_dir / "host")]) == 0
+        assert f"({held - MAX_LISTED_JOBS} older jobs not listed)" in capsys.readouterr().out
+    finally:
+        for folder in copies:
+            (folder / "ledger.sqlite").unlink(missing_ok=True)
+            folder.rmdir()

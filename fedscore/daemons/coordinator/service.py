@@ -63,13 +63,21 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @handles_errors
     def Status(self, request, context):
-        """The jobs the caller is a member of: those this daemon ran or runs since it started (state, last
-        progress, chain head), then the newest others its state folder holds (finished, failed or aborted)."""
+        """The jobs the caller is a member of: those running, then the newest job folders (a run of this
+        daemon's with its state, last progress and chain head; an older job from its folder: finished,
+        failed, aligned or aborted)."""
         caller = caller_name(context)
-        statuses = [self._status(run) for run in self._runs.of_member(caller)]
+        runs = {run.job_id: run for run in self._runs.of_member(caller)}
+        strangers = {run.job_id for run in self._runs.of_member(None)} - set(runs)   # runs the caller is not in
         folders, left_off = newest_job_folders(self.config.state_dir)
+        listed = {folder.name for folder in folders}
+        running = [run for job_id, run in runs.items() if job_id not in listed and run.outcome is None]
+        left_off -= sum(JobFolder(self.config.state_dir, run.job_id).path.is_dir() for run in running)
+        statuses = [self._status(run) for run in running]
         for folder in folders:
-            if self._runs.get(folder.name) is None:
+            if folder.name in runs:
+                statuses.append(self._status(runs[folder.name]))
+            elif folder.name not in strangers:
                 status = ended_status(JobFolder(self.config.state_dir, folder.name), caller)
                 statuses += [status] if status is not None else []
         return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses,

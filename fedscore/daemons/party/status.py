@@ -62,6 +62,7 @@ class PartyStatus:
         folders, left_off = newest_job_folders(self.jobs.config.state_dir)
         listed = {folder.name for folder in folders}
         in_memory = sorted((set(held) | set(served)) - listed)
+        left_off -= sum(self.jobs.job_dir(job_id).is_dir() for job_id in in_memory)   # older, yet listed
         statuses = []
         for job_id in in_memory + [folder.name for folder in folders]:
             folder = self.jobs.job_dir(job_id)
