@@ -242,3 +242,17 @@ def test_a_party_with_many_jobs_lists_the_newest_and_counts_the_others(finished,
         for folder in copies:
             (folder / "ledger.sqlite").unlink(missing_ok=True)
             folder.rmdir()
+
+
+def test_a_consortium_member_outside_the_job_sees_none_of_its_chains(finished):
+    from fedscore.crypto.certs import init_consortium
+    from fedscore.transport.tls import TlsIdentity
+
+    running, report = finished
+    init_consortium(running.certs_dir, ["outsider"])
+    members = consortium_status(running.spec, TlsIdentity.load(running.certs_dir / "outsider"))
+    assert {m["member"]: m["health"] for m in members} == {"coordinator": "SERVING", "guest": "SERVING", "host": "SERVING"}
+    assert not any("error" in m for m in members)   # each answered Status: it listed nothing of the job
+    assert [job for m in members for job in m["jobs"]] == [] and compare_heads(members) == []
+    members = consortium_status(running.spec, running.identity("guest"))
+    assert all(_jobs(m, report["job_id"]) for m in members)   # as a member of the job, every member lists it
