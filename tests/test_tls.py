@@ -288,7 +288,7 @@ def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_st
     job.write_text("\n".join(lines))
     assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert [m["member"] for m in shown] == ["coordinator", "guest", "host"]
+    assert [m["member"] for m in shown["members"]] == ["coordinator", "guest", "host"]
     stranger = job.read_text().replace(running.spec.party("host").address, "127.0.0.1:9")
     job.write_text(stranger)
     assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest")]) == 2

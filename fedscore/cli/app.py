@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add("status", "show each member of a job: up or not, its jobs, steps and chain head",
                           description="Ask every daemon a job file names for its health (the standard gRPC health\n"
                                       "service) and state: its jobs, their last step and its chain's head.\n"
-                                      "Exit 0 when every member serves, 2 otherwise.")
+                                      "Exit 0 when every member serves, 2 otherwise, 3 when two hold different blocks at one height.")
     status.add_argument("--job", type=Path, required=True, help="job file with the coordinator's and parties' addresses")
     status.add_argument("--tls", type=Path, metavar="DIR", help="any member's folder (cert.pem, key.pem, ca.pem) to ask as")
     status.add_argument("--insecure", action="store_true", help="plaintext, for daemons started with --insecure")

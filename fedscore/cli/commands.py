@@ -190,7 +190,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
-    from fedscore.cli.status import consortium_status, format_status
+    from fedscore.cli.status import consortium_status, format_status, status_document, status_exit
     from fedscore.transport.tls import TlsIdentity
 
     spec, _ = load_job(args.job)
@@ -200,10 +200,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not members:
         raise ConfigError(f"job file {args.job.name}: no addresses to ask (status reads running daemons)")
     if args.json:
-        _print_json(members)
+        _print_json(status_document(members))
     elif not args.quiet:
         print(format_status(members))
-    return EXIT_OK if all(m["health"] == "SERVING" for m in members) else EXIT_ERROR
+    return status_exit(members)
 
 
 def cmd_init_party(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ exit codes:
   {EXIT_INTERNAL:<4} internal error: a bug to report
   {EXIT_ERROR:<4} a problem to fix, named on one line: the command line, a job, config or data
        file, a party that does not answer
-  {EXIT_UNVERIFIED:<4} a ledger or inclusion proof that does not verify (the first bad block is named)
+  {EXIT_UNVERIFIED:<4} a ledger or inclusion proof that does not verify (the first bad block is named);
+       status: two members hold different blocks at one height of a chain
   {EXIT_PARTIAL:<4} partly done: some applicants were not scored (the first is named; each row's
        error is in the output file)
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)

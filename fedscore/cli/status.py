@@ -1,11 +1,13 @@
-"""`fedscore status`: every member of a job's consortium — answering or not, its jobs, their last step and
-the head of its chain replica — read from the running daemons (health service, then Status)."""
+"""`fedscore status`: every member of a job's consortium — answering or not, its jobs (finished ones
+included), their last step and the head of each chain replica — read from the running daemons (health
+service, then Status); then, for each job and chain, the members' heads compared."""
 from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedscore.job import JobSpec
+from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_UNVERIFIED
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.daemons.health import SERVICES
 from fedscore.proto import fedscore_pb2 as pb
@@ -30,6 +32,7 @@ def member_status(name: str, address: str, role: str, tls: TlsIdentity | None) -
             found["error"] = error.details() or error.code().name
             return found
     found["version"] = reply.version
+    found["jobs_left_off"] = reply.jobs_left_off
     found["jobs"] = [
         {"job_id": j.job_id, "stage": j.stage, "step": [j.epoch, j.batch] if j.epoch else None, "chain": j.chain,
          "blocks": j.blocks, "head": j.head, **({"detail": j.detail} if j.detail else {})}
@@ -45,7 +48,70 @@ def consortium_status(spec: JobSpec, tls: TlsIdentity | None) -> list[dict]:
     return [member_status(name, address, role, tls) for name, address, role in members]
 
 
+def compare_heads(members: list[dict]) -> list[dict]:
+    """For each job and chain some member lists, every member's position on it and a verdict: "agree" (one
+    head, one height), "behind" (a member holds fewer blocks than another) or "fork" (two members hold
+    different blocks at the same height, which the chain's own checks cannot show and a dishonest proposer
+    could cause). Each member's ``state`` is "same", "behind" or "differs"."""
+    chains: dict[tuple[str, str], dict[str, dict]] = {}
+    for member in members:
+        for job in member["jobs"]:
+            if job["head"]:
+                chains.setdefault((job["job_id"], job["chain"]), {})[member["member"]] = job
+    comparison = []
+    for (job_id, chain), held in chains.items():
+        tip = max(job["blocks"] for job in held.values())
+        forked = len({job["head"] for job in held.values() if job["blocks"] == tip}) > 1
+        heads = {
+            name: {"blocks": job["blocks"], "head": job["head"],
+                   "state": "behind" if job["blocks"] < tip else "differs" if forked else "same"}
+            for name, job in held.items()
+        }
+        verdict = "fork" if forked else "behind" if any(h["state"] == "behind" for h in heads.values()) else "agree"
+        entry = {"job_id": job_id, "chain": chain, "verdict": verdict, "blocks": tip, "members": heads}
+        comparison.append({**entry, "summary": _summary(entry)})
+    return comparison
+
+
+def _summary(entry: dict) -> str:
+    """One line naming who holds what, e.g. "heads agree (3 members): 24 blocks, head 8266310e10f7"."""
+    heads = entry["members"]
+    if entry["verdict"] == "agree":
+        head = next(iter(heads.values()))
+        members = f"{len(heads)} member{'s' * (len(heads) > 1)}"
+        return f"heads agree ({members}): {_blocks(head['blocks'])}, head {head['head'][:12]}"
+    at_tip: dict[str, list[str]] = {}
+    for name, head in heads.items():
+        if head["state"] != "behind":
+            at_tip.setdefault(head["head"], []).append(name)
+    forked = entry["verdict"] == "fork"
+    height = "" if forked else f" at {_blocks(entry['blocks'])}"   # a fork's opening says it
+    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}{height}" for head, names in at_tip.items()]
+    parts += [f"{name} is behind at {_blocks(head['blocks'])}, head {head['head'][:12]}"
+              for name, head in heads.items() if head["state"] == "behind"]
+    opening = f"heads DIFFER at {_blocks(entry['blocks'])} (a fork)" if forked else "heads differ (a member is behind)"
+    return f"{opening}: {'; '.join(parts)}"
+
+
+def _blocks(count: int) -> str:
+    return f"{count} block{'s' * (count != 1)}"
+
+
+def status_document(members: list[dict]) -> dict:
+    """What `fedscore status --json` prints: each member's answer, and the heads compared."""
+    return {"members": members, "heads": compare_heads(members)}
+
+
+def status_exit(members: list[dict]) -> int:
+    """3 when two members hold different blocks at one height of a chain, else 2 when a member does not
+    serve, else 0 (a member behind is not an error: a block may be on its way)."""
+    if any(entry["verdict"] == "fork" for entry in compare_heads(members)):
+        return EXIT_UNVERIFIED
+    return EXIT_OK if all(m["health"] == "SERVING" for m in members) else EXIT_ERROR
+
+
 def format_status(members: list[dict]) -> str:
+    """Each member and its jobs, then the heads compared, one line per job and chain."""
     lines = []
     for member in members:
         head = f"{member['member']:<14} {member['address']:<22} {member['health']}"
@@ -53,8 +119,16 @@ def format_status(members: list[dict]) -> str:
             head += f"  ({member['error']})"
         lines.append(head)
         for job in member["jobs"]:
-            step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else "no step yet"
-            chain = f"{job['chain']} chain {job['blocks']} blocks, head {job['head'][:12]}" if job["head"] else "no chain yet"
+            step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else \
+                "" if job["chain"] == "scoring" else "no step yet"
+            chain = f"{job['chain']} chain {_blocks(job['blocks'])}, head {job['head'][:12]}" if job["head"] \
+                else "no chain yet"
             detail = f"  {job['detail']}" if job.get("detail") else ""
-            lines.append(f"    {job['job_id']:<24} {job['stage']:<9} {step:<20} {chain}{detail}")
+            lines.append(f"    {job['job_id']:<24} {job['stage']:<11} {step:<20} {chain}{detail}")
+        if member.get("jobs_left_off"):
+            lines.append(f"    ({member['jobs_left_off']} older jobs not listed)")
+    comparison = compare_heads(members)
+    if comparison:
+        lines.append("heads")
+        lines += [f"    {entry['job_id']:<24} {entry['chain']:<9} {entry['summary']}" for entry in comparison]
     return "\n".join(lines)

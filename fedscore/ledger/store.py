@@ -66,6 +66,20 @@ class LedgerStore:
         row = self._db.execute("SELECT COUNT(*), (SELECT hash FROM blocks ORDER BY height DESC LIMIT 1) FROM blocks").fetchone()
         return int(row[0]), bytes(row[1] or b"")
 
+    def first_entry(self) -> bytes | None:
+        """The genesis block's first entry (a chain's start, naming its members), without reading the rest."""
+        row = self._db.execute("SELECT body FROM entries WHERE height = 0 AND position = 0").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def entries_newest_first(self) -> Iterator[bytes]:
+        """Every stored entry, the last one first: a chain's latest facts are read from its end, lazily."""
+        cursor = self._db.execute("SELECT body FROM entries ORDER BY height DESC, position DESC")
+        try:
+            for (body,) in cursor:
+                yield bytes(body)
+        finally:   # a reader that stops early ends the statement at once
+            cursor.close()
+
     def blocks(self, start: int = 0) -> Iterator[Block]:
         """Every stored block from height ``start`` on, in height order, as stored (verification decides
         whether it is valid)."""

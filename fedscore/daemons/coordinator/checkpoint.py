@@ -16,7 +16,6 @@ from pathlib import Path
 
 from fedscore.job import JOB_ID_PATTERN, JobSpec, check_job_id
 from fedscore.crypto.paillier import PrivateKey
-from fedscore.ledger.store import LedgerStore
 from fedscore.files import write_atomically
 from fedscore.protocol.training.driver import TrainingResult
 from fedscore.transport import codec
@@ -114,16 +113,6 @@ class JobFolder:
         except (OSError, ValueError):
             return None
         return failure.get("card_center", ""), None, failure.get("error")
-
-    def chain_head(self) -> tuple[int, bytes] | None:
-        """(blocks, head hash) of the job's chain, if it has one."""
-        if not self.ledger_path.is_file():
-            return None
-        store = LedgerStore(self.ledger_path, read_only=True)
-        try:
-            return store.head_summary()
-        finally:
-            store.close()
 
 
 def checkpointed_jobs(state_dir: Path) -> list[JobFolder]:

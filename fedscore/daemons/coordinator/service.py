@@ -19,7 +19,9 @@ from fedscore.daemons.access import require
 from fedscore.daemons.coordinator.checkpoint import JobFolder, checkpointed_jobs
 from fedscore.daemons.coordinator.events import JobRun, JobRuns
 from fedscore.daemons.coordinator.jobs import resume_job, run_job
+from fedscore.daemons.job_folders import newest_job_folders
 from fedscore.errors import FedscoreError, UnknownJobError
+from fedscore.ledger.position import UNREADABLE, read_position_file
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.protocol.training.coordinator import new_job_id
@@ -61,10 +63,25 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     @handles_errors
     def Status(self, request, context):
-        """The jobs this daemon ran or runs since it started that the caller is a member of: state, last
-        progress, chain head."""
-        statuses = [self._status(run) for run in self._runs.of_member(caller_name(context))]
-        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses)
+        """The jobs the caller is a member of: those running, then the newest job folders (a run of this
+        daemon's with its state, last progress and chain head; an older job from its folder: finished,
+        failed, aligned or aborted)."""
+        caller = caller_name(context)
+        runs = {run.job_id: run for run in self._runs.of_member(caller)}
+        strangers = {run.job_id for run in self._runs.of_member(None)} - set(runs)   # runs the caller is not in
+        folders, left_off = newest_job_folders(self.config.state_dir)
+        listed = {folder.name for folder in folders}
+        running = [run for job_id, run in runs.items() if job_id not in listed and run.outcome is None]
+        left_off -= sum(JobFolder(self.config.state_dir, run.job_id).path.is_dir() for run in running)
+        statuses = [self._status(run) for run in running]
+        for folder in folders:
+            if folder.name in runs:
+                statuses.append(self._status(runs[folder.name]))
+            elif folder.name not in strangers:
+                status = ended_status(JobFolder(self.config.state_dir, folder.name), caller)
+                statuses += [status] if status is not None else []
+        return pb.StatusReply(name=self.config.name, role="coordinator", version=__version__, jobs=statuses,
+                              jobs_left_off=left_off)
 
     def RunJob(self, request, context):
         try:
@@ -102,15 +119,23 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         yield from self._stream(run, events, context)
 
     def _status(self, run: JobRun) -> pb.JobStatus:
-        """A run's state, last progress and chain head."""
+        """A run's state, its chain's head and last step (as every party reports them), or its last progress
+        while it has no chain to read."""
         stage, detail, latest = run.state()
         status = pb.JobStatus(job_id=run.job_id, stage=stage, detail=detail, chain="training")
-        if latest is not None:
-            status.epoch = latest.epoch
-            status.batch = latest.step
-        head = JobFolder(self.config.state_dir, run.job_id).chain_head()
-        if head is not None:
-            status.blocks, status.head = head[0], head[1].hex()
+        try:
+            position = read_position_file(JobFolder(self.config.state_dir, run.job_id).ledger_path)
+        except UNREADABLE:   # not begun yet
+            position = None
+        if position is not None:
+            status.blocks, status.head = position.blocks, position.head.hex()
+            if stage == "finished" and position.last_kind == "alignment":   # an --align-only run
+                status.stage = "aligned"
+        step = position.last_step if position is not None else None
+        if step is not None:
+            status.epoch, status.batch = step.epoch + 1, step.batch + 1
+        elif latest is not None:
+            status.epoch, status.batch = latest.epoch, latest.step
         return status
 
     @staticmethod
@@ -137,6 +162,33 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     log.error("job %s failed", run.job_id, exc_info=item)
                 # a PeerError goes as "coordinator reports: ...": the job failed, the coordinator did not go away
                 abort(context, item, self.label)
+
+
+def ended_status(folder: JobFolder, caller: str | None) -> pb.JobStatus | None:
+    """A job that ended before this daemon started, from its folder: finished (settled on its chain),
+    failed (with why), aligned (an --align-only run) or aborted (its chain ends early, no failure recorded)."""
+    if not folder.ledger_path.is_file():   # it ended before its chain began
+        return None
+    try:
+        position = read_position_file(folder.ledger_path)
+    except UNREADABLE as error:
+        if caller is not None:   # its members are unknown
+            return None
+        return pb.JobStatus(job_id=folder.job_id, chain="training", stage="unreadable", detail=str(error))
+    if caller is not None and caller not in position.members:
+        return None
+    ended = folder.ended()
+    if position.last_kind == "settlement":
+        stage, detail = "finished", ""
+    elif ended is not None and ended[2] is not None:
+        stage, detail = "failed", ended[2]
+    elif position.last_kind == "alignment":   # an --align-only run ends there
+        stage, detail = "aligned", ""
+    else:
+        stage, detail = "aborted", f"its chain ends with {position.last_kind or 'no entry'}"
+    step = position.last_step
+    return pb.JobStatus(job_id=folder.job_id, chain="training", stage=stage, detail=detail, blocks=position.blocks,
+                        head=position.head.hex(), epoch=step.epoch + 1 if step else 0, batch=step.batch + 1 if step else 0)
 
 
 def add_to_server(service: CoordinatorService, server) -> None:
