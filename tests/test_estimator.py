@@ -18,7 +18,7 @@ from fedscore import FederatedLogisticRegression, Party
 from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
 from fedscore.errors import ConfigError, DataError
-from fedscore.model.data import load_party_table
+from fedscore.model.data import load_party_table, table_from_frame
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import split_rows
 from fedscore.cli.runner import run_job_file
@@ -518,6 +518,20 @@ def test_bool_labels_train_the_model_zero_one_labels_train(pinned_start):
     assert booleans.calibration_ == numbers.calibration_ and booleans.losses_ == numbers.losses_
     pd.testing.assert_frame_equal(booleans.predict_proba(flags), numbers.predict_proba(data))
     assert booleans.score(flags) == pytest.approx(numbers.score(data), abs=1e-12)
+
+
+def test_true_and_false_label_cells_read_as_one_and_zero_in_a_csv_and_in_a_frame(tmp_path):
+    """A label column written by pandas from booleans, pandas' nullable booleans or Python objects; other words
+    stay errors."""
+    path = tmp_path / "bank.csv"
+    path.write_text("id,y,x\n1,True,0.5\n2,False,1.5\n3,true,2.0\n4,false,0.1\n5,1,3.0\n")
+    assert load_party_table(path, ["id"], "y").labels.tolist() == [1, 0, 1, 0, 1]
+    frame = pd.DataFrame({"id": [1, 2, 3, 4], "y": [True, False, True, False], "x": [0.5, 1.5, 2.0, 0.1]})
+    for labels in (frame["y"], frame["y"].astype("boolean"), frame["y"].astype(object), frame["y"].astype(np.bool_)):
+        assert table_from_frame(frame.assign(y=labels), ["id"], "y").labels.tolist() == [1, 0, 1, 0]
+    path.write_text("id,y,x\n1,yes,0.5\n2,no,1.5\n")
+    with pytest.raises(DataError, match="label column 'y' must hold 0 or 1; 2 rows do not"):
+        load_party_table(path, ["id"], "y")
 
 
 def test_binning_is_given_as_settings_a_dict_or_a_method_and_raw_columns_stay_raw():
