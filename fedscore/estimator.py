@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError
-from fedscore.estimator_inputs import Party, as_binning, as_party, column_list
+from fedscore.estimator_inputs import Party, as_binning, as_party, column_list, training_parties
 from fedscore.estimator_tables import information_values, party_weights, scorecard_frame
 from fedscore.job import JobSpec, PartySpec
 from fedscore.model import metrics
@@ -40,6 +40,7 @@ from fedscore.protocol.training.driver import Progress
 from fedscore.report.build import build_report
 
 JOB_NAME = "notebook"
+VALIDATION = 0.0   # fit trains on every row it is given; a job file holds out JobSpec.validation by default
 PROBABILITY_COLUMNS = ["p_good", "p_bad"]   # label 0, label 1 (default): scikit-learn's column order
 
 
@@ -58,8 +59,13 @@ class FederatedLogisticRegression(BaseEstimator):
     """Vertical logistic regression across a card center and its partners, simulated in one process.
 
     The parameters are the job file's [job] settings, with the same names and
-    defaults; ``n_jobs`` is how many processes do the Paillier work (None: this
-    process only; -1: every core) and changes timings, never results.
+    defaults but one: ``validation`` is 0, so ``fit`` trains on every row it is
+    given, as a scikit-learn estimator does (a job file holds out 30% by
+    default). Hold rows out by splitting the card center's frame yourself, with
+    ``validation=0.3`` (the report's test_* keys then describe those rows), or
+    with fedscore.model_selection.cross_validate. ``n_jobs`` is how many
+    processes do the Paillier work (None: this process only; -1: every core)
+    and changes timings, never results.
 
     ``binning`` is the job file's [binning] table: a ``fedscore.job.Binning``,
     a dict of its settings, or "none" for raw standardised columns (one
@@ -71,7 +77,8 @@ class FederatedLogisticRegression(BaseEstimator):
     total score's level on the training rows (σ(slope·u + intercept)).
 
     ``fit(parties)`` takes a mapping from party name to a DataFrame (or a
-    ``Party`` naming its id and label columns); labels are 0/1 or True/False.
+    ``Party`` naming its id and label columns); labels are 0/1 or True/False
+    (numpy, pandas or Python booleans, read as 1/0).
     Fitted attributes: ``coef_`` (party → weights by attribute "FEATURE: bin",
     or by feature on standardised raw columns), ``intercept_`` (before
     calibration), ``calibration_`` (slope, intercept), ``losses_`` (per
@@ -81,8 +88,8 @@ class FederatedLogisticRegression(BaseEstimator):
     weight, points), ``iv_`` (information value by party and feature) and
     ``report_`` (the job report, built as a daemon run's is and with the
     same keys: AUC and KS on the training and held-out rows, the
-    card-center-only baseline, timings; the audit chain's and settlement's
-    keys are None, as there is no chain).
+    card-center-only baseline, timings, ``warnings``; the audit chain's and
+    settlement's keys are None, as there is no chain).
 
     A deployed party refuses keys under 2048 bits and batches under 256 rows
     by default (its daemon's ``min_key_bits``, ``min_batch_rows``); small keys
@@ -99,7 +106,7 @@ class FederatedLogisticRegression(BaseEstimator):
         learning_rate: float = JobSpec.learning_rate,
         momentum: float = JobSpec.momentum,
         l2: float = JobSpec.l2,
-        validation: float = JobSpec.validation,
+        validation: float = VALIDATION,
         seed: int = JobSpec.seed,
         key_bits: int = JobSpec.key_bits,
         early_stop_tol: float = JobSpec.early_stop_tol,
@@ -151,7 +158,8 @@ class FederatedLogisticRegression(BaseEstimator):
         and row). Binned, empty cells and text are data; with raw columns
         (binning "none") text, NaN or inf are errors too.
         """
-        named, center = self._training_parties(parties, card_center, id_columns, label)
+        named, center = training_parties(parties, card_center, id_columns, label)
+        self._warned: set[str] = set()
         spec = self._spec(named, center)
         lenient = spec.binning.enabled
         tables = {
@@ -201,41 +209,6 @@ class FederatedLogisticRegression(BaseEstimator):
         )
         return self
 
-    def _training_parties(
-        self,
-        parties: Mapping[str, Party | pd.DataFrame],
-        card_center: str | None,
-        id_columns: str | Sequence[str],
-        label: str | None,
-    ) -> tuple[dict[str, Party], str]:
-        """Every party as a Party with its id columns and label settled, and the card center's name."""
-        if not isinstance(parties, Mapping) or not parties:
-            raise ConfigError("fit: parties must be a mapping from party name to DataFrame, with at least two parties")
-        default_ids = column_list(id_columns, "fit")
-        named = {name: as_party(value, name) for name, value in parties.items()}
-        labelled = [name for name, party in named.items() if party.label is not None]
-        if card_center is None:
-            if len(labelled) != 1:
-                raise ConfigError(
-                    "fit: say which party is the card center: fit(parties, card_center=NAME, label=COLUMN), "
-                    "or give it as Party(frame, label=COLUMN)"
-                    + (f" (now {len(labelled)} parties carry a label: {', '.join(labelled)})" if labelled else "")
-                )
-            card_center = labelled[0]
-        if card_center not in named:
-            raise ConfigError(f"fit: card_center {card_center!r} is not one of the parties ({', '.join(map(str, named))})")
-        others = [name for name in labelled if name != card_center]
-        if others:
-            raise ConfigError(f"fit: only the card center carries a label; party {others[0]!r} names one too")
-        settled = {}
-        for name, party in named.items():
-            ids = default_ids if party.id_columns is None else column_list(party.id_columns, f"party {name!r}")
-            own_label = (party.label or label) if name == card_center else None
-            if name == card_center and own_label is None:
-                raise ConfigError(f"fit: the card center {card_center!r} needs its label column: fit(..., label=COLUMN)")
-            settled[name] = Party(party.frame, ids, own_label)
-        return settled, card_center
-
     def _spec(self, parties: Mapping[str, Party], center: str) -> JobSpec:
         """The job a deployed consortium would run: card center first, then the partners in the given order."""
         order = [center, *(name for name in parties if name != center)]
@@ -278,7 +251,8 @@ class FederatedLogisticRegression(BaseEstimator):
         """The (calibrated) log-odds of default, indexed by the card center's ids, for applicants every party holds.
 
         slope·u + intercept with the card center's calibration, u the model's
-        own log-odds: what every probability, score and decision uses. Rows some party lacks are left out with a warning: the scoring service
+        own log-odds: what every probability, score and decision uses. Rows some party lacks are left out
+        with a warning (once per fitted model and cause, not at every call): the scoring service
         would still score them, counting a missing partner as an average
         applicant (see fedscore.protocol.scoring.offline.offline_answer), but a
         prototype's metrics should not mix the two.
@@ -357,9 +331,9 @@ class FederatedLogisticRegression(BaseEstimator):
             raise DataError("no applicant of the card center's frame is held by every party")
         if not held.all():
             detail = ", ".join(f"{name} lacks {count}" for name, count in lacking.items() if count)
-            warnings.warn(
+            self._warn_once(
                 f"{int((~held).sum())} of {len(held)} card center rows are not held by every party ({detail}); "
-                "they are left out", stacklevel=3,
+                "they are left out"
             )
         kept_rows = {name: (center_rows if name == center else rows[name])[held] for name in tables}
         u = self.calibration_.log_odds(self._model_log_odds(tables, kept_rows))
@@ -367,6 +341,14 @@ class FederatedLogisticRegression(BaseEstimator):
         index = pd.Index(kept.iloc[:, 0], name=center_ids[0]) if len(center_ids) == 1 else pd.MultiIndex.from_frame(kept)
         labels = tables[center].labels
         return index, u, None if labels is None else labels[center_rows[held]].astype(np.int64)
+
+    def _warn_once(self, message: str) -> None:
+        """Warn once per fitted model and message: predict_proba, predict and score on the same frames
+        would otherwise repeat the same warning at every call (a new fit warns afresh)."""
+        seen = self.__dict__.setdefault("_warned", set())
+        if message not in seen:
+            seen.add(message)
+            warnings.warn(message, UserWarning, stacklevel=4)   # at the caller of predict_proba, score, ...
 
     def _model_log_odds(self, tables: Mapping[str, PartyTable], rows: Mapping[str, np.ndarray]) -> np.ndarray:
         """u before calibration: the intercept, the card center's part, then the partners' in name order

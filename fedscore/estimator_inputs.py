@@ -43,6 +43,41 @@ def as_party(value: Party | pd.DataFrame, name: str) -> Party:
     raise ConfigError(f"party {name!r}: expected a pandas DataFrame or a fedscore.Party, got {type(value).__name__}")
 
 
+def training_parties(
+    parties: Mapping[str, Party | pd.DataFrame],
+    card_center: str | None,
+    id_columns: str | Sequence[str],
+    label: str | None,
+) -> tuple[dict[str, Party], str]:
+    """Every party as a Party with its id columns and label settled, and the card center's name (fit's arguments)."""
+    if not isinstance(parties, Mapping) or not parties:
+        raise ConfigError("fit: parties must be a mapping from party name to DataFrame, with at least two parties")
+    default_ids = column_list(id_columns, "fit")
+    named = {name: as_party(value, name) for name, value in parties.items()}
+    labelled = [name for name, party in named.items() if party.label is not None]
+    if card_center is None:
+        if len(labelled) != 1:
+            raise ConfigError(
+                "fit: say which party is the card center: fit(parties, card_center=NAME, label=COLUMN), "
+                "or give it as Party(frame, label=COLUMN)"
+                + (f" (now {len(labelled)} parties carry a label: {', '.join(labelled)})" if labelled else "")
+            )
+        card_center = labelled[0]
+    if card_center not in named:
+        raise ConfigError(f"fit: card_center {card_center!r} is not one of the parties ({', '.join(map(str, named))})")
+    others = [name for name in labelled if name != card_center]
+    if others:
+        raise ConfigError(f"fit: only the card center carries a label; party {others[0]!r} names one too")
+    settled = {}
+    for name, party in named.items():
+        ids = default_ids if party.id_columns is None else column_list(party.id_columns, f"party {name!r}")
+        own_label = (party.label or label) if name == card_center else None
+        if name == card_center and own_label is None:
+            raise ConfigError(f"fit: the card center {card_center!r} needs its label column: fit(..., label=COLUMN)")
+        settled[name] = Party(party.frame, ids, own_label)
+    return settled, card_center
+
+
 def as_binning(value: Binning | Mapping | str) -> Binning:
     """The ``binning`` parameter as the job's Binning: a Binning, a dict of its fields (``special_values``
     as {column: [codes]}), or a method name ("none": raw standardised columns; "quantile")."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 import fedscore
 from fedscore import FederatedLogisticRegression, Party
+from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
 from fedscore.errors import ConfigError, DataError
-from fedscore.model.data import load_party_table
+from fedscore.model.data import load_party_table, table_from_frame
 from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import split_rows
 from fedscore.cli.runner import run_job_file
@@ -168,9 +170,45 @@ def test_rows_a_partner_lacks_are_left_out_with_a_warning_and_ids_may_be_the_ind
     kept = [i for i in shuffled.index if i in set(lacking["id"])]
     assert proba.index.tolist() == kept
     pd.testing.assert_frame_equal(proba, full.loc[kept], check_exact=True)
-    with pytest.warns(UserWarning):
-        assert model.score({"guest": shuffled, "host": lacking}) == pytest.approx(
-            roc_auc_score(shuffled.loc[kept, "y"], full.loc[kept, "p_bad"]), abs=1e-12)
+    assert model.score({"guest": shuffled, "host": lacking}) == pytest.approx(   # warned once already
+        roc_auc_score(shuffled.loc[kept, "y"], full.loc[kept, "p_bad"]), abs=1e-12)
+
+
+def test_the_rows_left_out_warning_comes_once_per_model_and_cause():
+    """A notebook calls predict_proba, predict and score on the same frames: one warning, not one per call;
+    frames lacking other rows warn again, and so does a new fit."""
+    data = breast()
+    model = FederatedLogisticRegression(key_bits=TEST_KEY_BITS, epochs=1, min_rows_per_column=0, binning="none")
+    model.fit(data, card_center="guest", label="y")
+    lacking = {"guest": data["guest"], "host": data["host"].iloc[40:]}
+    other = {"guest": data["guest"], "host": data["host"].iloc[:500]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")   # no filter hides a repeat: any repeat is the estimator's own
+        for _ in range(2):
+            model.predict_proba(lacking), model.predict(lacking), model.decision_function(lacking), model.score(lacking)
+        model.predict_proba(other), model.score(other)
+        model.predict_proba(data)                                 # every row held: nothing to say
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert messages == [
+        "40 of 569 card center rows are not held by every party (host lacks 40); they are left out",
+        "69 of 569 card center rows are not held by every party (host lacks 69); they are left out",
+    ]
+    assert all(w.filename == __file__ for w in caught)           # pointed at the caller's line
+    model.fit(data, card_center="guest", label="y")
+    with pytest.warns(UserWarning, match="40 of 569"):
+        model.predict_proba(lacking)
+
+
+def test_fit_trains_on_every_row_it_is_given_unless_told_to_hold_out():
+    """scikit-learn's habit: validation is 0 in the estimator (a job file's default stays 0.3)."""
+    data = breast()
+    settings = dict(key_bits=TEST_KEY_BITS, epochs=1, min_rows_per_column=0, binning="none")
+    model = FederatedLogisticRegression(**settings).fit(data, card_center="guest", label="y")
+    assert model.validation == 0.0 and JobSpec.validation == 0.3
+    assert model.report_["train_rows"] == model.aligned_rows_ == 569 and model.report_["test_rows"] == 0
+    assert model.report_["test_auc"] is None
+    held = FederatedLogisticRegression(**settings, validation=0.3).fit(data, card_center="guest", label="y")
+    assert (held.report_["train_rows"], held.report_["test_rows"]) == (398, 171) and held.report_["test_auc"] > 0.9
 
 
 def test_several_id_columns_index_the_predictions_by_all_of_them(pinned_start):
@@ -315,8 +353,9 @@ def test_parameters_are_the_job_files_and_clone_round_trips():
     spec = parse_job({"job": {"name": "defaults"}, "parties": [
         {"name": "bank", "data": "a.csv", "id": "id", "label": "y"}, {"name": "bureau", "data": "b.csv", "id": "id"}]})
     for name, value in params.items():
-        if name not in ("n_jobs", "verbose"):
+        if name not in ("n_jobs", "verbose", "validation"):
             assert getattr(spec, name) == value, name
+    assert (params["validation"], spec.validation) == (0.0, 0.3)   # fit trains on all it is given; a job holds out
 
     tuned = FederatedLogisticRegression(epochs=4, key_bits=1024, l2=0.1, batch_size=256, n_jobs=2)
     copy = clone(tuned)
@@ -480,6 +519,20 @@ def test_bool_labels_train_the_model_zero_one_labels_train(pinned_start):
     assert booleans.calibration_ == numbers.calibration_ and booleans.losses_ == numbers.losses_
     pd.testing.assert_frame_equal(booleans.predict_proba(flags), numbers.predict_proba(data))
     assert booleans.score(flags) == pytest.approx(numbers.score(data), abs=1e-12)
+
+
+def test_true_and_false_label_cells_read_as_one_and_zero_in_a_csv_and_in_a_frame(tmp_path):
+    """A label column written by pandas from booleans, pandas' nullable booleans or Python objects; other words
+    stay errors."""
+    path = tmp_path / "bank.csv"
+    path.write_text("id,y,x\n1,True,0.5\n2,False,1.5\n3,true,2.0\n4,false,0.1\n5,1,3.0\n")
+    assert load_party_table(path, ["id"], "y").labels.tolist() == [1, 0, 1, 0, 1]
+    frame = pd.DataFrame({"id": [1, 2, 3, 4], "y": [True, False, True, False], "x": [0.5, 1.5, 2.0, 0.1]})
+    for labels in (frame["y"], frame["y"].astype("boolean"), frame["y"].astype(object), frame["y"].astype(np.bool_)):
+        assert table_from_frame(frame.assign(y=labels), ["id"], "y").labels.tolist() == [1, 0, 1, 0]
+    path.write_text("id,y,x\n1,yes,0.5\n2,no,1.5\n")
+    with pytest.raises(DataError, match="label column 'y' must hold 0 or 1; 2 rows do not"):
+        load_party_table(path, ["id"], "y")
 
 
 def test_binning_is_given_as_settings_a_dict_or_a_method_and_raw_columns_stay_raw():

@@ -22,6 +22,8 @@ def _print_json(document: object) -> None:
 def _print_report(report: dict) -> None:
     test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
     print(f"trained {report['epochs']} epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
+    for warning in report.get("warnings") or []:
+        print(f"warning: {warning}")
     for party in report["parties"]:
         print(f"  {party['name']:<14} {party['role']:<12} model: {party['model']}")
 

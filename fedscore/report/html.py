@@ -54,6 +54,12 @@ def comparison_section(report: dict, curves: dict | None) -> str:
     return "\n".join(parts)
 
 
+def warnings_section(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    return "<h2>Warnings</h2><ul>" + "".join(f"<li>{_text(w)}</li>" for w in warnings) + "</ul>"
+
+
 def loss_section(losses: list[float]) -> str:
     if not losses:
         return ""
@@ -186,7 +192,8 @@ REVEALS = (
 def render_report(report: dict) -> str:
     """The whole job report, as the card center and the submitter see it."""
     curves = report.get("evaluation")
-    sections = [summary_section(report), comparison_section(report, curves), loss_section(report.get("loss", []))]
+    sections = [summary_section(report), warnings_section(report.get("warnings") or []),
+                comparison_section(report, curves), loss_section(report.get("loss", []))]
     if curves:
         sections += [distribution_section(curves), points_section(curves, report), stability_section(curves["psi"]),
                      card_center_section(curves, binned=binned(report))]
