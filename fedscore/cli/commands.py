@@ -15,6 +15,27 @@ from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
 from fedscore.errors import ConfigError, UnverifiedError
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse (exit 2) an argument combination the command would refuse or ignore, before any work starts.
+
+    main calls it first for every command, and a test calls it for every example the help shows.
+    """
+    command = args.command
+    if command in ("run", "score", "status"):
+        if args.tls is not None and args.insecure:
+            raise ConfigError(f"{command}: --tls and --insecure contradict each other; give one")
+        local = getattr(args, "local", False)
+        if local and args.tls is not None:
+            raise ConfigError(f"{command}: --tls is for daemons already running; --local makes its own identities")
+        if not local and args.tls is None and not args.insecure:
+            who = "a member's folder" if command == "status" else "the card center's member folder"
+            also = "" if command == "status" else "; or add --local to start them here"
+            raise ConfigError(f"{command} against running daemons needs {who} (--tls DIR), "
+                              f"or --insecure for daemons started with --insecure{also}")
+        if getattr(args, "state", None) is not None and not local:
+            raise ConfigError(f"{command}: --state names the state of daemons --local starts; use it with --local")
+
+
 def _print_json(document: object) -> None:
     print(json.dumps(document, indent=2))
 
@@ -190,14 +211,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
     from fedscore.cli.status import consortium_status, format_status
+    from fedscore.transport.rpc import failure_reason
     from fedscore.transport.tls import TlsIdentity
 
     spec, _ = load_job(args.job)
-    if not args.insecure and args.tls is None:
-        raise ConfigError("status needs a member's TLS folder (--tls DIR), or --insecure against plaintext daemons")
     members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
+    for member in members:   # a failed connection in a few words: a foreign CA, a plaintext daemon, nobody there
+        if "error" in member:
+            member["error"] = failure_reason(member["error"])
     if not members:
-        raise ConfigError(f"job file {args.job.name}: no addresses to ask (status reads running daemons)")
+        raise ConfigError(f"job file {args.job}: no addresses to ask (status reads running daemons)")
     if args.json:
         _print_json(members)
     elif not args.quiet:
