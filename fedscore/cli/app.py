@@ -109,7 +109,7 @@ def _block_hash(text: str) -> str:
     command (exit 2), not a chain that fails to verify (exit 3)."""
     from fedscore.cli.audit import HEAD_PREFIX_DIGITS
 
-    value = text.strip().lower()
+    value = text.strip().removesuffix("…").removesuffix("...").lower()   # as the demo prints it, ellipsis and all
     if not HEAD_PREFIX_DIGITS <= len(value) <= 64 or any(c not in "0123456789abcdef" for c in value):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a block hash: give the 64 hex digits the job report prints, or at least the first "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
 from fedscore.errors import ConfigError, UnverifiedError
+from fedscore.plural import plural
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -42,7 +43,8 @@ def _print_json(document: object) -> None:
 
 def _print_report(report: dict) -> None:
     test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
-    print(f"trained {report['epochs']} epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
+    print(f"trained {plural(report['epochs'], 'epoch')} on {report['train_rows']} of "
+          f"{plural(report['aligned_rows'], 'aligned row')}: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
     for party in report["parties"]:
         print(f"  {party['name']:<14} {party['role']:<12} model: {party['model']}")
 
@@ -64,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pass
     elif args.align_only:
         overlaps = ", ".join(f"{name} {count}" for name, count in report["overlaps"].items())
-        print(f"aligned {report['aligned_rows']} applicants held by every party (card center shares: {overlaps})")
+        print(f"aligned {plural(report['aligned_rows'], 'applicant')} held by every party (card center shares: {overlaps})")
     else:
         _print_report(report)
         if args.report:
@@ -81,7 +83,7 @@ def _partial(result: dict) -> int:
     """EXIT_PARTIAL, naming the first applicant not scored on stderr, when any was not."""
     if not result["failed"]:
         return EXIT_OK
-    print(f"fedscore: {result['failed']} applicant(s) not scored; first: {result['first_error']}", file=sys.stderr)
+    print(f"fedscore: {plural(result['failed'], 'applicant')} not scored; first: {result['first_error']}", file=sys.stderr)
     return EXIT_PARTIAL
 
 
@@ -147,14 +149,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         _print_json(scoring_summary(result, args.output))
     elif not args.quiet:
         print_scored(result)
-        print(f"scored {result['scored']} of {result['rows']} applicants with model {result['job_id']} in {result['seconds']:.1f} s: {args.output}")
+        print(f"scored {result['scored']} of {plural(result['rows'], 'applicant')} with model {result['job_id']} "
+              f"in {result['seconds']:.1f} s: {args.output}")
         if result["settlement"]:
             _print_scoring_settlement(result["settlement"])
     return _partial(result)
 
 
 def _print_scoring_settlement(settlement: dict) -> None:
-    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {l['requests']} requests" for l in settlement["lines"])
+    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {plural(l['requests'], 'request')}" for l in settlement["lines"])
     print(f"scoring settlement #{settlement['number']}: {settlement['payer']} owes {owed} {settlement['currency']}")
 
 

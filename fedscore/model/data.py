@@ -287,12 +287,15 @@ def _require_columns(header: list[str], id_columns: list[str], label: str | None
 
 
 def load_party_table(
-    path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False
+    path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False,
+    shown: str = "",
 ) -> PartyTable:
     """Read and check one party's CSV; every column but the ids and the label is a feature.
-    ``lenient``: empty cells and text are data (binning on), not errors."""
+    ``lenient``: empty cells and text are data (binning on), not errors. ``shown``: the file as its user
+    named it (a job's ``data``), for errors; by default the path as given."""
     path = Path(path)
-    where = f"party {party!r}: {path.name}" if party else path.name
+    shown = shown or str(path)
+    where = f"party {party!r}: {shown}" if party else shown
     text = _read_text(path, where)
     header = _check_shape(text, where)
     _require_columns(header, id_columns, label, where)
