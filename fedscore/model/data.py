@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.errors import DataError
+from fedscore.plural import plural
 
 ID_SEPARATOR = "\x1f"
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
@@ -169,7 +170,7 @@ def _numeric_from_text(column: pd.Series, name: str, origin: Origin) -> np.ndarr
     if not_numeric.any():
         rows = _positions(not_numeric)
         raise DataError(
-            f"{origin.where}: column {name!r} is not numeric on {len(rows)} rows (first at {origin.row(rows[0])})"
+            f"{origin.where}: column {name!r} is not numeric on {plural(len(rows), 'row')} (first at {origin.row(rows[0])})"
         )
     return values
 
@@ -209,7 +210,7 @@ def _feature_matrix(columns: pd.DataFrame, names: list[str], origin: Origin) -> 
         if bad.any():
             rows = _positions(bad)
             raise DataError(
-                f"{origin.where}: column {name!r} has {len(rows)} missing or infinite values (first at {origin.row(rows[0])}); "
+                f"{origin.where}: column {name!r} has {plural(len(rows), 'missing or infinite value')} (first at {origin.row(rows[0])}); "
                 "fill or drop them before training"
             )
         features[:, j] = values
@@ -238,7 +239,7 @@ def check_party_rows(
         empty = (values.isna() | (values.str.strip() == "")).to_numpy()
         if empty.any():
             rows = _positions(empty)
-            raise DataError(f"{where}: id column {column!r} is empty on {len(rows)} rows (first at {origin.row(rows[0])})")
+            raise DataError(f"{where}: id column {column!r} is empty on {plural(len(rows), 'row')} (first at {origin.row(rows[0])})")
     ids = normalise_ids(id_parts)
     duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
     if duplicated.any():
@@ -254,7 +255,7 @@ def check_party_rows(
         if bad.any():
             rows = _positions(bad)
             raise DataError(
-                f"{where}: label column {label!r} must hold 0 or 1; {len(rows)} rows do not (first at {origin.row(rows[0])})"
+                f"{where}: label column {label!r} must hold 0 or 1; {plural(len(rows), 'row')} {'does' if len(rows) == 1 else 'do'} not (first at {origin.row(rows[0])})"
             )
         labels = mapped.to_numpy(dtype=np.int8)
         if labels.min() == labels.max():
