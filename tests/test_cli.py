@@ -113,7 +113,7 @@ def test_user_errors_exit_2_with_one_line(breast_folder, change, message):
 
 
 def test_run_without_addresses_asks_for_local(breast_folder):
-    done = fedscore("run", write_job(breast_folder, breast_parties()))
+    done = fedscore("run", write_job(breast_folder, breast_parties()), "--tls", breast_folder / "certs" / "guest")
     assert done.returncode == 2
     assert "no address for the coordinator; add it, or use --local" in done.stderr
 
@@ -137,7 +137,7 @@ def test_each_failure_has_its_exit_code(monkeypatch, capsys, raised, code, line)
         raise raised
 
     monkeypatch.setattr("fedscore.cli.runner.run_job_file", fail)
-    assert main(["run", "job.toml", "--quiet"]) == code
+    assert main(["run", "job.toml", "--local", "--quiet"]) == code
     assert capsys.readouterr().err.strip() == line
 
 
