@@ -198,7 +198,7 @@ def error_of_csv(frame: pd.DataFrame, folder: Path, party: str, label: str | Non
     path = folder / f"{party}.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError) as caught:
-        load_party_table(path, ["id"], label, party=party)
+        load_party_table(path, ["id"], label, party=party, shown=path.name)   # as a job names it
     return str(caught.value)
 
 
