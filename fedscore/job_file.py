@@ -200,10 +200,10 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
 
 def load_scoring(path: Path | str) -> ScoringSettings:
     path = Path(path)
-    return parse_scoring(read_toml(path, "job file"), where=f"job file {path.name}")
+    return parse_scoring(read_toml(path, "job file"), where=f"job file {path}")
 
 
 def load_job(path: Path | str) -> tuple[JobSpec, Path]:
     """(spec, folder the job's relative paths start from)."""
     path = Path(path)
-    return parse_job(read_toml(path, "job file"), where=f"job file {path.name}"), path.resolve().parent
+    return parse_job(read_toml(path, "job file"), where=f"job file {path}"), path.resolve().parent

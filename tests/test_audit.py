@@ -1,7 +1,9 @@
 """The audit chain of a real run: every replica verifies to the same head, fees settle, commands work."""
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -9,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fedscore.cli.audit import check_head
+from fedscore.cli.demo import summary_table
 from fedscore.cli.runner import run_job_file
+from fedscore.errors import FedscoreError, UnverifiedError
 
 from conftest import split_three_ways, write_job
 
@@ -146,3 +151,54 @@ def test_audit_quiet_says_nothing_and_answers_by_exit_code(finished_run, tmp_pat
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
     wrong = audit("verify", finished_run["ledgers"]["guest"], "--head", "00" * 32, "--quiet")
     assert wrong.returncode == 3 and wrong.stdout == "" and "not the expected" in wrong.stderr
+
+
+def test_the_head_the_demo_prints_is_one_verify_takes(finished_run):
+    printed = re.search(r"head ([0-9a-f]+…)$", summary_table(finished_run), flags=re.M)
+    assert printed and len(printed[1]) == 16 + 1 and finished_run["ledger_head"].startswith(printed[1][:-1])
+    for head in (printed[1], printed[1][:-1], finished_run["ledger_head"][:40]):   # as printed, or any longer prefix
+        done = audit("verify", finished_run["ledgers"]["guest"], "--head", head)
+        assert done.returncode == 0 and done.stdout.startswith("ok: "), (head, done.stderr)
+
+
+def test_a_head_prefix_that_is_not_the_chains_end_fails(finished_run, tmp_path):
+    ledger = finished_run["ledgers"]["guest"]
+    blocks = json.loads(audit("show", ledger, "--json").stdout)["blocks"]
+    earlier = blocks[-2]["hash"][:20]   # the replica went on past the head a report gave
+    done = audit("verify", ledger, "--head", earlier)
+    assert done.returncode == 3
+    assert f"not the expected {earlier}: the chain goes on 1 block past block {len(blocks) - 2}" in done.stderr
+    stranger = audit("verify", ledger, "--head", "0123456789abcdef")
+    assert stranger.returncode == 3 and "not the expected 0123456789abcdef" in stranger.stderr
+    short = audit("verify", ledger, "--head", finished_run["ledger_head"][:15])
+    assert short.returncode == 2 and "at least the first 16" in short.stderr
+
+
+class _Hashed:
+    def __init__(self, digest: bytes):
+        self.digest = digest
+
+    def hash(self) -> bytes:
+        return self.digest
+
+
+def test_a_prefix_two_blocks_share_is_a_usage_error_not_a_failed_verification():
+    blocks = [_Hashed(bytes.fromhex("ab" * 8) + bytes([i]) * 24) for i in range(3)]
+    with pytest.raises(FedscoreError, match="--head abababababababab is ambiguous: the hashes of blocks 0, 1, 2") as caught:
+        check_head(blocks, "ab" * 8)
+    assert not isinstance(caught.value, UnverifiedError) and caught.value.exit_code == 2
+    check_head(blocks, "ab" * 8 + "02")   # one more digit names the head alone
+
+
+def test_show_prints_block_times_in_iso_8601_utc_and_json_keeps_nanoseconds(finished_run):
+    ledger = finished_run["ledgers"]["guest"]
+    blocks = json.loads(audit("show", ledger, "--json").stdout)["blocks"]
+    shown = audit("show", ledger).stdout
+    for block in blocks:
+        nanoseconds = block["timestamp_ns"]
+        assert isinstance(nanoseconds, int)
+        moment = datetime.datetime.fromtimestamp(nanoseconds // 10**9, tz=datetime.timezone.utc)
+        iso = f"{moment:%Y-%m-%dT%H:%M:%S}.{nanoseconds % 10**9 // 1000:06d}Z"
+        assert block["time"] == iso
+        assert f"block {block['height']}  {block['hash']}  {iso}  signed by " in shown
+    assert str(blocks[0]["timestamp_ns"]) not in shown

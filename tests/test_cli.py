@@ -19,6 +19,7 @@ import pytest
 from fedscore.cli.exits import (EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED,
                                 EXIT_UNVERIFIED, Terminated)
 from fedscore.cli.app import build_parser, main
+from fedscore.cli.commands import _print_report, check_arguments
 from fedscore.daemons.config import load_party_config
 from fedscore.errors import InternalError
 from fedscore.model.data import load_party_table
@@ -201,7 +202,7 @@ def test_user_errors_exit_2_with_one_line(breast_folder, change, message):
 
 
 def test_run_without_addresses_asks_for_local(breast_folder):
-    done = fedscore("run", write_job(breast_folder, breast_parties()))
+    done = fedscore("run", write_job(breast_folder, breast_parties()), "--tls", breast_folder / "certs" / "guest")
     assert done.returncode == 2
     assert "no address for the coordinator; add it, or use --local" in done.stderr
 
@@ -225,7 +226,7 @@ def test_each_failure_has_its_exit_code(monkeypatch, capsys, raised, code, line)
         raise raised
 
     monkeypatch.setattr("fedscore.cli.runner.run_job_file", fail)
-    assert main(["run", "job.toml", "--quiet"]) == code
+    assert main(["run", "job.toml", "--local", "--quiet"]) == code
     assert capsys.readouterr().err.strip() == line
 
 
@@ -296,7 +297,13 @@ def _parsers(parser: argparse.ArgumentParser):
                 yield from _parsers(child)
 
 
-def test_every_command_and_subcommand_has_an_example_that_parses():
+def _examples(parser: argparse.ArgumentParser) -> list[str]:
+    return [line.removeprefix("example: ") for line in (parser.epilog or "").splitlines() if line.startswith("example: fedscore ")]
+
+
+def test_every_command_and_subcommand_has_an_example_the_command_accepts():
+    """Each example parses, and passes the checks the command makes before any work (--tls or --insecure
+    against running daemons, --state only with --local, ...)."""
     parsers = list(_parsers(build_parser()))
     assert {p.prog for p in parsers} >= {
         "fedscore", "fedscore run", "fedscore demo", "fedscore score", "fedscore audit", "fedscore audit verify",
@@ -305,12 +312,80 @@ def test_every_command_and_subcommand_has_an_example_that_parses():
         "fedscore init", "fedscore init party", "fedscore certs", "fedscore certs init",
     }
     for parser in parsers:
-        examples = [line.removeprefix("example: ") for line in (parser.epilog or "").splitlines() if line.startswith("example: fedscore ")]
+        examples = _examples(parser)
         assert examples, f"{parser.prog} has no example"
         for example in examples:
             assert example.startswith(parser.prog + " "), f"{parser.prog}: example {example!r} is for another command"
             args = build_parser().parse_args(shlex.split(example)[1:])   # exits (fails the test) if it does not parse
             assert callable(args.handler)
+            check_arguments(args)   # raises ConfigError (exit 2) for a combination the command refuses
+
+
+@pytest.mark.parametrize("command, refusal", [
+    ("score --job job.toml --input a.csv --output b.csv", "score against running daemons needs the card center's member folder (--tls DIR)"),
+    ("run job.toml --json", "run against running daemons needs the card center's member folder (--tls DIR)"),
+    ("status --job job.toml", "status against running daemons needs a member's folder (--tls DIR)"),
+    ("run job.toml --tls certs/card_center --insecure", "--tls and --insecure contradict each other"),
+    ("run job.toml --local --tls certs/card_center", "--local makes its own identities"),
+    ("score --job job.toml --input a.csv --output b.csv --insecure --state s", "use it with --local"),
+])
+def test_a_combination_the_command_would_refuse_exits_2_before_any_work(tmp_path, command, refusal):
+    done = fedscore(*shlex.split(command), cwd=tmp_path)    # job.toml does not even exist: nothing was read
+    assert done.returncode == EXIT_ERROR, done.stderr
+    assert done.stderr.startswith("fedscore: error: ") and refusal in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def _ledger_for_examples(folder: Path) -> None:
+    """What the audit examples read: a finished job's replica at the examples' path, and a proof from it."""
+    from test_ledger import build_chain
+    from fedscore.cli.app import LEDGER
+    from fedscore.cli.audit import prove_entry
+
+    members, _ = build_chain(folder / "built")
+    for member in members.values():
+        member.close()
+    (folder / LEDGER).parent.mkdir(parents=True)
+    shutil.copy(members["bureau"].path, folder / LEDGER)
+    (folder / "proof.json").write_text(prove_entry(folder / LEDGER, "5:0"))
+
+
+CHEAP = ("fedscore audit", "fedscore certs", "fedscore init")   # examples that run here in a moment
+
+
+def test_the_examples_of_cheap_commands_run_as_shown(tmp_path, monkeypatch, capsys):
+    """Each in a fresh folder holding only what it reads (a ledger, a proof, the member folder it names)."""
+    from fedscore.crypto.certs import init_consortium
+
+    ran = []
+    for parser in _parsers(build_parser()):
+        for number, example in enumerate(_examples(parser)):
+            if not example.startswith(CHEAP) or "--help" in example:
+                continue
+            folder = tmp_path / f"{parser.prog.replace(' ', '-')}-{number}"
+            folder.mkdir()
+            if example.startswith("fedscore audit"):
+                _ledger_for_examples(folder)
+            for member in re.findall(r"--tls-dir consortium-certs/(\S+)", example):
+                init_consortium(folder / "consortium-certs", [member])
+            monkeypatch.chdir(folder)
+            code = main(shlex.split(example)[1:])
+            printed = capsys.readouterr()
+            if "--head" in example:   # another chain's head: it runs, and finds this one ends elsewhere
+                assert code == EXIT_UNVERIFIED and "not the expected" in printed.err, (example, printed.err)
+            else:
+                assert code == EXIT_OK, (example, printed.err)
+            ran.append(example)
+    assert any("init party acme_bureau --dir parties/acme_bureau" in e for e in ran)   # parties/ made on the way
+    assert {e.split()[2] for e in ran if e.startswith("fedscore audit ")} == {
+        "verify", "show", "prove", "check-proof", "balances"}
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["party", "serve"], ["audit", "check-proof"], ["init", "party"]])
@@ -437,3 +512,44 @@ def test_init_party_refuses_an_existing_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["acme"]     # no staging folder left behind
     bad = fedscore("init", "party", "9lives", "--dir", tmp_path / "other")
     assert bad.returncode == 2 and "party name '9lives'" in bad.stderr and not (tmp_path / "other").exists()
+
+
+def test_init_party_makes_missing_parent_folders_but_still_refuses_a_non_empty_one(tmp_path):
+    done = fedscore("init", "party", "acme", "--dir", "a/b/acme", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a" / "b" / "acme" / "party.toml").is_file()
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["acme"]    # no staging folder left
+    again = fedscore("init", "party", "acme", "--dir", "a/b/acme", cwd=tmp_path)
+    assert again.returncode == 2 and "a/b/acme already exists; refusing to overwrite it" in again.stderr
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+def test_counts_of_one_are_singular(capsys):
+    from fedscore.plural import plural
+
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == "3 entries"
+    report = {"epochs": 1, "train_rows": 1, "aligned_rows": 1, "auc": 0.5, "ks": 0.0, "parties": []}
+    _print_report(report)
+    assert capsys.readouterr().out.startswith("trained 1 epoch on 1 of 1 aligned row: AUC")
+
+
+def test_an_error_names_a_file_as_it_was_given(tmp_path):
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / "job.toml").write_text('[job]\nname = "x"\nepochs = "many"\n')
+    done = fedscore("run", "t1/job.toml", "--local", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("fedscore: error: job file t1/job.toml "), done.stderr
+    config = tmp_path / "t2" / "party.toml"
+    config.parent.mkdir()
+    config.write_text('[party]\nname = "x"\nworkers = "all"\n')
+    served = fedscore("party", "serve", "--config", "t2/party.toml", cwd=tmp_path)
+    assert served.returncode == 2 and "party config t2/party.toml" in served.stderr, served.stderr
+    data = tmp_path / "t3" / "bank.csv"
+    data.parent.mkdir()
+    data.write_text("customer,x\n1,2\n")
+    with pytest.raises(Exception, match=r"^party 'bank': t3/bank.csv: id column 'id' not found"):
+        load_party_table(data, ["id"], party="bank", shown="t3/bank.csv")   # as the job's `data` names it
+    with pytest.raises(Exception, match=f"^{re.escape(str(data))}: id column"):
+        load_party_table(data, ["id"])

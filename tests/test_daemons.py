@@ -106,7 +106,7 @@ def test_bad_data_stops_the_job_and_leaves_nothing(breast_folder):
     with pytest.raises(DataError) as caught:
         run_job_file(job, local=True, report_path=report, workers=1)
     assert str(caught.value) == (
-        "party 'host': breast_hetero_host.csv: column 'x2' is not numeric on 1 rows (first at line 41)"
+        "party 'host': breast_hetero_host.csv: column 'x2' is not numeric on 1 row (first at line 41)"
     )
     assert not report.exists()
     assert not list((breast_folder / "state").rglob("model.json"))

@@ -49,12 +49,12 @@ def test_id_rule_strips_and_casefolds_and_joins_columns(tmp_path):
         ("key,y,a\n1,0,2\n", "id column 'id' not found"),
         ("id,a\n1,2\n", "label column 'y' not found"),
         ("id,y,a\n1,0,2\n1,1,3\n", "2 rows share an id with another row (first at lines 2 and 3)"),
-        ("id,y,a\n1,0,2\n ,1,3\n", "id column 'id' is empty on 1 rows (first at line 3)"),
-        ("id,y,a\n1,0,2\n2,1,abc\n", "column 'a' is not numeric on 1 rows (first at line 3)"),
-        ("id,y,a\n1,0,2\n2,1,\n", "column 'a' has 1 missing or infinite values (first at line 3)"),
-        ("id,y,a\n1,0,NaN\n2,1,3\n", "column 'a' has 1 missing or infinite values (first at line 2)"),
-        ("id,y,a\n1,0,inf\n2,1,3\n", "column 'a' has 1 missing or infinite values"),
-        ("id,y,a\n1,0,1\n2,2,3\n", "label column 'y' must hold 0 or 1; 1 rows do not (first at line 3)"),
+        ("id,y,a\n1,0,2\n ,1,3\n", "id column 'id' is empty on 1 row (first at line 3)"),
+        ("id,y,a\n1,0,2\n2,1,abc\n", "column 'a' is not numeric on 1 row (first at line 3)"),
+        ("id,y,a\n1,0,2\n2,1,\n", "column 'a' has 1 missing or infinite value (first at line 3)"),
+        ("id,y,a\n1,0,NaN\n2,1,3\n", "column 'a' has 1 missing or infinite value (first at line 2)"),
+        ("id,y,a\n1,0,inf\n2,1,3\n", "column 'a' has 1 missing or infinite value"),
+        ("id,y,a\n1,0,1\n2,2,3\n", "label column 'y' must hold 0 or 1; 1 row does not (first at line 3)"),
         ("id,y,a\n1,1,1\n2,1,3\n", "holds only 1s"),
         ("id,y\n1,0\n2,1\n", "no feature columns"),
     ],
@@ -64,7 +64,7 @@ def test_bad_files_name_the_problem(tmp_path, text, fragment):
         load(write(tmp_path, text))
     message = str(caught.value)
     assert fragment in message
-    assert message.startswith("party 'bank': party.csv:")
+    assert message.startswith(f"party 'bank': {tmp_path / 'party.csv'}:")   # the file as given
     assert "\n" not in message
     count("bad files tried")
 

@@ -236,7 +236,7 @@ def error_of_csv(frame: pd.DataFrame, folder: Path, party: str, label: str | Non
     path = folder / f"{party}.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(DataError) as caught:
-        load_party_table(path, ["id"], label, party=party)
+        load_party_table(path, ["id"], label, party=party, shown=path.name)   # as a job names it
     return str(caught.value)
 
 
@@ -283,13 +283,13 @@ def _one_class(frame):
 
 
 BAD = [
-    ("host", _nan, "column 'x3' has 1 missing or infinite values (first at .iloc[7])"),
-    ("host", _inf, "column 'x0' has 1 missing or infinite values (first at .iloc[9])"),
-    ("host", _text, "column 'x2' is not numeric on 1 rows (first at .iloc[40])"),
+    ("host", _nan, "column 'x3' has 1 missing or infinite value (first at .iloc[7])"),
+    ("host", _inf, "column 'x0' has 1 missing or infinite value (first at .iloc[9])"),
+    ("host", _text, "column 'x2' is not numeric on 1 row (first at .iloc[40])"),
     ("host", _duplicate, "2 rows share an id with another row (first at .iloc[3] and .iloc[12])"),
     ("host", _no_id, "id column 'id' not found (the frame has 21 columns: 'key', 'x0', 'x1'"),
-    ("host", _empty_id, "id column 'id' is empty on 1 rows (first at .iloc[20])"),
-    ("guest", _bad_label, "label column 'y' must hold 0 or 1; 1 rows do not (first at .iloc[30])"),
+    ("host", _empty_id, "id column 'id' is empty on 1 row (first at .iloc[20])"),
+    ("guest", _bad_label, "label column 'y' must hold 0 or 1; 1 row does not (first at .iloc[30])"),
     ("guest", _one_class, "label column 'y' holds only 1s"),
 ]
 
@@ -319,7 +319,7 @@ def test_scoring_frames_are_checked_too():
         model.predict_proba({"guest": data["guest"], "host": data["host"].drop(columns=["x4"])})
     spoiled = data["host"].copy()
     spoiled.loc[3, "x1"] = np.nan
-    with pytest.raises(DataError, match=re.escape("party 'host': DataFrame: column 'x1' has 1 missing or infinite values (first at .iloc[3])")):
+    with pytest.raises(DataError, match=re.escape("party 'host': DataFrame: column 'x1' has 1 missing or infinite value (first at .iloc[3])")):
         model.predict_proba({"guest": data["guest"], "host": spoiled})
     with pytest.raises(DataError, match="label column 'y' not found"):
         model.score({"guest": data["guest"].drop(columns=["y"]), "host": data["host"]})

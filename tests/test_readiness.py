@@ -108,10 +108,12 @@ def test_nobody_listening_and_a_cut_handshake_are_not_called_tls_failures(identi
 
 
 def test_a_real_tls_refusal_is_still_named_as_one(identities):
+    expected = {"stranger": "TLS handshake failed: certificate not from this consortium's CA",
+                None: "TLS handshake failed: the daemon speaks plaintext (started with --insecure?)"}
     for identity in ("stranger", None):   # a daemon of another CA; a plaintext daemon
         server, _, address = health_server(identities[identity] if identity else None)
         try:
-            assert "TLS handshake failed" in failure(address, identities["coordinator"])
+            assert f"party 'guest' at {address}: {expected[identity]}" in failure(address, identities["coordinator"])
         finally:
             server.stop(None)
 

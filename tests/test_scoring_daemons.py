@@ -262,7 +262,7 @@ def test_score_keeps_going_past_bad_rows_and_names_the_first(trained, tmp_path):
     assert done.returncode == 4     # partly done: the others were scored
     assert done.stdout == ""        # --quiet: only the error
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
-    assert "2 applicant(s) not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
+    assert "2 applicants not scored; first: row 3" in done.stderr and "not certified for this applicant" in done.stderr
     scored = pd.read_csv(output, dtype=str, keep_default_na=False)
     assert scored["error"].iloc[0] == "" and scored["decision"].iloc[0] in ("approve", "review", "decline")
     assert scored["credit_limit"].iloc[0].isdigit() and scored["credit_limit"].iloc[1:].tolist() == ["", ""]   # not 160000.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -264,6 +265,43 @@ def test_the_shipped_configs_find_their_identities_after_certs_init(tmp_path):
         assert load_identity("party", config, insecure=False).tls.name == config.name
 
 
+def _job_naming_the_daemons(running, path):
+    """A job file with the running daemons' addresses, as `status` and `run` without --local read it."""
+    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
+    for party in running.spec.parties:
+        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
+                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+GRPC_CORE_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d|ssl_transport_security|\.cc:\d+\]", re.M)
+
+
+def test_a_certificate_from_another_consortium_is_named_as_such_and_grpc_core_stays_quiet(consortium, tmp_path):
+    running, _ = consortium
+    fedscore = [sys.executable, "-m", "fedscore"]
+    made = subprocess.run([*fedscore, "certs", "init", "--consortium", str(tmp_path / "other"), "--members", "guest"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    job = _job_naming_the_daemons(running, tmp_path / "job.toml")
+    foreign = ["--tls", str(tmp_path / "other" / "guest")]   # the card center's name, another consortium's CA
+
+    status = subprocess.run([*fedscore, "status", "--job", str(job), *foreign], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 2
+    members = [line for line in status.stdout.splitlines() if not line.startswith(" ")]
+    assert len(members) == 3 and all("DOWN  (TLS handshake failed: certificate not from this consortium's CA" in line
+                                     for line in members), status.stdout
+    assert not GRPC_CORE_LINE.search(status.stderr) and status.stderr == ""
+
+    run = subprocess.run([*fedscore, "run", str(job), *foreign], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert not GRPC_CORE_LINE.search(run.stderr), run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"fedscore: error: coordinator at {running.coordinator_address}: TLS handshake failed: certificate not from "
+        "this consortium's CA: the daemon's certificate and this side's ca.pem come from different CAs")
+
+
 def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_status(consortium, capsys):
     from fedscore.cli.status import consortium_status
 
@@ -280,12 +318,7 @@ def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_st
     assert [j["job_id"] for j in serving] == [report["job_id"]] and serving[0]["blocks"] >= 1
 
     # through the command: JSON, then a member that is down makes it exit 2 and is named
-    job = running.state_root / "status-job.toml"
-    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
-    for party in running.spec.parties:
-        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
-                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
-    job.write_text("\n".join(lines))
+    job = _job_naming_the_daemons(running, running.state_root / "status-job.toml")
     assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [m["member"] for m in shown["members"]] == ["coordinator", "guest", "host"]

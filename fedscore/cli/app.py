@@ -9,12 +9,14 @@ the handlers are in fedscore.cli.commands.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.cli.commands import cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score, cmd_serve, cmd_status
+from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score,
+                                   cmd_serve, cmd_status)
 from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
 from fedscore.errors import FedscoreError
 
@@ -30,7 +32,7 @@ EXAMPLES: dict[str, list[str]] = {
     "run": [
         "fedscore run examples/default_credit/job.toml --local --report report.json",
         "fedscore run examples/default_credit/job.toml --local --align-only",
-        "fedscore run examples/default_credit/job.toml --json --quiet",
+        "fedscore run examples/default_credit/job.toml --tls certs/card_center --json --quiet",
     ],
     "status": [
         "fedscore status --job examples/default_credit/job.toml --tls certs/card_center",
@@ -42,10 +44,11 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "score": [
         "fedscore score --job fedscore-demo/job.toml --local --input fedscore-demo/applicants.csv --output scored.csv",
-        "fedscore score --job fedscore-demo/job.toml --input fedscore-demo/applicants.csv --output scored.csv --settle --json",
+        "fedscore score --job examples/default_credit/job.toml --tls certs/card_center --input applicants.csv "
+        "--output scored.csv --settle --json",
     ],
     "audit": [f"fedscore audit verify {LEDGER}"],
-    "audit verify": [f"fedscore audit verify {LEDGER} --head " + "3f" * 32, f"fedscore audit verify {LEDGER} --quiet"],
+    "audit verify": [f"fedscore audit verify {LEDGER} --head 3f9c2a7be1d04f5a", f"fedscore audit verify {LEDGER} --quiet"],
     "audit show": [f"fedscore audit show {LEDGER}"],
     "audit prove": [f"fedscore audit prove {LEDGER} 5:0"],
     "audit check-proof": ["fedscore audit check-proof proof.json"],
@@ -53,7 +56,7 @@ EXAMPLES: dict[str, list[str]] = {
     "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
     "certs init": [
         "fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce",
-        "fedscore certs init --consortium consortium-certs --members acme_bureau --days 365",
+        "fedscore certs init --consortium consortium-certs --members my_bank --days 365",
     ],
     "coordinator": ["fedscore coordinator serve --config coordinator/coordinator.toml"],
     "coordinator serve": ["fedscore coordinator serve --config coordinator/coordinator.toml"],
@@ -102,11 +105,15 @@ def _add_tls_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _block_hash(text: str) -> str:
-    """A block hash as a report prints it (64 hex digits): anything else is a mistyped command (exit 2),
-    not a chain that fails to verify (exit 3)."""
-    value = text.strip().lower()
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a block hash: give all 64 hex digits the job report prints")
+    """A block hash, or its first 16 hex digits or more (as the demo prints it): anything else is a mistyped
+    command (exit 2), not a chain that fails to verify (exit 3)."""
+    from fedscore.cli.audit import HEAD_PREFIX_DIGITS
+
+    value = text.strip().removesuffix("…").removesuffix("...").lower()   # as the demo prints it, ellipsis and all
+    if not HEAD_PREFIX_DIGITS <= len(value) <= 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a block hash: give the 64 hex digits the job report prints, or at least the first "
+            f"{HEAD_PREFIX_DIGITS}")
     return value
 
 
@@ -137,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add("demo", "train the bundled three-party consortium, then score new applicants")
     demo.add_argument("--workdir", type=Path, default=Path("fedscore-demo"), help="where the parties' files go (default: ./fedscore-demo)")
-    demo.add_argument("--epochs", type=int, default=20)
-    demo.add_argument("--key-bits", type=int, default=2048)
+    demo.add_argument("--epochs", type=int, default=20, help="passes over the training rows (default: %(default)s)")
+    demo.add_argument("--key-bits", type=int, default=2048,
+                      help="Paillier key size; fewer bits train faster and protect less (default: %(default)s)")
     demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
     demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")
     _output_options(demo, '{"report": the report, "scoring": the scoring summary}')
@@ -171,12 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "prove":
             sub.add_argument("entry", help="HEIGHT:INDEX, e.g. 5:0")
         if action == "verify":
-            sub.add_argument("--head", type=_block_hash,
-                             help="the head hash the job report gives: a truncated or replaced chain fails too")
+            sub.add_argument("--head", type=_block_hash, metavar="HEX",
+                             help="the head hash the job report gives (or its first 16 hex digits or more): "
+                                  "a truncated or replaced chain fails too")
         _output_options(sub, "the result")
         sub.set_defaults(handler=cmd_audit)
     check = actions.add("check-proof", "verify an inclusion proof offline; exit 3 if it does not verify")
-    check.add_argument("proof", type=Path)
+    check.add_argument("proof", type=Path, help="a proof file, as `fedscore audit prove` prints it")
     _output_options(check, "the result")
     check.set_defaults(handler=cmd_audit)
 
@@ -235,14 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLIENT_COMMANDS = ("run", "demo", "score", "status")   # commands that call daemons (not daemons themselves)
+
+
+def quiet_grpc() -> None:
+    """Keep gRPC's C core from logging on stderr (handshake failures, reconnects): a command names what failed
+    in its own one line. The core reads its verbosity when grpc is imported, so it is set only around that
+    import: daemons started from here (--local) keep the environment they would have had, and their logs."""
+    if "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ:   # already loaded, or the user chose
+        return
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+    try:
+        import grpc  # noqa: F401
+    finally:
+        del os.environ["GRPC_VERBOSITY"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "insecure", False) and args.command in ("run", "score"):
-        from fedscore.transport.tls import INSECURE_WARNING
-
-        print(f"fedscore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
+    if args.command in CLIENT_COMMANDS:
+        quiet_grpc()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        check_arguments(args)
+        if getattr(args, "insecure", False) and args.command in ("run", "score"):
+            from fedscore.transport.tls import INSECURE_WARNING
+
+            print(f"fedscore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
         return args.handler(args)
     except (FedscoreError, OSError, KeyboardInterrupt, Terminated) as error:
         code, line = exit_for(error)

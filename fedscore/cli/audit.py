@@ -5,6 +5,7 @@ scripts) built from the same values.
 """
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
+from fedscore.plural import plural
+
+HEAD_PREFIX_DIGITS = 16   # the shortest head prefix `verify --head` takes (64 bits: no two blocks share one)
 
 
 def read_ledger(path: Path) -> list[Block]:
@@ -35,11 +39,31 @@ class ProofError(UnverifiedError):
     """An inclusion proof that was read but does not check out: like a ledger that does not verify (exit 3)."""
 
 
+def check_head(blocks: list[Block], expected: str) -> None:
+    """The chain must end at the block ``expected`` names: its hash, or a prefix of it no other block shares.
+
+    A prefix two blocks share is a usage error (exit 2); a chain that ends elsewhere does not verify (exit 3).
+    """
+    expected = expected.lower()
+    hashes = [block.hash().hex() for block in blocks]
+    matching = [height for height, found in enumerate(hashes) if found.startswith(expected)]
+    if len(matching) > 1:
+        raise FedscoreError(f"--head {expected} is ambiguous: the hashes of blocks "
+                            f"{', '.join(map(str, matching))} start with it; give more digits")
+    head, last = hashes[-1], len(hashes) - 1
+    if head.startswith(expected):
+        return
+    past = f": the chain goes on {plural(last - matching[0], 'block')} past block {matching[0]}" if matching else ""
+    raise LedgerError(last, f"the head is {head}, not the expected {expected}{past}")
+
+
 def verify_document(path: Path, expected_head: str | None = None) -> dict:
-    """The chain's summary; with ``expected_head`` (from a job report), a truncated or replaced chain fails too."""
-    summary = verify_chain(read_ledger(path))
-    if expected_head and summary.head.hex() != expected_head.lower():
-        raise LedgerError(summary.blocks - 1, f"the head is {summary.head.hex()}, not the expected {expected_head}")
+    """The chain's summary; with ``expected_head`` (from a job report, whole or its first 16 hex digits or more),
+    a truncated or replaced chain fails too."""
+    blocks = read_ledger(path)
+    summary = verify_chain(blocks)
+    if expected_head:
+        check_head(blocks, expected_head)
     return {
         "ok": True, "blocks": summary.blocks, "entries": summary.entries, "head": summary.head.hex(),
         "genesis": summary.genesis.hex(), "members": sorted(summary.members),
@@ -48,10 +72,18 @@ def verify_document(path: Path, expected_head: str | None = None) -> dict:
 
 def verify(path: Path, expected_head: str | None = None) -> str:
     found = verify_document(path, expected_head)
-    return f"ok: {found['blocks']} blocks, {found['entries']} entries, head {found['head']}, genesis {found['genesis']}"
+    return (f"ok: {plural(found['blocks'], 'block')}, {plural(found['entries'], 'entry', 'entries')}, "
+            f"head {found['head']}, genesis {found['genesis']}")
 
 
 NOT_JSON = "not_json"
+
+
+def iso_time(timestamp_ns: int) -> str:
+    """A block's time as ISO 8601 in UTC, to the microsecond: 2026-12-02T20:15:03.123456Z."""
+    seconds, nanoseconds = divmod(timestamp_ns, 1_000_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.replace(microsecond=nanoseconds // 1000).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _entry(raw: bytes) -> object:
@@ -74,7 +106,8 @@ def show_document(path: Path) -> dict:
         "blocks": [
             {
                 "height": block.height, "hash": block.hash().hex(), "previous": block.previous.hex(),
-                "timestamp_ns": block.timestamp_ns, "merkle_root": block.merkle_root.hex(),
+                "timestamp_ns": block.timestamp_ns, "time": iso_time(block.timestamp_ns),
+                "merkle_root": block.merkle_root.hex(),
                 "signed_by": sorted(block.signatures),
                 "entries": [_entry(raw) for raw in block.entries],
             }
@@ -87,7 +120,7 @@ def show(path: Path) -> str:
     document = show_document(path)
     lines = [document["summary"] or f"DOES NOT VERIFY: {document['problem']}"]
     for block in document["blocks"]:
-        lines.append(f"block {block['height']}  {block['hash']}  time {block['timestamp_ns']}  signed by {', '.join(block['signed_by'])}")
+        lines.append(f"block {block['height']}  {block['hash']}  {block['time']}  signed by {', '.join(block['signed_by'])}")
         for index, entry in enumerate(block["entries"]):
             bad = isinstance(entry, dict) and set(entry) == {NOT_JSON}
             text = f"(not JSON) {entry[NOT_JSON]}" if bad else json.dumps(entry, sort_keys=True)
@@ -116,7 +149,7 @@ def check_proof_document(path: Path) -> dict:
     try:
         line = check_proof(proof)
     except FedscoreError as error:
-        raise ProofError(f"proof {path.name} does not verify: {error}") from None
+        raise ProofError(f"proof {path} does not verify: {error}") from None
     return {
         "ok": True, "summary": line, "index": proof["index"], "height": proof["block"]["height"],
         "genesis_hash": proof["genesis_hash"],

@@ -13,6 +13,28 @@ from pathlib import Path
 
 from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
 from fedscore.errors import ConfigError, UnverifiedError
+from fedscore.plural import plural
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse (exit 2) an argument combination the command would refuse or ignore, before any work starts.
+
+    main calls it first for every command, and a test calls it for every example the help shows.
+    """
+    command = args.command
+    if command in ("run", "score", "status"):
+        if args.tls is not None and args.insecure:
+            raise ConfigError(f"{command}: --tls and --insecure contradict each other; give one")
+        local = getattr(args, "local", False)
+        if local and args.tls is not None:
+            raise ConfigError(f"{command}: --tls is for daemons already running; --local makes its own identities")
+        if not local and args.tls is None and not args.insecure:
+            who = "a member's folder" if command == "status" else "the card center's member folder"
+            also = "" if command == "status" else "; or add --local to start them here"
+            raise ConfigError(f"{command} against running daemons needs {who} (--tls DIR), "
+                              f"or --insecure for daemons started with --insecure{also}")
+        if getattr(args, "state", None) is not None and not local:
+            raise ConfigError(f"{command}: --state names the state of daemons --local starts; use it with --local")
 
 
 def _print_json(document: object) -> None:
@@ -21,7 +43,8 @@ def _print_json(document: object) -> None:
 
 def _print_report(report: dict) -> None:
     test = f", test AUC {report['test_auc']:.4f}, test KS {report['test_ks']:.4f}" if report.get("test_auc") else ""
-    print(f"trained {report['epochs']} epochs on {report['train_rows']} of {report['aligned_rows']} aligned rows: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
+    print(f"trained {plural(report['epochs'], 'epoch')} on {report['train_rows']} of "
+          f"{plural(report['aligned_rows'], 'aligned row')}: AUC {report['auc']:.4f}, KS {report['ks']:.4f}{test}")
     for warning in report.get("warnings") or []:
         print(f"warning: {warning}")
     for party in report["parties"]:
@@ -45,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pass
     elif args.align_only:
         overlaps = ", ".join(f"{name} {count}" for name, count in report["overlaps"].items())
-        print(f"aligned {report['aligned_rows']} applicants held by every party (card center shares: {overlaps})")
+        print(f"aligned {plural(report['aligned_rows'], 'applicant')} held by every party (card center shares: {overlaps})")
     else:
         _print_report(report)
         if args.report:
@@ -62,7 +85,7 @@ def _partial(result: dict) -> int:
     """EXIT_PARTIAL, naming the first applicant not scored on stderr, when any was not."""
     if not result["failed"]:
         return EXIT_OK
-    print(f"fedscore: {result['failed']} applicant(s) not scored; first: {result['first_error']}", file=sys.stderr)
+    print(f"fedscore: {plural(result['failed'], 'applicant')} not scored; first: {result['first_error']}", file=sys.stderr)
     return EXIT_PARTIAL
 
 
@@ -129,14 +152,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         _print_json(scoring_summary(result, args.output))
     elif not args.quiet:
         print_scored(result)
-        print(f"scored {result['scored']} of {result['rows']} applicants with model {result['job_id']} in {result['seconds']:.1f} s: {args.output}")
+        print(f"scored {result['scored']} of {plural(result['rows'], 'applicant')} with model {result['job_id']} "
+              f"in {result['seconds']:.1f} s: {args.output}")
         if result["settlement"]:
             _print_scoring_settlement(result["settlement"])
     return _partial(result)
 
 
 def _print_scoring_settlement(settlement: dict) -> None:
-    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {l['requests']} requests" for l in settlement["lines"])
+    owed = ", ".join(f"{l['payee']} {l['amount'] / 100:.2f} for {plural(l['requests'], 'request')}" for l in settlement["lines"])
     print(f"scoring settlement #{settlement['number']}: {settlement['payer']} owes {owed} {settlement['currency']}")
 
 
@@ -193,14 +217,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
     from fedscore.cli.status import consortium_status, format_status, status_document, status_exit
+    from fedscore.transport.rpc import failure_reason
     from fedscore.transport.tls import TlsIdentity
 
     spec, _ = load_job(args.job)
-    if not args.insecure and args.tls is None:
-        raise ConfigError("status needs a member's TLS folder (--tls DIR), or --insecure against plaintext daemons")
     members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
+    for member in members:   # a failed connection in a few words: a foreign CA, a plaintext daemon, nobody there
+        if "error" in member:
+            member["error"] = failure_reason(member["error"])
     if not members:
-        raise ConfigError(f"job file {args.job.name}: no addresses to ask (status reads running daemons)")
+        raise ConfigError(f"job file {args.job}: no addresses to ask (status reads running daemons)")
     if args.json:
         _print_json(status_document(members))
     elif not args.quiet:

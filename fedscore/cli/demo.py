@@ -25,10 +25,12 @@ from nacl.signing import SigningKey
 import numpy as np
 import pandas as pd
 
+from fedscore.cli.audit import HEAD_PREFIX_DIGITS
 from fedscore.errors import ConfigError
 from fedscore.files import write_secret
 from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
+from fedscore.plural import plural
 from fedscore.protocol.scoring.consent import certify_applicant, give_consent
 
 ID = "ID"
@@ -226,11 +228,11 @@ def summary_table(report: dict) -> str:
     parties = len(report["parties"])
     rows = [
         ("card center alone", report.get("local_only_test_auc"), report.get("local_only_test_ks")),
-        (f"federated ({parties} parties)", report.get("test_auc"), report.get("test_ks")),
+        (f"federated ({plural(parties, 'party', 'parties')})", report.get("test_auc"), report.get("test_ks")),
     ]
     overlaps = ", ".join(f"{name} {count}" for name, count in report["overlaps"].items())
     lines = [
-        f"aligned by private set intersection: {report['aligned_rows']} applicants held by every party "
+        f"aligned by private set intersection: {plural(report['aligned_rows'], 'applicant')} held by every party "
         f"(card center shares with {overlaps})",
         "",
         f"{'held-out rows: ' + str(report['test_rows']):<28}{'test AUC':>10}{'test KS':>10}",
@@ -242,7 +244,8 @@ def summary_table(report: dict) -> str:
     owed = ", ".join(f"{line['payee']} {line['amount'] / 100:.2f}" for line in settlement["lines"])
     lines += [
         "",
-        f"audit chain: {report['ledger_blocks']} blocks co-signed by {len(report['ledgers'])} members, head {report['ledger_head'][:16]}…",
+        f"audit chain: {plural(report['ledger_blocks'], 'block')} co-signed by {plural(len(report['ledgers']), 'member')}, "
+        f"head {report['ledger_head'][:HEAD_PREFIX_DIGITS]}…",   # `audit verify --head` takes it as printed
         f"settlement: {settlement['payer']} owes {owed} {settlement['currency']}",
     ]
     return "\n".join(lines)

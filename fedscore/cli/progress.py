@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.text import Text
 
 from fedscore.protocol.training.driver import Progress
+from fedscore.plural import plural
 
 Mode = Literal["bars", "plain", "off"]
 PLAIN_EVERY = 10.0   # seconds between two plain step or scoring lines
@@ -256,4 +257,4 @@ class ProgressView:
             if done and (finished or self._plain_due(now)):
                 elapsed = now - self._scoring_origin
                 tail = f"{elapsed:.1f} s" if finished else f"eta {clock(eta_seconds(elapsed, done, total))}"
-                self.note(f"scoring: {done}/{total} applicants  {tail}")
+                self.note(f"scoring: {done}/{plural(total, 'applicant')}  {tail}")

@@ -5,9 +5,10 @@ as it is once the party's TLS identity is in place (``--tls-dir`` points the
 config at one made by `fedscore certs init`; by default it is expected in
 ``tls/``), an empty state folder, and a data folder with a stub CSV in the
 shape a job expects of this role, with a README on the columns and on how
-ids are matched. It is written in a hidden folder beside the target and
-renamed into place, so a failure leaves nothing half made, and an existing
-folder is never written into.
+ids are matched. Missing parent folders are made; the folder itself is
+written in a hidden folder beside the target and renamed into place, so a
+failure leaves nothing half made, and an existing folder is never written
+into.
 """
 from __future__ import annotations
 
@@ -172,11 +173,12 @@ def init_party(name: str, folder: Path, role: Role = "partner", listen: str = DE
         raise ConfigError(f"role {role!r}: use card_center or partner")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"{folder} already exists; refusing to overwrite it (choose another --dir, or remove it)")
-    parent = folder.resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot create {folder}: its parent folder {parent} does not exist")
     if tls_dir is not None and not (tls_dir / "cert.pem").is_file():
         raise ConfigError(f"--tls-dir {tls_dir}: no cert.pem there; make the member folder with `fedscore certs init`")
+    parent = folder.resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"cannot create {folder}: {folder.parent} is a file, not a folder")
+    parent.mkdir(parents=True, exist_ok=True)   # parties/acme_bureau in a fresh checkout: parties/ is made too
     tls_setting = str(tls_dir.resolve()) if tls_dir is not None else DEFAULT_TLS_DIR
     tls_step = (
         f"Its TLS identity is `{tls_setting}`." if tls_dir is not None else

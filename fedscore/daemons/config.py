@@ -82,7 +82,7 @@ def resolve_data_file(data_dir: Path, name: str, party: str) -> Path:
 
 
 def _load(path: Path, section: str) -> DaemonConfig:
-    where = f"{section} config {path.name}"
+    where = f"{section} config {path}"
     table = read_toml(path, f"{section} config").get(section)
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing [{section}] table")

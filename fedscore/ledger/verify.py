@@ -15,6 +15,7 @@ from fedscore.errors import LedgerError   # defined with the other errors; impor
 from fedscore.lifeline import process_pool
 from fedscore.ledger import merkle
 from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signature_valid
+from fedscore.plural import plural
 
 
 GENESIS_KINDS = ("job_start", "scoring_start")
@@ -30,7 +31,7 @@ class ChainSummary:
     genesis: bytes = b""
 
     def line(self) -> str:
-        return f"ok: {self.blocks} blocks, {self.entries} entries, head {self.head.hex()}"
+        return f"ok: {plural(self.blocks, 'block')}, {plural(self.entries, 'entry', 'entries')}, head {self.head.hex()}"
 
 
 def genesis_members(block: Block) -> dict[str, bytes]:

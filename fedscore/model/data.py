@@ -25,6 +25,7 @@ import pandas as pd
 
 from fedscore.errors import DataError
 from fedscore.model.csv_file import found_columns, read_csv_header, require_columns
+from fedscore.plural import plural
 
 ID_SEPARATOR = "\x1f"
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
@@ -120,7 +121,7 @@ def _numeric_from_text(column: pd.Series, name: str, origin: Origin) -> np.ndarr
     if not_numeric.any():
         rows = _positions(not_numeric)
         raise DataError(
-            f"{origin.where}: column {name!r} is not numeric on {len(rows)} rows (first at {origin.row(rows[0])})"
+            f"{origin.where}: column {name!r} is not numeric on {plural(len(rows), 'row')} (first at {origin.row(rows[0])})"
         )
     return values
 
@@ -160,7 +161,7 @@ def _feature_matrix(columns: pd.DataFrame, names: list[str], origin: Origin) -> 
         if bad.any():
             rows = _positions(bad)
             raise DataError(
-                f"{origin.where}: column {name!r} has {len(rows)} missing or infinite values (first at {origin.row(rows[0])}); "
+                f"{origin.where}: column {name!r} has {plural(len(rows), 'missing or infinite value')} (first at {origin.row(rows[0])}); "
                 "fill or drop them before training"
             )
         features[:, j] = values
@@ -189,7 +190,7 @@ def check_party_rows(
         empty = (values.isna() | (values.str.strip() == "")).to_numpy()
         if empty.any():
             rows = _positions(empty)
-            raise DataError(f"{where}: id column {column!r} is empty on {len(rows)} rows (first at {origin.row(rows[0])})")
+            raise DataError(f"{where}: id column {column!r} is empty on {plural(len(rows), 'row')} (first at {origin.row(rows[0])})")
     ids = normalise_ids(id_parts)
     duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
     if duplicated.any():
@@ -205,7 +206,7 @@ def check_party_rows(
         if bad.any():
             rows = _positions(bad)
             raise DataError(
-                f"{where}: label column {label!r} must hold 0 or 1; {len(rows)} rows do not (first at {origin.row(rows[0])})"
+                f"{where}: label column {label!r} must hold 0 or 1; {plural(len(rows), 'row')} {'does' if len(rows) == 1 else 'do'} not (first at {origin.row(rows[0])})"
             )
         labels = mapped.to_numpy(dtype=np.int8)
         if labels.min() == labels.max():
@@ -250,12 +251,15 @@ def _refuse_decimal_commas(numbers: pd.DataFrame, delimiter: str, origin: Origin
 
 
 def load_party_table(
-    path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False
+    path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False,
+    shown: str = "",
 ) -> PartyTable:
     """Read and check one party's CSV; every column but the ids and the label is a feature.
-    ``lenient``: empty cells and text are data (binning on), not errors."""
+    ``lenient``: empty cells and text are data (binning on), not errors. ``shown``: the file as its user
+    named it (a job's ``data``), for errors; by default the path as given."""
     path = Path(path)
-    where = f"party {party!r}: {path.name}" if party else path.name
+    shown = shown or str(path)
+    where = f"party {party!r}: {shown}" if party else shown
     text, header, delimiter = read_csv_header(path, where)
     require_columns(header, id_columns, label, where, delimiter)
     text_columns = [header.index(c) for c in [*id_columns, *([label] if label is not None else [])]]

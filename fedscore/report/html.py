@@ -12,6 +12,7 @@ from pathlib import Path
 from fedscore.model.curves import PSI_SHIFTED, PSI_STABLE, psi_reading
 from fedscore.files import write_atomically
 from fedscore.model.model_file import PartyModel
+from fedscore.plural import plural
 from fedscore.report import plots
 from fedscore.report.build import html_path
 from fedscore.report.html_parts import _facts, _image, _number, _page, _percent, _table, _text
@@ -30,7 +31,7 @@ def write_html_report(report_path: Path, report: dict) -> Path:
 
 def comparison_section(report: dict, curves: dict | None) -> str:
     parties = len(report.get("parties", [])) or None
-    federated = f"federated ({parties} parties)" if parties else "federated"
+    federated = f"federated ({plural(parties, 'party', 'parties')})" if parties else "federated"
     rows = [
         ["card center alone", _number(report.get("local_only_auc")), _number(report.get("local_only_ks")),
          _number(report.get("local_only_test_auc")), _number(report.get("local_only_test_ks"))],
@@ -48,7 +49,8 @@ def comparison_section(report: dict, curves: dict | None) -> str:
         ), "ROC curves of the federated and the card-center-only model"))
         parts.append(_image(plots.ks(curves["federated"], curves["rows"]), "KS curve of the federated score"))
         parts.append(
-            f"<p class=note>Curves over {curves['row_count']} {curves['rows']} rows ({curves['bads']} bads), "
+            f"<p class=note>Curves over {curves['row_count']} {curves['rows']} "
+            f"{'row' if curves['row_count'] == 1 else 'rows'} ({plural(curves['bads'], 'bad')}), "
             "each point summarising a group of applicants.</p>"
         )
     return "\n".join(parts)
@@ -173,7 +175,8 @@ def audit_section(report: dict) -> str:
     head = report.get("ledger_head", "")
     return (
         "<h2>Audit chain and settlement</h2>"
-        f"<p>{report.get('ledger_blocks', '?')} blocks co-signed by every member; head <code>{_text(head)}</code>. "
+        f"<p>{plural(report['ledger_blocks'], 'block') if 'ledger_blocks' in report else '? blocks'} co-signed by every "
+        f"member; head <code>{_text(head)}</code>. "
         f"{_text(settlement['payer'])} owes:</p>" + _table(["payee", "amount"], owed)
     )
 
@@ -255,7 +258,7 @@ def _binned_weights(model: PartyModel) -> str:
 def render_party_page(model: PartyModel, rows: int, train_rows: int, evaluation: dict | None = None) -> str:
     """One party's own page: its columns and weights; the card center adds the evaluation it computed."""
     heading = (f"<h2>Weights of {_text(model.party)} ({_text(model.role.replace('_', ' '))})</h2>"
-               f"<p>Trained on {train_rows} of the {rows} applicants every party holds.</p>")
+               f"<p>Trained on {train_rows} of the {plural(rows, 'applicant')} every party holds.</p>")
     own = _binned_weights(model) if model.binned else _standardised_weights(model)
     sections = [heading + own]
     if evaluation is not None and evaluation.get("curves"):

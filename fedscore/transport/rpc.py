@@ -109,22 +109,52 @@ def sent_class(error: grpc.RpcError) -> type[FedscoreError] | None:
     return error_class(names[0]) if names else None
 
 
+FOREIGN_CA = "certificate not from this consortium's CA"
+# how OpenSSL (BoringSSL) words a certificate signed by a CA we do not trust, or a peer refusing ours as such
+_FOREIGN_CA_SIGNS = ("certificate signature failure", "bad_signature", "certificate verify failed",
+                     "certificate_verify_failed", "unable to get local issuer", "self signed certificate in certificate chain",
+                     "unknown_ca", "unknown ca")
+
+_REASONS = ("TLS handshake failed", "its certificate names", "nothing listens there", "the connection closed before")
+
+
+def failure_reason(details: str) -> str:
+    """A failed connection's gRPC details in a few words; the details as they are when not understood.
+
+    `fedscore status` shows it beside a member that is down; ``unreachable`` names the peer before it.
+    A reason already given passes as it is.
+    """
+    if details.startswith(_REASONS):
+        return details
+    lowered = details.lower()
+    handshake = "tls handshake failed" in lowered or "ssl_error" in lowered or "certificate" in lowered
+    if handshake and any(sign in lowered for sign in _FOREIGN_CA_SIGNS):
+        return f"TLS handshake failed: {FOREIGN_CA}: the daemon's certificate and this side's ca.pem come from different CAs"
+    if handshake and "wrong_version_number" in lowered:
+        return "TLS handshake failed: the daemon speaks plaintext (started with --insecure?)"
+    if handshake:
+        return f"TLS handshake failed (a certificate from another CA, or a daemon started with --insecure?): {details}"
+    if "hostname verification" in lowered:
+        return "its certificate names another member: is the address right?"
+    if "connection refused" in lowered:
+        return "nothing listens there (not started yet, or stopped)"
+    if "handshake read failed" in lowered or "handshake write failed" in lowered:
+        return ("the connection closed before the TLS handshake finished (still starting, overloaded, or "
+                f"stopping?): {details}")
+    return details
+
+
 def unreachable(peer: str, address: str, details: str) -> PeerError:
     """Why no call got through: nobody listening, a handshake cut short, or a certificate refused."""
     lowered = details.lower()
     if "hostname verification" in lowered:
         return PeerError(f"the daemon at {address} presented a certificate that does not name {peer}")
-    if "tls handshake failed" in lowered or "ssl_error" in lowered or "certificate" in lowered:
-        return PeerError(
-            f"{peer} at {address}: TLS handshake failed (a certificate from another CA, or a daemon "
-            f"started with --insecure?): {details}"
-        )
-    if "connection refused" in lowered:
-        return PeerError(f"{peer} at {address} did not answer: nothing listens there (not started yet, or stopped)")
-    if "handshake read failed" in lowered or "handshake write failed" in lowered:
-        return PeerError(f"{peer} at {address} did not answer: the connection closed before the TLS handshake "
-                         f"finished (still starting, overloaded, or stopping?): {details}")
-    return PeerError(f"{peer} at {address} did not answer ({details})")
+    reason = failure_reason(details)
+    if reason.startswith("TLS handshake failed"):
+        return PeerError(f"{peer} at {address}: {reason}")
+    if reason == details:
+        return PeerError(f"{peer} at {address} did not answer ({details})")
+    return PeerError(f"{peer} at {address} did not answer: {reason}")
 
 
 def peer_error(peer: str, address: str, error: grpc.RpcError, timeout: float | None = None) -> FedscoreError:

@@ -39,6 +39,7 @@ from fedscore.ledger.training_rules import (
     last_step,
     step_entry,
 )
+from fedscore.plural import plural
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.training.coordinator import CoordinatorSession
 from fedscore.protocol.training.driver import (
@@ -165,7 +166,7 @@ class RunningJob:
             abort_everywhere(clients)
             return {"job": spec.name, "job_id": job_id, **summary, "seconds": time.time() - started}
         if spec.precompute_epochs:
-            progress(Progress("prepare", message=f"parties making {spec.precompute_epochs} epoch(s) of obfuscators in advance"))
+            progress(Progress("prepare", message=f"parties making {plural(spec.precompute_epochs, 'epoch')} of obfuscators in advance"))
         started_training = call_each(clients, lambda name, c: c.start_training())
         coordinator.check_partner_batches({name: r.columns for name, r in started_training.items()},
                                           len(split_rows(summary["aligned_rows"], spec.validation, spec.seed)[0]))
@@ -181,7 +182,7 @@ class RunningJob:
         aligned_at = time.perf_counter()
         alignment = self.clients[self.spec.card_center.name].align(self.spec.min_overlap)
         alignment_seconds = time.perf_counter() - aligned_at
-        progress(Progress("align", seconds=alignment_seconds, message=f"{alignment.aligned_rows} applicants held by every party"))
+        progress(Progress("align", seconds=alignment_seconds, message=f"{plural(alignment.aligned_rows, 'applicant')} held by every party"))
         return {
             "aligned_rows": alignment.aligned_rows,
             "overlaps": {o.party: o.rows for o in alignment.overlaps},

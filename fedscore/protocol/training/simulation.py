@@ -30,7 +30,8 @@ class Consortium:
 
 def load_tables(spec: JobSpec, base: Path) -> dict[str, PartyTable]:
     return {
-        p.name: load_party_table(base / p.data, list(p.id_columns), p.label, party=p.name, lenient=spec.binning.enabled)
+        p.name: load_party_table(base / p.data, list(p.id_columns), p.label, party=p.name,
+                                 lenient=spec.binning.enabled, shown=p.data)
         for p in spec.parties
     }
 
