@@ -99,7 +99,7 @@ def test_a_column_not_found_names_the_delimiter_and_the_columns_read(tmp_path):
     with pytest.raises(DataError) as caught:
         load(write(tmp_path, "key;y;a;b\n1;0;2;3\n"))
     assert str(caught.value) == (
-        "party 'bank': party.csv: id column 'id' not found "
+        f"party 'bank': {tmp_path / 'party.csv'}: id column 'id' not found "
         "(read as semicolon-separated, the header has 4 columns: 'key', 'y', 'a', 'b')"
     )
     wide = ",".join(["key", "y", *(f"x{i}" for i in range(20))])
