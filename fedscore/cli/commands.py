@@ -217,14 +217,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
     from fedscore.cli.status import consortium_status, format_status, status_document, status_exit
-    from fedscore.transport.rpc import failure_reason
     from fedscore.transport.tls import TlsIdentity
 
     spec, _ = load_job(args.job)
     members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
-    for member in members:   # a failed connection in a few words: a foreign CA, a plaintext daemon, nobody there
-        if "error" in member:
-            member["error"] = failure_reason(member["error"])
     if not members:
         raise ConfigError(f"job file {args.job}: no addresses to ask (status reads running daemons)")
     if args.json:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedscore.cli.audit import HEAD_PREFIX_DIGITS
 from fedscore.job import JobSpec
+from fedscore.plural import plural
 from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_UNVERIFIED
 from fedscore.crypto.certs import COORDINATOR
 from fedscore.daemons.health import SERVICES
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.transport.rpc import open_channel
+from fedscore.transport.rpc import failure_reason, open_channel
 from fedscore.transport.tls import TlsIdentity
 
 TIMEOUT = 5.0
@@ -29,7 +31,7 @@ def member_status(name: str, address: str, role: str, tls: TlsIdentity | None) -
             stub = pb_grpc.CoordinatorStub(channel) if role == "coordinator" else pb_grpc.PartyStub(channel)
             reply = stub.Status(pb.PingRequest(), timeout=TIMEOUT)
         except grpc.RpcError as error:
-            found["error"] = error.details() or error.code().name
+            found["error"] = failure_reason(error.details() or error.code().name)
             return found
     found["version"] = reply.version
     found["jobs_left_off"] = reply.jobs_left_off
@@ -74,27 +76,23 @@ def compare_heads(members: list[dict]) -> list[dict]:
 
 
 def _summary(entry: dict) -> str:
-    """One line naming who holds what, e.g. "heads agree (3 members): 24 blocks, head 8266310e10f7"."""
+    """One line naming who holds what, e.g. "heads agree (3 members): 24 blocks, head 8266310e10f78b9e"."""
     heads = entry["members"]
     if entry["verdict"] == "agree":
         head = next(iter(heads.values()))
         members = f"{len(heads)} member{'s' * (len(heads) > 1)}"
-        return f"heads agree ({members}): {_blocks(head['blocks'])}, head {head['head'][:12]}"
+        return f"heads agree ({members}): {plural(head['blocks'], 'block')}, head {head['head'][:HEAD_PREFIX_DIGITS]}"
     at_tip: dict[str, list[str]] = {}
     for name, head in heads.items():
         if head["state"] != "behind":
             at_tip.setdefault(head["head"], []).append(name)
     forked = entry["verdict"] == "fork"
-    height = "" if forked else f" at {_blocks(entry['blocks'])}"   # a fork's opening says it
-    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:12]}{height}" for head, names in at_tip.items()]
-    parts += [f"{name} is behind at {_blocks(head['blocks'])}, head {head['head'][:12]}"
+    height = "" if forked else f" at {plural(entry['blocks'], 'block')}"   # a fork's opening says it
+    parts = [f"{', '.join(names)} hold{'s' * (len(names) == 1)} {head[:HEAD_PREFIX_DIGITS]}{height}" for head, names in at_tip.items()]
+    parts += [f"{name} is behind at {plural(head['blocks'], 'block')}, head {head['head'][:HEAD_PREFIX_DIGITS]}"
               for name, head in heads.items() if head["state"] == "behind"]
-    opening = f"heads DIFFER at {_blocks(entry['blocks'])} (a fork)" if forked else "heads differ (a member is behind)"
+    opening = f"heads DIFFER at {plural(entry['blocks'], 'block')} (a fork)" if forked else "heads differ (a member is behind)"
     return f"{opening}: {'; '.join(parts)}"
-
-
-def _blocks(count: int) -> str:
-    return f"{count} block{'s' * (count != 1)}"
 
 
 def status_document(members: list[dict]) -> dict:
@@ -121,7 +119,7 @@ def format_status(members: list[dict]) -> str:
         for job in member["jobs"]:
             step = f"epoch {job['step'][0]} batch {job['step'][1]}" if job["step"] else \
                 "" if job["chain"] == "scoring" else "no step yet"
-            chain = f"{job['chain']} chain {_blocks(job['blocks'])}, head {job['head'][:12]}" if job["head"] \
+            chain = f"{job['chain']} chain {plural(job['blocks'], 'block')}, head {job['head'][:HEAD_PREFIX_DIGITS]}" if job["head"] \
                 else "no chain yet"
             detail = f"  {job['detail']}" if job.get("detail") else ""
             lines.append(f"    {job['job_id']:<24} {job['stage']:<11} {step:<20} {chain}{detail}")
