@@ -89,10 +89,11 @@ def test_cross_validate_trains_and_scores_each_fold_as_plaintext_maths_would():
         # losses agree to 1e-4): its held-out AUC is the Taylor optimum's, up to the 16-bit quantised gradient
         assert result["test_roc_auc"][fold] == pytest.approx(taylor_optimum_auc(x[train], y[train], x[test], y[test]),
                                                              abs=2e-3)
-        # and exact logistic regression's up to the Taylor approximation (README, Accuracy: a few thousandths)
+        # and exact logistic regression's up to the Taylor approximation: on these folds' 380 held-out rows the
+        # Taylor optimum's AUC is up to 0.009 from the exact fit's (fold 0: 0.7479 against 0.7570), plus the 2e-3 above
         exact = LogisticRegression(C=np.inf, max_iter=1000).fit(x[train], y[train])
         assert result["test_roc_auc"][fold] == pytest.approx(roc_auc_score(y[test], exact.decision_function(x[test])),
-                                                             abs=0.01)
+                                                             abs=0.012)
         # scored on exactly the fold's held-out applicants: the fitted model's own AUC and KS on them
         held = {"bank": parties["bank"][parties["bank"]["id"].isin(joined["id"][test])],
                 "bureau": Party(parties["bureau"], id_columns="customer")}
