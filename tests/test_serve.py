@@ -261,3 +261,42 @@ def test_the_shipped_configs_score_the_demos_applicants_as_they_are(tmp_path):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_demo_serve_ends_serving_and_stops_on_sigterm(tmp_path):
+    """`demo --serve`: one JSON document (report, scoring, serving) once the service answers; SIGTERM stops it."""
+    ports = [int(p) for p in DEMO_PORTS]
+    for port in ports:   # the demo's job listens where the shipped configs do
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"127.0.0.1:{port}, an address of the demo's job, is in use here")
+    http_port = free_ports(1)[0]
+    process = subprocess.Popen(
+        [*FEDSCORE, "demo", "--workdir", "demo", "--epochs", "1", "--key-bits", "512", "--rows", "3000", "--serve",
+         "--http", f"127.0.0.1:{http_port}", "--json", "--quiet"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        printed = ""
+        for line in process.stdout:
+            printed += line
+            if line.startswith("}"):
+                break
+        assert printed, f"the demo ended before serving: {process.stderr.read()}"
+        document = json.loads(printed)
+        assert set(document) == {"report", "scoring", "serving"} and document["scoring"]["failed"] == 0
+        serving = document["serving"]
+        assert serving["job_id"] == document["report"]["job_id"]
+        assert serving["addresses"]["card_center"] == "127.0.0.1:50061"
+        scored = run(serving["commands"]["score"], tmp_path)
+        assert scored.returncode == 0 and 0 < json.loads(scored.stdout)["probability"] < 1, scored.stdout + scored.stderr
+        assert len(daemon_pids(tmp_path / "demo" / "state")) == 4
+        daemons = daemons_of(tmp_path / "demo" / "state")
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and rest == "", rest   # --quiet: nothing but errors
+    assert wait_gone(daemons, 10) == set()
