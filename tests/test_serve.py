@@ -3,12 +3,14 @@ cleanly; the shipped configs (parties/, coordinator/, examples/default_credit/) 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -152,6 +154,20 @@ def test_serve_answers_the_commands_it_prints_and_stops_every_daemon_on_ctrl_c(t
         assert again.returncode == 2
         assert again.stderr.strip().splitlines()[-1].startswith(f"fedscore: error: cannot serve coordinator on {spec.coordinator_address}")
 
+        # a card center that dies is restarted on its address, and the model opened there again
+        card_center = [pid for pid in daemon_pids(state) if "card_center" in Path(f"/proc/{pid}/cmdline").read_text()]
+        killed = in_session(card_center[0])
+        os.killpg(card_center[0], signal.SIGKILL)
+        assert wait_gone(killed, 10) == set()
+        deadline = time.monotonic() + 60
+        while True:
+            health = run(commands["health"], trained)
+            if health.returncode == 0 and ready["job_id"] in health.stdout:
+                break
+            assert time.monotonic() < deadline, f"the model was not opened again: {health.stdout} {health.stderr}"
+            time.sleep(0.2)
+        daemons = daemons_of(state)
+
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
     finally:
@@ -188,8 +204,6 @@ def test_a_daemon_refuses_a_port_another_grpc_server_holds(trained, tmp_path):
 
 def wait_serving(members: dict[str, tuple[subprocess.Popen, Path]], tls: TlsIdentity) -> None:
     """Each daemon has written its ready file and answers its health check SERVING (or the test fails naming it)."""
-    import time
-
     deadline = time.monotonic() + 60
     for member, (process, ready) in members.items():
         role = "coordinator" if member == "coordinator" else "party"

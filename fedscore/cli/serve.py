@@ -9,8 +9,8 @@ check. Ctrl-C or SIGTERM stops every daemon.
 """
 from __future__ import annotations
 
+import errno
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -59,16 +59,19 @@ def check_free(addresses: Mapping[str, str], job_path: Path) -> None:
         host, _, port = address.rpartition(":")
         if port == "0":
             continue
-        where = "the card center's HTTPS endpoint (--http)" if member == "https" else f"{member}'s address in {job_path.name}"
+        what, where = (member, f"its address in {job_path.name}")
+        if member == "https":
+            what, where = "the card center's HTTPS endpoint", "--http"
         try:
             family = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][0]
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the daemons bind
                 probe.bind((host.strip("[]"), int(port)))
         except (OSError, ValueError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise ConfigError(f"cannot serve {member} on {address}: {reason} ({where}); "
-                              "stop what listens there, or choose another port") from None
+            busy = getattr(error, "errno", None) == errno.EADDRINUSE
+            advice = "stop what listens there, or choose another port" if busy else "give an address of this machine"
+            raise ConfigError(f"cannot serve {what} on {address} ({where}): "
+                              f"{getattr(error, 'strerror', None) or error}; {advice}") from None
 
 
 def check_job_ports(job_path: Path, http_listen: str = DEFAULT_HTTP) -> None:
@@ -117,7 +120,8 @@ def sample_request(spec: JobSpec, base: Path, features: list[str], consent_issue
     applicant = ID_SEPARATOR.join(normalise_id(row[c]) for c in center.id_columns)
     issuer = issuer_key()
     if bytes(issuer.verify_key).hex() in consent_issuers:
-        consent, note = sign_consent(issuer, applicant, center.name), "a fresh consent from the demo identity provider, good for 3 checks"
+        consent = sign_consent(issuer, applicant, center.name)
+        note = "a fresh consent from the demo identity provider, good for 3 checks"
     elif row.get("consent"):
         consent, note = row["consent"], f"the consent in {APPLICANTS}: each allows 3 checks"
     else:
