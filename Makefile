@@ -3,15 +3,19 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench protos clean
+.PHONY: demo serve test test-all bench protos clean
 
 $(BIN)/fedscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# `make demo SERVE=1` ends serving the trained model until Ctrl-C; `make serve` serves the last demo's again
 demo: $(BIN)/fedscore
-	$(BIN)/fedscore demo
+	$(BIN)/fedscore demo $(if $(SERVE),--serve)
+
+serve: $(BIN)/fedscore
+	$(BIN)/fedscore serve fedscore-demo/job.toml
 
 # The suite without its slowest end-to-end runs (marked slow); `make test-all` runs every test, as CI does.
 test: $(BIN)/fedscore

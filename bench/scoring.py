@@ -54,7 +54,7 @@ def prepare(workdir: Path, count: int, rows: int = ROWS, key_bits: int = 2048, c
     positions = np.concatenate([outside, held["card_center"]])[:count]
     # applicants repeat, consents do not: each request carries its own (a consent allows three checks)
     started = time.perf_counter()
-    write_applicants(workdir / "bench-applicants.csv", data, np.resize(positions, consents).tolist(), issuer_key(workdir))
+    write_applicants(workdir / "bench-applicants.csv", data, np.resize(positions, consents).tolist(), issuer_key())
     print(f"{consents} consents signed in {time.perf_counter() - started:.1f} s")
     return job
 

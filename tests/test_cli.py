@@ -309,7 +309,7 @@ def test_every_command_and_subcommand_has_an_example_the_command_accepts():
         "fedscore", "fedscore run", "fedscore demo", "fedscore score", "fedscore audit", "fedscore audit verify",
         "fedscore audit show", "fedscore audit prove", "fedscore audit check-proof", "fedscore audit balances",
         "fedscore coordinator", "fedscore coordinator serve", "fedscore party", "fedscore party serve",
-        "fedscore init", "fedscore init party", "fedscore certs", "fedscore certs init",
+        "fedscore init", "fedscore init party", "fedscore certs", "fedscore certs init", "fedscore serve",
     }
     for parser in parsers:
         examples = _examples(parser)

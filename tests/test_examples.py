@@ -67,8 +67,8 @@ def job_run(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLES / "default_credit", folder)
     job = folder / "job.toml"
     text = job.read_text()
-    assert text.count("\nkey_bits = 2048") == 1 and text.count("\nepochs = 20") == 1
-    job.write_text(text.replace("\nkey_bits = 2048", "\nkey_bits = 512").replace("\nepochs = 20", "\nepochs = 10"))
+    assert text.count("\nkey_bits = 2048") == 1 and text.count("\nepochs = 30") == 1
+    job.write_text(text.replace("\nkey_bits = 2048", "\nkey_bits = 512").replace("\nepochs = 30", "\nepochs = 10"))
     done = run(["-m", "fedscore", "run", "job.toml", "--local", "--report", "report.json", "--workers", "1"], folder)
     (folder / "stdout.txt").write_text(done.stdout)
     return folder

@@ -54,7 +54,7 @@ def trained(tmp_path_factory) -> Path:
         "nobody": [i for i in outside if i not in bureau and i not in ecommerce][:10],
         "customers": list(held["card_center"][:20]),
     }
-    write_applicants(folder / "test-applicants.csv", data, sorted(sum(kinds.values(), [])), issuer_key(folder))
+    write_applicants(folder / "test-applicants.csv", data, sorted(sum(kinds.values(), [])), issuer_key())
     return folder
 
 
@@ -145,7 +145,7 @@ def test_http_and_grpc_agree_consent_is_enforced_and_a_dead_partner_is_flagged(t
         me = consortium.card_center_identity
         row = applicants.iloc[0]
         values = {c: float(row[c]) for c in features}
-        issuer = issuer_key(trained)
+        issuer = issuer_key()
 
         def fresh() -> str:   # a consent allows three checks; this test makes more than three for one applicant
             key = SigningKey.generate()

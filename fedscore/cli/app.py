@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedscore import __version__
 from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score,
-                                   cmd_serve, cmd_status)
+                                   cmd_serve, cmd_serve_job, cmd_status)
 from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
 from fedscore.errors import FedscoreError
 
@@ -41,6 +41,11 @@ EXAMPLES: dict[str, list[str]] = {
     "demo": [
         "fedscore demo --workdir fedscore-demo",
         "fedscore demo --epochs 2 --key-bits 1024 --rows 5000 --json",
+        "fedscore demo --serve",
+    ],
+    "serve": [
+        "fedscore serve fedscore-demo/job.toml",
+        "fedscore serve examples/default_credit/job.toml --http 127.0.0.1:9443 --json",
     ],
     "score": [
         "fedscore score --job fedscore-demo/job.toml --local --input fedscore-demo/applicants.csv --output scored.csv",
@@ -144,13 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add("demo", "train the bundled three-party consortium, then score new applicants")
     demo.add_argument("--workdir", type=Path, default=Path("fedscore-demo"), help="where the parties' files go (default: ./fedscore-demo)")
-    demo.add_argument("--epochs", type=int, default=20, help="passes over the training rows (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=30, help="passes over the training rows (default: %(default)s)")
     demo.add_argument("--key-bits", type=int, default=2048,
                       help="Paillier key size; fewer bits train faster and protect less (default: %(default)s)")
     demo.add_argument("--rows", type=int, default=None, help="use only the first N applicants")
     demo.add_argument("--workers", type=int, default=0, help="processes per party for Paillier work (0 = every core)")
-    _output_options(demo, '{"report": the report, "scoring": the scoring summary}')
+    demo.add_argument("--serve", action="store_true", help="then serve the model until Ctrl-C, as `fedscore serve` does")
+    demo.add_argument("--http", default="127.0.0.1:8443", metavar="HOST:PORT", help="with --serve: the HTTPS endpoint (default: %(default)s)")
+    _output_options(demo, '{"report": the report, "scoring": the scoring summary} (with --serve, "serving" too, once ready)')
     demo.set_defaults(handler=cmd_demo)
+
+    serve = commands.add(
+        "serve", "serve a trained model: its consortium's daemons on the job file's addresses until Ctrl-C",
+        description="Start the coordinator and every party daemon from the job's trained state, on the addresses\n"
+                    "the job file gives and the card center's HTTPS endpoint on --http; open the job's newest\n"
+                    "model for scoring; print ready-to-paste curl (HTTPS) and gRPC health commands. Ctrl-C or\n"
+                    "SIGTERM stops every daemon (exit 0).",
+    )
+    serve.add_argument("job", type=Path, help="the job file the model was trained with (its addresses are listened on)")
+    serve.add_argument("--state", type=Path, help="state folder of the trained job (default: state/ beside the job file)")
+    serve.add_argument("--job-id", help="the trained job to serve (default: the card center's newest of this job)")
+    serve.add_argument("--http", default="127.0.0.1:8443", metavar="HOST:PORT", help="the card center's HTTPS endpoint (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1, help="processes per party for Paillier work")
+    _output_options(serve, "the addresses and commands, once serving")
+    serve.set_defaults(handler=cmd_serve_job)
 
     score = commands.add("score", "score new applicants with a trained model")
     score.add_argument("--job", type=Path, required=True, help="the job file the model was trained with")
@@ -244,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CLIENT_COMMANDS = ("run", "demo", "score", "status")   # commands that call daemons (not daemons themselves)
+CLIENT_COMMANDS = ("run", "demo", "serve", "score", "status")   # commands that call daemons (not daemons themselves)
 
 
 def quiet_grpc() -> None:

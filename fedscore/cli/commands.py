@@ -103,6 +103,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with ProgressView.for_stderr(args.quiet) as view:
         view.stage("writing each party's data and the job file")
         job = write_demo(workdir, epochs=args.epochs, key_bits=args.key_bits, rows=args.rows)
+        if args.serve:
+            from fedscore.cli.serve import check_job_ports
+
+            check_job_ports(job, args.http)   # now, not after training
         view.note(f"demo consortium in {workdir}: card_center, bureau, ecommerce; {args.key_bits}-bit Paillier keys")
         report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view)
     if human:
@@ -115,13 +119,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
         view.stage("starting the party daemons from the trained state")
         scored = score_file(job, workdir / "applicants.csv", scored_path, local=True, settle=True, workers=1,
                             progress=view.scoring)
-    if args.json:
-        _print_json({"report": report, "scoring": scoring_summary(scored, scored_path)})
+    document = {"report": report, "scoring": scoring_summary(scored, scored_path)}
+    if args.json and not args.serve:
+        _print_json(document)
     elif human:
         print_scored(scored)
         print(f"answers: {scored_path}  (scoring chain: {scored['ledger']})")
         _print_scoring_settlement(scored["settlement"])
+    if args.serve:
+        _serve(args, job, lambda serving: _print_json({**document, "serving": serving}))
     return _partial(scored)
+
+
+def _serve(args: argparse.Namespace, job: Path, print_document) -> None:
+    """Serve ``job``'s model until Ctrl-C; once ready, ``print_document`` with --json, else the commands."""
+    from fedscore.cli.serve import format_ready, serve_until_stopped
+
+    def ready(document: dict) -> None:
+        if args.json:
+            print_document(document)
+        elif not args.quiet:
+            print(("\n" if args.command == "demo" else "") + format_ready(document))
+
+    own = args.command == "serve"   # the demo serves its own job's state, with one worker per party
+    serve_until_stopped(job, ready, state_dir=args.state if own else None, job_id=(args.job_id or "") if own else "",
+                        http_listen=args.http, workers=args.workers if own else 1, quiet=args.quiet)
+
+
+def cmd_serve_job(args: argparse.Namespace) -> int:
+    _serve(args, args.job, _print_json)
+    return EXIT_OK
 
 
 def print_scored(result: dict, limit: int = 20) -> None:

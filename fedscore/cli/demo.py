@@ -10,9 +10,12 @@ e-commerce partner about 70% plus its own others. Private set intersection
 finds the applicants all three hold before training.
 
 New applicants for scoring are people the card center has never seen: some
-known to both partners, one to the bureau only, one to neither. A demo
+known to both partners, one to the bureau only, one to neither. The demo
 identity provider certifies a key for each, and each applicant signs a
-consent to the card center's check (fedscore.protocol.scoring.consent).
+consent to the card center's check (fedscore.protocol.scoring.consent). Its
+key ships with the package and is public on purpose, so the shipped configs
+(parties/, examples/default_credit/job.toml) can trust it and accept every
+demo's applicants.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ import pandas as pd
 
 from fedscore.cli.audit import HEAD_PREFIX_DIGITS
 from fedscore.errors import ConfigError
-from fedscore.files import write_secret
 from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
 from fedscore.plural import plural
@@ -43,6 +45,8 @@ SPLIT = {
     "bureau": ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"],
     "ecommerce": [f"BILL_AMT{i}" for i in range(1, 7)] + [f"PAY_AMT{i}" for i in range(1, 7)],
 }
+
+DEMO_ISSUER_FILE = "demo-consent-issuer.key"   # in fedscore/data: the demo identity provider's key, public on purpose
 
 PROTECTED = ("SEX", "MARRIAGE", "AGE")   # the card center's columns out of the model (job file: protected)
 
@@ -86,7 +90,7 @@ review_at = 580
 limit_basis = "LIMIT_BAL"
 limit_step = 1000
 timeout_ms = 500        # a partner later than this is reported in partners_missing
-consent_issuers = ["{issuer}"]   # the demo identity provider that certified the applicants' keys
+consent_issuers = ["{issuer}"]   # the demo identity provider (its key is public on purpose: demo only)
 # credit limits: the default bands (from 700 points 1.2 x LIMIT_BAL, from 660 1.0 x, from 620 0.8 x, from 580 0.5 x)
 
 [coordinator]
@@ -156,14 +160,20 @@ def party_rows(total: int, seed: int = 2009) -> dict[str, np.ndarray]:
     return rows
 
 
-def issuer_key(folder: Path) -> SigningKey:
-    """The demo identity provider's key (kept beside the demo, owner-only)."""
-    path = folder / "consent-issuer.key"
-    if path.exists():
-        return SigningKey(path.read_bytes())
+def issuer_key() -> SigningKey:
+    """The demo identity provider's key: shipped in the package and public on purpose (see the file), so the
+    shipped configs can name its public half in consent_issuers. Not for anything but the demo."""
+    text = resources.files("fedscore.data").joinpath(DEMO_ISSUER_FILE).read_text()
+    seed = next(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return SigningKey(bytes.fromhex(seed))
+
+
+def sign_consent(issuer: SigningKey, applicant: str, card_center: str = "card_center") -> str:
+    """A fresh consent token of ``applicant`` to ``card_center``'s check: a new key for the applicant (on their
+    device), certified by ``issuer`` (the identity provider they enrolled with), signing the consent now."""
     key = SigningKey.generate()
-    write_secret(path, bytes(key))
-    return key
+    certificate = certify_applicant(issuer, applicant, bytes(key.verify_key))
+    return give_consent(key, certificate, bytes(issuer.verify_key), applicant, card_center).to_text()
 
 
 def new_applicants(data: pd.DataFrame, held: dict[str, np.ndarray], count: int) -> list[int]:
@@ -179,23 +189,18 @@ def new_applicants(data: pd.DataFrame, held: dict[str, np.ndarray], count: int) 
 def write_applicants(path: Path, data: pd.DataFrame, positions: list[int], issuer: SigningKey, card_center: str = "card_center") -> None:
     """The card center's application data for each new applicant, with the applicant's signed consent."""
     frame = data.iloc[positions][[ID, *SPLIT["card_center"]]].rename(columns={ID: ID_COLUMN["card_center"]})
-    tokens = []
-    for applicant in frame[ID_COLUMN["card_center"]].astype(str):
-        key = SigningKey.generate()   # the applicant's own, on their device; enrolled with the identity provider
-        certificate = certify_applicant(issuer, applicant, bytes(key.verify_key))
-        tokens.append(give_consent(key, certificate, bytes(issuer.verify_key), applicant, card_center).to_text())
-    frame["consent"] = tokens
+    frame["consent"] = [sign_consent(issuer, applicant, card_center) for applicant in frame[ID_COLUMN["card_center"]].astype(str)]
     frame.to_csv(path, index=False)
 
 
-def write_demo(folder: Path, epochs: int = 20, key_bits: int = 2048, rows: int | None = None, applicants: int = 10) -> Path:
+def write_demo(folder: Path, epochs: int = 30, key_bits: int = 2048, rows: int | None = None, applicants: int = 10) -> Path:
     """Write each party's CSV, the new applicants and the job file into ``folder``; returns the job file."""
     folder.mkdir(parents=True, exist_ok=True)
     data = bundled_data()
     if rows is not None:
         data = data.head(rows)
     held = party_rows(len(data))
-    issuer = issuer_key(folder)
+    issuer = issuer_key()
     write_applicants(folder / "applicants.csv", data, new_applicants(data, held, applicants), issuer)
     for party, held_rows in held.items():
         subset = data.iloc[held_rows]

@@ -3,8 +3,9 @@
 Each member gets its own state folder and config under the run's state root;
 each party daemon's data folder is the folder of its own data file, and it
 opens only the file the job names for it. Daemons bind port 0 and report the
-port they got through a ready file, so runs never collide on ports; a daemon
-is used only once it answers the standard gRPC health check. Unless
+port they got through a ready file, so runs never collide on ports (a service
+that others call, `fedscore serve`, gives them fixed addresses instead); a
+daemon is used only once it answers the standard gRPC health check. Unless
 told to run insecure, the launcher makes the consortium's CA and every
 member's certificate under the state root (once; later runs reuse them), so
 the daemons talk mutual TLS as they would across banks.
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,8 +59,13 @@ class LocalConsortium:
     startup_seconds = 60.0     # from start to answering health SERVING (all daemons start side by side)
 
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
-                 consent_issuers: tuple[str, ...] = (), insecure: bool = False):
+                 consent_issuers: tuple[str, ...] = (), insecure: bool = False,
+                 listen: Mapping[str, str] | None = None, http_listen: str = "127.0.0.1:0"):
+        """``listen``: member -> host:port its daemon binds (default: a free loopback port); ``http_listen``:
+        the card center's HTTPS scoring endpoint."""
         self.spec = spec
+        self.listen = dict(listen or {})
+        self.http_listen = http_listen
         self.insecure = insecure
         self.certs_dir = state_root.resolve() / "certs"
         self.consent_issuers = list(consent_issuers)   # one owner runs every party here: the job's issuers are trusted
@@ -135,15 +142,17 @@ class LocalConsortium:
                 party.name, "party",
                 # one owner runs every party here, so the job's key size and batches are the policy, and the job's
                 # card center is every party's; with every party's data in one place, no job budget protects anything
-                {"name": party.name, "listen": "127.0.0.1:0", "state_dir": ".", "data_dir": str(data.parent),
+                {"name": party.name, "listen": self.listen.get(party.name, "127.0.0.1:0"), "state_dir": ".",
+                 "data_dir": str(data.parent),
                  "workers": self.workers, "min_key_bits": self.spec.key_bits, "min_batch_rows": 1,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
                  "max_jobs": LOCAL_MAX_JOBS,
-                 **({"http_listen": "127.0.0.1:0"} if party.is_card_center else {})},
+                 **({"http_listen": self.http_listen} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(
-            "coordinator", "coordinator", {"name": "coordinator", "listen": "127.0.0.1:0", "state_dir": "."}
+            "coordinator", "coordinator",
+            {"name": "coordinator", "listen": self.listen.get(COORDINATOR, "127.0.0.1:0"), "state_dir": "."},
         )
         addresses = self._wait(ready_files)
         self.coordinator_address = addresses["coordinator"]

@@ -61,8 +61,9 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     config.state_dir.chmod(0o700)   # a folder made by an older version, or by hand, too
     pool = None
     service = None
-    # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept
-    options = channel_options(config.max_message_mib * 1024 * 1024)
+    # a message over the limit is refused by gRPC (RESOURCE_EXHAUSTED) before any of it is kept; a port in use is
+    # refused too (gRPC's default, SO_REUSEPORT, would let a second daemon bind it and take half its calls)
+    options = [*channel_options(config.max_message_mib * 1024 * 1024), ("grpc.so_reuseport", 0)]
     limit_client_messages(config.max_message_mib * 1024 * 1024)
     limits = CallLimits()
     # who may call what (the role table) and how much one caller may hold, checked before a servicer runs
