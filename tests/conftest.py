@@ -142,3 +142,12 @@ def assert_descent_from_recorded_start(spec, base: Path, report: dict) -> None:
 def needs_shared_data():
     return pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared data folder is not beside the repository")
 
+
+def job_naming_the_daemons(running, path):
+    """A job file with the running daemons' addresses, as `status` and `run` without --local read it."""
+    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
+    for party in running.spec.parties:
+        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
+                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
+    path.write_text("\n".join(lines))
+    return path

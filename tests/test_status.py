@@ -21,7 +21,7 @@ from fedscore.job_file import ScoringSettings, load_job
 from fedscore.ledger.store import LedgerStore
 from fedscore.transport.clients.scoring import ScoringClient
 
-from conftest import DATA, breast_parties, write_job
+from conftest import DATA, breast_parties, job_naming_the_daemons, write_job
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +58,7 @@ def _comparison(members, job_id: str, chain: str = "training") -> dict:
 
 
 def _job_file(running) -> Path:
-    path = running.state_root / "status-job.toml"
-    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
-    for party in running.spec.parties:
-        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
-                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
-    path.write_text("\n".join(lines))
-    return path
+    return job_naming_the_daemons(running, running.state_root / "status-job.toml")
 
 
 def _restart(running, member: str) -> None:

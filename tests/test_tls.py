@@ -34,7 +34,7 @@ from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.rpc import OPTIONS
 from fedscore.transport.tls import TlsIdentity
 
-from conftest import breast_parties, write_job
+from conftest import breast_parties, job_naming_the_daemons, write_job
 
 PREPARED = "tls-job-0badcafe"
 
@@ -265,16 +265,6 @@ def test_the_shipped_configs_find_their_identities_after_certs_init(tmp_path):
         assert load_identity("party", config, insecure=False).tls.name == config.name
 
 
-def _job_naming_the_daemons(running, path):
-    """A job file with the running daemons' addresses, as `status` and `run` without --local read it."""
-    lines = [f'[coordinator]\naddress = "{running.coordinator_address}"\n', "[job]", 'name = "test-job"', ""]
-    for party in running.spec.parties:
-        lines += ["[[parties]]", f'name = "{party.name}"', f'data = "{party.data}"', 'id = "id"',
-                  f'address = "{party.address}"'] + (['label = "y"'] if party.is_card_center else []) + [""]
-    path.write_text("\n".join(lines))
-    return path
-
-
 GRPC_CORE_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d|ssl_transport_security|\.cc:\d+\]", re.M)
 
 
@@ -284,7 +274,7 @@ def test_a_certificate_from_another_consortium_is_named_as_such_and_grpc_core_st
     made = subprocess.run([*fedscore, "certs", "init", "--consortium", str(tmp_path / "other"), "--members", "guest"],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    job = _job_naming_the_daemons(running, tmp_path / "job.toml")
+    job = job_naming_the_daemons(running, tmp_path / "job.toml")
     foreign = ["--tls", str(tmp_path / "other" / "guest")]   # the card center's name, another consortium's CA
 
     status = subprocess.run([*fedscore, "status", "--job", str(job), *foreign], capture_output=True, text=True, timeout=120)
@@ -318,7 +308,7 @@ def test_status_shows_every_member_its_jobs_and_chain_head_through_health_and_st
     assert [j["job_id"] for j in serving] == [report["job_id"]] and serving[0]["blocks"] >= 1
 
     # through the command: JSON, then a member that is down makes it exit 2 and is named
-    job = _job_naming_the_daemons(running, running.state_root / "status-job.toml")
+    job = job_naming_the_daemons(running, running.state_root / "status-job.toml")
     assert main(["status", "--job", str(job), "--tls", str(running.certs_dir / "guest"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [m["member"] for m in shown["members"]] == ["coordinator", "guest", "host"]
