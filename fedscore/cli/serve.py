@@ -48,7 +48,7 @@ def listen_addresses(spec: JobSpec, job_path: Path) -> dict[str, str]:
     missing = [member for member, address in addresses.items() if not address]
     if missing:
         where = "[coordinator] address" if missing[0] == COORDINATOR else f"the address of party {missing[0]!r}"
-        raise ConfigError(f"job file {job_path.name}: no {where}; the service listens on the job file's addresses")
+        raise ConfigError(f"job file {job_path}: no {where}; the service listens on the job file's addresses")
     return addresses
 
 
@@ -59,7 +59,7 @@ def check_free(addresses: Mapping[str, str], job_path: Path) -> None:
         host, _, port = address.rpartition(":")
         if port == "0":
             continue
-        what, where = (member, f"its address in {job_path.name}")
+        what, where = (member, f"its address in {job_path}")
         if member == "https":
             what, where = "the card center's HTTPS endpoint", "--http"
         try:
