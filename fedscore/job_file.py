@@ -131,6 +131,7 @@ class ScoringSettings:
     batch_entries: int = 500           # a scoring block when this many requests wait ...
     batch_seconds: float = 1.0         # ... or the oldest waited this long
     consent_issuers: tuple[str, ...] = ()   # hex Ed25519 keys; a local consortium's parties all trust these
+    verifiers: tuple[tuple[str, str], ...] = ()   # (name, hex key): identity verifiers a local card center trusts
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -151,7 +152,9 @@ class ScoringSettings:
         document = json.loads(text)
         policy = document.pop("policy")
         bands = tuple(LimitBand(**band) for band in policy.pop("limit_bands"))
-        return cls(policy=ScoringPolicy(**policy, limit_bands=bands), **{**document, "consent_issuers": tuple(document["consent_issuers"])})
+        document["consent_issuers"] = tuple(document["consent_issuers"])
+        document["verifiers"] = tuple(tuple(pair) for pair in document.get("verifiers", ()))
+        return cls(policy=ScoringPolicy(**policy, limit_bands=bands), **document)
 
 
 POLICY_NUMBERS = ("offset", "pdo", "min_score", "max_score", "approve_at", "review_at")
@@ -163,7 +166,7 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
     at = f"{where} [scoring]"
     refuse_unknown(
         table, {*POLICY_NUMBERS, "limit_basis", "limit_bands", "limit_step", "limit_cap", "timeout_ms",
-                "batch_entries", "batch_seconds", "consent_issuers"}, at,
+                "batch_entries", "batch_seconds", "consent_issuers", "verifiers"}, at,
     )
     defaults = ScoringPolicy()
     numbers = {name: float(take(table, name, (int, float), getattr(defaults, name), at)) for name in POLICY_NUMBERS}
@@ -188,12 +191,18 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
     for issuer in issuers:
         if not (isinstance(issuer, str) and re.fullmatch(r"[0-9a-fA-F]{64}", issuer)):
             raise ConfigError(f"{at}: consent_issuers must be hex Ed25519 public keys (64 hex digits), got {issuer!r}")
+    verifiers = take(table, "verifiers", dict, {}, at)
+    for verifier, key in verifiers.items():
+        if not (isinstance(key, str) and re.fullmatch(r"[0-9a-fA-F]{64}", key)):
+            raise ConfigError(f"{at}: verifiers must map a verifier's name to its hex Ed25519 public key "
+                              f"(64 hex digits), got {verifier} = {key!r}")
     settings = ScoringSettings(
         policy=policy,
         timeout_ms=float(take(table, "timeout_ms", (int, float), ScoringSettings.timeout_ms, at)),
         batch_entries=take(table, "batch_entries", int, ScoringSettings.batch_entries, at),
         batch_seconds=float(take(table, "batch_seconds", (int, float), ScoringSettings.batch_seconds, at)),
         consent_issuers=tuple(i.lower() for i in issuers),
+        verifiers=tuple(sorted((name, key.lower()) for name, key in verifiers.items())),
     )
     return settings.validate(at)
 

@@ -38,7 +38,8 @@ def take(table: dict[str, Any], key: str, kind: Kind, default: Any, where: str) 
 
 def _kind_name(kind: Kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false"}
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false",
+             dict: "a table"}
     return " or ".join(names[k] for k in kinds)
 
 

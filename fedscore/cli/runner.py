@@ -224,6 +224,7 @@ def score_file(
 
     if local:
         with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers,
+                             verifiers=dict(settings.verifiers),
                              insecure=insecure) as consortium:
             return run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
     if not spec.card_center.address:

@@ -182,7 +182,8 @@ class ScoringService:
         self.addresses = listen_addresses(self.spec, job_path)
         self.http_listen = http_listen
         self.consortium = LocalConsortium(self.spec, self.base, self.state, workers, self.settings.consent_issuers,
-                                          listen=self.addresses, http_listen=http_listen)
+                                          listen=self.addresses, http_listen=http_listen,
+                                          verifiers=dict(self.settings.verifiers))
         self.client: ScoringClient | None = None
 
     def __enter__(self) -> "ScoringService":

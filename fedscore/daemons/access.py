@@ -101,6 +101,7 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Scoring/PartialScore": _CARD_CENTER,
     f"{_P}Scoring/SettleScoring": _SELF,
     f"{_P}Scoring/CloseScoring": _SELF | _CARD_CENTER,
+    f"{_P}Scoring/RecordVerification": _SELF,   # the card center's verification system, with its certificate
     f"{_P}Coordinator/Ping": _MEMBER,
     f"{_P}Coordinator/Status": _MEMBER,
     f"{_P}Coordinator/RunJob": _MEMBER,      # then: the caller must be the job's card center

@@ -27,7 +27,7 @@ EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tl
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
-    "reason", "max_jobs", "window_days", "max_set_ratio",
+    "reason", "max_jobs", "window_days", "max_set_ratio", "verifiers",
 }
 REASON_LIMIT = 160   # characters of a partner's reason line
 
@@ -47,6 +47,7 @@ class DaemonConfig:
     consent_issuers: tuple[str, ...] = ()   # hex keys of the identity providers whose consents this party accepts
     consent_max_age_days: int = 30
     consent_max_uses: int = 3                # checks one consent allows (an application, a retry or two)
+    verifiers: tuple[tuple[str, str], ...] = ()   # as a card center: identity verifiers it trusts, (name, hex key)
     http_listen: str = ""     # the card center's HTTP/JSON scoring endpoint ("" = none)
     scoring_database: Path | None = None    # look applicants up in this SQLite file instead of the job's CSV
     scoring_table: str = "applicants"
@@ -148,6 +149,11 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
     feature_names = take(table, "feature_names", str, DaemonConfig.feature_names, where)
     if feature_names not in FEATURE_NAMINGS:
         raise ConfigError(f"{where}: feature_names must be one of {', '.join(FEATURE_NAMINGS)}, got {feature_names!r}")
+    verifiers = take(table, "verifiers", dict, {}, where)
+    for verifier, key in verifiers.items():
+        if not NAME_PATTERN.fullmatch(verifier) or not (isinstance(key, str) and HEX_KEY.fullmatch(key)):
+            raise ConfigError(f"{where}: verifiers must map a verifier's name to its hex Ed25519 public key "
+                              f"(64 hex digits), got {verifier} = {key!r}")
     reason = take(table, "reason", str, DaemonConfig.reason, where).strip()
     if len(reason) > REASON_LIMIT or not reason.isprintable():
         raise ConfigError(f"{where}: reason must be one printable line of at most {REASON_LIMIT} characters")
@@ -159,6 +165,7 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "consent_issuers": tuple(i.lower() for i in issuers),
         "consent_max_age_days": max_age,
         "consent_max_uses": max_uses,
+        "verifiers": tuple(sorted((name, key.lower()) for name, key in verifiers.items())),
         "http_listen": _address(table, "http_listen", "", where),
         "scoring_database": _optional_path(table, "scoring_database", base, where),
         "scoring_table": take(table, "scoring_table", str, DaemonConfig.scoring_table, where),

@@ -6,9 +6,14 @@
            "reasons": [...], "partners_missing": [...]}
       4xx/5xx {"error": "...", "error_class": "..."}: the status and class fedscore.errors gives the failure
       (e.g. 400 a malformed request, 403 a consent refused, 404 no such open model, 500 a bug)
+    POST /v1/verifications   {"applicant_id": "...", "method": "face-match", "time": <unix seconds>,
+                              "verifier": "<name>", "signature": "<128 hex>", "evidence": {"<file>": "<sha-256 hex>"},
+                              "job_id": "<optional>"}
+      200 {"verification_id", "job_id", "record_digest", "time_ms"}: journalled, on the scoring chain with the
+      next block (fedscore.protocol.scoring.verification); 403 an untrusted verifier or a signature that fails
     GET  /v1/health  200 {"status": "ok", "models": [...]}
 
-It calls the same scoring host as the gRPC Score method; nothing else.
+It calls the same scoring host as the gRPC Score and RecordVerification methods; nothing else.
 Served over HTTPS with client certificates, like the gRPC port: a client
 must present the card center's own certificate to score (403 otherwise),
 any consortium certificate to read the health page. A connection gets a
@@ -72,6 +77,42 @@ def score_document(host: ScoringHost, document: object) -> dict:
     return answer_document(job_id, scored)
 
 
+VERIFICATION_FIELDS = ("applicant_id", "method", "time", "verifier", "signature", "evidence", "job_id")
+
+
+def verification_document(host: ScoringHost, document: object) -> dict:
+    """Check a JSON verification's shape, then record it."""
+    if not isinstance(document, dict):
+        raise DataError("the verification must be a JSON object")
+    unknown = sorted(set(document) - set(VERIFICATION_FIELDS))
+    missing = [name for name in VERIFICATION_FIELDS[:-1] if name not in document]
+    if unknown or missing:
+        wrong = ", ".join(repr(name) for name in unknown or missing)
+        raise DataError(f"{'unknown' if unknown else 'missing'} field{'s' if len(unknown or missing) > 1 else ''} "
+                        f"{wrong} (expected {', '.join(VERIFICATION_FIELDS)}; job_id optional)")
+    applicant, at, signature, evidence = (document[k] for k in ("applicant_id", "time", "signature", "evidence"))
+    job_id = document.get("job_id", "")
+    if not isinstance(applicant, str) or not all(isinstance(document[k], str) for k in ("method", "verifier")):
+        raise DataError("applicant_id, method and verifier must be strings")
+    if isinstance(at, bool) or not isinstance(at, int):
+        raise DataError("time must be an integer of unix seconds")
+    try:
+        signature = bytes.fromhex(signature) if isinstance(signature, str) else None
+    except ValueError:
+        signature = None
+    if signature is None:
+        raise DataError("signature must be the verifier's Ed25519 signature in hex")
+    if not isinstance(evidence, dict) or not isinstance(job_id, str):
+        raise DataError("evidence must be an object of file name to SHA-256 hex, job_id a string")
+    job_id, entry = host.record_verification(job_id, applicant, document["method"], at, document["verifier"],
+                                             signature, evidence)
+    return {"verification_id": entry["verification_id"], "job_id": job_id, "record_digest": entry["record_digest"],
+            "time_ms": entry["time_ms"]}
+
+
+ENDPOINTS = {"/v1/score": score_document, "/v1/verifications": verification_document}
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Serves one request on a link; the gate waits for the next one without holding a thread."""
 
@@ -115,7 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _check_caller(self) -> None:
         caller = self._caller()
         if caller is not None and caller != self.host.name:
-            raise AccessError(f"scoring is for {self.host.name!r} only; refused {caller!r}")
+            what = "recording a verification" if self.path.rstrip("/") == "/v1/verifications" else "scoring"
+            raise AccessError(f"{what} is for {self.host.name!r} only; refused {caller!r}")
 
     def _read_json(self) -> object:
         try:
@@ -139,12 +181,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score or GET /v1/health"})
 
     def do_POST(self) -> None:
-        if self.path.rstrip("/") != "/v1/score":
-            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score"})
+        answer = ENDPOINTS.get(self.path.rstrip("/"))
+        if answer is None:
+            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score or /v1/verifications"})
             return
         try:
             self._check_caller()
-            self._send(200, score_document(self.host, self._read_json()))
+            self._send(200, answer(self.host, self._read_json()))
         except FedscoreError as error:
             self._send(*error_document(error))
         except Exception as error:  # a bug must not kill the endpoint

@@ -53,6 +53,12 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # TOML basic strings share JSON's escapes
 
 
+def _toml_value(value: str | int | list[str] | dict[str, str]) -> str:
+    if isinstance(value, dict):   # an inline table of strings
+        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in value.items()) + "}"
+    return _toml_string(value) if isinstance(value, (str, list)) else str(value)
+
+
 class LocalConsortium:
     """Start, watch and stop the coordinator and one daemon per party."""
 
@@ -60,15 +66,18 @@ class LocalConsortium:
 
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
                  consent_issuers: tuple[str, ...] = (), insecure: bool = False,
-                 listen: Mapping[str, str] | None = None, http_listen: str = "127.0.0.1:0"):
+                 listen: Mapping[str, str] | None = None, http_listen: str = "127.0.0.1:0",
+                 verifiers: Mapping[str, str] | None = None):
         """``listen``: member -> host:port its daemon binds (default: a free loopback port); ``http_listen``:
-        the card center's HTTPS scoring endpoint."""
+        the card center's HTTPS scoring endpoint; ``verifiers``: name -> hex key of the identity verifiers the
+        card center trusts."""
         self.spec = spec
         self.listen = dict(listen or {})
         self.http_listen = http_listen
         self.insecure = insecure
         self.certs_dir = state_root.resolve() / "certs"
         self.consent_issuers = list(consent_issuers)   # one owner runs every party here: the job's issuers are trusted
+        self.verifiers = dict(verifiers or {})
         self.http_addresses: dict[str, str] = {}
         self.base_dir = base_dir
         self.state_root = state_root.resolve()
@@ -94,14 +103,14 @@ class LocalConsortium:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _launch(self, member: str, role: str, settings: dict[str, str | int | list[str]]) -> Path:
+    def _launch(self, member: str, role: str, settings: dict[str, str | int | list[str] | dict[str, str]]) -> Path:
         folder = self.state_root / member
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = folder / f"{role}.toml"
         if not self.insecure:
             settings = {**settings, "tls_dir": str(self.certs_dir / member)}
         lines = [f"[{role}]"] + [
-            f"{key} = {_toml_string(value) if isinstance(value, (str, list)) else value}" for key, value in settings.items()
+            f"{key} = {_toml_value(value)}" for key, value in settings.items()
         ]
         config.write_text("\n".join(lines) + "\n")
         return self._spawn(member, role, config)
@@ -147,7 +156,7 @@ class LocalConsortium:
                  "workers": self.workers, "min_key_bits": self.spec.key_bits, "min_batch_rows": 1,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
                  "max_jobs": LOCAL_MAX_JOBS,
-                 **({"http_listen": self.http_listen} if party.is_card_center else {})},
+                 **({"http_listen": self.http_listen, "verifiers": self.verifiers} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(

@@ -27,7 +27,18 @@ twice, and no entry marks as not contributing a request its own journal
 says it answered before the request's deadline: it bills from its own
 record, not from the card center's word. Only an answer it gave after the
 deadline may be marked as not contributing; it is counted as unbilled. The
-card center signs only entries it made itself. Settlements: each payee
+card center signs only entries it made itself.
+
+A `verification` entry records that the card center's verification system
+saw an applicant (fedscore.protocol.scoring.verification): the applicant
+salted as above, the verifier's signed record sealed under the card center's
+key, the record's SHA-256, an id and a time. A partner cannot read it and
+signs it once it is well formed and new: it is billed to nobody and changes
+no settlement, so signing it costs a partner nothing, and what the partners'
+signatures add is what the record needs later, that it existed, unchanged,
+when the block was signed (the card center cannot alter or back-date it);
+whether it says what it claims is checked from the record itself, the
+verifier's signature and the evidence files, when a dispute opens it. Settlements: each payee
 checks its own line, and that no answer it gave in time is still missing
 from the chain; the card center checks every line
 (fedscore.ledger.settlement).
@@ -44,11 +55,16 @@ from fedscore.ledger import settlement
 from fedscore.ledger.block import encode_entry
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+VERIFICATION_ID = re.compile(r"^v[0-9a-f]{31}$")   # never a request id: one namespace of entry ids, no collision
 TAG = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 SETTLE_GRACE_MS = 300_000   # a partner's answer must be on the chain this long after its deadline before a settlement
 ENTRY_KEYS = {"kind", "request_id", "time_ms", "applicant", "consent", "consent_digest", "partners"}
+VERIFICATION_KEYS = {"kind", "verification_id", "time_ms", "applicant", "record", "record_digest"}
+MAX_SEALED_RECORD = 16_384   # hex digits of a sealed verification record (16 evidence files fit in half)
+MAX_CLOCK_SKEW_MS = 300_000  # a verification entry may not be dated further ahead of a member's clock
+PENDING_KINDS = ("scoring", "verification")   # what the card center journals and batches onto the chain
 
 
 def partner_tag(secret: bytes, request_id: str, partner: str) -> str:
@@ -63,6 +79,11 @@ def pair_key(secret: bytes, job_id: str, partner: str) -> bytes:
 
 def mark(key: bytes, tag: str, contributed: bool) -> str:
     return hmac.new(key, f"{tag}\n{'1' if contributed else '0'}".encode(), hashlib.sha256).hexdigest()
+
+
+def entry_id(entry: dict) -> str:
+    """A pending entry's id: its request's, or its verification's (the two formats never meet)."""
+    return entry["request_id"] if entry.get("kind") == "scoring" else entry["verification_id"]
 
 
 def entry_digest(entry: dict) -> str:
@@ -82,7 +103,7 @@ class ScoringFacts:
     training_head: str                        # hex hash of the settled training chain's last block
     pair_keys: dict[str, bytes] = field(default_factory=dict)   # partner -> mark key (a partner: its own only)
     answered: dict[str, str] = field(default_factory=dict)
-    # card center: request id -> digest of the entry it made; partner: its tag -> consent digest; until on the chain
+    # card center: entry id (request's or verification's) -> digest of the entry it made; partner: its tag -> consent digest; until on the chain
     on_time: dict[str, int] = field(default_factory=dict)
     # a partner's answers given before the request's deadline (tag -> deadline, unix ms): an entry must bill them
     unbilled: list[str] = field(default_factory=list)
@@ -123,8 +144,9 @@ class Layered:
 
 @dataclass
 class ScoringSeen:
-    """The chain so far, as far as this member can read it: request ids, the tags of partners whose mark
-    keys it holds, and their contributions since the last settlement."""
+    """The chain so far, as far as this member can read it: entry ids (requests' and verifications', which
+    never collide), the tags of partners whose mark keys it holds, and their contributions since the last
+    settlement. A verification is not the last entry a settlement follows: it bills nothing."""
 
     keys: dict[str, bytes]
     requests: set[str] = field(default_factory=set)
@@ -135,6 +157,9 @@ class ScoringSeen:
 
     def add(self, entry: dict) -> None:
         kind = entry.get("kind")
+        if kind == "verification":
+            self.requests.add(entry["verification_id"])
+            return
         self.last_kind = kind
         if kind == "scoring":
             self.requests.add(entry["request_id"])
@@ -165,6 +190,29 @@ def scoring_entry(request_id: str, time_ms: int, applicant: str, consent: str, c
         "kind": "scoring", "request_id": request_id, "time_ms": time_ms, "applicant": applicant,
         "consent": consent, "consent_digest": consent_digest, "partners": dict(sorted(partners.items())),
     }
+
+
+def verification_entry(verification_id: str, time_ms: int, applicant: str, record: str, record_digest: str) -> dict:
+    return {
+        "kind": "verification", "verification_id": verification_id, "time_ms": time_ms, "applicant": applicant,
+        "record": record, "record_digest": record_digest,
+    }
+
+
+def verification_problem(entry: dict) -> str | None:
+    """The shape every verification entry must have: these fields, these formats, nothing more."""
+    if set(entry) != VERIFICATION_KEYS:
+        return "a verification entry with fields other than the protocol's"
+    if not isinstance(entry["verification_id"], str) or not VERIFICATION_ID.match(entry["verification_id"]):
+        return f"verification id {entry['verification_id']!r} is not one fedscore issues"
+    if isinstance(entry["time_ms"], bool) or not isinstance(entry["time_ms"], int) or entry["time_ms"] <= 0:
+        return "its time is not a positive integer of milliseconds"
+    if not all(isinstance(entry[k], str) and HEX64.match(entry[k]) for k in ("applicant", "record_digest")):
+        return "the applicant and record digests must be SHA-256 hex"
+    record = entry["record"]
+    if not isinstance(record, str) or not HEX.match(record) or len(record) > MAX_SEALED_RECORD:
+        return f"the sealed record must be hex, at most {MAX_SEALED_RECORD} digits"
+    return None
 
 
 def entry_problem(entry: dict, partners: list[str]) -> str | None:
@@ -202,6 +250,8 @@ def objection(entry: dict, facts: ScoringFacts, genesis: dict | None, seen: Scor
         return "a second scoring start"
     if kind == "scoring":
         return _scoring(entry, facts, seen)
+    if kind == "verification":
+        return _verification(entry, facts, seen)
     if kind == "scoring_settlement":
         body = {k: v for k, v in entry.items() if k != "signatures"}
         return settlement.scoring_settlement_problem(body, genesis, seen) or settlement.signature_problem(
@@ -247,6 +297,20 @@ def _scoring(entry: dict, facts: ScoringFacts, seen: ScoringSeen) -> str | None:
     return None
 
 
+def _verification(entry: dict, facts: ScoringFacts, seen: ScoringSeen) -> str | None:
+    problem = verification_problem(entry)
+    if problem:
+        return problem
+    ident = entry["verification_id"]
+    if ident in seen.requests:
+        return f"verification {ident} is already on the chain"
+    if entry["time_ms"] > time.time_ns() // 1_000_000 + MAX_CLOCK_SKEW_MS:
+        return f"verification {ident} is dated in the future"
+    if facts.role == "card_center" and facts.answered.get(ident) != entry_digest(entry):
+        return f"verification {ident} is not an entry this card center made"
+    return None   # a partner: well formed and new is all it can know, and all it needs (see the module's doc)
+
+
 def unrecorded_answer(facts: ScoringFacts, now_ms: int) -> str | None:
     """Why a partner will not settle yet: an answer it gave in time is still not on the chain, though its
     deadline passed SETTLE_GRACE_MS ago (a card center settles only after putting every entry it holds on the
@@ -264,6 +328,8 @@ def unrecorded_answer(facts: ScoringFacts, now_ms: int) -> str | None:
 def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
     """An entry is on the chain: what this member kept about it until then can go (a partner notes
     an answer the chain marks as not contributing as unbilled: it was late, or it would have refused the block)."""
+    if entry.get("kind") == "verification" and facts.role == "card_center":
+        facts.answered.pop(entry["verification_id"], None)
     if entry.get("kind") != "scoring":
         return
     if facts.role == "card_center":

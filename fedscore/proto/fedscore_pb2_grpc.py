@@ -1682,6 +1682,11 @@ class ScoringStub:
                 request_serializer=fedscore__pb2.JobRef.SerializeToString,
                 response_deserializer=fedscore__pb2.Empty.FromString,
                 _registered_method=True)
+        self.RecordVerification = channel.unary_unary(
+                '/fedscore.v1.Scoring/RecordVerification',
+                request_serializer=fedscore__pb2.RecordVerificationRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.RecordVerificationReply.FromString,
+                _registered_method=True)
 
 
 class ScoringServicer:
@@ -1723,6 +1728,13 @@ class ScoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordVerification(self, request, context):
+        """identity verification: the card center's verification system records a verifier's signed record
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1750,6 +1762,11 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.CloseScoring,
                     request_deserializer=fedscore__pb2.JobRef.FromString,
                     response_serializer=fedscore__pb2.Empty.SerializeToString,
+            ),
+            'RecordVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordVerification,
+                    request_deserializer=fedscore__pb2.RecordVerificationRequest.FromString,
+                    response_serializer=fedscore__pb2.RecordVerificationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1888,6 +1905,33 @@ class Scoring:
             '/fedscore.v1.Scoring/CloseScoring',
             fedscore__pb2.JobRef.SerializeToString,
             fedscore__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Scoring/RecordVerification',
+            fedscore__pb2.RecordVerificationRequest.SerializeToString,
+            fedscore__pb2.RecordVerificationReply.FromString,
             options,
             channel_credentials,
             insecure,

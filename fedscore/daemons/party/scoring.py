@@ -27,15 +27,17 @@ from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.scoring_rules import ScoringFacts, ScoringRules, scoring_start_entry
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
+from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.scoring.batcher import EntryBatcher
 from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentUses
-from fedscore.protocol.scoring.journal import Journal
+from fedscore.protocol.scoring.journal import Journal, now_ms
 from fedscore.protocol.scoring.partner import PartnerScorer
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 from fedscore.protocol.scoring.sources import CsvSource, SqliteSource
+from fedscore.protocol.scoring.verification import chain_entry, received_record
 from fedscore.transport.clients.scoring import ScoringPeer
 
 log = logging.getLogger("fedscore.scoring")
@@ -312,6 +314,20 @@ class ScoringHost:
     def score(self, job_id: str, applicant_id: str, features: dict, consent: str) -> tuple[str, Scored]:
         served = self.card_center_model(job_id)
         return served.job_id, served.scorer.score(applicant_id, features, consent)
+
+    def record_verification(self, job_id: str, applicant_id: str, method: str, at: int, verifier: str,
+                            signature: bytes, evidence: dict[str, str]) -> tuple[str, dict]:
+        """Check a verifier's record against this card center's trusted verifiers, then journal its chain entry
+        (fedscore.protocol.scoring.verification); the entry goes on the chain with the next scoring block."""
+        served = self.card_center_model(job_id)
+        if not normalise_id(applicant_id):
+            raise DataError("the verification has no applicant id")
+        trusted = {name: bytes.fromhex(key) for name, key in self.config.verifiers}
+        record = received_record(applicant_id, method, at, verifier, signature, evidence, trusted)
+        entry = chain_entry(record, applicant_id, served.scorer.secrets, now_ms())
+        served.scorer.record_verification(entry)
+        log.info("verification %s recorded (%s by %s)", entry["verification_id"], record.method, record.verifier)
+        return served.job_id, entry
 
     def partial_score(self, job_id: str, tag: str, digest: bytes, consent: str, deadline_ms: int) -> float | None:
         if not job_id:

@@ -234,6 +234,12 @@ class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
             settlement_json=json.dumps(settlement), blocks=member.height, head=member.head.hash().hex()
         )
 
+    def RecordVerification(self, request, context):
+        job_id, entry = self.domain.record_verification(request.job_id, request.applicant_id, request.method, request.time,
+                                                        request.verifier, request.signature, dict(request.evidence))
+        return pb.RecordVerificationReply(verification_id=entry["verification_id"], job_id=job_id,
+                                          record_digest=entry["record_digest"], time_ms=entry["time_ms"])
+
     def CloseScoring(self, request, context):
         try:
             owner = self.domain.card_center_of(request.job_id)   # at a card center: itself

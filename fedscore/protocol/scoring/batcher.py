@@ -19,6 +19,7 @@ from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.files import write_atomically
 from fedscore.ledger.cosign import LedgerHandle, co_sign, propose
+from fedscore.ledger.scoring_rules import PENDING_KINDS, entry_id
 from fedscore.protocol.scoring.card_center import CardCenterScorer
 
 log = logging.getLogger("fedscore.scoring")
@@ -71,7 +72,7 @@ class EntryBatcher:
         if block.height < self.member.height:
             self.proposal_path.unlink()
             return None
-        self.scorer.drop_pending({decode_entry(e).get("request_id") for e in block.entries})
+        self.scorer.drop_pending({entry_id(e) for e in map(decode_entry, block.entries) if e.get("kind") in PENDING_KINDS})
         self._needs_sync = True
         return block
 
@@ -101,7 +102,7 @@ class EntryBatcher:
                 try:
                     self._proposal = propose(self.member, entries)
                 except Exception:
-                    if entries and entries[0].get("kind") == "scoring":
+                    if entries and entries[0].get("kind") in PENDING_KINDS:
                         self.scorer.put_back(entries)
                     raise
                 write_atomically(self.proposal_path, block_to_json(self._proposal), 0o600)
@@ -118,7 +119,7 @@ class EntryBatcher:
             self.proposal_path.unlink(missing_ok=True)
             self._distribute(signed)
             on_chain = self.member.rules.seen.requests
-            self.scorer.journal.keep_only(lambda record: record["request_id"] not in on_chain)
+            self.scorer.journal.keep_only(lambda record: entry_id(record) not in on_chain)
         return written
 
     def _distribute(self, block: Block) -> None:

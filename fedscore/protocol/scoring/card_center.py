@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from fedscore.errors import DataError, FedscoreError
-from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, mark, scoring_entry
+from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, entry_id, mark, scoring_entry
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.ports import PartnerScorerHandle
@@ -99,8 +99,8 @@ class CardCenterScorer:
         self.pending: list[dict] = []
         self._lock = threading.Lock()
         for entry in journal.load():
-            if not on_chain(entry["request_id"]):
-                facts.answered.setdefault(entry["request_id"], entry_digest(entry))
+            if not on_chain(entry_id(entry)):
+                facts.answered.setdefault(entry_id(entry), entry_digest(entry))
                 self.pending.append(entry)
 
     def own_values(self, features: Mapping[str, object]) -> tuple[list[object], float]:
@@ -175,6 +175,17 @@ class CardCenterScorer:
         self.journal.append(entry, before=remember)
         return Scored(request_id, result, scores)
 
+    def record_verification(self, entry: dict) -> None:
+        """Journal a `verification` entry (fedscore.protocol.scoring.verification) before it is acknowledged;
+        the batcher puts it on the chain with the scoring entries."""
+
+        def remember() -> None:
+            with self._lock:
+                self.facts.answered[entry["verification_id"]] = entry_digest(entry)
+                self.pending.append(entry)
+
+        self.journal.append(entry, before=remember)
+
     def take_pending(self, limit: int) -> list[dict]:
         with self._lock:
             taken, self.pending = self.pending[:limit], self.pending[limit:]
@@ -185,9 +196,9 @@ class CardCenterScorer:
             self.pending = entries + self.pending
 
     def drop_pending(self, request_ids: set[str]) -> None:
-        """Forget pending entries that are already in a proposed block."""
+        """Forget pending entries (by request or verification id) that are already in a proposed block."""
         with self._lock:
-            self.pending = [e for e in self.pending if e["request_id"] not in request_ids]
+            self.pending = [e for e in self.pending if entry_id(e) not in request_ids]
 
     def pending_count(self) -> int:
         with self._lock:

@@ -42,6 +42,15 @@ class ScoringClient(ServiceClient):
     def close_scoring(self, job_id: str) -> None:
         self._call("CloseScoring", pb.JobRef(job_id=job_id), timeout=max(self.peer.timeout, 120.0))
 
+    def record_verification(self, applicant_id: str, record, job_id: str = "") -> pb.RecordVerificationReply:
+        """Send a verifier's signed record (fedscore.protocol.scoring.verification.VerificationRecord): its
+        fields and the evidence digests, never the files."""
+        request = pb.RecordVerificationRequest(
+            job_id=job_id, applicant_id=applicant_id, method=record.method, time=record.time,
+            verifier=record.verifier, signature=record.signature, evidence=record.evidence,
+        )
+        return self._call("RecordVerification", request)
+
 
 class PartnerScoringClient(ServiceClient):
     """The card center's calls of a partner's Scoring service for one model."""

@@ -1,0 +1,145 @@
+"""A verification as dispute evidence: the unsealed record, its chain entry, the entry's signed inclusion proof.
+
+The card center builds the part (`verification_part`) from its replica of
+the scoring chain and its secrets: only it can find an applicant's entries
+(their digests are salted) and open the sealed record. Anyone checks it
+offline (`check_verification_part`) with the evidence files the card center
+hands over beside it: the record is the one the chain holds (its SHA-256), the
+verifier signed it, each file is the one the verifier signed the digest of,
+and the entry is in a block every member of the chain signed
+(fedscore.ledger.proofs). The salted applicant digest in the entry cannot be
+checked without the card center's salt, and need not be: the record, fixed by
+its SHA-256 on the chain, carries the applicant's own digest
+(consent.applicant_digest), which a reader compares with the applicant's.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+
+from fedscore.errors import DataError, FedscoreError, UnverifiedError
+from fedscore.ledger.block import Block, decode_entry, encode_entry
+from fedscore.ledger.proofs import check_proof, prove
+from fedscore.ledger.scoring_rules import verification_problem
+from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.verification import VerificationRecord, signature_valid, unseal
+
+FORMAT = "fedscore.verification-evidence/1"
+
+
+class VerificationEvidenceError(UnverifiedError):
+    """A verification part that does not check out: the message names the first thing that fails."""
+
+
+def _located(blocks: list[Block], secrets: ScoringSecrets, applicant_id: str | None, verification_id: str | None,
+             method: str | None) -> tuple[int, int, dict]:
+    """(height, index, entry) of the verification asked for: by id, or the applicant's newest (of ``method``)."""
+    salted = secrets.salted_applicant(applicant_id) if applicant_id is not None else None
+    found = None
+    for block in blocks:
+        for index, raw in enumerate(block.entries):
+            entry = decode_entry(raw)
+            if entry.get("kind") != "verification":
+                continue
+            if verification_id is not None and entry["verification_id"] != verification_id:
+                continue
+            if salted is not None and entry["applicant"] != salted:
+                continue
+            if method is not None and unseal(entry["record"], secrets).method != method:
+                continue
+            found = (block.height, index, entry)
+    if found is None:
+        wanted = f"verification {verification_id}" if verification_id else "a verification of this applicant"
+        raise FedscoreError(f"the scoring chain holds no {wanted}{f' by {method}' if method else ''}")
+    return found
+
+
+def verification_part(blocks: list[Block], secrets: ScoringSecrets, applicant_id: str | None = None,
+                      verification_id: str | None = None, method: str | None = None) -> dict:
+    """The dispute bundle's verification section: by ``verification_id``, or the applicant's newest verification
+    (of ``method``, if given). ``blocks``: the card center's scoring chain; ``secrets``: its scoring secrets."""
+    if applicant_id is None and verification_id is None:
+        raise FedscoreError("name the applicant or the verification to put in the evidence")
+    height, index, entry = _located(blocks, secrets, applicant_id, verification_id, method)
+    record = unseal(entry["record"], secrets)
+    if record.digest() != entry["record_digest"]:   # the card center's own chain must agree with its own record
+        raise FedscoreError(f"verification {entry['verification_id']}: the sealed record does not match its digest")
+    return {"format": FORMAT, "record": record.to_dict(), "entry": entry, "proof": prove(blocks, height, index)}
+
+
+def _member_keys(members: Mapping[str, object]) -> dict[str, bytes]:
+    """{name: key bytes} from keys as bytes, hex, or a genesis table's {"role", "key"}."""
+    keys = {}
+    for name, value in members.items():
+        value = value.get("key") if isinstance(value, Mapping) else value
+        keys[name] = value if isinstance(value, bytes) else bytes.fromhex(str(value))
+    return keys
+
+
+def _when(unix_seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(unix_seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_verification_part(part: dict, members: Mapping[str, object], evidence_files: Mapping[str, bytes],
+                            applicant_digest: bytes | None = None, genesis_hash: str | None = None) -> str:
+    """Check a verification part offline; a verdict line a person can read, or VerificationEvidenceError
+    naming the first failure.
+
+    ``members``: the scoring chain's members the reader trusts, {name: Ed25519 key} (bytes, hex or a genesis
+    table's {"role", "key"}); ``evidence_files``: {file name: contents}, as the card center handed them over;
+    ``applicant_digest``: the disputed applicant's (consent.applicant_digest), or None to accept any;
+    ``genesis_hash``: the scoring chain's genesis the reader trusts (hex), or None."""
+    try:
+        return _check(part, _member_keys(members), evidence_files, applicant_digest, genesis_hash)
+    except VerificationEvidenceError:
+        raise
+    except (DataError, FedscoreError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise VerificationEvidenceError(f"the verification evidence is not readable: {error}") from None
+
+
+def _fail(reason: str) -> VerificationEvidenceError:
+    return VerificationEvidenceError(f"verification evidence: {reason}")
+
+
+def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], applicant: bytes | None,
+           genesis_hash: str | None) -> str:
+    if not isinstance(part, dict) or part.get("format") != FORMAT:
+        raise _fail(f"not a {FORMAT} part")
+    record = VerificationRecord.from_dict(part["record"])
+    entry, proof = part["entry"], part["proof"]
+    problem = verification_problem(entry) if isinstance(entry, dict) else "the entry is not an object"
+    if problem or entry.get("kind") != "verification":
+        raise _fail(f"the chain entry is not a verification entry ({problem or 'its kind'})")
+    if encode_entry(entry) != proof["entry"].encode("utf-8"):
+        raise _fail("the chain entry is not the entry the inclusion proof includes")
+    if record.digest() != entry["record_digest"]:
+        raise _fail(f"the record's SHA-256 {record.digest()} is not the chain entry's record digest "
+                    f"{entry['record_digest']}: the record is not the one recorded")
+    if applicant is not None and record.applicant != applicant:
+        raise _fail(f"the record is of applicant {record.applicant.hex()}, not of the disputed applicant "
+                    f"{applicant.hex()}")
+    if not signature_valid(record):
+        raise _fail(f"the signature of verifier {record.verifier!r} on the record does not verify")
+    for name, digest in sorted(record.evidence.items()):
+        if name not in files:
+            raise _fail(f"evidence file {name!r} is missing (the record names it, with SHA-256 {digest})")
+        found = hashlib.sha256(files[name]).hexdigest()
+        if found != digest:
+            raise _fail(f"evidence file {name!r} is altered: its SHA-256 is {found}, the verifier signed {digest}")
+    try:
+        check_proof(proof)
+    except FedscoreError as error:
+        raise _fail(f"the inclusion proof does not verify: {error}") from None
+    if genesis_hash is not None and proof["genesis_hash"] != genesis_hash.lower():
+        raise _fail(f"the proof is on the chain with genesis {proof['genesis_hash']}, not {genesis_hash.lower()}")
+    start = json.loads(proof["genesis"]["entry"])
+    chain_members = {name: bytes.fromhex(info["key"]) for name, info in start["members"].items()}
+    if start.get("kind") != "scoring_start" or chain_members != members:
+        raise _fail("the proof's chain is not a scoring chain of the members given (names and keys)")
+    height = proof["block"]["height"]
+    return (f"applicant {record.applicant.hex()} verified by {record.verifier} (key {record.verifier_key.hex()[:16]}…) "
+            f"by {record.method} at {_when(record.time)}, on {len(record.evidence)} evidence file"
+            f"{'s' if len(record.evidence) != 1 else ''} that match; recorded in block {height} of scoring chain "
+            f"{start['job_id']} co-signed by {', '.join(sorted(members))}")
