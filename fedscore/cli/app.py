@@ -70,6 +70,15 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore party serve --config parties/bureau/party.toml",
         "fedscore party serve --config parties/bureau/party.toml --listen 0.0.0.0:50062",
     ],
+    "verification": ["fedscore verification keygen --name acme-id --out acme-id.key"],
+    "verification keygen": ["fedscore verification keygen --name acme-id --out acme-id.key"],
+    "verification record": [
+        "fedscore verification record --job fedscore-demo/job.toml --local --applicant 31337 --method face-match "
+        "--verifier acme-id --verifier-key acme-id.key --evidence selfie.jpg id-card.jpg",
+        "fedscore verification record --job examples/default_credit/job.toml --tls certs/card_center "
+        "--applicant 31337 --method bank-account --verifier acme-id --verifier-key acme-id.key --evidence "
+        "transfer.pdf --json",
+    ],
     "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init party": [
         "fedscore init party acme_bureau --dir parties/acme_bureau",
@@ -263,10 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
                             "none: it takes no job until card_centers in its config names one)")
     party.add_argument("--quiet", action="store_true", help="print nothing but errors")
     party.set_defaults(handler=cmd_init_party)
+
+    from fedscore.cli.commands import cmd_verification
+
+    verification = commands.add("verification", "record identity verifications on a model's scoring chain")
+    steps = _Parsers(verification.add_subparsers(dest="action", required=True, metavar="ACTION"), "verification")
+    keygen = steps.add("keygen", "make an identity verifier's Ed25519 key and print the config line to trust it")
+    keygen.add_argument("--name", required=True, help="the verifier's name, as the card center's `verifiers` will list it")
+    keygen.add_argument("--out", type=Path, required=True, help="the key file to write (owner-only; never overwritten)")
+    _output_options(keygen, "the key file, name and public key")
+    keygen.set_defaults(handler=cmd_verification)
+    recording = steps.add(
+        "record", "sign a verification as the verifier and send it to the card center",
+        description="Sign a verification record (the applicant's digest, the method, now, the verifier's name and\n"
+                    "key, each evidence file's SHA-256) with the verifier's key and send it to the card center,\n"
+                    "which checks it against its trusted verifiers and puts it on the model's scoring chain.\n"
+                    "The evidence files are read here; only their digests are sent.",
+    )
+    recording.add_argument("--job", type=Path, required=True, help="the job file the served model was trained with")
+    recording.add_argument("--applicant", required=True, help="the applicant's id (only its digest is signed)")
+    recording.add_argument("--method", required=True, help="how the applicant was verified, e.g. face-match, bank-account")
+    recording.add_argument("--verifier", required=True, help="the verifier's name in the card center's `verifiers`")
+    recording.add_argument("--verifier-key", type=Path, required=True, metavar="KEYFILE",
+                           help="the verifier's key file (`fedscore verification keygen`)")
+    recording.add_argument("--evidence", type=Path, nargs="+", required=True, metavar="FILE",
+                           help="the evidence files (photos, documents); their SHA-256 is signed, they stay here")
+    recording.add_argument("--job-id", help="the served model (default: the card center's newest of this job)")
+    recording.add_argument("--local", action="store_true", help="start every party daemon here from the job's trained state")
+    recording.add_argument("--state", type=Path, help="with --local: state folder (default: state/ beside the job file)")
+    _add_tls_arguments(recording)
+    _output_options(recording, "the verification id, model and record digest")
+    recording.set_defaults(handler=cmd_verification)
     return parser
 
 
-CLIENT_COMMANDS = ("run", "demo", "serve", "score", "status")   # commands that call daemons (not daemons themselves)
+CLIENT_COMMANDS = ("run", "demo", "serve", "score", "status", "verification")   # commands that call daemons (not daemons themselves)
 
 
 def quiet_grpc() -> None:

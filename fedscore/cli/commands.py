@@ -270,3 +270,10 @@ def cmd_init_party(args: argparse.Namespace) -> int:
         print(f"next: put the data in {folder / 'data'}{identity}, then: fedscore party serve --config {folder / 'party.toml'}")
         print(f"(see {folder / 'README.md'})")
     return EXIT_OK
+
+
+def cmd_verification(args: argparse.Namespace) -> int:
+    """`fedscore verification keygen|record` (fedscore.cli.verification)."""
+    from fedscore.cli.verification import verification_command
+
+    return verification_command(args)

@@ -51,7 +51,7 @@ def _located(blocks: list[Block], secrets: ScoringSecrets, applicant_id: str | N
                 continue
             found = (block.height, index, entry)
     if found is None:
-        wanted = f"verification {verification_id}" if verification_id else "a verification of this applicant"
+        wanted = f"verification {verification_id}" if verification_id else "verification of this applicant"
         raise FedscoreError(f"the scoring chain holds no {wanted}{f' by {method}' if method else ''}")
     return found
 
