@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import http.client
 import json
+import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from nacl.signing import SigningKey
+
+from fedscore.cli.demo import SPLIT, write_demo
+from fedscore.cli.runner import run_job_file
+from fedscore.daemons.launcher import LocalConsortium
+from fedscore.job_file import load_job, load_scoring
+from fedscore.ledger.block import decode_entry
+from fedscore.ledger.store import LedgerStore
+from fedscore.transport.clients.scoring import ScoringClient
 
 from fedscore.errors import DataError, DeniedError, FedscoreError
 from fedscore.ledger.block import sign
@@ -25,6 +38,7 @@ from fedscore.protocol.scoring.verification_evidence import (VerificationEvidenc
                                                              verification_part)
 
 from test_chain_rules import SCORING_KEYS, proposed_by_card_center, scoring_chain
+from test_scoring_daemons import tls_socket
 
 VERIFIER = SigningKey(b"\x21" * 32)
 TRUSTED = {"acme-id": bytes(VERIFIER.verify_key)}
@@ -252,3 +266,122 @@ def test_checking_a_verification_part_is_fast_and_small(chain_with_verifications
     with capsys.disabled():
         print(f"\nverification part: {size} bytes, checked in {median_ms:.2f} ms (median of 50), 2 members, 2 files")
     assert size < 16_000 and median_ms < 100
+
+
+# -- through the real card center daemon ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The demo consortium on its first 3000 applicants, one epoch, 512-bit keys (tests only)."""
+    folder = tmp_path_factory.mktemp("verification")
+    job = write_demo(folder, epochs=1, key_bits=512, rows=3000)
+    run_job_file(job, local=True, workers=1)
+    return folder
+
+
+def post(address: str, path: str, document: dict, identity) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection(*address.split(":"), timeout=30)
+    connection.sock = tls_socket(address, identity)
+    try:
+        connection.request("POST", path, json.dumps(document), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def as_json(record: VerificationRecord, applicant: str) -> dict:
+    """What a verification system sends to POST /v1/verifications."""
+    return {"applicant_id": applicant, "method": record.method, "time": record.time, "verifier": record.verifier,
+            "signature": record.signature.hex(), "evidence": record.evidence}
+
+
+def job_at(trained: Path, spec, path: Path) -> Path:
+    """The demo's job file with the running daemons' addresses, as a client away from --local reads it."""
+    head, *sections = (trained / "job.toml").read_text().split("[[parties]]")
+    for number, party in enumerate(spec.parties):
+        sections[number] = re.sub(r'address = "[^"]*"', f'address = "{party.address}"', sections[number])
+    path.write_text("[[parties]]".join([head, *sections]))
+    return path
+
+
+def test_a_verification_recorded_through_the_card_center_reaches_the_chain_co_signed_and_checks(trained, tmp_path):
+    spec, base = load_job(trained / "job.toml")
+    settings = load_scoring(trained / "job.toml")
+    applicants = pd.read_csv(trained / "applicants.csv", dtype=str)
+    row = applicants.iloc[0]
+    features = [c for c in SPLIT["card_center"] if c not in spec.protected]
+    for name, data in FILES.items():
+        (tmp_path / name).write_bytes(data)
+    key_file = tmp_path / "acme-id.key"
+    key_file.write_text(f"# the test verifier\n{bytes(VERIFIER).hex()}\n")
+    trusted = {"acme-id": bytes(VERIFIER.verify_key).hex()}
+    with LocalConsortium(spec, base, trained / "state", 1, settings.consent_issuers, verifiers=trusted) as consortium:
+        me = consortium.card_center_identity
+        client = ScoringClient(consortium.spec.card_center.address, "card_center", me)
+        opened = client.open_scoring(consortium.spec, settings.to_json())
+        http_address = consortium.http_addresses["card_center"]
+
+        by_grpc = client.record_verification("A-1001", signed(), opened.job_id)
+        status, by_http = post(http_address, "/v1/verifications", as_json(signed(method="bank-account"), "A-1001"), me)
+        assert status == 200 and by_http["job_id"] == by_grpc.job_id == opened.job_id
+        ids = {by_grpc.verification_id, by_http["verification_id"]}
+        scored = client.score(row["id"], {c: float(row[c]) for c in features}, row["consent"])   # one billed request
+
+        # refused, naming why: an untrusted verifier, a signature that does not verify, over gRPC and HTTPS
+        mallory = SigningKey(b"\x26" * 32)
+        with pytest.raises(DeniedError, match=r"verifier 'other-id' is not one this card center trusts \(verifiers in its config: acme-id\)"):
+            client.record_verification("A-1001", make_record(mallory, "other-id", "A-1001", "face-match", digests(FILES)))
+        with pytest.raises(DeniedError, match="the signature of verifier 'acme-id' does not verify over this record"):
+            client.record_verification("A-1001", signed(key=mallory))
+        status, refused = post(http_address, "/v1/verifications", {**as_json(signed(), "A-1001"), "applicant_id": "A-1002"}, me)
+        assert status == 403 and "the signature of verifier 'acme-id' does not verify" in refused["error"]
+        status, refused = post(http_address, "/v1/verifications", {**as_json(signed(), "A-1001"), "verifier": "other-id"}, me)
+        assert status == 403 and "verifier 'other-id' is not one this card center trusts" in refused["error"]
+        status, refused = post(http_address, "/v1/verifications", {k: v for k, v in as_json(signed(), "A-1001").items() if k != "signature"}, me)
+        assert status == 400 and refused["error"].startswith("missing field 'signature'")
+        # only the card center's own certificate records one, on either port
+        bureau = consortium.identity("bureau")
+        status, refused = post(http_address, "/v1/verifications", as_json(signed(), "A-1001"), bureau)
+        assert status == 403 and refused["error"] == "recording a verification is for 'card_center' only; refused 'bureau'"
+        stranger = ScoringClient(consortium.spec.card_center.address, "card_center", bureau)
+        with pytest.raises(DeniedError, match="RecordVerification is for this member itself only; refused 'bureau'"):
+            stranger.record_verification("A-1001", signed())
+        stranger.close()
+
+        # the command, as an operator runs it against the running card center
+        done = subprocess.run(
+            [sys.executable, "-m", "fedscore", "verification", "record", "--job", str(job_at(trained, consortium.spec, tmp_path / "job.toml")),
+             "--tls", str(consortium.certs_dir / "card_center"), "--applicant", "A-3003", "--method", "face-match",
+             "--verifier", "acme-id", "--verifier-key", str(key_file), "--evidence", *(str(tmp_path / n) for n in FILES),
+             "--json"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        by_cli = json.loads(done.stdout)
+        assert by_cli["job_id"] == opened.job_id and by_cli["evidence"] == digests(FILES)
+        ids.add(by_cli["verification_id"])
+        settled = json.loads(client.settle(opened.job_id).settlement_json)
+        client.close_scoring(opened.job_id)   # every pending entry goes on the chain
+        client.close()
+
+    # every replica holds the same chain, each block signed by every member, with the three verifications
+    replicas = {p: list(LedgerStore(next((trained / "state" / p / "jobs").glob("*/scoring.sqlite")), read_only=True).blocks())
+                for p in ("card_center", "bureau", "ecommerce")}
+    assert len({verify_chain(blocks).head for blocks in replicas.values()}) == 1
+    for blocks in replicas.values():
+        entries = [e for b in blocks for e in b.decoded()]
+        assert {e["verification_id"] for e in entries if e["kind"] == "verification"} == ids
+    # the settlement billed the one scored request, not the verifications
+    answered = 2 - len(scored.partners_missing)
+    assert sum(line["requests"] for line in settled["lines"]) == answered
+
+    # the card center's evidence for a dispute, checked against the files it hands over
+    blocks = replicas["card_center"]
+    secrets = ScoringSecrets.load_or_create(trained / "state" / "card_center" / "scoring-secrets")
+    members = decode_entry(blocks[0].entries[0])["members"]
+    for applicant, method in (("A-1001", "face-match"), ("A-1001", "bank-account"), ("A-3003", "face-match")):
+        part = verification_part(blocks, secrets, applicant_id=applicant, method=method)
+        verdict = check_verification_part(part, members, FILES, applicant_digest(applicant), blocks[0].hash().hex())
+        assert verdict.startswith(f"applicant {applicant_digest(applicant).hex()} verified by acme-id ")
+        assert f"by {method} at " in verdict and verdict.endswith("co-signed by bureau, card_center, ecommerce")
+    with pytest.raises(VerificationEvidenceError, match="evidence file 'selfie.jpg' is altered"):
+        check_verification_part(part, members, {**FILES, "selfie.jpg": b"another photo"}, applicant_digest("A-3003"))
