@@ -25,7 +25,7 @@ from fedscore.ledger.block import decode_entry
 from fedscore.ledger.store import LedgerStore
 from fedscore.transport.clients.scoring import ScoringClient
 
-from fedscore.errors import DataError, DeniedError, FedscoreError
+from fedscore.errors import DataError, DeniedError, FedscoreError, PeerError
 from fedscore.ledger.block import sign
 from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.scoring_rules import REQUEST_ID, entry_digest
@@ -385,3 +385,36 @@ def test_a_verification_recorded_through_the_card_center_reaches_the_chain_co_si
         assert f"by {method} at " in verdict and verdict.endswith("co-signed by bureau, card_center, ecommerce")
     with pytest.raises(VerificationEvidenceError, match="evidence file 'selfie.jpg' is altered"):
         check_verification_part(part, members, {**FILES, "selfie.jpg": b"another photo"}, applicant_digest("A-3003"))
+
+
+def test_a_verification_is_journalled_before_it_is_acknowledged_and_survives_a_restart_once(tmp_path):
+    """In the card center's scoring process: verifications wait with the scoring entries, in the same
+    blocks; a block not co-signed and a restart lose none and record none twice; fees count requests only."""
+    from test_scoring import Consortium
+
+    c = Consortium(tmp_path)
+    made = []
+    for row in range(4):
+        c.score(row)
+        entry = chain_entry(signed(f"A-{row}"), f"A-{row}", c.secrets, time.time_ns() // 1_000_000)
+        c.center.record_verification(entry)
+        made.append(entry["verification_id"])
+    journalled = [json.loads(line) for line in (tmp_path / "guest" / "pending.jsonl").read_text().splitlines()]
+    assert [e["verification_id"] for e in journalled if e["kind"] == "verification"] == made
+    c.partners["mirror"].fail_proposals = 1
+    with pytest.raises(PeerError):
+        c.batcher.flush()                        # block 1 of 7 entries is proposed, not co-signed
+    c.stop_center()
+    for partner in c.partners.values():
+        partner.stop()
+        partner.start()
+    c.start_center()
+    assert c.center.pending_count() == 1 and c.batcher.has_proposal   # the last verification still waits
+    assert c.batcher.flush() == 4                # scoring entries written; the verifications went with them
+    for member in (c.member, *(p.member for p in c.partners.values())):
+        entries = [e for b in member.store.blocks() for e in b.decoded()]
+        assert sorted(e["verification_id"] for e in entries if e["kind"] == "verification") == sorted(made)
+    assert (tmp_path / "guest" / "pending.jsonl").read_text() == ""   # all on the chain: the journal is empty
+    c.stop_center()
+    c.start_center()
+    assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0

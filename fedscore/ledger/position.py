@@ -37,6 +37,8 @@ def read_position(store: LedgerStore) -> ChainPosition:
     for body in store.entries_newest_first():
         entry = decode_entry(body)
         kind = str(entry.get("kind", ""))
+        if kind == "verification":   # evidence beside the chain's business: a settled chain stays settled
+            continue
         last_kind = last_kind or kind
         if kind == "step":
             last_step = Step(int(entry["epoch"]), int(entry["batch"]))
