@@ -30,6 +30,7 @@ FIGURES = {   # what each bench's last line must name
                   "scorecard_mean_pd_gap", "scorecard_raw_test_auc", "scorecard_raw_brier"],
     "scoring": ["scoring_p99_ms", "scoring_p50_ms", "scoring_per_second"],
     "tls": ["tls_call_us", "tls_caller_check_us"],
+    "verification": ["verification_check_ms", "verification_part_bytes"],
 }
 GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second",
          "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap"}

@@ -252,8 +252,8 @@ def test_a_record_the_verifier_did_not_sign_fails_even_when_the_chain_holds_it(t
         check_verification_part(part, MEMBERS, FILES, applicant_digest("A-1001"))
 
 
-def test_checking_a_verification_part_is_fast_and_small(chain_with_verifications, capsys):
-    """The figures the README gives (printed with -s): the part's size and the median time to check it."""
+def test_checking_a_verification_part_is_fast_and_small(chain_with_verifications):
+    """Bounds far above what bench/verification.py measures: a part that grew or slowed by orders of magnitude."""
     blocks, _ = chain_with_verifications
     part = verification_part(blocks, SECRETS, applicant_id="A-1001")
     size = len(json.dumps(part).encode("utf-8"))
@@ -263,8 +263,6 @@ def test_checking_a_verification_part_is_fast_and_small(chain_with_verifications
         check_verification_part(part, MEMBERS, FILES, applicant_digest("A-1001"))
         runs.append(time.perf_counter() - started)
     median_ms = statistics.median(runs) * 1000
-    with capsys.disabled():
-        print(f"\nverification part: {size} bytes, checked in {median_ms:.2f} ms (median of 50), 2 members, 2 files")
     assert size < 16_000 and median_ms < 100
 
 
