@@ -173,8 +173,8 @@ def test_a_genuine_verification_part_checks_and_reads_as_a_verdict(chain_with_ve
                                       genesis_hash=blocks[0].hash().hex())
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(part["record"]["time"]))
     assert verdict == (f"applicant {applicant_digest('A-1001').hex()} verified by acme-id "
-                       f"(key {bytes(VERIFIER.verify_key).hex()[:16]}…) by face-match at {when}, on 2 evidence files "
-                       f"that match; recorded in block 1 of scoring chain job-1 co-signed by guest, host")
+                       f"(key {bytes(VERIFIER.verify_key).hex()[:16]}…) by face-match at {when}, with 2 evidence files "
+                       f"matching; recorded in block 1 of scoring chain job-1 co-signed by guest, host")
     # only the disputed applicant's record: nothing of the other applicant's
     text = json.dumps(part)
     assert applicant_digest("A-2002").hex() not in text and "face.png" not in text
@@ -416,3 +416,46 @@ def test_a_verification_is_journalled_before_it_is_acknowledged_and_survives_a_r
     c.stop_center()
     c.start_center()
     assert c.center.pending_count() == 0 and not c.batcher.has_proposal and c.batcher.flush() == 0
+
+
+def test_the_card_center_config_lists_its_verifiers_by_name_and_key(tmp_path):
+    from fedscore.daemons.config import load_party_config
+    from fedscore.errors import ConfigError
+
+    key = bytes(VERIFIER.verify_key).hex()
+    config = tmp_path / "party.toml"
+    config.write_text(f'[party]\nname = "card_center"\nverifiers = {{ acme-id = "{key.upper()}" }}\n')
+    assert load_party_config(config).verifiers == (("acme-id", key),)
+    for bad in ('{ acme-id = "abc" }', '{ "no spaces" = "' + key + '" }', '["acme-id"]'):
+        config.write_text(f'[party]\nname = "card_center"\nverifiers = {bad}\n')
+        with pytest.raises(ConfigError, match="verifiers must"):
+            load_party_config(config)
+
+
+def test_keygen_then_record_with_local_daemons_puts_it_on_the_chain(trained, tmp_path):
+    """The commands as an operator trying it out runs them: a verifier's key, the config line, one record."""
+    done = subprocess.run([sys.executable, "-m", "fedscore", "verification", "keygen", "--name", "acme-id",
+                           "--out", str(tmp_path / "acme-id.key"), "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    public = json.loads(done.stdout)["public_key"]
+    assert (tmp_path / "acme-id.key").stat().st_mode & 0o077 == 0
+    again = subprocess.run([sys.executable, "-m", "fedscore", "verification", "keygen", "--name", "acme-id",
+                            "--out", str(tmp_path / "acme-id.key")], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "is never overwritten" in again.stderr
+    job = trained / "job-verifying.toml"   # beside the data, so --local finds the trained state
+    job.write_text((trained / "job.toml").read_text().replace(
+        "[coordinator]", f'verifiers = {{ acme-id = "{public}" }}\n\n[coordinator]'))
+    (tmp_path / "selfie.jpg").write_bytes(FILES["selfie.jpg"])
+    done = subprocess.run(
+        [sys.executable, "-m", "fedscore", "verification", "record", "--job", str(job), "--local", "--applicant", "A-4004",
+         "--method", "face-match", "--verifier", "acme-id", "--verifier-key", str(tmp_path / "acme-id.key"),
+         "--evidence", str(tmp_path / "selfie.jpg")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"^verification v[0-9a-f]{31} recorded on model \S+'s scoring chain: applicant [0-9a-f]{16}… by "
+                    r"face-match, verifier acme-id, 1 evidence file \(their SHA-256 only; the files stay here\)$", done.stdout)
+    blocks = list(LedgerStore(next((trained / "state" / "bureau" / "jobs").glob("*/scoring.sqlite")), read_only=True).blocks())
+    secrets = ScoringSecrets.load_or_create(trained / "state" / "card_center" / "scoring-secrets")
+    part = verification_part(blocks, secrets, applicant_id="A-4004")
+    verdict = check_verification_part(part, decode_entry(blocks[0].entries[0])["members"],
+                                      {"selfie.jpg": FILES["selfie.jpg"]}, applicant_digest("A-4004"))
+    assert "verified by acme-id" in verdict and "with 1 evidence file matching;" in verdict

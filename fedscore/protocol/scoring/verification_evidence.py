@@ -23,6 +23,7 @@ from fedscore.errors import DataError, FedscoreError, UnverifiedError
 from fedscore.ledger.block import Block, decode_entry, encode_entry
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.scoring_rules import verification_problem
+from fedscore.plural import plural
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 from fedscore.protocol.scoring.verification import VerificationRecord, signature_valid, unseal
 
@@ -140,6 +141,6 @@ def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], ap
         raise _fail("the proof's chain is not a scoring chain of the members given (names and keys)")
     height = proof["block"]["height"]
     return (f"applicant {record.applicant.hex()} verified by {record.verifier} (key {record.verifier_key.hex()[:16]}…) "
-            f"by {record.method} at {_when(record.time)}, on {len(record.evidence)} evidence file"
-            f"{'s' if len(record.evidence) != 1 else ''} that match; recorded in block {height} of scoring chain "
+            f"by {record.method} at {_when(record.time)}, with {plural(len(record.evidence), 'evidence file')} matching; "
+            f"recorded in block {height} of scoring chain "
             f"{start['job_id']} co-signed by {', '.join(sorted(members))}")
