@@ -27,7 +27,10 @@ twice, and no entry marks as not contributing a request its own journal
 says it answered before the request's deadline: it bills from its own
 record, not from the card center's word. Only an answer it gave after the
 deadline may be marked as not contributing; it is counted as unbilled. The
-card center signs only entries it made itself.
+card center signs only entries it made itself. Settlements: each payee
+checks its own line, and that no answer it gave in time is still missing
+from the chain; the card center checks every line
+(fedscore.ledger.settlement).
 
 A `verification` entry records that the card center's verification system
 saw an applicant (fedscore.protocol.scoring.verification): the applicant
@@ -36,12 +39,10 @@ key, the record's SHA-256, an id and a time. A partner cannot read it and
 signs it once it is well formed and new: it is billed to nobody and changes
 no settlement, so signing it costs a partner nothing, and what the partners'
 signatures add is what the record needs later, that it existed, unchanged,
-when the block was signed (the card center cannot alter or back-date it);
-whether it says what it claims is checked from the record itself, the
-verifier's signature and the evidence files, when a dispute opens it. Settlements: each payee
-checks its own line, and that no answer it gave in time is still missing
-from the chain; the card center checks every line
-(fedscore.ledger.settlement).
+when the block was signed (the card center cannot alter or back-date it).
+Whether it says what it claims is checked from the record itself, the
+verifier's signature and the evidence files, when a dispute opens it. The
+card center signs only verifications it made itself, as with requests.
 """
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ class ScoringFacts:
     training_head: str                        # hex hash of the settled training chain's last block
     pair_keys: dict[str, bytes] = field(default_factory=dict)   # partner -> mark key (a partner: its own only)
     answered: dict[str, str] = field(default_factory=dict)
-    # card center: entry id (request's or verification's) -> digest of the entry it made; partner: its tag -> consent digest; until on the chain
+    # card center: entry id (a request's or a verification's) -> digest of the entry it made;
+    # partner: its tag -> consent digest; until on the chain
     on_time: dict[str, int] = field(default_factory=dict)
     # a partner's answers given before the request's deadline (tag -> deadline, unix ms): an entry must bill them
     unbilled: list[str] = field(default_factory=list)

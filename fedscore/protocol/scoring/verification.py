@@ -44,6 +44,7 @@ EVIDENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")   # a file's ba
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_EVIDENCE_FILES = 16
 MAX_CLOCK_SKEW = 300      # seconds a verification may be dated in the future
+FIELDS = ("applicant", "method", "time", "verifier", "verifier_key", "evidence", "signature")   # of a record
 VERIFICATION_ID_PREFIX = "v"   # "v" + 31 hex digits: never a request id (32 hex digits), so the two cannot collide
 
 
@@ -112,9 +113,6 @@ class VerificationRecord:
         except ValueError:
             raise DataError("the verification record is not JSON") from None
         return cls.from_dict(document)
-
-
-FIELDS = ("applicant", "method", "time", "verifier", "verifier_key", "evidence", "signature")
 
 
 def _short(text: str) -> bytes:
