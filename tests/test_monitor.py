@@ -321,7 +321,7 @@ def test_a_served_model_logs_each_answered_request_and_the_monitor_reads_it(tmp_
     folder = next((tmp_path / "state" / "card_center" / "jobs").glob("*/model.json")).parent
     baseline = load_baseline(folder)
     assert set(baseline["partners"]) == {"bureau", "ecommerce"} and 0 < min(baseline["partners"].values()) < 1
-    assert sum(baseline["score"]["shares"]) == pytest.approx(1.0)
+    assert sum(baseline["score"]["shares"]) == pytest.approx(1.0, abs=1e-4)
     assert set(baseline["features"]) == {"LIMIT_BAL", "EDUCATION"}   # its own model's columns, protected ones out
 
     data = bundled_data().head(rows)
