@@ -356,3 +356,14 @@ def test_a_served_model_logs_each_answered_request_and_the_monitor_reads_it(tmp_
     assert {a["subject"] for a in document["alerts"] if a["kind"] == "csi"} == {"LIMIT_BAL"}
     assert {a["period"] for a in document["alerts"]} == {document["periods"][1]["period"]}
     assert main(["monitor", "--job", str(job), "--per", "300", "--quiet"]) == EXIT_ALERT
+
+
+def test_a_partner_down_for_longer_than_it_was_up_stays_flagged(tmp_path):
+    baseline = synthetic_baseline()
+    days = {0: {"requests": 200}, **{day: {"requests": 200, "bureau_late": True} for day in range(1, 6)}}
+    synthetic_log(tmp_path / "log", baseline, days)
+    document = review(read_log(tmp_path / "log"), baseline, ScoringPolicy(), Thresholds())
+    flagged = [a["period"] for a in document["alerts"] if a["kind"] == "answer_rate"]
+    assert flagged == [p["period"] for p in document["periods"][1:]]
+    assert all(a["threshold"] == document["periods"][0]["partners"]["bureau"]["answer_rate"]
+               for a in document["alerts"])   # judged against the one healthy day, not against the days it was down

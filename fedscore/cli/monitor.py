@@ -66,7 +66,7 @@ def run_monitor(job_path: Path, state: Path | None = None, job_id: str = "", sin
     from fedscore.monitoring.scoring_log import LOG_FOLDER, log_files, read_log
 
     if per < 0:
-        raise ConfigError(f"--per must be a number of requests (1 or more), got {per}")
+        raise ConfigError(f"--per must be a number of requests (1 or more; 0: per day), got {per}")
     thresholds, policy = load_monitoring(job_path), load_scoring(job_path).policy
     folder = model_folder(job_path, state, job_id)
     baseline = load_baseline(folder)
@@ -111,6 +111,8 @@ def format_monitor(document: dict) -> str:
                     "and median/95th-percentile reply time")
     for kind, items in (("ALERT", document["alerts"]), ("note", document["notes"])):
         lines += [f"{kind}: {item['message']}" for item in items]
+    if not rows:
+        lines.append(f"no request logged{' since ' + document['since'] if document.get('since') else ''}")
     if not document["alerts"]:
         lines.append("no alert")
     return "\n".join(lines)

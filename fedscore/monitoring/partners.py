@@ -3,8 +3,8 @@
 A partner "answers" a request when it gives a partial score; it does not when
 it does not hold the applicant, refuses, fails, answers nonsense or is late.
 Its answer rate is compared with a reference: the median rate of the earlier
-judged periods in the report, or, for the first one, the rate the baseline
-expects (the share of the card center's applicants it held at alignment). A
+judged periods in the report that were not flagged, or, for the first one,
+the rate the baseline expects (the share of the card center's applicants it held at alignment). A
 fall below (1 − fall) × the reference is flagged (its data feed broke, or it
 stopped answering); so is a partner that answered none of a judged period's
 requests while its reference was above zero, however long ago it stopped.
@@ -42,10 +42,11 @@ def partner_health(period: Period) -> dict[str, PartnerHealth]:
     return health
 
 
-def reference_rate(name: str, earlier: Sequence[Mapping[str, PartnerHealth]], expected: Mapping[str, float]) -> float | None:
-    """The rate a period's answer rate is judged against: the earlier judged periods' median, else the baseline's."""
-    rates = [period[name].rate for period in earlier if name in period]
-    if rates:
+def reference_rate(name: str, earlier: Mapping[str, Sequence[float]], expected: Mapping[str, float]) -> float | None:
+    """The rate a period's answer rate is judged against: the median of the partner's earlier judged rates that
+    were not flagged (a partner down for weeks is still judged against its healthy days), else the baseline's."""
+    rates = earlier.get(name, ())
+    if len(rates):
         return float(np.median(rates))
     return expected.get(name)
 

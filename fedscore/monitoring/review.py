@@ -33,12 +33,11 @@ def review(records: Iterable[dict], baseline: dict, policy: ScoringPolicy, thres
     alerts: list[Alert] = []
     notes: list[Alert] = []
     rows = []
-    judged_health: list[dict[str, PartnerHealth]] = []
+    healthy_rates: dict[str, list[float]] = {}   # per partner, its judged rates that were not flagged
     for period in periods:
         row, health = _period_row(period, baseline, expected, thresholds)
         if row["judged"]:
-            _judge(period, row, health, judged_health, expected, expected_rates, thresholds, alerts, notes)
-            judged_health.append(health)
+            _judge(period, row, health, healthy_rates, expected, expected_rates, thresholds, alerts, notes)
         rows.append(row)
     total_counts = np.sum([p.score_counts for p in periods], axis=0) if periods else np.zeros(len(baseline["score"]["shares"]))
     requests = int(sum(p.requests for p in periods))
@@ -80,7 +79,7 @@ def _period_row(period: Period, baseline: dict, expected: dict, thresholds: Thre
     return row, health
 
 
-def _judge(period: Period, row: dict, health: dict[str, PartnerHealth], earlier: list, expected: dict,
+def _judge(period: Period, row: dict, health: dict[str, PartnerHealth], healthy_rates: dict[str, list[float]], expected: dict,
            expected_rates: dict, thresholds: Thresholds, alerts: list[Alert], notes: list[Alert]) -> None:
     label = period.label
 
@@ -96,8 +95,10 @@ def _judge(period: Period, row: dict, health: dict[str, PartnerHealth], earlier:
     for name, value in row["csi"].items():
         crossed("csi", name, value, thresholds.csi_watch, thresholds.csi_alert, f"CSI of {name}")
     for name, partner in health.items():
-        reference = reference_rate(name, earlier, expected_rates)
-        if answer_rate_fall(partner.rate, reference, thresholds.answer_rate_fall):
+        reference = reference_rate(name, healthy_rates, expected_rates)
+        if not answer_rate_fall(partner.rate, reference, thresholds.answer_rate_fall):
+            healthy_rates.setdefault(name, []).append(partner.rate)
+        else:
             alerts.append(Alert(label, "answer_rate", name, _round(partner.rate), _round(reference),
                                 f"{label}: partner {name} answered {partner.answered} of {partner.asked} requests "
                                 f"({partner.rate:.1%}, {partner.late} late) against {reference:.1%} before: "

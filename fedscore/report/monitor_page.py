@@ -67,7 +67,7 @@ def answer_rate_plot(periods: list[dict], expected: dict) -> bytes:
     _ticks(axes, positions, labels)
     axes.set(ylabel="% of requests answered", title="Partner answer rate per period (dotted: expected at alignment)",
              ylim=(0, 105))
-    axes.legend(loc="lower left", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)   # beside: a rate may fall to 0
     return _png(figure)
 
 
@@ -86,7 +86,7 @@ def decision_plot(periods: list[dict], expected: dict) -> bytes:
     _ticks(axes, positions, labels)
     axes.set(ylabel="% of requests", title="Decision mix per period (dotted: expected cut between decisions)",
              ylim=(0, 100))
-    axes.legend(loc="upper left", ncol=3, fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)   # beside: the bars fill the plot
     return _png(figure)
 
 
