@@ -13,6 +13,7 @@ values and one buffered line; ScoringLog.record), median per request over 20 000
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.monitoring.alerts import Thresholds
 from fedscore.monitoring.baseline import binned_feature, training_baseline, write_baseline
 from fedscore.monitoring.review import review
-from fedscore.monitoring.scoring_log import LOG_FOLDER, OwnBuckets, PartnerReply, ScoringLog, log_record, read_log
+from fedscore.monitoring.scoring_log import LOG_FOLDER, OwnBuckets, PartnerReply, ScoringLog, read_log
 from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, decision, points, probability
 
 from common import ROOT, parse_with_smoke
@@ -119,8 +120,6 @@ def main() -> None:
             started = time.perf_counter()
             codes.add(subprocess.run(command, cwd=ROOT, capture_output=True).returncode)
             runs.append(time.perf_counter() - started)
-        import json
-
         baseline = json.loads((model_dir / "monitoring-baseline.json").read_text())
         started = time.perf_counter()
         document = review(read_log(model_dir / LOG_FOLDER), baseline, ScoringPolicy(), Thresholds())

@@ -29,7 +29,7 @@ from fedscore.protocol.scoring.offline import log_odds, partial_scores
 from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, decision, points, probability
 
 from conftest import write_job
-from test_scoring import POLICY, Consortium
+from test_scoring import Consortium
 
 JOB_ID = "job-1"
 PER = 150
