@@ -1,4 +1,5 @@
-"""The job file (TOML): the [job] settings, the parties, [fees], [coordinator] and the optional [scoring] table.
+"""The job file (TOML): the [job] settings, the parties, [fees], [coordinator] and the optional [scoring] and
+[monitoring] tables.
 
 Paths in a job file are relative to the job file and are left as written; a
 party daemon resolves its own inside its data folder. Every [job] key is a
@@ -17,6 +18,7 @@ from typing import Any
 from fedscore.errors import ConfigError
 from fedscore.job import Binning, JobSpec, PartySpec
 from fedscore.ledger.settlement import FeeContract
+from fedscore.monitoring.alerts import Thresholds, parse_monitoring
 from fedscore.protocol.scoring.scorecard import LimitBand, ScoringPolicy
 from fedscore.toml_tables import Kind, read_toml, refuse_unknown, table_of, take
 
@@ -29,8 +31,9 @@ JOB_KEYS: dict[str, Kind] = {
 
 def parse_job(document: dict[str, Any], where: str = "job file") -> JobSpec:
     """A JobSpec from a parsed job TOML document (paths left as written)."""
-    refuse_unknown(document, {"job", "parties", "coordinator", "fees", "scoring", "binning"}, where)
+    refuse_unknown(document, {"job", "parties", "coordinator", "fees", "scoring", "binning", "monitoring"}, where)
     parse_scoring(document, where)   # checked with the job, used when the model serves
+    parse_monitoring(document, where)   # checked with the job, used by `fedscore monitor`
     job = document.get("job")
     if not isinstance(job, dict):
         raise ConfigError(f"{where}: missing [job] table")
@@ -210,6 +213,11 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
 def load_scoring(path: Path | str) -> ScoringSettings:
     path = Path(path)
     return parse_scoring(read_toml(path, "job file"), where=f"job file {path}")
+
+
+def load_monitoring(path: Path | str) -> Thresholds:
+    path = Path(path)
+    return parse_monitoring(read_toml(path, "job file"), where=f"job file {path}")
 
 
 def load_job(path: Path | str) -> tuple[JobSpec, Path]:

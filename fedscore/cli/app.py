@@ -79,6 +79,11 @@ EXAMPLES: dict[str, list[str]] = {
         "--applicant 31337 --method bank-account --verifier acme-id --verifier-key acme-id.key --evidence "
         "transfer.pdf --json",
     ],
+    "monitor": [
+        "fedscore monitor --job fedscore-demo/job.toml",
+        "fedscore monitor --job fedscore-demo/job.toml --since 2026-01-01 --html monitor.html",
+        "fedscore monitor --job examples/default_credit/job.toml --state /var/lib/fedscore/card_center --per 1000 --json",
+    ],
     "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init party": [
         "fedscore init party acme_bureau --dir parties/acme_bureau",
@@ -251,6 +256,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--insecure", action="store_true", help="plaintext, for daemons started with --insecure")
     _output_options(status, "every member's status")
     status.set_defaults(handler=cmd_status)
+
+    from fedscore.cli.commands import cmd_monitor
+    from fedscore.cli.monitor import since_day
+
+    monitor = commands.add(
+        "monitor", "watch a served model: score and feature stability, partner health, decision mix",
+        description="Read the card center's scoring log of the job's model against the training population's\n"
+                    "baseline beside the model: PSI of the scores and CSI of each own feature, each partner's\n"
+                    "answer rate and reply times, the decision mix, per day (UTC) or per N requests. Thresholds:\n"
+                    "the job file's [monitoring] table. Exit 0 with no alert, 4 when one fired, 2 on bad input.",
+    )
+    monitor.add_argument("--job", type=Path, required=True, help="the job file the model was trained with")
+    monitor.add_argument("--state", type=Path, help="the run's state folder, or the card center daemon's own "
+                                                    "(default: state/ beside the job file)")
+    monitor.add_argument("--job-id", help="the trained job to monitor (default: the card center's newest of this job)")
+    monitor.add_argument("--since", type=since_day, metavar="DATE", help="only requests from this UTC day on (YYYY-MM-DD)")
+    monitor.add_argument("--per", type=int, default=0, metavar="N", help="periods of N requests each, instead of days")
+    monitor.add_argument("--html", type=Path, metavar="OUT", help="also write an HTML page with the plots here")
+    _output_options(monitor, "the monitoring document (periods, readings, alerts)")
+    monitor.set_defaults(handler=cmd_monitor)
 
     init = commands.add("init", "make the files a new member starts from")
     party = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init").add(

@@ -257,6 +257,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_exit(members)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from fedscore.cli.exits import EXIT_ALERT
+    from fedscore.cli.monitor import format_monitor, monitor_json, run_monitor, write_monitor_page
+
+    document = run_monitor(args.job, args.state, args.job_id or "", args.since, args.per)
+    if args.html:
+        write_monitor_page(args.html, document)
+    if args.json:
+        print(monitor_json(document))
+    elif not args.quiet:
+        print(format_monitor(document))
+        if args.html:
+            print(f"page: {args.html}")
+    return EXIT_ALERT if document["alerts"] else EXIT_OK
+
+
 def cmd_init_party(args: argparse.Namespace) -> int:
     from fedscore.cli.scaffold import init_party
 

@@ -12,6 +12,7 @@ EXIT_INTERNAL = InternalError.exit_code       # 1: a bug, no input explains it
 EXIT_ERROR = FedscoreError.exit_code          # 2: a problem to fix, named on one line (argparse's bad command line too)
 EXIT_UNVERIFIED = UnverifiedError.exit_code   # 3: a ledger or inclusion proof that does not verify
 EXIT_PARTIAL = 4        # done, but some applicants were not scored
+EXIT_ALERT = EXIT_PARTIAL   # monitor: done, and a monitoring alert fired
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143   # SIGTERM (128 + SIGTERM)
 
@@ -24,7 +25,7 @@ exit codes:
   {EXIT_UNVERIFIED:<4} a ledger or inclusion proof that does not verify (the first bad block is named);
        status: two members hold different blocks at one height of a chain
   {EXIT_PARTIAL:<4} partly done: some applicants were not scored (the first is named; each row's
-       error is in the output file)
+       error is in the output file); monitor: an alert fired (each is listed)
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
   {EXIT_TERMINATED:<4} stopped by SIGTERM
   daemons that --local started are stopped on any exit."""

@@ -123,8 +123,7 @@ def population_stability(expected: np.ndarray, actual: np.ndarray, bins: int = P
     edges = psi_edges(expected, bins)
     count = len(edges) + 1
     shares = [np.bincount(np.searchsorted(edges, v, side="right"), minlength=count) / len(v) for v in (expected, actual)]
-    floored = [np.maximum(s, PSI_FLOOR) for s in shares]
-    terms = (floored[1] - floored[0]) * np.log(floored[1] / floored[0])
+    terms = psi_terms(shares[0], shares[1])
     return {
         "edges": edges,
         "expected": shares[0],
@@ -132,6 +131,13 @@ def population_stability(expected: np.ndarray, actual: np.ndarray, bins: int = P
         "terms": terms,
         "total": float(np.sum(terms)),
     }
+
+
+def psi_terms(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each bin's (a − e)·ln(a / e) from the expected and actual shares, a share below PSI_FLOOR counted as
+    PSI_FLOOR: the one formula behind the report's PSI and the monitor's PSI and CSI."""
+    floored = [np.maximum(np.asarray(s, dtype=np.float64), PSI_FLOOR) for s in (expected, actual)]
+    return (floored[1] - floored[0]) * np.log(floored[1] / floored[0])
 
 
 def psi_reading(total: float) -> str:

@@ -35,6 +35,7 @@ from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.training_rules import TrainingRules, last_step
 from fedscore.model.data import PartyTable, load_party_table
 from fedscore.model.model_file import PartyModel
+from fedscore.monitoring.baseline import BASELINE_FILE, write_baseline
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.budget import BudgetPolicy
@@ -255,11 +256,28 @@ class Jobs:
         write_atomically(path, text)
         job.ledger.rules.facts.model_digest = entry_digest(text.encode("utf-8"))
         log.info("job %s finished: model written to %s", request.job_id, path)
+        if isinstance(session, CardCenterSession):
+            self._write_baseline(job, session)
         return pb.FinishJobReply(
             model_path=str(path), state_dir=str(self.config.state_dir),
             model_digest=job.ledger.rules.facts.model_digest, ledger_path=str(job.ledger.path),
             report_path=self._write_page(request.job_id, session, model),
         )
+
+    def _write_baseline(self, job: PreparedJob, session: CardCenterSession) -> None:
+        """The card center's monitoring baseline beside its model (fedscore.monitoring.baseline); the expected
+        answer rate of each partner is the share of the card center's applicants it held at alignment."""
+        rates = {name: count / job.table.rows for name, count in job.ledger.rules.facts.overlaps.items()}
+        try:
+            baseline = session.monitoring_baseline(rates)
+        except Exception:   # noqa: BLE001 - as the page: the trained model is what the job is for
+            log.exception("job %s: could not compute the monitoring baseline", job.job_id)
+            return
+        if baseline is None:   # evaluated before a restart: the scores are gone
+            log.warning("job %s: no monitoring baseline (the evaluation was before a restart); "
+                        "`fedscore monitor` needs one: train the job again to have it", job.job_id)
+            return
+        write_baseline(self.job_dir(job.job_id), baseline)
 
     def _write_page(self, job_id: str, session: PartySession, model: PartyModel) -> str:
         """This party's own HTML page beside its model; a page that cannot be drawn is logged, not fatal:
@@ -282,7 +300,7 @@ class Jobs:
     def abort(self, request: pb.JobRef) -> pb.Empty:
         """Drop the job and any model it wrote; its ledger stays as the record of what happened."""
         self._forget(request.job_id)
-        for name in (MODEL_FILE, REPORT_FILE):
+        for name in (MODEL_FILE, REPORT_FILE, BASELINE_FILE):
             (self.job_dir(request.job_id) / name).unlink(missing_ok=True)
         log.info("job %s aborted", request.job_id)
         return pb.Empty()

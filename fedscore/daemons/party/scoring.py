@@ -29,6 +29,7 @@ from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
+from fedscore.monitoring.scoring_log import LOG_FOLDER, ScoringLog, own_buckets
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.scoring.batcher import EntryBatcher
 from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
@@ -234,7 +235,7 @@ class ScoringHost:
             scorer = CardCenterScorer(
                 model, settings.policy, peers, self.consent_policy(), secrets, facts, journal,
                 timeout=settings.timeout_ms / 1000, on_chain=member.rules.seen.requests.__contains__,
-                uses=self.consent_uses(),
+                uses=self.consent_uses(), scoring_log=ScoringLog(folder / LOG_FOLDER, own_buckets(model, folder)),
             )
             sync = lambda: self._sync_partners(spec, member, peers, facts, scorer)   # noqa: E731
             sync()
@@ -285,6 +286,8 @@ class ScoringHost:
             for peer in served.peers.values():
                 peer.close()
             served.scorer.journal.close()
+            if isinstance(served.scorer, CardCenterScorer) and served.scorer.scoring_log is not None:
+                served.scorer.scoring_log.close()
             served.member.close()
         log.info("model %s closed for scoring", job_id)
 

@@ -32,6 +32,7 @@ from fedscore.errors import DataError, FedscoreError
 from fedscore.ledger.scoring_rules import ScoringFacts, entry_digest, entry_id, mark, scoring_entry
 from fedscore.model.data import normalise_id
 from fedscore.model.model_file import PartyModel
+from fedscore.monitoring.scoring_log import PartnerReply, ScoringLog
 from fedscore.protocol.ports import PartnerScorerHandle
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentToken, ConsentUses, applicant_digest
 from fedscore.protocol.scoring.journal import Journal, now_ms
@@ -83,7 +84,7 @@ class CardCenterScorer:
     def __init__(self, model: PartyModel, policy: ScoringPolicy, partners: Mapping[str, PartnerScorerHandle],
                  consent: ConsentPolicy, secrets: ScoringSecrets, facts: ScoringFacts, journal: Journal,
                  timeout: float = 0.5, on_chain: Callable[[str], bool] = lambda request_id: False,
-                 uses: ConsentUses | None = None):
+                 uses: ConsentUses | None = None, scoring_log: ScoringLog | None = None):
         if model.intercept is None:
             raise DataError(f"party {model.party!r}: its model has no intercept; is it the card center's?")
         self.model = model
@@ -95,6 +96,7 @@ class CardCenterScorer:
         self.journal = journal
         self.uses = uses or ConsentUses(journal.path.with_name("consent-uses.jsonl"), consent)
         self.timeout = timeout
+        self.scoring_log = scoring_log   # the card center's own record for monitoring (fedscore.monitoring)
         self.partner_wording: dict[str, str] = {}   # each partner's own words for its reason line, when it opens
         self.pending: list[dict] = []
         self._lock = threading.Lock()
@@ -121,21 +123,27 @@ class CardCenterScorer:
         values = [features[name] for name in self.model.features]
         return (values if self.model.binned else [float(v) for v in values]), base
 
-    def ask_partners(self, request_id: str, tags: Mapping[str, str], digest: bytes, consent: str) -> dict[str, float | None]:
+    def ask_partners(self, request_id: str, tags: Mapping[str, str], digest: bytes, consent: str,
+                     replies: dict[str, PartnerReply] | None = None) -> dict[str, float | None]:
         """Every partner at once, each under its own tag; one that does not know the applicant, refuses,
-        fails, is late or answers something that is not a finite number gives None."""
+        fails, is late or answers something that is not a finite number gives None. ``replies``, when
+        given, gets each partner's own reply time (None: no reply within the wait) for the scoring log."""
         deadline = time.monotonic() + self.timeout
-        futures = {
-            name: handle.ask_partial_score(tags[name], digest, consent, self.timeout)
-            for name, handle in self.partners.items()
-        }
+        asked: dict[str, float] = {}
+        replied: dict[str, float] = {}
+        futures = {}
+        for name, handle in self.partners.items():
+            asked[name] = time.monotonic()
+            futures[name] = handle.ask_partial_score(tags[name], digest, consent, self.timeout)
+            futures[name].add_done_callback(lambda _, name=name: replied.setdefault(name, time.monotonic()))
         scores: dict[str, float | None] = {}
         for name, future in futures.items():
+            late = False
             try:
                 value = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
                 log.warning("request %s: partner %s did not answer within %.0f ms", request_id, name, self.timeout * 1000)
-                value = None
+                value, late = None, True
             except FedscoreError as error:
                 log.warning("request %s: partner %s: %s", request_id, name, error)
                 value = None
@@ -143,6 +151,9 @@ class CardCenterScorer:
                 log.warning("request %s: partner %s answered %r, not a finite number; left out", request_id, name, value)
                 value = None
             scores[name] = value
+            if replies is not None:   # a reply's callback may run just after its waiter wakes: then it is now
+                ms = None if late else (replied.get(name) or time.monotonic()) - asked[name]
+                replies[name] = PartnerReply(value is not None, None if ms is None else 1000 * ms)
         return scores
 
     def score(self, applicant_id: str, features: Mapping[str, object], consent: str) -> Scored:
@@ -156,7 +167,8 @@ class CardCenterScorer:
         self.uses.admit(token, f"card center {self.facts.member!r}")
         request_id = uuid.uuid4().hex
         tags = {name: self.secrets.tag(request_id, name) for name in self.partners}
-        scores = self.ask_partners(request_id, tags, digest, consent)
+        replies: dict[str, PartnerReply] = {}
+        scores = self.ask_partners(request_id, tags, digest, consent, replies)
         result = center_answer(self.model, values, scores, base, self.policy, self.partner_wording)
         marks = {
             name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
@@ -173,6 +185,8 @@ class CardCenterScorer:
                 self.pending.append(entry)
 
         self.journal.append(entry, before=remember)
+        if self.scoring_log is not None:
+            self.scoring_log.record(request_id, result, values, replies)
         return Scored(request_id, result, scores)
 
     def record_verification(self, entry: dict) -> None:

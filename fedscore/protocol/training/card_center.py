@@ -29,6 +29,7 @@ from fedscore.model.calibration import IDENTITY, Calibration, fit_calibration, s
 from fedscore.model.validation import points_histogram, validation_summary
 from fedscore.model.attributes import scorecard_rows
 from fedscore.model.model_file import PartyModel
+from fedscore.monitoring import baseline as monitoring
 from fedscore.protocol.ports import PartnerTrainingHandle
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, credit_limit, points
 from fedscore.protocol.training import bin_statistics as binstats
@@ -55,6 +56,7 @@ class CardCenterSession(PartySession):
         self.train_labels = self.labels[self.train_rows]
         self._loss_part: mpz | None = None
         self.evaluation: dict | None = None   # the last evaluate()'s metrics and curves, for this party's own page
+        self.training_scores: np.ndarray | None = None   # the training rows' log-odds at evaluation: the monitoring baseline
         self.calibration: Calibration | None = None   # fitted at evaluation, when the job calibrates
         self.policy = ScoringPolicy()   # decisions and limits in the report: the scoring policy (the default unless set)
 
@@ -156,7 +158,22 @@ class CardCenterSession(PartySession):
         labels = self.labels[self.train_rows]
         self.calibration = fit_calibration(scores[self.train_rows], labels) if self.spec.calibrate else IDENTITY
         self.evaluation = self.metrics(own_scores, partner_scores)
+        self.training_scores = scores[self.train_rows]
         return self.evaluation
+
+    def monitoring_baseline(self, answer_rates: Mapping[str, float]) -> dict | None:
+        """The training population as the monitor compares served applicants with (fedscore.monitoring.baseline):
+        calibrated scores, own features' bin shares, partners' expected answer rates. None before evaluation."""
+        if self.training_scores is None:
+            return None
+        log_odds = (self.calibration or IDENTITY).log_odds(self.training_scores)
+        if self.binner is not None:
+            counts, _ = self.own_bin_counts()
+            features = {bins.feature: monitoring.binned_feature(bins.labels, counts[offset: offset + bins.size])
+                        for bins, offset in zip(self.binner.features, self.binner.offsets)}
+        else:
+            features = {name: monitoring.valued_feature(self.table.column(name)[self.train_rows]) for name in self.features}
+        return monitoring.training_baseline(self.job_id, log_odds, features, answer_rates)
 
     def model(self) -> PartyModel:
         """Its model file's content, with the recalibration and the protected columns."""
