@@ -1,0 +1,391 @@
+"""Evidence bundles: an excerpt of a scoring chain that settles a dispute, checked offline by anyone.
+
+A bundle cites entries of one model's scoring chain and carries what a reader
+needs to check them with nothing but the genesis block's hash they trust: the
+genesis block's first entry (the members and their keys) with its Merkle
+path, every block header from the genesis to the last block cited (each names
+the hash of the one before, so a cited block hangs from that genesis and not
+from another chain the same members signed), every member's signature on each
+cited block, and each cited entry with its Merkle path. Paths are sibling
+hashes only: nothing of any other request (no token, tag or mark) is in a
+bundle.
+
+Two disputes use it. An applicant says "I never applied": the consent bundle
+(here) gives the consent token the card center opened from the chain's sealed
+copy and the entry that recorded it. A partner says "you billed us for
+requests we never answered": the fee bundle (fedscore.ledger.fee_evidence).
+Each check is one function raising EvidenceError that names what failed.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from fedscore.errors import UnverifiedError
+from fedscore.ledger import merkle
+from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signature_valid
+from fedscore.ledger.proofs import header_block, header_document, path_leads_to_root
+from fedscore.ledger.scoring_rules import entry_problem
+from fedscore.ledger.verify import LedgerError, genesis_members
+from fedscore.protocol.scoring.consent import (
+    MAX_CLOCK_SKEW, ConsentPolicy, ConsentToken, applicant_digest, certificate_message, consent_message,
+)
+
+FORMAT = "fedscore.evidence/1"
+MIN_GENESIS_DIGITS = 16   # as `audit verify --head` takes a head: 64 bits, no two blocks share them
+
+
+class EvidenceError(UnverifiedError):
+    """A bundle that was read but does not prove what it claims (exit 3); the message names the first failure."""
+
+
+def iso_ms(time_ms: int) -> str:
+    """Unix milliseconds as ISO 8601 in UTC, to the second: 2026-12-02T20:15:03Z."""
+    moment = datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- building: the excerpt of a verified chain a bundle cites ---------------------------------------
+
+class Excerpt:
+    """The entries a bundle cites from ``blocks`` (a chain the caller verified), and so the blocks."""
+
+    def __init__(self, blocks: list[Block]):
+        self.blocks = blocks
+        self.cited: set[int] = {0}
+
+    def record(self, height: int, index: int) -> dict:
+        """One entry with its Merkle path; its block's header and signatures go in the chain part."""
+        block = self.blocks[height]
+        self.cited.add(height)
+        return {
+            "height": height, "index": index, "entry": block.entries[index].decode("utf-8"),
+            "audit_path": [h.hex() for h in merkle.inclusion_path(block.entries, index)],
+        }
+
+    def document(self) -> dict:
+        last = max(self.cited)
+        return {
+            "genesis": self.record(0, 0),
+            "headers": [header_document(block) for block in self.blocks[: last + 1]],
+            "signatures": {
+                str(height): {m: base64.b64encode(s).decode() for m, s in sorted(self.blocks[height].signatures.items())}
+                for height in sorted(self.cited)
+            },
+        }
+
+
+def entries_of(blocks: list[Block], kind: str) -> list[tuple[int, int, dict]]:
+    """(height, index, entry) of every entry of ``kind``, in chain order."""
+    found = []
+    for block in blocks:
+        for index, raw in enumerate(block.entries):
+            entry = decode_entry(raw)
+            if entry.get("kind") == kind:
+                found.append((block.height, index, entry))
+    return found
+
+
+# -- checking: the chain part --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnchoredChain:
+    """The chain part of a bundle, once its genesis, header links and genesis entry checked out."""
+
+    genesis: dict                         # the scoring_start entry: job, members, fees
+    members: dict[str, bytes]             # member -> Ed25519 key, from the genesis entry
+    headers: list[Block]                  # blocks 0..last cited, entries blank
+    signatures: dict[int, dict[str, bytes]]
+
+    @property
+    def genesis_hash(self) -> str:
+        return self.headers[0].hash().hex()
+
+    @property
+    def card_center(self) -> str:
+        return next(n for n, m in sorted(self.genesis["members"].items()) if m["role"] == "card_center")
+
+    @property
+    def partners(self) -> list[str]:
+        return sorted(n for n, m in self.genesis["members"].items() if m["role"] == "partner")
+
+    def entry(self, record: dict, what: str) -> dict:
+        """The entry ``record`` cites, once its path leads to its block's root and every member signed that block."""
+        check_inclusion(self, record, what)
+        check_cosigned(self, int(record["height"]), what)
+        try:
+            entry = decode_entry(record["entry"].encode("utf-8"))
+        except ValueError:
+            raise EvidenceError(f"{what} is not a JSON entry") from None
+        if not isinstance(entry, dict):
+            raise EvidenceError(f"{what} is not an entry object")
+        return entry
+
+
+def read_chain(bundle: dict) -> tuple[list[Block], dict, dict[int, dict[str, bytes]]]:
+    """The headers, genesis record and signatures as values; EvidenceError if they are not readable."""
+    try:
+        part = bundle["chain"]
+        headers = [header_block(h) for h in part["headers"]]
+        signatures = {int(height): {m: base64.b64decode(s, validate=True) for m, s in sigs.items()}
+                      for height, sigs in part["signatures"].items()}
+        genesis = part["genesis"]
+        if not headers:
+            raise ValueError("no headers")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise EvidenceError(f"the bundle's chain part is not readable ({type(error).__name__}: {error})") from None
+    return headers, genesis, signatures
+
+
+def check_genesis_hash(headers: list[Block], expected: str) -> None:
+    """The bundle's genesis block must be the one the reader trusts (its hash, or a prefix of 16 hex digits or more)."""
+    expected = expected.strip().lower()
+    if len(expected) < MIN_GENESIS_DIGITS:
+        raise EvidenceError(f"--genesis {expected!r}: give the genesis hash, or at least its first {MIN_GENESIS_DIGITS} hex digits")
+    found = headers[0].hash().hex()
+    if headers[0].height != 0 or headers[0].previous != GENESIS_PREVIOUS:
+        raise EvidenceError("the bundle's first header is not a genesis block (height 0, no previous block)")
+    if not found.startswith(expected):
+        raise EvidenceError(f"the bundle's genesis is {found}, not the expected {expected}: it cites another chain")
+
+
+def check_header_links(headers: list[Block]) -> None:
+    """Each header follows the one before it: the next height, the previous hash, a time not earlier."""
+    for previous, header in zip(headers, headers[1:]):
+        if header.height != previous.height + 1:
+            raise EvidenceError(f"header {header.height} follows header {previous.height}: the chain part has a gap")
+        if header.previous != previous.hash():
+            raise EvidenceError(f"header {header.height} does not name block {previous.height}'s hash as its previous")
+        if header.timestamp_ns < previous.timestamp_ns:
+            raise EvidenceError(f"header {header.height}'s time is earlier than block {previous.height}'s")
+
+
+def check_inclusion(chain: AnchoredChain | list[Block], record: dict, what: str) -> None:
+    """``record``'s entry, at its index, with its audit path, gives its block's Merkle root."""
+    headers = chain.headers if isinstance(chain, AnchoredChain) else chain
+    try:
+        height, index, entry = int(record["height"]), int(record["index"]), record["entry"].encode("utf-8")
+        leads = 0 <= height < len(headers) and path_leads_to_root(entry, index, record["audit_path"], headers[height])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise EvidenceError(f"{what} is not a readable record ({type(error).__name__}: {error})") from None
+    if not 0 <= height < len(headers):
+        raise EvidenceError(f"{what} cites block {height}, which is not among the bundle's headers")
+    if not leads:
+        raise EvidenceError(f"{what}: its audit path does not lead to block {height}'s Merkle root (an altered "
+                            f"entry, or a path from another block)")
+
+
+def check_cosigned(chain: AnchoredChain, height: int, what: str = "") -> None:
+    """Every member in the genesis signed block ``height``'s hash with its key there."""
+    block_hash = chain.headers[height].hash()
+    signatures = chain.signatures.get(height, {})
+    for member, key in sorted(chain.members.items()):
+        if member not in signatures:
+            raise EvidenceError(f"block {height}{f' ({what})' if what else ''} carries no signature from member {member!r}")
+        if not signature_valid(block_hash, signatures[member], key):
+            raise EvidenceError(f"block {height}: the signature of member {member!r} does not verify")
+
+
+def anchored_chain(bundle: dict, expected_genesis: str) -> AnchoredChain:
+    """The bundle's chain part, checked: the genesis the reader named, the header links, the genesis entry
+    and its signatures. Raises EvidenceError naming the first failure."""
+    headers, genesis_record, signatures = read_chain(bundle)
+    check_genesis_hash(headers, expected_genesis)
+    check_header_links(headers)
+    check_inclusion(headers, genesis_record, "the genesis entry")
+    if (int(genesis_record["height"]), int(genesis_record["index"])) != (0, 0):
+        raise EvidenceError("the genesis record is not the first entry of block 0")
+    raw = genesis_record["entry"].encode("utf-8")
+    try:
+        members = genesis_members(Block(0, GENESIS_PREVIOUS, 0, b"", (raw,)))
+        genesis = decode_entry(raw)
+    except (LedgerError, ValueError) as error:
+        raise EvidenceError(f"the genesis entry does not list the members: {error}") from None
+    if genesis.get("kind") != "scoring_start":
+        raise EvidenceError(f"the genesis starts a {genesis.get('kind')!r} chain, not a model's scoring chain")
+    chain = AnchoredChain(genesis, members, headers, signatures)
+    check_cosigned(chain, 0, "the genesis")
+    return chain
+
+
+# -- checking: a consent bundle ------------------------------------------------------------------
+
+SectionCheck = Callable[[dict, AnchoredChain, dict], str]
+"""Checks an optional section of a bundle (section, its chain, the whole bundle); returns a verdict clause."""
+
+
+def read_policy(bundle: dict) -> ConsentPolicy:
+    try:
+        policy = bundle["policy"]
+        return ConsentPolicy(frozenset(bytes.fromhex(i) for i in policy["issuers"]),
+                             frozenset(policy["purposes"]), int(policy["max_age_days"]) * 86_400)
+    except (KeyError, TypeError, ValueError) as error:
+        raise EvidenceError(f"the bundle's consent policy is not readable ({type(error).__name__}: {error})") from None
+
+
+def policy_document(policy: ConsentPolicy) -> dict:
+    return {"issuers": sorted(i.hex() for i in policy.trusted_issuers), "purposes": sorted(policy.purposes),
+            "max_age_days": policy.max_age // 86_400}
+
+
+def check_request_entry(entry: dict, chain: AnchoredChain, request_id: str) -> None:
+    """The cited entry is the scoring entry of the disputed request, in the protocol's shape."""
+    if entry.get("kind") != "scoring":
+        raise EvidenceError(f"the cited entry is a {entry.get('kind')!r} entry, not a scoring request's")
+    if entry.get("request_id") != request_id:
+        raise EvidenceError(f"the cited entry records request {entry.get('request_id')}, not {request_id}")
+    problem = entry_problem(entry, chain.partners)
+    if problem:
+        raise EvidenceError(f"the entry of request {request_id} is not a scoring entry: {problem}")
+
+
+def check_token_digest(text: str, entry: dict) -> ConsentToken:
+    """The token is the one the chain recorded: its SHA-256 is the entry's consent digest."""
+    try:
+        token = ConsentToken.from_text(text)
+    except Exception as error:   # a ConsentError saying why, or no text at all
+        raise EvidenceError(f"the bundle's consent token is not readable: {error}") from None
+    if token.digest() != entry["consent_digest"]:
+        raise EvidenceError(f"the consent token's SHA-256 is {token.digest()}, not the consent digest "
+                            f"{entry['consent_digest']} request {entry['request_id']} recorded: another token")
+    return token
+
+
+def check_issuer(token: ConsentToken, policy: ConsentPolicy) -> None:
+    if token.issuer not in policy.trusted_issuers:
+        raise EvidenceError(f"the token's key was certified by issuer {token.issuer.hex()}, whom the card center's "
+                            "policy does not trust")
+
+
+def check_certificate(token: ConsentToken, applicant: bytes) -> None:
+    """The issuer certified the token's key for this applicant."""
+    try:
+        VerifyKey(token.issuer).verify(certificate_message(applicant, token.applicant_key), token.certificate)
+    except (BadSignatureError, ValueError):
+        raise EvidenceError(f"the issuer's certificate does not certify the token's key for applicant "
+                            f"{applicant.hex()}: the token is another applicant's") from None
+
+
+def check_applicant_signature(token: ConsentToken, applicant: bytes) -> None:
+    """The applicant's key signed this consent: its card center, purpose and time."""
+    try:
+        VerifyKey(token.applicant_key).verify(
+            consent_message(applicant, token.card_center, token.purpose, token.issued_at), token.signature)
+    except (BadSignatureError, ValueError):
+        raise EvidenceError(f"the applicant's signature on the consent does not verify for applicant {applicant.hex()}") from None
+
+
+def check_card_center(token: ConsentToken, chain: AnchoredChain) -> None:
+    if token.card_center != chain.card_center:
+        raise EvidenceError(f"the consent was given to card center {token.card_center!r}, not to {chain.card_center!r}, "
+                            "the card center of this chain")
+
+
+def check_purpose(token: ConsentToken, policy: ConsentPolicy) -> None:
+    if token.purpose not in policy.purposes:
+        raise EvidenceError(f"the consent is for purpose {token.purpose!r}, not {', '.join(sorted(policy.purposes))}")
+
+
+def check_age(token: ConsentToken, entry: dict, policy: ConsentPolicy) -> None:
+    """The consent was valid when the request was made (the entry's time), not now: a dispute comes weeks later."""
+    at = entry["time_ms"] / 1000
+    if token.issued_at > at + MAX_CLOCK_SKEW:
+        raise EvidenceError(f"the consent is dated {iso_ms(token.issued_at * 1000)}, after request "
+                            f"{entry['request_id']} was made ({iso_ms(entry['time_ms'])})")
+    if token.issued_at < at - policy.max_age:
+        days = int((at - token.issued_at) // 86_400)
+        raise EvidenceError(f"the consent was {days} days old when request {entry['request_id']} was made "
+                            f"({iso_ms(entry['time_ms'])}); the card center's policy accepts at most "
+                            f"{policy.max_age // 86_400} days")
+
+
+def check_sections(bundle: dict, chain: AnchoredChain, checks: Mapping[str, SectionCheck]) -> list[str]:
+    """Each optional section (e.g. an identity verification) by its own check; one without a check fails."""
+    clauses = []
+    for name, section in sorted((bundle.get("sections") or {}).items()):
+        if name not in checks:
+            raise EvidenceError(f"the bundle has a {name!r} section this check cannot read")
+        clauses.append(checks[name](section, chain, bundle))
+    return clauses
+
+
+def check_consent_bundle(bundle: dict, expected_genesis: str, applicant_id: str | None = None,
+                         sections: Mapping[str, SectionCheck] | None = None) -> dict:
+    """What a consent bundle proves, once every check passed; EvidenceError naming the first that fails.
+    ``applicant_id``: the id of the person disputing, whose digest the bundle must name."""
+    check_format(bundle, "consent")
+    chain = anchored_chain(bundle, expected_genesis)
+    try:
+        request_id, applicant, text = bundle["request_id"], bytes.fromhex(bundle["applicant_digest"]), bundle["token"]
+        record = bundle["record"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise EvidenceError(f"the consent bundle is not readable ({type(error).__name__}: {error})") from None
+    if applicant_id is not None and applicant_digest(applicant_id) != applicant:
+        raise EvidenceError(f"the bundle is about applicant {applicant.hex()}, not {applicant_id!r} "
+                            f"(whose digest is {applicant_digest(applicant_id).hex()})")
+    policy = read_policy(bundle)
+    entry = chain.entry(record, f"the entry of request {request_id}")
+    check_request_entry(entry, chain, request_id)
+    token = check_token_digest(text, entry)
+    check_issuer(token, policy)
+    check_certificate(token, applicant)
+    check_applicant_signature(token, applicant)
+    check_card_center(token, chain)
+    check_purpose(token, policy)
+    check_age(token, entry, policy)
+    clauses = check_sections(bundle, chain, sections or {})
+    height = int(record["height"])
+    return {
+        "ok": True, "kind": "consent", "request_id": request_id, "applicant_digest": applicant.hex(),
+        "card_center": token.card_center, "purpose": token.purpose, "consented_at": iso_ms(token.issued_at * 1000),
+        "requested_at": iso_ms(entry["time_ms"]), "issuer": token.issuer.hex(), "block": height,
+        "block_hash": chain.headers[height].hash().hex(), "co_signed_by": sorted(chain.members),
+        "genesis": chain.genesis_hash, "job_id": chain.genesis.get("job_id"), "sections": clauses,
+    }
+
+
+def consent_verdict(found: dict) -> str:
+    """The line a person reads."""
+    extra = "".join(f"; {clause}" for clause in found["sections"])
+    return (f"applicant {found['applicant_digest']} consented to {found['card_center']} for {found['purpose']} at "
+            f"{found['consented_at']}; recorded as request {found['request_id']} at {found['requested_at']} in block "
+            f"{found['block']} co-signed by {', '.join(found['co_signed_by'])} (scoring chain of model "
+            f"{found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…){extra}")
+
+
+def check_format(bundle: object, kind: str) -> None:
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise EvidenceError(f"not a fedscore evidence bundle (format {FORMAT})")
+    if bundle.get("kind") != kind:
+        raise EvidenceError(f"a {bundle.get('kind')!r} bundle, not a {kind} bundle")
+
+
+# -- building a consent bundle -------------------------------------------------------------------
+
+def find_request(blocks: list[Block], request_id: str) -> tuple[int, int, dict]:
+    """(height, index, entry) of request ``request_id``'s scoring entry."""
+    for height, index, entry in entries_of(blocks, "scoring"):
+        if entry["request_id"] == request_id:
+            return height, index, entry
+    raise LookupError(f"request {request_id} is not on this scoring chain")
+
+
+def consent_bundle(blocks: list[Block], request_id: str, token: str, applicant: bytes, policy: ConsentPolicy,
+                   sections: Mapping[str, Callable[[Excerpt], dict]] | None = None) -> dict:
+    """The consent bundle of request ``request_id`` on ``blocks`` (a chain the caller verified), with the token
+    the card center opened from the entry's sealed copy; ``sections``: optional parts, each built on the excerpt."""
+    height, index, _ = find_request(blocks, request_id)
+    excerpt = Excerpt(blocks)
+    bundle = {
+        "format": FORMAT, "kind": "consent", "request_id": request_id, "applicant_digest": applicant.hex(),
+        "token": token, "policy": policy_document(policy), "record": excerpt.record(height, index),
+    }
+    built = {name: build(excerpt) for name, build in sorted((sections or {}).items())}
+    if built:
+        bundle["sections"] = built
+    return {**bundle, "chain": excerpt.document()}
