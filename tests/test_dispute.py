@@ -306,3 +306,93 @@ def test_the_partner_catches_a_swap_only_its_key_or_replica_reveals(chain):
     with pytest.raises(EvidenceError, match="'mirror''s replica is of another chain"):
         check_fee_bundle(fee_bundle(chain.blocks, "mirror", 2, chain.keys["mirror"]), genesis_of(chain),
                          chain.keys["mirror"], other.blocks)
+
+
+# -- the commands, against the chain a real consortium kept --------------------------------------
+
+def fedscore(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fedscore", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The demo consortium on 5000 applicants, 2 epochs, 512-bit keys; its new applicants scored and settled."""
+    import pandas as pd
+
+    from fedscore.cli.demo import write_demo
+    from fedscore.cli.runner import run_job_file, score_file
+
+    folder = tmp_path_factory.mktemp("disputes")
+    job = write_demo(folder, epochs=2, key_bits=512, rows=5000)
+    run_job_file(job, local=True, workers=1)
+    result = score_file(job, folder / "applicants.csv", folder / "scored.csv", local=True, settle=True)
+    assert result["failed"] == 0
+    return folder, pd.read_csv(folder / "scored.csv", dtype=str, keep_default_na=False)
+
+
+def test_the_commands_open_and_check_disputes_on_a_real_scoring_chain(served):
+    folder, scored = served
+    center, bureau = folder / "state" / "card_center" / "party.toml", folder / "state" / "bureau" / "party.toml"
+    applicant, request = scored["id"].iloc[0], scored["request_id"].iloc[0]
+    written = fedscore("audit", "dispute", "--config", center, "--applicant", applicant, "--output",
+                       folder / "dispute.json", "--json")
+    assert written.returncode == 0, written.stderr
+    document = json.loads(written.stdout)
+    genesis = document["genesis"][:16]
+    assert document["check"] == f"fedscore audit check-evidence {folder / 'dispute.json'} --genesis {genesis}"
+    checked = fedscore("audit", "check-evidence", folder / "dispute.json", "--genesis", genesis, "--applicant", applicant)
+    assert checked.returncode == 0, checked.stderr
+    digest = applicant_digest(applicant).hex()
+    assert checked.stdout.startswith(f"ok: applicant {digest} consented to card_center for credit-card-application at ")
+    assert f"request {request}" in checked.stdout and "co-signed by bureau, card_center, ecommerce" in checked.stdout
+
+    bundle = json.loads((folder / "dispute.json").read_text())   # another applicant's token in it: exit 3, named
+    other = fedscore("audit", "dispute", "--config", center, "--applicant", scored["id"].iloc[1], "--output",
+                     folder / "other.json", "--quiet")
+    assert other.returncode == 0, other.stderr
+    bundle["token"] = json.loads((folder / "other.json").read_text())["token"]
+    (folder / "forged.json").write_text(json.dumps(bundle))
+    failed = fedscore("audit", "check-evidence", folder / "forged.json", "--genesis", genesis)
+    assert failed.returncode == 3 and "not the consent digest" in failed.stderr and failed.stdout == ""
+    wrong = fedscore("audit", "check-evidence", folder / "dispute.json", "--genesis", "0" * 16, "--json")
+    assert wrong.returncode == 3 and json.loads(wrong.stdout)["ok"] is False and "not the expected" in wrong.stderr
+
+    fees = fedscore("audit", "dispute", "--config", center, "--settlement", "1", "--partner", "bureau",
+                    "--output", folder / "fees.json", "--json")
+    assert fees.returncode == 0, fees.stderr
+    settled = json.loads(json.loads((folder / "fees.json").read_text())["settlement_record"]["entry"])
+    line = next(line for line in settled["lines"] if line["payee"] == "bureau")
+    answered = int((~scored["partners_missing"].str.contains("bureau")).sum())
+    assert line["requests"] == answered
+    partner = fedscore("audit", "check-evidence", folder / "fees.json", "--genesis", genesis, "--party-config", bureau,
+                       "--json")
+    assert partner.returncode == 0, partner.stderr
+    found = json.loads(partner.stdout)
+    assert found["requests"] == answered and found["replica_checked"]
+    billed = set(scored[~scored["partners_missing"].str.contains("bureau")]["request_id"])
+    assert set(found["request_ids"]) == billed   # exactly the requests the bureau answered, by the card center's answers
+    stranger = fedscore("audit", "check-evidence", folder / "fees.json", "--genesis", genesis, "--party-config",
+                        folder / "state" / "ecommerce" / "party.toml")
+    assert stranger.returncode == 2 and "the bundle bills 'bureau'" in stranger.stderr
+
+
+def test_the_demo_ends_with_one_dispute_checked(served):
+    from fedscore.cli.demo import demo_dispute, dispute_lines
+
+    folder, scored = served
+    dispute = demo_dispute(folder, scored)
+    lines = dispute_lines(dispute).splitlines()
+    assert lines[0].startswith(f"a dispute: applicant {scored['id'].iloc[0]} says they never applied")
+    assert lines[2].startswith(f"ok: applicant {applicant_digest(scored['id'].iloc[0]).hex()} consented to card_center")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "give --applicant (and --request) for a consent dispute, or --settlement"),
+    (["--request", "ab" * 16], "--request needs --applicant"),
+    (["--settlement", "1"], "needs both --settlement N and --partner NAME"),
+    (["--applicant", "7", "--partner", "bureau"], "give --applicant (and --request)"),
+])
+def test_dispute_refuses_an_unclear_command_before_reading_anything(tmp_path, arguments, message):
+    done = fedscore("audit", "dispute", "--config", tmp_path / "absent.toml", *arguments)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1

@@ -14,11 +14,13 @@ check reads its mark key and replica from its state too.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fedscore.cli.audit import read_ledger
+from fedscore.cli.exits import EXIT_OK
 from fedscore.daemons.config import DaemonConfig, load_party_config
 from fedscore.daemons.job_folders import newest_job_folders
 from fedscore.daemons.party.scoring import PAIR_KEY_FILE
@@ -198,3 +200,48 @@ def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, pa
         return {**found, "verdict": consent_verdict(found)}
     except EvidenceError as error:
         raise EvidenceError(f"bundle {path} does not verify: {error}") from None
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+def check_dispute_arguments(args: argparse.Namespace) -> None:
+    """One dispute at a time: an applicant's (--applicant, maybe --request), or a partner's fees (--settlement, --partner)."""
+    consent = args.applicant is not None or args.request is not None
+    fees = args.settlement is not None or args.partner is not None
+    if consent == fees:
+        raise ConfigError("audit dispute: give --applicant (and --request) for a consent dispute, or --settlement "
+                          "and --partner for a fee dispute")
+    if consent and args.applicant is None:
+        raise ConfigError("audit dispute: --request needs --applicant, the id of the applicant disputing it")
+    if fees and (args.settlement is None or args.partner is None):
+        raise ConfigError("audit dispute: a fee dispute needs both --settlement N and --partner NAME")
+    if fees and args.settlement < 1:
+        raise ConfigError(f"audit dispute: --settlement {args.settlement}: settlements are numbered from 1")
+
+
+def dispute_command(args: argparse.Namespace) -> int:
+    check_dispute_arguments(args)
+    if args.applicant is not None:
+        found = open_dispute(args.config, args.applicant, args.request, args.job_id, args.output)
+    else:
+        found = open_fee_dispute(args.config, args.settlement, args.partner, args.job_id, args.output)
+    if args.json:
+        print(json.dumps(found, indent=2))
+    elif not args.quiet:
+        print(f"evidence bundle: {found['bundle']} ({found['bytes']} bytes)\nit shows: {found['verdict']}\n"
+              f"anyone checks it with: {found['check']}")
+    return EXIT_OK
+
+
+def check_evidence_command(args: argparse.Namespace) -> int:
+    try:
+        found = check_evidence(args.bundle, args.genesis, args.applicant, args.party_config)
+    except EvidenceError as error:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(error)}, indent=2))
+        raise   # main names it and exits EXIT_UNVERIFIED
+    if args.json:
+        print(json.dumps(found, indent=2))
+    elif not args.quiet:
+        print(f"ok: {found['verdict']}")
+    return EXIT_OK
