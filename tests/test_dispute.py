@@ -240,7 +240,7 @@ def test_a_genuine_fee_bundle_verifies_for_anyone_and_for_the_partner(chain):
         assert anyone["requests"] == count and anyone["amount"] == 3 * count and not anyone["marks_checked"]
         partner = check_fee_bundle(bundle, genesis_of(chain), chain.keys["mirror"], chain.blocks)
         assert partner["replica_checked"] and partner["request_ids"] == [e["request_id"] for _, _, e in billed]
-        assert fee_verdict(partner).startswith(f"settlement #{number} (block {settled[0]}) bills mirror for {count} requests, {3 * count} CNY")
+        assert fee_verdict(partner).startswith(f"settlement #{number} (block {settled[0]}) bills mirror for {count} requests, {3 * count} CNY (minor units)")
         assert "every one is marked as answered by mirror" in fee_verdict(partner)
 
 
@@ -303,7 +303,7 @@ def test_the_partner_catches_a_swap_only_its_key_or_replica_reveals(chain):
     with pytest.raises(EvidenceError, match="not billed to 'mirror'"):
         check_fee_bundle(bundle, genesis_of(chain), chain.keys["mirror"], chain.blocks)
     other = Chain(job="e" * 32)
-    with pytest.raises(EvidenceError, match="'mirror''s replica is of another chain"):
+    with pytest.raises(EvidenceError, match="the replica of 'mirror' is of another chain"):
         check_fee_bundle(fee_bundle(chain.blocks, "mirror", 2, chain.keys["mirror"]), genesis_of(chain),
                          chain.keys["mirror"], other.blocks)
 

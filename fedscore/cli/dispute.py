@@ -84,7 +84,7 @@ def _card_center(config: DaemonConfig, blocks: list[Block]) -> None:
     start = entries_of(blocks[:1], "scoring_start")[0][2]
     center = next(n for n, m in start["members"].items() if m["role"] == "card_center")
     if center != config.name:
-        raise ConfigError(f"this is party {config.name!r}'s config; the chain's card center is {center!r}: "
+        raise ConfigError(f"this config is party {config.name!r}'s, and the chain's card center is {center!r}: "
                           "disputes are opened by the card center")
 
 
@@ -100,11 +100,12 @@ def choose_request(blocks: list[Block], secrets: ScoringSecrets, applicant_id: s
             raise FedscoreError(f"request {request_id} is not applicant {applicant_id!r}'s (the chain records "
                                 "another applicant for it)")
         return request_id
-    if len(requests) != 1:
+    if not requests:
+        raise FedscoreError(f"applicant {applicant_id!r} has no request on this scoring chain")
+    if len(requests) > 1:
         listed = ", ".join(e["request_id"] for e in requests[:5])
-        found = f": {listed}" if requests else ""
-        raise FedscoreError(f"applicant {applicant_id!r} has {plural(len(requests), 'request')} on this scoring chain"
-                            f"{found}; name one with --request")
+        raise FedscoreError(f"applicant {applicant_id!r} has {plural(len(requests), 'request')} on this scoring chain "
+                            f"({listed}{', ...' if len(requests) > 5 else ''}); name one with --request")
     return requests[0]["request_id"]
 
 
@@ -167,7 +168,7 @@ def _partner_state(config_path: Path, bundle: dict) -> tuple[bytes, list[Block]]
     """A partner's mark key and replica of the bundle's chain, from its own state."""
     config = load_party_config(config_path)
     if config.name != bundle.get("partner"):
-        raise ConfigError(f"{config_path} is party {config.name!r}'s config; the bundle bills {bundle.get('partner')!r}")
+        raise ConfigError(f"{config_path} is the config of party {config.name!r}; the bundle bills {bundle.get('partner')!r}")
     try:
         job = json.loads(bundle["chain"]["genesis"]["entry"])["job_id"]
     except (KeyError, TypeError, ValueError):

@@ -137,18 +137,18 @@ def check_replica(chain: AnchoredChain, entries: list[dict], replica: list[Block
                   pair_key: bytes) -> None:
     """The cited blocks are the partner's own replica's, and its replica bills no request the bundle leaves out."""
     if not replica or replica[0].hash() != chain.headers[0].hash():
-        raise EvidenceError(f"{partner!r}'s replica is of another chain than the bundle's")
+        raise EvidenceError(f"the replica of {partner!r} is of another chain than the bundle's")
     for height in sorted(chain.signatures):
         if height >= len(chain.headers):
             continue
         if height >= len(replica) or replica[height].hash() != chain.headers[height].hash():
-            raise EvidenceError(f"block {height} in the bundle is not block {height} of {partner!r}'s replica")
+            raise EvidenceError(f"block {height} in the bundle is not block {height} of the replica of {partner!r}")
     own, _, _ = billed_requests(replica, partner, number, pair_key)
     cited = {entry["partners"][partner]["tag"] for entry in entries}
     left_out = sorted(found[2]["partners"][partner]["tag"] for found in own if found[2]["partners"][partner]["tag"] not in cited)
     if left_out:
-        raise EvidenceError(f"{partner!r}'s replica bills request {left_out[0]} (its tag) in settlement #{number}, "
-                            "which the bundle leaves out")
+        raise EvidenceError(f"the replica of {partner!r} bills request {left_out[0]} (its tag) in settlement "
+                            f"#{number}, which the bundle leaves out")
 
 
 def check_fee_bundle(bundle: dict, expected_genesis: str, pair_key: bytes | None = None,
@@ -186,7 +186,7 @@ def fee_verdict(found: dict) -> str:
     """The line a person reads."""
     since = f"settlement #{found['settlement'] - 1} (block {found['from_block']})" if found["settlement"] > 1 else "the genesis"
     line = (f"settlement #{found['settlement']} (block {found['block']}) bills {found['partner']} for "
-            f"{found['requests']} requests, {found['amount']} {found['currency']} minor units; each is a scoring entry "
+            f"{found['requests']} requests, {found['amount']} {found['currency']} (minor units); each is a scoring entry "
             f"between {since} and it, in blocks co-signed by {', '.join(found['co_signed_by'])} (scoring chain of "
             f"model {found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…)")
     if found["marks_checked"]:
