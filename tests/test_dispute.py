@@ -150,16 +150,18 @@ def forged(chain: Chain, case: str) -> tuple[dict, str, str | None]:
     elif case == "an altered entry":
         entry = json.loads(bundle["record"]["entry"])
         bundle["record"]["entry"] = encode_entry({**entry, "time_ms": entry["time_ms"] + 1}).decode()
-    elif case == "a proof from another block":
+    elif case == "a proof from another block":   # the entry and its path, under block 1's genuine header and signatures
         bundle["record"]["height"] = 1
+        bundle["chain"]["blocks"]["1"] = Excerpt(chain.blocks).block(1)
     elif case == "a dropped signature":
-        del bundle["chain"]["signatures"]["2"]["mirror"]
+        del bundle["chain"]["blocks"]["2"]["signatures"]["mirror"]
     elif case == "a broken signature":
-        bundle["chain"]["signatures"]["2"]["host"] = bundle["chain"]["signatures"]["0"]["host"]   # block 0's
+        signatures = bundle["chain"]["blocks"]
+        signatures["2"]["signatures"]["host"] = signatures["0"]["signatures"]["host"]   # block 0's
     elif case == "a genesis not matching --genesis":
         genesis = Chain(job="f" * 32).blocks[0].hash().hex()
     elif case == "a missing header":
-        del bundle["chain"]["headers"][1]
+        del bundle["chain"]["blocks"]["2"]
     elif case == "another chain's bundle":
         other = Chain(job="e" * 32)
         other.append([other.request("A-9", time.time_ns() // 1_000_000)])
@@ -178,7 +180,7 @@ def forged(chain: Chain, case: str) -> tuple[dict, str, str | None]:
     ("a dropped signature", "block 2 .* carries no signature from member 'mirror'"),
     ("a broken signature", "block 2: the signature of member 'host' does not verify"),
     ("a genesis not matching --genesis", "the bundle's genesis is .* not the expected .* another chain"),
-    ("a missing header", "header 2 follows header 0: the chain part has a gap"),
+    ("a missing header", "cites block 2, whose header the bundle does not carry"),
     ("another chain's bundle", "the bundle's genesis is .* not the expected"),
 ])
 def test_each_single_forgery_fails_naming_it(chain, case, message):
@@ -278,8 +280,7 @@ def fee_forged(chain: Chain, case: str) -> dict:
     else:
         raise AssertionError(case)
     for height in {int(record["height"]) for record in bundle["billed"]}:   # the blocks now cited, as the card center gives them
-        bundle["chain"]["signatures"].setdefault(str(height), {
-            m: base64.b64encode(s).decode() for m, s in chain.blocks[height].signatures.items()})
+        bundle["chain"]["blocks"].setdefault(str(height), excerpt.block(height))
     return bundle
 
 
@@ -303,9 +304,24 @@ def test_the_partner_catches_a_swap_only_its_key_or_replica_reveals(chain):
     with pytest.raises(EvidenceError, match="not billed to 'mirror'"):
         check_fee_bundle(bundle, genesis_of(chain), chain.keys["mirror"], chain.blocks)
     other = Chain(job="e" * 32)
-    with pytest.raises(EvidenceError, match="the replica of 'mirror' is of another chain"):
+    with pytest.raises(EvidenceError, match="the replica given is of another chain than the bundle's"):
         check_fee_bundle(fee_bundle(chain.blocks, "mirror", 2, chain.keys["mirror"]), genesis_of(chain),
                          chain.keys["mirror"], other.blocks)
+
+
+def test_a_block_of_another_chain_the_same_members_signed_is_caught_by_a_replica(chain):
+    """Offline, a bundle shows its entry is in a block the genesis' members co-signed; which of their chains holds
+    the block, a replica shows. Here the request is on another model's chain, grafted onto this chain's genesis."""
+    other = Chain(job="e" * 32)
+    other.append([other.request("D-1", time.time_ns() // 1_000_000)])
+    grafted = bundle_of(other, other.scoring()[0]["request_id"])
+    grafted["chain"]["genesis"] = Excerpt(chain.blocks).record(0, 0)
+    grafted["chain"]["blocks"]["0"] = Excerpt(chain.blocks).block(0)
+    assert check_consent_bundle(grafted, genesis_of(chain))["ok"]
+    with pytest.raises(EvidenceError, match="block 1 in the bundle is not block 1 of the replica given: it is from another chain"):
+        check_consent_bundle(grafted, genesis_of(chain), replica=chain.blocks)
+    genuine = bundle_of(chain, chain.scoring()[0]["request_id"])
+    assert check_consent_bundle(genuine, genesis_of(chain), replica=chain.blocks)["replica_checked"]
 
 
 # -- the commands, against the chain a real consortium kept --------------------------------------
@@ -346,6 +362,9 @@ def test_the_commands_open_and_check_disputes_on_a_real_scoring_chain(served):
     digest = applicant_digest(applicant).hex()
     assert checked.stdout.startswith(f"ok: applicant {digest} consented to card_center for credit-card-application at ")
     assert f"request {request}" in checked.stdout and "co-signed by bureau, card_center, ecommerce" in checked.stdout
+    replica = folder / "state" / "ecommerce" / "jobs" / document["job_id"] / "scoring.sqlite"   # a partner's copy
+    again = fedscore("audit", "check-evidence", folder / "dispute.json", "--genesis", genesis, "--replica", replica)
+    assert again.returncode == 0 and again.stdout.rstrip().endswith("the block is the replica's at its height")
 
     bundle = json.loads((folder / "dispute.json").read_text())   # another applicant's token in it: exit 3, named
     other = fedscore("audit", "dispute", "--config", center, "--applicant", scored["id"].iloc[1], "--output",

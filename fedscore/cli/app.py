@@ -65,6 +65,7 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "audit check-evidence": [
         "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417",
+        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --replica observer/jobs/JOB_ID/scoring.sqlite",
         "fedscore audit check-evidence fees.json --genesis 3f9c2a7be1d04f5a --party-config parties/bureau/party.toml --json",
     ],
     "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("--party-config", type=Path, metavar="TOML",
                           help="a fee bundle: the billed partner's own config, to check each request's mark under its "
                                "key and the blocks against its replica")
+    evidence.add_argument("--replica", type=Path, metavar="LEDGER",
+                          help="any member's (or an observer's) scoring.sqlite: each cited block must be its block at that height")
     _output_options(evidence, "what the bundle shows")
     evidence.set_defaults(handler=cmd_check_evidence)
 

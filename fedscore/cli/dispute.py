@@ -9,8 +9,10 @@ policy (consent_issuers, consent_max_age_days). It writes one JSON bundle, then
 checks it as a reader would, so it never hands over one that fails.
 
 `check-evidence` needs no fedscore state: the bundle and the genesis hash the
-reader trusts. A partner checking a fee bundle adds its own config, and the
-check reads its mark key and replica from its state too.
+reader trusts. Whoever holds a replica of the chain (a member, an observer)
+may add it (`--replica`): each cited block must be that replica's. A partner
+checking a fee bundle adds its own config instead, and the check reads its
+mark key and replica from its state.
 """
 from __future__ import annotations
 
@@ -181,23 +183,25 @@ def _partner_state(config_path: Path, bundle: dict) -> tuple[bytes, list[Block]]
     return key_path.read_bytes(), read_ledger(folder / "scoring.sqlite")
 
 
-def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, party_config: Path | None = None) -> dict:
+def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, party_config: Path | None = None,
+                   replica_path: Path | None = None) -> dict:
     """What the bundle at ``path`` proves; EvidenceError (exit 3) naming the first check that fails."""
     try:
         bundle = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise FedscoreError(f"bundle {path} is not readable: {error}") from None
     kind = bundle.get("kind") if isinstance(bundle, dict) else None
+    if party_config is not None and (kind != "fee" or replica_path is not None):
+        raise ConfigError("--party-config is for a partner checking a fee bundle (its replica comes from its state)")
+    if applicant_id is not None and kind == "fee":
+        raise ConfigError("--applicant is for a consent bundle; this one is a fee bundle")
+    replica = read_ledger(replica_path) if replica_path is not None else None
     try:
         if kind == "fee":
-            if applicant_id is not None:
-                raise ConfigError("--applicant is for a consent bundle; this one is a fee bundle")
-            key, replica = _partner_state(party_config, bundle) if party_config else (None, None)
+            key, replica = _partner_state(party_config, bundle) if party_config else (None, replica)
             found = check_fee_bundle(bundle, genesis, key, replica)
             return {**found, "verdict": fee_verdict(found)}
-        if party_config is not None:
-            raise ConfigError("--party-config is for a partner checking a fee bundle; this is not one")
-        found = check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS)
+        found = check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS, replica)
         return {**found, "verdict": consent_verdict(found)}
     except EvidenceError as error:
         raise EvidenceError(f"bundle {path} does not verify: {error}") from None
@@ -236,7 +240,7 @@ def dispute_command(args: argparse.Namespace) -> int:
 
 def check_evidence_command(args: argparse.Namespace) -> int:
     try:
-        found = check_evidence(args.bundle, args.genesis, args.applicant, args.party_config)
+        found = check_evidence(args.bundle, args.genesis, args.applicant, args.party_config, args.replica)
     except EvidenceError as error:
         if args.json:
             print(json.dumps({"ok": False, "error": str(error)}, indent=2))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from fedscore.ledger.block import Block
 from fedscore.ledger.evidence import (
-    FORMAT, MIN_GENESIS_DIGITS, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format, entries_of,
+    FORMAT, MIN_GENESIS_DIGITS, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format, check_replica_blocks,
+    entries_of,
 )
 from fedscore.ledger.scoring_rules import contributed, entry_problem
 from fedscore.ledger.settlement import FeeContract, signature_problem
@@ -133,16 +134,8 @@ def check_marks(entries: list[dict], partner: str, pair_key: bytes) -> None:
                                 f"{partner!r}: its mark says {partner!r} did not contribute")
 
 
-def check_replica(chain: AnchoredChain, entries: list[dict], replica: list[Block], partner: str, number: int,
-                  pair_key: bytes) -> None:
-    """The cited blocks are the partner's own replica's, and its replica bills no request the bundle leaves out."""
-    if not replica or replica[0].hash() != chain.headers[0].hash():
-        raise EvidenceError(f"the replica of {partner!r} is of another chain than the bundle's")
-    for height in sorted(chain.signatures):
-        if height >= len(chain.headers):
-            continue
-        if height >= len(replica) or replica[height].hash() != chain.headers[height].hash():
-            raise EvidenceError(f"block {height} in the bundle is not block {height} of the replica of {partner!r}")
+def check_left_out(entries: list[dict], replica: list[Block], partner: str, number: int, pair_key: bytes) -> None:
+    """The partner's own replica bills no request the bundle leaves out (its blocks were checked against it)."""
     own, _, _ = billed_requests(replica, partner, number, pair_key)
     cited = {entry["partners"][partner]["tag"] for entry in entries}
     left_out = sorted(found[2]["partners"][partner]["tag"] for found in own if found[2]["partners"][partner]["tag"] not in cited)
@@ -153,8 +146,9 @@ def check_replica(chain: AnchoredChain, entries: list[dict], replica: list[Block
 
 def check_fee_bundle(bundle: dict, expected_genesis: str, pair_key: bytes | None = None,
                      replica: list[Block] | None = None) -> dict:
-    """What a fee bundle proves; with the partner's ``pair_key`` (and ``replica``), that every billed request is
-    one it answered (and no other). EvidenceError naming the first failure."""
+    """What a fee bundle proves; with a member's ``replica``, that its blocks are of that very chain; with the
+    partner's ``pair_key`` too, that every billed request is one it answered (and no other). EvidenceError
+    naming the first failure."""
     check_format(bundle, "fee")
     chain = anchored_chain(bundle, expected_genesis)
     try:
@@ -169,16 +163,18 @@ def check_fee_bundle(bundle: dict, expected_genesis: str, pair_key: bytes | None
     start = check_previous_settlement(bundle, chain, number)
     entries = check_billed(records, chain, start, _position(settled_record), number)
     check_count(entries, line, chain, partner, number)
+    if replica is not None:
+        check_replica_blocks(chain, replica, "the replica given")
     if pair_key is not None:
         check_marks(entries, partner, pair_key)
         if replica is not None:
-            check_replica(chain, entries, replica, partner, number, pair_key)
+            check_left_out(entries, replica, partner, number, pair_key)
     return {
         "ok": True, "kind": "fee", "partner": partner, "settlement": number, "block": settled_record["height"],
         "requests": len(entries), "amount": line["amount"], "currency": settled.get("currency"),
         "from_block": start[0], "co_signed_by": sorted(chain.members), "genesis": chain.genesis_hash,
         "job_id": chain.genesis.get("job_id"), "request_ids": [e["request_id"] for e in entries],
-        "marks_checked": pair_key is not None, "replica_checked": pair_key is not None and replica is not None,
+        "marks_checked": pair_key is not None, "replica_checked": replica is not None,
     }
 
 
@@ -189,8 +185,9 @@ def fee_verdict(found: dict) -> str:
             f"{found['requests']} requests, {found['amount']} {found['currency']} (minor units); each is a scoring entry "
             f"between {since} and it, in blocks co-signed by {', '.join(found['co_signed_by'])} (scoring chain of "
             f"model {found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…)")
+    if found["replica_checked"]:
+        line += "; each block is the replica's at its height"
     if found["marks_checked"]:
         line += f"; under {found['partner']}'s own key every one is marked as answered by {found['partner']}"
-    if found["replica_checked"]:
-        line += ", and its replica bills no other"
+        line += ", and its replica bills no other" if found["replica_checked"] else ""
     return line
