@@ -22,7 +22,7 @@ import time
 from nacl.signing import SigningKey
 
 from fedscore.ledger.block import encode_entry, make_block, sign
-from fedscore.ledger.evidence import check_consent_bundle, consent_bundle
+from fedscore.ledger.consent_evidence import check_consent_bundle, consent_bundle
 from fedscore.ledger.fee_evidence import check_fee_bundle, fee_bundle
 from fedscore.ledger.scoring_rules import ScoringSeen, mark, scoring_entry
 from fedscore.ledger.settlement import countersign, scoring_settlement_body, signers

@@ -1,23 +1,22 @@
 """Disputes from chain evidence: consent and fee bundles built from a scoring chain, checked offline.
 
 Most tests build a small scoring chain in process (three members, every block co-signed) and drive the pure
-core (fedscore.ledger.evidence, fedscore.ledger.fee_evidence); one runs the commands against the chain a real
+core (fedscore.ledger.evidence, consent_evidence, fee_evidence); one runs the commands against the chain a real
 consortium's daemons kept.
 """
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
 
 from fedscore.ledger.block import encode_entry, make_block, sign
-from fedscore.ledger.evidence import EvidenceError, Excerpt, check_consent_bundle, consent_bundle, consent_verdict
+from fedscore.ledger.consent_evidence import check_consent_bundle, consent_bundle, consent_verdict
+from fedscore.ledger.evidence import EvidenceError, Excerpt
 from fedscore.ledger.fee_evidence import billed_requests, check_fee_bundle, fee_bundle, fee_verdict
 from fedscore.ledger.scoring_rules import ScoringSeen, contributed, mark, scoring_entry
 from fedscore.ledger.settlement import countersign, scoring_settlement_body, signers
@@ -415,3 +414,26 @@ def test_the_demo_ends_with_one_dispute_checked(served):
 def test_dispute_refuses_an_unclear_command_before_reading_anything(tmp_path, arguments, message):
     done = fedscore("audit", "dispute", "--config", tmp_path / "absent.toml", *arguments)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_an_optional_section_is_built_on_the_excerpt_and_checked_by_its_own_check(chain):
+    """Where an identity verification goes: a section built from the chain excerpt (here it cites an entry of
+    block 4), checked by the check registered for its name; a section nobody can check fails."""
+    request = chain.scoring()[5]["request_id"]
+    entry = next(e for e in chain.scoring() if e["request_id"] == request)
+    bundle = consent_bundle(chain.blocks, request, SECRETS.open_consent(entry["consent"]),
+                            applicant_digest(chain.applicants[request]), POLICY,
+                            sections={"note": lambda excerpt: {"record": excerpt.record(4, 0)}})
+    seen = []
+
+    def check_note(section, anchored, whole):
+        seen.append(anchored.entry(section["record"], "the note's entry")["request_id"])
+        return "a note checked"
+
+    found = check_consent_bundle(bundle, genesis_of(chain), sections={"note": check_note})
+    assert seen == [chain.blocks[4].decoded()[0]["request_id"]] and consent_verdict(found).endswith("; a note checked")
+    with pytest.raises(EvidenceError, match="the bundle has a 'note' section this check cannot read"):
+        check_consent_bundle(bundle, genesis_of(chain))
+    del bundle["chain"]["blocks"]["4"]["signatures"]["host"]   # the section's block is checked like any other
+    with pytest.raises(EvidenceError, match="block 4 .* carries no signature from member 'host'"):
+        check_consent_bundle(bundle, genesis_of(chain), sections={"note": check_note})

@@ -30,10 +30,8 @@ from fedscore.errors import ConfigError, FedscoreError
 from fedscore.files import write_atomically
 from fedscore.job import check_job_id
 from fedscore.ledger.block import Block
-from fedscore.ledger.evidence import (
-    MIN_GENESIS_DIGITS, EvidenceError, Excerpt, SectionCheck, check_consent_bundle, consent_bundle, consent_verdict,
-    entries_of,
-)
+from fedscore.ledger.consent_evidence import SectionCheck, check_consent_bundle, consent_bundle, consent_verdict
+from fedscore.ledger.evidence import MIN_GENESIS_DIGITS, EvidenceError, Excerpt, entries_of
 from fedscore.ledger.fee_evidence import check_fee_bundle, fee_bundle, fee_verdict
 from fedscore.ledger.verify import verify_chain
 from fedscore.plural import plural
