@@ -164,7 +164,7 @@ def check_consent_bundle(bundle: dict, expected_genesis: str, applicant_id: str 
         "requested_at": iso_ms(entry["time_ms"]), "issuer": token.issuer.hex(), "block": height,
         "block_hash": chain.headers[height].hash().hex(), "co_signed_by": sorted(chain.members),
         "genesis": chain.genesis_hash, "job_id": chain.genesis.get("job_id"), "sections": clauses,
-        "replica_checked": replica is not None,
+        "replica_checked": replica is not None, "max_age_days": policy.max_age // 86_400,
     }
 
 
@@ -175,7 +175,9 @@ def consent_verdict(found: dict) -> str:
     return (f"applicant {found['applicant_digest']} consented to {found['card_center']} for {found['purpose']} at "
             f"{found['consented_at']}; recorded as request {found['request_id']} at {found['requested_at']} in block "
             f"{found['block']} co-signed by {', '.join(found['co_signed_by'])} (scoring chain of model "
-            f"{found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…){extra}")
+            f"{found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…); key certified by issuer "
+            f"{found['issuer'][:MIN_GENESIS_DIGITS]}…, within the bundle's policy of at most {found['max_age_days']} "
+            f"days{extra}")
 
 
 # -- building -------------------------------------------------------------------
