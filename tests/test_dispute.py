@@ -365,6 +365,11 @@ def test_the_commands_open_and_check_disputes_on_a_real_scoring_chain(served):
     again = fedscore("audit", "check-evidence", folder / "dispute.json", "--genesis", genesis, "--replica", replica)
     assert again.returncode == 0 and again.stdout.rstrip().endswith("the block is the replica's at its height")
 
+    mixed = fedscore("audit", "dispute", "--config", center, "--applicant", scored["id"].iloc[1], "--request", request)
+    assert mixed.returncode == 2 and "is not applicant" in mixed.stderr   # the chain's salted digest is another's
+    partner_desk = fedscore("audit", "dispute", "--config", bureau, "--applicant", applicant)
+    assert partner_desk.returncode == 2 and "disputes are opened by the card center" in partner_desk.stderr
+
     bundle = json.loads((folder / "dispute.json").read_text())   # another applicant's token in it: exit 3, named
     other = fedscore("audit", "dispute", "--config", center, "--applicant", scored["id"].iloc[1], "--output",
                      folder / "other.json", "--quiet")

@@ -65,7 +65,8 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "audit check-evidence": [
         "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417",
-        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --replica observer/jobs/JOB_ID/scoring.sqlite",
+        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a "
+        "--replica fedscore-demo/state/bureau/jobs/JOB_ID/scoring.sqlite",
         "fedscore audit check-evidence fees.json --genesis 3f9c2a7be1d04f5a --party-config parties/bureau/party.toml --json",
     ],
     "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
