@@ -182,8 +182,9 @@ def _partner_state(config_path: Path, bundle: dict) -> tuple[bytes, list[Block]]
 
 
 def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, party_config: Path | None = None,
-                   replica_path: Path | None = None) -> dict:
-    """What the bundle at ``path`` proves; EvidenceError (exit 3) naming the first check that fails."""
+                   replica_path: Path | None = None, sections: Mapping[str, SectionCheck] | None = None) -> dict:
+    """What the bundle at ``path`` proves; EvidenceError (exit 3) naming the first check that fails.
+    ``sections``: the checks of optional sections (default: SECTION_CHECKS)."""
     try:
         bundle = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -199,7 +200,8 @@ def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, pa
             key, replica = _partner_state(party_config, bundle) if party_config else (None, replica)
             found = check_fee_bundle(bundle, genesis, key, replica)
             return {**found, "verdict": fee_verdict(found)}
-        found = check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS, replica)
+        found = check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS if sections is None else sections,
+                                     replica)
         return {**found, "verdict": consent_verdict(found)}
     except EvidenceError as error:
         raise EvidenceError(f"bundle {path} does not verify: {error}") from None
