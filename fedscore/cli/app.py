@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 from fedscore import __version__
-from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_check_evidence, cmd_demo, cmd_dispute,
-                                   cmd_init_party, cmd_run, cmd_score, cmd_serve, cmd_serve_job, cmd_status)
+from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score,
+                                   cmd_serve, cmd_serve_job, cmd_status)
 from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
 from fedscore.errors import FedscoreError
 
 LEDGER = "fedscore-demo/state/bureau/jobs/JOB_ID/ledger.sqlite"
-CARD_CENTER_CONFIG = "fedscore-demo/state/card_center/party.toml"   # the card center's daemon config, as the demo writes it
 
 # Examples for every command and subcommand, by command path; a test checks each parser shows its own.
 EXAMPLES: dict[str, list[str]] = {
@@ -59,9 +58,11 @@ EXAMPLES: dict[str, list[str]] = {
     "audit prove": [f"fedscore audit prove {LEDGER} 5:0"],
     "audit check-proof": ["fedscore audit check-proof proof.json"],
     "audit balances": [f"fedscore audit balances {LEDGER} --json"],
-    "audit dispute": [
-        f"fedscore audit dispute --config {CARD_CENTER_CONFIG} --applicant 20417 --request 5f0c3b1e9a7d4c2b8e6f1a0d3c5b7e9f",
-        f"fedscore audit dispute --config {CARD_CENTER_CONFIG} --settlement 1 --partner bureau --output fees.json",
+    "audit dispute": [   # --config: the card center's daemon config, as the demo writes it
+        "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --applicant 20417 "
+        "--request 5f0c3b1e9a7d4c2b8e6f1a0d3c5b7e9f",
+        "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --settlement 1 --partner bureau "
+        "--output fees.json",
     ],
     "audit check-evidence": [
         "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417",
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("proof", type=Path, help="a proof file, as `fedscore audit prove` prints it")
     _output_options(check, "the result")
     check.set_defaults(handler=cmd_audit)
+    from fedscore.cli.commands import cmd_check_evidence, cmd_dispute
+
     dispute = actions.add(
         "dispute", "the card center: write the evidence bundle of a disputed request or of a partner's fees",
         description="Write one JSON evidence bundle from the card center's own state (its daemon config names it):\n"

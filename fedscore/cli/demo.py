@@ -256,12 +256,15 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def demo_dispute(folder: Path, scored: pd.DataFrame) -> dict:
+def demo_dispute(folder: Path, scored: pd.DataFrame) -> dict | None:
     """The demo's last act: one scored applicant says they never applied; the card center writes the evidence
-    from its own state (its daemon's config) and anyone checks it offline against the scoring chain's genesis."""
+    from its own state (its daemon's config) and anyone checks it offline against the scoring chain's genesis.
+    None when no applicant was scored."""
     from fedscore.cli.dispute import check_evidence, open_dispute
 
     answered = scored[(scored["error"] == "") & (scored["request_id"] != "")]
+    if answered.empty:
+        return None
     row = answered.iloc[0]
     written = open_dispute(folder / "state" / "card_center" / "party.toml", str(row["id"]), str(row["request_id"]),
                            None, folder / "dispute.json")
@@ -271,7 +274,9 @@ def demo_dispute(folder: Path, scored: pd.DataFrame) -> dict:
             "verdict": checked["verdict"]}
 
 
-def dispute_lines(dispute: dict) -> str:
+def dispute_lines(dispute: dict | None) -> str:
+    if dispute is None:
+        return "no applicant was scored, so no dispute to show"
     return (f"a dispute: applicant {dispute['applicant']} says they never applied; the card center's evidence "
             f"({dispute['bundle']}, {dispute['bytes']} bytes), checked offline with\n"
             f"  fedscore audit check-evidence {dispute['bundle']} --genesis {dispute['genesis']} "
