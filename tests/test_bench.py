@@ -21,6 +21,8 @@ from figures import Figure, bench_scripts, figure_names, parse_last_line  # noqa
 from summary import README_BEGIN, README_END, read_summary, readme_table, replace_readme_table, rows_of, write_summary  # noqa: E402
 
 FIGURES = {   # what each bench's last line must name
+    "dispute": ["dispute_consent_bundle_bytes", "dispute_consent_check_ms", "dispute_fee_bundle_bytes",
+                "dispute_fee_check_ms", "dispute_fee_partner_check_ms"],
     "epoch": ["epoch_seconds", "epoch_inline_seconds", "epoch_obfuscation_seconds", "epoch_binned_seconds"],
     "ledger": ["ledger_verify_blocks_per_second", "ledger_append_blocks_per_second"],
     "monitor": ["monitor_seconds", "monitor_review_seconds", "monitor_log_record_us"],

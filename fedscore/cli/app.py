@@ -58,6 +58,18 @@ EXAMPLES: dict[str, list[str]] = {
     "audit prove": [f"fedscore audit prove {LEDGER} 5:0"],
     "audit check-proof": ["fedscore audit check-proof proof.json"],
     "audit balances": [f"fedscore audit balances {LEDGER} --json"],
+    "audit dispute": [   # --config: the card center's daemon config, as the demo writes it
+        "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --applicant 20417 "
+        "--request 5f0c3b1e9a7d4c2b8e6f1a0d3c5b7e9f",
+        "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --settlement 1 --partner bureau "
+        "--output fees.json",
+    ],
+    "audit check-evidence": [
+        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417",
+        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a "
+        "--replica fedscore-demo/state/bureau/jobs/JOB_ID/scoring.sqlite",
+        "fedscore audit check-evidence fees.json --genesis 3f9c2a7be1d04f5a --party-config parties/bureau/party.toml --json",
+    ],
     "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
     "certs init": [
         "fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce",
@@ -224,6 +236,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("proof", type=Path, help="a proof file, as `fedscore audit prove` prints it")
     _output_options(check, "the result")
     check.set_defaults(handler=cmd_audit)
+    from fedscore.cli.commands import cmd_check_evidence, cmd_dispute
+
+    dispute = actions.add(
+        "dispute", "the card center: write the evidence bundle of a disputed request or of a partner's fees",
+        description="Write one JSON evidence bundle from the card center's own state (its daemon config names it):\n"
+                    "with --applicant, the consent of that applicant's request, opened from the chain, with its\n"
+                    "proof; with --settlement and --partner, every request that settlement billed to the partner,\n"
+                    "with proofs. The bundle is checked as a reader would check it before the command ends\n"
+                    "(exit 3 naming what fails).",
+    )
+    dispute.add_argument("--config", type=Path, required=True, help="the card center's party config (its state folder and consent policy)")
+    dispute.add_argument("--applicant", help="the disputing applicant's id, as the card center's records give it")
+    dispute.add_argument("--request", metavar="ID", help="the disputed request's id (the request_id of its answer); "
+                                                         "may be left out when the applicant has one request")
+    dispute.add_argument("--settlement", type=int, metavar="N", help="a fee dispute: the scoring settlement's number")
+    dispute.add_argument("--partner", help="a fee dispute: the partner whose billed requests to list")
+    dispute.add_argument("--job-id", help="the model whose scoring chain to read (default: the newest with one)")
+    dispute.add_argument("--output", type=Path, help="where the bundle goes (default: dispute-REQUEST.json or "
+                                                     "fees-JOB-N-PARTNER.json here)")
+    _output_options(dispute, "where the bundle is, its size and what it shows")
+    dispute.set_defaults(handler=cmd_dispute)
+    evidence = actions.add("check-evidence", "check an evidence bundle offline; exit 0 with what it shows, 3 naming "
+                                             "the first thing that fails")
+    evidence.add_argument("bundle", type=Path, help="a bundle, as `fedscore audit dispute` writes it")
+    evidence.add_argument("--genesis", type=_block_hash, required=True, metavar="HEX",
+                          help="the hash of the scoring chain's genesis block you trust (or its first 16 hex digits or more)")
+    evidence.add_argument("--applicant", help="a consent bundle: the id of the applicant it must be about")
+    evidence.add_argument("--party-config", type=Path, metavar="TOML",
+                          help="a fee bundle: the billed partner's own config, to check each request's mark under its "
+                               "key and the blocks against its replica")
+    evidence.add_argument("--replica", type=Path, metavar="LEDGER",
+                          help="any member's (or an observer's) scoring.sqlite: each cited block must be its block at that height")
+    _output_options(evidence, "what the bundle shows")
+    evidence.set_defaults(handler=cmd_check_evidence)
 
     certs = commands.add("certs", "make the consortium's CA and each member's TLS identity")
     init_certs = _Parsers(certs.add_subparsers(dest="action", required=True, metavar="ACTION"), "certs").add(

@@ -119,13 +119,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         view.stage("starting the party daemons from the trained state")
         scored = score_file(job, workdir / "applicants.csv", scored_path, local=True, settle=True, workers=1,
                             progress=view.scoring)
-    document = {"report": report, "scoring": scoring_summary(scored, scored_path)}
+    from fedscore.cli.demo import demo_dispute, dispute_lines
+
+    dispute = demo_dispute(workdir, scored["table"])
+    document = {"report": report, "scoring": scoring_summary(scored, scored_path), "dispute": dispute}
     if args.json and not args.serve:
         _print_json(document)
     elif human:
         print_scored(scored)
         print(f"answers: {scored_path}  (scoring chain: {scored['ledger']})")
         _print_scoring_settlement(scored["settlement"])
+        print("\n" + dispute_lines(dispute))
     if args.serve:
         _serve(args, job, lambda serving: _print_json({**document, "serving": serving}))
     return _partial(scored)
@@ -239,6 +243,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
             _print_json({"ok": False, "error": str(error), "block": getattr(error, "height", None)})
         raise   # main names it and exits EXIT_UNVERIFIED
     return EXIT_OK
+
+
+def cmd_dispute(args: argparse.Namespace) -> int:
+    from fedscore.cli.dispute import dispute_command
+
+    return dispute_command(args)
+
+
+def cmd_check_evidence(args: argparse.Namespace) -> int:
+    from fedscore.cli.dispute import check_evidence_command
+
+    return check_evidence_command(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -254,3 +254,30 @@ def summary_table(report: dict) -> str:
         f"settlement: {settlement['payer']} owes {owed} {settlement['currency']}",
     ]
     return "\n".join(lines)
+
+
+def demo_dispute(folder: Path, scored: pd.DataFrame) -> dict | None:
+    """The demo's last act: one scored applicant says they never applied; the card center writes the evidence
+    from its own state (its daemon's config) and anyone checks it offline against the scoring chain's genesis.
+    None when no applicant was scored."""
+    from fedscore.cli.dispute import check_evidence, open_dispute
+
+    answered = scored[(scored["error"] == "") & (scored["request_id"] != "")]
+    if answered.empty:
+        return None
+    row = answered.iloc[0]
+    written = open_dispute(folder / "state" / "card_center" / "party.toml", str(row["id"]), str(row["request_id"]),
+                           None, folder / "dispute.json")
+    genesis = written["genesis"][:HEAD_PREFIX_DIGITS]
+    checked = check_evidence(Path(written["bundle"]), genesis, str(row["id"]))
+    return {"applicant": str(row["id"]), "bundle": written["bundle"], "bytes": written["bytes"], "genesis": genesis,
+            "verdict": checked["verdict"]}
+
+
+def dispute_lines(dispute: dict | None) -> str:
+    if dispute is None:
+        return "no applicant was scored, so no dispute to show"
+    return (f"a dispute: applicant {dispute['applicant']} says they never applied; the card center's evidence "
+            f"({dispute['bundle']}, {dispute['bytes']} bytes), checked offline with\n"
+            f"  fedscore audit check-evidence {dispute['bundle']} --genesis {dispute['genesis']} "
+            f"--applicant {dispute['applicant']}\nok: {dispute['verdict']}")

@@ -16,7 +16,8 @@ from fedscore.ledger.block import Block, signature_valid
 from fedscore.ledger.verify import genesis_members, verify_chain
 
 
-def _header(block: Block) -> dict:
+def header_document(block: Block) -> dict:
+    """A block's header as JSON: what a reader needs to recompute its hash, without its entries."""
     return {
         "height": block.height, "previous": block.previous.hex(), "timestamp_ns": block.timestamp_ns,
         "merkle_root": block.merkle_root.hex(), "entries": len(block.entries),
@@ -27,7 +28,7 @@ def _signed_inclusion(block: Block, index: int) -> dict:
     return {
         "entry": block.entries[index].decode("utf-8"),
         "index": index,
-        "block": _header(block),
+        "block": header_document(block),
         "audit_path": [h.hex() for h in merkle.inclusion_path(block.entries, index)],
         "signatures": {m: base64.b64encode(s).decode() for m, s in sorted(block.signatures.items())},
     }
@@ -53,17 +54,27 @@ def prove(blocks: list[Block], height: int, index: int) -> dict:
     }
 
 
+def header_block(header: dict) -> Block:
+    """The block a header document describes, its entries left blank (its hash is the real block's)."""
+    return Block(
+        height=int(header["height"]), previous=bytes.fromhex(header["previous"]),
+        timestamp_ns=int(header["timestamp_ns"]), merkle_root=bytes.fromhex(header["merkle_root"]),
+        entries=tuple([b""] * int(header["entries"])),
+    )
+
+
+def path_leads_to_root(entry: bytes, index: int, audit_path: list[str], block: Block) -> bool:
+    """Whether ``entry``, at ``index``, with these sibling hashes (hex), gives ``block``'s Merkle root."""
+    path = [bytes.fromhex(h) for h in audit_path]
+    return merkle.root_from_path(entry, index, len(block.entries), path) == block.merkle_root
+
+
 def _check_signed_inclusion(part: dict, members: dict[str, bytes] | None) -> tuple[Block, dict[str, bytes]]:
     """Check one entry's path to its header and the header's signatures; returns the header and the keys used."""
-    header = part["block"]
-    height, size, index = int(header["height"]), int(header["entries"]), int(part["index"])
-    block = Block(
-        height=height, previous=bytes.fromhex(header["previous"]), timestamp_ns=int(header["timestamp_ns"]),
-        merkle_root=bytes.fromhex(header["merkle_root"]), entries=tuple([b""] * size),
-    )
+    block = header_block(part["block"])
+    height, size, index = block.height, len(block.entries), int(part["index"])
     entry = part["entry"].encode("utf-8")
-    path = [bytes.fromhex(h) for h in part["audit_path"]]
-    if merkle.root_from_path(entry, index, size, path) != block.merkle_root:
+    if not path_leads_to_root(entry, index, part["audit_path"], block):
         raise FedscoreError(f"the entry's audit path does not lead to block {height}'s Merkle root")
     if members is None:  # the genesis part: its job_start entry lists the member keys
         members = genesis_members(replace(block, entries=(entry,) + tuple([b""] * (size - 1))))

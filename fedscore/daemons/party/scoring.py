@@ -20,6 +20,7 @@ from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.job import JobSpec, check_job_id
 from fedscore.job_file import ScoringSettings
 from fedscore.errors import ConfigError, DataError, ProtocolError
+from fedscore.files import write_atomically
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry
 from fedscore.ledger.cosign import append_block, settlement_entry
@@ -40,6 +41,16 @@ from fedscore.protocol.scoring.secrets import ScoringSecrets
 from fedscore.protocol.scoring.sources import CsvSource, SqliteSource
 from fedscore.protocol.scoring.verification import chain_entry, received_record
 from fedscore.transport.clients.scoring import ScoringPeer
+
+PAIR_KEY_FILE = "scoring-pair.key"   # a partner's copy of its mark key: to check a fee bundle later
+
+
+def keep_pair_key(folder: Path, key: bytes) -> None:
+    """Keep the key that reads this partner's marks (owner-only), so it can check its bills from its own state."""
+    path = folder / PAIR_KEY_FILE
+    if not (path.is_file() and path.read_bytes() == key):
+        write_atomically(path, key)
+
 
 log = logging.getLogger("fedscore.scoring")
 
@@ -187,6 +198,7 @@ class ScoringHost:
         if len(key) != 32:
             raise ProtocolError(f"{self.label}: the card center must send a 32-byte mark key to open scoring")
         facts.pair_keys = {self.name: key}
+        keep_pair_key(self.jobs_dir() / job_id, key)
         me = spec.party(self.name)
         # a binned model scores raw values (empty cells, NULL and text are data); a standardised one finite numbers
         if self.config.scoring_database is not None:
