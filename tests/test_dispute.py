@@ -6,6 +6,7 @@ consortium's daemons kept.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -442,3 +443,99 @@ def test_an_optional_section_is_built_on_the_excerpt_and_checked_by_its_own_chec
     del bundle["chain"]["blocks"]["4"]["signatures"]["host"]   # the section's block is checked like any other
     with pytest.raises(EvidenceError, match="block 4 .* carries no signature from member 'host'"):
         check_consent_bundle(bundle, genesis_of(chain), sections={"note": check_note})
+
+
+# -- an identity verification in a consent bundle (`--with-verification`) -------------------------
+
+def test_a_consent_bundle_with_the_applicants_verification_checks_it_against_the_files(tmp_path):
+    from fedscore.cli.dispute import check_evidence, section_checks
+    from fedscore.errors import ConfigError
+    from fedscore.protocol.scoring.verification import chain_entry, make_record
+    from fedscore.protocol.scoring.verification_evidence import bundle_section
+
+    verifier = SigningKey(bytes([7]) * 32)
+    files = {"selfie.jpg": b"a face" * 30, "id-card.jpg": b"an id card" * 20}
+    c = Chain()
+    now_ms = time.time_ns() // 1_000_000
+    c.append([c.request("A-1", now_ms - 5000), c.request("A-2", now_ms - 4000)])
+    for applicant, evidence in (("A-1", files), ("A-2", {"other.png": b"someone else"})):
+        record = make_record(verifier, "acme-id", applicant, "face-match",
+                             {n: hashlib.sha256(d).hexdigest() for n, d in evidence.items()})
+        c.append([chain_entry(record, applicant, SECRETS, now_ms - 3000)])
+    request = c.scoring()[0]["request_id"]
+
+    def bundle_with(applicant: str) -> dict:
+        entry = c.scoring()[0]
+        return consent_bundle(c.blocks, request, SECRETS.open_consent(entry["consent"]), applicant_digest("A-1"), POLICY,
+                              {"verification": lambda excerpt: bundle_section(excerpt, SECRETS, applicant)})
+
+    bundle = bundle_with("A-1")
+    found = check_consent_bundle(bundle, genesis_of(c), "A-1", section_checks(files))
+    assert found["sections"][0].startswith("the applicant was verified by acme-id (key ")
+    assert "by face-match" in found["sections"][0] and found["sections"][0].endswith("recorded in block 2")
+    assert "other.png" not in json.dumps(bundle)          # nothing of the other applicant's verification
+    forged = {
+        "evidence file 'selfie.jpg' is altered": (bundle, {**files, "selfie.jpg": b"another face"}),
+        "evidence file 'id-card.jpg' is missing": (bundle, {"selfie.jpg": files["selfie.jpg"]}),
+        "the record is of applicant": (bundle_with("A-2"), {"other.png": b"someone else"}),
+        "block 2 .*carries no signature from member 'mirror'": (_without_signature(bundle, "2", "mirror"), files),
+    }
+    for reason, (forgery, given) in forged.items():
+        with pytest.raises(EvidenceError, match=reason):
+            check_consent_bundle(forgery, genesis_of(c), "A-1", section_checks(given))
+    # through the command's reader: the files come from the folder handed over, and only a bundle with a
+    # verification takes --files
+    path, folder = tmp_path / "dispute.json", tmp_path / "dispute-evidence"
+    path.write_text(json.dumps(bundle))
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    assert check_evidence(path, genesis_of(c), "A-1", files_dir=folder)["ok"]
+    (folder / "selfie.jpg").write_bytes(b"swapped")
+    with pytest.raises(EvidenceError, match="evidence file 'selfie.jpg' is altered"):
+        check_evidence(path, genesis_of(c), "A-1", files_dir=folder)
+    with pytest.raises(ConfigError, match="give the folder of the evidence files"):
+        check_evidence(path, genesis_of(c), "A-1")
+
+
+def _without_signature(bundle: dict, height: str, member: str) -> dict:
+    forged = json.loads(json.dumps(bundle))
+    del forged["chain"]["blocks"][height]["signatures"][member]
+    return forged
+
+
+def test_a_dispute_with_the_applicants_verification_through_the_commands(served, tmp_path):
+    """An operator's path: a verifier's key, one verification recorded by the consortium's daemons, then the
+    dispute desk's bundle with it and the evidence files handed over, checked offline."""
+    folder, scored = served
+    applicant = scored["id"].iloc[0]
+    key = tmp_path / "acme-id.key"
+    made = fedscore("verification", "keygen", "--name", "acme-id", "--out", key, "--json")
+    assert made.returncode == 0, made.stderr
+    job = folder / "job-verifying.toml"   # beside the data, so --local finds the trained state
+    job.write_text((folder / "job.toml").read_text().replace(
+        "[coordinator]", f'verifiers = {{ acme-id = "{json.loads(made.stdout)["public_key"]}" }}\n\n[coordinator]'))
+    desk = tmp_path / "verifications"
+    desk.mkdir()
+    (desk / "selfie.jpg").write_bytes(b"a face" * 100)
+    recorded = fedscore("verification", "record", "--job", job, "--local", "--applicant", applicant, "--method",
+                        "face-match", "--verifier", "acme-id", "--verifier-key", key, "--evidence", desk / "selfie.jpg")
+    assert recorded.returncode == 0, recorded.stderr
+    center = folder / "state" / "card_center" / "party.toml"
+    written = fedscore("audit", "dispute", "--config", center, "--applicant", applicant, "--with-verification", desk,
+                       "--output", tmp_path / "dispute.json", "--json")
+    assert written.returncode == 0, written.stderr
+    document = json.loads(written.stdout)
+    handed = tmp_path / "dispute-evidence"
+    assert document["evidence_files"] == str(handed) and (handed / "selfie.jpg").read_bytes() == b"a face" * 100
+    assert document["check"].endswith(f"--files {handed}")
+    genesis = document["genesis"][:16]
+    checked = fedscore("audit", "check-evidence", tmp_path / "dispute.json", "--genesis", genesis, "--applicant",
+                       applicant, "--files", handed)
+    assert checked.returncode == 0, checked.stderr
+    assert "; the applicant was verified by acme-id" in checked.stdout and "by face-match" in checked.stdout
+    (handed / "selfie.jpg").write_bytes(b"another face")
+    altered = fedscore("audit", "check-evidence", tmp_path / "dispute.json", "--genesis", genesis, "--files", handed)
+    assert altered.returncode == 3 and "evidence file 'selfie.jpg' is altered" in altered.stderr
+    missing = fedscore("audit", "check-evidence", tmp_path / "dispute.json", "--genesis", genesis)
+    assert missing.returncode == 2 and "--files" in missing.stderr

@@ -63,12 +63,15 @@ EXAMPLES: dict[str, list[str]] = {
         "--request 5f0c3b1e9a7d4c2b8e6f1a0d3c5b7e9f",
         "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --settlement 1 --partner bureau "
         "--output fees.json",
+        "fedscore audit dispute --config fedscore-demo/state/card_center/party.toml --applicant 20417 "
+        "--with-verification verifications/20417 --output dispute.json",
     ],
     "audit check-evidence": [
         "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417",
         "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a "
         "--replica fedscore-demo/state/bureau/jobs/JOB_ID/scoring.sqlite",
         "fedscore audit check-evidence fees.json --genesis 3f9c2a7be1d04f5a --party-config parties/bureau/party.toml --json",
+        "fedscore audit check-evidence dispute.json --genesis 3f9c2a7be1d04f5a --applicant 20417 --files dispute-evidence",
     ],
     "certs": ["fedscore certs init --consortium consortium-certs --members card_center,bureau,ecommerce"],
     "certs init": [
@@ -253,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     dispute.add_argument("--settlement", type=int, metavar="N", help="a fee dispute: the scoring settlement's number")
     dispute.add_argument("--partner", help="a fee dispute: the partner whose billed requests to list")
     dispute.add_argument("--job-id", help="the model whose scoring chain to read (default: the newest with one)")
+    dispute.add_argument("--with-verification", type=Path, metavar="DIR",
+                         help="a consent dispute: add the applicant's newest identity verification from the chain, "
+                              "and copy the evidence files it names from DIR beside the bundle, to hand over with it")
     dispute.add_argument("--output", type=Path, help="where the bundle goes (default: dispute-REQUEST.json or "
                                                      "fees-JOB-N-PARTNER.json here)")
     _output_options(dispute, "where the bundle is, its size and what it shows")
@@ -266,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("--party-config", type=Path, metavar="TOML",
                           help="a fee bundle: the billed partner's own config, to check each request's mark under its "
                                "key and the blocks against its replica")
+    evidence.add_argument("--files", type=Path, metavar="DIR",
+                          help="a bundle with an identity verification: the folder of evidence files handed over with "
+                               "it; each must have the SHA-256 the verifier signed")
     evidence.add_argument("--replica", type=Path, metavar="LEDGER",
                           help="any member's (or an observer's) scoring.sqlite: each cited block must be its block at that height")
     _output_options(evidence, "what the bundle shows")

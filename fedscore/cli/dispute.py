@@ -37,9 +37,11 @@ from fedscore.ledger.verify import verify_chain
 from fedscore.plural import plural
 from fedscore.protocol.scoring.consent import ConsentPolicy, applicant_digest
 from fedscore.protocol.scoring.secrets import ScoringSecrets
+from fedscore.protocol.scoring.verification_evidence import bundle_section, check_bundle_section, evidence_names
 
-SECTION_CHECKS: dict[str, SectionCheck] = {}
-"""The optional bundle sections `check-evidence` reads, by name (an identity verification adds "verification")."""
+def section_checks(files: Mapping[str, bytes]) -> dict[str, SectionCheck]:
+    """The optional bundle sections `check-evidence` reads, by name, with the evidence files handed over."""
+    return {"verification": lambda section, chain, bundle: check_bundle_section(section, chain, bundle, files)}
 
 SectionBuilder = Callable[[Excerpt], dict]
 
@@ -115,9 +117,40 @@ def _write(bundle: dict, output: Path) -> int:
     return len(text.encode("utf-8"))
 
 
+def evidence_files(folder: Path, names: list[str]) -> dict[str, bytes]:
+    """The named evidence files from ``folder`` (only those: nothing else in it is read or handed over)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder of evidence files")
+    return {name: (folder / name).read_bytes() for name in names if (folder / name).is_file()}
+
+
+def verification_sections(secrets: ScoringSecrets, applicant_id: str, evidence_dir: Path | None,
+                          output: Path) -> tuple[dict[str, SectionBuilder], Path | None]:
+    """The builder of the applicant's verification section, and where its evidence files are copied to (beside
+    the bundle, for the card center to hand over with it); none without --with-verification."""
+    if evidence_dir is None:
+        return {}, None
+    return {"verification": lambda excerpt: bundle_section(excerpt, secrets, applicant_id)}, output.with_name(
+        output.stem + "-evidence")
+
+
+def hand_over(bundle: dict, evidence_dir: Path, folder: Path) -> dict[str, bytes]:
+    """Copy the files the bundle's verification names from the card center's ``evidence_dir`` to ``folder``."""
+    names = evidence_names(bundle["sections"]["verification"])
+    files = evidence_files(evidence_dir, names)
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise ConfigError(f"{evidence_dir} lacks evidence file {missing[0]!r}, which the verification names")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        write_atomically(folder / name, content, mode=0o600)
+    return files
+
+
 def open_dispute(config_path: Path, applicant_id: str, request_id: str | None, job_id: str | None, output: Path | None,
-                 sections: Mapping[str, SectionBuilder] | None = None) -> dict:
-    """Write the consent bundle of an applicant's request, check it, and say where it is and what it shows."""
+                 evidence_dir: Path | None = None) -> dict:
+    """Write the consent bundle of an applicant's request, check it, and say where it is and what it shows.
+    ``evidence_dir``: add the applicant's identity verification, with its evidence files from that folder."""
     config = load_party_config(config_path)
     job, blocks = scoring_chain(config, job_id)
     _card_center(config, blocks)
@@ -129,10 +162,16 @@ def open_dispute(config_path: Path, applicant_id: str, request_id: str | None, j
     except Exception:   # a wrong key, or a damaged copy
         raise FedscoreError(f"request {request}: the sealed consent does not open with this card center's "
                             "consent key") from None
-    bundle = consent_bundle(blocks, request, token, applicant_digest(applicant_id), consent_policy(config), sections)
     output = output or Path(f"dispute-{request}.json")
-    return _checked(bundle, output, blocks, lambda genesis: consent_verdict(
-        check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS)), job)
+    sections, files_folder = verification_sections(secrets, applicant_id, evidence_dir, output)
+    bundle = consent_bundle(blocks, request, token, applicant_digest(applicant_id), consent_policy(config), sections)
+    files = hand_over(bundle, evidence_dir, files_folder) if files_folder is not None else {}
+    found = _checked(bundle, output, blocks, lambda genesis: consent_verdict(
+        check_consent_bundle(bundle, genesis, applicant_id, section_checks(files))), job)
+    if files_folder is not None:
+        found["evidence_files"] = str(files_folder)
+        found["check"] += f" --files {files_folder}"
+    return found
 
 
 def open_fee_dispute(config_path: Path, number: int, partner: str, job_id: str | None, output: Path | None) -> dict:
@@ -182,9 +221,10 @@ def _partner_state(config_path: Path, bundle: dict) -> tuple[bytes, list[Block]]
 
 
 def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, party_config: Path | None = None,
-                   replica_path: Path | None = None, sections: Mapping[str, SectionCheck] | None = None) -> dict:
+                   replica_path: Path | None = None, sections: Mapping[str, SectionCheck] | None = None,
+                   files_dir: Path | None = None) -> dict:
     """What the bundle at ``path`` proves; EvidenceError (exit 3) naming the first check that fails.
-    ``sections``: the checks of optional sections (default: SECTION_CHECKS)."""
+    ``sections``: the checks of optional sections (default: `section_checks` with the files in ``files_dir``)."""
     try:
         bundle = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -195,12 +235,18 @@ def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, pa
     if applicant_id is not None and kind == "fee":
         raise ConfigError("--applicant is for a consent bundle; this one is a fee bundle")
     replica = read_ledger(replica_path) if replica_path is not None else None
+    verification = (bundle.get("sections") or {}).get("verification") if kind == "consent" else None
+    if (verification is not None) != (files_dir is not None):
+        raise ConfigError("--files is for a bundle with an identity verification: give the folder of the evidence "
+                          "files the card center handed over with it" if verification is not None else
+                          "--files: this bundle holds no identity verification")
+    files = evidence_files(files_dir, evidence_names(verification)) if files_dir is not None else {}
     try:
         if kind == "fee":
             key, replica = _partner_state(party_config, bundle) if party_config else (None, replica)
             found = check_fee_bundle(bundle, genesis, key, replica)
             return {**found, "verdict": fee_verdict(found)}
-        found = check_consent_bundle(bundle, genesis, applicant_id, SECTION_CHECKS if sections is None else sections,
+        found = check_consent_bundle(bundle, genesis, applicant_id, section_checks(files) if sections is None else sections,
                                      replica)
         return {**found, "verdict": consent_verdict(found)}
     except EvidenceError as error:
@@ -220,6 +266,9 @@ def check_dispute_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("audit dispute: --request needs --applicant, the id of the applicant disputing it")
     if fees and (args.settlement is None or args.partner is None):
         raise ConfigError("audit dispute: a fee dispute needs both --settlement N and --partner NAME")
+    if fees and args.with_verification is not None:
+        raise ConfigError("audit dispute: --with-verification adds an applicant's identity verification to a consent "
+                          "dispute, not to a fee dispute")
     if fees and args.settlement < 1:
         raise ConfigError(f"audit dispute: --settlement {args.settlement}: settlements are numbered from 1")
 
@@ -227,7 +276,8 @@ def check_dispute_arguments(args: argparse.Namespace) -> None:
 def dispute_command(args: argparse.Namespace) -> int:
     check_dispute_arguments(args)
     if args.applicant is not None:
-        found = open_dispute(args.config, args.applicant, args.request, args.job_id, args.output)
+        found = open_dispute(args.config, args.applicant, args.request, args.job_id, args.output,
+                             args.with_verification)
     else:
         found = open_fee_dispute(args.config, args.settlement, args.partner, args.job_id, args.output)
     if args.json:
@@ -240,7 +290,8 @@ def dispute_command(args: argparse.Namespace) -> int:
 
 def check_evidence_command(args: argparse.Namespace) -> int:
     try:
-        found = check_evidence(args.bundle, args.genesis, args.applicant, args.party_config, args.replica)
+        found = check_evidence(args.bundle, args.genesis, args.applicant, args.party_config, args.replica,
+                               files_dir=args.files)
     except EvidenceError as error:
         if args.json:
             print(json.dumps({"ok": False, "error": str(error)}, indent=2))

@@ -19,8 +19,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from fedscore.errors import DataError, FedscoreError, UnverifiedError
+from fedscore.errors import DataError, FedscoreError
 from fedscore.ledger.block import Block, decode_entry, encode_entry
+from fedscore.ledger.evidence import AnchoredChain, EvidenceError, Excerpt
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.scoring_rules import verification_problem
 from fedscore.plural import plural
@@ -30,7 +31,7 @@ from fedscore.protocol.scoring.verification import VerificationRecord, signature
 FORMAT = "fedscore.verification-evidence/1"
 
 
-class VerificationEvidenceError(UnverifiedError):
+class VerificationEvidenceError(EvidenceError):
     """A verification part that does not check out: the message names the first thing that fails."""
 
 
@@ -104,17 +105,14 @@ def _fail(reason: str) -> VerificationEvidenceError:
     return VerificationEvidenceError(f"verification evidence: {reason}")
 
 
-def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], applicant: bytes | None,
-           genesis_hash: str | None) -> str:
-    if not isinstance(part, dict) or part.get("format") != FORMAT:
-        raise _fail(f"not a {FORMAT} part")
-    record = VerificationRecord.from_dict(part["record"])
-    entry, proof = part["entry"], part["proof"]
+def check_record(document: object, entry: object, files: Mapping[str, bytes],
+                 applicant: bytes | None) -> VerificationRecord:
+    """The record against the chain entry that holds its digest, the disputed applicant, the verifier's
+    signature and the evidence files; used alone and inside a dispute bundle."""
+    record = VerificationRecord.from_dict(document)
     problem = verification_problem(entry) if isinstance(entry, dict) else "the entry is not an object"
     if problem or entry.get("kind") != "verification":
         raise _fail(f"the chain entry is not a verification entry ({problem or 'its kind'})")
-    if encode_entry(entry) != proof["entry"].encode("utf-8"):
-        raise _fail("the chain entry is not the entry the inclusion proof includes")
     if record.digest() != entry["record_digest"]:
         raise _fail(f"the record's SHA-256 {record.digest()} is not the chain entry's record digest "
                     f"{entry['record_digest']}: the record is not the one recorded")
@@ -129,6 +127,22 @@ def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], ap
         found = hashlib.sha256(files[name]).hexdigest()
         if found != digest:
             raise _fail(f"evidence file {name!r} is altered: its SHA-256 is {found}, the verifier signed {digest}")
+    return record
+
+
+def _verified(record: VerificationRecord) -> str:
+    return (f"verified by {record.verifier} (key {record.verifier_key.hex()[:16]}…) by {record.method} at "
+            f"{_when(record.time)}, with {plural(len(record.evidence), 'evidence file')} matching")
+
+
+def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], applicant: bytes | None,
+           genesis_hash: str | None) -> str:
+    if not isinstance(part, dict) or part.get("format") != FORMAT:
+        raise _fail(f"not a {FORMAT} part")
+    entry, proof = part["entry"], part["proof"]
+    if not isinstance(entry, dict) or encode_entry(entry) != proof["entry"].encode("utf-8"):
+        raise _fail("the chain entry is not the entry the inclusion proof includes")
+    record = check_record(part["record"], entry, files, applicant)
     try:
         check_proof(proof)
     except FedscoreError as error:
@@ -140,7 +154,40 @@ def _check(part: dict, members: dict[str, bytes], files: Mapping[str, bytes], ap
     if start.get("kind") != "scoring_start" or chain_members != members:
         raise _fail("the proof's chain is not a scoring chain of the members given (names and keys)")
     height = proof["block"]["height"]
-    return (f"applicant {record.applicant.hex()} verified by {record.verifier} (key {record.verifier_key.hex()[:16]}…) "
-            f"by {record.method} at {_when(record.time)}, with {plural(len(record.evidence), 'evidence file')} matching; "
-            f"recorded in block {height} of scoring chain "
+    return (f"applicant {record.applicant.hex()} {_verified(record)}; recorded in block {height} of scoring chain "
             f"{start['job_id']} co-signed by {', '.join(sorted(members))}")
+
+
+# -- as a section of a dispute bundle (fedscore.ledger.consent_evidence) ---------------------------
+
+def bundle_section(excerpt: Excerpt, secrets: ScoringSecrets, applicant_id: str, method: str | None = None) -> dict:
+    """The applicant's newest verification (of ``method``) as a dispute bundle's section: the unsealed record
+    and its entry cited in the bundle's excerpt, so one set of headers and signatures proves both."""
+    height, index, entry = _located(excerpt.blocks, secrets, applicant_id, None, method)
+    record = unseal(entry["record"], secrets)
+    if record.digest() != entry["record_digest"]:
+        raise FedscoreError(f"verification {entry['verification_id']}: the sealed record does not match its digest")
+    return {"format": FORMAT, "record": record.to_dict(), "cited": excerpt.record(height, index)}
+
+
+def check_bundle_section(section: dict, chain: AnchoredChain, bundle: dict, files: Mapping[str, bytes]) -> str:
+    """A dispute bundle's verification section: the entry is in a block every member co-signed (``chain``
+    checks it), and the record passes `check_record` for the bundle's applicant; a verdict clause."""
+    try:
+        if not isinstance(section, dict) or section.get("format") != FORMAT:
+            raise _fail(f"not a {FORMAT} section")
+        entry = chain.entry(section["cited"], "the verification entry")
+        record = check_record(section["record"], entry, files, bytes.fromhex(bundle["applicant_digest"]))
+    except EvidenceError:
+        raise
+    except (DataError, FedscoreError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise VerificationEvidenceError(f"the verification evidence is not readable: {error}") from None
+    return f"the applicant was {_verified(record)}, recorded in block {int(section['cited']['height'])}"
+
+
+def evidence_names(section: object) -> list[str]:
+    """The evidence files a bundle's verification section names (what the card center hands over beside it)."""
+    try:
+        return sorted(VerificationRecord.from_dict(section["record"]).evidence)
+    except (DataError, KeyError, TypeError, ValueError):
+        return []
