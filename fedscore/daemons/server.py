@@ -15,6 +15,7 @@ import grpc
 from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import AccessInterceptor, CallLimits
+from fedscore.daemons.chain_reads import add_replica_service
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
 from fedscore.files import write_atomically
@@ -68,7 +69,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     limits = CallLimits()
     # who may call what (the role table) and how much one caller may hold, checked before a servicer runs
     label = f"party {config.name!r}" if role == "party" else role
-    access = AccessInterceptor(config.name, config.card_centers, limits, label=label)
+    access = AccessInterceptor(config.name, config.card_centers, limits, label=label, observers=config.observers)
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
                          interceptors=[access])
     if role == "party":
@@ -84,6 +85,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
 
         service = coordinator.CoordinatorService(config)
         coordinator.add_to_server(service, server)
+    add_replica_service(config.state_dir, label, server)   # the observers' reads (none unless `observers` names one)
     health = add_health(server, role)
     host = config.listen.rsplit(":", 1)[0]
     try:

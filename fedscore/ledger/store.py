@@ -80,18 +80,21 @@ class LedgerStore:
         finally:   # a reader that stops early ends the statement at once
             cursor.close()
 
-    def blocks(self, start: int = 0) -> Iterator[Block]:
-        """Every stored block from height ``start`` on, in height order, as stored (verification decides
-        whether it is valid)."""
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[Block]:
+        """Every stored block from height ``start`` on (below ``stop``, if given), in height order, as stored
+        (verification decides whether it is valid)."""
+        end = 2**62 if stop is None else stop
         entries: dict[int, list[bytes]] = {}
-        query = "SELECT height, position, body FROM entries WHERE height >= ? ORDER BY height, position"
-        for height, _, body in self._db.execute(query, (start,)):
+        query = "SELECT height, position, body FROM entries WHERE height >= ? AND height < ? ORDER BY height, position"
+        for height, _, body in self._db.execute(query, (start, end)):
             entries.setdefault(height, []).append(bytes(body))
         signatures: dict[int, dict[str, bytes]] = {}
-        for height, member, signature in self._db.execute("SELECT height, member, signature FROM signatures WHERE height >= ?", (start,)):
+        query = "SELECT height, member, signature FROM signatures WHERE height >= ? AND height < ?"
+        for height, member, signature in self._db.execute(query, (start, end)):
             signatures.setdefault(height, {})[member] = bytes(signature)
         rows = self._db.execute(
-            "SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks WHERE height >= ? ORDER BY height", (start,)
+            "SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks WHERE height >= ? AND height < ? "
+            "ORDER BY height", (start, end)
         )
         for height, previous, timestamp_ns, merkle_root, _ in rows:
             yield Block(
