@@ -208,7 +208,8 @@ class ObserverReplica:
         return alarm
 
     def alarms(self) -> list[Equivocation]:
-        rows = self._db.execute("SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height").fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height").fetchall()
         return [Equivocation(self.job_id, self.chain, h, bytes(a), af, bytes(b), bf) for h, a, af, b, bf in rows]
 
     def close(self) -> None:
