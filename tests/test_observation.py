@@ -168,3 +168,15 @@ def test_two_validly_signed_blocks_at_one_height_raise_a_durable_alarm_that_audi
         error = capsys.readouterr().err
         assert "EQUIVOCATION on the training chain" in error and "at block 3" in error
         assert chain[3].hash().hex()[:16] in error and other.hash().hex()[:16] in error and "'guest'" in error
+
+
+def test_a_page_is_kept_up_to_a_refused_block_and_the_chain_goes_on_from_there(replica):
+    """The blocks before a refused one in a page are kept; what the refused block's good entries added to the
+    replica's state is forgotten (else the settlement, recomputed from it, would count a step twice)."""
+    chain = chain_of(training_entries())
+    bad = signed(make_block(chain[1], [step(0, 0), {"kind": "bogus"}], timestamp_ns=chain[2].timestamp_ns))
+    with pytest.raises(BlockRefused, match=r"block 2: .*entry 1: unknown entry kind 'bogus'"):
+        replica.receive_all([*chain[:2], bad, *chain[3:]], "host")
+    assert replica.height == 2
+    assert replica.receive_all(chain, "coordinator") is None   # the held two are no news; the rest, settlement too, kept
+    assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()

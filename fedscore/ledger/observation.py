@@ -115,11 +115,7 @@ class ObserverReplica:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self.state = ObservedChain()
-        self.members: dict[str, bytes] = {}
-        self.head: Block | None = None
-        for block in self.store.blocks():
-            self._remember(block)
+        self._load()
 
     @property
     def path(self) -> Path:
@@ -130,12 +126,20 @@ class ObserverReplica:
         """Blocks on this replica."""
         return 0 if self.head is None else self.head.height + 1
 
-    def _remember(self, block: Block) -> None:
+    def _load(self) -> None:
+        """The replica's state from its file: on opening, and after a refused block left it half reviewed."""
+        self.state = ObservedChain()
+        self.members: dict[str, bytes] = {}
+        self.head: Block | None = None
+        for block in self.store.blocks():
+            self._follow(block)
+            for entry in block.decoded():
+                self.state.add(entry)
+
+    def _follow(self, block: Block) -> None:
         if self.head is None:
             self.members = genesis_members(block)
         self.head = block
-        for entry in block.decoded():
-            self.state.add(entry)
 
     def _refuse(self, block: Block, member: str, reason: str) -> BlockRefused:
         return BlockRefused(block.height, self.job_id, self.chain, member, reason)
@@ -144,14 +148,36 @@ class ObserverReplica:
         """Keep ``block``, served by ``member``, if it is the next valid one; a block already held is no news.
         A different, validly signed block at a height held is an equivocation (recorded, logged, returned);
         anything else wrong raises BlockRefused."""
+        return self.receive_all([block], member)
+
+    def receive_all(self, blocks: list[Block], member: str) -> Equivocation | None:
+        """``receive`` each of ``blocks`` in turn, storing the valid ones in one transaction (a page from a member
+        costs one write to disk, not one per block); those before a refused block are kept."""
         with self._lock:
-            if block.height < self.height:
-                return self._compare(block, member)
-            self._check(block, member)
-            self.store.append(block)
-            self._db.execute("INSERT OR REPLACE INTO observed VALUES (?, ?)", (block.height, member))
-            self._remember(block)
+            pending: list[Block] = []
+            try:
+                for block in blocks:
+                    if block.height < self.height:
+                        self._store(pending, member)
+                        alarm = self._compare(block, member)
+                        if alarm is not None:
+                            return alarm
+                        continue
+                    self._check(block, member)
+                    pending.append(block)
+                    self._follow(block)
+            except BlockRefused:
+                self._store(pending, member)
+                self._load()   # the refused block's entries were reviewed into the state: read it again
+                raise
+            self._store(pending, member)
             return None
+
+    def _store(self, blocks: list[Block], member: str) -> None:
+        if blocks:
+            self.store.append_all(blocks)
+            self._db.executemany("INSERT OR REPLACE INTO observed VALUES (?, ?)", [(b.height, member) for b in blocks])
+            blocks.clear()
 
     def _signature_problem(self, block: Block, members: dict[str, bytes]) -> str | None:
         bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
@@ -173,16 +199,15 @@ class ObserverReplica:
         problem = self._signature_problem(block, members)
         if problem:
             raise self._refuse(block, member, problem)
-        review = self.state.copy()
-        for position, raw in enumerate(block.entries):
+        for position, raw in enumerate(block.entries):   # into the state as reviewed: a refusal reloads it
             try:
                 entry = decode_entry(raw)
-                reason = objection(entry, review) if isinstance(entry, dict) else "an entry that is not a JSON object"
+                reason = objection(entry, self.state) if isinstance(entry, dict) else "an entry that is not a JSON object"
             except UNREADABLE as error:
                 reason = f"an entry it cannot read ({type(error).__name__})"
             if reason:
                 raise self._refuse(block, member, f"entry {position}: {reason}")
-            review.add(entry)
+            self.state.add(entry)
 
     def _compare(self, block: Block, member: str) -> Equivocation | None:
         held = next(self.store.blocks(block.height, block.height + 1))

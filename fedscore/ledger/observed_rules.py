@@ -48,11 +48,6 @@ class ObservedChain:
             self.unsettled = 0
             self.settlements += 1
 
-    def copy(self) -> "ObservedChain":
-        """For judging a block before it is accepted (a block refused halfway changes nothing)."""
-        return ObservedChain(self.kind, self.genesis, list(self.entries), set(self.kinds), set(self.requests),
-                             self.unsettled, self.settlements)
-
 
 def objection(entry: dict, chain: ObservedChain) -> str | None:
     """Why an observer cannot accept ``entry`` after ``chain`` (None: nothing the chain shows is wrong with it)."""

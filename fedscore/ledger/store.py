@@ -45,17 +45,22 @@ class LedgerStore:
 
     def append(self, block: Block) -> None:
         """Store a block and its entries and signatures atomically."""
+        self.append_all([block])
+
+    def append_all(self, blocks: list[Block]) -> None:
+        """Store blocks, in order, in one transaction (a replica catching up writes a page at once)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
-            )
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(block.height, i, e) for i, e in enumerate(block.entries)])
-            db.executemany(
-                "INSERT INTO signatures VALUES (?, ?, ?)", [(block.height, m, s) for m, s in sorted(block.signatures.items())]
-            )
+            for block in blocks:
+                db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                    (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
+                )
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(block.height, i, e) for i, e in enumerate(block.entries)])
+                db.executemany(
+                    "INSERT INTO signatures VALUES (?, ?, ?)", [(block.height, m, s) for m, s in sorted(block.signatures.items())]
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

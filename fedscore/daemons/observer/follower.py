@@ -107,16 +107,15 @@ class Follower:
             page = list(stub.ChainBlocks(request, timeout=CALL_SECONDS))
             if not page:
                 return
-            for message in page:
-                try:
-                    alarm = replica.receive(codec.block_from_proto(message), member)
-                except BlockRefused as error:
-                    log.warning("refused: %s", error)
-                    self.refused[key] = str(error)
-                    return
-                if alarm is not None:
-                    self.diverged.add((member, *key))
-                    return
+            try:
+                alarm = replica.receive_all([codec.block_from_proto(message) for message in page], member)
+            except BlockRefused as error:
+                log.warning("refused: %s", error)
+                self.refused[key] = str(error)
+                return
+            if alarm is not None:
+                self.diverged.add((member, *key))
+                return
             start = page[-1].height + 1
 
     def status(self) -> pb.ObserverStatusReply:
