@@ -176,7 +176,9 @@ class ObserverReplica:
     def _store(self, blocks: list[Block], member: str) -> None:
         if blocks:
             self.store.append_all(blocks)
+            self._db.execute("BEGIN")   # one transaction, not one per row
             self._db.executemany("INSERT OR REPLACE INTO observed VALUES (?, ?)", [(b.height, member) for b in blocks])
+            self._db.execute("COMMIT")
             blocks.clear()
 
     def _signature_problem(self, block: Block, members: dict[str, bytes]) -> str | None:
