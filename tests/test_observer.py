@@ -18,7 +18,10 @@ from fedscore.cli import main
 from fedscore.cli.demo import write_demo
 from fedscore.cli.observer import observer_status
 from fedscore.cli.runner import submit
-from fedscore.daemons.access import ROLE_TABLE, AccessInterceptor, Role
+from fedscore.daemons.access import ROLE_TABLE, AccessInterceptor, Role, roles_of
+from fedscore.daemons.config import load_coordinator_config, load_party_config
+from fedscore.daemons.observer.config import load_observer_config
+from fedscore.errors import ConfigError
 from fedscore.daemons.chain_reads import add_replica_service
 from fedscore.daemons.launcher import OBSERVER, LocalConsortium, signal_session
 from fedscore.daemons.observer.follower import Follower
@@ -38,6 +41,34 @@ from nacl.signing import SigningKey
 WAIT = 120.0   # seconds a condition the observer reaches in a few polls may take on a busy machine
 SCORED = 6
 PARTY_SERVICES = ("Party", "Jobs", "Training", "Alignment", "Chain", "Scoring")
+
+
+def test_members_admit_observers_by_name_and_an_observer_config_names_whom_it_reads(tmp_path):
+    party = tmp_path / "party.toml"
+    party.write_text('[party]\nname = "bureau"\ncard_centers = ["bank"]\nobservers = ["regulator"]\n')
+    assert load_party_config(party).observers == ("regulator",)
+    assert roles_of("regulator", "bureau", ["bank"], ["regulator"]) == {Role.OBSERVER}   # that role only
+    assert roles_of("regulator", "bureau", ["bank"]) == {Role.MEMBER}                    # not admitted: no read
+    party.write_text('[party]\nname = "bureau"\ncard_centers = ["bank"]\nobservers = ["bank"]\n')
+    with pytest.raises(ConfigError, match="'bank' is in both card_centers and observers"):
+        load_party_config(party)
+    coordinator = tmp_path / "coordinator.toml"
+    coordinator.write_text('[coordinator]\nobservers = ["coordinator"]\n')
+    with pytest.raises(ConfigError, match="observers must be a list of member names other than this one"):
+        load_coordinator_config(coordinator)
+
+    config = tmp_path / "observer.toml"
+    config.write_text('[observer]\nname = "regulator"\nlisten = "127.0.0.1:50090"\ntls_dir = "tls"\n\n'
+                      '[observer.members]\ncoordinator = "10.0.0.1:50051"\nbureau = "10.0.0.3:50062"\n')
+    loaded = load_observer_config(config)
+    assert loaded.members == {"coordinator": "10.0.0.1:50051", "bureau": "10.0.0.3:50062"}
+    assert loaded.tls_dir == tmp_path / "tls" and loaded.state_dir == tmp_path / "state" and loaded.poll_seconds == 5.0
+    config.write_text('[observer]\nname = "regulator"\n')
+    with pytest.raises(ConfigError, match=r"\[observer.members\] names no member"):
+        load_observer_config(config)
+    config.write_text('[observer]\nname = "regulator"\nsigning = true\n[observer.members]\nbank = "h:1"\n')
+    with pytest.raises(ConfigError, match="signing"):
+        load_observer_config(config)
 
 
 @pytest.fixture(scope="module")

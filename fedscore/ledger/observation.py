@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS alarms (
 """
 
 
+ALARMS_QUERY = "SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height"
+
+
 class BlockRefused(LedgerError):
     """A block a member served that the observer will not keep; the message names member, chain, height and why."""
 
@@ -98,7 +101,7 @@ def recorded_alarms(path: Path, job_id: str = "", chain: str = "") -> list[Equiv
     except sqlite3.Error:
         return []
     try:
-        rows = db.execute("SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height").fetchall()
+        rows = db.execute(ALARMS_QUERY).fetchall()
     except sqlite3.Error:   # no alarm table: not an observer's replica
         return []
     finally:
@@ -236,7 +239,7 @@ class ObserverReplica:
 
     def alarms(self) -> list[Equivocation]:
         with self._lock:
-            rows = self._db.execute("SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height").fetchall()
+            rows = self._db.execute(ALARMS_QUERY).fetchall()
         return [Equivocation(self.job_id, self.chain, h, bytes(a), af, bytes(b), bf) for h, a, af, b, bf in rows]
 
     def close(self) -> None:

@@ -57,10 +57,10 @@ class LedgerStore:
                     "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
                     (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
                 )
-                db.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(block.height, i, e) for i, e in enumerate(block.entries)])
-                db.executemany(
-                    "INSERT INTO signatures VALUES (?, ?, ?)", [(block.height, m, s) for m, s in sorted(block.signatures.items())]
-                )
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?)",
+                               [(block.height, i, e) for i, e in enumerate(block.entries)])
+                db.executemany("INSERT INTO signatures VALUES (?, ?, ?)",
+                               [(block.height, m, s) for m, s in sorted(block.signatures.items())])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
