@@ -71,6 +71,19 @@ def test_members_admit_observers_by_name_and_an_observer_config_names_whom_it_re
         load_observer_config(config)
 
 
+def test_init_observer_writes_a_config_observer_serve_takes_as_it_is(tmp_path, capsys):
+    folder = tmp_path / "regulators" / "regulator"
+    assert main(["init", "observer", "regulator", "--dir", str(folder), "--member", "coordinator=10.0.0.1:50051",
+                 "--member", "bank=10.0.0.2:50061"]) == 0
+    config = load_observer_config(folder / "observer.toml")
+    assert config.members == {"coordinator": "10.0.0.1:50051", "bank": "10.0.0.2:50061"}
+    assert config.name == "regulator" and config.tls_dir == folder / "tls" and (folder / "state").is_dir()
+    assert 'observers = ["regulator"]' in capsys.readouterr().out
+    assert main(["init", "observer", "regulator", "--dir", str(folder), "--member", "bank=10.0.0.2:50061"]) == 2
+    assert main(["init", "observer", "regulator", "--dir", str(tmp_path / "none")]) == 2   # reads from nobody
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
     """The demo consortium with an observer: a job trained, its model opened, applicants scored and settled."""

@@ -18,7 +18,7 @@ from fedscore import __version__
 from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score,
                                    cmd_serve, cmd_serve_job, cmd_status)
 from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
-from fedscore.cli.observer import cmd_observer_serve
+from fedscore.cli.observer import cmd_init_observer, cmd_observer_serve
 from fedscore.errors import FedscoreError
 
 LEDGER = "fedscore-demo/state/bureau/jobs/JOB_ID/ledger.sqlite"
@@ -78,6 +78,10 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore observer serve --config regulator/observer.toml --listen 0.0.0.0:50090",
     ],
     "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
+    "init observer": [
+        "fedscore init observer regulator --dir regulator --member coordinator=10.0.0.1:50051 "
+        "--member bank=10.0.0.2:50061",
+    ],
     "init party": [
         "fedscore init party acme_bureau --dir parties/acme_bureau",
         "fedscore init party my_bank --role card_center --listen 127.0.0.1:50071 --tls-dir consortium-certs/my_bank",
@@ -270,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=cmd_status)
 
     init = commands.add("init", "make the files a new member starts from")
-    party = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init").add(
+    whats = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init")
+    party = whats.add(
         "party", "make a new party's folder: config, state folder, data stub and next steps",
         description="Make a new party's folder: a config `fedscore party serve --config` takes as it is\n"
                     "(once its TLS identity from `fedscore certs init` is in tls/, or named by --tls-dir),\n"
@@ -289,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "none: it takes no job until card_centers in its config names one)")
     party.add_argument("--quiet", action="store_true", help="print nothing but errors")
     party.set_defaults(handler=cmd_init_party)
+    observer_init = whats.add("observer", "make a new observer's folder: its config and state folder")
+    observer_init.add_argument("name", help="the observer's name, as its certificate gives it (e.g. regulator)")
+    observer_init.add_argument("--dir", type=Path, help="the folder to make (default: ./NAME); must not exist, or be empty")
+    observer_init.add_argument("--listen", default="127.0.0.1:50090", help="host:port of its status service (default: %(default)s)")
+    observer_init.add_argument("--tls-dir", type=Path, metavar="DIR", help="its member folder from `fedscore certs init` (default: tls/)")
+    observer_init.add_argument("--member", action="append", default=[], metavar="NAME=HOST:PORT",
+                               help="a member to read from (repeat for each)")
+    observer_init.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    observer_init.set_defaults(handler=cmd_init_observer)
     return parser
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedscore.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_UNVERIFIED
@@ -25,6 +27,62 @@ def cmd_observer_serve(args: argparse.Namespace) -> int:
     if args.listen:
         config = replace(config, listen=args.listen)
     return serve_observer(config, args.ready_file, insecure=args.insecure, lifeline_fd=args.lifeline_fd)
+
+
+OBSERVER_HEAD = """\
+# The observer {name}: a replica of every chain the members below let it read. Start it with:
+#   fedscore observer serve --config {config_hint}
+# Each member admits it with observers = ["{name}"] in its own config (party.toml, the coordinator's).
+"""
+COMMENT_COLUMN = 32
+
+
+def init_observer(name: str, folder: Path, listen: str, tls_dir: Path | None, members: list[str]) -> list[Path]:
+    """A new observer's folder: its config (which `observer serve` takes as it is) and an empty state folder."""
+    from fedscore.daemons.observer.config import load_observer_config
+
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder} already exists; refusing to overwrite it (choose another --dir, or remove it)")
+    if not members:
+        raise ConfigError("init observer: name at least one member to read, --member NAME=HOST:PORT")
+    tls = json.dumps(str(tls_dir.resolve()) if tls_dir is not None else "tls")
+    settings = [
+        ("[observer]", ""),
+        (f"name = {json.dumps(name)}", "the name in its certificate from the consortium CA"),
+        (f"listen = {json.dumps(listen)}", "its status and health service"),
+        (f"tls_dir = {tls}", f"cert.pem, key.pem, ca.pem from `fedscore certs init --members {name}`"),
+        ('state_dir = "state"', "its replicas, one folder per job; relative to this file"),
+        ("poll_seconds = 5.0", "how often it asks every member for new blocks"),
+        ("", ""),
+        ("[observer.members]", "every member it reads: name = \"host:port\""),
+        *((f"{member} = {json.dumps(address)}", "") for member, address in map(observer_target, members)),
+    ]
+    config = folder / "observer.toml"
+    lines = [f"{setting:<{COMMENT_COLUMN - 1}} # {comment}" if comment else setting for setting, comment in settings]
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    config.write_text(OBSERVER_HEAD.format(name=name, config_hint=config) + "\n".join(lines) + "\n")
+    try:
+        load_observer_config(config)   # what serve will check: a bad name or address is said now, and nothing is left
+    except ConfigError:
+        config.unlink()
+        if made:
+            folder.rmdir()
+        raise
+    (folder / "state").mkdir()
+    return [config, folder / "state"]
+
+
+def cmd_init_observer(args: argparse.Namespace) -> int:
+    folder = args.dir if args.dir is not None else Path(args.name)
+    written = init_observer(args.name, folder, args.listen, args.tls_dir, args.member)
+    if not args.quiet:
+        print(f"observer {args.name!r} in {folder}:")
+        for path in written:
+            print(f"  {path}")
+        print(f"next: each member adds observers = [\"{args.name}\"] to its config; then: "
+              f"fedscore observer serve --config {written[0]}")
+    return EXIT_OK
 
 
 def observer_target(text: str) -> tuple[str, str]:
