@@ -180,3 +180,11 @@ def test_a_page_is_kept_up_to_a_refused_block_and_the_chain_goes_on_from_there(r
     assert replica.height == 2
     assert replica.receive_all(chain, "coordinator") is None   # the held two are no news; the rest, settlement too, kept
     assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()
+
+
+def test_a_genesis_without_a_readable_fee_contract_is_refused(replica):
+    start = {**training_entries()[0][0], "fees": {**FEES, "per_step": "a lot"}}
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'coordinator': entry 0: the genesis entry's fees: "
+                                           r"per_step must be a whole, non-negative number"):
+        replica.receive(chain_of([[start]])[0], "coordinator")
+    assert replica.height == 0

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedscore.errors import LedgerError
+from fedscore.errors import ConfigError, LedgerError
 from fedscore.ledger import merkle
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import MAX_CLOCK_SKEW_NS, UNREADABLE
@@ -210,6 +210,8 @@ class ObserverReplica:
                 reason = objection(entry, self.state) if isinstance(entry, dict) else "an entry that is not a JSON object"
             except UNREADABLE as error:
                 reason = f"an entry it cannot read ({type(error).__name__})"
+            except ConfigError as error:   # a fee contract that is not one
+                reason = str(error)
             if reason:
                 raise self._refuse(block, member, f"entry {position}: {reason}")
             self.state.add(entry)

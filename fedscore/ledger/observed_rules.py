@@ -53,7 +53,10 @@ def objection(entry: dict, chain: ObservedChain) -> str | None:
     """Why an observer cannot accept ``entry`` after ``chain`` (None: nothing the chain shows is wrong with it)."""
     kind = entry.get("kind")
     if chain.genesis is None:
-        return None if kind in ("job_start", "scoring_start") else "the first entry must start a job or a model's scoring"
+        if kind not in ("job_start", "scoring_start"):
+            return "the first entry must start a job or a model's scoring"
+        settlement.FeeContract.from_dict(entry.get("fees"), "the genesis entry's fees")   # ConfigError: refused
+        return None
     if kind in ("job_start", "scoring_start"):
         return "a second genesis entry"
     if chain.kind == "training":
