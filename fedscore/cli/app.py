@@ -77,11 +77,11 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore observer serve --config regulator/observer.toml",
         "fedscore observer serve --config regulator/observer.toml --listen 0.0.0.0:50090",
     ],
-    "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init observer": [
         "fedscore init observer regulator --dir regulator --member coordinator=10.0.0.1:50051 "
         "--member bank=10.0.0.2:50061",
     ],
+    "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init party": [
         "fedscore init party acme_bureau --dir parties/acme_bureau",
         "fedscore init party my_bank --role card_center --listen 127.0.0.1:50071 --tls-dir consortium-certs/my_bank",

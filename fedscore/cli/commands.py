@@ -243,10 +243,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
+    from fedscore.cli.observer import format_observer, observer_status, observer_target, observers_exit
     from fedscore.cli.status import consortium_status, format_status, status_document, status_exit
     from fedscore.transport.tls import TlsIdentity
-
-    from fedscore.cli.observer import format_observer, observer_status, observer_target, observers_exit
 
     tls = None if args.insecure else TlsIdentity.load(args.tls)
     if args.job is None and not args.observer:

@@ -139,7 +139,8 @@ class CallLimits:
             raise ValueError("idle_seconds must be positive")
 
 
-def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = (), observers: Iterable[str] = ()) -> frozenset[Role]:
+def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = (),
+             observers: Iterable[str] = ()) -> frozenset[Role]:
     """The roles ``caller`` plays towards the daemon of member ``own_name``. An observer this member admits
     plays that role only: it reads chains and takes part in nothing."""
     if caller in frozenset(observers) and caller not in (COORDINATOR, own_name):
