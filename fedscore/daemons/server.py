@@ -15,7 +15,6 @@ import grpc
 from fedscore.daemons.config import DaemonConfig
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import AccessInterceptor, CallLimits
-from fedscore.daemons.chain_reads import add_replica_service
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
 from fedscore.files import write_atomically
@@ -85,7 +84,6 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
 
         service = coordinator.CoordinatorService(config)
         coordinator.add_to_server(service, server)
-    add_replica_service(config.state_dir, label, server)   # the observers' reads (none unless `observers` names one)
     health = add_health(server, role)
     host = config.listen.rsplit(":", 1)[0]
     try:
