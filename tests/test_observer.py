@@ -168,7 +168,7 @@ def test_the_observer_follows_the_training_and_scoring_chains_to_every_members_h
     tls = str(running.certs_dir / "card_center")
     assert main(["status", "--observer", f"{OBSERVER}={running.observer_address}", "--tls", tls]) == 0
     shown = capsys.readouterr().out
-    assert f"{job_id}" in shown and "members agree" in shown and "ALARM" not in shown
+    assert f"{job_id}" in shown and "4 members agree" in shown and "3 members agree" in shown and "ALARM" not in shown
 
 
 def _call(channel: grpc.Channel, method: str):

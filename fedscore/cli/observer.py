@@ -133,7 +133,7 @@ def format_observer(found: dict) -> str:
         if "error" in member:
             lines.append(f"    cannot read {member['member']}: {member['error']}")
     for chain in found["chains"]:
-        state = "members agree" if chain["agree"] else "members: " + ", ".join(
+        state = f"{plural(len(chain['members']), 'member')} agree" if chain["agree"] else "members: " + ", ".join(
             f"{name} {plural(m['blocks'], 'block')} {m['head'][:HEAD_DIGITS]}" for name, m in chain["members"].items())
         lines.append(f"    {chain['job_id']:<24} {chain['chain']:<9} {plural(chain['blocks'], 'block')}, head "
                      f"{chain['head'][:HEAD_DIGITS]}  {state}")
