@@ -26,6 +26,7 @@ FIGURES = {   # what each bench's last line must name
     "epoch": ["epoch_seconds", "epoch_inline_seconds", "epoch_obfuscation_seconds", "epoch_binned_seconds"],
     "ledger": ["ledger_verify_blocks_per_second", "ledger_append_blocks_per_second"],
     "monitor": ["monitor_seconds", "monitor_review_seconds", "monitor_log_record_us"],
+    "observer": ["observer_catchup_blocks_per_second"],
     "paillier": ["paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second"],
     "psi": ["psi_ids_per_second", "psi_peak_mib"],
     "scale": ["scale_epoch_seconds", "scale_peak_mib"],

@@ -18,6 +18,7 @@ from fedscore import __version__
 from fedscore.cli.commands import (check_arguments, cmd_audit, cmd_certs, cmd_demo, cmd_init_party, cmd_run, cmd_score,
                                    cmd_serve, cmd_serve_job, cmd_status)
 from fedscore.cli.exits import EXIT_CODES, Terminated, exit_for
+from fedscore.cli.observer import cmd_init_observer, cmd_observer_serve
 from fedscore.errors import FedscoreError
 
 LEDGER = "fedscore-demo/state/bureau/jobs/JOB_ID/ledger.sqlite"
@@ -37,6 +38,7 @@ EXAMPLES: dict[str, list[str]] = {
     "status": [
         "fedscore status --job examples/default_credit/job.toml --tls certs/card_center",
         "fedscore status --job examples/default_credit/job.toml --tls certs/bureau --json",
+        "fedscore status --observer regulator=127.0.0.1:50090 --tls certs/regulator",
     ],
     "demo": [
         "fedscore demo --workdir fedscore-demo",
@@ -98,6 +100,15 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore monitor --job fedscore-demo/job.toml",
         "fedscore monitor --job fedscore-demo/job.toml --since 2026-01-01 --html monitor.html",
         "fedscore monitor --job examples/default_credit/job.toml --state /var/lib/fedscore/card_center --per 1000 --json",
+    ],
+    "observer": ["fedscore observer serve --config regulator/observer.toml"],
+    "observer serve": [
+        "fedscore observer serve --config regulator/observer.toml",
+        "fedscore observer serve --config regulator/observer.toml --listen 0.0.0.0:50090",
+    ],
+    "init observer": [
+        "fedscore init observer regulator --dir regulator --member coordinator=10.0.0.1:50051 "
+        "--member bank=10.0.0.2:50061",
     ],
     "init": ["fedscore init party acme_bureau --dir parties/acme_bureau"],
     "init party": [
@@ -226,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("balances", "what each member owes and is owed"),
     ]:
         sub = actions.add(action, text)
-        sub.add_argument("ledger", type=Path, help="a member's ledger.sqlite (or scoring.sqlite)")
+        sub.add_argument("ledger", type=Path, help="a member's ledger.sqlite (or scoring.sqlite)" + (
+            "; or an observer's replica or state folder (an alarm it records fails too)" if action == "verify" else ""))
         if action == "prove":
             sub.add_argument("entry", help="HEIGHT:INDEX, e.g. 5:0")
         if action == "verify":
@@ -302,11 +314,29 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stop when this inherited pipe closes (how --local daemons end with their launcher)")
         serve.set_defaults(handler=cmd_serve, role=role)
 
+    observer = commands.add("observer", "run an observer daemon: a regulator's replica of the chains")
+    observe = _Parsers(observer.add_subparsers(dest="action", required=True, metavar="ACTION"), "observer").add(
+        "serve", "follow every chain the configured members let this observer read, until stopped",
+        description="Read every chain the members in the config let this observer read (their configs name it in\n"
+                    "`observers`), check each block as members do, keep a replica of each, and record an alarm\n"
+                    "when two members serve different validly signed blocks at one height. Serves the gRPC\n"
+                    "health service and its status (`fedscore status --observer`) on --listen.",
+    )
+    observe.add_argument("--config", type=Path, required=True, help="observer config (TOML)")
+    observe.add_argument("--listen", help="host:port to listen on (overrides the config)")
+    observe.add_argument("--ready-file", type=Path, help="write host:port here once serving")
+    observe.add_argument("--insecure", action="store_true", help="plaintext, no peer authentication: debugging only")
+    observe.add_argument("--lifeline-fd", type=int, metavar="FD", help="stop when this inherited pipe closes")
+    observe.set_defaults(handler=cmd_observer_serve)
+
     status = commands.add("status", "show each member of a job: up or not, its jobs, steps and chain head",
                           description="Ask every daemon a job file names for its health (the standard gRPC health\n"
                                       "service) and state: its jobs, their last step and its chain's head.\n"
-                                      "Exit 0 when every member serves, 2 otherwise, 3 when two hold different blocks at one height.")
-    status.add_argument("--job", type=Path, required=True, help="job file with the coordinator's and parties' addresses")
+                                      "Exit 0 when every member serves, 2 otherwise, 3 when two hold different blocks at one height\n"
+                                      "or an observer (--observer) recorded an alarm.")
+    status.add_argument("--job", type=Path, help="job file with the coordinator's and parties' addresses")
+    status.add_argument("--observer", action="append", default=[], metavar="NAME=HOST:PORT",
+                        help="an observer daemon to ask too: its chains, heads and alarms (an alarm exits 3)")
     status.add_argument("--tls", type=Path, metavar="DIR", help="any member's folder (cert.pem, key.pem, ca.pem) to ask as")
     status.add_argument("--insecure", action="store_true", help="plaintext, for daemons started with --insecure")
     _output_options(status, "every member's status")
@@ -333,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.set_defaults(handler=cmd_monitor)
 
     init = commands.add("init", "make the files a new member starts from")
-    party = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init").add(
+    whats = _Parsers(init.add_subparsers(dest="what", required=True, metavar="WHAT"), "init")
+    party = whats.add(
         "party", "make a new party's folder: config, state folder, data stub and next steps",
         description="Make a new party's folder: a config `fedscore party serve --config` takes as it is\n"
                     "(once its TLS identity from `fedscore certs init` is in tls/, or named by --tls-dir),\n"
@@ -352,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "none: it takes no job until card_centers in its config names one)")
     party.add_argument("--quiet", action="store_true", help="print nothing but errors")
     party.set_defaults(handler=cmd_init_party)
+    observer_init = whats.add("observer", "make a new observer's folder: its config and state folder")
+    observer_init.add_argument("name", help="the observer's name, as its certificate gives it (e.g. regulator)")
+    observer_init.add_argument("--dir", type=Path, help="the folder to make (default: ./NAME); must not exist, or be empty")
+    observer_init.add_argument("--listen", default="127.0.0.1:50090", help="host:port of its status service (default: %(default)s)")
+    observer_init.add_argument("--tls-dir", type=Path, metavar="DIR", help="its member folder from `fedscore certs init` (default: tls/)")
+    observer_init.add_argument("--member", action="append", default=[], metavar="NAME=HOST:PORT",
+                               help="a member to read from (repeat for each)")
+    observer_init.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    observer_init.set_defaults(handler=cmd_init_observer)
 
     from fedscore.cli.commands import cmd_verification
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fedscore.errors import FedscoreError, UnverifiedError
 from fedscore.ledger.block import Block
+from fedscore.ledger.observation import recorded_alarms
 from fedscore.ledger.proofs import check_proof, prove
 from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
@@ -57,13 +58,40 @@ def check_head(blocks: list[Block], expected: str) -> None:
     raise LedgerError(last, f"the head is {head}, not the expected {expected}{past}")
 
 
+class AlarmRecorded(UnverifiedError):
+    """An observer's replica that records an equivocation: it verifies, but the consortium's chain does not hold."""
+
+
+def _replica_alarms(path: Path) -> None:
+    """AlarmRecorded naming the first equivocation an observer's replica records (a member's records none)."""
+    chain = "scoring" if path.name == "scoring.sqlite" else "training"
+    alarms = recorded_alarms(path, path.parent.name, chain)
+    if alarms:
+        more = f" (and {plural(len(alarms) - 1, 'more alarm')})" if len(alarms) > 1 else ""
+        raise AlarmRecorded(f"{path}: {alarms[0].line()}{more}")
+
+
+def verify_observer_state(state_dir: Path) -> dict:
+    """Every replica in an observer's state folder verified, and none records an alarm."""
+    paths = sorted(p for p in state_dir.glob("jobs/*/*.sqlite") if p.name in ("ledger.sqlite", "scoring.sqlite"))
+    if not paths:
+        raise FedscoreError(f"{state_dir} holds no replica (jobs/<job id>/ledger.sqlite or scoring.sqlite)")
+    found = [verify_document(path) for path in paths]
+    return {"ok": True, "replicas": len(found), "blocks": sum(f["blocks"] for f in found),
+            "entries": sum(f["entries"] for f in found)}
+
+
 def verify_document(path: Path, expected_head: str | None = None) -> dict:
     """The chain's summary; with ``expected_head`` (from a job report, whole or its first 16 hex digits or more),
-    a truncated or replaced chain fails too."""
+    a truncated or replaced chain fails too. An observer's replica that records an equivocation alarm fails,
+    naming it; a folder is an observer's state folder, every replica in it verified."""
+    if path.is_dir() and expected_head is None:
+        return verify_observer_state(path)
     blocks = read_ledger(path)
     summary = verify_chain(blocks)
     if expected_head:
         check_head(blocks, expected_head)
+    _replica_alarms(path)
     return {
         "ok": True, "blocks": summary.blocks, "entries": summary.entries, "head": summary.head.hex(),
         "genesis": summary.genesis.hex(), "members": sorted(summary.members),
@@ -72,6 +100,9 @@ def verify_document(path: Path, expected_head: str | None = None) -> dict:
 
 def verify(path: Path, expected_head: str | None = None) -> str:
     found = verify_document(path, expected_head)
+    if "replicas" in found:
+        return (f"ok: {plural(found['replicas'], 'replica')}, {plural(found['blocks'], 'block')}, "
+                f"{plural(found['entries'], 'entry', 'entries')}, no alarm")
     return (f"ok: {plural(found['blocks'], 'block')}, {plural(found['entries'], 'entry', 'entries')}, "
             f"head {found['head']}, genesis {found['genesis']}")
 

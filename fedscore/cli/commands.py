@@ -259,18 +259,22 @@ def cmd_check_evidence(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fedscore.job_file import load_job
+    from fedscore.cli.observer import format_observer, observer_status, observer_target, observers_exit
     from fedscore.cli.status import consortium_status, format_status, status_document, status_exit
     from fedscore.transport.tls import TlsIdentity
 
-    spec, _ = load_job(args.job)
-    members = consortium_status(spec, None if args.insecure else TlsIdentity.load(args.tls))
-    if not members:
+    tls = None if args.insecure else TlsIdentity.load(args.tls)
+    if args.job is None and not args.observer:
+        raise ConfigError("status: give --job (the members it names) or --observer NAME=HOST:PORT, or both")
+    members = consortium_status(load_job(args.job)[0], tls) if args.job is not None else []
+    if args.job is not None and not members:
         raise ConfigError(f"job file {args.job}: no addresses to ask (status reads running daemons)")
+    observers = [observer_status(*observer_target(text), tls) for text in args.observer]
     if args.json:
-        _print_json(status_document(members))
+        _print_json({**status_document(members), **({"observers": observers} if observers else {})})
     elif not args.quiet:
-        print(format_status(members))
-    return status_exit(members)
+        print("\n".join([format_status(members)] * bool(members) + [format_observer(o) for o in observers]))
+    return max(status_exit(members), observers_exit(observers))   # 3 (a fork, an alarm) over 2 (one down) over 0
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -43,6 +43,8 @@ CONFIG_TAIL = """\
 # consent_issuers = ["<64 hex digits: the Ed25519 key of an identity provider you trust>"]
 # consent_max_age_days = 30
 # consent_max_uses = 3
+# Observers (a regulator's replica) that may read this party's chains and nothing else (docs/observer.md):
+# observers = ["regulator"]
 """
 
 

@@ -56,12 +56,14 @@ class Role(enum.Enum):
     CARD_CENTER = "a card center"   # one this party takes jobs from (config `card_centers`; empty: none)
     SELF = "this member itself"     # e.g. a card center's approval system, calling with the card center's certificate
     MEMBER = "any member"           # any certificate from the consortium CA
+    OBSERVER = "an observer"        # one this member lets read its chains (config `observers`); nothing else
 
 
 _COORDINATOR = frozenset({Role.COORDINATOR})
 _CARD_CENTER = frozenset({Role.CARD_CENTER})
 _SELF = frozenset({Role.SELF})
 _MEMBER = frozenset({Role.MEMBER})
+_OBSERVER = frozenset({Role.OBSERVER})
 _P = f"/{pb.DESCRIPTOR.package}."
 
 ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
@@ -106,9 +108,13 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Coordinator/Status": _MEMBER,
     f"{_P}Coordinator/RunJob": _MEMBER,      # then: the caller must be the job's card center
     f"{_P}Coordinator/FollowJob": _MEMBER,   # then: the caller must be the job's card center
-    "/grpc.health.v1.Health/Check": _MEMBER,
-    "/grpc.health.v1.Health/Watch": _MEMBER,
-    "/grpc.health.v1.Health/List": _MEMBER,
+    "/grpc.health.v1.Health/Check": _MEMBER | _OBSERVER,
+    "/grpc.health.v1.Health/Watch": _MEMBER | _OBSERVER,
+    "/grpc.health.v1.Health/List": _MEMBER | _OBSERVER,
+    # an observer (a regulator's replica) reads the chains this member holds, and may call nothing else
+    f"{_P}Replica/ListChains": _OBSERVER,
+    f"{_P}Replica/ChainBlocks": _OBSERVER,
+    f"{_P}Observer/Status": _MEMBER,   # served by the observer's own daemon: any member may ask what it holds
 })
 
 
@@ -134,8 +140,12 @@ class CallLimits:
             raise ValueError("idle_seconds must be positive")
 
 
-def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = ()) -> frozenset[Role]:
-    """The roles ``caller`` plays towards the daemon of member ``own_name``."""
+def roles_of(caller: str, own_name: str, card_centers: Iterable[str] = (),
+             observers: Iterable[str] = ()) -> frozenset[Role]:
+    """The roles ``caller`` plays towards the daemon of member ``own_name``. An observer this member admits
+    plays that role only: it reads chains and takes part in nothing."""
+    if caller in frozenset(observers) and caller not in (COORDINATOR, own_name):
+        return _OBSERVER
     card_centers = frozenset(card_centers)
     roles = {Role.MEMBER}
     if caller == COORDINATOR:
@@ -206,9 +216,11 @@ class AccessInterceptor(grpc.ServerInterceptor):
     """Enforces ``table`` and ``limits`` on every call to the daemon of member ``name``."""
 
     def __init__(self, name: str, card_centers: Iterable[str] = (), limits: CallLimits = CallLimits(),
-                 label: str | None = None, table: Mapping[str, frozenset[Role]] = ROLE_TABLE):
+                 label: str | None = None, table: Mapping[str, frozenset[Role]] = ROLE_TABLE,
+                 observers: Iterable[str] = ()):
         self.name = name
         self.card_centers = tuple(card_centers)
+        self.observers = tuple(observers)
         self.limits = limits
         self.label = label or repr(name)
         self.table = table
@@ -232,7 +244,7 @@ class AccessInterceptor(grpc.ServerInterceptor):
         if caller is None:   # plaintext: nobody to check
             yield
             return
-        if not allowed & roles_of(caller, self.name, self.card_centers):
+        if not allowed & roles_of(caller, self.name, self.card_centers, self.observers):
             wanted = " or ".join(sorted(role.value for role in allowed))
             self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
                          f"{self.label}: {method} is for {wanted} only; refused {caller!r}")

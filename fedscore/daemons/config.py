@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")   # an Ed25519 public key
 ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
-EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir"}
+EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tls_dir", "observers"}
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
@@ -63,6 +63,7 @@ class DaemonConfig:
                                             # part lowered the score ("" : "information held by partner <name>")
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
+    observers: tuple[str, ...] = ()          # members (e.g. a regulator) that may read this daemon's chains, only that
 
 
 def load_party_config(path: Path | str) -> DaemonConfig:
@@ -106,8 +107,14 @@ def _every_daemon(table: dict[str, Any], base: Path, default_name: str, where: s
     max_message_mib = take(table, "max_message_mib", int, DaemonConfig.max_message_mib, where)
     if not 4 <= max_message_mib <= 1024:   # streamed blocks are 2 MiB; PSI positions go as 8 bytes per aligned row
         raise ConfigError(f"{where}: max_message_mib must be between 4 and 1024, got {max_message_mib}")
+    observers = take(table, "observers", list, [], where)
+    for observer in observers:
+        if not (isinstance(observer, str) and NAME_PATTERN.fullmatch(observer)) or observer in (name, "coordinator"):
+            raise ConfigError(f"{where}: observers must be a list of member names other than this one and the "
+                              f"coordinator, got {observer!r}")
     return {
         "name": name,
+        "observers": tuple(observers),
         "listen": _address(table, "listen", "127.0.0.1:0", where),
         "state_dir": _path(table, "state_dir", "state", base, where),
         "workers": workers,
@@ -157,6 +164,10 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
     reason = take(table, "reason", str, DaemonConfig.reason, where).strip()
     if len(reason) > REASON_LIMIT or not reason.isprintable():
         raise ConfigError(f"{where}: reason must be one printable line of at most {REASON_LIMIT} characters")
+    overlap = set(card_centers) & set(take(table, "observers", list, [], where))
+    if overlap:
+        raise ConfigError(f"{where}: {sorted(overlap)[0]!r} is in both card_centers and observers; an observer takes "
+                          "part in no job")
     return {
         "reason": reason,
         "data_dir": _path(table, "data_dir", "data", base, where),   # must exist when the daemon starts

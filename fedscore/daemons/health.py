@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-SERVICES = {"party": "fedscore.v1.Party", "coordinator": "fedscore.v1.Coordinator"}
+SERVICES = {"party": "fedscore.v1.Party", "coordinator": "fedscore.v1.Coordinator", "observer": "fedscore.v1.Observer"}
 
 
 def add_health(server: grpc.Server, role: str) -> health.HealthServicer:

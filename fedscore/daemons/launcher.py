@@ -38,6 +38,8 @@ HEALTH_TIMEOUT = 5.0       # one health check: a busy machine may be slow to ans
 POLL_SECONDS = 0.05
 MAX_RESTARTS = 5           # per member and run: a daemon that keeps dying is left down (the job then fails)
 LEFTOVER_SECONDS = 10.0    # how long a dead daemon's workers may take to follow it
+OBSERVER = "regulator"     # the observer's member name when a local consortium runs one
+OBSERVER_POLL_SECONDS = 0.2
 LOCAL_MAX_JOBS = 10_000    # a partner's job budget when one owner runs every party (the run's state folder is reused)
 
 
@@ -67,11 +69,14 @@ class LocalConsortium:
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
                  consent_issuers: tuple[str, ...] = (), insecure: bool = False,
                  listen: Mapping[str, str] | None = None, http_listen: str = "127.0.0.1:0",
-                 verifiers: Mapping[str, str] | None = None):
+                 verifiers: Mapping[str, str] | None = None, observer: bool = False):
         """``listen``: member -> host:port its daemon binds (default: a free loopback port); ``http_listen``:
         the card center's HTTPS scoring endpoint; ``verifiers``: name -> hex key of the identity verifiers the
-        card center trusts."""
+        card center trusts; ``observer``: also run an observer (OBSERVER), which every member admits, reading
+        every chain."""
         self.spec = spec
+        self.observer = OBSERVER if observer else ""
+        self.observer_address = ""
         self.listen = dict(listen or {})
         self.http_listen = http_listen
         self.insecure = insecure
@@ -115,6 +120,21 @@ class LocalConsortium:
         config.write_text("\n".join(lines) + "\n")
         return self._spawn(member, role, config)
 
+    def _launch_observer(self, addresses: Mapping[str, str]) -> Path:
+        """The observer's daemon, reading every member at ``addresses``."""
+        folder = self.state_root / self.observer
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config = folder / "observer.toml"
+        tls = "" if self.insecure else f"tls_dir = {_toml_string(str(self.certs_dir / self.observer))}\n"
+        members = "".join(f"{member} = {_toml_string(address)}\n" for member, address in addresses.items())
+        listen = _toml_string(self.listen.get(self.observer, "127.0.0.1:0"))
+        config.write_text(f'[observer]\nname = "{self.observer}"\nlisten = {listen}\nstate_dir = "."\n{tls}'
+                          f'poll_seconds = {OBSERVER_POLL_SECONDS}\n\n[observer.members]\n{members}')
+        return self._spawn(self.observer, "observer", config)
+
+    def _role(self, member: str) -> str:
+        return "coordinator" if member == COORDINATOR else "observer" if member == self.observer else "party"
+
     def _spawn(self, member: str, role: str, config: Path) -> Path:
         """Start one daemon from its config file, logging to its folder; returns its ready file."""
         ready = config.parent / "ready"
@@ -140,7 +160,9 @@ class LocalConsortium:
 
     def start(self) -> JobSpec:
         if not self.insecure:
-            init_consortium(self.certs_dir, [COORDINATOR, *(p.name for p in self.spec.parties)])
+            observers = [self.observer] if self.observer else []
+            init_consortium(self.certs_dir, [COORDINATOR, *(p.name for p in self.spec.parties), *observers])
+        admits = {"observers": [self.observer]} if self.observer else {}
         ready_files: dict[str, Path] = {}
         parties = []
         for party in self.spec.parties:
@@ -155,16 +177,18 @@ class LocalConsortium:
                  "data_dir": str(data.parent),
                  "workers": self.workers, "min_key_bits": self.spec.key_bits, "min_batch_rows": 1,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
-                 "max_jobs": LOCAL_MAX_JOBS,
+                 "max_jobs": LOCAL_MAX_JOBS, **admits,
                  **({"http_listen": self.http_listen, "verifiers": self.verifiers} if party.is_card_center else {})},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(
             "coordinator", "coordinator",
-            {"name": "coordinator", "listen": self.listen.get(COORDINATOR, "127.0.0.1:0"), "state_dir": "."},
+            {"name": "coordinator", "listen": self.listen.get(COORDINATOR, "127.0.0.1:0"), "state_dir": ".", **admits},
         )
         addresses = self._wait(ready_files)
         self.coordinator_address = addresses["coordinator"]
+        if self.observer:
+            self.observer_address = self._wait({self.observer: self._launch_observer(addresses)})[self.observer]
         self.spec = replace(
             self.spec,
             parties=tuple(replace(p, address=addresses[p.name]) for p in parties),
@@ -197,8 +221,7 @@ class LocalConsortium:
         PeerError naming the daemon and its log if it exits first, or is not serving by ``deadline``
         (time.monotonic()); the message says what the last check got.
         """
-        role = "coordinator" if member == COORDINATOR else "party"
-        request = health_pb2.HealthCheckRequest(service=SERVICES[role])
+        request = health_pb2.HealthCheckRequest(service=SERVICES[self._role(member)])
         with open_channel(address, member, self.identity(member)) as channel:
             check = health_pb2_grpc.HealthStub(channel).Check
             while True:
@@ -225,8 +248,9 @@ class LocalConsortium:
         process = self.processes[member]
         if process.poll() is None:
             raise PeerError(f"{member} daemon is still running")
-        address = self.coordinator_address if member == "coordinator" else self.spec.party(member).address
-        role = "coordinator" if member == "coordinator" else "party"
+        role = self._role(member)
+        address = {"coordinator": self.coordinator_address, "observer": self.observer_address}.get(role) or \
+            self.spec.party(member).address
         folder = self.state_root / member
         config = folder / f"{role}.toml"
         lines = config.read_text().splitlines()

@@ -68,7 +68,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     limits = CallLimits()
     # who may call what (the role table) and how much one caller may hold, checked before a servicer runs
     label = f"party {config.name!r}" if role == "party" else role
-    access = AccessInterceptor(config.name, config.card_centers, limits, label=label)
+    access = AccessInterceptor(config.name, config.card_centers, limits, label=label, observers=config.observers)
     server = grpc.server(ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=role), options=options,
                          interceptors=[access])
     if role == "party":

@@ -45,17 +45,22 @@ class LedgerStore:
 
     def append(self, block: Block) -> None:
         """Store a block and its entries and signatures atomically."""
+        self.append_all([block])
+
+    def append_all(self, blocks: list[Block]) -> None:
+        """Store blocks, in order, in one transaction (a replica catching up writes a page at once)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
-            )
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?)", [(block.height, i, e) for i, e in enumerate(block.entries)])
-            db.executemany(
-                "INSERT INTO signatures VALUES (?, ?, ?)", [(block.height, m, s) for m, s in sorted(block.signatures.items())]
-            )
+            for block in blocks:
+                db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                    (block.height, block.previous, block.timestamp_ns, block.merkle_root, block.hash()),
+                )
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?)",
+                               [(block.height, i, e) for i, e in enumerate(block.entries)])
+                db.executemany("INSERT INTO signatures VALUES (?, ?, ?)",
+                               [(block.height, m, s) for m, s in sorted(block.signatures.items())])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -80,18 +85,21 @@ class LedgerStore:
         finally:   # a reader that stops early ends the statement at once
             cursor.close()
 
-    def blocks(self, start: int = 0) -> Iterator[Block]:
-        """Every stored block from height ``start`` on, in height order, as stored (verification decides
-        whether it is valid)."""
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[Block]:
+        """Every stored block from height ``start`` on (below ``stop``, if given), in height order, as stored
+        (verification decides whether it is valid)."""
+        end = 2**62 if stop is None else stop
         entries: dict[int, list[bytes]] = {}
-        query = "SELECT height, position, body FROM entries WHERE height >= ? ORDER BY height, position"
-        for height, _, body in self._db.execute(query, (start,)):
+        query = "SELECT height, position, body FROM entries WHERE height >= ? AND height < ? ORDER BY height, position"
+        for height, _, body in self._db.execute(query, (start, end)):
             entries.setdefault(height, []).append(bytes(body))
         signatures: dict[int, dict[str, bytes]] = {}
-        for height, member, signature in self._db.execute("SELECT height, member, signature FROM signatures WHERE height >= ?", (start,)):
+        query = "SELECT height, member, signature FROM signatures WHERE height >= ? AND height < ?"
+        for height, member, signature in self._db.execute(query, (start, end)):
             signatures.setdefault(height, {})[member] = bytes(signature)
         rows = self._db.execute(
-            "SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks WHERE height >= ? ORDER BY height", (start,)
+            "SELECT height, previous, timestamp_ns, merkle_root, hash FROM blocks WHERE height >= ? AND height < ? "
+            "ORDER BY height", (start, end)
         )
         for height, previous, timestamp_ns, merkle_root, _ in rows:
             yield Block(

@@ -1941,3 +1941,201 @@ class Scoring:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReplicaStub:
+    """An observer (a regulator's replica) reads the chains a member holds; only members' configs that admit it
+    (`observers`) let it, and it may call nothing else. Served by every party and the coordinator.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListChains = channel.unary_unary(
+                '/fedscore.v1.Replica/ListChains',
+                request_serializer=fedscore__pb2.Empty.SerializeToString,
+                response_deserializer=fedscore__pb2.ChainList.FromString,
+                _registered_method=True)
+        self.ChainBlocks = channel.unary_stream(
+                '/fedscore.v1.Replica/ChainBlocks',
+                request_serializer=fedscore__pb2.ChainBlocksRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.Block.FromString,
+                _registered_method=True)
+
+
+class ReplicaServicer:
+    """An observer (a regulator's replica) reads the chains a member holds; only members' configs that admit it
+    (`observers`) let it, and it may call nothing else. Served by every party and the coordinator.
+    """
+
+    def ListChains(self, request, context):
+        """every chain replica this member holds
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChainBlocks(self, request, context):
+        """stored blocks of one, in height order
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicaServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListChains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChains,
+                    request_deserializer=fedscore__pb2.Empty.FromString,
+                    response_serializer=fedscore__pb2.ChainList.SerializeToString,
+            ),
+            'ChainBlocks': grpc.unary_stream_rpc_method_handler(
+                    servicer.ChainBlocks,
+                    request_deserializer=fedscore__pb2.ChainBlocksRequest.FromString,
+                    response_serializer=fedscore__pb2.Block.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Replica', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Replica', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Replica:
+    """An observer (a regulator's replica) reads the chains a member holds; only members' configs that admit it
+    (`observers`) let it, and it may call nothing else. Served by every party and the coordinator.
+    """
+
+    @staticmethod
+    def ListChains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Replica/ListChains',
+            fedscore__pb2.Empty.SerializeToString,
+            fedscore__pb2.ChainList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChainBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedscore.v1.Replica/ChainBlocks',
+            fedscore__pb2.ChainBlocksRequest.SerializeToString,
+            fedscore__pb2.Block.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ObserverStub:
+    """The observer's own daemon: what it holds and the alarms it raised, for `fedscore status`.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/fedscore.v1.Observer/Status',
+                request_serializer=fedscore__pb2.PingRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.ObserverStatusReply.FromString,
+                _registered_method=True)
+
+
+class ObserverServicer:
+    """The observer's own daemon: what it holds and the alarms it raised, for `fedscore status`.
+    """
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ObserverServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedscore__pb2.PingRequest.FromString,
+                    response_serializer=fedscore__pb2.ObserverStatusReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Observer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Observer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Observer:
+    """The observer's own daemon: what it holds and the alarms it raised, for `fedscore status`.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Observer/Status',
+            fedscore__pb2.PingRequest.SerializeToString,
+            fedscore__pb2.ObserverStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -16,6 +16,7 @@ from fedscore import __version__
 from fedscore.daemons.config import DaemonConfig
 from fedscore.job import check_job_id
 from fedscore.daemons.access import require
+from fedscore.daemons.chain_reads import add_replica_service
 from fedscore.daemons.coordinator.checkpoint import JobFolder, checkpointed_jobs
 from fedscore.daemons.coordinator.events import JobRun, JobRuns
 from fedscore.daemons.coordinator.jobs import resume_job, run_job
@@ -193,3 +194,4 @@ def ended_status(folder: JobFolder, caller: str | None) -> pb.JobStatus | None:
 
 def add_to_server(service: CoordinatorService, server) -> None:
     pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    add_replica_service(service.config.state_dir, service.label, server)   # an admitted observer's reads

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from fedscore.crypto.pool import CryptoPool
 from fedscore.daemons.access import require
 from fedscore.daemons.config import DaemonConfig
+from fedscore.daemons.chain_reads import ChainReads, ReplicaServicer
 from fedscore.daemons.party.alignment import Alignment
 from fedscore.daemons.party.chain import Chains, ScoringChain, TrainingChain
 from fedscore.daemons.party.jobs import Jobs
@@ -266,6 +267,7 @@ class PartyService:
             "Alignment": AlignmentServicer(label, Alignment(self.jobs)),
             "Chain": ChainServicer(label, chains),
             "Scoring": ScoringServicer(label, self.scoring),
+            "Replica": ReplicaServicer(label, ChainReads(config.state_dir, label)),   # an admitted observer's reads
         }
 
 

@@ -1,0 +1,249 @@
+"""An observer's replica of one chain: every block a member serves it, checked as members check it, kept or refused.
+
+An observer (a regulator) signs nothing and sees no data, only what the chain holds. Each block it receives
+from a member must follow its replica's head (height, previous hash, time, Merkle root), carry exactly one
+valid signature from every member the genesis names, and hold entries the chain alone shows nothing wrong
+with (fedscore.ledger.observed_rules: settlements recomputed or bounded from the chain). A block that fails
+is refused with an error naming the member, the chain, the height and what is wrong.
+
+What members cannot see, the observer can: a second, validly signed block at a height it already holds.
+Each member holds only the block its proposer committed to it, so a proposer that got two versions signed
+(as a resumed job allows, see the README) could leave members with different chains that each verify.
+The observer, reading every member, keeps the first and records the other as an equivocation alarm, durably
+in the replica file (both block hashes, who served each, the other block's header and signatures), and logs
+it at ERROR; `fedscore audit verify` then refuses the replica naming it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedscore.errors import ConfigError, LedgerError
+from fedscore.ledger import merkle
+from fedscore.ledger.block import Block, decode_entry
+from fedscore.ledger.member import MAX_CLOCK_SKEW_NS, UNREADABLE
+from fedscore.ledger.observed_rules import ObservedChain, objection
+from fedscore.ledger.store import LedgerStore
+from fedscore.ledger.verify import check_link, genesis_members, signature_problems
+
+log = logging.getLogger("fedscore.observer")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS observed (
+    height INTEGER PRIMARY KEY,
+    member TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    height INTEGER NOT NULL,
+    held BLOB NOT NULL,
+    held_from TEXT NOT NULL,
+    other BLOB NOT NULL,
+    other_from TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    evidence TEXT NOT NULL,
+    PRIMARY KEY (height, other)
+);
+"""
+
+
+ALARMS_QUERY = "SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height"
+
+
+class BlockRefused(LedgerError):
+    """A block a member served that the observer will not keep; the message names member, chain, height and why."""
+
+    def __init__(self, height: int, job_id: str, chain: str, member: str, reason: str):
+        super().__init__(height, f"{chain} chain of job {job_id}, served by {member!r}: {reason}")
+        self.member, self.reason = member, reason
+
+
+@dataclass(frozen=True)
+class Equivocation:
+    """Two different blocks at one height of a chain, each validly signed by every member."""
+
+    job_id: str
+    chain: str
+    height: int
+    held: bytes
+    held_from: str
+    other: bytes
+    other_from: str
+
+    def line(self) -> str:
+        return (f"EQUIVOCATION on the {self.chain} chain of job {self.job_id} at block {self.height}: "
+                f"{self.held_from!r} served {self.held.hex()[:16]}, {self.other_from!r} served {self.other.hex()[:16]}, "
+                "both signed by every member")
+
+    def to_dict(self) -> dict:
+        return {"job_id": self.job_id, "chain": self.chain, "height": self.height, "held": self.held.hex(),
+                "held_from": self.held_from, "other": self.other.hex(), "other_from": self.other_from}
+
+
+def _evidence(block: Block) -> str:
+    """The other block, whole, as JSON: what a regulator shows the members."""
+    return json.dumps({
+        "height": block.height, "previous": block.previous.hex(), "timestamp_ns": block.timestamp_ns,
+        "merkle_root": block.merkle_root.hex(), "hash": block.hash().hex(),
+        "entries": [entry.hex() for entry in block.entries],
+        "signatures": {member: signature.hex() for member, signature in sorted(block.signatures.items())},
+    }, sort_keys=True)
+
+
+def recorded_alarms(path: Path, job_id: str = "", chain: str = "") -> list[Equivocation]:
+    """The alarms a replica file records (none in a member's replica, which has no alarm table), read-only."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute(ALARMS_QUERY).fetchall()
+    except sqlite3.Error:   # no alarm table: not an observer's replica
+        return []
+    finally:
+        db.close()
+    return [Equivocation(job_id, chain, h, bytes(a), af, bytes(b), bf) for h, a, af, b, bf in rows]
+
+
+class ObserverReplica:
+    """The observer's replica of the ``chain`` ("training" or "scoring") of ``job_id``, in the SQLite file ``path``."""
+
+    def __init__(self, path: Path, job_id: str, chain: str):
+        self.job_id, self.chain = job_id, chain
+        self.store = LedgerStore(path)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._load()
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def height(self) -> int:
+        """Blocks on this replica."""
+        return 0 if self.head is None else self.head.height + 1
+
+    def _load(self) -> None:
+        """The replica's state from its file: on opening, and after a refused block left it half reviewed."""
+        self.state = ObservedChain()
+        self.members: dict[str, bytes] = {}
+        self.head: Block | None = None
+        for block in self.store.blocks():
+            self._follow(block)
+            for entry in block.decoded():
+                self.state.add(entry)
+
+    def _follow(self, block: Block) -> None:
+        if self.head is None:
+            self.members = genesis_members(block)
+        self.head = block
+
+    def _refuse(self, block: Block, member: str, reason: str) -> BlockRefused:
+        return BlockRefused(block.height, self.job_id, self.chain, member, reason)
+
+    def receive(self, block: Block, member: str) -> Equivocation | None:
+        """Keep ``block``, served by ``member``, if it is the next valid one; a block already held is no news.
+        A different, validly signed block at a height held is an equivocation (recorded, logged, returned);
+        anything else wrong raises BlockRefused."""
+        return self.receive_all([block], member)
+
+    def receive_all(self, blocks: list[Block], member: str) -> Equivocation | None:
+        """``receive`` each of ``blocks`` in turn, storing the valid ones in one transaction (a page from a member
+        costs one write to disk, not one per block); those before a refused block are kept."""
+        with self._lock:
+            pending: list[Block] = []
+            try:
+                for block in blocks:
+                    if block.height < self.height:
+                        self._store(pending, member)
+                        alarm = self._compare(block, member)
+                        if alarm is not None:
+                            return alarm
+                        continue
+                    self._check(block, member)
+                    pending.append(block)
+                    self._follow(block)
+            except BlockRefused:
+                self._store(pending, member)
+                self._load()   # the refused block's entries were reviewed into the state: read it again
+                raise
+            self._store(pending, member)
+            return None
+
+    def _store(self, blocks: list[Block], member: str) -> None:
+        if blocks:
+            self.store.append_all(blocks)
+            self._db.execute("BEGIN")   # one transaction, not one per row
+            self._db.executemany("INSERT OR REPLACE INTO observed VALUES (?, ?)", [(b.height, member) for b in blocks])
+            self._db.execute("COMMIT")
+            blocks.clear()
+
+    def _signature_problem(self, block: Block, members: dict[str, bytes]) -> str | None:
+        bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
+        return bad[0][1] if bad else None
+
+    def _check(self, block: Block, member: str) -> None:
+        try:
+            check_link(block, self.head)
+        except LedgerError as error:
+            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
+        if not block.entries:
+            raise self._refuse(block, member, "a block must hold entries")
+        if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
+            raise self._refuse(block, member, "its time is in the future")
+        try:
+            members = genesis_members(block) if block.height == 0 else self.members
+        except LedgerError as error:
+            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
+        problem = self._signature_problem(block, members)
+        if problem:
+            raise self._refuse(block, member, problem)
+        for position, raw in enumerate(block.entries):   # into the state as reviewed: a refusal reloads it
+            try:
+                entry = decode_entry(raw)
+                reason = objection(entry, self.state) if isinstance(entry, dict) else "an entry that is not a JSON object"
+            except UNREADABLE as error:
+                reason = f"an entry it cannot read ({type(error).__name__})"
+            except ConfigError as error:   # a fee contract that is not one
+                reason = str(error)
+            if reason:
+                raise self._refuse(block, member, f"entry {position}: {reason}")
+            self.state.add(entry)
+
+    def _compare(self, block: Block, member: str) -> Equivocation | None:
+        held = next(self.store.blocks(block.height, block.height + 1))
+        if held.hash() == block.hash() and merkle.root(block.entries) == block.merkle_root:
+            return None   # no news
+        if merkle.root(block.entries) != block.merkle_root:
+            raise self._refuse(block, member, "it differs from the block held at this height, and its Merkle root "
+                                              "does not match its entries")
+        try:
+            members = genesis_members(block) if block.height == 0 else self.members
+        except LedgerError as error:
+            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
+        problem = self._signature_problem(block, members)
+        if problem:
+            raise self._refuse(block, member, f"it differs from the block held at this height, and {problem}")
+        row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
+        alarm = Equivocation(self.job_id, self.chain, block.height, held.hash(), row[0] if row else "", block.hash(),
+                             member)
+        self._db.execute("INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (alarm.height, alarm.held, alarm.held_from, alarm.other, alarm.other_from, time.time_ns(),
+                          _evidence(block)))
+        log.error("%s", alarm.line())
+        return alarm
+
+    def alarms(self) -> list[Equivocation]:
+        with self._lock:
+            rows = self._db.execute(ALARMS_QUERY).fetchall()
+        return [Equivocation(self.job_id, self.chain, h, bytes(a), af, bytes(b), bf) for h, a, af, b, bf in rows]
+
+    def close(self) -> None:
+        self._db.close()
+        self.store.close()

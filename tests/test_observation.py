@@ -1,0 +1,190 @@
+"""The observer's replica, in process: it keeps valid chains, refuses each forged block naming who served it,
+which chain, which block and why, and records two validly signed blocks at one height as a durable alarm that
+`fedscore audit verify` reports (exit 3)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from fedscore.cli import main
+from fedscore.ledger.block import encode_entry, make_block, sign
+from fedscore.ledger.observation import BlockRefused, ObserverReplica, recorded_alarms
+from fedscore.ledger.scoring_rules import scoring_entry
+from fedscore.ledger.settlement import countersign, settlement_body
+from fedscore.ledger.verify import verify_chain
+
+JOB_ID = "test-job-0123abcd"
+ROLES = {"coordinator": "coordinator", "guest": "card_center", "host": "partner"}
+KEYS = {name: SigningKey(bytes([index + 1]) * 32) for index, name in enumerate(ROLES)}
+MEMBERS = {name: {"role": role, "key": bytes(KEYS[name].verify_key).hex()} for name, role in ROLES.items()}
+FEES = {"currency": "CNY", "per_step": 100, "per_overlap_row": 1, "per_request": 5}
+SCORING_MEMBERS = {name: info for name, info in MEMBERS.items() if name != "coordinator"}
+
+
+def signed(block, signers=KEYS):
+    return block.with_signatures({name: sign(block, key) for name, key in signers.items()})
+
+
+def settled(body: dict, payer: str = "guest", payees=("host",)) -> dict:
+    """A settlement entry signed by its payer and payees, as members countersign it."""
+    signatures = {name: countersign(KEYS[name], encode_entry(body)).hex() for name in (payer, *payees)}
+    return {**body, "signatures": signatures}
+
+
+def step(epoch: int, batch: int) -> dict:
+    return {"kind": "step", "epoch": epoch, "batch": batch, "rows": 10, "loss": 0.5, "seconds": 0.1, "digests": {}}
+
+
+def training_entries() -> list[list[dict]]:
+    """A job's chain, block by block: start, alignment, three steps, end, settlement."""
+    start = {"kind": "job_start", "job_id": JOB_ID, "job_name": "test-job", "job_digest": "00" * 32,
+             "members": MEMBERS, "paillier_fingerprint": "11" * 32, "fees": FEES}
+    blocks = [[start], [{"kind": "alignment", "aligned_rows": 10, "overlaps": {"host": 10}}],
+              [step(0, 0)], [step(0, 1)], [step(1, 0)], [{"kind": "job_end", "models": {"guest": "aa", "host": "bb"}}]]
+    entries = [entry for block in blocks for entry in block]
+    return blocks + [[settled(settlement_body(entries))]]
+
+
+def chain_of(entry_blocks: list[list[dict]], signers=KEYS) -> list:
+    chain, previous = [], None
+    for index, entries in enumerate(entry_blocks):
+        previous = signed(make_block(previous, entries, timestamp_ns=1_700_000_000_000_000_000 + index), signers)
+        chain.append(previous)
+    return chain
+
+
+def scoring_blocks(requests: int, billed: int) -> list[list[dict]]:
+    start = {"kind": "scoring_start", "job_id": JOB_ID, "job_name": "test-job", "training_head": "22" * 32,
+             "members": SCORING_MEMBERS, "fees": FEES}
+    scored = [scoring_entry(f"{i:032x}", 1_700_000_000_000 + i, "33" * 32, "44" * 16, "55" * 32,
+                            {"host": {"tag": f"{i + 100:032x}", "mark": "66" * 32}}) for i in range(requests)]
+    body = {"kind": "scoring_settlement", "job_id": JOB_ID, "number": 1, "currency": "CNY", "payer": "guest",
+            "lines": [{"payee": "host", "requests": billed, "amount": billed * FEES["per_request"]}],
+            "total": billed * FEES["per_request"]}
+    return [[start], scored, [settled(body)]]
+
+
+@pytest.fixture
+def replica(tmp_path: Path):
+    opened = ObserverReplica(tmp_path / "jobs" / JOB_ID / "ledger.sqlite", JOB_ID, "training")
+    yield opened
+    opened.close()
+
+
+def test_the_observer_keeps_a_valid_training_chain_and_a_held_block_again_is_no_news(replica):
+    chain = chain_of(training_entries())
+    for block in chain:
+        assert replica.receive(block, "coordinator") is None
+    assert replica.receive(chain[3], "host") is None   # a member behind serves what is held: no news, no alarm
+    assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()
+    assert verify_chain(replica.store.blocks()).head == chain[-1].hash()
+    assert replica.alarms() == []
+
+
+def test_a_scoring_chain_is_kept_when_its_settlement_bills_at_most_the_requests_since_the_last(tmp_path):
+    scoring = ObserverReplica(tmp_path / "scoring.sqlite", JOB_ID, "scoring")
+    for block in chain_of(scoring_blocks(requests=3, billed=2), {n: KEYS[n] for n in SCORING_MEMBERS}):
+        scoring.receive(block, "guest")
+    assert scoring.height == 3
+    overbilled = chain_of(scoring_blocks(requests=3, billed=4), {n: KEYS[n] for n in SCORING_MEMBERS})
+    other = ObserverReplica(tmp_path / "other.sqlite", JOB_ID, "scoring")
+    other.receive(overbilled[0], "guest")
+    other.receive(overbilled[1], "guest")
+    with pytest.raises(BlockRefused, match=r"block 2: scoring chain of job .*, served by 'guest': .*bills 'host' for 4 "
+                                           r"requests, but the chain records only 3"):
+        other.receive(overbilled[2], "guest")
+    assert other.height == 2
+
+
+def _wrong_settlement(chain):
+    """A settlement that pays more than the chain implies, signed by everyone all the same."""
+    blocks = training_entries()
+    body = {k: v for k, v in blocks[-1][0].items() if k != "signatures"}
+    body["lines"] = [{**body["lines"][0], "amount": body["lines"][0]["amount"] + 1}]
+    body["total"] += 1
+    return signed(make_block(chain[-2], [settled(body)], timestamp_ns=chain[-1].timestamp_ns))
+
+
+FORGERIES = {
+    "bad signature": (lambda chain: chain[2].with_signatures({**chain[2].signatures, "host": b"\1" * 64}),
+                      "the signature of member 'host' does not verify"),
+    "signature of a stranger": (lambda chain: signed(chain[2], {**KEYS, "host": SigningKey(bytes([9]) * 32)}),
+                                "the signature of member 'host' does not verify"),
+    "missing signature": (lambda chain: chain[2].with_signatures({k: v for k, v in chain[2].signatures.items() if k != "guest"}),
+                          "no signature from member 'guest'"),
+    "wrong Merkle root": (lambda chain: signed(replace(chain[2], merkle_root=bytes(32))),
+                          "Merkle root does not match its entries"),
+    "wrong previous hash": (lambda chain: signed(replace(chain[2], previous=bytes(32))),
+                            "previous-block hash does not match the block before it"),
+    "a gap": (lambda chain: chain[3], "height 3 where 2 was expected"),
+    "settlement that does not follow": (_wrong_settlement, "the settlement does not follow from the fee contract"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_forged_block_is_refused_naming_the_member_chain_height_and_why(replica, forgery):
+    chain = chain_of(training_entries())
+    forge, reason = FORGERIES[forgery]
+    bad = forge(chain)
+    held = len(chain) - 1 if forgery == "settlement that does not follow" else 2
+    for block in chain[:held]:
+        replica.receive(block, "coordinator")
+    with pytest.raises(BlockRefused) as refused:
+        replica.receive(bad, "host")
+    assert str(refused.value).startswith(f"block {bad.height}: training chain of job {JOB_ID}, served by 'host': ")
+    assert reason in str(refused.value)
+    assert replica.height == held and replica.alarms() == []   # nothing kept, and a forgery is no equivocation
+
+
+def test_two_validly_signed_blocks_at_one_height_raise_a_durable_alarm_that_audit_verify_reports(tmp_path, capsys):
+    path = tmp_path / "state" / "jobs" / JOB_ID / "ledger.sqlite"
+    replica = ObserverReplica(path, JOB_ID, "training")
+    chain = chain_of(training_entries())
+    for block in chain[:4]:
+        replica.receive(block, "host")
+    assert main(["audit", "verify", str(path)]) == 0
+    # what a coordinator that got two versions of block 3 signed (a resumed job) could commit to another member
+    other = signed(make_block(chain[2], [step(0, 1), step(0, 2)], timestamp_ns=chain[3].timestamp_ns))
+    forged = other.with_signatures({**other.signatures, "guest": b"\2" * 64})
+    with pytest.raises(BlockRefused, match="differs from the block held at this height, and the signature of member 'guest'"):
+        replica.receive(forged, "guest")   # differing, but not signed by every member: a forgery, no alarm
+    assert replica.alarms() == []
+    alarm = replica.receive(other, "guest")
+    assert alarm is not None and (alarm.height, alarm.held, alarm.held_from, alarm.other, alarm.other_from) == (
+        3, chain[3].hash(), "host", other.hash(), "guest")
+    assert replica.height == 4 and replica.head.hash() == chain[3].hash()   # the first version is kept
+    replica.close()
+
+    reopened = ObserverReplica(path, JOB_ID, "training")   # durable: the alarm survives a restart
+    assert reopened.alarms() == [alarm]
+    reopened.close()
+    assert recorded_alarms(path, JOB_ID, "training") == [alarm]
+    capsys.readouterr()
+    for target in (path, tmp_path / "state"):   # the replica file, or the observer's whole state folder
+        assert main(["audit", "verify", str(target)]) == 3
+        error = capsys.readouterr().err
+        assert "EQUIVOCATION on the training chain" in error and "at block 3" in error
+        assert chain[3].hash().hex()[:16] in error and other.hash().hex()[:16] in error and "'guest'" in error
+
+
+def test_a_page_is_kept_up_to_a_refused_block_and_the_chain_goes_on_from_there(replica):
+    """The blocks before a refused one in a page are kept; what the refused block's good entries added to the
+    replica's state is forgotten (else the settlement, recomputed from it, would count a step twice)."""
+    chain = chain_of(training_entries())
+    bad = signed(make_block(chain[1], [step(0, 0), {"kind": "bogus"}], timestamp_ns=chain[2].timestamp_ns))
+    with pytest.raises(BlockRefused, match=r"block 2: .*entry 1: unknown entry kind 'bogus'"):
+        replica.receive_all([*chain[:2], bad, *chain[3:]], "host")
+    assert replica.height == 2
+    assert replica.receive_all(chain, "coordinator") is None   # the held two are no news; the rest, settlement too, kept
+    assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()
+
+
+def test_a_genesis_without_a_readable_fee_contract_is_refused(replica):
+    start = {**training_entries()[0][0], "fees": {**FEES, "per_step": "a lot"}}
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'coordinator': entry 0: the genesis entry's fees: "
+                                           r"per_step must be a whole, non-negative number"):
+        replica.receive(chain_of([[start]])[0], "coordinator")
+    assert replica.height == 0
