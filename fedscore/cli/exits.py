@@ -10,7 +10,7 @@ from fedscore.errors import FedscoreError, InternalError, UnverifiedError
 EXIT_OK = 0
 EXIT_INTERNAL = InternalError.exit_code       # 1: a bug, no input explains it
 EXIT_ERROR = FedscoreError.exit_code          # 2: a problem to fix, named on one line (argparse's bad command line too)
-EXIT_UNVERIFIED = UnverifiedError.exit_code   # 3: a ledger or inclusion proof that does not verify
+EXIT_UNVERIFIED = UnverifiedError.exit_code   # 3: a ledger, proof or evidence bundle that does not verify
 EXIT_PARTIAL = 4        # done, but some applicants were not scored
 EXIT_ALERT = EXIT_PARTIAL   # monitor: done, and a monitoring alert fired
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
@@ -22,8 +22,9 @@ exit codes:
   {EXIT_INTERNAL:<4} internal error: a bug to report
   {EXIT_ERROR:<4} a problem to fix, named on one line: the command line, a job, config or data
        file, a party that does not answer
-  {EXIT_UNVERIFIED:<4} a ledger or inclusion proof that does not verify (the first bad block is named);
-       status: two members hold different blocks at one height of a chain
+  {EXIT_UNVERIFIED:<4} a ledger, inclusion proof or evidence bundle that does not verify (the first
+       failure is named); an observer's replica with an alarm; status: two members
+       hold different blocks at one height of a chain
   {EXIT_PARTIAL:<4} partly done: some applicants were not scored (the first is named; each row's
        error is in the output file); monitor: an alert fired (each is listed)
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
