@@ -114,12 +114,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
         announce += f"http={http_address}\n"
     if ready_file is not None:
         write_atomically(ready_file, announce)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if lifeline_fd is not None:
-        threading.Thread(target=_stop_when_closed, args=(lifeline_fd, stop, log), name="lifeline", daemon=True).start()
-    stop.wait()
+    stop_requested(lifeline_fd, log).wait()
     log.info("stopping")
     stopping(health)
     if http_server is not None:
@@ -130,6 +125,16 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     if pool is not None:
         pool.close()
     return 0
+
+
+def stop_requested(lifeline_fd: int | None, log: logging.Logger) -> threading.Event:
+    """An event set by SIGTERM, SIGINT or the launcher's lifeline closing: what every daemon waits on."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if lifeline_fd is not None:
+        threading.Thread(target=_stop_when_closed, args=(lifeline_fd, stop, log), name="lifeline", daemon=True).start()
+    return stop
 
 
 def _stop_when_closed(descriptor: int, stop: threading.Event, log: logging.Logger) -> None:

@@ -184,7 +184,12 @@ class ObserverReplica:
             self._db.execute("COMMIT")
             blocks.clear()
 
-    def _signature_problem(self, block: Block, members: dict[str, bytes]) -> str | None:
+    def _signature_problem(self, block: Block, member: str) -> str | None:
+        """Why ``block`` is not signed by exactly the genesis members (its own, at height 0), or None."""
+        try:
+            members = genesis_members(block) if block.height == 0 else self.members
+        except LedgerError as error:
+            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
         bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
         return bad[0][1] if bad else None
 
@@ -197,11 +202,7 @@ class ObserverReplica:
             raise self._refuse(block, member, "a block must hold entries")
         if block.timestamp_ns > time.time_ns() + MAX_CLOCK_SKEW_NS:
             raise self._refuse(block, member, "its time is in the future")
-        try:
-            members = genesis_members(block) if block.height == 0 else self.members
-        except LedgerError as error:
-            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
-        problem = self._signature_problem(block, members)
+        problem = self._signature_problem(block, member)
         if problem:
             raise self._refuse(block, member, problem)
         for position, raw in enumerate(block.entries):   # into the state as reviewed: a refusal reloads it
@@ -223,11 +224,7 @@ class ObserverReplica:
         if merkle.root(block.entries) != block.merkle_root:
             raise self._refuse(block, member, "it differs from the block held at this height, and its Merkle root "
                                               "does not match its entries")
-        try:
-            members = genesis_members(block) if block.height == 0 else self.members
-        except LedgerError as error:
-            raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
-        problem = self._signature_problem(block, members)
+        problem = self._signature_problem(block, member)
         if problem:
             raise self._refuse(block, member, f"it differs from the block held at this height, and {problem}")
         row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()

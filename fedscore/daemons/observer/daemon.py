@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from fedscore.daemons.access import AccessInterceptor, CallLimits
 from fedscore.daemons.health import add_health, stopping
 from fedscore.daemons.observer.config import ObserverConfig
 from fedscore.daemons.observer.follower import Follower
-from fedscore.daemons.server import _stop_when_closed, configure_logging, load_identity
+from fedscore.daemons.server import configure_logging, load_identity, stop_requested
 from fedscore.errors import ConfigError
 from fedscore.files import write_atomically
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
@@ -70,15 +69,11 @@ def serve_observer(config: ObserverConfig, ready_file: Path | None = None, insec
     server.start()
     address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
     log.info("observer %r serving status on %s, reading %s", config.name, address, ", ".join(sorted(config.members)))
-    stop = threading.Event()
+    stop = stop_requested(lifeline_fd, log)
     following = threading.Thread(target=follower.run, args=(stop, config.poll_seconds), name="follower", daemon=True)
     following.start()
     if ready_file is not None:
         write_atomically(ready_file, address + "\n")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if lifeline_fd is not None:
-        threading.Thread(target=_stop_when_closed, args=(lifeline_fd, stop, log), name="lifeline", daemon=True).start()
     stop.wait()
     log.info("stopping")
     stopping(health)
