@@ -15,7 +15,9 @@ identity provider certifies a key for each, and each applicant signs a
 consent to the card center's check (fedscore.protocol.scoring.consent). Its
 key ships with the package and is public on purpose, so the shipped configs
 (parties/, examples/default_credit/job.toml) can trust it and accept every
-demo's applicants.
+demo's applicants. So does the demo identity verifier's key (`verifiers`),
+whose record that it saw the disputed applicant the demo's dispute carries
+(fedscore.cli.demo_consortium: the verification, the observer, the monitor).
 """
 from __future__ import annotations
 

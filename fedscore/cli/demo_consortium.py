@@ -152,8 +152,9 @@ def monitor_review(job: Path) -> dict:
 def monitor_lines(review: dict) -> str:
     if review["period"] is None:
         return f"monitor: no request logged yet; run `fedscore monitor --job {review['job']}` once the model serves"
-    judged = ("judged: " + ("; ".join(review["alerts"]) or "no alert") if review["judged"] else
-              f"not judged yet (fewer than {review['min_requests']} requests in the period)")
-    return (f"monitor: {plural(review['requests'], 'request')} scored on {review['period']}, score PSI "
-            f"{review['psi']:.3f} against training ({review['psi_reading']}), {judged}\n"
+    psi = f"score PSI {review['psi']:.3f} against training"
+    judged = (f"{psi} ({review['psi_reading']}), " + ("; ".join(f"ALERT: {a}" for a in review["alerts"]) or "no alert")
+              if review["judged"] else
+              f"fewer than the {review['min_requests']} a period needs to be judged, so no alert yet ({psi} so far)")
+    return (f"monitor: {plural(review['requests'], 'request')} scored on {review['period']}: {judged}\n"
             f"  fedscore monitor --job {review['job']}")
