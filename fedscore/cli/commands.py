@@ -126,7 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             progress=view.scoring, observer=True, while_running=while_scoring_runs(job, workdir))
     verification, observed = scored.pop("verification"), scored.pop("observer")
     monitor = monitor_review(job)
-    dispute = demo_dispute(workdir, scored["table"], verification and Path(verification["evidence_dir"]))
+    evidence = None if verification is None else Path(verification["evidence_dir"])
+    dispute = demo_dispute(workdir, scored["table"], evidence)
     document = {"report": report, "scoring": scoring_summary(scored, scored_path), "verification": verification,
                 "observer": observed, "monitor": monitor, "dispute": dispute}
     if args.json and not args.serve:
