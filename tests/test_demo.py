@@ -1,6 +1,7 @@
 """The one real end-to-end run: the bundled demo consortium with 2048-bit keys, through daemons."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     assert len(scored) == 10 and (scored["error"] == "").all()
     assert scored["partners_missing"].tolist()[-2:] == ["ecommerce", "bureau;ecommerce"]
     assert "scoring settlement #1: card_center owes bureau" in done.stdout
+    # then the consortium's other services: a verification, the observer, the monitor, and the dispute carrying the first
+    assert "saw applicant" in done.stdout and "heads agree with every member, no alarm" in done.stdout
+    assert "monitor: 10 requests scored on" in done.stdout and "with 2 evidence files matching" in done.stdout
 
     # the same five epochs in plaintext numpy, from the card center's secret start its model file records, give
     # the same weights
@@ -67,3 +71,109 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     weights = trained_weights(report)
     for name, want in zip(["card_center", "bureau", "ecommerce"], expected):
         np.testing.assert_allclose(weights[name], want, rtol=0, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The whole demo at a small size (512-bit keys, 3000 rows, one epoch), in this process, with --json."""
+    import contextlib
+    import io
+
+    from fedscore.cli import main
+
+    folder = tmp_path_factory.mktemp("small-demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--workdir", str(folder), "--epochs", "1", "--key-bits", "512", "--rows", "3000", "--json",
+                     "--quiet"])
+    assert code == 0
+    return folder, json.loads(printed.getvalue())
+
+
+def _scoring_chain(folder: Path, member: str, job_id: str) -> Path:
+    return folder / "state" / member / "jobs" / job_id / "scoring.sqlite"
+
+
+def test_the_demo_records_the_disputed_applicants_verification_and_its_dispute_checks_it(small_demo):
+    from fedscore.cli.demo import DEMO_VERIFIER, verifier_key
+    from fedscore.cli.demo_consortium import verification_line
+    from fedscore.cli.dispute import check_evidence
+    from fedscore.ledger.evidence import EvidenceError
+    from fedscore.ledger.store import LedgerStore
+    from fedscore.protocol.scoring.consent import applicant_digest
+
+    folder, document = small_demo
+    scored = pd.read_csv(folder / "scored.csv", dtype=str, keep_default_na=False)
+    verification, dispute = document["verification"], document["dispute"]
+    applicant = scored[scored["error"] == ""]["id"].iloc[0]
+    assert verification["applicant"] == dispute["applicant"] == applicant and verification["verifier"] == DEMO_VERIFIER
+    evidence = Path(verification["evidence_dir"])
+    assert evidence == folder / "verifications" / applicant
+    assert verification["evidence"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in evidence.iterdir()}
+    assert len(verification["evidence"]) == 2
+    # on the scoring chain every member holds, by its id
+    job_id = document["scoring"]["job_id"]
+    for member in ("card_center", "bureau", "ecommerce"):
+        entries = [e for b in LedgerStore(_scoring_chain(folder, member, job_id), read_only=True).blocks() for e in b.decoded()]
+        assert [e["verification_id"] for e in entries if e["kind"] == "verification"] == [verification["verification_id"]]
+    # the dispute carries it, checked against the files handed over with the bundle
+    key = bytes(verifier_key().verify_key).hex()
+    assert f"{applicant_digest(applicant).hex()} consented to card_center" in dispute["verdict"]
+    assert f"verified by {DEMO_VERIFIER} (key {key[:16]}" in dispute["verdict"]
+    assert "by face-match" in dispute["verdict"] and "with 2 evidence files matching" in dispute["verdict"]
+    handed = Path(dispute["evidence_files"])
+    assert sorted(p.name for p in handed.iterdir()) == sorted(verification["evidence"])
+    checked = check_evidence(Path(dispute["bundle"]), dispute["genesis"], applicant, files_dir=handed)
+    assert checked["verdict"] == dispute["verdict"]
+    (handed / "selfie.jpg").write_bytes(b"another face")   # a file that is not the one verified fails the check
+    with pytest.raises(EvidenceError, match="selfie.jpg"):
+        check_evidence(Path(dispute["bundle"]), dispute["genesis"], applicant, files_dir=handed)
+    assert verification_line(verification).startswith(f"identity verification {verification['verification_id']}: "
+                                                      f"{DEMO_VERIFIER} saw applicant {applicant} (face-match, 2 evidence files")
+
+
+def test_the_demos_observer_holds_every_members_heads_read_from_their_files(small_demo):
+    from fedscore.cli.demo_consortium import observer_line
+    from fedscore.daemons.launcher import OBSERVER
+    from fedscore.ledger.position import read_position_file
+    from fedscore.ledger.store import LedgerStore
+
+    folder, document = small_demo
+    observed, job_id = document["observer"], document["scoring"]["job_id"]
+    assert observed["observer"] == OBSERVER and observed["caught_up"] and observed["alarms"] == []
+    members = {"training": ["bureau", "card_center", "coordinator", "ecommerce"],
+               "scoring": ["bureau", "card_center", "ecommerce"]}   # the coordinator has no part in scoring
+    for chain, name in (("training", "ledger.sqlite"), ("scoring", "scoring.sqlite")):
+        files = {m: folder / "state" / m / "jobs" / job_id / name for m in members[chain]}
+        heads = {read_position_file(path).head.hex() for path in files.values()}
+        assert len(heads) == 1 and observed["chains"][chain]["head"] == heads.pop()
+        assert observed["chains"][chain]["members"] == members[chain]
+        blocks = len(list(LedgerStore(files["card_center"], read_only=True).blocks()))
+        assert observed["chains"][chain]["blocks"] == blocks
+        # the observer's own replica, kept in the demo's state
+        replica = folder / "state" / OBSERVER / "jobs" / job_id / name
+        assert read_position_file(replica).head.hex() == observed["chains"][chain]["head"]
+    assert observed["chains"]["training"]["blocks"] == document["report"]["ledger_blocks"]
+    training, scoring = observed["chains"]["training"]["blocks"], observed["chains"]["scoring"]["blocks"]
+    assert observer_line(observed) == (f"observer {OBSERVER}: follows 2 chains (training {training} blocks, scoring "
+                                       f"{scoring} blocks), heads agree with every member, no alarm")
+
+
+def test_the_demos_monitor_counts_the_answered_requests_and_its_command_runs_on_the_demo_folder(small_demo, capsys):
+    from fedscore.cli import main
+    from fedscore.cli.demo_consortium import monitor_lines
+
+    folder, document = small_demo
+    monitor = document["monitor"]
+    scored = pd.read_csv(folder / "scored.csv", dtype=str, keep_default_na=False)
+    answered = int((scored["error"] == "").sum())
+    assert monitor["requests"] == answered == 10 and monitor["min_requests"] == 100
+    assert not monitor["judged"] and monitor["alerts"] == [] and monitor["psi"] >= 0
+    lines = monitor_lines(monitor).splitlines()
+    assert lines[0] == (f"monitor: {answered} requests scored on {monitor['period']}: fewer than the 100 a period needs "
+                        f"to be judged, so no alert yet (score PSI {monitor['psi']:.3f} against training so far)")
+    assert lines[1] == f"  fedscore monitor --job {folder / 'job.toml'}"
+    capsys.readouterr()
+    assert main(["monitor", "--job", str(folder / "job.toml")]) == 0   # what the demo tells its reader to run
+    shown = capsys.readouterr().out
+    assert f": {answered} requests, per day" in shown and "no alert" in shown

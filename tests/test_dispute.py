@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -513,8 +514,9 @@ def test_a_dispute_with_the_applicants_verification_through_the_commands(served,
     made = fedscore("verification", "keygen", "--name", "acme-id", "--out", key, "--json")
     assert made.returncode == 0, made.stderr
     job = folder / "job-verifying.toml"   # beside the data, so --local finds the trained state
-    job.write_text((folder / "job.toml").read_text().replace(
-        "[coordinator]", f'verifiers = {{ acme-id = "{json.loads(made.stdout)["public_key"]}" }}\n\n[coordinator]'))
+    job.write_text(re.sub(r"(?m)^verifiers = .*$",   # instead of the demo's verifier
+                          f'verifiers = {{ acme-id = "{json.loads(made.stdout)["public_key"]}" }}',
+                          (folder / "job.toml").read_text(), count=1))
     desk = tmp_path / "verifications"
     desk.mkdir()
     (desk / "selfie.jpg").write_bytes(b"a face" * 100)

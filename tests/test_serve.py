@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from google.protobuf import descriptor_pb2
 
-from fedscore.cli.demo import write_demo
+from fedscore.cli.demo import DEMO_VERIFIER, DEMO_VERIFIER_FILE, issuer_key, verifier_key, write_demo
 from fedscore.cli.runner import run_job_file
 from fedscore.cli.status import member_status
 from fedscore.daemons.launcher import LocalConsortium
@@ -202,6 +202,21 @@ def test_a_daemon_refuses_a_port_another_grpc_server_holds(trained, tmp_path):
 # -- the shipped configs, as they are ------------------------------------------------------------
 
 
+def test_the_shipped_configs_trust_the_demos_public_keys_the_package_ships():
+    """The demo's identity provider and identity verifier, whose keys ship public on purpose, are what the shipped
+    configs trust, so the demo's consents and verification pass at daemons started from them."""
+    from fedscore.daemons.config import load_party_config
+
+    issuer, verifier = bytes(issuer_key().verify_key).hex(), bytes(verifier_key().verify_key).hex()
+    for party in ("card_center", "bureau", "ecommerce"):
+        config = load_party_config(ROOT / "parties" / party / "party.toml")
+        assert config.consent_issuers == (issuer,)
+        assert config.verifiers == (((DEMO_VERIFIER, verifier),) if party == "card_center" else ())
+    job = load_scoring(ROOT / "examples" / "default_credit" / "job.toml")
+    assert job.consent_issuers == (issuer,) and job.verifiers == ((DEMO_VERIFIER, verifier),)
+
+
+
 def wait_serving(members: dict[str, tuple[subprocess.Popen, Path]], tls: TlsIdentity) -> None:
     """Each daemon has written its ready file and answers its health check SERVING (or the test fails naming it)."""
     deadline = time.monotonic() + 60
@@ -262,6 +277,14 @@ def test_the_shipped_configs_score_the_demos_applicants_as_they_are(tmp_path):
         answers = pd.read_csv(tmp_path / "scored.csv", keep_default_na=False)
         assert answers["probability"].between(0, 1, inclusive="neither").all()
         assert answers["partners_missing"].tolist()[-2:] == ["ecommerce", "bureau;ecommerce"]   # as the demo's
+        # the shipped card center records the demo verifier's verifications, signed with the shipped key
+        (tmp_path / "selfie.jpg").write_bytes(b"a synthetic face")
+        key = ROOT / "fedscore" / "data" / DEMO_VERIFIER_FILE
+        verified = run(f"fedscore verification record --job examples/default_credit/job.toml --tls certs/card_center "
+                       f"--applicant {answers['id'].iloc[0]} --method face-match --verifier {DEMO_VERIFIER} "
+                       f"--verifier-key {key} --evidence selfie.jpg --json", tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["job_id"] == summary["job_id"]
         # and the shipped card center's HTTPS endpoint answers with the shipped certificates
         certs = "certs/card_center"
         health = run(f"curl -s --cacert {certs}/ca.pem --cert {certs}/cert.pem --key {certs}/key.pem "
@@ -299,7 +322,8 @@ def test_demo_serve_ends_serving_and_stops_on_sigterm(tmp_path):
                 break
         assert printed, f"the demo ended before serving: {process.stderr.read()}"
         document = json.loads(printed)
-        assert set(document) == {"report", "scoring", "serving"} and document["scoring"]["failed"] == 0
+        assert set(document) == {"report", "scoring", "verification", "observer", "monitor", "dispute", "serving"}
+        assert document["scoring"]["failed"] == 0 and document["observer"]["caught_up"]
         serving = document["serving"]
         assert serving["job_id"] == document["report"]["job_id"]
         assert serving["addresses"]["card_center"] == "127.0.0.1:50061"

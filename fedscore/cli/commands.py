@@ -108,27 +108,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             check_job_ports(job, args.http)   # now, not after training
         view.note(f"demo consortium in {workdir}: card_center, bureau, ecommerce; {args.key_bits}-bit Paillier keys")
-        report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view)
+        report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view,
+                              observer=True)
     if human:
         _print_report(report)
         print()
         print(summary_table(report))
         print(f"\nreport: {report_path}, page: {html_path(report_path)}  (training {report['seconds']:.0f} s)")
         print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
+    from fedscore.cli.demo import demo_dispute, dispute_lines
+    from fedscore.cli.demo_consortium import (monitor_lines, monitor_review, observer_line, verification_line,
+                                              while_scoring_runs)
+
     with ProgressView.for_stderr(args.quiet) as view:
         view.stage("starting the party daemons from the trained state")
         scored = score_file(job, workdir / "applicants.csv", scored_path, local=True, settle=True, workers=1,
-                            progress=view.scoring)
-    from fedscore.cli.demo import demo_dispute, dispute_lines
-
-    dispute = demo_dispute(workdir, scored["table"])
-    document = {"report": report, "scoring": scoring_summary(scored, scored_path), "dispute": dispute}
+                            progress=view.scoring, observer=True, while_running=while_scoring_runs(job, workdir))
+    verification, observed = scored.pop("verification"), scored.pop("observer")
+    monitor = monitor_review(job)
+    evidence = None if verification is None else Path(verification["evidence_dir"])
+    dispute = demo_dispute(workdir, scored["table"], evidence)
+    document = {"report": report, "scoring": scoring_summary(scored, scored_path), "verification": verification,
+                "observer": observed, "monitor": monitor, "dispute": dispute}
     if args.json and not args.serve:
         _print_json(document)
     elif human:
         print_scored(scored)
         print(f"answers: {scored_path}  (scoring chain: {scored['ledger']})")
         _print_scoring_settlement(scored["settlement"])
+        print("\n" + "\n".join([verification_line(verification), observer_line(observed), monitor_lines(monitor)]))
         print("\n" + dispute_lines(dispute))
     if args.serve:
         _serve(args, job, lambda serving: _print_json({**document, "serving": serving}))

@@ -15,7 +15,9 @@ identity provider certifies a key for each, and each applicant signs a
 consent to the card center's check (fedscore.protocol.scoring.consent). Its
 key ships with the package and is public on purpose, so the shipped configs
 (parties/, examples/default_credit/job.toml) can trust it and accept every
-demo's applicants.
+demo's applicants. So does the demo identity verifier's key (`verifiers`),
+whose record that it saw the disputed applicant the demo's dispute carries
+(fedscore.cli.demo_consortium: the verification, the observer, the monitor).
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ SPLIT = {
 }
 
 DEMO_ISSUER_FILE = "demo-consent-issuer.key"   # in fedscore/data: the demo identity provider's key, public on purpose
+DEMO_VERIFIER_FILE = "demo-identity-verifier.key"   # in fedscore/data: the demo identity verifier's key, public on purpose
+DEMO_VERIFIER = "demo-verifier"                  # its name in the job file's verifiers
 
 PROTECTED = ("SEX", "MARRIAGE", "AGE")   # the card center's columns out of the model (job file: protected)
 
@@ -91,6 +95,7 @@ limit_basis = "LIMIT_BAL"
 limit_step = 1000
 timeout_ms = 500        # a partner later than this is reported in partners_missing
 consent_issuers = ["{issuer}"]   # the demo identity provider (its key is public on purpose: demo only)
+verifiers = {{ {verifier_name} = "{verifier}" }}   # the demo identity verifier (its key is public too: demo only)
 # credit limits: the default bands (from 700 points 1.2 x LIMIT_BAL, from 660 1.0 x, from 620 0.8 x, from 580 0.5 x)
 
 [coordinator]
@@ -125,7 +130,8 @@ def check_arguments(epochs: int, key_bits: int, rows: int | None, workers: int) 
     """The demo's job as its arguments make it, checked before anything is written: epochs and key bits by
     every job's rules (JobSpec.validate, through the job file's parser), rows against the job's min_overlap."""
     try:
-        spec = parse_job(tomllib.loads(JOB.format(epochs=epochs, key_bits=key_bits, issuer="00" * 32)), "demo job")
+        spec = parse_job(tomllib.loads(JOB.format(epochs=epochs, key_bits=key_bits, issuer="00" * 32,
+                                                verifier_name=DEMO_VERIFIER, verifier="00" * 32)), "demo job")
     except ConfigError as error:
         raise ConfigError(f"demo --epochs {epochs} --key-bits {key_bits}: {error}") from None
     if rows is not None:
@@ -160,12 +166,22 @@ def party_rows(total: int, seed: int = 2009) -> dict[str, np.ndarray]:
     return rows
 
 
+def _shipped_key(name: str) -> SigningKey:
+    text = resources.files("fedscore.data").joinpath(name).read_text()
+    seed = next(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return SigningKey(bytes.fromhex(seed))
+
+
 def issuer_key() -> SigningKey:
     """The demo identity provider's key: shipped in the package and public on purpose (see the file), so the
     shipped configs can name its public half in consent_issuers. Not for anything but the demo."""
-    text = resources.files("fedscore.data").joinpath(DEMO_ISSUER_FILE).read_text()
-    seed = next(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-    return SigningKey(bytes.fromhex(seed))
+    return _shipped_key(DEMO_ISSUER_FILE)
+
+
+def verifier_key() -> SigningKey:
+    """The demo identity verifier's key (DEMO_VERIFIER): shipped and public on purpose like the issuer's, so the
+    shipped card center's config can name its public half in verifiers. Not for anything but the demo."""
+    return _shipped_key(DEMO_VERIFIER_FILE)
 
 
 def sign_consent(issuer: SigningKey, applicant: str, card_center: str = "card_center") -> str:
@@ -209,7 +225,8 @@ def write_demo(folder: Path, epochs: int = 30, key_bits: int = 2048, rows: int |
             frame["y"] = subset[LABEL]
         frame.sample(frac=1.0, random_state=7).to_csv(folder / f"{party}.csv", index=False)
     job = folder / "job.toml"
-    job.write_text(JOB.format(epochs=epochs, key_bits=key_bits, issuer=bytes(issuer.verify_key).hex()))
+    job.write_text(JOB.format(epochs=epochs, key_bits=key_bits, issuer=bytes(issuer.verify_key).hex(),
+                              verifier_name=DEMO_VERIFIER, verifier=bytes(verifier_key().verify_key).hex()))
     return job
 
 
@@ -256,28 +273,37 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def demo_dispute(folder: Path, scored: pd.DataFrame) -> dict | None:
+def disputed_row(scored: pd.DataFrame) -> pd.Series | None:
+    """The scored applicant the demo's dispute is about: the first answered one (None when none was)."""
+    answered = scored[(scored["error"] == "") & (scored["request_id"] != "")]
+    return None if answered.empty else answered.iloc[0]
+
+
+def demo_dispute(folder: Path, scored: pd.DataFrame, evidence_dir: Path | None = None) -> dict | None:
     """The demo's last act: one scored applicant says they never applied; the card center writes the evidence
     from its own state (its daemon's config) and anyone checks it offline against the scoring chain's genesis.
+    ``evidence_dir``: the applicant's identity verification goes in too, checked against the files handed over.
     None when no applicant was scored."""
     from fedscore.cli.dispute import check_evidence, open_dispute
 
-    answered = scored[(scored["error"] == "") & (scored["request_id"] != "")]
-    if answered.empty:
+    row = disputed_row(scored)
+    if row is None:
         return None
-    row = answered.iloc[0]
     written = open_dispute(folder / "state" / "card_center" / "party.toml", str(row["id"]), str(row["request_id"]),
-                           None, folder / "dispute.json")
+                           None, folder / "dispute.json", evidence_dir)
     genesis = written["genesis"][:HEAD_PREFIX_DIGITS]
-    checked = check_evidence(Path(written["bundle"]), genesis, str(row["id"]))
+    files = Path(written["evidence_files"]) if "evidence_files" in written else None
+    checked = check_evidence(Path(written["bundle"]), genesis, str(row["id"]), files_dir=files)
     return {"applicant": str(row["id"]), "bundle": written["bundle"], "bytes": written["bytes"], "genesis": genesis,
-            "verdict": checked["verdict"]}
+            "verdict": checked["verdict"], **({"evidence_files": str(files)} if files is not None else {})}
 
 
 def dispute_lines(dispute: dict | None) -> str:
     if dispute is None:
         return "no applicant was scored, so no dispute to show"
+    files = f" --files {dispute['evidence_files']}" if "evidence_files" in dispute else ""
     return (f"a dispute: applicant {dispute['applicant']} says they never applied; the card center's evidence "
-            f"({dispute['bundle']}, {dispute['bytes']} bytes), checked offline with\n"
+            f"({dispute['bundle']}, {dispute['bytes']} bytes{', with the identity verification' if files else ''}), "
+            f"checked offline with\n"
             f"  fedscore audit check-evidence {dispute['bundle']} --genesis {dispute['genesis']} "
-            f"--applicant {dispute['applicant']}\nok: {dispute['verdict']}")
+            f"--applicant {dispute['applicant']}{files}\nok: {dispute['verdict']}")

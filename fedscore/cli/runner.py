@@ -45,12 +45,15 @@ def run_job_file(
     align_only: bool = False,
     tls_dir: Path | None = None,
     insecure: bool = False,
+    observer: bool = False,
 ) -> dict:
-    """``tls_dir``: the card center's member folder to submit with (not needed with --local or --insecure)."""
+    """``tls_dir``: the card center's member folder to submit with (not needed with --local or --insecure);
+    ``observer``: with --local, also run an observer reading every chain (the demo's)."""
     spec, base = load_job(job_path)
     if local:
         progress(Progress("start", message="starting the coordinator and one daemon per party"))
-        with LocalConsortium(spec, base, state_dir or base / "state", workers, insecure=insecure) as consortium:
+        with LocalConsortium(spec, base, state_dir or base / "state", workers, insecure=insecure,
+                             observer=observer) as consortium:
             consortium.supervise()
             tls = consortium.identity(spec.card_center.name)
             report = submit(consortium.spec, consortium.coordinator_address, progress, align_only, tls)
@@ -192,10 +195,14 @@ def score_file(
     progress: Callable[[int, int], None] = lambda done, total: None,
     tls_dir: Path | None = None,
     insecure: bool = False,
+    observer: bool = False,
+    while_running: Callable[[LocalConsortium, dict], dict] | None = None,
 ) -> dict:
     """Score an applicants file through the running services (or, --local, services started from the job's state).
 
-    ``progress(done, total)`` follows each answered applicant.
+    ``progress(done, total)`` follows each answered applicant. With --local (the demo's): ``observer`` also runs
+    an observer; ``while_running(consortium, result)``, once scoring is closed and before the daemons stop, adds
+    its keys to the result.
     """
     spec, base = load_job(job_path)
     settings = load_scoring(job_path)
@@ -225,8 +232,9 @@ def score_file(
     if local:
         with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers,
                              verifiers=dict(settings.verifiers),
-                             insecure=insecure) as consortium:
-            return run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
+                             insecure=insecure, observer=observer) as consortium:
+            result = run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
+            return {**result, **while_running(consortium, result)} if while_running is not None else result
     if not spec.card_center.address:
         raise ConfigError(f"job file {job_path}: no address for the card center; add it, or use --local")
     return run(spec, spec.card_center.address, client_identity(tls_dir, insecure, spec.card_center.name))
