@@ -155,6 +155,6 @@ def monitor_lines(review: dict) -> str:
     psi = f"score PSI {review['psi']:.3f} against training"
     judged = (f"{psi} ({review['psi_reading']}), " + ("; ".join(f"ALERT: {a}" for a in review["alerts"]) or "no alert")
               if review["judged"] else
-              f"fewer than the {review['min_requests']} a period needs to be judged, so no alert yet ({psi} so far)")
+              f"fewer than the {review['min_requests']} a period needs before its PSI means anything, so not judged yet")
     return (f"monitor: {plural(review['requests'], 'request')} scored on {review['period']}: {judged}\n"
             f"  fedscore monitor --job {review['job']}")
