@@ -541,3 +541,49 @@ def test_a_dispute_with_the_applicants_verification_through_the_commands(served,
     assert altered.returncode == 3 and "evidence file 'selfie.jpg' is altered" in altered.stderr
     missing = fedscore("audit", "check-evidence", tmp_path / "dispute.json", "--genesis", genesis)
     assert missing.returncode == 2 and "--files" in missing.stderr
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, path + (i,))
+    yield path
+
+
+def _replaced(document, path, value):
+    forged = json.loads(json.dumps(document))
+    if not path:
+        return value
+    node = forged
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return forged
+
+
+@pytest.mark.parametrize("kind", ["consent", "fee"])
+def test_a_hand_edited_bundle_fails_as_evidence_never_as_a_crash(chain, kind):
+    """Every field of a genuine bundle replaced by a value of the wrong range or type: the check names a failure
+    (EvidenceError, exit 3) and never crashes (exit 1) or tries to allocate a block of 10**20 entries."""
+    if kind == "consent":
+        request = chain.scoring()[5]["request_id"]
+        bundle = bundle_of(chain, request)
+        check = lambda b: check_consent_bundle(b, genesis_of(chain))   # noqa: E731
+    else:
+        bundle = fee_bundle(chain.blocks, "mirror", 1, chain.keys["mirror"])
+        check = lambda b: check_fee_bundle(b, genesis_of(chain))   # noqa: E731
+    check(bundle)
+    bad_values = [-1, 10**20, 10**9, "zz", None, [], {}, 1.5, True]
+    tried = 0
+    for path in set(_leaves(bundle)):
+        for value in bad_values:
+            forged = _replaced(bundle, path, value)
+            try:
+                check(forged)
+            except EvidenceError:
+                pass
+            tried += 1
+    assert tried > 100

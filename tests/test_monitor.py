@@ -141,6 +141,9 @@ def test_a_log_line_cut_short_by_a_crash_is_skipped_and_old_days_are_deleted(tmp
         handle.write('{"time_ms": 17672')   # a torn last line
     assert [r["request_id"] for r in read_log(tmp_path / LOG_FOLDER)] == ["r20", "r45"]
     assert [r["request_id"] for r in read_log(tmp_path / LOG_FOLDER, since="2026-02-01")] == ["r45"]
+    # a request still in flight when its model closed is not logged: the closed log opens no file again
+    log.write(log_record(1_767_225_600_000 + 46 * day, "late", answer, {}, {}))
+    assert log._handle is None and not (tmp_path / LOG_FOLDER / "2026-02-16.jsonl").exists()
 
 
 # -- drift through the real scorer ----------------------------------------------------------

@@ -235,7 +235,8 @@ def check_evidence(path: Path, genesis: str, applicant_id: str | None = None, pa
     if applicant_id is not None and kind == "fee":
         raise ConfigError("--applicant is for a consent bundle; this one is a fee bundle")
     replica = read_ledger(replica_path) if replica_path is not None else None
-    verification = (bundle.get("sections") or {}).get("verification") if kind == "consent" else None
+    optional = bundle.get("sections") if kind == "consent" else None
+    verification = optional.get("verification") if isinstance(optional, dict) else None
     if (verification is not None) != (files_dir is not None):
         raise ConfigError("--files is for a bundle with an identity verification: give the folder of the evidence "
                           "files the card center handed over with it" if verification is not None else

@@ -20,7 +20,7 @@ from nacl.signing import VerifyKey
 
 from fedscore.ledger.block import Block
 from fedscore.ledger.evidence import (
-    FORMAT, MIN_GENESIS_DIGITS, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format,
+    FORMAT, MIN_GENESIS_DIGITS, UNMATCHED, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format,
     check_replica_blocks, entries_of, iso_ms,
 )
 from fedscore.ledger.scoring_rules import entry_problem
@@ -34,11 +34,19 @@ SectionCheck = Callable[[dict, AnchoredChain, dict], str]
 """Checks an optional section of a bundle (section, its chain, the whole bundle); returns a verdict clause."""
 
 
+MAX_POLICY_DAYS = 3650   # a consent older than ten years settles nothing
+
+
 def read_policy(bundle: dict) -> ConsentPolicy:
     try:
         policy = bundle["policy"]
-        return ConsentPolicy(frozenset(bytes.fromhex(i) for i in policy["issuers"]),
-                             frozenset(policy["purposes"]), int(policy["max_age_days"]) * 86_400)
+        issuers, purposes, days = policy["issuers"], policy["purposes"], policy["max_age_days"]
+        if not (isinstance(issuers, list) and all(isinstance(i, str) for i in issuers)
+                and isinstance(purposes, list) and all(isinstance(p, str) for p in purposes)):
+            raise TypeError("issuers and purposes must be lists of text")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_POLICY_DAYS:
+            raise ValueError(f"max_age_days must be a whole number of days from 1 to {MAX_POLICY_DAYS}")
+        return ConsentPolicy(frozenset(bytes.fromhex(i) for i in issuers), frozenset(purposes), days * 86_400)
     except (KeyError, TypeError, ValueError) as error:
         raise EvidenceError(f"the bundle's consent policy is not readable ({type(error).__name__}: {error})") from None
 
@@ -122,7 +130,10 @@ def check_age(token: ConsentToken, entry: dict, policy: ConsentPolicy) -> None:
 def check_sections(bundle: dict, chain: AnchoredChain, checks: Mapping[str, SectionCheck]) -> list[str]:
     """Each optional section (e.g. an identity verification) by its own check; one without a check fails."""
     clauses = []
-    for name, section in sorted((bundle.get("sections") or {}).items()):
+    sections = bundle.get("sections") or {}
+    if not isinstance(sections, dict):
+        raise EvidenceError("the bundle's sections are not an object of named sections")
+    for name, section in sorted(sections.items()):
         if name not in checks:
             raise EvidenceError(f"the bundle has a {name!r} section this check cannot read")
         clauses.append(checks[name](section, chain, bundle))
@@ -170,8 +181,8 @@ def check_consent_bundle(bundle: dict, expected_genesis: str, applicant_id: str 
 
 def consent_verdict(found: dict) -> str:
     """The line a person reads."""
-    extra = "".join(f"; {clause}" for clause in found["sections"])
-    extra += "; the block is the replica's at its height" if found["replica_checked"] else ""
+    extra = "; the block is the replica's at its height" if found["replica_checked"] else UNMATCHED
+    extra += "".join(f"; {clause}" for clause in found["sections"])
     return (f"applicant {found['applicant_digest']} consented to {found['card_center']} for {found['purpose']} at "
             f"{found['consented_at']}; recorded as request {found['request_id']} at {found['requested_at']} in block "
             f"{found['block']} co-signed by {', '.join(found['co_signed_by'])} (scoring chain of model "

@@ -34,6 +34,8 @@ from fedscore.ledger.proofs import header_block, header_document, path_leads_to_
 from fedscore.ledger.verify import LedgerError, genesis_members
 
 FORMAT = "fedscore.evidence/1"
+UNMATCHED = "; not matched to a member's replica (--replica shows the block is on that member's chain)"
+"""What a verdict says when no replica was given: the blocks are signed by the genesis' members, no more."""
 MIN_GENESIS_DIGITS = 16   # as `audit verify --head` takes a head: 64 bits, no two blocks share them
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fedscore.ledger.block import Block
 from fedscore.ledger.evidence import (
-    FORMAT, MIN_GENESIS_DIGITS, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format, check_replica_blocks,
+    FORMAT, MIN_GENESIS_DIGITS, UNMATCHED, AnchoredChain, EvidenceError, Excerpt, anchored_chain, check_format, check_replica_blocks,
     entries_of,
 )
 from fedscore.ledger.scoring_rules import contributed, entry_problem
@@ -185,8 +185,7 @@ def fee_verdict(found: dict) -> str:
             f"{found['requests']} requests, {found['amount']} {found['currency']} (minor units); each is a scoring entry "
             f"between {since} and it, in blocks co-signed by {', '.join(found['co_signed_by'])} (scoring chain of "
             f"model {found['job_id']}, genesis {found['genesis'][:MIN_GENESIS_DIGITS]}…)")
-    if found["replica_checked"]:
-        line += "; each block is the replica's at its height"
+    line += "; each block is the replica's at its height" if found["replica_checked"] else UNMATCHED
     if found["marks_checked"]:
         line += f"; under {found['partner']}'s own key every one is marked as answered by {found['partner']}"
         line += ", and its replica bills no other" if found["replica_checked"] else ""

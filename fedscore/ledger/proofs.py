@@ -54,13 +54,20 @@ def prove(blocks: list[Block], height: int, index: int) -> dict:
     }
 
 
+MAX_HEADER_ENTRIES = 1 << 20   # far above any block fedscore makes (a scoring block holds at most 2 000)
+
+
 def header_block(header: dict) -> Block:
-    """The block a header document describes, its entries left blank (its hash is the real block's)."""
-    return Block(
-        height=int(header["height"]), previous=bytes.fromhex(header["previous"]),
-        timestamp_ns=int(header["timestamp_ns"]), merkle_root=bytes.fromhex(header["merkle_root"]),
-        entries=tuple([b""] * int(header["entries"])),
-    )
+    """The block a header document describes, its entries left blank (its hash is the real block's).
+    ValueError for a field a block header cannot hold (a hand-edited document)."""
+    height, timestamp_ns, entries = int(header["height"]), int(header["timestamp_ns"]), int(header["entries"])
+    previous, merkle_root = bytes.fromhex(header["previous"]), bytes.fromhex(header["merkle_root"])
+    if not (0 <= height < 1 << 64 and 0 <= timestamp_ns < 1 << 64 and 0 < entries <= MAX_HEADER_ENTRIES):
+        raise ValueError(f"a header with height {height}, time {timestamp_ns} and {entries} entries is not a block's")
+    if len(previous) != 32 or len(merkle_root) != 32:
+        raise ValueError("a header's previous hash and Merkle root are 32 bytes each")
+    return Block(height=height, previous=previous, timestamp_ns=timestamp_ns, merkle_root=merkle_root,
+                 entries=tuple([b""] * entries))
 
 
 def path_leads_to_root(entry: bytes, index: int, audit_path: list[str], block: Block) -> bool:

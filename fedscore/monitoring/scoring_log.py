@@ -123,6 +123,7 @@ class ScoringLog:
         self._day = ""
         self._flushed = time.monotonic()
         self._failed = False
+        self._closed = False
 
     def record(self, request_id: str, answer: Answer, values: Sequence[object],
                partners: Mapping[str, PartnerReply], time_ms: int | None = None) -> None:
@@ -142,6 +143,8 @@ class ScoringLog:
         line = log_line(record)
         day = day_of(record["time_ms"])
         with self._lock:
+            if self._closed:   # a request still in flight when its model closed: not reopened, so nothing leaks
+                return
             if day != self._day or self._handle is None:
                 self._open(day)
             self._handle.write(line)
@@ -175,6 +178,7 @@ class ScoringLog:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
