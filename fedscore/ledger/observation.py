@@ -133,6 +133,15 @@ class ObserverReplica:
         self._lock = threading.Lock()
         self._load()
 
+    @classmethod
+    def check_genesis(cls, block: Block, job_id: str, chain: str, member: str) -> None:
+        """BlockRefused unless an empty replica of ``job_id`` would keep ``block`` as its genesis, served by
+        ``member``: checked before any file is made for a chain a member lists."""
+        scratch = cls.__new__(cls)   # no file: only what _check reads
+        scratch.job_id, scratch.chain = job_id, chain
+        scratch.state, scratch.members, scratch.head = ObservedChain(), {}, None
+        scratch._check(block, member)
+
     @property
     def path(self) -> Path:
         return self.store.path
@@ -256,13 +265,14 @@ class ObserverReplica:
         if merkle.root(block.entries) != block.merkle_root:
             raise self._refuse(block, member, "it differs from the block held at this height, and its Merkle root "
                                               "does not match its entries")
+        row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
         if block.height == 0 and self._other_members(block) != self.members:
-            raise self._refuse(block, member, "another chain: its genesis names other members or keys than the genesis "
-                                              "held (no equivocation: the members of the chain held did not sign it)")
+            raise self._refuse(block, member, f"another chain: its genesis names other members or keys than the genesis "
+                                              f"held, served by {row[0] if row else ''!r} (no equivocation: the members "
+                                              "of the chain held did not sign it)")
         problem = self._signature_problem(block, member)
         if problem:
             raise self._refuse(block, member, f"it differs from the block held at this height, and {problem}")
-        row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
         alarm = Equivocation(self.job_id, self.chain, block.height, held.hash(), row[0] if row else "", block.hash(),
                              member)
         self._db.execute("INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?)",
