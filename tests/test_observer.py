@@ -174,6 +174,17 @@ def test_the_observer_follows_the_training_and_scoring_chains_to_every_members_h
     assert f"{job_id}" in shown and "4 members agree" in shown and "3 members agree" in shown and "ALARM" not in shown
 
 
+def test_a_member_asking_the_observer_sees_only_the_chains_that_name_it(observed):
+    """The coordinator has no part in scoring: the observer's status shows it the job's training chain only; the
+    observer's operator (its own certificate) sees both."""
+    running, job_id = observed
+    _wait_for(lambda: _chain(_status(running), job_id, "scoring"), "hold the scoring chain")
+    as_coordinator = _status(running, "coordinator")
+    assert _chain(as_coordinator, job_id, "training") is not None and _chain(as_coordinator, job_id, "scoring") is None
+    as_operator = _status(running, OBSERVER)
+    assert _chain(as_operator, job_id, "training") is not None and _chain(as_operator, job_id, "scoring") is not None
+
+
 def _call(channel: grpc.Channel, method: str):
     service = pb.DESCRIPTOR.services_by_name[method.split("/")[1].split(".")[-1]]
     shape = service.methods_by_name[method.split("/")[2]]
