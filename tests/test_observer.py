@@ -402,6 +402,7 @@ def test_a_genesis_made_up_by_a_member_is_no_alarm_and_takes_nothing_over(script
         replica = follower.held(UNIT_JOB, "training")
         assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()
         assert replica.alarms() == [] and follower.diverged == set()
+        assert honest["guest"].calls == honest["host"].calls == [0]   # the genesis' page is read once, not again
         assert "served by 'evil': 'evil' is not a member in the genesis" in follower.refused[(UNIT_JOB, "training")]
         assert follower.held("made-up-0123abcd", "training") is None
         assert not (tmp_path / "jobs" / "made-up-0123abcd").exists()

@@ -37,6 +37,7 @@ from fedscore.transport.tls import TlsIdentity
 log = logging.getLogger("fedscore.observer")
 CALL_SECONDS = 60.0
 Server = tuple[str, pb_grpc.ReplicaStub, pb.ChainHead]   # a member, its stub, and the head it reported of a chain
+Candidate = tuple[list[Block], list[Server]]   # a genesis' first page (as its first server sent it), and its servers
 
 
 class Follower:
@@ -91,7 +92,7 @@ class Follower:
     def poll(self, stop: threading.Event | None = None) -> None:
         """One round: every member, every chain it lets this observer read; cut short once ``stop`` is set.
         Chains new to the observer are adopted once every member has been asked (``_adopt``)."""
-        found: dict[tuple[str, str], dict[bytes, tuple[Block, list[Server]]]] = {}
+        found: dict[tuple[str, str], dict[bytes, Candidate]] = {}
         for member, channel in self._channels.items():
             stub = pb_grpc.ReplicaStub(channel)
             try:
@@ -131,15 +132,15 @@ class Follower:
         if not page:
             return
         try:
-            self._check_page(page[:1], 0, member, key)
-            genesis = codec.block_from_proto(page[0])
-            ObserverReplica.check_genesis(genesis, *key, member)
+            self._check_page(page, 0, member, key)
+            blocks = [codec.block_from_proto(message) for message in page]
+            ObserverReplica.check_genesis(blocks[0], *key, member)
         except BlockRefused as error:
             self._note_refusal(key, str(error))
             return
-        found.setdefault(key, {}).setdefault(genesis.hash(), (genesis, []))[1].append(server)
+        found.setdefault(key, {}).setdefault(blocks[0].hash(), (blocks, []))[1].append(server)
 
-    def _adopt(self, found: dict[tuple[str, str], dict[bytes, tuple[Block, list[Server]]]],
+    def _adopt(self, found: dict[tuple[str, str], dict[bytes, Candidate]],
                stop: threading.Event | None) -> None:
         """A chain new to the observer gets a file and the genesis that most members serve (each a member that
         genesis names); different geneses served by as many members each: none yet, said, asked again next poll.
@@ -153,7 +154,9 @@ class Follower:
                 self._note_refusal(key, f"block 0: {key[1]} chain of job {key[0]}: different geneses, each served by as "
                                         f"many members ({served}): none kept until more of their members serve one")
                 continue
-            self.replica(*key)
+            replica = self.replica(*key)
+            first, servers = ranked[0]
+            self._received(replica, first, servers[0][0], key)   # the page already read, not asked for again
             for _, servers in ranked:
                 for member, stub, head in servers:
                     try:
@@ -179,14 +182,25 @@ class Follower:
                 return
             try:
                 self._check_page(page, start, member, key)
-                alarm = replica.receive_all([codec.block_from_proto(message) for message in page], member)
             except BlockRefused as error:
                 self._note_refusal(key, str(error))
                 return
-            if alarm is not None:
-                self.diverged.add((member, *key))
+            if not self._received(replica, [codec.block_from_proto(message) for message in page], member, key):
                 return
             start = page[-1].height + 1
+
+    def _received(self, replica: ObserverReplica, blocks: list[Block], member: str, key: tuple[str, str]) -> bool:
+        """``blocks`` from ``member`` into ``replica``; False when one is refused (noted for the status) or conflicts
+        with one held (an alarm: that member is not read on this chain again)."""
+        try:
+            alarm = replica.receive_all(blocks, member)
+        except BlockRefused as error:
+            self._note_refusal(key, str(error))
+            return False
+        if alarm is not None:
+            self.diverged.add((member, *key))
+            return False
+        return True
 
     @staticmethod
     def _check_page(page: list[pb.Block], start: int, member: str, key: tuple[str, str]) -> None:
