@@ -208,8 +208,13 @@ def test_a_genesis_made_up_by_another_member_set_is_another_chain_never_an_alarm
     with pytest.raises(BlockRefused, match=r"block 0: .*served by 'evil': 'evil' is not a member in the genesis"):
         replica.receive(fake, "evil")
     # even served by a member of the held genesis, a genesis naming other members or keys is another chain
-    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'guest': another chain: its genesis names other members"):
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'guest': another chain: its genesis names another "
+                                           r"job, or other members"):
         replica.receive(fake, "guest")
+    other_job = chain_of([[{**training_entries()[0][0], "job_id": "other-job-0123abcd"}]])[0]   # same members, signed
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'guest': another chain: its genesis names another "
+                                           r"job"):
+        replica.receive(other_job, "guest")
     assert replica.alarms() == [] and replica.height == 3 and replica.head.hash() == chain[2].hash()
     with pytest.raises(BlockRefused, match=r"block 3: .*served by 'evil': 'evil' is not a member in the genesis"):
         replica.receive(chain[3], "evil")   # a chain is read only from its own members, even its valid blocks

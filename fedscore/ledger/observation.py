@@ -2,19 +2,20 @@
 
 An observer (a regulator) signs nothing and sees no data, only what the chain holds. Each block it receives
 from a member must follow its replica's head (height, previous hash, time, Merkle root), carry exactly one
-valid signature from every member the genesis it holds names (a genesis it does not hold yet: those that
-genesis names, for this replica's job id, served by one of them), come from a member of that genesis, and hold entries the chain alone shows nothing wrong
-with (fedscore.ledger.observed_rules: settlements recomputed or bounded from the chain). A block that fails
-is refused with an error naming the member, the chain, the height and what is wrong.
+valid signature from every member the genesis it holds names (a genesis it does not hold yet: every member
+that genesis names; it must be of this replica's job id), be served by one of those members, and hold
+entries the chain alone shows nothing wrong with (fedscore.ledger.observed_rules: settlements recomputed or
+bounded from the chain). A block that fails is refused with an error naming the member, the chain, the
+height and what is wrong.
 
 What members cannot see, the observer can: a second, validly signed block at a height it already holds.
 Each member holds only the block its proposer committed to it, so a proposer that got two versions signed
 (as a resumed job allows, see the README) could leave members with different chains that each verify.
 The observer, reading every member, keeps the first and records the other, when it is signed by exactly the
-members of the genesis held, as an equivocation alarm, durably
-in the replica file (both block hashes, who served each, the other block's header and signatures), and logs
-it at ERROR; `fedscore audit verify` then refuses the replica naming it. Another genesis (other members or
-keys) is another chain, refused, never an alarm.
+members of the genesis held, as an equivocation alarm, durably in the replica file (both block hashes, who
+served each, the other block's header and signatures), and logs it at ERROR; `fedscore audit verify` then
+refuses the replica naming it. Another genesis (another job, other members or keys) is another chain,
+refused, never an alarm.
 """
 from __future__ import annotations
 
@@ -266,10 +267,10 @@ class ObserverReplica:
             raise self._refuse(block, member, "it differs from the block held at this height, and its Merkle root "
                                               "does not match its entries")
         row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
-        if block.height == 0 and self._other_members(block) != self.members:
-            raise self._refuse(block, member, f"another chain: its genesis names other members or keys than the genesis "
-                                              f"held, served by {row[0] if row else ''!r} (no equivocation: the members "
-                                              "of the chain held did not sign it)")
+        if block.height == 0 and self._genesis_of(block) != (self.job_id, self.members):
+            raise self._refuse(block, member, f"another chain: its genesis names another job, or other members or keys, "
+                                              f"than the genesis held, served by {row[0] if row else ''!r} (no "
+                                              "equivocation: the members of the chain held did not sign it)")
         problem = self._signature_problem(block, member)
         if problem:
             raise self._refuse(block, member, f"it differs from the block held at this height, and {problem}")
@@ -282,9 +283,10 @@ class ObserverReplica:
         return alarm
 
     @staticmethod
-    def _other_members(block: Block) -> dict[str, bytes] | None:
+    def _genesis_of(block: Block) -> tuple[object, dict[str, bytes]] | None:
+        """The job id and members a genesis names (None: it is no readable genesis)."""
         try:
-            return genesis_members(block)
+            return decode_entry(block.entries[0]).get("job_id"), genesis_members(block)
         except LedgerError:
             return None
 

@@ -207,9 +207,9 @@ class Follower:
         """BlockRefused unless ``page`` holds blocks ``start``, ``start`` + 1, … as asked."""
         heights = [message.height for message in page]
         if heights != list(range(start, start + len(page))):
-            raise BlockRefused(heights[0], *key, member, f"a page asked from block {start} holds blocks "
-                                                         f"{', '.join(map(str, heights[:5]))}{'…' if len(heights) > 5 else ''}, "
-                                                         "not one by one from there")
+            shown = ", ".join(map(str, heights[:5])) + ("…" if len(heights) > 5 else "")
+            raise BlockRefused(heights[0], *key, member,
+                               f"a page asked from block {start} holds blocks {shown}, not one by one from there")
 
     def _shown_to(self, caller: str | None, replica: ObserverReplica) -> bool:
         """A member sees a chain only if its genesis names it; the observer's operator (and a plaintext caller, whom
