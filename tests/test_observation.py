@@ -3,6 +3,7 @@ which chain, which block and why, and records two validly signed blocks at one h
 `fedscore audit verify` reports (exit 3)."""
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from nacl.signing import SigningKey
 
 from fedscore.cli import main
 from fedscore.ledger.block import encode_entry, make_block, sign
-from fedscore.ledger.observation import BlockRefused, ObserverReplica, recorded_alarms
+from fedscore.ledger.observation import AlarmsUnreadable, BlockRefused, ObserverReplica, recorded_alarms
 from fedscore.ledger.scoring_rules import scoring_entry
 from fedscore.ledger.settlement import countersign, settlement_body
 from fedscore.ledger.verify import verify_chain
@@ -188,3 +189,86 @@ def test_a_genesis_without_a_readable_fee_contract_is_refused(replica):
                                            r"per_step must be a whole, non-negative number"):
         replica.receive(chain_of([[start]])[0], "coordinator")
     assert replica.height == 0
+
+
+def _fake_genesis(job_id: str = JOB_ID):
+    """A genesis of ``job_id`` that 'evil' made up: members and keys of its own (itself among them), signed by them."""
+    keys = {"evil": SigningKey(bytes([7]) * 32), "guest": SigningKey(bytes([8]) * 32)}
+    members = {"evil": {"role": "coordinator", "key": bytes(keys["evil"].verify_key).hex()},
+               "guest": {"role": "card_center", "key": bytes(keys["guest"].verify_key).hex()}}
+    start = {**training_entries()[0][0], "job_id": job_id, "members": members}
+    return chain_of([[start]], keys)[0]
+
+
+def test_a_genesis_made_up_by_another_member_set_is_another_chain_never_an_alarm(replica):
+    chain = chain_of(training_entries())
+    for block in chain[:3]:
+        replica.receive(block, "host")
+    fake = _fake_genesis()
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'evil': 'evil' is not a member in the genesis"):
+        replica.receive(fake, "evil")
+    # even served by a member of the held genesis, a genesis naming other members or keys is another chain
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'guest': another chain: its genesis names another "
+                                           r"job, or other members"):
+        replica.receive(fake, "guest")
+    other_job = chain_of([[{**training_entries()[0][0], "job_id": "other-job-0123abcd"}]])[0]   # same members, signed
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'guest': another chain: its genesis names another "
+                                           r"job"):
+        replica.receive(other_job, "guest")
+    assert replica.alarms() == [] and replica.height == 3 and replica.head.hash() == chain[2].hash()
+    with pytest.raises(BlockRefused, match=r"block 3: .*served by 'evil': 'evil' is not a member in the genesis"):
+        replica.receive(chain[3], "evil")   # a chain is read only from its own members, even its valid blocks
+
+
+def test_the_first_genesis_must_be_of_the_replicas_job_and_served_by_one_of_its_members(tmp_path):
+    fresh = ObserverReplica(tmp_path / "ledger.sqlite", JOB_ID, "training")
+    genesis = chain_of(training_entries())[0]
+    with pytest.raises(BlockRefused, match=r"block 0: .*served by 'evil': its genesis does not name 'evil' as a member"):
+        fresh.receive(genesis, "evil")
+    with pytest.raises(BlockRefused, match=r"its genesis is of job 'other-job-0123abcd', not of job " + JOB_ID):
+        fresh.receive(_fake_genesis("other-job-0123abcd"), "evil")
+    assert fresh.height == 0
+    assert fresh.receive(genesis, "host") is None and fresh.height == 1
+    fresh.close()
+
+
+def test_a_second_genesis_of_the_same_members_signed_by_them_all_is_an_equivocation(replica):
+    chain = chain_of(training_entries())
+    replica.receive(chain[0], "host")
+    other = chain_of([[{**training_entries()[0][0], "job_digest": "77" * 32}]])[0]
+    alarm = replica.receive(other, "guest")
+    assert alarm is not None and (alarm.height, alarm.held, alarm.other) == (0, chain[0].hash(), other.hash())
+
+
+def test_a_refusal_at_a_held_height_does_not_read_the_chain_again(replica, monkeypatch):
+    chain = chain_of(training_entries())
+    replica.receive_all(chain[:4], "host")
+    reads = []
+    monkeypatch.setattr(replica, "_load", lambda: reads.append(1))
+    with pytest.raises(BlockRefused, match="differs from the block held"):
+        other = signed(make_block(chain[1], [step(0, 1)], timestamp_ns=chain[2].timestamp_ns))
+        replica.receive(other.with_signatures({**other.signatures, "guest": b"\2" * 64}), "guest")
+    assert reads == []
+
+
+def test_alarms_a_locked_replica_hides_are_an_error_not_none(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.sqlite"
+    opened = ObserverReplica(path, JOB_ID, "training")
+    opened.receive(chain_of(training_entries())[0], "host")
+    opened.close()
+    monkeypatch.setattr("fedscore.ledger.observation.BUSY_SECONDS", 0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(AlarmsUnreadable, match="cannot read its alarms: database is locked") as error:
+            recorded_alarms(path, JOB_ID, "training")
+        assert error.value.exit_code == 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert recorded_alarms(path, JOB_ID, "training") == []
+    plain = sqlite3.connect(tmp_path / "member.sqlite")   # a member's replica: no alarm table, so no alarm
+    plain.execute("CREATE TABLE blocks (height INTEGER)")
+    plain.close()
+    assert recorded_alarms(tmp_path / "member.sqlite") == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,11 +33,13 @@ from fedscore.ledger.position import read_position_file
 from fedscore.ledger.store import LedgerStore
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
+from fedscore.transport import codec
 from fedscore.transport.clients.scoring import ScoringClient
 from fedscore.transport.rpc import open_channel
 from fedscore.transport.tls import TlsIdentity
 
 from nacl.signing import SigningKey
+from test_observation import JOB_ID as UNIT_JOB, _fake_genesis, chain_of, training_entries
 
 WAIT = 120.0   # seconds a condition the observer reaches in a few polls may take on a busy machine
 SCORED = 6
@@ -171,6 +174,17 @@ def test_the_observer_follows_the_training_and_scoring_chains_to_every_members_h
     assert f"{job_id}" in shown and "4 members agree" in shown and "3 members agree" in shown and "ALARM" not in shown
 
 
+def test_a_member_asking_the_observer_sees_only_the_chains_that_name_it(observed):
+    """The coordinator has no part in scoring: the observer's status shows it the job's training chain only; the
+    observer's operator (its own certificate) sees both."""
+    running, job_id = observed
+    _wait_for(lambda: _chain(_status(running), job_id, "scoring"), "hold the scoring chain")
+    as_coordinator = _status(running, "coordinator")
+    assert _chain(as_coordinator, job_id, "training") is not None and _chain(as_coordinator, job_id, "scoring") is None
+    as_operator = _status(running, OBSERVER)
+    assert _chain(as_operator, job_id, "training") is not None and _chain(as_operator, job_id, "scoring") is not None
+
+
 def _call(channel: grpc.Channel, method: str):
     service = pb.DESCRIPTOR.services_by_name[method.split("/")[1].split(".")[-1]]
     shape = service.methods_by_name[method.split("/")[2]]
@@ -230,7 +244,7 @@ def test_a_block_a_tampered_member_serves_is_refused_naming_member_chain_block_a
         assert reason.startswith(f"block 2: training chain of job {job_id}, served by 'bureau': ")
         assert "Merkle root does not match its entries" in reason
         assert follower.replica(job_id, "training").height == 2
-        assert follower.status().chains[0].refused == reason
+        assert follower.status(OBSERVER).chains[0].refused == reason
     finally:
         follower.close()
         server.stop(None)
@@ -298,3 +312,136 @@ def test_a_member_that_does_not_admit_the_observer_refuses_its_reads(observed):
                                       if m["member"] == member and "is for an observer only" in m.get("error", "")), None),
                         "report the member that refuses it")
     assert f"refused {OBSERVER!r}" in refusal
+
+
+class ScriptedMember(pb_grpc.ReplicaServicer):
+    """A member's Replica service over plaintext, serving what ``pages(from_height)`` says for one chain of JOB_ID."""
+
+    def __init__(self, chains: list[pb.ChainHead], pages, limit: int = 20):
+        self.chains, self.pages, self.limit, self.calls = chains, pages, limit, []
+
+    def ListChains(self, request, context):
+        return pb.ChainList(chains=self.chains)
+
+    def ChainBlocks(self, request, context):
+        self.calls.append(request.from_height)
+        if len(self.calls) > self.limit:   # a follower that would ask for ever
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "asked too often")
+        return iter([codec.block_to_proto(request.job_id, b, request.chain) for b in self.pages(request.from_height)])
+
+
+@pytest.fixture
+def scripted():
+    """Start plaintext members: scripted(name=servicer, ...) -> {name: address}."""
+    servers = []
+
+    def start(**members: ScriptedMember) -> dict[str, str]:
+        addresses = {}
+        for name, servicer in members.items():
+            server = grpc.server(ThreadPoolExecutor(max_workers=2))
+            pb_grpc.add_ReplicaServicer_to_server(servicer, server)
+            addresses[name] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            server.start()
+            servers.append(server)
+        return addresses
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def _head(chain: list, job_id: str = UNIT_JOB) -> pb.ChainHead:
+    return pb.ChainHead(job_id=job_id, chain="training", blocks=len(chain), head=chain[-1].hash().hex())
+
+
+def test_a_page_that_does_not_start_where_asked_is_refused_as_that_members(scripted, tmp_path):
+    chain = chain_of(training_entries())
+    host = ScriptedMember([_head(chain)], lambda start: chain[:1])   # block 0, whatever is asked
+    follower = Follower(OBSERVER, tmp_path, scripted(host=host), None)
+    follower.replica(UNIT_JOB, "training").receive(chain[0], "host")   # the observer holds block 0
+    try:
+        follower.poll()
+        assert host.calls == [0, 1]   # asked once more, refused, not asked for ever
+        reason = follower.refused[(UNIT_JOB, "training")]
+        assert reason == (f"block 0: training chain of job {UNIT_JOB}, served by 'host': a page asked from block 1 "
+                          "holds blocks 0, not one by one from there")
+        assert follower.held(UNIT_JOB, "training").height == 1
+    finally:
+        follower.close()
+
+
+def test_the_catch_up_ends_when_the_observer_stops(scripted, tmp_path):
+    chain = chain_of(training_entries())
+    stop = threading.Event()
+
+    def one_block_then_stop(start: int) -> list:
+        stop.set()
+        return chain[start:start + 1]
+
+    host = ScriptedMember([_head(chain)], one_block_then_stop)
+    follower = Follower(OBSERVER, tmp_path, scripted(host=host), None)
+    follower.replica(UNIT_JOB, "training").receive(chain[0], "host")   # the observer holds block 0
+    try:
+        follower.poll(stop)
+        assert host.calls == [0] and follower.held(UNIT_JOB, "training").height == 1
+    finally:
+        follower.close()
+
+
+def test_a_genesis_made_up_by_a_member_is_no_alarm_and_takes_nothing_over(scripted, tmp_path):
+    """'evil', read first, serves a genesis of the same job id, naming itself, signed with keys it made up; 'guest'
+    and 'host' serve the real chain. The observer keeps the genesis most members serve, and refuses evil's as
+    another chain, with no alarm. Job ids whose genesis does not check out leave no file behind."""
+    chain = chain_of(training_entries())
+    fake = _fake_genesis(UNIT_JOB)
+    evil = ScriptedMember([_head([fake]), _head([fake], "made-up-0123abcd")], lambda start: [fake][start:])
+    honest = {name: ScriptedMember([_head(chain)], lambda start: chain[start:]) for name in ("guest", "host")}
+    follower = Follower(OBSERVER, tmp_path, scripted(evil=evil, **honest), None)
+    try:
+        follower.poll()
+        replica = follower.held(UNIT_JOB, "training")
+        assert replica.height == len(chain) and replica.head.hash() == chain[-1].hash()
+        assert replica.alarms() == [] and follower.diverged == set()
+        assert honest["guest"].calls == honest["host"].calls == [0]   # the genesis' page is read once, not again
+        assert "served by 'evil': 'evil' is not a member in the genesis" in follower.refused[(UNIT_JOB, "training")]
+        assert follower.held("made-up-0123abcd", "training") is None
+        assert not (tmp_path / "jobs" / "made-up-0123abcd").exists()
+        follower.poll()   # and again, against the genesis held: still refused, no alarm, the honest still read
+        assert replica.alarms() == [] and follower.diverged == set()
+    finally:
+        follower.close()
+
+
+def test_different_geneses_served_by_as_many_members_each_keep_none(scripted, tmp_path):
+    chain = chain_of(training_entries())
+    fake = _fake_genesis(UNIT_JOB)
+    evil = ScriptedMember([_head([fake])], lambda start: [fake][start:])
+    host = ScriptedMember([_head(chain)], lambda start: chain[start:])
+    follower = Follower(OBSERVER, tmp_path, scripted(evil=evil, host=host), None)
+    try:
+        follower.poll()
+        assert follower.held(UNIT_JOB, "training") is None and not (tmp_path / "jobs").exists()
+        assert follower.refused[(UNIT_JOB, "training")] == (
+            f"block 0: training chain of job {UNIT_JOB}: different geneses, each served by as many members ('evil'; "
+            "'host'): none kept until more of their members serve one")
+    finally:
+        follower.close()
+
+
+def test_a_member_sees_in_the_observers_status_only_the_chains_that_name_it(scripted, tmp_path):
+    chain = chain_of(training_entries())
+    host = ScriptedMember([_head(chain)], lambda start: chain[start:])
+    follower = Follower(OBSERVER, tmp_path, scripted(host=host), None)
+    try:
+        follower.poll()
+        replica = follower.held(UNIT_JOB, "training")
+        other = chain_of([[{**training_entries()[0][0], "job_digest": "77" * 32}]])[0]
+        assert replica.receive(other, "guest") is not None   # an alarm on this chain
+        for caller in ("host", "guest", OBSERVER, None):
+            shown = follower.status(caller)
+            assert [c.job_id for c in shown.chains] == [UNIT_JOB] and len(shown.alarms) == 1, caller
+        hidden = follower.status("stranger")   # a member in no job with these members
+        assert list(hidden.chains) == [] and list(hidden.alarms) == []
+        assert [m.member for m in hidden.members] == ["host"]
+    finally:
+        follower.close()

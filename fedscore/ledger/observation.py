@@ -2,16 +2,20 @@
 
 An observer (a regulator) signs nothing and sees no data, only what the chain holds. Each block it receives
 from a member must follow its replica's head (height, previous hash, time, Merkle root), carry exactly one
-valid signature from every member the genesis names, and hold entries the chain alone shows nothing wrong
-with (fedscore.ledger.observed_rules: settlements recomputed or bounded from the chain). A block that fails
-is refused with an error naming the member, the chain, the height and what is wrong.
+valid signature from every member the genesis it holds names (a genesis it does not hold yet: every member
+that genesis names; it must be of this replica's job id), be served by one of those members, and hold
+entries the chain alone shows nothing wrong with (fedscore.ledger.observed_rules: settlements recomputed or
+bounded from the chain). A block that fails is refused with an error naming the member, the chain, the
+height and what is wrong.
 
 What members cannot see, the observer can: a second, validly signed block at a height it already holds.
 Each member holds only the block its proposer committed to it, so a proposer that got two versions signed
 (as a resumed job allows, see the README) could leave members with different chains that each verify.
-The observer, reading every member, keeps the first and records the other as an equivocation alarm, durably
-in the replica file (both block hashes, who served each, the other block's header and signatures), and logs
-it at ERROR; `fedscore audit verify` then refuses the replica naming it.
+The observer, reading every member, keeps the first and records the other, when it is signed by exactly the
+members of the genesis held, as an equivocation alarm, durably in the replica file (both block hashes, who
+served each, the other block's header and signatures), and logs it at ERROR; `fedscore audit verify` then
+refuses the replica naming it. Another genesis (another job, other members or keys) is another chain,
+refused, never an alarm.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedscore.errors import ConfigError, LedgerError
+from fedscore.errors import ConfigError, FedscoreError, LedgerError
 from fedscore.ledger import merkle
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import MAX_CLOCK_SKEW_NS, UNREADABLE
@@ -52,6 +56,11 @@ CREATE TABLE IF NOT EXISTS alarms (
 
 
 ALARMS_QUERY = "SELECT height, held, held_from, other, other_from FROM alarms ORDER BY height"
+BUSY_SECONDS = 5.0   # how long a read of the alarms waits for the observer's own write to finish
+
+
+class AlarmsUnreadable(FedscoreError):
+    """A replica file whose alarm table cannot be read (locked past the wait, damaged): no proof of no alarm."""
 
 
 class BlockRefused(LedgerError):
@@ -95,15 +104,20 @@ def _evidence(block: Block) -> str:
 
 
 def recorded_alarms(path: Path, job_id: str = "", chain: str = "") -> list[Equivocation]:
-    """The alarms a replica file records (none in a member's replica, which has no alarm table), read-only."""
+    """The alarms a replica file records (none in a member's replica, which has no alarm table), read-only;
+    AlarmsUnreadable when the table is there but cannot be read (still locked after BUSY_SECONDS, damaged)."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return []
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_SECONDS)
+    except sqlite3.Error as error:
+        raise AlarmsUnreadable(f"{path}: cannot open it to read its alarms: {error}") from None
     try:
         rows = db.execute(ALARMS_QUERY).fetchall()
-    except sqlite3.Error:   # no alarm table: not an observer's replica
-        return []
+    except sqlite3.OperationalError as error:
+        if str(error).startswith("no such table"):   # not an observer's replica
+            return []
+        raise AlarmsUnreadable(f"{path}: cannot read its alarms: {error}") from None
+    except sqlite3.Error as error:
+        raise AlarmsUnreadable(f"{path}: cannot read its alarms: {error}") from None
     finally:
         db.close()
     return [Equivocation(job_id, chain, h, bytes(a), af, bytes(b), bf) for h, a, af, b, bf in rows]
@@ -119,6 +133,15 @@ class ObserverReplica:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._load()
+
+    @classmethod
+    def check_genesis(cls, block: Block, job_id: str, chain: str, member: str) -> None:
+        """BlockRefused unless an empty replica of ``job_id`` would keep ``block`` as its genesis, served by
+        ``member``: checked before any file is made for a chain a member lists."""
+        scratch = cls.__new__(cls)   # no file: only what _check reads
+        scratch.job_id, scratch.chain = job_id, chain
+        scratch.state, scratch.members, scratch.head = ObservedChain(), {}, None
+        scratch._check(block, member)
 
     @property
     def path(self) -> Path:
@@ -158,21 +181,21 @@ class ObserverReplica:
         costs one write to disk, not one per block); those before a refused block are kept."""
         with self._lock:
             pending: list[Block] = []
-            try:
-                for block in blocks:
-                    if block.height < self.height:
-                        self._store(pending, member)
-                        alarm = self._compare(block, member)
-                        if alarm is not None:
-                            return alarm
-                        continue
+            for block in blocks:
+                if block.height < self.height:
+                    self._store(pending, member)   # a refusal here changed nothing: no state to read again
+                    alarm = self._compare(block, member)
+                    if alarm is not None:
+                        return alarm
+                    continue
+                try:
                     self._check(block, member)
-                    pending.append(block)
-                    self._follow(block)
-            except BlockRefused:
-                self._store(pending, member)
-                self._load()   # the refused block's entries were reviewed into the state: read it again
-                raise
+                except BlockRefused:
+                    self._store(pending, member)
+                    self._load()   # the refused block's entries were reviewed into the state: read it again
+                    raise
+                pending.append(block)
+                self._follow(block)
             self._store(pending, member)
             return None
 
@@ -184,16 +207,33 @@ class ObserverReplica:
             self._db.execute("COMMIT")
             blocks.clear()
 
-    def _signature_problem(self, block: Block, member: str) -> str | None:
-        """Why ``block`` is not signed by exactly the genesis members (its own, at height 0), or None."""
+    def _genesis_members(self, block: Block, member: str) -> dict[str, bytes]:
+        """The members a genesis ``block`` names, if it is one of this replica's job, served by one of them."""
         try:
-            members = genesis_members(block) if block.height == 0 else self.members
+            members = genesis_members(block)
+            job_id = decode_entry(block.entries[0]).get("job_id")
         except LedgerError as error:
             raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
+        if job_id != self.job_id:
+            raise self._refuse(block, member, f"its genesis is of job {job_id!r}, not of job {self.job_id}")
+        if member not in members:
+            raise self._refuse(block, member, f"its genesis does not name {member!r} as a member; "
+                                              "a chain is read only from its own members")
+        return members
+
+    def _signature_problem(self, block: Block, member: str) -> str | None:
+        """Why ``block`` is not signed by exactly the members of the genesis held (of its own, if none is), or None."""
+        members = self.members if self.head is not None else self._genesis_members(block, member)
         bad = signature_problems([(block.height, block.hash(), block.signatures, members)])
         return bad[0][1] if bad else None
 
+    def _refuse_strangers(self, block: Block, member: str) -> None:
+        """Refuse any block from a member the genesis held does not name: a chain is read only from its members."""
+        if self.head is not None and member not in self.members:
+            raise self._refuse(block, member, f"{member!r} is not a member in the genesis of the chain held")
+
     def _check(self, block: Block, member: str) -> None:
+        self._refuse_strangers(block, member)
         try:
             check_link(block, self.head)
         except LedgerError as error:
@@ -218,16 +258,22 @@ class ObserverReplica:
             self.state.add(entry)
 
     def _compare(self, block: Block, member: str) -> Equivocation | None:
+        """A block at a height held: no news, refused, or (signed by exactly the held genesis' members) an alarm."""
+        self._refuse_strangers(block, member)
         held = next(self.store.blocks(block.height, block.height + 1))
         if held.hash() == block.hash() and merkle.root(block.entries) == block.merkle_root:
             return None   # no news
         if merkle.root(block.entries) != block.merkle_root:
             raise self._refuse(block, member, "it differs from the block held at this height, and its Merkle root "
                                               "does not match its entries")
+        row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
+        if block.height == 0 and self._genesis_of(block) != (self.job_id, self.members):
+            raise self._refuse(block, member, f"another chain: its genesis names another job, or other members or keys, "
+                                              f"than the genesis held, served by {row[0] if row else ''!r} (no "
+                                              "equivocation: the members of the chain held did not sign it)")
         problem = self._signature_problem(block, member)
         if problem:
             raise self._refuse(block, member, f"it differs from the block held at this height, and {problem}")
-        row = self._db.execute("SELECT member FROM observed WHERE height = ?", (block.height,)).fetchone()
         alarm = Equivocation(self.job_id, self.chain, block.height, held.hash(), row[0] if row else "", block.hash(),
                              member)
         self._db.execute("INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -235,6 +281,14 @@ class ObserverReplica:
                           _evidence(block)))
         log.error("%s", alarm.line())
         return alarm
+
+    @staticmethod
+    def _genesis_of(block: Block) -> tuple[object, dict[str, bytes]] | None:
+        """The job id and members a genesis names (None: it is no readable genesis)."""
+        try:
+            return decode_entry(block.entries[0]).get("job_id"), genesis_members(block)
+        except LedgerError:
+            return None
 
     def alarms(self) -> list[Equivocation]:
         with self._lock:

@@ -2,8 +2,9 @@
 
 The observer serves nothing of the chains (members serve them); its port answers `fedscore status` (the
 Observer service: its chains, their heads, what each member reported and every alarm) and the gRPC health
-check, to any member of the consortium. It dials the members with its own certificate, which each member's
-config must name in `observers` for it to be let in.
+check, to any member of the consortium; a member sees only the chains (and their alarms) whose genesis names
+it, the observer's own certificate (its operator's) sees them all. It dials the members with its own
+certificate, which each member's config must name in `observers` for it to be let in.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from fedscore.errors import ConfigError
 from fedscore.files import write_atomically
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport.rpc import channel_options, limit_client_messages, servicer_errors
-from fedscore.transport.tls import INSECURE_WARNING
+from fedscore.transport.tls import INSECURE_WARNING, caller_name
 
 
 class ObserverServicer(pb_grpc.ObserverServicer):
@@ -35,7 +36,7 @@ class ObserverServicer(pb_grpc.ObserverServicer):
 
     @servicer_errors("label")
     def Status(self, request, context):
-        return self.follower.status()
+        return self.follower.status(caller_name(context))
 
 
 def serve_observer(config: ObserverConfig, ready_file: Path | None = None, insecure: bool = False,
