@@ -338,7 +338,7 @@ def test_a_combination_the_command_would_refuse_exits_2_before_any_work(tmp_path
 def _ledger_for_examples(folder: Path) -> None:
     """What the audit examples read: a finished job's replica at the examples' path, and a proof from it."""
     from test_ledger import build_chain
-    from fedscore.cli.app import LEDGER
+    from fedscore.cli.examples import LEDGER
     from fedscore.cli.audit import prove_entry
 
     members, _ = build_chain(folder / "built")
