@@ -32,26 +32,11 @@ from fedscore.monitoring.review import review
 from fedscore.monitoring.scoring_log import LOG_FOLDER, OwnBuckets, PartnerReply, ScoringLog, read_log
 from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy, decision, points, probability
 
-from common import ROOT, parse_with_smoke
+from common import ROOT, parse_with_smoke, two_party_job
 from figures import Figure, print_figures
 
 FEATURES = ["LIMIT_BAL", "EDUCATION", "F3", "F4", "F5"]
 PARTNERS = ("bureau", "ecommerce")
-JOB = """\
-[job]
-name = "bench-monitor"
-
-[[parties]]
-name = "card_center"
-data = "card_center.csv"
-id = "id"
-label = "y"
-
-[[parties]]
-name = "bureau"
-data = "bureau.csv"
-id = "id"
-"""
 DAY_MS = 86_400_000
 START_MS = 1_767_225_600_000   # 2026-01-01 00:00 UTC
 
@@ -75,7 +60,7 @@ def card_center_folder(folder: Path, rng: np.random.Generator) -> tuple[Path, Pa
                 for j, f in enumerate(binner.features)}
     log_odds = -1.3 + binner.contributions(weights, [training[:, j] for j in range(len(FEATURES))]).sum(axis=1)
     write_baseline(model_dir, training_baseline("bench", log_odds, features, {p: 0.8 for p in PARTNERS}))
-    (folder / "job.toml").write_text(JOB)
+    (folder / "job.toml").write_text(two_party_job("bench-monitor", key_bits=2048))   # never trained: the monitor reads its name
     return model_dir, model
 
 
