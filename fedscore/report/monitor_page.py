@@ -11,7 +11,7 @@ import numpy as np
 
 from fedscore.model.validation import DECISIONS
 from fedscore.report.html_parts import _image, _page, _table, _text
-from fedscore.report.plots import BADS, FEDERATED, GOODS, PARTNERS, _figure, _png
+from fedscore.report.plots import BADS, FEDERATED, GOODS, PARTNERS, _figure, _png, decile_bars
 
 DECISION_COLOURS = {"approve": GOODS, "review": "#e39b2d", "decline": BADS}
 
@@ -27,16 +27,11 @@ def _ticks(axes, positions: np.ndarray, labels: list[str]) -> None:
 
 
 def score_distribution_plot(bins: dict) -> bytes:
-    training, scored = np.asarray(bins["training"]), np.asarray(bins["scored"] or np.zeros(len(bins["training"])))
-    positions = np.arange(len(training))
-    figure, axes = _figure(height=3.4)
-    axes.bar(positions - 0.2, 100 * training, 0.4, color=FEDERATED, label="training population")
-    axes.bar(positions + 0.2, 100 * scored, 0.4, color="#e39b2d", label="scored applicants")
-    axes.set_xticks(positions, [str(i + 1) for i in positions])
-    axes.set(xlabel="decile bin of the training scores (P(default)), lowest risk first", ylabel="% of applicants",
-             title="Score distribution: scored applicants against training", ylim=(0, 135 * max(training.max(), scored.max(), 0.01)))
-    axes.legend(loc="upper left", ncol=2)
-    return _png(figure)
+    training = np.asarray(bins["training"])
+    scored = np.asarray(bins["scored"] or np.zeros(len(training)))
+    return decile_bars(training, scored, ("training population", "scored applicants"),
+                       "decile bin of the training scores (P(default)), lowest risk first", "% of applicants",
+                       "Score distribution: scored applicants against training", height=3.4)
 
 
 def psi_plot(periods: list[dict], thresholds: dict) -> bytes:

@@ -95,18 +95,24 @@ def score_distribution(histogram: dict, rows: str) -> bytes:
     return _png(figure)
 
 
-def stability(psi: dict) -> bytes:
-    training, held_out = np.asarray(psi["training"]), np.asarray(psi["held_out"])
-    positions = np.arange(len(training))
-    figure, axes = _figure(height=3.2)
-    axes.bar(positions - 0.2, 100 * training, 0.4, color=FEDERATED, label="training rows")
-    axes.bar(positions + 0.2, 100 * held_out, 0.4, color="#e39b2d", label="held-out rows")
+def decile_bars(expected: np.ndarray, actual: np.ndarray, names: tuple[str, str], xlabel: str, ylabel: str,
+                title: str, height: float = 3.2) -> bytes:
+    """Two populations' shares side by side over the training scores' bins: what a PSI compares."""
+    positions = np.arange(len(expected))
+    figure, axes = _figure(height=height)
+    axes.bar(positions - 0.2, 100 * expected, 0.4, color=FEDERATED, label=names[0])
+    axes.bar(positions + 0.2, 100 * actual, 0.4, color="#e39b2d", label=names[1])
     axes.set_xticks(positions, [str(i + 1) for i in positions])
-    axes.set(xlabel="bin of the training scores, lowest risk first", ylabel="% of rows",
-             title=f"Stability, training vs held-out rows: PSI {psi['total']:.4f}",
-             ylim=(0, 135 * max(training.max(), held_out.max())))   # room for the legend above the bars
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title,
+             ylim=(0, 135 * max(expected.max(), actual.max(), 0.01)))   # room for the legend above the bars
     axes.legend(loc="upper left", ncol=2)
     return _png(figure)
+
+
+def stability(psi: dict) -> bytes:
+    return decile_bars(np.asarray(psi["training"]), np.asarray(psi["held_out"]), ("training rows", "held-out rows"),
+                       "bin of the training scores, lowest risk first", "% of rows",
+                       f"Stability, training vs held-out rows: PSI {psi['total']:.4f}")
 
 
 def weights(names: list[str], values: list[float], title: str, spreads: bool = False) -> bytes:
