@@ -178,13 +178,7 @@ class CardCenterScorer:
             request_id, now_ms(), self.secrets.salted_applicant(applicant_id),
             self.secrets.seal_consent(token.to_text()), token.digest(), marks,
         )
-
-        def remember() -> None:
-            with self._lock:
-                self.facts.answered[request_id] = entry_digest(entry)
-                self.pending.append(entry)
-
-        self.journal.append(entry, before=remember)
+        self._journal(entry)
         if self.scoring_log is not None:
             self.scoring_log.record(request_id, result, values, replies)
         return Scored(request_id, result, scores)
@@ -192,10 +186,15 @@ class CardCenterScorer:
     def record_verification(self, entry: dict) -> None:
         """Journal a `verification` entry (fedscore.protocol.scoring.verification) before it is acknowledged;
         the batcher puts it on the chain with the scoring entries."""
+        self._journal(entry)
+
+    def _journal(self, entry: dict) -> None:
+        """An entry this card center made, on disk before it is answered for, then pending for the chain and
+        known as its own (it signs only entries it made)."""
 
         def remember() -> None:
             with self._lock:
-                self.facts.answered[entry["verification_id"]] = entry_digest(entry)
+                self.facts.answered[entry_id(entry)] = entry_digest(entry)
                 self.pending.append(entry)
 
         self.journal.append(entry, before=remember)
