@@ -213,7 +213,7 @@ def check_party_rows(
             raise DataError(f"{where}: label column {label!r} holds only {int(labels[0])}s; both classes are needed")
 
     names = [str(c) for c in features.columns]
-    if not names:
+    if not names and label is None:   # a card center may bring labels only (an audience model: fedscore.protocol.audience)
         raise DataError(f"{where}: no feature columns besides the id and label columns")
     text: dict[str, np.ndarray] = {}
     if lenient:

@@ -194,9 +194,7 @@ class CardCenterSession(PartySession):
             "auc": metrics.auc(labels[train], scores[train]),
             "ks": metrics.ks(labels[train], scores[train]),
         }
-        own = self.matrix[:, :-1]  # without the intercept column
-        local = LogisticRegression(max_iter=1000).fit(own[train], labels[train])
-        local_scores = local.decision_function(own)
+        local_scores = self.own_model_scores(train)
         result["local_only_auc"] = metrics.auc(labels[train], local_scores[train])
         result["local_only_ks"] = metrics.ks(labels[train], local_scores[train])
         held_out = len(test) > 0 and len(set(labels[test].tolist())) == 2
@@ -209,6 +207,15 @@ class CardCenterSession(PartySession):
         result.update(self.validation(scores, test if held_out else train))
         result["curves"]["points_histogram"] = result.pop("points_histogram")
         return result
+
+    def own_model_scores(self, train: np.ndarray) -> np.ndarray:
+        """The baseline "card center alone": a plaintext logistic regression on its own columns; with none (it
+        brings labels only, as for an audience model) the base rate's log-odds, the same for every row."""
+        own = self.matrix[:, :-1]  # without the intercept column
+        if own.shape[1] == 0:
+            rate = float(np.clip(self.labels[train].mean(), 1e-6, 1 - 1e-6))
+            return np.full(len(self.labels), np.log(rate / (1 - rate)))
+        return LogisticRegression(max_iter=1000).fit(own[train], self.labels[train]).decision_function(own)
 
     def validation(self, scores: np.ndarray, rows: np.ndarray) -> dict:
         """What a bank's model validation reads, on ``rows`` (the held-out rows when there are any): the

@@ -49,7 +49,7 @@ def encode_table(
     columns = table.columns(features)
     scaler: Standardiser | None = None
     binner: Binner | None = None
-    if binning.enabled:
+    if binning.enabled and features:
         labels = None if table.labels is None else table.labels[train]
         binner = fit_binner([c[train] for c in columns], features, binning, labels)
         for feature, why in binner.dropped:

@@ -23,4 +23,6 @@ def secret_start(train_matrix: np.ndarray, logits: float = START_LOGITS,
     rng = rng or np.random.default_rng()
     start = rng.standard_normal(train_matrix.shape[1])
     spread = float(np.std(train_matrix @ start)) if len(train_matrix) else 0.0
-    return start * (logits / spread) if spread > 0 else start * logits
+    # an intercept alone (a card center bringing labels only) gives the same score to every row: its spread is
+    # rounding error, not a scale to divide by
+    return start * (logits / spread) if spread > 1e-9 else start * logits
