@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.cli.audit import HEAD_PREFIX_DIGITS
+from fedscore.cli.demo_audience import write_audience
 from fedscore.errors import ConfigError
 from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
@@ -210,7 +211,8 @@ def write_applicants(path: Path, data: pd.DataFrame, positions: list[int], issue
 
 
 def write_demo(folder: Path, epochs: int = 30, key_bits: int = 2048, rows: int | None = None, applicants: int = 10) -> Path:
-    """Write each party's CSV, the new applicants and the job file into ``folder``; returns the job file."""
+    """Write each party's CSV, the new applicants and the job file into ``folder``, and beside them the audience
+    model's files (fedscore.cli.demo_audience); returns the main job file."""
     folder.mkdir(parents=True, exist_ok=True)
     data = bundled_data()
     if rows is not None:
@@ -227,6 +229,7 @@ def write_demo(folder: Path, epochs: int = 30, key_bits: int = 2048, rows: int |
     job = folder / "job.toml"
     job.write_text(JOB.format(epochs=epochs, key_bits=key_bits, issuer=bytes(issuer.verify_key).hex(),
                               verifier_name=DEMO_VERIFIER, verifier=bytes(verifier_key().verify_key).hex()))
+    write_audience(folder, data, held, job.read_text(), key_bits, SPLIT, ID, LABEL, BUNDLED_ROWS)   # the audience model's job
     return job
 
 

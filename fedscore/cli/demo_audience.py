@@ -1,0 +1,118 @@
+"""The demo's marketing-audience files: a model the e-commerce partner can run alone, and its whole user base.
+
+Beside the main job, `fedscore demo` writes what an audience campaign needs (fedscore.protocol.audience):
+
+- ``card_center_labels.csv``: the card center's ids and labels only. Trained with it, the model's features
+  are all the partner's, so the partner can score any of its users without the card center.
+- ``ecommerce_users.csv``: every user the e-commerce partner holds — the card center's customers it shares
+  and the ~2 500 the card center never saw — with the partner's columns and a ``preference`` segment
+  (shopping, sport, music, travel), the column the partner exposes to audience queries. It is not a
+  feature: the audience job trains on ``ecommerce.csv``, the same users without it.
+- ``audience-job.toml``: the two-party job, with the main job's binning and key size.
+
+Preferences are drawn from a seeded generator, once per bundled applicant, so a user keeps the same one
+whatever ``--rows`` the demo is given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+AUDIENCE_JOB_FILE = "audience-job.toml"
+LABELS_FILE = "card_center_labels.csv"
+USERS_FILE = "ecommerce_users.csv"
+SEGMENT = "preference"
+PREFERENCES = ("shopping", "sport", "music", "travel")
+PREFERENCE_SHARES = (0.40, 0.25, 0.20, 0.15)
+PREFERENCE_SEED = 618
+AUDIENCE_EPOCHS = 20
+
+# What an audience campaign costs the card center, in fen (fedscore.ledger.settlement.FeeContract once it reads
+# them): per query answered, per audience member of a campaign (the query's noisy total), per conversion.
+AUDIENCE_FEES = {"per_query": 2000, "per_audience_member": 5, "per_conversion": 3000}
+# False until the job file's [fees] accepts the keys above: they are written commented out meanwhile.
+AUDIENCE_FEES_IN_JOB_FILE = False
+
+AUDIENCE_JOB = """\
+# The audience model: the card center brings its labels only, the e-commerce partner every feature, so the
+# partner can score any of its users alone (its whole user base: ecommerce_users.csv, with the segment column).
+[job]
+name = "ecommerce-audience"
+epochs = {epochs}
+batch_size = 0          # every step over every training row: with no card-center columns, steps over changing
+                        # subsets of rows would let the partner solve its gradients for the labels
+learning_rate = 1.0
+momentum = 0.8
+l2 = 0.0
+validation = 0.3
+seed = 42
+key_bits = {key_bits}
+
+{binning}
+[fees]                  # what the card center pays the partner, in fen, settled on the audit chain
+currency = "CNY"
+per_step = 500          # per training step
+per_overlap_row = 1     # per applicant the card center shares with the partner
+{audience_fees}
+[scoring]               # the scorecard an audience query's --min-points is in: 600 points at odds 1:1, 20 to double
+offset = 600
+pdo = 20
+
+[coordinator]
+address = "127.0.0.1:50060"     # used without --local
+
+[[parties]]
+name = "card_center"
+data = "{labels}"
+id = "id"
+label = "y"
+address = "127.0.0.1:50061"
+
+[[parties]]
+name = "ecommerce"
+data = "ecommerce.csv"
+id = "id"
+address = "127.0.0.1:50063"
+"""
+
+FEE_WORDING = {"per_query": "per audience query answered", "per_audience_member": "per member of a campaign's audience",
+               "per_conversion": "per application arriving with a campaign's id"}
+
+
+def audience_fee_lines(in_job_file: bool = AUDIENCE_FEES_IN_JOB_FILE) -> str:
+    """The audience fees as [fees] lines; commented out while the job file does not read them."""
+    mark = "" if in_job_file else "# "
+    return "".join(f"{mark}{name} = {value}  # {FEE_WORDING[name]}\n" for name, value in AUDIENCE_FEES.items())
+
+
+def binning_table(job_text: str) -> str:
+    """The main job's [binning] table, as written in its job file, so both models cut columns alike."""
+    lines = job_text[job_text.index("\n[binning]") + 1:].splitlines(keepends=True)
+    end = next((i for i, line in enumerate(lines) if line.startswith("[") and not line.startswith("[binning")), len(lines))
+    return "".join(lines[:end]).rstrip("\n") + "\n"
+
+
+def preferences(positions: np.ndarray, total: int, seed: int = PREFERENCE_SEED) -> np.ndarray:
+    """Each user's preference segment: one draw per bundled applicant (``total``), read at ``positions``."""
+    draws = np.random.default_rng(seed).choice(len(PREFERENCES), size=total, p=PREFERENCE_SHARES)
+    return np.asarray(PREFERENCES, dtype=object)[draws[positions]]
+
+
+def write_audience(folder: Path, data: pd.DataFrame, held: dict[str, np.ndarray], job_text: str, key_bits: int,
+                   columns: dict[str, list[str]], id_column: str, label: str, total: int,
+                   epochs: int = AUDIENCE_EPOCHS) -> Path:
+    """Write the card center's labels, the partner's user base with its segment and the audience job into
+    ``folder`` (beside the main job's files: the job trains on the partner's ecommerce.csv); returns the job file.
+    ``columns``: each party's feature columns; ``total``: applicants in the bundled data (for the segments)."""
+    center = data.iloc[held["card_center"]]
+    labels = pd.DataFrame({"id": center[id_column].to_numpy(), "y": center[label].to_numpy()})
+    labels.sample(frac=1.0, random_state=11).to_csv(folder / LABELS_FILE, index=False)
+    users = data.iloc[held["ecommerce"]][[id_column, *columns["ecommerce"]]].rename(columns={id_column: "id"})
+    users[SEGMENT] = preferences(held["ecommerce"], total)
+    users.sample(frac=1.0, random_state=13).to_csv(folder / USERS_FILE, index=False)
+    job = folder / AUDIENCE_JOB_FILE
+    job.write_text(AUDIENCE_JOB.format(epochs=epochs, key_bits=key_bits, binning=binning_table(job_text),
+                                       audience_fees=audience_fee_lines(), labels=LABELS_FILE))
+    return job
