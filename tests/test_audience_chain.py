@@ -61,8 +61,9 @@ class Chain:
     @staticmethod
     def _member(folder: Path, name: str, policy: dict) -> LedgerMember:
         members = {n: {"role": ROLES[n], "key": bytes(k.verify_key).hex()} for n, k in KEYS.items()}
+        policy = {**policy, "segments": tuple(policy["segments"])}   # as a frozen policy's to_dict may give them
         facts = AudienceFacts(name, ROLES[name], audience_chain_id("bank", "shop"), "bank", "shop", members, FEES,
-                              dict(policy))
+                              policy)
         return LedgerMember(name, KEYS[name], folder / name / "audience.sqlite", AudienceRules(facts))
 
     def start(self) -> "Chain":

@@ -87,38 +87,38 @@ class AudienceFacts:
 
 # -- entries ----------------------------------------------------------------------------------------
 
-def _canonical(entry: dict) -> dict:
+def canonical(entry: dict) -> dict:
     """The entry exactly as every member reads it back from a block (tuples become lists)."""
     return decode_entry(encode_entry(entry))
 
 
 def audience_start_entry(facts: AudienceFacts) -> dict:
-    return _canonical({
+    return canonical({
         "kind": "audience_start", "chain_id": facts.chain_id, "card_center": facts.card_center,
         "partner": facts.partner, "members": facts.members, "fees": facts.fees, "policy": facts.policy,
     })
 
 
 def audience_model_entry(job_id: str, training_head: str, part_digest: str, model_digest: str, time_ms: int) -> dict:
-    return {"kind": "audience_model", "job_id": job_id, "training_head": training_head, "part_digest": part_digest,
-            "model_digest": model_digest, "time_ms": time_ms}
+    return canonical({"kind": "audience_model", "job_id": job_id, "training_head": training_head,
+                       "part_digest": part_digest, "model_digest": model_digest, "time_ms": time_ms})
 
 
 def audience_query_entry(query: dict, answer_digest: str, spent: float, time_ms: int) -> dict:
     """``query``: AudienceQuery.to_dict() (or anything with to_dict); its ε is repeated at the top level."""
     query = query.to_dict() if hasattr(query, "to_dict") else query
-    return _canonical({"kind": "audience_query", "query": query, "answer_digest": answer_digest,
+    return canonical({"kind": "audience_query", "query": query, "answer_digest": answer_digest,
                        "epsilon": query["epsilon"], "spent": spent, "time_ms": time_ms})
 
 
 def campaign_entry(campaign_id: str, query_id: str, members: int, time_ms: int) -> dict:
-    return {"kind": "campaign", "campaign_id": campaign_id, "query_id": query_id, "members": members,
-            "time_ms": time_ms}
+    return canonical({"kind": "campaign", "campaign_id": campaign_id, "query_id": query_id, "members": members,
+                       "time_ms": time_ms})
 
 
 def conversion_entry(conversion_id: str, campaign_id: str, applicant: str, time_ms: int) -> dict:
-    return {"kind": "conversion", "conversion_id": conversion_id, "campaign_id": campaign_id, "applicant": applicant,
-            "time_ms": time_ms}
+    return canonical({"kind": "conversion", "conversion_id": conversion_id, "campaign_id": campaign_id,
+                       "applicant": applicant, "time_ms": time_ms})
 
 
 # -- shapes -----------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from fedscore.errors import ConfigError
 from fedscore.ledger import settlement
 from fedscore.ledger.audience_entries import (   # the entries' public names, used here and re-exported
     KEYS, AudienceFacts, audience_chain_id, audience_model_entry, audience_query_entry, audience_start_entry,
-    campaign_entry, conversion_entry, entry_digest, entry_id, entry_problem, new_conversion_id, policy_problem,
+    campaign_entry, canonical, conversion_entry, entry_digest, entry_id, entry_problem, new_conversion_id,
+    policy_problem,
 )
 from fedscore.ledger.scoring_rules import Layered
 
@@ -136,18 +137,18 @@ def _start(entry: dict, facts: AudienceFacts) -> str | None:
     roles = {name: info.get("role") for name, info in members.items()} if isinstance(members, dict) else {}
     if roles != {facts.card_center: "card_center", facts.partner: "partner"}:
         return "the members must be exactly the card center and the partner, in those roles"
-    if members != facts.members:
+    if members != canonical(facts.members):
         return "the members are not those this member agreed (names, roles and keys)"
     try:
         settlement.FeeContract.from_dict(entry["fees"])
     except (ConfigError, TypeError) as error:
         return f"the fee contract is not one: {error}"
-    if entry["fees"] != facts.fees:
+    if entry["fees"] != canonical(facts.fees):
         return "the fee contract is not the agreed one"
     problem = policy_problem(entry["policy"])
     if problem:
         return problem
-    if entry["policy"] != facts.policy:
+    if entry["policy"] != canonical(facts.policy):   # a tuple of segments is a list in the entry
         return "the audience policy is not the partner's"
     return None
 
