@@ -348,3 +348,30 @@ def test_the_job_file_fees_carry_the_audience_prices_onto_the_wire(tmp_path):
             FeeContract.from_dict({"per_conversion": bad})
     with pytest.raises(ConfigError, match="unknown setting 'per_click'"):
         FeeContract.from_dict({"per_click": 1})
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda e: {**e, "note": "x"}, "an audience_query entry with fields other than the protocol's"),
+    (lambda e: {**e, "query": {**e["query"], "query_id": "q123"}}, "query id 'q123' is not one fedscore issues"),
+    (lambda e: {**e, "query": {**e["query"], "min_points": float("nan")}}, "min_points and epsilon must be numbers"),
+    (lambda e: {**e, "query": {**e["query"], "unseen_only": "yes"}}, "unseen_only must be true or false"),
+    (lambda e: {**e, "query": {**e["query"], "segments": ["category", "category"]}}, "a list of distinct column names"),
+    (lambda e: {**e, "query": {**e["query"], "user_ids": ["u1"]}}, "its query must hold exactly"),
+    (lambda e: {**e, "epsilon": 0.1}, "its epsilon is not the query's"),
+    (lambda e: {**e, "time_ms": True}, "its time is not a positive integer of milliseconds"),
+    (lambda e: {**e, "answer_digest": "AB" * 32}, "the answer digest must be SHA-256 hex"),
+])
+def test_malformed_query_entries_are_refused(chain, change, reason):
+    chain.record(chain.model())
+    chain.refused_by_shop([change(chain.query())], reason)
+
+
+def test_malformed_models_campaigns_and_conversions_are_refused(chain):
+    chain.refused_by_shop([{**chain.model(), "job_id": "no id"}], "job id 'no id' is not one fedscore issues")
+    query = chain.query()
+    chain.record(chain.model(), query)
+    chain.refused_by_shop([{**chain.campaign(query), "members": -1}], "the members billed must be a whole")
+    campaign = chain.campaign(query)
+    chain.record(campaign)
+    chain.refused_by_shop([{**conversion(campaign), "applicant": "alice"}], "the applicant must be a salted SHA-256")
+    chain.refused_by_shop([conversion(campaign, "v" + "0" * 31)], "its conversion id or campaign id is not one")
