@@ -13,8 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedscore.crypto.paillier import generate_keypair
-from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError, DeniedError, ProtocolError
 from fedscore.job_file import load_job
 from fedscore.model.model_file import PartyModel
@@ -27,13 +25,13 @@ from fedscore.protocol.audience.policy import AudiencePolicy
 from fedscore.protocol.audience.query import (
     CAMPAIGN_ID, QUERY_ID, AudienceAnswer, AudienceQuery, new_campaign_id, new_query_id,
 )
-from fedscore.protocol.audience.users import load_user_base
+from fedscore.protocol.audience.users import UserBase, load_user_base
 from fedscore.protocol.scoring import offline
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, points
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate
 
-from conftest import DATA, TEST_KEY_BITS, write_job
-from faults import attack
+from conftest import DATA, write_job
+from faults import attack, count
 
 SEGMENTS = ("interest", "region")
 POLICY = AudiencePolicy(segments=SEGMENTS, min_cell=10, budget=3.0, window_days=30, max_epsilon=1.0, max_segments=2)
@@ -42,25 +40,22 @@ NOW = 1_800_000_000_000
 
 # -- a real audience model: the card center brings only id and label ------------------------------------------
 
-def train(folder: Path, binning: dict | None) -> tuple[PartyModel, PartyModel]:
+def train(folder: Path, binning: dict | None, keypair, pool) -> tuple[PartyModel, PartyModel]:
     pd.read_csv(DATA / "breast_hetero_guest.csv")[["id", "y"]].to_csv(folder / "center.csv", index=False)
     (folder / "host.csv").write_bytes((DATA / "breast_hetero_host.csv").read_bytes())
     parties = [{"name": "center", "data": "center.csv", "id": "id", "label": "y"},
                {"name": "host", "data": "host.csv", "id": "id"}]
     spec, base = load_job(write_job(folder, parties, binning=binning, epochs=2, validation=0.2))
-    consortium = build_consortium(spec, load_tables(spec, base), CryptoPool(0, window_bits=8),
-                                  generate_keypair(TEST_KEY_BITS))
+    consortium = build_consortium(spec, load_tables(spec, base), pool, keypair)
     simulate(consortium)
     return consortium.card_center.model(), consortium.partners["host"].model()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, tuple[PartyModel, PartyModel]]:
-    found = {}
-    for kind, binning in (("binned", None), ("standardised", {"method": "none"})):
-        folder = tmp_path_factory.mktemp(kind)
-        found[kind] = train(folder, binning)
-    return found
+def trained(tmp_path_factory, keypair, inline_pool) -> dict[str, tuple[PartyModel, PartyModel]]:
+    """(card center's model, partner's model) of a binned and a standardised audience model."""
+    return {kind: train(tmp_path_factory.mktemp(kind), binning, keypair, inline_pool)
+            for kind, binning in (("binned", None), ("standardised", {"method": "none"}))}
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +181,7 @@ def test_a_stored_model_reads_back_to_the_same_digest_and_points(trained, users_
 
 def test_points_follow_the_hand_computed_scorecard():
     model = assemble(hand_model(), hand_part())
-    users = type("U", (), {})()
     values = np.array([[3.0, 2.0], [1.0, 10.0], [-7.0, 0.0]], dtype=object)
-    from fedscore.protocol.audience.users import UserBase
     users = UserBase(ids=np.array(["1", "2", "3"], dtype=object), features=values, segments={})
     u = -1.5 + 0.5 * (values[:, 0].astype(float) - 1) / 2 - 0.25 * (values[:, 1].astype(float) - 2) / 4
     expected = np.clip(600 - 20 * (0.9 * u + 0.1) / math.log(2), 300, 850)
@@ -209,7 +202,8 @@ def test_assemble_refuses_halves_of_different_models():
 def test_card_center_part_refuses_a_model_with_features_of_its_own(trained):
     center, host = trained["binned"]
     part = card_center_part(center, ScoringPolicy(offset=500, pdo=30), "host")
-    assert (part.card_center, part.partner, part.intercept, part.offset, part.pdo) == ("center", "host", center.intercept, 500, 30)
+    assert (part.card_center, part.partner, part.intercept) == ("center", "host", center.intercept)
+    assert (part.offset, part.pdo, part.min_score, part.max_score) == (500, 30, 300, 850)
     assert part.calibration == center.calibration and part.job_id == center.job_id
     with_features = dataclasses.replace(center, features=["x0"], mean=[0.0], scale=[1.0], weights=[0.1], bins=None)
     with pytest.raises(ProtocolError, match="features of its own.*could not evaluate it alone"):
@@ -237,6 +231,7 @@ def test_card_center_part_from_dict_refuses_malformed_fields():
         ({**good, "partner": "bank"}, "field 'partner'"),
         ([1, 2], "must be an object"),
     ]
+    count("malformed messages tried", len(cases))
     for document, message in cases:
         with pytest.raises(DataError, match=message):
             CardCenterPart.from_dict(document, "part")
@@ -276,6 +271,7 @@ def test_load_user_base_reads_ids_features_and_segments_in_id_order(tmp_path):
     ("id,a\n1,2\n", ["id"], r"u\.csv: the id column 'id' cannot be a segment column"),
 ])
 def test_load_user_base_names_the_file_column_and_line(tmp_path, text, segments, message):
+    count("bad files tried")
     (tmp_path / "u.csv").write_text(text)
     with pytest.raises(DataError, match=message) as refused:
         load_user_base(tmp_path / "u.csv", "id", ["a"], segments, "shop")
@@ -348,6 +344,7 @@ def test_audience_query_from_dict_refuses_malformed_fields():
         ({**good, "unseen_only": 1}, "field 'unseen_only'"),
         ("query", "must be an object"),
     ]
+    count("malformed messages tried", len(cases))
     for document, message in cases:
         with pytest.raises(DataError, match=message):
             AudienceQuery.from_dict(document, "query")
@@ -379,6 +376,7 @@ def test_audience_answer_from_dict_refuses_malformed_fields():
         ({**good, "spent": 0.1}, "field 'spent'"),
         ({**good, "window_days": 0}, "field 'window_days'"),
     ]
+    count("malformed messages tried", len(cases))
     for document, message in cases:
         with pytest.raises(DataError, match=message):
             AudienceAnswer.from_dict(document, "answer")
@@ -408,7 +406,7 @@ def test_differencing_refusal_on_arrays():
     one_more = now.copy()
     one_more[4] = 0
     assert "query qa" in differencing_refusal(now, [("qa", one_more)], 2)                   # one user apart
-    assert differencing_refusal(now, [("qa", one_more)], 1) is None                         # min_cell 1: a cell of one is shown
+    assert differencing_refusal(now, [("qa", one_more)], 1) is None                         # min_cell 1: cells of one shown
     far = np.array([-1, -1, -1, -1, 0, 0, 0, -1])   # cell 0: 4 users differ, cell 1: 3
     assert differencing_refusal(now, [("qa", now), ("qb", far)], 3) is None
     assert "query qb" in differencing_refusal(now, [("qa", now), ("qb", far)], 4)

@@ -34,7 +34,8 @@ def differencing_refusal(cells_now: np.ndarray, earlier: Iterable[tuple[str, np.
     for query_id, cells_then in earlier:
         cells_then = np.asarray(cells_then)
         if cells_then.shape != cells_now.shape:
-            raise ValueError(f"query {query_id}: its audience is over {cells_then.size} users, this one's over {cells_now.size}")
+            raise ValueError(f"query {query_id}: its audience is over {cells_then.size} users, "
+                             f"this one's over {cells_now.size}")
         differing = differing_per_cell(cells_now, cells_then)
         if np.any((differing > 0) & (differing < min_cell)):
             return (f"its audience differs from that of query {query_id} by fewer than {min_cell} users in a cell; "

@@ -25,7 +25,8 @@ MIN_EPSILON = 1e-6   # below this the noise (around 1/ε) would not fit a 64-bit
 
 
 def _check_epsilon(epsilon: float) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < MIN_EPSILON:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) \
+            or epsilon < MIN_EPSILON:
         raise ValueError(f"ε must be a number of at least {MIN_EPSILON}, got {epsilon!r}")
     return float(epsilon)
 

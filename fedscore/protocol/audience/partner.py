@@ -13,6 +13,13 @@ the answers no block holds yet), and the audience does not differ from an
 earlier one's by a few users (`differencing`). Only then are the users
 scored, counted per cell, noised and suppressed. Queries are answered one at
 a time, so each sees every earlier one.
+
+The cells of an answer are every combination of the segment values some user
+has (sorted), whether or not the audience reaches it: a cell left out would
+say its count is exactly 0. Only the segment values themselves (which the
+partner chose to expose) and the noisy counts leave the partner. Refusals are
+DeniedError (nothing was counted, nothing spent), except a model the partner
+does not hold (ProtocolError).
 """
 from __future__ import annotations
 
@@ -230,7 +237,8 @@ class AudiencePartner:
         with self._lock:
             answered = self._answers.get(query_id)
             if answered is None:
-                raise ProtocolError(f"party {self.party!r} never answered query {query_id}; a campaign needs an answered query")
+                raise ProtocolError(f"party {self.party!r} never answered query {query_id}; "
+                                    "a campaign needs an answered query")
             made = next((c for c in self._campaigns.values() if c.query_id == query_id), None)
             if made is not None:
                 raise ProtocolError(f"query {query_id} already has campaign {made.campaign_id}")
