@@ -27,4 +27,5 @@ partner; the card center learns the noisy counts and a campaign id.
 - `budget`: ε spent in a window, and when a query would exceed it
 - `differencing`: refusing queries that single out a few users
 - `partner`: the partner's steps and their on-disk record
+- `fields`: checking a document from a peer, field by field
 """

@@ -116,12 +116,13 @@ class AudiencePartner:
 
     def model(self, digest: str) -> AudienceModel:
         """The model with this digest; ProtocolError when this partner does not hold it."""
+        if not isinstance(digest, str) or not HEX64.fullmatch(digest):
+            raise ProtocolError(f"party {self.party!r} does not hold model {str(digest)[:70]!r}: not a model digest")
         with self._lock:
             if digest in self._models:
                 return self._models[digest]
-            missing = ProtocolError(f"party {self.party!r} does not hold model {digest if isinstance(digest, str) else '?'}")
-            if not isinstance(digest, str) or not HEX64.fullmatch(digest) or not self._model_path(digest).is_file():
-                raise missing
+            if not self._model_path(digest).is_file():
+                raise ProtocolError(f"party {self.party!r} does not hold model {digest}")
             try:
                 model = AudienceModel.from_json(self._model_path(digest).read_text(encoding="utf-8"))
             except (DataError, OSError) as error:
@@ -175,7 +176,7 @@ class AudiencePartner:
             answer = AudienceAnswer(
                 query_id=query.query_id, model=query.model, cells=cells, total=sum(c.count or 0 for c in cells),
                 min_cell=min_cell, epsilon=float(query.epsilon), noise_bound=noise_bound(query.epsilon),
-                spent=so_far + query.epsilon, budget=float(self.policy.budget), window_days=self.policy.window_days,
+                spent=math.fsum([chain_spent, self.pending_spent(now_ms), query.epsilon]), budget=float(self.policy.budget), window_days=self.policy.window_days,
             )
             record = {"event": "answer", "time_ms": int(now_ms), "query": query.to_dict(), "answer": answer.to_dict()}
             self._journal.append(record)
@@ -183,6 +184,8 @@ class AudiencePartner:
             return answer
 
     def _check_segments(self, query: AudienceQuery) -> None:
+        if len(set(query.segments)) != len(query.segments):
+            raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: it names a segment column twice")
         for column in query.segments:
             if column not in self.policy.segments:
                 exposed = ", ".join(self.policy.segments) or "none"
