@@ -235,7 +235,8 @@ class AudiencePartner:
     # -- campaigns ----------------------------------------------------------------------------
 
     def campaign(self, query_id: str, now_ms: int) -> Campaign:
-        """Write the audience of an answered query to a file of this partner's user ids; the card center gets the
+        """Write the audience of an answered query to a file of this partner's user ids (as its users file writes
+        them, in the order of their normalised ids); the card center gets the
         campaign id and the members billed (the answer's total, so billing reveals nothing new)."""
         with self._lock:
             answered = self._answers.get(query_id)
@@ -249,7 +250,7 @@ class AudiencePartner:
                 raise DeniedError(f"party {self.party!r}: every cell of query {query_id} was below the minimum cell size; "
                                   "there is no audience to run a campaign on")
             now = self._scored(self.model(answered.query.model), {})
-            ids = now.users.ids[_members(now, answered.query)]
+            ids = now.users.own_ids[_members(now, answered.query)]
             campaign_id = new_campaign_id()
             path = self.folder / "campaigns" / f"{campaign_id}.csv"
             write_atomically(path, _id_file(ids), 0o600)

@@ -29,6 +29,12 @@ class UserBase:
     ids: np.ndarray                   # normalised ids (fedscore.model.data.normalise_id), object array of str, sorted
     features: np.ndarray              # object matrix, raw values in the model's feature order (what partial_scores takes)
     segments: dict[str, np.ndarray]   # exposed segment columns, as text; an empty cell is "(missing)"
+    written: np.ndarray | None = None  # each id as the file writes it (stripped, case kept): what a campaign lists
+
+    @property
+    def own_ids(self) -> np.ndarray:
+        """The ids as the partner's own systems know them (the file's text), else the normalised ones."""
+        return self.ids if self.written is None else self.written
 
     @property
     def rows(self) -> int:
@@ -53,9 +59,11 @@ def load_user_base(path: Path, id_column: str, features: list[str], segments: li
     frame = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=[header.index(c) for c in [id_column, *segments]],
                         dtype=str, keep_default_na=False, skip_blank_lines=True)
     frame.columns = [str(c).strip() for c in frame.columns]
-    order = np.argsort(normalise_ids([frame[id_column].astype(str)]), kind="stable")   # the table's own order
+    given = frame[id_column].astype(str)
+    order = np.argsort(normalise_ids([given]), kind="stable")   # the table's own order
     columns = {}
     for name in segments:
         values = frame[name].astype(str).str.strip()
         columns[name] = values.where(values != "", MISSING_SEGMENT).to_numpy(dtype=object)[order]
-    return UserBase(ids=table.ids, features=matrix, segments=columns)
+    return UserBase(ids=table.ids, features=matrix, segments=columns,
+                    written=given.str.strip().to_numpy(dtype=object)[order])
