@@ -2,18 +2,14 @@
 preference segment, and a two-party job that trains the model the partner can run alone."""
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 
 import pandas as pd
 import pytest
 
 from fedscore.cli.demo import write_demo
-from fedscore.cli.demo_audience import (
-    AUDIENCE_FEES, AUDIENCE_FEES_IN_JOB_FILE, PREFERENCE_SHARES, PREFERENCES, audience_fee_lines,
-)
+from fedscore.cli.demo_audience import AUDIENCE_FEES, PREFERENCE_SHARES, PREFERENCES
 from fedscore.job_file import load_job
-from fedscore.ledger.settlement import FeeContract
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +59,7 @@ def test_the_audience_job_trains_the_labels_against_the_partners_columns(demo):
     assert tomllib.loads((demo / "audience-job.toml").read_text())["scoring"] == {"offset": 600, "pdo": 20}
 
 
-def test_the_audience_fees_are_in_the_job_file_as_soon_as_the_fee_contract_reads_them(demo):
-    text = (demo / "audience-job.toml").read_text()
-    reads_them = set(AUDIENCE_FEES) <= {f.name for f in dataclasses.fields(FeeContract)}
-    # when this fails, the contract has gained the keys: set AUDIENCE_FEES_IN_JOB_FILE = True
-    assert AUDIENCE_FEES_IN_JOB_FILE == reads_them
-    written = tomllib.loads(text)["fees"]
-    if reads_them:
-        assert {name: written[name] for name in AUDIENCE_FEES} == AUDIENCE_FEES
-    else:
-        assert all(f"# {name} = {value}" in text for name, value in AUDIENCE_FEES.items())
-        assert tomllib.loads(text.replace(audience_fee_lines(False), audience_fee_lines(True)))["fees"] == {
-            "currency": "CNY", "per_step": 500, "per_overlap_row": 1, **AUDIENCE_FEES}
+def test_the_audience_fees_are_in_the_job_files_contract(demo):
+    spec, _ = load_job(demo / "audience-job.toml")
+    assert {name: getattr(spec.fees, name) for name in AUDIENCE_FEES} == AUDIENCE_FEES
+    assert all(value > 0 for value in AUDIENCE_FEES.values())

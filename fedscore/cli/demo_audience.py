@@ -29,11 +29,9 @@ PREFERENCE_SHARES = (0.40, 0.25, 0.20, 0.15)
 PREFERENCE_SEED = 618
 AUDIENCE_EPOCHS = 20   # held-out AUC within 0.003 of 30 epochs' (plaintext descent on the demo data), two thirds the time
 
-# What an audience campaign costs the card center, in fen (fedscore.ledger.settlement.FeeContract once it reads
-# them): per query answered, per audience member of a campaign (the query's noisy total), per conversion.
+# What an audience campaign costs the card center, in fen (the job's [fees], fedscore.ledger.settlement.FeeContract):
+# per query answered, per audience member of a campaign (the query's noisy total), per conversion.
 AUDIENCE_FEES = {"per_query": 2000, "per_audience_member": 5, "per_conversion": 3000}
-# False until the job file's [fees] accepts the keys above: they are written commented out meanwhile.
-AUDIENCE_FEES_IN_JOB_FILE = False
 
 AUDIENCE_JOB = """\
 # The audience model: the card center brings its labels only, the e-commerce partner every feature, so the
@@ -81,10 +79,10 @@ FEE_WORDING = {"per_query": "per audience query answered", "per_audience_member"
                "per_conversion": "per application arriving with a campaign's id"}
 
 
-def audience_fee_lines(in_job_file: bool = AUDIENCE_FEES_IN_JOB_FILE) -> str:
-    """The audience fees as [fees] lines; commented out while the job file does not read them."""
-    mark = "" if in_job_file else "# "
-    return "".join(f"{mark}{name} = {value}  # {FEE_WORDING[name]}\n" for name, value in AUDIENCE_FEES.items())
+def audience_fee_lines() -> str:
+    """The audience fees as [fees] lines, each with what it is paid for."""
+    return "".join(f"{name} = {value}{' ' * (21 - len(name) - len(str(value)))}# {FEE_WORDING[name]}\n"
+                   for name, value in AUDIENCE_FEES.items())
 
 
 def binning_table(job_text: str) -> str:
