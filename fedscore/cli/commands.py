@@ -321,3 +321,10 @@ def cmd_verification(args: argparse.Namespace) -> int:
     from fedscore.cli.verification import verification_command
 
     return verification_command(args)
+
+
+def cmd_audience(args: argparse.Namespace) -> int:
+    """`fedscore audience handover|query|campaign|conversion|settle` (fedscore.cli.audience)."""
+    from fedscore.cli.audience import audience_command
+
+    return audience_command(args)
