@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fedscore.daemons.launcher import LocalConsortium
 
 AUDIENCE_JOB = "audience-job.toml"
+AUDIENCE_REPORT = "audience-report.json"
 PARTNER = "ecommerce"
 SEGMENT = "preference"
 USERS = "ecommerce_users.csv"
@@ -30,6 +31,20 @@ QUERIES = ((1.0, (SEGMENT,)), (1.0, ()), (0.5, (SEGMENT,)))   # (ε, segments): 
 def audience_settings() -> dict[str, dict]:
     """The demo consortium's [party.audience] tables: ecommerce answers audience queries."""
     return {PARTNER: dict(POLICY)}
+
+
+def audience_summary(report: dict) -> dict:
+    """What the demo keeps of the audience model's training report: its job, its validation figures, its time."""
+    keys = ("job_id", "aligned_rows", "test_rows", "test_auc", "test_ks", "mean_pd", "observed_default_rate", "brier",
+            "seconds")
+    return {key: report.get(key) for key in keys}
+
+
+def audience_model_line(report: dict) -> str:
+    return (f"audience model {report['job_id']} (card center's labels, ecommerce's columns only, on "
+            f"{report['aligned_rows']} shared customers): test AUC {report['test_auc']:.4f}, KS {report['test_ks']:.4f}; "
+            f"mean P(default) {report['mean_pd']:.4f} vs observed {report['observed_default_rate']:.4f}, Brier "
+            f"{report['brier']:.4f}  (training {report['seconds']:.0f} s)")
 
 
 def run_campaign(consortium: LocalConsortium, folder: Path, min_points: float, conversion_applicant: str) -> dict:
