@@ -6,13 +6,19 @@ Amounts are integers in minor units (fen). The card center pays each partner
 `settlement` closing the training chain); once the model serves,
 `per_request` for every scoring request the partner answered (numbered
 `scoring_settlement`s on the model's scoring chain, fedscore.ledger.scoring_rules).
+For marketing audiences, the card center pays its partner `per_query` for
+every audience query the partner answered, `per_audience_member` for every
+member of a campaign's audience the partner materialised, and
+`per_conversion` for every application that arrived with a campaign's id
+(numbered `audience_settlement`s on the pair's audience chain,
+fedscore.ledger.audience_rules).
 Anyone holding a replica can recompute a settlement from the chain alone,
 which is how every member checks it before countersigning or signing the
 block that records it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from nacl.exceptions import BadSignatureError
@@ -22,6 +28,7 @@ from fedscore.errors import ConfigError
 from fedscore.ledger.block import decode_entry, encode_entry
 
 if TYPE_CHECKING:
+    from fedscore.ledger.audience_rules import AudienceSeen
     from fedscore.ledger.scoring_rules import ScoringSeen
 
 SETTLEMENT_DOMAIN = b"fedscore-settlement/1\n"
@@ -33,19 +40,23 @@ class FeeContract:
     per_step: int = 0          # fen per training step, to each partner
     per_overlap_row: int = 0   # fen per applicant the card center shares with the partner
     per_request: int = 0       # fen per scoring request the partner contributed to
+    per_query: int = 0         # fen per audience query the partner answered
+    per_audience_member: int = 0   # fen per member of a campaign's audience the partner materialised
+    per_conversion: int = 0    # fen per application that arrived with a campaign's id
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, document: dict, where: str = "fees") -> "FeeContract":
-        unknown = set(document) - {"currency", "per_step", "per_overlap_row", "per_request"}
+        prices = [f.name for f in fields(cls) if f.name != "currency"]
+        unknown = set(document) - {"currency", *prices}
         if unknown:
             raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
         contract = cls(**document)
         if not isinstance(contract.currency, str) or not contract.currency:
             raise ConfigError(f"{where}: currency must be a name such as \"CNY\"")
-        for name in ("per_step", "per_overlap_row", "per_request"):
+        for name in prices:
             value = getattr(contract, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{where}: {name} must be a whole, non-negative number of minor units (fen)")
@@ -116,6 +127,42 @@ def scoring_settlement_problem(body: dict, genesis: dict, seen: ScoringSeen) -> 
     return None
 
 
+AUDIENCE_COUNTS = ("queries", "audience_members", "conversions")
+AUDIENCE_PRICES = {"queries": "per_query", "audience_members": "per_audience_member", "conversions": "per_conversion"}
+
+
+def audience_settlement_body(genesis: dict, seen: AudienceSeen) -> dict:
+    """The audience settlement of what the chain billed since the last one: per_query fen per query,
+    per_audience_member per member of a campaign's audience, per_conversion per conversion. One line:
+    the card center pays its one partner."""
+    contract = FeeContract.from_dict(genesis["fees"])
+    counts = {name: seen.unsettled[name] for name in AUDIENCE_COUNTS}
+    amount = sum(count * getattr(contract, AUDIENCE_PRICES[name]) for name, count in counts.items())
+    return {
+        "kind": "audience_settlement", "chain_id": genesis["chain_id"], "number": seen.settlements + 1,
+        "currency": contract.currency, "payer": genesis["card_center"],
+        "lines": [{"payee": genesis["partner"], **counts, "amount": amount}], "total": amount,
+    }
+
+
+def audience_settlement_problem(body: dict, genesis: dict, seen: AudienceSeen) -> str | None:
+    """Why this member cannot agree to the audience settlement ``body`` (None: it agrees). Both members can
+    recompute all of it from the chain and the contract."""
+    expected = audience_settlement_body(genesis, seen)
+    head = ("kind", "chain_id", "number", "currency", "payer")
+    if set(body) != set(expected) or {k: body.get(k) for k in head} != {k: expected[k] for k in head}:
+        return "the settlement's chain, number, currency or payer is not the chain's"
+    lines = body.get("lines")
+    if not isinstance(lines, list) or [l.get("payee") if isinstance(l, dict) else None for l in lines] != [genesis["partner"]]:
+        return f"the settlement must have one line, for the partner {genesis['partner']!r}"
+    if lines != expected["lines"]:
+        return (f"the settlement's line for {genesis['partner']!r} does not follow from the contract and the queries, "
+                "audience members and conversions since the last one")
+    if body.get("total") != expected["total"]:
+        return "the settlement's amounts do not add up"
+    return None
+
+
 # -- signatures ------------------------------------------------------------------------------------
 
 def settlement_message(body: dict) -> bytes:
@@ -178,6 +225,18 @@ def scoring_refusal(body: bytes, genesis: dict, seen: ScoringSeen) -> str | None
     return None
 
 
+def audience_refusal(body: bytes, genesis: dict, seen: AudienceSeen) -> str | None:
+    """Why a member will not countersign the audience settlement ``body`` (None: it will)."""
+    try:
+        document = decode_entry(body)
+        problem = audience_settlement_problem(document, genesis, seen) if isinstance(document, dict) else "not an object"
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        problem = f"it is not readable ({type(error).__name__})"
+    if problem or encode_entry(document) != body:
+        return f"refuses to sign the audience settlement: {problem or 'not canonical JSON'}"
+    return None
+
+
 def countersign(key: SigningKey, body: bytes) -> bytes:
     """A member's signature on a canonical settlement body it checked."""
     return key.sign(settlement_message(decode_entry(body))).signature
@@ -187,14 +246,14 @@ def countersign(key: SigningKey, body: bytes) -> bytes:
 
 def balances(entries: list[dict]) -> dict[str, dict[str, int]]:
     """{member: {"owes": fen, "owed": fen}} over every settlement on the chain: a job's training
-    settlement once per job, and each numbered scoring settlement once."""
+    settlement once per job, and each numbered scoring or audience settlement once."""
     result: dict[str, dict[str, int]] = {}
     settled: set[tuple] = set()
     for entry in entries:
         kind = entry.get("kind")
-        if kind not in ("settlement", "scoring_settlement"):
+        if kind not in ("settlement", "scoring_settlement", "audience_settlement"):
             continue
-        key = (kind, entry.get("job_id"), entry.get("number"))
+        key = (kind, entry.get("job_id"), entry.get("chain_id"), entry.get("number"))
         if key in settled:
             continue
         settled.add(key)

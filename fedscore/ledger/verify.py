@@ -18,7 +18,7 @@ from fedscore.ledger.block import GENESIS_PREVIOUS, Block, decode_entry, signatu
 from fedscore.plural import plural
 
 
-GENESIS_KINDS = ("job_start", "scoring_start")
+GENESIS_KINDS = ("job_start", "scoring_start", "audience_start")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ChainSummary:
 
 
 def genesis_members(block: Block) -> dict[str, bytes]:
-    """{member: Ed25519 public key} from the genesis block's first entry (a job's or a model's scoring start)."""
+    """{member: Ed25519 public key} from the genesis block's first entry (a job's, a model's scoring or a pair's audience start)."""
     try:
         start = decode_entry(block.entries[0])
         members = {name: bytes.fromhex(info["key"]) for name, info in start["members"].items()}
