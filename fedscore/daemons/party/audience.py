@@ -11,7 +11,6 @@ a query, its noisy counts, a campaign's id and billed count.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from fedscore.job import JobSpec, PartySpec, check_job_id
 from fedscore.job_file import ScoringSettings
 from fedscore.ledger.audience_rules import (
     AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
-    audience_start_entry, campaign_entry, conversion_entry,
+    audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id, new_conversion_id,
 )
-from fedscore.ledger.block import decode_entry, encode_entry
+from fedscore.ledger.block import decode_entry
 from fedscore.ledger.cosign import append_block, settlement_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
@@ -200,7 +199,9 @@ class AudienceHost:
             now = now_ms()
             spent = chain.member.rules.seen.spent(now, self.policy().window_days)
             answer = chain.answers.answer(query, spent, now)
-            chain.member.rules.facts.answered[query.query_id] = answer.digest()
+            facts = chain.member.rules.facts
+            facts.answered[query.query_id] = answer.digest()
+            facts.asked[query.query_id] = entry_digest(query.to_dict())
         log.info("audience query %s answered for %s: %d cells, ε %.3g (spent %.3g of %.3g)", query.query_id,
                  card_center, len(answer.cells), answer.epsilon, answer.spent, answer.budget)
         return answer.to_dict(), chain
@@ -214,6 +215,7 @@ class AudienceHost:
         with chain.lock:
             campaign = chain.answers.campaign(query_id, now_ms())
             chain.member.rules.facts.answered[campaign.campaign_id] = query_id
+            chain.member.rules.facts.billed[campaign.campaign_id] = campaign.members
         log.info("campaign %s of query %s: %d users in %s (kept here)", campaign.campaign_id, query_id,
                  campaign.members, campaign.audience_file.name)
         return {"campaign_id": campaign.campaign_id, "query_id": query_id, "members": campaign.members}, chain
@@ -249,7 +251,8 @@ class AudienceHost:
 
     def _append(self, chain: AudienceChain, entry: dict) -> None:
         """One entry this card center made, co-signed by the partner and committed at both."""
-        chain.member.rules.facts.sent[_entry_key(entry)] = encode_entry(entry)
+        if entry["kind"] != "audience_start":
+            chain.member.rules.facts.sent[entry_id(entry)] = entry_digest(entry)
         append_block(chain.member, {chain.partner: chain.peer}, [entry])
 
     def handover(self, spec: JobSpec, job_id: str, settings_json: str) -> tuple[dict, AudienceChain]:
@@ -300,9 +303,8 @@ class AudienceHost:
                 raise ProtocolError(f"partner {partner.name!r} answered another query than {query.query_id}")
             self._catch_up(chain, blocks)
             now = now_ms()
-            window = int(chain.member.rules.facts.policy["window_days"])
-            spent = chain.member.rules.seen.spent(now, window) + query.epsilon
-            self._append(chain, audience_query_entry(query.to_dict(), answer.digest(), query.epsilon, spent, now))
+            spent = chain.member.rules.query_spent(now, query.epsilon)
+            self._append(chain, audience_query_entry(query.to_dict(), answer.digest(), spent, now))
         return answer.to_dict(), chain
 
     def campaign(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
@@ -328,7 +330,7 @@ class AudienceHost:
         with chain.lock:
             if campaign_id not in chain.member.rules.seen.campaigns:
                 raise ProtocolError(f"campaign {campaign_id!r} is not on the audience chain with {partner.name!r}")
-            conversion_id = "k" + secrets.token_hex(16)[:31]
+            conversion_id = new_conversion_id()
             self._append(chain, conversion_entry(conversion_id, campaign_id, salted, now_ms()))
         return {"conversion_id": conversion_id, "campaign_id": campaign_id}, chain
 
@@ -341,11 +343,3 @@ class AudienceHost:
             append_block(chain.member, {partner.name: chain.peer}, [entry])
         return entry, chain
 
-
-def _entry_key(entry: dict) -> str:
-    """What the card center's rules know an entry it made by: its kind's id, or its kind."""
-    for key in ("query", "conversion_id", "campaign_id", "model_digest"):
-        if key in entry:
-            value = entry[key]
-            return value["query_id"] if key == "query" else value
-    return entry["kind"]
