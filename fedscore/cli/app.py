@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a segment column the partner exposes (repeat for two; none: one count)")
     query.add_argument("--epsilon", type=float, default=0.5,
                        help="the privacy cost of this query, spent from the budget (default: %(default)s)")
+    query.add_argument("--unseen-only", action="store_true",
+                       help="count only the partner's users the card center never saw (not aligned in the model's job)")
     campaign = acts.add("campaign", "start a campaign on an answered query; the audience stays at the partner")
     campaign.add_argument("--query", required=True, metavar="QUERY_ID", help="the answered query (`audience query` prints it)")
     conversion = acts.add("conversion", "record an application that arrived with a campaign id")

@@ -53,7 +53,8 @@ def audience_command(args: argparse.Namespace) -> int:
 
 
 def query_body(args: argparse.Namespace) -> dict:
-    return {"model": args.model, "min_points": args.min_points, "segments": list(args.segment), "epsilon": args.epsilon}
+    return {"model": args.model, "min_points": args.min_points, "segments": list(args.segment), "epsilon": args.epsilon,
+            "unseen_only": args.unseen_only}
 
 
 def chain_line(document: dict) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
+from fedscore.daemons.party.alignment import aligned_ids
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.job import JobSpec, PartySpec, check_job_id
@@ -119,8 +120,7 @@ class AudienceHost:
             chain.lock = threading.Lock()
             if role == "partner":
                 chain.answers = self._answers(card_center)
-                for digest in chain.answers.held_models():
-                    facts.models.add(digest)
+                facts.models.update(path.stem for path in (self.folder(card_center) / "models").glob("*.json"))
             self._chains[chain_id] = chain
             return chain
 
@@ -156,6 +156,8 @@ class AudienceHost:
         for chain in chains:
             if chain.peer is not None:
                 chain.peer.close()
+            if chain.answers is not None:
+                chain.answers.close()
             chain.member.close()
 
     # -- the partner's side ----------------------------------------------------------
@@ -167,7 +169,11 @@ class AudienceHost:
 
     def _answers(self, card_center: str) -> AudiencePartner:
         policy = self.policy()
-        return AudiencePartner(self.name, card_center, policy, self.folder(card_center), self._users)
+        return AudiencePartner(self.name, card_center, policy, self.folder(card_center), self._users, self._seen_ids)
+
+    def _seen_ids(self, model: AudienceModel) -> set[str]:
+        """The users this partner aligned with the card center in the model's job (kept at home at alignment)."""
+        return aligned_ids(self.scoring.jobs_dir() / model.part.job_id) or set()
 
     def _users(self, model: AudienceModel) -> UserBase:
         """This partner's whole user base, as the model reads it: the users file its audience policy names."""
@@ -195,6 +201,11 @@ class AudienceHost:
     def answer_query(self, card_center: str, body: dict) -> tuple[dict, AudienceChain]:
         chain = self._open(card_center, self.name)
         query = AudienceQuery.from_dict(body, f"{self.label}: the audience query")
+        if query.unseen_only:
+            job_id = chain.answers.model(query.model).part.job_id
+            if aligned_ids(self.scoring.jobs_dir() / job_id) is None:
+                raise ProtocolError(f"{self.label} kept no record of the users it aligned in job {job_id!r}, so it "
+                                    "cannot leave them out (unseen_only); ask without it")
         with chain.lock:
             now = now_ms()
             spent = chain.member.rules.seen.spent(now, self.policy().window_days)
