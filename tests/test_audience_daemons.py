@@ -109,9 +109,10 @@ def campaign(tmp_path_factory):
                 except FedscoreError as error:
                     done["refusals"][name] = str(error)
 
-            def query(min_points: float, segments: list[str], epsilon: float, model: str = handed["model"]):
+            def query(min_points: float, segments: list[str], epsilon: float, model: str = handed["model"],
+                      unseen_only: bool = False):
                 return lambda: client.query(watched, {"model": model, "min_points": min_points, "segments": segments,
-                                                      "epsilon": epsilon})
+                                                      "epsilon": epsilon, "unseen_only": unseen_only})
 
             refused("differencing", query(nearby, ["channel"], 0.5))
             refused("unexposed", query(cut, ["region"], 0.5))
@@ -119,10 +120,12 @@ def campaign(tmp_path_factory):
             partner = AudiencePeer("shop", proxies["shop"].address, chain_id, "center")
             try:   # a card center that skips its own check: the partner holds no such model either
                 refused("unknown model at the partner", lambda: partner.answer_query(
-                    {"query_id": "q" + "1" * 31, "model": "0" * 64, "min_points": cut, "segments": [], "epsilon": 0.5}))
+                    {"query_id": "q" + "1" * 31, "model": "0" * 64, "min_points": cut, "segments": [], "epsilon": 0.5,
+                     "unseen_only": False}))
             finally:
                 partner.close()
-            done["second"], _ = query(float(np.quantile(points, 0.9)), [], 1.0)()
+            done["second_cut"] = float(np.quantile(points, 0.7))
+            done["second"], _ = query(done["second_cut"], [], 1.0, unseen_only=True)()
             refused("budget", query(float(np.quantile(points, 0.1)), [], 0.5))
             done["campaign"], _ = client.campaign(watched, done["first"]["query_id"])
             # the partner restarts: its replica of the chain and its records come back from its state
@@ -162,6 +165,17 @@ def test_the_counts_are_the_partners_plaintext_counts_within_the_noise_and_small
     strangers = ~np.isin(campaign["users"].ids, campaign["frames"]["center"]["id"].to_numpy())
     assert np.sum(strangers & (campaign["points"] >= campaign["cut"])) > 100
     assert answer["epsilon"] == 1.0 and answer["spent"] == 1.0 and answer["budget"] == 2.0
+
+
+def test_an_unseen_only_query_counts_only_the_users_the_card_center_never_saw(campaign):
+    answer = campaign["second"]
+    strangers = ~np.isin(campaign["users"].ids, campaign["frames"]["center"]["id"].to_numpy())
+    # every user the partner aligned with the card center in the job is one the card center holds
+    truth = int(np.sum(strangers & (campaign["points"] >= campaign["second_cut"])))
+    assert [cell["segment"] for cell in answer["cells"]] == [[]] and truth > 50
+    assert abs(answer["total"] - truth) <= NOISE_SLACK
+    everyone = int(np.sum(campaign["points"] >= campaign["second_cut"]))
+    assert everyone - truth > 3 * NOISE_SLACK   # without the flag the count would be clearly larger
 
 
 def test_each_protection_refuses_its_query(campaign):

@@ -303,7 +303,8 @@ class AudienceHost:
 
     def query(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
         chain, partner = self._card_center_chain(spec)
-        query = AudienceQuery.from_dict({**body, "query_id": new_query_id()}, "the audience query")
+        query = AudienceQuery.from_dict({"unseen_only": False, **body, "query_id": new_query_id()},
+                                        "the audience query")
         with chain.lock:
             if query.model not in chain.member.rules.seen.models:
                 raise ProtocolError(f"model {query.model!r} is not on the audience chain with {partner.name!r}; "
