@@ -21,6 +21,7 @@ from figures import Figure, bench_scripts, figure_names, parse_last_line  # noqa
 from summary import README_BEGIN, README_END, read_summary, readme_table, replace_readme_table, rows_of, write_summary  # noqa: E402
 
 FIGURES = {   # what each bench's last line must name
+    "audience": ["audience_answer_ms", "audience_users_per_second", "audience_read_ms"],
     "dispute": ["dispute_consent_bundle_bytes", "dispute_consent_check_ms", "dispute_fee_bundle_bytes",
                 "dispute_fee_check_ms", "dispute_fee_partner_check_ms"],
     "epoch": ["epoch_seconds", "epoch_inline_seconds", "epoch_obfuscation_seconds", "epoch_binned_seconds"],
@@ -38,7 +39,7 @@ FIGURES = {   # what each bench's last line must name
 }
 GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second",
          "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap"}
-BASELINES = {"epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second",
+BASELINES = {"audience_answer_ms", "epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second",
              "paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us",
              "scorecard_test_auc", "scorecard_brier"}
 NEEDS_SHARED_DATA = {"epoch"}

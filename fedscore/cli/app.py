@@ -328,10 +328,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_arguments(recording)
     _output_options(recording, "the verification id, model and record digest")
     recording.set_defaults(handler=cmd_verification)
+
+    from fedscore.cli.commands import cmd_audience
+
+    audience = commands.add("audience", "marketing audiences: a partner counts its users with an audience model",
+                            description="Ask the partner an audience job names about its own users, through the card\n"
+                                        "center's running daemon: hand the trained model over, query noisy counts\n"
+                                        "per segment, start a campaign, record conversions, settle the fees. Each\n"
+                                        "act is a block of the pair's audience chain, co-signed by both.")
+    acts = _Parsers(audience.add_subparsers(dest="action", required=True, metavar="ACTION"), "audience")
+    handover = acts.add("handover", "send the partner the card center's part of a trained audience model")
+    handover.add_argument("--job-id", help="the trained model (default: the card center's newest of this job)")
+    query = acts.add("query", "ask the partner how many of its users reach a score, per segment (noisy counts)")
+    query.add_argument("--model", required=True, help="the audience model's digest (`audience handover` prints it)")
+    query.add_argument("--min-points", type=float, required=True, help="the cut-off: users scoring at least this many points")
+    query.add_argument("--segment", action="append", default=[], metavar="COLUMN",
+                       help="a segment column the partner exposes (repeat for two; none: one count)")
+    query.add_argument("--epsilon", type=float, default=0.5,
+                       help="the privacy cost of this query, spent from the budget (default: %(default)s)")
+    query.add_argument("--unseen-only", action="store_true",
+                       help="count only the partner's users the card center never saw (not aligned in the model's job)")
+    campaign = acts.add("campaign", "start a campaign on an answered query; the audience stays at the partner")
+    campaign.add_argument("--query", required=True, metavar="QUERY_ID", help="the answered query (`audience query` prints it)")
+    conversion = acts.add("conversion", "record an application that arrived with a campaign id")
+    conversion.add_argument("--campaign", required=True, metavar="CAMPAIGN_ID", help="the campaign id the application carried")
+    conversion.add_argument("--applicant", required=True, help="the applicant's id (only a salted digest goes on the chain)")
+    settle = acts.add("settle", "settle the audience fees since the last settlement (both sides sign)")
+    for act in (handover, query, campaign, conversion, settle):
+        act.add_argument("--job", type=Path, required=True, help="the audience job file (the card center and one partner)")
+        _add_tls_arguments(act)
+        _output_options(act, "the answer")
+        act.set_defaults(handler=cmd_audience)
     return parser
 
 
-CLIENT_COMMANDS = ("run", "demo", "serve", "score", "status", "verification")   # commands that call daemons (not daemons themselves)
+CLIENT_COMMANDS = ("run", "demo", "serve", "score", "status", "verification", "audience")   # commands that call daemons (not daemons themselves)
 
 
 def quiet_grpc() -> None:

@@ -91,6 +91,8 @@ def _partial(result: dict) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.cli.demo import check_arguments, summary_table, write_demo
+    from fedscore.cli.demo_audience_act import (AUDIENCE_JOB, AUDIENCE_REPORT, audience_model_line, audience_settings,
+                                                audience_summary, campaign_lines)
     from fedscore.cli.progress import ProgressView
     from fedscore.cli.runner import run_job_file, score_file
     from fedscore.report.build import html_path
@@ -110,11 +112,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         view.note(f"demo consortium in {workdir}: card_center, bureau, ecommerce; {args.key_bits}-bit Paillier keys")
         report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view,
                               observer=True)
+        view.stage("training the audience model: the card center's labels, ecommerce's columns only")
+        audience_model = run_job_file(workdir / AUDIENCE_JOB, local=True, report_path=workdir / AUDIENCE_REPORT,
+                                      workers=args.workers, progress=view)
     if human:
         _print_report(report)
         print()
         print(summary_table(report))
         print(f"\nreport: {report_path}, page: {html_path(report_path)}  (training {report['seconds']:.0f} s)")
+        print(audience_model_line(audience_model))
         print("\nscoring new applicants online (each signed a consent; partners check it before answering):", flush=True)
     from fedscore.cli.demo import demo_dispute, dispute_lines
     from fedscore.cli.demo_consortium import (monitor_lines, monitor_review, observer_line, verification_line,
@@ -123,13 +129,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with ProgressView.for_stderr(args.quiet) as view:
         view.stage("starting the party daemons from the trained state")
         scored = score_file(job, workdir / "applicants.csv", scored_path, local=True, settle=True, workers=1,
-                            progress=view.scoring, observer=True, while_running=while_scoring_runs(job, workdir))
-    verification, observed = scored.pop("verification"), scored.pop("observer")
+                            progress=view.scoring, observer=True, while_running=while_scoring_runs(job, workdir),
+                            audience=audience_settings())
+    verification, observed, audience = scored.pop("verification"), scored.pop("observer"), scored.pop("audience")
     monitor = monitor_review(job)
     evidence = None if verification is None else Path(verification["evidence_dir"])
     dispute = demo_dispute(workdir, scored["table"], evidence)
     document = {"report": report, "scoring": scoring_summary(scored, scored_path), "verification": verification,
-                "observer": observed, "monitor": monitor, "dispute": dispute}
+                "observer": observed, "monitor": monitor, "dispute": dispute,
+                "audience": {"model": audience_summary(audience_model), **audience}}
     if args.json and not args.serve:
         _print_json(document)
     elif human:
@@ -137,6 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"answers: {scored_path}  (scoring chain: {scored['ledger']})")
         _print_scoring_settlement(scored["settlement"])
         print("\n" + "\n".join([verification_line(verification), observer_line(observed), monitor_lines(monitor)]))
+        print("\n" + campaign_lines(audience))
         print("\n" + dispute_lines(dispute))
     if args.serve:
         _serve(args, job, lambda serving: _print_json({**document, "serving": serving}))
@@ -321,3 +330,10 @@ def cmd_verification(args: argparse.Namespace) -> int:
     from fedscore.cli.verification import verification_command
 
     return verification_command(args)
+
+
+def cmd_audience(args: argparse.Namespace) -> int:
+    """`fedscore audience handover|query|campaign|conversion|settle` (fedscore.cli.audience)."""
+    from fedscore.cli.audience import audience_command
+
+    return audience_command(args)

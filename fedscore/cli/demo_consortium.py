@@ -115,14 +115,20 @@ def observer_line(observed: dict | None) -> str:
 
 def while_scoring_runs(job: Path, folder: Path) -> Callable[[LocalConsortium, dict], dict]:
     """What the demo does once its applicants are scored, before the daemons stop (score_file's while_running):
-    the disputed applicant's verification recorded, then the observer waited for."""
+    the disputed applicant's verification recorded, the marketing campaign at ecommerce
+    (fedscore.cli.demo_audience), then the observer waited for."""
     def act(consortium: LocalConsortium, result: dict) -> dict:
         from fedscore.cli.demo import disputed_row
+        from fedscore.cli.demo_audience_act import run_campaign
+        from fedscore.job_file import load_scoring
 
         row = disputed_row(result["table"])
         verification = None if row is None else record_verification(consortium, job, result["job_id"], str(row["id"]),
                                                                      folder)
-        return {"verification": verification, "observer": observer_caught_up(consortium, result["job_id"])}
+        converted = str(result["table"]["id"].iloc[0])   # an applicant who came with the campaign's id
+        audience = run_campaign(consortium, folder, load_scoring(job).policy.approve_at, converted)
+        return {"verification": verification, "audience": audience,
+                "observer": observer_caught_up(consortium, result["job_id"])}
     return act
 
 

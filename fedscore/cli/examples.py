@@ -98,5 +98,21 @@ EXAMPLES: dict[str, list[str]] = {
         "fedscore init party acme_bureau --dir parties/acme_bureau",
         "fedscore init party my_bank --role card_center --listen 127.0.0.1:50071 --tls-dir consortium-certs/my_bank",
     ],
+    "audience": [
+        "fedscore audience query --job audience-job.toml --tls certs/card_center --model 5f0c… --min-points 620 "
+        "--segment preference --epsilon 0.5",
+    ],
+    "audience handover": ["fedscore audience handover --job audience-job.toml --tls certs/card_center"],
+    "audience query": [
+        "fedscore audience query --job audience-job.toml --tls certs/card_center --model 5f0c… --min-points 620 "
+        "--segment preference --epsilon 0.5",
+        "fedscore audience query --job audience-job.toml --insecure --model 5f0c… --min-points 640 --json",
+    ],
+    "audience campaign": [
+        "fedscore audience campaign --job audience-job.toml --tls certs/card_center --query q3b1…",
+    ],
+    "audience conversion": [
+        "fedscore audience conversion --job audience-job.toml --tls certs/card_center --campaign c9d2… --applicant 31337",
+    ],
+    "audience settle": ["fedscore audience settle --job audience-job.toml --tls certs/card_center --json"],
 }
-

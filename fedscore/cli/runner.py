@@ -197,12 +197,14 @@ def score_file(
     insecure: bool = False,
     observer: bool = False,
     while_running: Callable[[LocalConsortium, dict], dict] | None = None,
+    audience: dict[str, dict] | None = None,
 ) -> dict:
     """Score an applicants file through the running services (or, --local, services started from the job's state).
 
     ``progress(done, total)`` follows each answered applicant. With --local (the demo's): ``observer`` also runs
     an observer; ``while_running(consortium, result)``, once scoring is closed and before the daemons stop, adds
-    its keys to the result.
+    its keys to the result; ``audience``: party -> its [party.audience] settings (a partner answering audience
+    queries meanwhile).
     """
     spec, base = load_job(job_path)
     settings = load_scoring(job_path)
@@ -232,7 +234,7 @@ def score_file(
     if local:
         with LocalConsortium(spec, base, state_dir or base / "state", workers, settings.consent_issuers,
                              verifiers=dict(settings.verifiers),
-                             insecure=insecure, observer=observer) as consortium:
+                             insecure=insecure, observer=observer, audience=audience) as consortium:
             result = run(consortium.spec, consortium.spec.card_center.address, consortium.identity(spec.card_center.name))
             return {**result, **while_running(consortium, result)} if while_running is not None else result
     if not spec.card_center.address:

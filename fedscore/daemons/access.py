@@ -93,7 +93,7 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Alignment/PsiBlindedIds": _CARD_CENTER,
     f"{_P}Alignment/PsiReblind": _CARD_CENTER,
     f"{_P}Alignment/PsiAccept": _CARD_CENTER,
-    # the chain's proposer: the coordinator (training chain) or the card center (scoring chain)
+    # the chain's proposer: the coordinator (training chain) or the card center (scoring and audience chains)
     f"{_P}Chain/ProposeBlock": _COORDINATOR | _CARD_CENTER,
     f"{_P}Chain/CommitBlock": _COORDINATOR | _CARD_CENTER,
     f"{_P}Chain/SignSettlement": _COORDINATOR | _CARD_CENTER,
@@ -104,6 +104,16 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Scoring/SettleScoring": _SELF,
     f"{_P}Scoring/CloseScoring": _SELF | _CARD_CENTER,
     f"{_P}Scoring/RecordVerification": _SELF,   # the card center's verification system, with its certificate
+    # marketing audiences: the card center's marketing system (its certificate) asks its own daemon, which asks
+    # the partner; the partner then checks the request names the caller as the card center (require)
+    f"{_P}Audience/Handover": _SELF,
+    f"{_P}Audience/Query": _SELF,
+    f"{_P}Audience/Campaign": _SELF,
+    f"{_P}Audience/Conversion": _SELF,
+    f"{_P}Audience/Settle": _SELF,
+    f"{_P}Audience/AcceptModel": _CARD_CENTER,
+    f"{_P}Audience/AnswerQuery": _CARD_CENTER,
+    f"{_P}Audience/StartCampaign": _CARD_CENTER,
     f"{_P}Coordinator/Ping": _MEMBER,
     f"{_P}Coordinator/Status": _MEMBER,
     f"{_P}Coordinator/RunJob": _MEMBER,      # then: the caller must be the job's card center

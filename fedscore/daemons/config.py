@@ -18,6 +18,8 @@ from fedscore.job import KEY_BITS, NAME_PATTERN
 from fedscore.protocol.training.bin_statistics import FEATURE_NAMINGS
 from fedscore.toml_tables import read_toml, refuse_unknown, take
 
+from fedscore.protocol.audience.policy import AudiencePolicy
+
 if TYPE_CHECKING:
     from fedscore.transport.tls import TlsIdentity
 
@@ -27,7 +29,7 @@ EVERY_DAEMON = {"name", "listen", "state_dir", "workers", "max_message_mib", "tl
 PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
-    "reason", "max_jobs", "window_days", "max_set_ratio", "verifiers",
+    "reason", "max_jobs", "window_days", "max_set_ratio", "verifiers", "audience",
 }
 REASON_LIMIT = 160   # characters of a partner's reason line
 
@@ -64,6 +66,8 @@ class DaemonConfig:
     tls_dir: Path | None = None             # this member's certificate, key and the consortium CA (`fedscore certs init`)
     tls: TlsIdentity | None = None          # loaded from tls_dir when the daemon starts; None only with --insecure
     observers: tuple[str, ...] = ()          # members (e.g. a regulator) that may read this daemon's chains, only that
+    audience: AudiencePolicy | None = None   # as a partner: its users, exposed segments, cell size and privacy budget
+                                             # for audience queries ([party.audience]; None: it answers none)
 
 
 def load_party_config(path: Path | str) -> DaemonConfig:
@@ -186,7 +190,38 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "window_days": window_days,
         "max_set_ratio": float(max_set_ratio),
         "feature_names": feature_names,
+        "audience": _audience(table, where),
     }
+
+
+def _audience(table: dict[str, Any], where: str) -> AudiencePolicy | None:
+    """The optional [party.audience] table: what this partner answers audience queries with."""
+    if "audience" not in table:
+        return None
+    settings = table["audience"]
+    at = f"{where} [party.audience]"
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: audience must be a table ([party.audience])")
+    defaults = AudiencePolicy()
+    refuse_unknown(settings, {"users", "id_column", "segments", "min_cell", "budget", "window_days", "max_epsilon",
+                              "max_segments"}, at)
+    segments = take(settings, "segments", list, [], at)
+    if not all(isinstance(s, str) and s for s in segments):
+        raise ConfigError(f"{at}: segments must be a list of column names, got {segments!r}")
+    policy = AudiencePolicy(
+        users=take(settings, "users", str, defaults.users, at),
+        id_column=take(settings, "id_column", str, defaults.id_column, at),
+        segments=tuple(segments),
+        min_cell=take(settings, "min_cell", int, defaults.min_cell, at),
+        budget=float(take(settings, "budget", (int, float), defaults.budget, at)),
+        window_days=take(settings, "window_days", int, defaults.window_days, at),
+        max_epsilon=float(take(settings, "max_epsilon", (int, float), defaults.max_epsilon, at)),
+        max_segments=take(settings, "max_segments", int, defaults.max_segments, at),
+    )
+    if not policy.users:
+        raise ConfigError(f"{at}: users must name this partner's users file (inside its data folder)")
+    policy.validate(at)
+    return policy
 
 
 def _address(table: dict[str, Any], key: str, default: str, where: str) -> str:

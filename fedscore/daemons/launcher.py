@@ -55,9 +55,11 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # TOML basic strings share JSON's escapes
 
 
-def _toml_value(value: str | int | list[str] | dict[str, str]) -> str:
-    if isinstance(value, dict):   # an inline table of strings
-        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in value.items()) + "}"
+def _toml_value(value: str | int | float | list | dict) -> str:
+    if isinstance(value, dict):   # an inline table
+        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return _toml_string(value) if isinstance(value, (str, list)) else str(value)
 
 
@@ -69,12 +71,14 @@ class LocalConsortium:
     def __init__(self, spec: JobSpec, base_dir: Path, state_root: Path, workers: int = 0,
                  consent_issuers: tuple[str, ...] = (), insecure: bool = False,
                  listen: Mapping[str, str] | None = None, http_listen: str = "127.0.0.1:0",
-                 verifiers: Mapping[str, str] | None = None, observer: bool = False):
+                 verifiers: Mapping[str, str] | None = None, observer: bool = False,
+                 audience: Mapping[str, dict] | None = None):
         """``listen``: member -> host:port its daemon binds (default: a free loopback port); ``http_listen``:
         the card center's HTTPS scoring endpoint; ``verifiers``: name -> hex key of the identity verifiers the
         card center trusts; ``observer``: also run an observer (OBSERVER), which every member admits, reading
-        every chain."""
+        every chain; ``audience``: party -> its [party.audience] settings (a partner answering audience queries)."""
         self.spec = spec
+        self.audience = dict(audience or {})
         self.observer = OBSERVER if observer else ""
         self.observer_address = ""
         self.listen = dict(listen or {})
@@ -178,7 +182,8 @@ class LocalConsortium:
                  "workers": self.workers, "min_key_bits": self.spec.key_bits, "min_batch_rows": 1,
                  "consent_issuers": self.consent_issuers, "card_centers": [self.spec.card_center.name],
                  "max_jobs": LOCAL_MAX_JOBS, **admits,
-                 **({"http_listen": self.http_listen, "verifiers": self.verifiers} if party.is_card_center else {})},
+                 **({"http_listen": self.http_listen, "verifiers": self.verifiers} if party.is_card_center else {}),
+                 **({"audience": self.audience[party.name]} if party.name in self.audience else {})},
             )
             parties.append(replace(party, data=data.name))
         ready_files["coordinator"] = self._launch(

@@ -122,6 +122,8 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
     if role == "party":
         service.scoring.close_all()   # pending scoring entries go on the chain, or stay journalled
     server.stop(grace=2).wait()
+    if role == "party":
+        service.audience.close_all()   # after the last call: each act is one block, committed before it answers
     if pool is not None:
         pool.close()
     return 0

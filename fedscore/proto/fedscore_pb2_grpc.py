@@ -2139,3 +2139,393 @@ class Observer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AudienceStub:
+    """Marketing audiences (fedscore.daemons.party.audience): the card center's marketing system -> its own daemon,
+    and the card center -> the partner that holds the audience. Small JSON documents both ways (the chain's own
+    entries are JSON): a query, its noisy counts, a campaign's id; never a user id or a feature value.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Handover = channel.unary_unary(
+                '/fedscore.v1.Audience/Handover',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.Query = channel.unary_unary(
+                '/fedscore.v1.Audience/Query',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.Campaign = channel.unary_unary(
+                '/fedscore.v1.Audience/Campaign',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.Conversion = channel.unary_unary(
+                '/fedscore.v1.Audience/Conversion',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/fedscore.v1.Audience/Settle',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.AcceptModel = channel.unary_unary(
+                '/fedscore.v1.Audience/AcceptModel',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.AnswerQuery = channel.unary_unary(
+                '/fedscore.v1.Audience/AnswerQuery',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+        self.StartCampaign = channel.unary_unary(
+                '/fedscore.v1.Audience/StartCampaign',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
+
+
+class AudienceServicer:
+    """Marketing audiences (fedscore.daemons.party.audience): the card center's marketing system -> its own daemon,
+    and the card center -> the partner that holds the audience. Small JSON documents both ways (the chain's own
+    entries are JSON): a query, its noisy counts, a campaign's id; never a user id or a feature value.
+    """
+
+    def Handover(self, request, context):
+        """card center: send a trained audience model's part
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Query(self, request, context):
+        """card center: ask the partner for noisy counts
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Campaign(self, request, context):
+        """card center: start a campaign on an answered query
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Conversion(self, request, context):
+        """card center: an application came with a campaign id
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settle(self, request, context):
+        """card center: settle the audience fees so far
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptModel(self, request, context):
+        """partner: assemble the whole model, return its digest
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerQuery(self, request, context):
+        """partner: evaluate its users, answer noisy counts
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartCampaign(self, request, context):
+        """partner: materialise the audience at home
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AudienceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Handover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Handover,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'Campaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Campaign,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'Conversion': grpc.unary_unary_rpc_method_handler(
+                    servicer.Conversion,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'AcceptModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptModel,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'AnswerQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerQuery,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'StartCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCampaign,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscore.v1.Audience', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscore.v1.Audience', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Audience:
+    """Marketing audiences (fedscore.daemons.party.audience): the card center's marketing system -> its own daemon,
+    and the card center -> the partner that holds the audience. Small JSON documents both ways (the chain's own
+    entries are JSON): a query, its noisy counts, a campaign's id; never a user id or a feature value.
+    """
+
+    @staticmethod
+    def Handover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Handover',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Query',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Campaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Campaign',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Conversion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Conversion',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Settle',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/AcceptModel',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/AnswerQuery',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/StartCampaign',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -3,6 +3,7 @@ set intersection, fedscore.protocol.alignment) when the coordinator asks; a part
 from __future__ import annotations
 
 from itertools import chain
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -10,11 +11,28 @@ import numpy as np
 from fedscore.crypto import psi
 from fedscore.daemons.party.jobs import Jobs, PreparedJob, require_card_center
 from fedscore.errors import ProtocolError
+from fedscore.files import write_atomically
 from fedscore.model.rows import split_rows
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, PsiParty
 from fedscore.protocol.budget import label_digest, rows_digest
 from fedscore.transport import codec
+
+
+ALIGNED_IDS_FILE = "aligned-ids.txt"   # a partner's own users it aligned with the card center, kept at home
+
+
+def keep_aligned_ids(folder: Path, ids: np.ndarray) -> None:
+    """A partner keeps which of its own users it shares with the card center in this job (it learnt so from
+    private set intersection), owner-only: an audience query can then leave them out (fedscore.protocol.audience:
+    ``unseen_only``). Nothing of it leaves the party."""
+    write_atomically(folder / ALIGNED_IDS_FILE, "".join(f"{i}\n" for i in ids.tolist()))
+
+
+def aligned_ids(folder: Path) -> set[str] | None:
+    """The ids ``keep_aligned_ids`` kept (None: none kept)."""
+    path = folder / ALIGNED_IDS_FILE
+    return set(path.read_text().split("\n")) - {""} if path.is_file() else None
 
 
 class Alignment:
@@ -75,5 +93,6 @@ class Alignment:
         positions = codec.words(codec.join_fixed_blocks([request], 8)).astype(np.int64)
         job.aligned_rows = aligner.accept(positions)
         job.ledger.rules.facts.aligned_rows = len(job.aligned_rows)
+        keep_aligned_ids(self.jobs.job_dir(job.job_id), job.table.ids[job.aligned_rows])
         self.jobs.budget.note(job.job_id, rows_digest=rows_digest(job.table.ids[job.aligned_rows]))
         return pb.Empty()

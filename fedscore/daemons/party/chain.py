@@ -1,5 +1,6 @@
 """A party's replicas of the chains it is a member of, by kind: a job's training chain (proposed by the
-coordinator) and a model's scoring chain (proposed by the card center). The replica (LedgerMember, under
+coordinator), a model's scoring chain and a card center and partner's audience chain (proposed by the card
+center). The replica (LedgerMember, under
 its chain's rules) checks each block against what this member saw itself before co-signing it, and
 countersigns a settlement only if it follows from the replica."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Protocol
 import grpc
 
 from fedscore.daemons.access import COORDINATOR, require
+from fedscore.daemons.party.audience import AudienceHost
 from fedscore.daemons.party.jobs import Jobs
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import ProtocolError
@@ -60,6 +62,22 @@ class ScoringChain:
 
     def committed(self, job_id: str) -> None:
         self.scoring.committed(job_id)
+
+
+class AudienceChainKind:
+    """A card center and partner's audience chain (fedscore.daemons.party.audience): the card center proposes."""
+
+    def __init__(self, audience: AudienceHost):
+        self.audience = audience
+
+    def proposer(self, job_id: str) -> str:
+        return self.audience.proposer(job_id)
+
+    def replica(self, job_id: str) -> LedgerMember:
+        return self.audience.ledger(job_id)
+
+    def committed(self, job_id: str) -> None:
+        self.audience.committed(job_id)
 
 
 class Chains:

@@ -22,7 +22,8 @@ from fedscore.daemons.access import require
 from fedscore.daemons.config import DaemonConfig
 from fedscore.daemons.chain_reads import ChainReads, ReplicaServicer
 from fedscore.daemons.party.alignment import Alignment
-from fedscore.daemons.party.chain import Chains, ScoringChain, TrainingChain
+from fedscore.daemons.party.audience import AudienceHost
+from fedscore.daemons.party.chain import AudienceChainKind, Chains, ScoringChain, TrainingChain
 from fedscore.daemons.party.jobs import Jobs
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.daemons.party.status import PartyStatus
@@ -251,6 +252,60 @@ class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
         return pb.Empty()
 
 
+@translates_errors
+class AudienceServicer(_Servicer, pb_grpc.AudienceServicer):
+    """The Audience service: the card center's own calls (the role table: SELF) name the audience job; a
+    partner's calls name the card center, which must be the caller (require)."""
+
+    domain: AudienceHost
+
+    def Handover(self, request, context):
+        return audience_reply(*self.domain.handover(codec.spec_from_proto(request.job), request.job_id, request.settings_json))
+
+    def Query(self, request, context):
+        return audience_reply(*self.domain.query(codec.spec_from_proto(request.job), audience_body(request)))
+
+    def Campaign(self, request, context):
+        return audience_reply(*self.domain.campaign(codec.spec_from_proto(request.job), audience_body(request)))
+
+    def Conversion(self, request, context):
+        return audience_reply(*self.domain.conversion(codec.spec_from_proto(request.job), audience_body(request)))
+
+    def Settle(self, request, context):
+        return audience_reply(*self.domain.settle(codec.spec_from_proto(request.job)))
+
+    def AcceptModel(self, request, context):
+        return audience_reply(*self.domain.accept_model(asking_card_center(request, context, self.label), audience_body(request)))
+
+    def AnswerQuery(self, request, context):
+        return audience_reply(*self.domain.answer_query(asking_card_center(request, context, self.label), audience_body(request)))
+
+    def StartCampaign(self, request, context):
+        return audience_reply(*self.domain.start_campaign(asking_card_center(request, context, self.label), audience_body(request)))
+
+
+def audience_body(request: pb.AudienceRequest) -> dict:
+    try:
+        body = json.loads(request.body_json or "{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise DataError("an audience call's body must be a JSON object")
+    return body
+
+
+def asking_card_center(request: pb.AudienceRequest, context, label: str) -> str:
+    """The card center a partner's audience call names, which must be the caller (its certificate)."""
+    require(context, request.card_center, f"{label}: audience calls of card center {request.card_center!r}")
+    return request.card_center
+
+
+def audience_reply(document: dict, chain) -> pb.AudienceReply:
+    state = chain.reply
+    return pb.AudienceReply(body_json=json.dumps(document), blocks=state["blocks"], head=state["head"],
+                            chain_id=state["chain_id"])
+
+
 class PartyService:
     """One party daemon: its domain objects, and a servicer for each of its gRPC services."""
 
@@ -258,8 +313,10 @@ class PartyService:
         label = f"party {config.name!r}"
         key = identity.load_or_create(config.state_dir)   # this member's signing key, made at set-up
         self.scoring = ScoringHost(config, key)
+        self.audience = AudienceHost(config, key, self.scoring)
         self.jobs = Jobs(config, pool, key)
-        chains = Chains(label, {"training": TrainingChain(self.jobs), "scoring": ScoringChain(self.scoring)})
+        chains = Chains(label, {"training": TrainingChain(self.jobs), "scoring": ScoringChain(self.scoring),
+                                "audience": AudienceChainKind(self.audience)})
         self.servicers = {
             "Party": PartyServicer(label, PartyStatus(config.name, self.jobs, self.scoring)),
             "Jobs": JobsServicer(label, self.jobs),
@@ -267,6 +324,7 @@ class PartyService:
             "Alignment": AlignmentServicer(label, Alignment(self.jobs)),
             "Chain": ChainServicer(label, chains),
             "Scoring": ScoringServicer(label, self.scoring),
+            "Audience": AudienceServicer(label, self.audience),
             "Replica": ReplicaServicer(label, ChainReads(config.state_dir, label)),   # an admitted observer's reads
         }
 
