@@ -113,3 +113,19 @@ def test_the_secret_start_of_an_intercept_alone_is_modest(trained):
         drawn = np.array([secret_start(column, rng=np.random.default_rng(seed))[0] for seed in range(300)])
         assert np.all(np.isfinite(drawn)) and np.max(np.abs(drawn)) < 8 * START_LOGITS
         assert 0.7 < np.std(drawn) / START_LOGITS < 1.3   # still a random draw, not a fixed value
+
+
+def test_a_labels_only_card_center_refuses_steps_over_part_of_its_rows(tmp_path, keypair, inline_pool):
+    """With the intercept alone, each mini-batch gradient is a label-weighted sum of the partner's columns: enough
+    of them solve for the labels. The card center refuses the job before any step."""
+    from fedscore.errors import ConfigError
+
+    for name in ("breast_hetero_guest.csv", "breast_hetero_host.csv"):
+        (tmp_path / name).write_bytes((DATA / name).read_bytes())
+    spec, base = load_job(write_job(tmp_path, labels_only_parties(tmp_path), validation=0.3, batch_size=200,
+                                    min_rows_per_column=0))
+    with pytest.raises(ConfigError, match=r"party 'card_center': brings labels only .* batch_size = 0"):
+        build_consortium(spec, load_tables(spec, base), inline_pool, keypair)
+    # the same job at whole-set steps is taken
+    spec, base = load_job(write_job(tmp_path, labels_only_parties(tmp_path), validation=0.3, batch_size=0))
+    assert build_consortium(spec, load_tables(spec, base), inline_pool, keypair).card_center.weights.size == 1

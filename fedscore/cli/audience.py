@@ -35,7 +35,9 @@ def audience_command(args: argparse.Namespace) -> int:
         if args.action == "handover":
             document, reply = client.handover(spec, args.job_id or "", load_scoring(args.job).to_json())
         elif args.action == "query":
-            document, reply = client.query(spec, query_body(args))
+            body = query_body(args)
+            document, reply = client.query(spec, body)
+            document = {**document, "min_points": body["min_points"], "unseen_only": body["unseen_only"]}
         elif args.action == "campaign":
             document, reply = client.campaign(spec, args.query)
         elif args.action == "conversion":
@@ -68,8 +70,11 @@ def handover_lines(document: dict) -> list[str]:
 
 
 def answer_lines(answer: dict) -> list[str]:
-    """The noisy counts as a table: one line per cell, "< k" where suppressed."""
-    lines = [f"query {answer['query_id']}: about {answer['total']} users at or above the cut-off "
+    """The noisy counts as a table: one line per cell, "< k" where suppressed. ``answer`` may also carry the
+    query's ``min_points`` and ``unseen_only`` (the command adds them) to say whom it counted."""
+    who = "users the card center never saw" if answer.get("unseen_only") else "users"
+    cut = f"scoring {answer['min_points']:g} or more" if "min_points" in answer else "at or above the cut-off"
+    lines = [f"query {answer['query_id']}: about {answer['total']} {who} {cut} "
              f"(each count ± {answer['noise_bound']} at 95%, ε {answer['epsilon']:g})"]
     for cell in answer["cells"]:
         name = " / ".join(cell["segment"]) or "all users"

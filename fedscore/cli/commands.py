@@ -91,7 +91,7 @@ def _partial(result: dict) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedscore.cli.demo import check_arguments, summary_table, write_demo
-    from fedscore.cli.demo_audience_act import (AUDIENCE_JOB, AUDIENCE_REPORT, audience_model_line, audience_settings,
+    from fedscore.cli.demo_audience import (AUDIENCE_JOB_FILE, AUDIENCE_REPORT, audience_model_line, audience_settings,
                                                 audience_summary, campaign_lines)
     from fedscore.cli.progress import ProgressView
     from fedscore.cli.runner import run_job_file, score_file
@@ -113,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         report = run_job_file(job, local=True, report_path=report_path, workers=args.workers, progress=view,
                               observer=True)
         view.stage("training the audience model: the card center's labels, ecommerce's columns only")
-        audience_model = run_job_file(workdir / AUDIENCE_JOB, local=True, report_path=workdir / AUDIENCE_REPORT,
+        audience_model = run_job_file(workdir / AUDIENCE_JOB_FILE, local=True, report_path=workdir / AUDIENCE_REPORT,
                                       workers=args.workers, progress=view)
     if human:
         _print_report(report)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.cli.audit import HEAD_PREFIX_DIGITS
-from fedscore.cli.demo_audience import write_audience
+from fedscore.cli.demo_audience import AUDIENCE_EPOCHS, write_audience
 from fedscore.errors import ConfigError
 from fedscore.job import JobSpec
 from fedscore.job_file import parse_job
@@ -229,7 +229,8 @@ def write_demo(folder: Path, epochs: int = 30, key_bits: int = 2048, rows: int |
     job = folder / "job.toml"
     job.write_text(JOB.format(epochs=epochs, key_bits=key_bits, issuer=bytes(issuer.verify_key).hex(),
                               verifier_name=DEMO_VERIFIER, verifier=bytes(verifier_key().verify_key).hex()))
-    write_audience(folder, data, held, job.read_text(), key_bits, SPLIT, ID, LABEL, BUNDLED_ROWS)   # the audience model's job
+    write_audience(folder, data, held, job.read_text(), key_bits, SPLIT, ID, LABEL, BUNDLED_ROWS,
+                   epochs=min(epochs, AUDIENCE_EPOCHS))   # the audience model's job
     return job
 
 

@@ -10,17 +10,33 @@ Beside the main job, `fedscore demo` writes what an audience campaign needs (fed
   feature: the audience job trains on ``ecommerce.csv``, the same users without it.
 - ``audience-job.toml``: the two-party job, with the main job's binning and key size.
 
+While the scoring daemons serve, the demo then runs a campaign (``run_campaign``): the card center hands
+ecommerce its part of the trained model, asks how many of ecommerce's users would reach the card's approval
+score, per preference, asks once more about the users it never saw, and then once too often: ecommerce's
+privacy budget refuses it. It starts a campaign on the first answer, records one conversion, and settles the
+fees on the pair's audience chain.
+
 Preferences are drawn from a seeded generator, once per bundled applicant, so a user keeps the same one
 whatever ``--rows`` the demo is given.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from fedscore.plural import plural
+
+if TYPE_CHECKING:
+    from fedscore.daemons.launcher import LocalConsortium
+
 AUDIENCE_JOB_FILE = "audience-job.toml"
+AUDIENCE_REPORT = "audience-report.json"
+PARTNER = "ecommerce"
 LABELS_FILE = "card_center_labels.csv"
 USERS_FILE = "ecommerce_users.csv"
 SEGMENT = "preference"
@@ -114,3 +130,87 @@ def write_audience(folder: Path, data: pd.DataFrame, held: dict[str, np.ndarray]
     job.write_text(AUDIENCE_JOB.format(epochs=epochs, key_bits=key_bits, binning=binning_table(job_text),
                                        audience_fees=audience_fee_lines(), labels=LABELS_FILE))
     return job
+
+
+POLICY = {"users": USERS_FILE, "id_column": "id", "segments": [SEGMENT], "min_cell": 100, "budget": 2.0,
+          "window_days": 30, "max_epsilon": 1.0}   # ecommerce's [party.audience] in the demo
+# (ε, points above the card's approval score, unseen only): every user at the approval score, per preference;
+# then only those the card center never saw, at a stricter score (small cells: some suppressed); then one query
+# too many for the budget
+QUERIES = ((1.0, 0.0, False), (1.0, 40.0, True), (0.5, 0.0, False))
+
+
+def audience_settings() -> dict[str, dict]:
+    """The demo consortium's [party.audience] tables: ecommerce answers audience queries."""
+    return {PARTNER: dict(POLICY)}
+
+
+def audience_summary(report: dict) -> dict:
+    """What the demo keeps of the audience model's training report: its job, its validation figures, its time."""
+    keys = ("job_id", "aligned_rows", "test_rows", "test_auc", "test_ks", "mean_pd", "observed_default_rate", "brier",
+            "seconds")
+    return {key: report.get(key) for key in keys}
+
+
+def audience_model_line(report: dict) -> str:
+    return (f"audience model {report['job_id']} (card center's labels, ecommerce's columns only, on "
+            f"{report['aligned_rows']} shared customers): test AUC {report['test_auc']:.4f}, KS {report['test_ks']:.4f}; "
+            f"mean P(default) {report['mean_pd']:.4f} vs observed {report['observed_default_rate']:.4f}, Brier "
+            f"{report['brier']:.4f}  (training {report['seconds']:.0f} s)")
+
+
+def run_campaign(consortium: LocalConsortium, folder: Path, min_points: float, conversion_applicant: str) -> dict:
+    """Hand over, query (the last query refused by the budget), start a campaign, record a conversion, settle."""
+    from fedscore.errors import FedscoreError
+    from fedscore.job_file import load_job, load_scoring
+    from fedscore.transport.clients.audience import AudienceClient
+
+    started = time.perf_counter()
+    job = folder / AUDIENCE_JOB_FILE
+    spec, _ = load_job(job)
+    addresses = {p.name: p.address for p in consortium.spec.parties}
+    spec = replace(spec, parties=tuple(replace(p, address=addresses[p.name]) for p in spec.parties))
+    client = AudienceClient(spec.card_center.address, spec.card_center.name, consortium.card_center_identity)
+    try:
+        handed, _ = client.handover(spec, "", load_scoring(job).to_json())
+        answers, refused = [], None
+        for epsilon, above, unseen_only in QUERIES:
+            body = {"model": handed["model"], "min_points": min_points + above, "segments": [SEGMENT],
+                    "epsilon": epsilon, "unseen_only": unseen_only}
+            try:
+                answers.append({**client.query(spec, body)[0], "min_points": body["min_points"], "unseen_only": unseen_only})
+            except FedscoreError as error:
+                refused = {**body, "error": str(error)}
+        campaign, _ = client.campaign(spec, answers[0]["query_id"])
+        conversion, _ = client.conversion(spec, campaign["campaign_id"], conversion_applicant)
+        settlement, reply = client.settle(spec)
+    finally:
+        client.close()
+    return {"job": str(job), "model": handed["model"], "job_id": handed["job_id"], "partner": PARTNER,
+            "min_points": min_points, "answers": answers, "refused": refused, "campaign": campaign,
+            "conversion": conversion, "settlement": settlement, "chain_id": reply.chain_id, "blocks": reply.blocks,
+            "head": reply.head, "policy": POLICY, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def campaign_lines(done: dict | None) -> str:
+    from fedscore.cli.audience import answer_lines
+
+    if done is None:
+        return "no audience campaign ran"
+    lines = [f"marketing audience at {done['partner']}: its whole user base scored at home by the audience model "
+             f"{done['model'][:16]}…; only noisy counts come back"]
+    for answer in done["answers"]:
+        lines += ["  " + line for line in answer_lines(answer)[:-1]]   # the chain's line once, below
+    if done["refused"] is not None:
+        lines.append(f"  one more query (ε {done['refused']['epsilon']:g}) refused: {done['refused']['error']}")
+    campaign, settled = done["campaign"], done["settlement"]
+    lines.append(f"  campaign {campaign['campaign_id']} on query {campaign['query_id']}: {campaign['members']} users "
+                 f"billed; the audience file stays at {done['partner']}; {plural(1, 'conversion')} recorded")
+    lines.append(f"  audience settlement #{settled['number']}: {settled['payer']} owes {done['partner']} "
+                 f"{settled['total'] / 100:.2f} {settled['currency']}; audience chain {done['chain_id']}: "
+                 f"{plural(done['blocks'], 'block')}, head {done['head'][:16]}…")
+    return "\n".join(lines)
+
+
+def _chain(done: dict) -> dict:
+    return {"chain_id": done["chain_id"], "blocks": done["blocks"], "head": done["head"]}

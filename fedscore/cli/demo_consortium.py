@@ -119,7 +119,7 @@ def while_scoring_runs(job: Path, folder: Path) -> Callable[[LocalConsortium, di
     (fedscore.cli.demo_audience), then the observer waited for."""
     def act(consortium: LocalConsortium, result: dict) -> dict:
         from fedscore.cli.demo import disputed_row
-        from fedscore.cli.demo_audience_act import run_campaign
+        from fedscore.cli.demo_audience import run_campaign
         from fedscore.job_file import load_scoring
 
         row = disputed_row(result["table"])

@@ -10,6 +10,13 @@ whose smallest step covers fewer than max(min_batch_rows, min_rows_per_column ×
 (indicator columns included with binning; min_batch_rows is a party daemon's own policy, min_rows_per_column
 the job's, 4 unless the card center lowers it), and the coordinator, which learns each partner's column
 count when training starts, refuses when any partner's columns make the batch too small.
+
+A card center with no columns of its own (it brings labels only: an audience model, fedscore.protocol.audience)
+has no start to hide behind: its part of every score is the intercept alone, the same for every row, so a
+partner, which knows its own part, reads each step's gradient as a sum of its columns weighted by the labels
+plus one unknown. Steps over changing subsets of rows then add up to as many equations as there are labels
+(least squares reads nearly all of them in a few epochs). Such a card center refuses any step smaller than its
+whole training set (``check_labels_only``): the partner learns one sum per column over the whole job.
 """
 from __future__ import annotations
 
@@ -40,3 +47,13 @@ def check_batch(who: str, rows: int, columns: int, rows_per_column: int, min_bat
         f"(a gradient over few rows per column gives away the labels); raise the job's batch_size "
         f"(0: every training row) or train on fewer columns (fewer features or bins)"
     )
+
+
+def check_labels_only(who: str, rows: int, train_rows: int) -> None:
+    """Refuse steps over fewer than every training row for a card center that brings labels only (see above)."""
+    if rows < train_rows:
+        raise ConfigError(
+            f"{who}: brings labels only (no columns of its own), so it refuses steps of {rows} of its {train_rows} "
+            "training rows: steps over changing subsets of rows would let a partner solve its gradients for the "
+            "labels; set the job's batch_size = 0 (every step over every training row)"
+        )

@@ -32,6 +32,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.monitoring import baseline as monitoring
 from fedscore.protocol.ports import PartnerTrainingHandle
 from fedscore.protocol.scoring.scorecard import ScoringPolicy, credit_limit, points
+from fedscore.protocol.training import batch_rule
 from fedscore.protocol.training import bin_statistics as binstats
 from fedscore.protocol.training.bin_statistics import BinSums
 from fedscore.protocol.training.fanout import call_each
@@ -59,6 +60,13 @@ class CardCenterSession(PartySession):
         self.training_scores: np.ndarray | None = None   # the training rows' log-odds at evaluation: the monitoring baseline
         self.calibration: Calibration | None = None   # fitted at evaluation, when the job calibrates
         self.policy = ScoringPolicy()   # decisions and limits in the report: the scoring policy (the default unless set)
+
+    def check_batch(self, min_batch_rows: int = 0, who: str | None = None) -> None:
+        """The rule every party applies, and, with no columns of its own (labels only), whole-set steps only
+        (fedscore.protocol.training.batch_rule.check_labels_only)."""
+        super().check_batch(min_batch_rows, who)
+        if self.weights.size == 1:   # the intercept alone
+            batch_rule.check_labels_only(who or f"party {self.party!r}", self.smallest_batch(), len(self.train_rows))
 
     def model_features(self) -> list[str]:
         """Its columns without the protected ones, unless the job keeps them (never as reasons)."""
