@@ -61,6 +61,9 @@ def test_demo_trains_three_parties_with_2048_bit_keys(tmp_path, keypair, inline_
     # then the consortium's other services: a verification, the observer, the monitor, and the dispute carrying the first
     assert "saw applicant" in done.stdout and "heads agree with every member, no alarm" in done.stdout
     assert "monitor: 10 requests scored on" in done.stdout and "with 2 evidence files matching" in done.stdout
+    # and a marketing audience at ecommerce, from an audience model trained with the card center's labels only
+    assert "audience model ecommerce-audience-" in done.stdout and "marketing audience at ecommerce" in done.stdout
+    assert "over the budget" in done.stdout and "audience settlement #1: card_center owes ecommerce" in done.stdout
 
     # the same five epochs in plaintext numpy, from the card center's secret start its model file records, give
     # the same weights
@@ -177,3 +180,63 @@ def test_the_demos_monitor_counts_the_answered_requests_and_its_command_runs_on_
     assert main(["monitor", "--job", str(folder / "job.toml")]) == 0   # what the demo tells its reader to run
     shown = capsys.readouterr().out
     assert f": {answered} requests, per day" in shown and "no alert" in shown
+
+
+def test_the_demos_audience_counts_the_partners_users_within_the_noise_and_settles_on_its_chain(small_demo):
+    """The demo's marketing audience at ecommerce, checked against plaintext on the partner's own files: every
+    count within the noise, small cells suppressed, users the card center never saw counted, the third query
+    refused by the budget, the settlement on both replicas of the audience chain, signed by both."""
+    from fedscore.cli.demo_audience import AUDIENCE_FEES, POLICY, SEGMENT, USERS_FILE
+    from fedscore.ledger.block import decode_entry
+    from fedscore.ledger.settlement import balances
+    from fedscore.ledger.store import LedgerStore
+    from fedscore.ledger.verify import verify_chain
+    from fedscore.protocol.audience.model import AudienceModel
+    from fedscore.protocol.audience.users import load_user_base
+
+    folder, document = small_demo
+    audience = document["audience"]
+    state = folder / "state"
+    model = AudienceModel.from_json((state / "ecommerce" / "audience" / "card_center" / "models" /
+                                     f"{audience['model']}.json").read_text())
+    users = load_user_base(folder / USERS_FILE, "id", list(model.partner_model.features), [SEGMENT], "ecommerce")
+    points = model.points(users)
+    known = set(pd.read_csv(folder / "card_center_labels.csv", dtype=str)["id"].str.strip())
+    never_seen = ~np.isin(users.ids, list(known))
+    assert never_seen.sum() > 100   # the partner's users the card center never saw are in its user base
+    slack = 20   # discrete Laplace at ε = 1: P(|noise| > 20) = 2e^{-20}/(1+e^{-1}) per cell
+    first, second = audience["answers"]
+    for answer, rows in ((first, np.ones(len(points), dtype=bool)), (second, never_seen)):
+        inside = rows & (points >= answer["min_points"])
+        for cell in answer["cells"]:
+            truth = int(np.sum(inside & (users.segments[SEGMENT] == cell["segment"][0])))
+            if cell["count"] is None:
+                assert truth < POLICY["min_cell"] + slack
+            else:
+                assert cell["count"] >= POLICY["min_cell"] and abs(cell["count"] - truth) <= slack
+        assert answer["total"] == sum(cell["count"] or 0 for cell in answer["cells"])
+    assert np.sum(never_seen & (points >= first["min_points"])) > 0   # strangers are in the first audience too
+    assert "over the budget" in audience["refused"]["error"] and second["spent"] == POLICY["budget"]
+
+    replicas = []
+    for member, other in (("card_center", "ecommerce"), ("ecommerce", "card_center")):
+        store = LedgerStore(state / member / "audience" / other / "audience.sqlite", read_only=True)
+        try:
+            blocks = list(store.blocks())
+        finally:
+            store.close()
+        verify_chain(blocks, workers=1)
+        replicas.append([decode_entry(e) for block in blocks for e in block.entries])
+    assert replicas[0] == replicas[1]
+    entries = replicas[0]
+    assert [e["kind"] for e in entries] == ["audience_start", "audience_model", "audience_query", "audience_query",
+                                            "campaign", "conversion", "audience_settlement"]
+    settled = entries[-1]
+    members = first["total"]
+    assert audience["campaign"]["members"] == members
+    assert settled["lines"] == [{"payee": "ecommerce", "queries": 2, "audience_members": members, "conversions": 1,
+                                 "amount": 2 * AUDIENCE_FEES["per_query"] + members * AUDIENCE_FEES["per_audience_member"]
+                                 + AUDIENCE_FEES["per_conversion"]}]
+    assert set(settled["signatures"]) == {"card_center", "ecommerce"}
+    assert balances(entries) == {"card_center": {"owes": settled["total"], "owed": 0},
+                                 "ecommerce": {"owes": 0, "owed": settled["total"]}}

@@ -81,7 +81,7 @@ def answer_lines(answer: dict) -> list[str]:
         count = f"< {answer['min_cell']}" if cell["count"] is None else str(cell["count"])
         lines.append(f"  {name:<24}{count:>10}")
     lines.append(f"privacy budget: ε {answer['spent']:g} of {answer['budget']:g} spent in {answer['window_days']} days")
-    return lines + [chain_line(answer)]
+    return lines
 
 
 def campaign_lines(document: dict) -> list[str]:
@@ -102,5 +102,5 @@ def settle_lines(entry: dict) -> list[str]:
     return lines + [chain_line(entry)]
 
 
-LINES = {"handover": handover_lines, "query": answer_lines, "campaign": campaign_lines,
+LINES = {"handover": handover_lines, "query": lambda answer: answer_lines(answer) + [chain_line(answer)], "campaign": campaign_lines,
          "conversion": conversion_lines, "settle": settle_lines}

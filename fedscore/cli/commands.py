@@ -137,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dispute = demo_dispute(workdir, scored["table"], evidence)
     document = {"report": report, "scoring": scoring_summary(scored, scored_path), "verification": verification,
                 "observer": observed, "monitor": monitor, "dispute": dispute,
-                "audience": {"model": audience_summary(audience_model), **audience}}
+                "audience": {"training": audience_summary(audience_model), **audience}}
     if args.json and not args.serve:
         _print_json(document)
     elif human:

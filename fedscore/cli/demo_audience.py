@@ -200,7 +200,7 @@ def campaign_lines(done: dict | None) -> str:
     lines = [f"marketing audience at {done['partner']}: its whole user base scored at home by the audience model "
              f"{done['model'][:16]}…; only noisy counts come back"]
     for answer in done["answers"]:
-        lines += ["  " + line for line in answer_lines(answer)[:-1]]   # the chain's line once, below
+        lines += ["  " + line for line in answer_lines(answer)]
     if done["refused"] is not None:
         lines.append(f"  one more query (ε {done['refused']['epsilon']:g}) refused: {done['refused']['error']}")
     campaign, settled = done["campaign"], done["settlement"]
@@ -211,6 +211,3 @@ def campaign_lines(done: dict | None) -> str:
                  f"{plural(done['blocks'], 'block')}, head {done['head'][:16]}…")
     return "\n".join(lines)
 
-
-def _chain(done: dict) -> dict:
-    return {"chain_id": done["chain_id"], "blocks": done["blocks"], "head": done["head"]}
