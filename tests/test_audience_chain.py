@@ -130,8 +130,9 @@ def chain(tmp_path) -> Chain:
 def test_a_correct_chain_is_signed_by_both_settles_verifies_and_balances(chain):
     assert JOB_ID_PATTERN.fullmatch(chain.center.rules.facts.chain_id)
     assert audience_chain_id("bank", "shop") != audience_chain_id("shop", "bank")
-    first, second = chain.query(0.25), None
-    chain.record(chain.model(), first)
+    model = chain.model()   # made first: an entry dated before the one it follows is refused as back-dated
+    first = chain.query(0.25)
+    chain.record(model, first)
     second = chain.query(0.5)
     assert second["spent"] == 0.75   # this query's ε and the earlier one's, in the window
     chain.record(second)
@@ -249,8 +250,9 @@ def test_a_query_dated_before_the_budget_window_is_refused(tmp_path, monkeypatch
 
 
 def test_the_partner_refuses_a_campaign_it_did_not_make(chain):
+    model = chain.model()
     query = chain.query()
-    chain.record(chain.model(), query)
+    chain.record(model, query)
     forged = chain.campaign(query, made=False)
     chain.refused_by_shop([forged], f"campaign {forged['campaign_id']} is not one 'shop' made for query "
                                     f"{query['query']['query_id']}")
@@ -262,8 +264,9 @@ def test_the_partner_refuses_a_campaign_it_did_not_make(chain):
 
 
 def test_conversions_need_a_campaign_on_the_chain_and_a_new_id(chain):
+    model = chain.model()
     query = chain.query()
-    chain.record(chain.model(), query)
+    chain.record(model, query)
     campaign = chain.campaign(query)
     chain.refused_by_shop([conversion(campaign)], f"names campaign {campaign['campaign_id']}, which is not on the chain")
     chain.record(campaign)
@@ -289,8 +292,9 @@ def test_the_card_center_signs_only_entries_it_made(chain):
 
 
 def test_the_partner_countersigns_only_the_settlement_the_chain_implies(chain):
+    model = chain.model()
     query = chain.query()
-    chain.record(chain.model(), query)
+    chain.record(model, query)
     campaign = chain.campaign(query, members=50)
     chain.record(campaign, conversion(campaign))
     honest = chain.center.rules.settlement_body()
@@ -368,8 +372,9 @@ def test_malformed_query_entries_are_refused(chain, change, reason):
 
 def test_malformed_models_campaigns_and_conversions_are_refused(chain):
     chain.refused_by_shop([{**chain.model(), "job_id": "no id"}], "job id 'no id' is not one fedscore issues")
+    model = chain.model()
     query = chain.query()
-    chain.record(chain.model(), query)
+    chain.record(model, query)
     chain.refused_by_shop([{**chain.campaign(query), "members": -1}], "the members billed must be a whole")
     campaign = chain.campaign(query)
     chain.record(campaign)
