@@ -1,5 +1,7 @@
 """Privacy on the wire: every byte the daemons exchange in alignment, training and scoring, recorded by
-TCP proxies between them, holds none of a party's raw ids, feature values or labels."""
+TCP proxies between them, holds none of a party's raw ids, feature values or labels. Audience queries are
+watched the same way, with these proxies and this detector, in tests/test_audience_daemons.py (a partner's
+users, those the card center never saw included)."""
 from __future__ import annotations
 
 import socket
