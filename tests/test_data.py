@@ -56,7 +56,6 @@ def test_id_rule_strips_and_casefolds_and_joins_columns(tmp_path):
         ("id,y,a\n1,0,inf\n2,1,3\n", "column 'a' has 1 missing or infinite value"),
         ("id,y,a\n1,0,1\n2,2,3\n", "label column 'y' must hold 0 or 1; 1 row does not (first at line 3)"),
         ("id,y,a\n1,1,1\n2,1,3\n", "holds only 1s"),
-        ("id,y\n1,0\n2,1\n", "no feature columns"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path, text, fragment):
@@ -66,6 +65,15 @@ def test_bad_files_name_the_problem(tmp_path, text, fragment):
     assert fragment in message
     assert message.startswith(f"party 'bank': {tmp_path / 'party.csv'}:")   # the file as given
     assert "\n" not in message
+    count("bad files tried")
+
+
+def test_a_partner_file_without_features_is_refused_and_a_card_centers_labels_alone_are_taken(tmp_path):
+    """A partner brings columns or nothing; a card center may bring its labels only (an audience model's job)."""
+    with pytest.raises(DataError, match="no feature columns besides the id and label columns"):
+        load(write(tmp_path, "id\n1\n2\n", "partner.csv"), label=None)
+    table = load(write(tmp_path, "id,y\n1,0\n2,1\n"))
+    assert table.feature_names == [] and table.features.shape == (2, 0) and table.labels.tolist() == [0, 1]
     count("bad files tried")
 
 

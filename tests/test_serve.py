@@ -322,7 +322,7 @@ def test_demo_serve_ends_serving_and_stops_on_sigterm(tmp_path):
                 break
         assert printed, f"the demo ended before serving: {process.stderr.read()}"
         document = json.loads(printed)
-        assert set(document) == {"report", "scoring", "verification", "observer", "monitor", "dispute", "serving"}
+        assert set(document) == {"report", "scoring", "verification", "observer", "monitor", "dispute", "audience", "serving"}
         assert document["scoring"]["failed"] == 0 and document["observer"]["caught_up"]
         serving = document["serving"]
         assert serving["job_id"] == document["report"]["job_id"]
