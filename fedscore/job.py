@@ -150,6 +150,7 @@ class JobSpec:
     def digest(self) -> str:
         """SHA-256 of the job's content (not of where its daemons happen to listen)."""
         content = asdict(self)
+        content["fees"] = self.fees.to_dict()   # prices added later count only when set: older jobs keep their digest
         content.pop("coordinator_address")
         content.pop("rpc_timeout")
         content.pop("precompute_epochs")

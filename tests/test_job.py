@@ -1,14 +1,17 @@
 """A JobSpec survives the wire and the checkpoint text whole: every field, each set away from its default."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import MISSING, asdict, fields, replace
+from pathlib import Path
 
 import pytest
 
 from fedscore.crypto.obfuscation import STANDARD
 from fedscore.errors import DataError
 from fedscore.job import KEY_BITS, Binning, JobSpec, PartySpec, Step, check_job_id
-from fedscore.job_file import parse_job
+from fedscore.job_file import load_job, parse_job
 from fedscore.ledger.settlement import FeeContract
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.transport import codec
@@ -120,3 +123,22 @@ def test_steps_order_and_job_ids_are_checked():
         with pytest.raises(DataError, match="is not a job id"):
             check_job_id(bad, "here")
     assert replace(full_spec(), seed=1).digest() != full_spec().digest()
+
+
+def test_a_job_without_audience_prices_keeps_the_digest_it_had_before_they_existed():
+    """Models trained before the audience prices existed are opened by their job's digest: a contract that sets none
+    of them states (and digests) only the four older keys; setting one changes the job."""
+    plain = FeeContract(currency="CNY", per_step=500, per_overlap_row=1, per_request=2)
+    assert set(plain.to_dict()) == {"currency", "per_step", "per_overlap_row", "per_request"}
+    assert FeeContract.from_dict(plain.to_dict()) == plain
+    spec, _ = load_job(Path(__file__).resolve().parent.parent / "examples" / "default_credit" / "job.toml")
+    content = asdict(spec)
+    for key in ("coordinator_address", "rpc_timeout", "precompute_epochs", "refill_obfuscators", "restart_timeout"):
+        content.pop(key)
+    for party in content["parties"]:
+        party.pop("address")
+    for name in ("per_query", "per_audience_member", "per_conversion"):
+        content["fees"].pop(name)   # the digest as computed before these prices existed
+    before = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert spec.digest() == before
+    assert replace(spec, fees=replace(spec.fees, per_query=1)).digest() != before

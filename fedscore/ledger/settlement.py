@@ -45,7 +45,13 @@ class FeeContract:
     per_conversion: int = 0    # fen per application that arrived with a campaign's id
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every price, but the audience prices only when set: a contract without them reads (and digests, in a
+        job's digest and a chain's genesis) as it did before they existed, so models trained then still serve."""
+        document = asdict(self)
+        for name in AUDIENCE_PRICES.values():   # added later: left out at 0
+            if not document[name]:
+                del document[name]
+        return document
 
     @classmethod
     def from_dict(cls, document: dict, where: str = "fees") -> "FeeContract":
