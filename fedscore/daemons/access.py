@@ -114,6 +114,7 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Audience/AcceptModel": _CARD_CENTER,
     f"{_P}Audience/AnswerQuery": _CARD_CENTER,
     f"{_P}Audience/StartCampaign": _CARD_CENTER,
+    f"{_P}Audience/Unrecorded": _CARD_CENTER,
     f"{_P}Coordinator/Ping": _MEMBER,
     f"{_P}Coordinator/Status": _MEMBER,
     f"{_P}Coordinator/RunJob": _MEMBER,      # then: the caller must be the job's card center

@@ -2193,6 +2193,11 @@ class AudienceStub:
                 request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.AudienceReply.FromString,
                 _registered_method=True)
+        self.Unrecorded = channel.unary_unary(
+                '/fedscore.v1.Audience/Unrecorded',
+                request_serializer=fedscore__pb2.AudienceRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.AudienceReply.FromString,
+                _registered_method=True)
 
 
 class AudienceServicer:
@@ -2257,6 +2262,13 @@ class AudienceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unrecorded(self, request, context):
+        """partner: its answers and campaigns no block holds yet
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudienceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2297,6 +2309,11 @@ def add_AudienceServicer_to_server(servicer, server):
             ),
             'StartCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.StartCampaign,
+                    request_deserializer=fedscore__pb2.AudienceRequest.FromString,
+                    response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
+            ),
+            'Unrecorded': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unrecorded,
                     request_deserializer=fedscore__pb2.AudienceRequest.FromString,
                     response_serializer=fedscore__pb2.AudienceReply.SerializeToString,
             ),
@@ -2518,6 +2535,33 @@ class Audience:
             request,
             target,
             '/fedscore.v1.Audience/StartCampaign',
+            fedscore__pb2.AudienceRequest.SerializeToString,
+            fedscore__pb2.AudienceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unrecorded(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Audience/Unrecorded',
             fedscore__pb2.AudienceRequest.SerializeToString,
             fedscore__pb2.AudienceReply.FromString,
             options,

@@ -12,33 +12,31 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.daemons.party.alignment import aligned_ids
 from fedscore.daemons.party.scoring import ScoringHost
-from fedscore.errors import ConfigError, DataError, ProtocolError
-from fedscore.job import JobSpec, PartySpec, check_job_id
-from fedscore.job_file import ScoringSettings
-from fedscore.ledger.audience_rules import (
-    AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
-    audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id, new_conversion_id,
-)
-from fedscore.ledger.block import decode_entry
-from fedscore.ledger.cosign import append_block, settlement_entry
+from fedscore.errors import ProtocolError
+from fedscore.job import JobSpec, check_job_id
+from fedscore.ledger.audience_rules import AudienceFacts, AudienceRules, audience_chain_id, entry_digest
+from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
-from fedscore.model.data import normalise_id
-from fedscore.protocol.audience.model import AudienceModel, CardCenterPart, card_center_part
+from fedscore.protocol.audience.model import AudienceModel, CardCenterPart
 from fedscore.protocol.audience.partner import AudiencePartner
-from fedscore.protocol.audience.query import AudienceAnswer, AudienceQuery, new_query_id
+from fedscore.protocol.audience.policy import AudiencePolicy
+from fedscore.protocol.audience.query import AudienceAnswer, AudienceQuery
 from fedscore.protocol.audience.users import UserBase, load_user_base
 from fedscore.protocol.scoring.journal import now_ms
-from fedscore.protocol.scoring.secrets import ScoringSecrets
-from fedscore.transport.clients.audience import AudiencePeer
+from fedscore.daemons.party.audience_card_center import CardCenterAudience
+
+if TYPE_CHECKING:
+    from fedscore.transport.clients.audience import AudiencePeer
 
 log = logging.getLogger("fedscore.audience")
 
@@ -54,9 +52,11 @@ class AudienceChain:
     card_center: str
     partner: str
     member: LedgerMember
-    peer: AudiencePeer | None = None           # the card center's
+    peer: "AudiencePeer | None" = None         # the card center's
     answers: AudiencePartner | None = None     # the partner's
-    lock: threading.Lock = threading.Lock()
+    lock: threading.Lock = field(default_factory=threading.Lock)   # one act at a time on this chain
+    pending: Block | None = None               # the card center's: a block proposed, not yet committed at both
+    partner_blocks: int | None = None          # the card center's: the partner's replica height, when known
 
     @property
     def reply(self) -> dict:
@@ -85,6 +85,7 @@ class AudienceHost:
         self.scoring = scoring   # the models this party trained, and their settled training chains
         self._chains: dict[str, AudienceChain] = {}
         self._lock = threading.Lock()
+        self.card_center = CardCenterAudience(self)
 
     # -- chains --------------------------------------------------------------------
 
@@ -100,8 +101,8 @@ class AudienceHost:
         return AudienceFacts(member=self.name, role=role, chain_id=audience_chain_id(card_center, partner),
                              card_center=card_center, partner=partner, members=members, fees=fees, policy=policy)
 
-    def _open(self, card_center: str, partner: str, members: dict | None = None, fees: dict | None = None,
-              policy: dict | None = None) -> AudienceChain:
+    def open_chain(self, card_center: str, partner: str, members: dict | None = None, fees: dict | None = None,
+                   policy: dict | None = None) -> AudienceChain:
         """The pair's chain, opened once per daemon: from its stored genesis, or (first contact) from the facts given."""
         chain_id = audience_chain_id(card_center, partner)
         with self._lock:
@@ -117,10 +118,13 @@ class AudienceHost:
             path.parent.mkdir(parents=True, exist_ok=True)
             facts = self._facts(role, card_center, partner, genesis, members or {}, fees or {}, policy or {})
             chain = AudienceChain(chain_id, card_center, partner, LedgerMember(self.name, self.key, path, AudienceRules(facts)))
-            chain.lock = threading.Lock()
             if role == "partner":
-                chain.answers = self._answers(card_center)
-                facts.models.update(path.stem for path in (self.folder(card_center) / "models").glob("*.json"))
+                try:
+                    chain.answers = self._answers(card_center, facts.policy)
+                    self._remember_answers(chain)
+                except BaseException:
+                    chain.member.close()
+                    raise
             self._chains[chain_id] = chain
             return chain
 
@@ -134,7 +138,7 @@ class AudienceHost:
         for folder in sorted(root.glob("*")) if root.is_dir() else []:
             for card_center, partner in ((self.name, folder.name), (folder.name, self.name)):
                 if audience_chain_id(card_center, partner) == chain_id and (folder / CHAIN_FILE).is_file():
-                    return self._open(card_center, partner)
+                    return self.open_chain(card_center, partner)
         raise ProtocolError(f"{self.label} holds no audience chain {chain_id!r}")
 
     def proposer(self, chain_id: str) -> str:
@@ -147,8 +151,11 @@ class AudienceHost:
         """A block was appended: the partner's answers on the chain no longer count as pending in its budget."""
         chain = self.chain(chain_id)
         if chain.answers is not None:
-            for query_id in list(chain.member.rules.seen.queries):
+            seen = chain.member.rules.seen
+            for query_id in list(seen.queries):
                 chain.answers.recorded(query_id)
+            for campaign_id in list(seen.campaigns):
+                chain.answers.campaign_recorded(campaign_id)
 
     def close_all(self) -> None:
         with self._lock:
@@ -167,9 +174,47 @@ class AudienceHost:
             raise ProtocolError(f"{self.label} answers no audience queries: its config has no [party.audience] table")
         return self.config.audience
 
-    def _answers(self, card_center: str) -> AudiencePartner:
+    def _answers(self, card_center: str, stated: dict) -> AudiencePartner:
+        """The partner's answers to one card center, under the policy its chain states (the contract both sides
+        audit against); its config's users file and id column say where its users are. A config whose policy
+        has changed since is named in the log: the chain's goes on applying."""
         policy = self.policy()
+        if stated and stated != policy.to_dict():
+            log.warning("%s: [party.audience] differs from the policy its audience chain with %s states; the "
+                        "chain's applies (a chain's policy is fixed when it starts)", self.label, card_center)
+            policy = replace(AudiencePolicy.from_dict(stated, f"{self.label}: the audience chain's policy"),
+                             users=policy.users, id_column=policy.id_column)
         return AudiencePartner(self.name, card_center, policy, self.folder(card_center), self._users, self._seen_ids)
+
+    def _remember_answers(self, chain: AudienceChain) -> None:
+        """What this partner answered and made that no block holds yet, and the models it holds: the facts it
+        signs entries against (after a restart, from its own record)."""
+        facts, answers, seen = chain.member.rules.facts, chain.answers, chain.member.rules.seen
+        for digest in sorted(path.stem for path in (self.folder(chain.card_center) / "models").glob("*.json")):
+            facts.models.add(digest)
+            facts.held[digest] = self._held(answers.model(digest))
+        queries, campaigns = answers.unrecorded()
+        for record in queries:
+            if record["query"]["query_id"] not in seen.queries:
+                self._note_answer(facts, AudienceQuery.from_dict(record["query"], "its record"),
+                                  AudienceAnswer.from_dict(record["answer"], "its record"), record["time_ms"])
+        for record in campaigns:
+            if record["campaign_id"] not in seen.campaigns:
+                facts.answered[record["campaign_id"]] = record["query_id"]
+                facts.billed[record["campaign_id"]] = record["members"]
+
+    @staticmethod
+    def _note_answer(facts, query: AudienceQuery, answer: AudienceAnswer, answered_ms: int) -> None:
+        facts.answered[query.query_id] = answer.digest()
+        facts.asked[query.query_id] = entry_digest(query.to_dict())
+        facts.answered_at[query.query_id] = answered_ms
+        facts.totals[query.query_id] = answer.total
+
+    def _held(self, model: AudienceModel) -> dict:
+        """What an audience_model entry must state of a model this partner holds: its job, the card center's part,
+        and the head of this partner's own replica of the job's training chain."""
+        head = self.scoring.training_facts(model.part.job_id, "partner")[1].training_head
+        return {"job_id": model.part.job_id, "part_digest": model.part.digest(), "training_head": head}
 
     def _seen_ids(self, model: AudienceModel) -> set[str]:
         """The users this partner aligned with the card center in the model's job (kept at home at alignment)."""
@@ -193,13 +238,16 @@ class AudienceHost:
         if facts.card_center != card_center or facts.partners != [self.name]:
             raise ProtocolError(f"{self.label}: job {part.job_id!r} was not trained by {card_center!r} with this "
                                 "party as its only partner; an audience model has exactly these two parties")
-        chain = self._open(card_center, self.name, facts.members, start["fees"], policy.to_dict())
-        audience = chain.answers.accept_model(part, model)
-        chain.member.rules.facts.models.add(audience.digest())
+        chain = self.open_chain(card_center, self.name, facts.members, start["fees"], policy.to_dict())
+        with chain.lock:
+            audience = chain.answers.accept_model(part, model)
+            chain.member.rules.facts.models.add(audience.digest())
+            chain.member.rules.facts.held[audience.digest()] = {
+                "job_id": part.job_id, "part_digest": part.digest(), "training_head": facts.training_head}
         return {"model_digest": audience.digest(), "part_digest": part.digest(), "policy": policy.to_dict()}, chain
 
     def answer_query(self, card_center: str, body: dict) -> tuple[dict, AudienceChain]:
-        chain = self._open(card_center, self.name)
+        chain = self.open_chain(card_center, self.name)
         query = AudienceQuery.from_dict(body, f"{self.label}: the audience query")
         if query.unseen_only:
             job_id = chain.answers.model(query.model).part.job_id
@@ -208,19 +256,17 @@ class AudienceHost:
                                     "cannot leave them out (unseen_only); ask without it")
         with chain.lock:
             now = now_ms()
-            spent = chain.member.rules.seen.spent(now, self.policy().window_days)
+            spent = chain.member.rules.seen.spent(now, chain.answers.policy.window_days)
             answer = chain.answers.answer(query, spent, now)
-            facts = chain.member.rules.facts
-            facts.answered[query.query_id] = answer.digest()
-            facts.asked[query.query_id] = entry_digest(query.to_dict())
+            self._note_answer(chain.member.rules.facts, query, answer, chain.answers.answered_at(query.query_id))
         log.info("audience query %s answered for %s: %d cells, ε %.3g (spent %.3g of %.3g)", query.query_id,
                  card_center, len(answer.cells), answer.epsilon, answer.spent, answer.budget)
         return answer.to_dict(), chain
 
     def start_campaign(self, card_center: str, body: dict) -> tuple[dict, AudienceChain]:
-        chain = self._open(card_center, self.name)
+        chain = self.open_chain(card_center, self.name)
         query_id = body.get("query_id")
-        if query_id not in chain.member.rules.seen.queries:
+        if not isinstance(query_id, str) or query_id not in chain.member.rules.seen.queries:
             raise ProtocolError(f"{self.label}: query {query_id!r} is not on the audience chain; a campaign starts "
                                 "from an answered, recorded query")
         with chain.lock:
@@ -231,127 +277,28 @@ class AudienceHost:
                  campaign.members, campaign.audience_file.name)
         return {"campaign_id": campaign.campaign_id, "query_id": query_id, "members": campaign.members}, chain
 
-    # -- the card center's side -------------------------------------------------------
+    def unrecorded(self, card_center: str, body: dict) -> tuple[dict, AudienceChain]:
+        """What this partner answered or made for the card center that no block holds yet, for it to record."""
+        chain = self.open_chain(card_center, self.name)
+        with chain.lock:
+            seen = chain.member.rules.seen
+            queries, campaigns = chain.answers.unrecorded()
+        return {"queries": [q for q in queries if q["query"]["query_id"] not in seen.queries],
+                "campaigns": [c for c in campaigns if c["campaign_id"] not in seen.campaigns]}, chain
 
-    def _partner_of(self, spec: JobSpec) -> PartySpec:
-        if not spec.party(self.name).is_card_center:
-            raise ProtocolError(f"{self.label} is not the card center of job {spec.name!r}")
-        if len(spec.partners) != 1:
-            raise ConfigError(f"job {spec.name!r} has {len(spec.partners)} partners; an audience model is trained "
-                              "with exactly one (the partner that evaluates it on its own users)")
-        partner = spec.partners[0]
-        if not partner.address:
-            raise ConfigError(f"job {spec.name!r}: no address for partner {partner.name!r}")
-        return partner
-
-    def _peer(self, chain: AudienceChain, partner: PartySpec) -> AudiencePeer:
-        if chain.peer is None or chain.peer.peer.address != partner.address:
-            if chain.peer is not None:
-                chain.peer.close()
-            chain.peer = AudiencePeer(partner.name, partner.address, chain.chain_id, self.name, tls=self.config.tls)
-        return chain.peer
-
-    def _catch_up(self, chain: AudienceChain, partner_blocks: int) -> None:
-        """Send the partner the blocks its replica lacks (it missed a commit, or restarted from a copy)."""
-        member = chain.member
-        if partner_blocks > member.height:
-            raise ProtocolError(f"partner {chain.partner!r} holds {partner_blocks} audience blocks, more than the "
-                                f"card center's {member.height}")
-        for block in member.store.blocks(partner_blocks) if partner_blocks < member.height else ():
-            chain.peer.commit_block(block)
-
-    def _append(self, chain: AudienceChain, entry: dict) -> None:
-        """One entry this card center made, co-signed by the partner and committed at both."""
-        if entry["kind"] != "audience_start":
-            chain.member.rules.facts.sent[entry_id(entry)] = entry_digest(entry)
-        append_block(chain.member, {chain.partner: chain.peer}, [entry])
+    # -- the card center's side (fedscore.daemons.party.audience_card_center) -------------------
 
     def handover(self, spec: JobSpec, job_id: str, settings_json: str) -> tuple[dict, AudienceChain]:
-        partner = self._partner_of(spec)
-        job_id = job_id or self.scoring.newest_model(spec.name)
-        model, facts, start = self.scoring.training_facts(job_id, "card_center")
-        if facts.partners != [partner.name]:
-            raise ConfigError(f"{self.label}: job {job_id!r} was trained with partners {', '.join(facts.partners)}")
-        settings = ScoringSettings.from_json(settings_json) if settings_json else ScoringSettings()
-        part = card_center_part(model, settings.policy, partner.name)
-        chain_id = audience_chain_id(self.name, partner.name)
-        peer = AudiencePeer(partner.name, partner.address, chain_id, self.name, tls=self.config.tls)
-        try:
-            accepted, blocks = peer.accept_model(part.to_dict())
-        finally:
-            peer.close()
-        if accepted.get("part_digest") != part.digest():
-            raise ProtocolError(f"partner {partner.name!r} assembled the model from a part other than the one sent")
-        model_digest = accepted.get("model_digest")
-        chain = self._open(self.name, partner.name, facts.members, start["fees"], accepted.get("policy"))
-        with chain.lock:
-            self._peer(chain, partner)
-            self._catch_up(chain, blocks)
-            if chain.member.height == 0:
-                self._append(chain, audience_start_entry(chain.member.rules.facts))
-            if model_digest not in chain.member.rules.seen.models:
-                self._append(chain, audience_model_entry(job_id, facts.training_head, part.digest(), model_digest, now_ms()))
-        log.info("audience model %s handed to %s as %s", job_id, partner.name, model_digest)
-        return {"job_id": job_id, "partner": partner.name, "model": model_digest, "part_digest": part.digest(),
-                "policy": chain.member.rules.facts.policy}, chain
-
-    def _card_center_chain(self, spec: JobSpec) -> tuple[AudienceChain, PartySpec]:
-        partner = self._partner_of(spec)
-        chain = self._open(self.name, partner.name)
-        self._peer(chain, partner)
-        return chain, partner
+        return self.card_center.handover(spec, job_id, settings_json)
 
     def query(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
-        chain, partner = self._card_center_chain(spec)
-        query = AudienceQuery.from_dict({"unseen_only": False, **body, "query_id": new_query_id()},
-                                        "the audience query")
-        with chain.lock:
-            if query.model not in chain.member.rules.seen.models:
-                raise ProtocolError(f"model {query.model!r} is not on the audience chain with {partner.name!r}; "
-                                    "hand it over first (fedscore audience handover)")
-            document, blocks = chain.peer.answer_query(query.to_dict())
-            answer = AudienceAnswer.from_dict(document, f"partner {partner.name!r}'s answer")
-            if answer.query_id != query.query_id or answer.model != query.model:
-                raise ProtocolError(f"partner {partner.name!r} answered another query than {query.query_id}")
-            self._catch_up(chain, blocks)
-            now = now_ms()
-            spent = chain.member.rules.query_spent(now, query.epsilon)
-            self._append(chain, audience_query_entry(query.to_dict(), answer.digest(), spent, now))
-        return answer.to_dict(), chain
+        return self.card_center.query(spec, body)
 
     def campaign(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
-        chain, partner = self._card_center_chain(spec)
-        query_id = body.get("query_id")
-        with chain.lock:
-            if query_id not in chain.member.rules.seen.queries:
-                raise ProtocolError(f"query {query_id!r} is not on the audience chain with {partner.name!r}")
-            document, blocks = chain.peer.start_campaign(query_id)
-            self._catch_up(chain, blocks)
-            campaign_id, members = document.get("campaign_id"), document.get("members")
-            if document.get("query_id") != query_id or not isinstance(members, int) or isinstance(members, bool):
-                raise ProtocolError(f"partner {partner.name!r} answered the campaign of {query_id} with {document!r}")
-            self._append(chain, campaign_entry(campaign_id, query_id, members, now_ms()))
-        return {"campaign_id": campaign_id, "query_id": query_id, "members": members}, chain
+        return self.card_center.campaign(spec, body)
 
     def conversion(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
-        chain, partner = self._card_center_chain(spec)
-        campaign_id, applicant = body.get("campaign_id"), normalise_id(str(body.get("applicant_id") or ""))
-        if not applicant:
-            raise DataError("a conversion needs the application's applicant id")
-        salted = ScoringSecrets.load_or_create(self.config.state_dir / "scoring-secrets").salted_applicant(applicant)
-        with chain.lock:
-            if campaign_id not in chain.member.rules.seen.campaigns:
-                raise ProtocolError(f"campaign {campaign_id!r} is not on the audience chain with {partner.name!r}")
-            conversion_id = new_conversion_id()
-            self._append(chain, conversion_entry(conversion_id, campaign_id, salted, now_ms()))
-        return {"conversion_id": conversion_id, "campaign_id": campaign_id}, chain
+        return self.card_center.conversion(spec, body)
 
     def settle(self, spec: JobSpec) -> tuple[dict, AudienceChain]:
-        chain, partner = self._card_center_chain(spec)
-        with chain.lock:
-            if chain.member.rules.seen.last_kind == "audience_settlement":
-                raise ProtocolError("nothing to settle: no query, campaign or conversion since the last settlement")
-            entry = settlement_entry(chain.member, {partner.name: chain.peer})
-            append_block(chain.member, {partner.name: chain.peer}, [entry])
-        return entry, chain
-
+        return self.card_center.settle(spec)

@@ -283,6 +283,9 @@ class AudienceServicer(_Servicer, pb_grpc.AudienceServicer):
     def StartCampaign(self, request, context):
         return audience_reply(*self.domain.start_campaign(asking_card_center(request, context, self.label), audience_body(request)))
 
+    def Unrecorded(self, request, context):
+        return audience_reply(*self.domain.unrecorded(asking_card_center(request, context, self.label), audience_body(request)))
+
 
 def audience_body(request: pb.AudienceRequest) -> dict:
     try:

@@ -97,3 +97,7 @@ class AudiencePeer(ChainMember):
 
     def start_campaign(self, query_id: str) -> tuple[dict, int]:
         return self.audience.ask("StartCampaign", {"query_id": query_id})
+
+    def unrecorded(self) -> tuple[dict, int]:
+        """The partner's answers and campaigns that no block of the chain holds yet."""
+        return self.audience.ask("Unrecorded", {})
