@@ -29,7 +29,7 @@ from faults import attack
 from test_wire_privacy import Proxy, leaks, messages
 
 FEES = {"per_query": 2000, "per_audience_member": 5, "per_conversion": 3000}
-POLICY = {"users": "shop_users.csv", "id_column": "id", "segments": ["channel"], "min_cell": 20, "budget": 2.0,
+POLICY = {"users": "shop_users.csv", "id_column": "id", "segments": ["channel"], "min_cell": 20, "budget": 3.0,
           "window_days": 30, "max_epsilon": 1.0}
 NOISE_SLACK = 20   # discrete Laplace at ε ≥ 0.5: P(|noise| > 20) = 2e^{-10}/(1+e^{-0.5}) < 6e-5 per cell
 
@@ -124,9 +124,21 @@ def campaign(tmp_path_factory):
                      "unseen_only": False}))
             finally:
                 partner.close()
+            # a card center that asks the partner directly and never records the answer: the partner answers no
+            # new query until it is on the chain, and the card center's next act records it first
+            partner = AudiencePeer("shop", proxies["shop"].address, chain_id, "center")
+            try:
+                done["skipped"], _ = partner.answer_query({"query_id": "q" + "2" * 31, "model": handed["model"],
+                                                           "min_points": float(np.quantile(points, 0.5)),
+                                                           "segments": [], "epsilon": 0.5, "unseen_only": False})
+                refused("unrecorded", lambda: partner.answer_query({
+                    "query_id": "q" + "3" * 31, "model": handed["model"], "min_points": float(np.quantile(points, 0.8)),
+                    "segments": [], "epsilon": 0.5, "unseen_only": False}))
+            finally:
+                partner.close()
             done["second_cut"] = float(np.quantile(points, 0.7))
             done["second"], _ = query(done["second_cut"], [], 1.0, unseen_only=True)()
-            refused("budget", query(float(np.quantile(points, 0.1)), [], 0.5))
+            refused("budget", query(float(np.quantile(points, 0.1)), [], 0.6))
             done["campaign"], _ = client.campaign(watched, done["first"]["query_id"])
             # the partner restarts: its replica of the chain and its records come back from its state
             os.killpg(consortium.processes["shop"].pid, signal.SIGKILL)
@@ -164,7 +176,7 @@ def test_the_counts_are_the_partners_plaintext_counts_within_the_noise_and_small
     # most of the audience are people the card center never saw: the model counted them too
     strangers = ~np.isin(campaign["users"].ids, campaign["frames"]["center"]["id"].to_numpy())
     assert np.sum(strangers & (campaign["points"] >= campaign["cut"])) > 100
-    assert answer["epsilon"] == 1.0 and answer["spent"] == 1.0 and answer["budget"] == 2.0
+    assert answer["epsilon"] == 1.0 and answer["spent"] == 1.0 and answer["budget"] == 3.0
 
 
 def test_an_unseen_only_query_counts_only_the_users_the_card_center_never_saw(campaign):
@@ -190,6 +202,8 @@ def test_each_protection_refuses_its_query(campaign):
     assert "0" * 64 in refusals["unknown model at the partner"]
     assert not attack("budget" not in refusals)
     assert "budget" in refusals["budget"]
+    assert not attack("unrecorded" not in refusals)
+    assert "q" + "2" * 31 in refusals["unrecorded"]
 
 
 def test_the_campaign_file_holds_exactly_the_audience_and_stays_at_the_partner(campaign):
@@ -208,16 +222,18 @@ def test_the_settlement_is_on_both_replicas_and_adds_up(campaign):
     shop = chain_entries(folder / "shop" / "audience" / "center" / "audience.sqlite")
     assert center == shop
     kinds = [e["kind"] for e in center]
-    assert kinds == ["audience_start", "audience_model", "audience_query", "audience_query", "campaign", "conversion",
-                     "audience_settlement"]   # no refused query on the chain
+    assert kinds == ["audience_start", "audience_model", "audience_query", "audience_query", "audience_query",
+                     "campaign", "conversion", "audience_settlement"]   # no refused query on the chain
+    # the answer the card center did not record itself went on the chain before its next query
+    assert [e["query"]["query_id"] for e in center if e["kind"] == "audience_query"][1] == "q" + "2" * 31
     line = campaign["settlement"]["lines"][0]
     members = campaign["first"]["total"]
-    assert line == {"payee": "shop", "queries": 2, "audience_members": members, "conversions": 1,
-                    "amount": 2 * FEES["per_query"] + members * FEES["per_audience_member"] + FEES["per_conversion"]}
+    assert line == {"payee": "shop", "queries": 3, "audience_members": members, "conversions": 1,
+                    "amount": 3 * FEES["per_query"] + members * FEES["per_audience_member"] + FEES["per_conversion"]}
     assert balances(center)["center"]["owes"] == line["amount"]
     assert set(center[-1]["signatures"]) == {"center", "shop"}
     spent = [e["spent"] for e in center if e["kind"] == "audience_query"]
-    assert spent == [1.0, 2.0]
+    assert spent == [1.0, 1.5, 2.5]
 
 
 def test_no_user_id_or_feature_value_of_the_partner_crosses_the_wire(campaign):
