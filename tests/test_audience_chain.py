@@ -14,7 +14,7 @@ from fedscore.job import JOB_ID_PATTERN
 from fedscore.job_file import load_job
 from fedscore.ledger import settlement
 from fedscore.ledger.audience_rules import (
-    DAY_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
+    DAY_MS, MAX_CLOCK_SKEW_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
     audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id, new_conversion_id,
 )
 from fedscore.ledger.block import encode_entry, sign
@@ -30,7 +30,7 @@ KEYS = {"bank": SigningKey(b"\x21" * 32), "shop": SigningKey(b"\x22" * 32)}
 ROLES = {"bank": "card_center", "shop": "partner"}
 FEES = FeeContract(per_query=500, per_audience_member=2, per_conversion=300).to_dict()
 POLICY = {"segments": ["category", "region"], "min_cell": 10, "budget": 1.0, "window_days": 30,
-          "max_epsilon": 0.5, "max_segments": 2}
+          "max_epsilon": 0.5, "max_segments": 2, "min_epsilon": 0.1, "min_points_gap": 10.0}
 MODEL = hashlib.sha256(b"the assembled audience model").hexdigest()
 
 
@@ -94,22 +94,25 @@ class Chain:
         return audience_model_entry("ad-model-0123abcd", "ab" * 32, "cd" * 32, digest, now_ms())
 
     def query(self, epsilon: float = 0.25, time_ms: int | None = None, answered: bool = True,
-              segments: tuple[str, ...] = ("category",), spent: float | None = None, model: str = MODEL) -> dict:
+              segments: tuple[str, ...] = ("category",), spent: float | None = None, model: str = MODEL,
+              min_points: float = 620, unseen_only: bool = True, total: int = 2480) -> dict:
         """A query the partner answered (``answered``), stating the ε spent the chain implies unless ``spent``."""
         time_ms = now_ms() if time_ms is None else time_ms
         query_id = "q" + hashlib.sha256(f"{time.perf_counter_ns()}".encode()).hexdigest()[:31]
-        query = {"query_id": query_id, "model": model, "min_points": 620, "segments": list(segments),
-                 "epsilon": epsilon, "unseen_only": True}
+        query = {"query_id": query_id, "model": model, "min_points": min_points, "segments": list(segments),
+                 "epsilon": epsilon, "unseen_only": unseen_only}
         answer = hashlib.sha256(f"answer {query_id}".encode()).hexdigest()
         if answered:
             self.shop.rules.facts.answered[query_id] = answer
         implied = self.center.rules.query_spent(time_ms, epsilon)
-        return audience_query_entry(query, answer, implied if spent is None else spent, time_ms)
+        return audience_query_entry(query, answer, implied if spent is None else spent, time_ms, total)
 
-    def campaign(self, query: dict, members: int = 2480, made: bool = True) -> dict:
+    def campaign(self, query: dict, members: int | None = None, made: bool = True) -> dict:
+        """A campaign of ``query`` billing ``members`` (its answer's total unless given)."""
         campaign_id = "c" + hashlib.sha256(query["query"]["query_id"].encode()).hexdigest()[:31]
         if made:
             self.shop.rules.facts.answered[campaign_id] = query["query"]["query_id"]
+        members = query["total"] if members is None else members
         return campaign_entry(campaign_id, query["query"]["query_id"], members, now_ms())
 
 
@@ -191,10 +194,13 @@ def test_a_query_on_a_model_not_on_the_chain_or_a_segment_not_exposed_is_refused
                           "the query names segment column 'income', which the partner does not expose")
 
 
-def test_epsilon_above_the_policy_maximum_is_refused(chain):
+def test_epsilon_above_the_policy_maximum_or_below_its_minimum_is_refused(chain):
+    """The least ε bounds the queries a budget buys: a bisection by tiny ε would otherwise be nearly free."""
     chain.record(chain.model())
-    chain.refused_by_shop([chain.query(0.75)], r"spends ε 0.75; the policy allows more than 0 and at most 0.5")
+    chain.refused_by_shop([chain.query(0.75)], r"spends ε 0.75; the policy allows at least 0.1 and at most 0.5")
+    chain.refused_by_shop([chain.query(0.05)], r"spends ε 0.05; the policy allows at least 0.1 and at most 0.5")
     chain.refused_by_shop([chain.query(0.0)], "spends ε 0.0")
+    chain.record(chain.query(0.1))   # the least is allowed
 
 
 def test_a_spent_that_does_not_follow_from_the_chain_is_refused_by_both(chain):
@@ -256,9 +262,10 @@ def test_the_partner_refuses_a_campaign_it_did_not_make(chain):
     forged = chain.campaign(query, made=False)
     chain.refused_by_shop([forged], f"campaign {forged['campaign_id']} is not one 'shop' made for query "
                                     f"{query['query']['query_id']}")
-    campaign = chain.campaign(query, members=100)
+    campaign = chain.campaign(query)
+    chain.shop.rules.facts.billed[campaign["campaign_id"]] = 2000
+    chain.refused_by_shop([campaign], "bills 2480 members; 'shop' billed 2000")
     chain.shop.rules.facts.billed[campaign["campaign_id"]] = 2480
-    chain.refused_by_shop([campaign], "bills 100 members; 'shop' billed 2480")
     chain.record(chain.campaign(query, members=2480))
     chain.refused_by_shop([chain.campaign(query)], "is already on the chain")
 
@@ -293,9 +300,9 @@ def test_the_card_center_signs_only_entries_it_made(chain):
 
 def test_the_partner_countersigns_only_the_settlement_the_chain_implies(chain):
     model = chain.model()
-    query = chain.query()
+    query = chain.query(total=50)
     chain.record(model, query)
-    campaign = chain.campaign(query, members=50)
+    campaign = chain.campaign(query)
     chain.record(campaign, conversion(campaign))
     honest = chain.center.rules.settlement_body()
     assert honest["total"] == 500 + 50 * 2 + 300
@@ -364,6 +371,9 @@ def test_the_job_file_fees_carry_the_audience_prices_onto_the_wire(tmp_path):
     (lambda e: {**e, "epsilon": 0.1}, "its epsilon is not the query's"),
     (lambda e: {**e, "time_ms": True}, "its time is not a positive integer of milliseconds"),
     (lambda e: {**e, "answer_digest": "AB" * 32}, "the answer digest must be SHA-256 hex"),
+    (lambda e: {**e, "total": -1}, "the answer's total must be a whole, non-negative number"),
+    (lambda e: {**e, "total": 2480.0}, "the answer's total must be a whole, non-negative number"),
+    (lambda e: {key: value for key, value in e.items() if key != "total"}, "with fields other than the protocol's"),
 ])
 def test_malformed_query_entries_are_refused(chain, change, reason):
     chain.record(chain.model())
