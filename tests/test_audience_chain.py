@@ -14,8 +14,9 @@ from fedscore.job import JOB_ID_PATTERN
 from fedscore.job_file import load_job
 from fedscore.ledger import settlement
 from fedscore.ledger.audience_rules import (
-    DAY_MS, MAX_CLOCK_SKEW_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
-    audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id, new_conversion_id,
+    DAY_MS, MAX_CLOCK_SKEW_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry,
+    audience_query_entry, audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id,
+    new_conversion_id,
 )
 from fedscore.ledger.block import encode_entry, sign
 from fedscore.ledger.cosign import append_block, settlement_entry
