@@ -14,8 +14,9 @@ from fedscore.job import JOB_ID_PATTERN
 from fedscore.job_file import load_job
 from fedscore.ledger import settlement
 from fedscore.ledger.audience_rules import (
-    DAY_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry, audience_query_entry,
-    audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id, new_conversion_id,
+    DAY_MS, MAX_CLOCK_SKEW_MS, AudienceFacts, AudienceRules, audience_chain_id, audience_model_entry,
+    audience_query_entry, audience_start_entry, campaign_entry, conversion_entry, entry_digest, entry_id,
+    new_conversion_id,
 )
 from fedscore.ledger.block import encode_entry, sign
 from fedscore.ledger.cosign import append_block, settlement_entry
@@ -30,7 +31,7 @@ KEYS = {"bank": SigningKey(b"\x21" * 32), "shop": SigningKey(b"\x22" * 32)}
 ROLES = {"bank": "card_center", "shop": "partner"}
 FEES = FeeContract(per_query=500, per_audience_member=2, per_conversion=300).to_dict()
 POLICY = {"segments": ["category", "region"], "min_cell": 10, "budget": 1.0, "window_days": 30,
-          "max_epsilon": 0.5, "max_segments": 2}
+          "max_epsilon": 0.5, "max_segments": 2, "min_epsilon": 0.1, "min_points_gap": 10.0}
 MODEL = hashlib.sha256(b"the assembled audience model").hexdigest()
 
 
@@ -94,22 +95,25 @@ class Chain:
         return audience_model_entry("ad-model-0123abcd", "ab" * 32, "cd" * 32, digest, now_ms())
 
     def query(self, epsilon: float = 0.25, time_ms: int | None = None, answered: bool = True,
-              segments: tuple[str, ...] = ("category",), spent: float | None = None, model: str = MODEL) -> dict:
+              segments: tuple[str, ...] = ("category",), spent: float | None = None, model: str = MODEL,
+              min_points: float = 620, unseen_only: bool = True, total: int = 2480) -> dict:
         """A query the partner answered (``answered``), stating the ε spent the chain implies unless ``spent``."""
         time_ms = now_ms() if time_ms is None else time_ms
         query_id = "q" + hashlib.sha256(f"{time.perf_counter_ns()}".encode()).hexdigest()[:31]
-        query = {"query_id": query_id, "model": model, "min_points": 620, "segments": list(segments),
-                 "epsilon": epsilon, "unseen_only": True}
+        query = {"query_id": query_id, "model": model, "min_points": min_points, "segments": list(segments),
+                 "epsilon": epsilon, "unseen_only": unseen_only}
         answer = hashlib.sha256(f"answer {query_id}".encode()).hexdigest()
         if answered:
             self.shop.rules.facts.answered[query_id] = answer
         implied = self.center.rules.query_spent(time_ms, epsilon)
-        return audience_query_entry(query, answer, implied if spent is None else spent, time_ms)
+        return audience_query_entry(query, answer, implied if spent is None else spent, time_ms, total)
 
-    def campaign(self, query: dict, members: int = 2480, made: bool = True) -> dict:
+    def campaign(self, query: dict, members: int | None = None, made: bool = True) -> dict:
+        """A campaign of ``query`` billing ``members`` (its answer's total unless given)."""
         campaign_id = "c" + hashlib.sha256(query["query"]["query_id"].encode()).hexdigest()[:31]
         if made:
             self.shop.rules.facts.answered[campaign_id] = query["query"]["query_id"]
+        members = query["total"] if members is None else members
         return campaign_entry(campaign_id, query["query"]["query_id"], members, now_ms())
 
 
@@ -191,10 +195,13 @@ def test_a_query_on_a_model_not_on_the_chain_or_a_segment_not_exposed_is_refused
                           "the query names segment column 'income', which the partner does not expose")
 
 
-def test_epsilon_above_the_policy_maximum_is_refused(chain):
+def test_epsilon_above_the_policy_maximum_or_below_its_minimum_is_refused(chain):
+    """The least ε bounds the queries a budget buys: a bisection by tiny ε would otherwise be nearly free."""
     chain.record(chain.model())
-    chain.refused_by_shop([chain.query(0.75)], r"spends ε 0.75; the policy allows more than 0 and at most 0.5")
+    chain.refused_by_shop([chain.query(0.75)], r"spends ε 0.75; the policy allows at least 0.1 and at most 0.5")
+    chain.refused_by_shop([chain.query(0.05)], r"spends ε 0.05; the policy allows at least 0.1 and at most 0.5")
     chain.refused_by_shop([chain.query(0.0)], "spends ε 0.0")
+    chain.record(chain.query(0.1))   # the least is allowed
 
 
 def test_a_spent_that_does_not_follow_from_the_chain_is_refused_by_both(chain):
@@ -256,9 +263,10 @@ def test_the_partner_refuses_a_campaign_it_did_not_make(chain):
     forged = chain.campaign(query, made=False)
     chain.refused_by_shop([forged], f"campaign {forged['campaign_id']} is not one 'shop' made for query "
                                     f"{query['query']['query_id']}")
-    campaign = chain.campaign(query, members=100)
+    campaign = chain.campaign(query)
+    chain.shop.rules.facts.billed[campaign["campaign_id"]] = 2000
+    chain.refused_by_shop([campaign], "bills 2480 members; 'shop' billed 2000")
     chain.shop.rules.facts.billed[campaign["campaign_id"]] = 2480
-    chain.refused_by_shop([campaign], "bills 100 members; 'shop' billed 2480")
     chain.record(chain.campaign(query, members=2480))
     chain.refused_by_shop([chain.campaign(query)], "is already on the chain")
 
@@ -293,9 +301,9 @@ def test_the_card_center_signs_only_entries_it_made(chain):
 
 def test_the_partner_countersigns_only_the_settlement_the_chain_implies(chain):
     model = chain.model()
-    query = chain.query()
+    query = chain.query(total=50)
     chain.record(model, query)
-    campaign = chain.campaign(query, members=50)
+    campaign = chain.campaign(query)
     chain.record(campaign, conversion(campaign))
     honest = chain.center.rules.settlement_body()
     assert honest["total"] == 500 + 50 * 2 + 300
@@ -364,6 +372,9 @@ def test_the_job_file_fees_carry_the_audience_prices_onto_the_wire(tmp_path):
     (lambda e: {**e, "epsilon": 0.1}, "its epsilon is not the query's"),
     (lambda e: {**e, "time_ms": True}, "its time is not a positive integer of milliseconds"),
     (lambda e: {**e, "answer_digest": "AB" * 32}, "the answer digest must be SHA-256 hex"),
+    (lambda e: {**e, "total": -1}, "the answer's total must be a whole, non-negative number"),
+    (lambda e: {**e, "total": 2480.0}, "the answer's total must be a whole, non-negative number"),
+    (lambda e: {key: value for key, value in e.items() if key != "total"}, "with fields other than the protocol's"),
 ])
 def test_malformed_query_entries_are_refused(chain, change, reason):
     chain.record(chain.model())
@@ -380,3 +391,129 @@ def test_malformed_models_campaigns_and_conversions_are_refused(chain):
     chain.record(campaign)
     chain.refused_by_shop([{**conversion(campaign), "applicant": "alice"}], "the applicant must be a salted SHA-256")
     chain.refused_by_shop([conversion(campaign, "v" + "0" * 31)], "its conversion id or campaign id is not one")
+
+
+def test_the_partner_refuses_a_model_whose_job_training_head_or_part_is_forged(chain):
+    """The digest alone is not enough: the entry says which training and which part the model came from."""
+    assembled = {"job_id": "ad-model-0123abcd", "training_head": "ab" * 32, "part_digest": "cd" * 32}
+    chain.shop.rules.facts.held[MODEL] = dict(assembled)
+    honest = chain.model(held=False)   # held, by its origin, though not among the plain digests
+    for key, forged in (("job_id", "ad-model-ffffffff"), ("training_head", "ee" * 32), ("part_digest", "ff" * 32)):
+        chain.refused_by_shop([{**honest, key: forged}],
+                              f"model {MODEL} states {key} '{forged}'; 'shop' assembled it from '{assembled[key]}'")
+    chain.record(honest)
+    assert chain.shop.rules.facts.held == {MODEL: assembled}   # a model stays held once on the chain
+
+
+def test_a_campaign_billing_more_members_than_its_querys_answer_counted_is_refused_by_both(chain):
+    model = chain.model()
+    query = chain.query(total=2480)
+    chain.record(model, query)
+    inflated = chain.campaign(query, members=2481)
+    reason = (f"campaign {inflated['campaign_id']} bills 2481 members; the answer to query "
+              f"{query['query']['query_id']} on the chain counted 2480")
+    chain.refused_by_shop([inflated], reason)
+    with pytest.raises(LedgerError, match=f"member 'bank' refuses it: {reason}"):
+        append_block(chain.center, chain.partners, [inflated])
+    chain.record(chain.campaign(query))
+    assert chain.shop.rules.seen.unsettled["audience_members"] == 2480
+
+
+def test_the_partner_refuses_a_query_stating_another_total_than_it_answered(chain):
+    chain.record(chain.model())
+    query = chain.query(total=3000)
+    ident = query["query"]["query_id"]
+    chain.shop.rules.facts.totals[ident] = 2480
+    chain.refused_by_shop([query], f"query {ident} states a total of 3000; 'shop' answered 2480")
+    chain.shop.rules.facts.totals[ident] = 3000
+    chain.record(query)
+    assert ident not in chain.shop.rules.facts.totals   # on the chain: forgotten
+    assert chain.shop.rules.seen.queries[ident]["total"] == 3000
+
+
+def test_queries_dated_ahead_count_in_the_epsilon_spent_now(chain):
+    """Dating queries ahead (within the clock skew allowed) must not free budget for queries answered meanwhile."""
+    chain.record(chain.model())
+    ahead = now_ms() + MAX_CLOCK_SKEW_MS - 60_000
+    chain.record(chain.query(0.5, time_ms=ahead))
+    now = now_ms()
+    assert now < ahead
+    assert chain.shop.rules.seen.spent(now, 30) == 0.5 and chain.center.rules.seen.spent(now, 30) == 0.5
+    assert chain.center.rules.query_spent(now, 0.5) == 1.0
+    chain.record(chain.query(0.5, time_ms=ahead))
+    assert chain.center.rules.query_spent(now_ms(), 0.25) == 1.25   # over the budget of 1.0: a check now refuses
+    over = chain.query(0.25, time_ms=ahead)
+    chain.refused_by_shop([over], r"would bring the ε spent in 30 days to 1.25, over the budget of 1.0")
+
+
+def test_the_partner_refuses_a_query_dated_before_it_answered_it(tmp_path, monkeypatch):
+    """Back-dating a query (though not before the entry before it) would move its ε towards leaving the window."""
+    clock = [time.time_ns()]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    chain = Chain(tmp_path).start()
+    chain.record(chain.model())
+    model_time = chain.shop.rules.seen.last_time_ms
+    clock[0] += 3_600_000 * 1_000_000   # an hour later, the partner answers
+    answered = now_ms()
+    back = chain.query(0.25, time_ms=model_time)
+    ident = back["query"]["query_id"]
+    chain.shop.rules.facts.answered_at[ident] = answered
+    chain.refused_by_shop([back], f"query {ident} is dated {model_time} ms, before 'shop' answered it "
+                                  f"\\({answered} ms\\): a query may not be back-dated")
+    skewed = chain.query(0.25, time_ms=answered - MAX_CLOCK_SKEW_MS)   # the card center's clock may lag this much
+    chain.shop.rules.facts.answered_at[skewed["query"]["query_id"]] = answered
+    late = chain.query(0.25, time_ms=answered - MAX_CLOCK_SKEW_MS - 1)
+    chain.shop.rules.facts.answered_at[late["query"]["query_id"]] = answered
+    chain.refused_by_shop([late], "a query may not be back-dated")
+    chain.record(skewed)
+    assert not chain.shop.rules.facts.answered_at.keys() & {skewed["query"]["query_id"]}   # on the chain: forgotten
+
+
+def test_a_nearby_cut_off_on_the_same_model_is_refused_by_both_and_the_same_cut_off_is_not(tmp_path, monkeypatch):
+    clock = [time.time_ns()]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    chain = Chain(tmp_path).start()
+    other = hashlib.sha256(b"another audience model").hexdigest()
+    chain.record(chain.model(), chain.model(other))
+    first = chain.query(0.1, min_points=620)
+    chain.record(first)
+    near = chain.query(0.1, min_points=625.5)
+    reason = (f"query {near['query']['query_id']}: its cut-off 625.5 is within 10 points of query "
+              f"{first['query']['query_id']}'s \\(620\\) on the same model: the users between the two would be "
+              "counted by subtraction; ask for the same cut-off or one at least 10 points away")
+    chain.refused_by_shop([near], reason)
+    with pytest.raises(LedgerError, match=f"member 'bank' refuses it: {reason}"):
+        append_block(chain.center, chain.partners, [near])
+    chain.refused_by_shop([chain.query(0.1, min_points=611)], "its cut-off 611 is within 10 points")
+    chain.record(chain.query(0.1, min_points=620))    # the same cut-off: a repeat, which the budget pays for
+    chain.record(chain.query(0.1, min_points=630))    # as far as the gap: allowed
+    chain.record(chain.query(0.1, min_points=625, model=other))           # another model
+    chain.record(chain.query(0.1, min_points=625, unseen_only=False))     # other users (all, not the unseen)
+    chain.refused_by_shop([chain.query(0.1, min_points=626, unseen_only=False)], "its cut-off 626 is within")
+    clock[0] += 31 * DAY_MS * 1_000_000   # the earlier queries have left the window
+    chain.record(chain.query(0.1, min_points=625))
+
+
+def test_a_policy_gap_of_zero_refuses_no_cut_off(tmp_path):
+    chain = Chain(tmp_path, policy={**POLICY, "min_points_gap": 0.0}).start()
+    chain.record(chain.model(), chain.query(0.1, min_points=620))
+    chain.record(chain.query(0.1, min_points=620.5))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"min_epsilon": 0.6}, "min_epsilon must be a number above 0 and at most its max_epsilon"),
+    ({"min_epsilon": 0.0}, "min_epsilon must be a number above 0"),
+    ({"min_epsilon": "0.1"}, "min_epsilon must be a number"),
+    ({"min_points_gap": -1.0}, "min_points_gap must be a non-negative number"),
+    ({"min_points_gap": float("inf")}, "min_points_gap must be a non-negative number"),
+])
+def test_a_genesis_policy_with_a_bad_least_epsilon_or_cut_off_gap_is_refused(tmp_path, change, reason):
+    chain = Chain(tmp_path, policy={**POLICY, **change})
+    block = chain.center.propose([audience_start_entry(chain.center.rules.facts)])
+    with pytest.raises(LedgerError, match=f"member 'bank' refuses it: the policy's {reason}"):
+        chain.center.sign(block)
+    partial = {k: v for k, v in POLICY.items() if k != "min_points_gap"}
+    chain = Chain(tmp_path / "old", policy=partial)
+    block = chain.center.propose([audience_start_entry(chain.center.rules.facts)])
+    with pytest.raises(LedgerError, match="member 'bank' refuses it: the audience policy must hold exactly"):
+        chain.center.sign(block)

@@ -25,12 +25,13 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEYS = {
     "audience_start": {"kind", "chain_id", "card_center", "partner", "members", "fees", "policy"},
     "audience_model": {"kind", "job_id", "training_head", "part_digest", "model_digest", "time_ms"},
-    "audience_query": {"kind", "query", "answer_digest", "epsilon", "spent", "time_ms"},
+    "audience_query": {"kind", "query", "answer_digest", "epsilon", "spent", "total", "time_ms"},
     "campaign": {"kind", "campaign_id", "query_id", "members", "time_ms"},
     "conversion": {"kind", "conversion_id", "campaign_id", "applicant", "time_ms"},
 }
 QUERY_KEYS = {"query_id", "model", "min_points", "segments", "epsilon", "unseen_only"}
-POLICY_KEYS = {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments"}
+POLICY_KEYS = {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments", "min_epsilon",
+               "min_points_gap"}
 
 
 def audience_chain_id(card_center: str, partner: str) -> str:
@@ -83,6 +84,13 @@ class AudienceFacts:
     # partner, optional: campaign id -> members it billed; a campaign entry must then bill exactly these
     asked: dict[str, str] = field(default_factory=dict)
     # partner, optional: query id -> digest (entry_digest) of the query dict it answered; the entry must then hold it
+    answered_at: dict[str, int] = field(default_factory=dict)
+    # partner, optional: query id -> when it answered (ms); the entry may not be dated earlier (but for clock skew)
+    totals: dict[str, int] = field(default_factory=dict)
+    # partner, optional: query id -> the total it answered; the entry must state it (campaigns bill it)
+    held: dict[str, dict] = field(default_factory=dict)
+    # partner, optional: model digest -> {"job_id", "part_digest", "training_head"} of a model it holds; the entry
+    # must state all three (kept after the model is on the chain: a model stays held)
 
 
 # -- entries ----------------------------------------------------------------------------------------
@@ -104,11 +112,12 @@ def audience_model_entry(job_id: str, training_head: str, part_digest: str, mode
                        "part_digest": part_digest, "model_digest": model_digest, "time_ms": time_ms})
 
 
-def audience_query_entry(query: dict, answer_digest: str, spent: float, time_ms: int) -> dict:
-    """``query``: AudienceQuery.to_dict() (or anything with to_dict); its ε is repeated at the top level."""
+def audience_query_entry(query: dict, answer_digest: str, spent: float, time_ms: int, total: int) -> dict:
+    """``query``: AudienceQuery.to_dict() (or anything with to_dict); its ε is repeated at the top level.
+    ``total``: the answer's total, which a campaign of this query bills."""
     query = query.to_dict() if hasattr(query, "to_dict") else query
     return canonical({"kind": "audience_query", "query": query, "answer_digest": answer_digest,
-                       "epsilon": query["epsilon"], "spent": spent, "time_ms": time_ms})
+                       "epsilon": query["epsilon"], "spent": spent, "total": total, "time_ms": time_ms})
 
 
 def campaign_entry(campaign_id: str, query_id: str, members: int, time_ms: int) -> dict:
@@ -150,6 +159,10 @@ def policy_problem(policy: object) -> str | None:
         return "the policy's min_cell, window_days and max_segments must be whole numbers (window_days at least 1)"
     if not all(_number(policy[k]) and policy[k] > 0 for k in ("budget", "max_epsilon")):
         return "the policy's budget and max_epsilon must be positive numbers"
+    if not _number(policy["min_epsilon"]) or not 0 < policy["min_epsilon"] <= policy["max_epsilon"]:
+        return "the policy's min_epsilon must be a number above 0 and at most its max_epsilon"
+    if not _number(policy["min_points_gap"]) or policy["min_points_gap"] < 0:
+        return "the policy's min_points_gap must be a non-negative number"
     return None
 
 
@@ -198,6 +211,8 @@ def entry_problem(entry: dict, policy: dict) -> str | None:
             return "its epsilon is not the query's"
         if not _number(entry["spent"]):
             return "the budget spent must be a number"
+        if not _count(entry["total"]):
+            return "the answer's total must be a whole, non-negative number"
     elif kind == "campaign":
         if not _id(CAMPAIGN_ID, entry["campaign_id"]) or not _id(QUERY_ID, entry["query_id"]):
             return "its campaign id or query id is not one fedscore issues"

@@ -3,24 +3,36 @@
 One chain per (card center, partner) pair, replicated by the two of them;
 the card center proposes its blocks. Its genesis (`audience_start`) states
 the two members, the fee contract and the partner's audience policy (the
-segments it exposes, the minimum cell, the privacy budget and its window).
-Then, in order of time: `audience_model` (a model the partner assembled
-from its own part and the card center's, by digest), `audience_query` (a
-query, the digest of the partner's answer, its ε and the ε spent in the
+segments it exposes, the minimum cell, the privacy budget and its window,
+the least and the most ε of one query, the least gap between nearby
+cut-offs). Then, in order of time: `audience_model` (a model the partner
+assembled from its own part and the card center's, by digest, with the
+job, training head and part it came from), `audience_query` (a query, the
+digest of the partner's answer and its total, its ε and the ε spent in the
 window so far), `campaign` (the audience of an answered query, materialised
-at the partner, and the members billed), `conversion` (an application that
-arrived with a campaign's id, its applicant as a salted digest), and from
-time to time an `audience_settlement` of what was billed since the last.
+at the partner, and the members billed: the query's total), `conversion`
+(an application that arrived with a campaign's id, its applicant as a
+salted digest), and from time to time an `audience_settlement` of what was
+billed since the last.
 
 The budget is on the chain so both sides can audit it: a query's `spent`
 is the ε of every query dated in the window that ends at its time, itself
 included, and no member signs one that does not follow from the chain or
-that exceeds the policy's budget. Entries are dated no further ahead than a
-member's clock allows and never before the entry before them, so the window
-cannot be moved by back-dating one.
+that exceeds the policy's budget; the ε spent by a given time counts the
+queries dated after it too, so dating one ahead does not free budget. A
+query's ε is at least the policy's least, which bounds how many queries a
+budget buys. A query whose cut-off is near, but not equal to, that of an
+earlier query in its window on the same model and users is refused (the
+users between the two would be counted by subtraction); the refusal reads
+the chain alone, never the partner's users, so it reveals nothing about
+them. Entries are dated no further ahead than a member's clock allows and
+never before the entry before them, so the window cannot be moved by
+back-dating one.
 
-The partner signs only what it did itself: a model it holds, a query it
-answered with that answer, a campaign it made; and a conversion only for a
+The partner signs only what it did itself: a model it holds (from the job,
+training head and part it assembled it from, when it kept them), a query it
+answered with that answer and that total, dated no earlier than it answered
+(but for clock skew), a campaign it made; and a conversion only for a
 campaign on the chain, never twice. The card center signs only entries it
 made (their digests, kept until they are on the chain). Both recompute a
 settlement from the chain and the contract (fedscore.ledger.settlement).
@@ -30,6 +42,7 @@ are in fedscore.ledger.audience_entries.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedscore.errors import ConfigError
@@ -56,7 +69,8 @@ class AudienceSeen:
     """The chain so far, summarised: what later entries are checked against and what the next settlement bills."""
 
     models: set[str] = field(default_factory=set)
-    queries: dict[str, dict] = field(default_factory=dict)   # query id -> {time_ms, epsilon, model, answer_digest}
+    queries: dict[str, dict] = field(default_factory=dict)
+    # query id -> {time_ms, epsilon, model, min_points, unseen_only, answer_digest, total}
     campaigns: dict[str, str] = field(default_factory=dict)  # campaign id -> query id
     conversions: set[str] = field(default_factory=set)
     unsettled: dict[str, int] = field(default_factory=lambda: {"queries": 0, "audience_members": 0, "conversions": 0})
@@ -65,9 +79,10 @@ class AudienceSeen:
     last_time_ms: int = 0           # the latest dated entry's time: the next may not be earlier
 
     def spent(self, now_ms: int, window_days: int) -> float:
-        """ε of the queries dated in (now_ms - window, now_ms]."""
+        """ε of the queries dated after now_ms - window, those dated after now_ms included: a query dated
+        ahead is spent already, or dating queries ahead would let a budget be spent twice."""
         start = now_ms - window_days * DAY_MS
-        return sum(q["epsilon"] for q in self.queries.values() if start < q["time_ms"] <= now_ms)
+        return sum(q["epsilon"] for q in self.queries.values() if start < q["time_ms"])
 
     def add(self, entry: dict) -> None:
         kind = entry.get("kind")
@@ -78,8 +93,10 @@ class AudienceSeen:
             self.models.add(entry["model_digest"])
         elif kind == "audience_query":
             query = entry["query"]
-            self.queries[query["query_id"]] = {"time_ms": entry["time_ms"], "epsilon": entry["epsilon"],
-                                               "model": query["model"], "answer_digest": entry["answer_digest"]}
+            self.queries[query["query_id"]] = {
+                "time_ms": entry["time_ms"], "epsilon": entry["epsilon"], "model": query["model"],
+                "min_points": query["min_points"], "unseen_only": query["unseen_only"],
+                "answer_digest": entry["answer_digest"], "total": entry["total"]}
             self.unsettled["queries"] += 1
         elif kind == "campaign":
             self.campaigns[entry["campaign_id"]] = entry["query_id"]
@@ -174,7 +191,7 @@ def _on_chain(entry: dict, genesis: dict, seen: AudienceSeen) -> str | None:
             return f"query {ident} is already on the chain"
         if entry["query"]["model"] not in seen.models:
             return f"query {ident} names model {entry['query']['model']}, which is not on the chain"
-        return _budget(entry, genesis["policy"], seen)
+        return _budget(entry, genesis["policy"], seen) or _nearby(entry, genesis["policy"], seen)
     if kind == "campaign":
         if ident in seen.campaigns:
             return f"campaign {ident} is already on the chain"
@@ -182,6 +199,10 @@ def _on_chain(entry: dict, genesis: dict, seen: AudienceSeen) -> str | None:
             return f"campaign {ident} names query {entry['query_id']}, which is not on the chain"
         if entry["query_id"] in seen.campaigns.values():
             return f"query {entry['query_id']} already has a campaign on the chain"
+        total = seen.queries[entry["query_id"]]["total"]
+        if entry["members"] != total:
+            return (f"campaign {ident} bills {entry['members']} members; the answer to query {entry['query_id']} "
+                    f"on the chain counted {total}")
         return None
     if ident in seen.conversions:
         return f"conversion {ident} is already on the chain"
@@ -192,8 +213,9 @@ def _on_chain(entry: dict, genesis: dict, seen: AudienceSeen) -> str | None:
 
 def _budget(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
     ident, epsilon, when = entry["query"]["query_id"], entry["epsilon"], entry["time_ms"]
-    if not 0 < epsilon <= policy["max_epsilon"]:
-        return f"query {ident} spends ε {epsilon}; the policy allows more than 0 and at most {policy['max_epsilon']}"
+    if not policy["min_epsilon"] <= epsilon <= policy["max_epsilon"]:
+        return (f"query {ident} spends ε {epsilon}; the policy allows at least {policy['min_epsilon']} "
+                f"and at most {policy['max_epsilon']}")
     window = policy["window_days"]
     if when <= time.time_ns() // 1_000_000 - window * DAY_MS:
         return f"query {ident} is dated before the {window}-day budget window that ends now"
@@ -207,17 +229,50 @@ def _budget(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
     return None
 
 
+def _nearby(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
+    """A cut-off near an earlier query's, on the chain's queries in the window that ends at this one's time."""
+    query, when = entry["query"], entry["time_ms"]
+    start = when - policy["window_days"] * DAY_MS
+    earlier = [(ident, q["model"], q["unseen_only"], q["min_points"]) for ident, q in seen.queries.items()
+               if start < q["time_ms"] <= when]
+    refusal = _nearby_cutoff(query["model"], query["unseen_only"], query["min_points"], earlier,
+                             policy["min_points_gap"])
+    return f"query {query['query_id']}: {refusal}" if refusal else None
+
+
+def _nearby_cutoff(model: str, unseen_only: bool, min_points: float, earlier: Iterable[tuple[str, str, bool, float]],
+                   gap: float) -> str | None:
+    """Why a query with this cut-off may not be answered after the ``earlier`` ones, (query id, model, unseen_only,
+    min_points), None if it may: one on the same model and users whose cut-off is nearer than ``gap`` points, but
+    not the same (a repeat, which the budget pays for). It looks at no user, so it reveals nothing about them."""
+    for qid, other_model, other_unseen, p in earlier:
+        if other_model == model and other_unseen == unseen_only and 0 < abs(min_points - p) < gap:
+            return (f"its cut-off {min_points:g} is within {gap:g} points of query {qid}'s ({p:g}) on the same "
+                    f"model: the users between the two would be counted by subtraction; ask for the same cut-off "
+                    f"or one at least {gap:g} points away")
+    return None
+
+
 def _partner(entry: dict, facts: AudienceFacts) -> str | None:
     """What the partner checks against its own record."""
     kind, ident = entry["kind"], entry_id(entry)
     if kind == "audience_model":
-        if ident not in facts.models and ident not in facts.answered:
+        if ident not in facts.models and ident not in facts.answered and ident not in facts.held:
             return f"model {ident} is not one {facts.member!r} holds"
+        for key in ("job_id", "training_head", "part_digest") if ident in facts.held else ():
+            if entry[key] != facts.held[ident].get(key):
+                return (f"model {ident} states {key} {entry[key]!r}; {facts.member!r} assembled it from "
+                        f"{facts.held[ident].get(key)!r}")
     elif kind == "audience_query":
         if facts.answered.get(ident) != entry["answer_digest"]:
             return f"query {ident} is not one {facts.member!r} answered with that answer"
         if ident in facts.asked and facts.asked[ident] != entry_digest(entry["query"]):
             return f"query {ident} is not the query {facts.member!r} answered"
+        if ident in facts.totals and facts.totals[ident] != entry["total"]:
+            return f"query {ident} states a total of {entry['total']}; {facts.member!r} answered {facts.totals[ident]}"
+        if ident in facts.answered_at and entry["time_ms"] < facts.answered_at[ident] - MAX_CLOCK_SKEW_MS:
+            return (f"query {ident} is dated {entry['time_ms']} ms, before {facts.member!r} answered it "
+                    f"({facts.answered_at[ident]} ms): a query may not be back-dated")
     elif kind == "campaign":
         if facts.answered.get(ident) != entry["query_id"]:
             return f"campaign {ident} is not one {facts.member!r} made for query {entry['query_id']}"
@@ -237,6 +292,8 @@ def forget_recorded(entry: dict, facts: AudienceFacts) -> None:
         facts.answered.pop(ident, None)
         facts.asked.pop(ident, None)
         facts.billed.pop(ident, None)
+        facts.answered_at.pop(ident, None)
+        facts.totals.pop(ident, None)
 
 
 @dataclass
