@@ -17,7 +17,7 @@ from fedscore.errors import ConfigError, DataError, DeniedError, ProtocolError
 from fedscore.job_file import load_job
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audience.budget import DAY_MS, budget_refusal, spent
-from fedscore.protocol.audience.differencing import differencing_refusal
+from fedscore.protocol.audience.differencing import nearby_cutoff
 from fedscore.protocol.audience.model import AudienceModel, CardCenterPart, assemble, card_center_part
 from fedscore.protocol.audience.noise import discrete_laplace, noise_bound
 from fedscore.protocol.audience.partner import AudiencePartner
@@ -241,14 +241,29 @@ def test_card_center_part_from_dict_refuses_malformed_fields():
 
 def test_policy_to_and_from_the_chain_and_its_checks():
     assert AudiencePolicy.from_dict(POLICY.to_dict(), "chain") == dataclasses.replace(POLICY, users="", id_column="id")
-    assert set(POLICY.to_dict()) == {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments"}
+    assert set(POLICY.to_dict()) == {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments",
+                                     "min_epsilon", "min_points_gap"}
+    stated = dataclasses.replace(POLICY, min_epsilon=1, min_points_gap=0).to_dict()
+    assert (stated["min_epsilon"], stated["min_points_gap"]) == (1.0, 0.0)
+    assert type(stated["min_epsilon"]) is float and type(stated["min_points_gap"]) is float
+    assert (POLICY.min_epsilon, POLICY.min_points_gap) == (0.1, 10.0)
     for changes, key in [({"min_cell": 0}, "min_cell"), ({"budget": -1.0}, "budget"), ({"window_days": 1.5}, "window_days"),
                          ({"max_epsilon": float("inf")}, "max_epsilon"), ({"segments": ("id",)}, "id column"),
-                         ({"segments": ("a", "a")}, "twice"), ({"max_segments": True}, "max_segments")]:
+                         ({"segments": ("a", "a")}, "twice"), ({"max_segments": True}, "max_segments"),
+                         ({"min_epsilon": 0.0}, "min_epsilon"), ({"min_epsilon": -0.1}, "min_epsilon"),
+                         ({"min_epsilon": 1.5}, "min_epsilon must be .* at most max_epsilon"),
+                         ({"min_epsilon": float("nan")}, "min_epsilon"), ({"min_epsilon": True}, "min_epsilon"),
+                         ({"min_points_gap": -1.0}, "min_points_gap"), ({"min_points_gap": float("inf")}, "min_points_gap"),
+                         ({"min_points_gap": "10"}, "min_points_gap")]:
         with pytest.raises(ConfigError, match=f"party 'shop'.*{key}"):
             dataclasses.replace(POLICY, **changes).validate("party 'shop' [party.audience]")
+    dataclasses.replace(POLICY, min_epsilon=1.0, min_points_gap=0.0).validate("edges")   # both bounds are allowed
     with pytest.raises(ConfigError, match="exactly the keys"):
         AudiencePolicy.from_dict({**POLICY.to_dict(), "users": "x.csv"}, "chain")
+    with pytest.raises(ConfigError, match="exactly the keys"):
+        AudiencePolicy.from_dict({k: v for k, v in POLICY.to_dict().items() if k != "min_points_gap"}, "chain")
+    with pytest.raises(ConfigError, match="chain: min_epsilon"):
+        AudiencePolicy.from_dict({**POLICY.to_dict(), "min_epsilon": 2.0}, "chain")
 
 
 # -- the users ----------------------------------------------------------------------------------------------
@@ -382,7 +397,7 @@ def test_audience_answer_from_dict_refuses_malformed_fields():
             AudienceAnswer.from_dict(document, "answer")
 
 
-# -- budget and differencing, alone --------------------------------------------------------------------------
+# -- budget and cut-offs, alone -------------------------------------------------------------------------------
 
 def test_spent_counts_the_queries_in_the_window_only():
     queries = [(NOW - 30 * DAY_MS, 1.0), (NOW - 30 * DAY_MS + 1, 0.5), (NOW - DAY_MS, 0.25), (NOW + 5, 0.125)]
@@ -400,16 +415,30 @@ def test_budget_refusal_names_what_is_over():
     assert budget_refusal(0.0, 0.0, policy) and budget_refusal(0.0, -1.0, policy) and budget_refusal(0.0, True, policy)
 
 
-def test_differencing_refusal_on_arrays():
-    now = np.array([0, 0, 1, 1, -1, -1, 0, 1])
-    assert differencing_refusal(now, [("qa", now.copy())], 2) is None                      # identical: a repeat
-    one_more = now.copy()
-    one_more[4] = 0
-    assert "query qa" in differencing_refusal(now, [("qa", one_more)], 2)                   # one user apart
-    assert differencing_refusal(now, [("qa", one_more)], 1) is None                         # min_cell 1: cells of one shown
-    far = np.array([-1, -1, -1, -1, 0, 0, 0, -1])   # cell 0: 4 users differ, cell 1: 3
-    assert differencing_refusal(now, [("qa", now), ("qb", far)], 3) is None
-    assert "query qb" in differencing_refusal(now, [("qa", now), ("qb", far)], 4)
+def test_budget_refusal_refuses_an_epsilon_below_the_minimum():
+    policy = AudiencePolicy(budget=3.0, max_epsilon=1.0, min_epsilon=0.1)
+    assert budget_refusal(0.0, 0.1, policy) is None                               # exactly the minimum
+    assert "ε 0.09 is less than the 0.1 one query must spend" in budget_refusal(0.0, 0.09, policy)
+    assert "less than the 0.1" in budget_refusal(0.0, 1e-5, policy)               # a tiny ε buys nothing
+    assert budget_refusal(0.0, 0.01, dataclasses.replace(policy, min_epsilon=0.01)) is None
+
+
+def test_nearby_cutoff_is_decided_on_the_queries_alone():
+    model, other = "ab" * 32, "cd" * 32
+    earlier = [("qa", model, False, 600.0), ("qb", other, False, 640.0), ("qc", model, True, 700.0)]
+    assert nearby_cutoff(model, False, 600.0, earlier, 10.0) is None             # the same cut-off: a repeat
+    assert nearby_cutoff(model, False, 610.0, earlier, 10.0) is None             # exactly the gap away
+    assert nearby_cutoff(model, False, 590.0, earlier, 10.0) is None
+    refusal = nearby_cutoff(model, False, 609.5, earlier, 10.0)
+    assert refusal == ("its cut-off 609.5 is within 10 points of query qa's (600) on the same model: the users between "
+                       "the two would be counted by subtraction; ask for the same cut-off or one at least 10 points away")
+    assert "query qa's" in nearby_cutoff(model, False, 600.001, earlier, 10.0)
+    assert nearby_cutoff(model, False, 641.0, earlier, 10.0) is None             # 640 was on another model
+    assert nearby_cutoff(model, False, 701.0, earlier, 10.0) is None             # 700 counted unseen users only
+    assert "query qc's (700)" in nearby_cutoff(model, True, 701.0, earlier, 10.0)
+    assert nearby_cutoff(model, False, 601.0, earlier, 0.0) is None              # a gap of 0: no cut-off refused
+    assert nearby_cutoff(model, False, 601.0, [], 10.0) is None
+    assert nearby_cutoff(model, False, 601.0, iter(earlier), 10.0) is not None   # any iterable of earlier queries
 
 
 # -- the partner's answers ----------------------------------------------------------------------------------
