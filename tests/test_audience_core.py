@@ -498,20 +498,41 @@ def test_a_model_not_held_is_refused(trained, users_file, tmp_path):
         partner.model("../../etc/passwd")
 
 
-def test_the_budget_refuses_a_query_counting_answers_the_chain_does_not_hold_yet(trained, users_file, tmp_path):
+def ask(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float, now_ms: int) -> AudienceAnswer:
+    """Answered, then recorded on the chain, as the card center does before its next query."""
+    answer = partner.answer(asked, chain_spent, now_ms)
+    partner.recorded(asked.query_id)
+    return answer
+
+
+def test_the_budget_refuses_what_the_chain_or_the_partners_own_record_has_spent(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
     with pytest.raises(DeniedError, match="over the budget of 3"):
         partner.answer(query(model, 560, epsilon=0.5), chain_spent=2.6, now_ms=NOW)
-    first = partner.answer(query(model, 560, epsilon=1.0), chain_spent=1.0, now_ms=NOW)
-    assert first.spent == 2.0
+    first = ask(partner, query(model, 560, epsilon=1.0), chain_spent=1.0, now_ms=NOW)
+    assert first.spent == 2.0                                       # the chain's 1.0 is more than its own 0: 1.0 + 1.0
+    # the chain says nothing was spent (its entries dated out of the window): the partner's own record still counts
+    assert ask(partner, query(model, 560, epsilon=1.0), chain_spent=0.0, now_ms=NOW + 1).spent == 2.0
+    assert ask(partner, query(model, 560, epsilon=0.5), chain_spent=0.0, now_ms=NOW + 1).spent == 2.5
     refused = query(model, 560, epsilon=1.0)
-    assert not attack(_answers(partner, refused, chain_spent=1.5, now_ms=NOW + 1))   # 1.5 on the chain + 1 pending + 1
-    partner.recorded(first.query_id)                                # the chain holds it now, and says so
-    assert partner.pending_spent(NOW + 1) == 0
-    assert not attack(_answers(partner, refused, chain_spent=2.5, now_ms=NOW + 2))
-    assert partner.answer(query(model, 560, epsilon=0.5), chain_spent=2.5, now_ms=NOW + 3).spent == 3.0   # exactly
+    assert not attack(_answers(partner, refused, chain_spent=0.0, now_ms=NOW + 2))   # 2.5 in its record + 1.0 > 3
+    assert not attack(_answers(partner, refused, chain_spent=2.5, now_ms=NOW + 2))   # the chain's 2.5 + 1.0 > 3
+    assert partner.pending_spent(NOW + 2) == 0
+    assert ask(partner, query(model, 560, epsilon=0.5), chain_spent=2.5, now_ms=NOW + 3).spent == 3.0   # exactly
     later = NOW + 31 * DAY_MS                                       # the window has moved past all of them
     assert partner.answer(refused, chain_spent=0.0, now_ms=later).spent == 1.0
+
+
+def test_the_partners_own_record_counts_by_its_own_answer_times(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    ask(partner, query(model, 560, epsilon=1.0), 0.0, NOW + DAY_MS)                  # answered a day "ahead"
+    assert ask(partner, query(model, 600, epsilon=1.0), 0.0, NOW).spent == 2.0      # a clock set back still counts it
+    assert ask(partner, query(model, 640, epsilon=1.0), 0.0, NOW + 30 * DAY_MS).spent == 2.0   # NOW has left the window
+    last = NOW + 31 * DAY_MS - 1                                                     # NOW + DAY is still in the window
+    assert ask(partner, query(model, 680, epsilon=1.0), 0.0, last).spent == 3.0
+    with pytest.raises(DeniedError, match=r"bring the spend of the last 30 days to 3\.1"):
+        partner.answer(query(model, 720, epsilon=0.1), 0.0, last)
+    assert ask(partner, query(model, 720, epsilon=1.0), 0.0, last + 1).spent == 3.0   # NOW + DAY has left it
 
 
 def _answers(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float, now_ms: int) -> bool:
@@ -522,10 +543,32 @@ def _answers(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float,
         return False
 
 
-def test_an_epsilon_above_the_maximum_is_refused(trained, users_file, tmp_path):
+def test_an_epsilon_above_the_maximum_or_below_the_minimum_is_refused(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
     with pytest.raises(DeniedError, match="more than the 1 one query may spend"):
         partner.answer(query(model, 560, epsilon=1.5), 0.0, NOW)
+    with pytest.raises(DeniedError, match="ε 0.001 is less than the 0.1 one query must spend"):
+        partner.answer(query(model, 560, epsilon=0.001), 0.0, NOW)
+    assert partner.unrecorded() == ([], [])                                    # refused: nothing answered
+
+
+def test_a_new_query_waits_until_the_chain_holds_every_earlier_answer(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    asked = query(model, 600, ["interest"])
+    first = partner.answer(asked, 0.0, NOW)
+    assert partner.answered_at(asked.query_id) == NOW and partner.answered_at(new_query_id()) is None
+    waiting = query(model, 700)
+    with pytest.raises(DeniedError, match=f"refuses query {waiting.query_id}: query {asked.query_id} answered at "
+                                          r"2027-01-15T08:00:00\.000Z is not on the audience chain yet; "
+                                          "the card center records it first"):
+        partner.answer(waiting, 0.0, NOW + 1)
+    assert partner.answer(asked, 0.0, NOW + 2) == first                        # a retry is still the same answer
+    assert partner.answered(waiting.query_id) is None
+    assert partner.unrecorded() == ([{"query": asked.to_dict(), "answer": first.to_dict(), "time_ms": NOW}], [])
+    partner.recorded(asked.query_id)
+    assert partner.unrecorded() == ([], [])
+    assert partner.answer(waiting, 0.0, NOW + 3).query_id == waiting.query_id
+    assert [a["query"]["query_id"] for a in partner.unrecorded()[0]] == [waiting.query_id]
 
 
 def cut_offs_apart(trained, users_file, users_between: int) -> tuple[float, float]:
@@ -539,43 +582,74 @@ def cut_offs_apart(trained, users_file, users_between: int) -> tuple[float, floa
     raise AssertionError("no such cut-offs")
 
 
-def test_the_second_of_a_differencing_pair_is_refused_naming_the_first(trained, users_file, tmp_path):
+def test_a_cut_off_near_an_earlier_ones_is_refused_naming_it(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path / "a", trained, users_file)
-    low, high = cut_offs_apart(trained, users_file, 3)
-    first = partner.answer(query(model, low), 0.0, NOW)
-    second = query(model, high)
-    with pytest.raises(DeniedError, match=f"differs from that of query {first.query_id} by fewer than 10 users"):
+    first = ask(partner, query(model, 600), 0.0, NOW)
+    second = query(model, 603)
+    with pytest.raises(DeniedError, match=f"cut-off 603 is within 10 points of query {first.query_id}'s \\(600\\)"):
         partner.answer(second, 0.0, NOW + 1)
     assert not attack(partner.answered(second.query_id) is not None)
-    assert partner.pending_spent(NOW + 1) == 0.5                               # a refusal spends nothing
-    # against an earlier query with other segment columns: the whole audiences are compared
-    with pytest.raises(DeniedError, match=f"differs from that of query {first.query_id}"):
-        partner.answer(query(model, high, ["region"]), 0.0, NOW + 2)
-    far = cut_offs_apart(trained, users_file, 60)[1]
-    assert partner.answer(query(model, far), 0.0, NOW + 3).total > 0           # 60 users apart: allowed
-    assert partner.answer(second, 0.0, NOW + 31 * DAY_MS).total > 0            # the first has left the window
+    assert partner.pending_spent(NOW + 1) == 0 and partner.unrecorded() == ([], [])   # a refusal spends nothing
+    with pytest.raises(DeniedError, match=f"query {first.query_id}'s"):       # other segment columns: still near
+        partner.answer(query(model, 603, ["region"]), 0.0, NOW + 2)
+    assert ask(partner, query(model, 600, ["interest"]), 0.0, NOW + 3).total > 0     # the same cut-off: a repeat
+    assert ask(partner, query(model, 603, unseen_only=True), 0.0, NOW + 4).total > 0  # other users: unseen only
+    assert ask(partner, query(model, 610), 0.0, NOW + 5).total > 0             # the gap away: allowed
+    other = assemble(model.partner_model, dataclasses.replace(model.part, intercept=model.part.intercept + 0.5))
+    assert partner.accept_model(other.part, other.partner_model).digest() != model.digest()
+    assert ask(partner, query(other, 603), 0.0, NOW + 6).model == other.digest()   # another model: allowed
+    assert partner.answer(second, 0.0, NOW + 31 * DAY_MS).total > 0            # the earlier ones have left the window
 
 
-def test_a_differencing_pair_with_segments_is_refused_per_cell(trained, users_file, tmp_path):
-    partner, model = partner_for(tmp_path, trained, users_file)
-    low, high = cut_offs_apart(trained, users_file, 3)
-    first = partner.answer(query(model, low, ["interest"]), 0.0, NOW)
-    with pytest.raises(DeniedError, match=f"query {first.query_id} by fewer than 10 users in a cell"):
-        partner.answer(query(model, high, ["interest"]), 0.0, NOW + 1)
-    assert partner.answer(query(model, low, ["interest"]), 0.0, NOW + 2).total > 0   # the same audience again
+def test_refusals_do_not_depend_on_the_users(trained, users_file, tmp_path):
+    """The oracle: bisecting a cut-off with tiny ε, a refusal that looked at the users would say whether anyone
+    scores between two cut-offs. Two user bases that differ in one user (alone at their score) get the same
+    refusals, word for word, and tiny ε is refused outright."""
+    center, host = trained["binned"]
+    scores, frame = reference_points(center, host, users_file)
+    values, counts = np.unique(scores, return_counts=True)
+    alone = next(i for i in range(len(values) // 2, len(values)) if counts[i] == 1)
+    target, above = float(values[alone]), float(values[alone + 1])             # one user scores target, none between
+    without = tmp_path / "without.csv"
+    frame[scores != target].to_csv(without, index=False)
+    partners = [partner_for(tmp_path / "with", trained, users_file)[0],
+                partner_for(tmp_path / "without", trained, without)[0]]
+    model = audience_model(trained)
+    schedule = [(target - 40, 0.0001), (target - 40, 0.1), (target + 40, 0.1), (target, 0.1), (above, 0.1),
+                (target + 5, 0.1), (target - 20, 0.1), (target - 15, 0.1), (target, 1e-6), (target, 0.1)]
+    schedule += [(target + 60 + 10 * k, 0.1) for k in range(30)]              # the budget buys 30 queries of 0.1
+    outcomes = []
+    for number, (cut_off, epsilon) in enumerate(schedule):
+        asked = AudienceQuery(f"q{number:031x}", model.digest(), cut_off, (), epsilon, False)
+        seen = []
+        for partner in partners:
+            try:
+                ask(partner, asked, 0.0, NOW + number)
+                seen.append("answered")
+            except DeniedError as refusal:
+                seen.append(str(refusal))
+        assert seen[0] == seen[1], f"query {number} at {cut_off}: {seen}"
+        outcomes.append(seen[0])
+    assert "less than the 0.1" in outcomes[0] and "less than the 0.1" in outcomes[8]
+    assert outcomes[1:4] == ["answered"] * 3
+    assert "within 10 points of query" in outcomes[4]                          # above - target < 10: refused for both
+    assert "within 10 points" in outcomes[5] and "within 10 points" in outcomes[7]
+    assert outcomes[6] == outcomes[9] == "answered"
+    assert outcomes.count("answered") == 30 and "over the budget of 3" in outcomes[-1]
+    count("oracle queries tried", len(schedule))
 
 
 def test_an_identical_query_is_answered_again_and_pays_again(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
-    first = partner.answer(query(model, 600, ["interest"]), 0.0, NOW)
-    again = partner.answer(query(model, 600, ["interest"]), 0.0, NOW + 1)
+    first = ask(partner, query(model, 600, ["interest"]), 0.0, NOW)
+    again = ask(partner, query(model, 600, ["interest"]), 0.0, NOW + 1)
     assert (first.spent, again.spent) == (0.5, 1.0) and first.query_id != again.query_id
     assert [c.segment for c in first.cells] == [c.segment for c in again.cells]
     assert [c.count for c in first.cells] != [c.count for c in again.cells]    # fresh noise each time
     retry = partner.answered(first.query_id)
     asked = AudienceQuery(first.query_id, model.digest(), 600.0, ("interest",), 0.5, False)
     assert partner.answer(asked, 0.0, NOW + 2) == retry == first                # a retry: the same answer, no new cost
-    assert partner.pending_spent(NOW + 2) == 1.0
+    assert partner.answer(query(model, 600), 0.0, NOW + 3).spent == 1.5
     with pytest.raises(ProtocolError, match="already used for another query"):
         partner.answer(dataclasses.replace(asked, min_points=601.0), 0.0, NOW + 3)
 
@@ -598,8 +672,23 @@ def test_a_campaign_writes_exactly_the_audience_into_an_owner_only_file(trained,
     assert list(written.columns) == ["id"] and written["id"].tolist() == sorted(expected, key=str.casefold)
     assert any(i.startswith("U") for i in written["id"])          # as the partner's file writes them
     assert len(written) > 100 and not set(written["id"]) & seen_ids()
-    with pytest.raises(ProtocolError, match=f"already has campaign {campaign.campaign_id}"):
-        partner.campaign(answer.query_id, NOW + 2)
+
+
+def test_a_campaign_is_retried_until_the_chain_holds_it(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    answer = ask(partner, query(model, 600, ["interest"]), 0.0, NOW)
+    campaign = partner.campaign(answer.query_id, NOW + 1)
+    written = campaign.audience_file.read_bytes()
+    assert partner.unrecorded() == ([], [{"campaign_id": campaign.campaign_id, "query_id": answer.query_id,
+                                          "members": answer.total, "time_ms": NOW + 1}])
+    assert partner.campaign(answer.query_id, NOW + 2) == campaign               # a retry: the same campaign
+    assert partner.campaigns() == [campaign] and campaign.audience_file.read_bytes() == written
+    assert partner.unrecorded()[1][0]["time_ms"] == NOW + 1                     # made once, at its first time
+    partner.campaign_recorded("c" + "0" * 31)                                   # unknown: ignored
+    partner.campaign_recorded(campaign.campaign_id)
+    assert partner.unrecorded() == ([], [])
+    with pytest.raises(ProtocolError, match=f"query {answer.query_id} already has campaign {campaign.campaign_id}"):
+        partner.campaign(answer.query_id, NOW + 3)
 
 
 def test_a_campaign_of_an_audience_below_the_minimum_cell_is_refused(trained, users_file, tmp_path):
@@ -612,17 +701,27 @@ def test_a_campaign_of_an_audience_below_the_minimum_cell_is_refused(trained, us
 
 def test_the_record_survives_a_restart(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
-    answer = partner.answer(query(model, 600), 0.0, NOW)
-    kept = partner.answer(query(model, 600), 0.0, NOW + 1)
-    partner.recorded(kept.query_id)
-    campaign = partner.campaign(answer.query_id, NOW + 2)
+    answer = ask(partner, query(model, 600), 0.0, NOW)
+    kept = partner.answer(query(model, 600), 0.0, NOW + 1)                     # not on the chain yet
+    recorded = partner.campaign(answer.query_id, NOW + 2)
+    partner.campaign_recorded(recorded.campaign_id)
+    pending = partner.campaign(kept.query_id, NOW + 3)                          # not on the chain yet
+    before = partner.unrecorded()
     partner.close()
     again, _ = partner_for(tmp_path, trained, users_file)
     assert again.answered(answer.query_id) == answer and again.model(model.digest()).digest() == model.digest()
+    assert again.answered_at(answer.query_id) == NOW and again.answered_at(kept.query_id) == NOW + 1
     assert again.pending_spent(NOW + 3) == 0.5                      # the recorded one is the chain's to count
-    assert again.campaigns() == [campaign]
-    with pytest.raises(ProtocolError, match="already has campaign"):
+    assert again.unrecorded() == before and [a["query"]["query_id"] for a in before[0]] == [kept.query_id]
+    assert [c["campaign_id"] for c in before[1]] == [pending.campaign_id]
+    assert again.campaigns() == [recorded, pending]
+    with pytest.raises(ProtocolError, match=f"already has campaign {recorded.campaign_id}"):
         again.campaign(answer.query_id, NOW + 4)
+    assert again.campaign(kept.query_id, NOW + 4) == pending                    # still a retry after the restart
+    with pytest.raises(DeniedError, match=f"query {kept.query_id} answered at .* is not on the audience chain yet"):
+        again.answer(query(model, 700), 0.0, NOW + 5)
+    again.recorded(kept.query_id)
+    assert again.answer(query(model, 700), 0.0, NOW + 5).spent == 1.5          # its own record: 0.5 + 0.5 + 0.5
     (tmp_path / "models" / f"{model.digest()}.json").write_text(
         model.to_json().replace(repr(model.part.intercept), repr(model.part.intercept + 1)))
     fresh = AudiencePartner("host", "center", POLICY, tmp_path, users=lambda m: None, seen_ids=lambda m: set())
