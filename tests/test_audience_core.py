@@ -571,17 +571,6 @@ def test_a_new_query_waits_until_the_chain_holds_every_earlier_answer(trained, u
     assert [a["query"]["query_id"] for a in partner.unrecorded()[0]] == [waiting.query_id]
 
 
-def cut_offs_apart(trained, users_file, users_between: int) -> tuple[float, float]:
-    """Two cut-offs whose audiences differ by exactly ``users_between`` users (every user's points differ)."""
-    center, host = trained["binned"]
-    scores = reference_points(center, host, users_file)[0]
-    values = np.unique(scores)
-    for low, high in zip(values[len(values) // 2:], values[len(values) // 2 + users_between:]):
-        if np.sum(scores >= low) - np.sum(scores >= high) == users_between:
-            return float(low), float(high)
-    raise AssertionError("no such cut-offs")
-
-
 def test_a_cut_off_near_an_earlier_ones_is_refused_naming_it(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path / "a", trained, users_file)
     first = ask(partner, query(model, 600), 0.0, NOW)
