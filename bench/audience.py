@@ -8,7 +8,8 @@ preference segment of 4 values) in a CSV, and a binned audience model (10 bins a
 answers one query through fedscore.protocol.audience.partner.AudiencePartner, after --earlier queries in the
 window (each recorded on the chain, as the card center does before its next query; the cut-off check compares
 the new query with each), reading the users file as the daemon does for every query. The baseline, measured in
-the same run on the same loaded users, is the plain way to get the counts: the model's points with numpy and one np.bincount, no noise, no budget, no cut-off check, nothing recorded.
+the same run on the same loaded users, is the plain way to get the counts: the model's points with numpy and
+one np.bincount, no noise, no budget, no cut-off check, nothing recorded.
 Also prints the time to read the users file alone. Medians of --repeat runs. Last line (see figures.py):
 audience_answer_ms=... audience_users_per_second=... audience_read_ms=...
 """
