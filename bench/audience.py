@@ -1,14 +1,15 @@
 """Answer an audience query at a partner: score its whole user base with the audience model, count per segment,
-add noise, check budget and differencing, record the answer.
+add noise, check budget and cut-offs, record the answer.
 
     python bench/audience.py [--users 200000] [--earlier 5] [--repeat 5] [--smoke]
 
 A partner's user base of --users rows (12 numeric columns, as the demo's e-commerce partner holds, and a
 preference segment of 4 values) in a CSV, and a binned audience model (10 bins a column) over it. Each run
 answers one query through fedscore.protocol.audience.partner.AudiencePartner, after --earlier queries in the
-window (each of which the differencing check recomputes), reading the users file as the daemon does for every
-query. The baseline, measured in the same run on the same loaded users, is the plain way to get the counts:
-the model's points with numpy and one np.bincount, no noise, no budget, no differencing, nothing recorded.
+window (each recorded on the chain, as the card center does before its next query; the cut-off check compares
+the new query with each), reading the users file as the daemon does for every query. The baseline, measured in
+the same run on the same loaded users, is the plain way to get the counts: the model's points with numpy and
+one np.bincount, no noise, no budget, no cut-off check, nothing recorded.
 Also prints the time to read the users file alone. Medians of --repeat runs. Last line (see figures.py):
 audience_answer_ms=... audience_users_per_second=... audience_read_ms=...
 """
@@ -87,7 +88,8 @@ def main() -> None:
             read_runs.append(time.perf_counter() - started)
         points = model.points(users)
         cuts = np.quantile(points, np.linspace(0.05, 0.95, args.earlier + args.repeat + 1))
-        policy = AudiencePolicy(users="users.csv", segments=(SEGMENT,), budget=1000.0, max_epsilon=1.0)
+        policy = AudiencePolicy(users="users.csv", segments=(SEGMENT,), budget=1000.0, max_epsilon=1.0,
+                                min_points_gap=0.0)   # quantile cut-offs may be close: the check runs, refuses none
 
         def reads_users(audience: AudienceModel) -> UserBase:   # as the daemon does: the file read for every query
             return load_user_base(path, "id", list(audience.partner_model.features), [SEGMENT], "ecommerce")
@@ -101,12 +103,16 @@ def main() -> None:
             return AudienceQuery(new_query_id(), model.digest(), float(cut), (SEGMENT,), 0.5)
 
         for cut in cuts[:args.earlier]:
-            partner.answer(query(cut), 0.0, now)
+            asked = query(cut)
+            partner.answer(asked, 0.0, now)
+            partner.recorded(asked.query_id)
         answer_runs, plain_runs = [], []
         for cut in cuts[args.earlier:args.earlier + args.repeat]:
+            asked = query(cut)
             started = time.perf_counter()
-            partner.answer(query(cut), 0.0, now)
+            partner.answer(asked, 0.0, now)
             answer_runs.append(time.perf_counter() - started)
+            partner.recorded(asked.query_id)
             started = time.perf_counter()
             plaintext_counts(model, users, float(cut))
             plain_runs.append(time.perf_counter() - started)

@@ -17,7 +17,7 @@ from fedscore.errors import ConfigError, DataError, DeniedError, ProtocolError
 from fedscore.job_file import load_job
 from fedscore.model.model_file import PartyModel
 from fedscore.protocol.audience.budget import DAY_MS, budget_refusal, spent
-from fedscore.protocol.audience.differencing import differencing_refusal
+from fedscore.protocol.audience.differencing import nearby_cutoff
 from fedscore.protocol.audience.model import AudienceModel, CardCenterPart, assemble, card_center_part
 from fedscore.protocol.audience.noise import discrete_laplace, noise_bound
 from fedscore.protocol.audience.partner import AudiencePartner
@@ -241,14 +241,29 @@ def test_card_center_part_from_dict_refuses_malformed_fields():
 
 def test_policy_to_and_from_the_chain_and_its_checks():
     assert AudiencePolicy.from_dict(POLICY.to_dict(), "chain") == dataclasses.replace(POLICY, users="", id_column="id")
-    assert set(POLICY.to_dict()) == {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments"}
+    assert set(POLICY.to_dict()) == {"segments", "min_cell", "budget", "window_days", "max_epsilon", "max_segments",
+                                     "min_epsilon", "min_points_gap"}
+    stated = dataclasses.replace(POLICY, min_epsilon=1, min_points_gap=0).to_dict()
+    assert (stated["min_epsilon"], stated["min_points_gap"]) == (1.0, 0.0)
+    assert type(stated["min_epsilon"]) is float and type(stated["min_points_gap"]) is float
+    assert (POLICY.min_epsilon, POLICY.min_points_gap) == (0.1, 10.0)
     for changes, key in [({"min_cell": 0}, "min_cell"), ({"budget": -1.0}, "budget"), ({"window_days": 1.5}, "window_days"),
                          ({"max_epsilon": float("inf")}, "max_epsilon"), ({"segments": ("id",)}, "id column"),
-                         ({"segments": ("a", "a")}, "twice"), ({"max_segments": True}, "max_segments")]:
+                         ({"segments": ("a", "a")}, "twice"), ({"max_segments": True}, "max_segments"),
+                         ({"min_epsilon": 0.0}, "min_epsilon"), ({"min_epsilon": -0.1}, "min_epsilon"),
+                         ({"min_epsilon": 1.5}, "min_epsilon must be .* at most max_epsilon"),
+                         ({"min_epsilon": float("nan")}, "min_epsilon"), ({"min_epsilon": True}, "min_epsilon"),
+                         ({"min_points_gap": -1.0}, "min_points_gap"), ({"min_points_gap": float("inf")}, "min_points_gap"),
+                         ({"min_points_gap": "10"}, "min_points_gap")]:
         with pytest.raises(ConfigError, match=f"party 'shop'.*{key}"):
             dataclasses.replace(POLICY, **changes).validate("party 'shop' [party.audience]")
+    dataclasses.replace(POLICY, min_epsilon=1.0, min_points_gap=0.0).validate("edges")   # both bounds are allowed
     with pytest.raises(ConfigError, match="exactly the keys"):
         AudiencePolicy.from_dict({**POLICY.to_dict(), "users": "x.csv"}, "chain")
+    with pytest.raises(ConfigError, match="exactly the keys"):
+        AudiencePolicy.from_dict({k: v for k, v in POLICY.to_dict().items() if k != "min_points_gap"}, "chain")
+    with pytest.raises(ConfigError, match="chain: min_epsilon"):
+        AudiencePolicy.from_dict({**POLICY.to_dict(), "min_epsilon": 2.0}, "chain")
 
 
 # -- the users ----------------------------------------------------------------------------------------------
@@ -382,7 +397,7 @@ def test_audience_answer_from_dict_refuses_malformed_fields():
             AudienceAnswer.from_dict(document, "answer")
 
 
-# -- budget and differencing, alone --------------------------------------------------------------------------
+# -- budget and cut-offs, alone -------------------------------------------------------------------------------
 
 def test_spent_counts_the_queries_in_the_window_only():
     queries = [(NOW - 30 * DAY_MS, 1.0), (NOW - 30 * DAY_MS + 1, 0.5), (NOW - DAY_MS, 0.25), (NOW + 5, 0.125)]
@@ -400,16 +415,30 @@ def test_budget_refusal_names_what_is_over():
     assert budget_refusal(0.0, 0.0, policy) and budget_refusal(0.0, -1.0, policy) and budget_refusal(0.0, True, policy)
 
 
-def test_differencing_refusal_on_arrays():
-    now = np.array([0, 0, 1, 1, -1, -1, 0, 1])
-    assert differencing_refusal(now, [("qa", now.copy())], 2) is None                      # identical: a repeat
-    one_more = now.copy()
-    one_more[4] = 0
-    assert "query qa" in differencing_refusal(now, [("qa", one_more)], 2)                   # one user apart
-    assert differencing_refusal(now, [("qa", one_more)], 1) is None                         # min_cell 1: cells of one shown
-    far = np.array([-1, -1, -1, -1, 0, 0, 0, -1])   # cell 0: 4 users differ, cell 1: 3
-    assert differencing_refusal(now, [("qa", now), ("qb", far)], 3) is None
-    assert "query qb" in differencing_refusal(now, [("qa", now), ("qb", far)], 4)
+def test_budget_refusal_refuses_an_epsilon_below_the_minimum():
+    policy = AudiencePolicy(budget=3.0, max_epsilon=1.0, min_epsilon=0.1)
+    assert budget_refusal(0.0, 0.1, policy) is None                               # exactly the minimum
+    assert "ε 0.09 is less than the 0.1 one query must spend" in budget_refusal(0.0, 0.09, policy)
+    assert "less than the 0.1" in budget_refusal(0.0, 1e-5, policy)               # a tiny ε buys nothing
+    assert budget_refusal(0.0, 0.01, dataclasses.replace(policy, min_epsilon=0.01)) is None
+
+
+def test_nearby_cutoff_is_decided_on_the_queries_alone():
+    model, other = "ab" * 32, "cd" * 32
+    earlier = [("qa", model, False, 600.0), ("qb", other, False, 640.0), ("qc", model, True, 700.0)]
+    assert nearby_cutoff(model, False, 600.0, earlier, 10.0) is None             # the same cut-off: a repeat
+    assert nearby_cutoff(model, False, 610.0, earlier, 10.0) is None             # exactly the gap away
+    assert nearby_cutoff(model, False, 590.0, earlier, 10.0) is None
+    refusal = nearby_cutoff(model, False, 609.5, earlier, 10.0)
+    assert refusal == ("its cut-off 609.5 is within 10 points of query qa's (600) on the same model: the users between "
+                       "the two would be counted by subtraction; ask for the same cut-off or one at least 10 points away")
+    assert "query qa's" in nearby_cutoff(model, False, 600.001, earlier, 10.0)
+    assert nearby_cutoff(model, False, 641.0, earlier, 10.0) is None             # 640 was on another model
+    assert nearby_cutoff(model, False, 701.0, earlier, 10.0) is None             # 700 counted unseen users only
+    assert "query qc's (700)" in nearby_cutoff(model, True, 701.0, earlier, 10.0)
+    assert nearby_cutoff(model, False, 601.0, earlier, 0.0) is None              # a gap of 0: no cut-off refused
+    assert nearby_cutoff(model, False, 601.0, [], 10.0) is None
+    assert nearby_cutoff(model, False, 601.0, iter(earlier), 10.0) is not None   # any iterable of earlier queries
 
 
 # -- the partner's answers ----------------------------------------------------------------------------------
@@ -469,20 +498,41 @@ def test_a_model_not_held_is_refused(trained, users_file, tmp_path):
         partner.model("../../etc/passwd")
 
 
-def test_the_budget_refuses_a_query_counting_answers_the_chain_does_not_hold_yet(trained, users_file, tmp_path):
+def ask(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float, now_ms: int) -> AudienceAnswer:
+    """Answered, then recorded on the chain, as the card center does before its next query."""
+    answer = partner.answer(asked, chain_spent, now_ms)
+    partner.recorded(asked.query_id)
+    return answer
+
+
+def test_the_budget_refuses_what_the_chain_or_the_partners_own_record_has_spent(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
     with pytest.raises(DeniedError, match="over the budget of 3"):
         partner.answer(query(model, 560, epsilon=0.5), chain_spent=2.6, now_ms=NOW)
-    first = partner.answer(query(model, 560, epsilon=1.0), chain_spent=1.0, now_ms=NOW)
-    assert first.spent == 2.0
+    first = ask(partner, query(model, 560, epsilon=1.0), chain_spent=1.0, now_ms=NOW)
+    assert first.spent == 2.0                                       # the chain's 1.0 is more than its own 0: 1.0 + 1.0
+    # the chain says nothing was spent (its entries dated out of the window): the partner's own record still counts
+    assert ask(partner, query(model, 560, epsilon=1.0), chain_spent=0.0, now_ms=NOW + 1).spent == 2.0
+    assert ask(partner, query(model, 560, epsilon=0.5), chain_spent=0.0, now_ms=NOW + 1).spent == 2.5
     refused = query(model, 560, epsilon=1.0)
-    assert not attack(_answers(partner, refused, chain_spent=1.5, now_ms=NOW + 1))   # 1.5 on the chain + 1 pending + 1
-    partner.recorded(first.query_id)                                # the chain holds it now, and says so
-    assert partner.pending_spent(NOW + 1) == 0
-    assert not attack(_answers(partner, refused, chain_spent=2.5, now_ms=NOW + 2))
-    assert partner.answer(query(model, 560, epsilon=0.5), chain_spent=2.5, now_ms=NOW + 3).spent == 3.0   # exactly
+    assert not attack(_answers(partner, refused, chain_spent=0.0, now_ms=NOW + 2))   # 2.5 in its record + 1.0 > 3
+    assert not attack(_answers(partner, refused, chain_spent=2.5, now_ms=NOW + 2))   # the chain's 2.5 + 1.0 > 3
+    assert partner.pending_spent(NOW + 2) == 0
+    assert ask(partner, query(model, 560, epsilon=0.5), chain_spent=2.5, now_ms=NOW + 3).spent == 3.0   # exactly
     later = NOW + 31 * DAY_MS                                       # the window has moved past all of them
     assert partner.answer(refused, chain_spent=0.0, now_ms=later).spent == 1.0
+
+
+def test_the_partners_own_record_counts_by_its_own_answer_times(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    ask(partner, query(model, 560, epsilon=1.0), 0.0, NOW + DAY_MS)                  # answered a day "ahead"
+    assert ask(partner, query(model, 600, epsilon=1.0), 0.0, NOW).spent == 2.0      # a clock set back still counts it
+    assert ask(partner, query(model, 640, epsilon=1.0), 0.0, NOW + 30 * DAY_MS).spent == 2.0   # NOW has left the window
+    last = NOW + 31 * DAY_MS - 1                                                     # NOW + DAY is still in the window
+    assert ask(partner, query(model, 680, epsilon=1.0), 0.0, last).spent == 3.0
+    with pytest.raises(DeniedError, match=r"bring the spend of the last 30 days to 3\.1"):
+        partner.answer(query(model, 720, epsilon=0.1), 0.0, last)
+    assert ask(partner, query(model, 720, epsilon=1.0), 0.0, last + 1).spent == 3.0   # NOW + DAY has left it
 
 
 def _answers(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float, now_ms: int) -> bool:
@@ -493,60 +543,102 @@ def _answers(partner: AudiencePartner, asked: AudienceQuery, chain_spent: float,
         return False
 
 
-def test_an_epsilon_above_the_maximum_is_refused(trained, users_file, tmp_path):
+def test_an_epsilon_above_the_maximum_or_below_the_minimum_is_refused(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
     with pytest.raises(DeniedError, match="more than the 1 one query may spend"):
         partner.answer(query(model, 560, epsilon=1.5), 0.0, NOW)
+    with pytest.raises(DeniedError, match="ε 0.001 is less than the 0.1 one query must spend"):
+        partner.answer(query(model, 560, epsilon=0.001), 0.0, NOW)
+    assert partner.unrecorded() == ([], [])                                    # refused: nothing answered
 
 
-def cut_offs_apart(trained, users_file, users_between: int) -> tuple[float, float]:
-    """Two cut-offs whose audiences differ by exactly ``users_between`` users (every user's points differ)."""
-    center, host = trained["binned"]
-    scores = reference_points(center, host, users_file)[0]
-    values = np.unique(scores)
-    for low, high in zip(values[len(values) // 2:], values[len(values) // 2 + users_between:]):
-        if np.sum(scores >= low) - np.sum(scores >= high) == users_between:
-            return float(low), float(high)
-    raise AssertionError("no such cut-offs")
+def test_a_new_query_waits_until_the_chain_holds_every_earlier_answer(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    asked = query(model, 600, ["interest"])
+    first = partner.answer(asked, 0.0, NOW)
+    assert partner.answered_at(asked.query_id) == NOW and partner.answered_at(new_query_id()) is None
+    waiting = query(model, 700)
+    with pytest.raises(DeniedError, match=f"refuses query {waiting.query_id}: query {asked.query_id} answered at "
+                                          r"2027-01-15T08:00:00\.000Z is not on the audience chain yet; "
+                                          "the card center records it first"):
+        partner.answer(waiting, 0.0, NOW + 1)
+    assert partner.answer(asked, 0.0, NOW + 2) == first                        # a retry is still the same answer
+    assert partner.answered(waiting.query_id) is None
+    assert partner.unrecorded() == ([{"query": asked.to_dict(), "answer": first.to_dict(), "time_ms": NOW}], [])
+    partner.recorded(asked.query_id)
+    assert partner.unrecorded() == ([], [])
+    assert partner.answer(waiting, 0.0, NOW + 3).query_id == waiting.query_id
+    assert [a["query"]["query_id"] for a in partner.unrecorded()[0]] == [waiting.query_id]
 
 
-def test_the_second_of_a_differencing_pair_is_refused_naming_the_first(trained, users_file, tmp_path):
+def test_a_cut_off_near_an_earlier_ones_is_refused_naming_it(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path / "a", trained, users_file)
-    low, high = cut_offs_apart(trained, users_file, 3)
-    first = partner.answer(query(model, low), 0.0, NOW)
-    second = query(model, high)
-    with pytest.raises(DeniedError, match=f"differs from that of query {first.query_id} by fewer than 10 users"):
+    first = ask(partner, query(model, 600), 0.0, NOW)
+    second = query(model, 603)
+    with pytest.raises(DeniedError, match=f"cut-off 603 is within 10 points of query {first.query_id}'s \\(600\\)"):
         partner.answer(second, 0.0, NOW + 1)
     assert not attack(partner.answered(second.query_id) is not None)
-    assert partner.pending_spent(NOW + 1) == 0.5                               # a refusal spends nothing
-    # against an earlier query with other segment columns: the whole audiences are compared
-    with pytest.raises(DeniedError, match=f"differs from that of query {first.query_id}"):
-        partner.answer(query(model, high, ["region"]), 0.0, NOW + 2)
-    far = cut_offs_apart(trained, users_file, 60)[1]
-    assert partner.answer(query(model, far), 0.0, NOW + 3).total > 0           # 60 users apart: allowed
-    assert partner.answer(second, 0.0, NOW + 31 * DAY_MS).total > 0            # the first has left the window
+    assert partner.pending_spent(NOW + 1) == 0 and partner.unrecorded() == ([], [])   # a refusal spends nothing
+    with pytest.raises(DeniedError, match=f"query {first.query_id}'s"):       # other segment columns: still near
+        partner.answer(query(model, 603, ["region"]), 0.0, NOW + 2)
+    assert ask(partner, query(model, 600, ["interest"]), 0.0, NOW + 3).total > 0     # the same cut-off: a repeat
+    assert ask(partner, query(model, 603, unseen_only=True), 0.0, NOW + 4).total > 0  # other users: unseen only
+    assert ask(partner, query(model, 610), 0.0, NOW + 5).total > 0             # the gap away: allowed
+    other = assemble(model.partner_model, dataclasses.replace(model.part, intercept=model.part.intercept + 0.5))
+    assert partner.accept_model(other.part, other.partner_model).digest() != model.digest()
+    assert ask(partner, query(other, 603), 0.0, NOW + 6).model == other.digest()   # another model: allowed
+    assert partner.answer(second, 0.0, NOW + 31 * DAY_MS).total > 0            # the earlier ones have left the window
 
 
-def test_a_differencing_pair_with_segments_is_refused_per_cell(trained, users_file, tmp_path):
-    partner, model = partner_for(tmp_path, trained, users_file)
-    low, high = cut_offs_apart(trained, users_file, 3)
-    first = partner.answer(query(model, low, ["interest"]), 0.0, NOW)
-    with pytest.raises(DeniedError, match=f"query {first.query_id} by fewer than 10 users in a cell"):
-        partner.answer(query(model, high, ["interest"]), 0.0, NOW + 1)
-    assert partner.answer(query(model, low, ["interest"]), 0.0, NOW + 2).total > 0   # the same audience again
+def test_refusals_do_not_depend_on_the_users(trained, users_file, tmp_path):
+    """The oracle: bisecting a cut-off with tiny ε, a refusal that looked at the users would say whether anyone
+    scores between two cut-offs. Two user bases that differ in one user (alone at their score) get the same
+    refusals, word for word, and tiny ε is refused outright."""
+    center, host = trained["binned"]
+    scores, frame = reference_points(center, host, users_file)
+    values, counts = np.unique(scores, return_counts=True)
+    alone = next(i for i in range(len(values) // 2, len(values)) if counts[i] == 1)
+    target, above = float(values[alone]), float(values[alone + 1])             # one user scores target, none between
+    without = tmp_path / "without.csv"
+    frame[scores != target].to_csv(without, index=False)
+    partners = [partner_for(tmp_path / "with", trained, users_file)[0],
+                partner_for(tmp_path / "without", trained, without)[0]]
+    model = audience_model(trained)
+    schedule = [(target - 40, 0.0001), (target - 40, 0.1), (target + 40, 0.1), (target, 0.1), (above, 0.1),
+                (target + 5, 0.1), (target - 20, 0.1), (target - 15, 0.1), (target, 1e-6), (target, 0.1)]
+    schedule += [(target + 60 + 10 * k, 0.1) for k in range(30)]              # the budget buys 30 queries of 0.1
+    outcomes = []
+    for number, (cut_off, epsilon) in enumerate(schedule):
+        asked = AudienceQuery(f"q{number:031x}", model.digest(), cut_off, (), epsilon, False)
+        seen = []
+        for partner in partners:
+            try:
+                ask(partner, asked, 0.0, NOW + number)
+                seen.append("answered")
+            except DeniedError as refusal:
+                seen.append(str(refusal))
+        assert seen[0] == seen[1], f"query {number} at {cut_off}: {seen}"
+        outcomes.append(seen[0])
+    assert "less than the 0.1" in outcomes[0] and "less than the 0.1" in outcomes[8]
+    assert outcomes[1:4] == ["answered"] * 3
+    assert "within 10 points of query" in outcomes[4]                          # above - target < 10: refused for both
+    assert "within 10 points" in outcomes[5] and "within 10 points" in outcomes[7]
+    assert outcomes[6] == outcomes[9] == "answered"
+    assert outcomes.count("answered") == 30 and "over the budget of 3" in outcomes[-1]
+    count("oracle queries tried", len(schedule))
 
 
 def test_an_identical_query_is_answered_again_and_pays_again(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
-    first = partner.answer(query(model, 600, ["interest"]), 0.0, NOW)
-    again = partner.answer(query(model, 600, ["interest"]), 0.0, NOW + 1)
+    first = ask(partner, query(model, 600, ["interest"]), 0.0, NOW)
+    again = ask(partner, query(model, 600, ["interest"]), 0.0, NOW + 1)
     assert (first.spent, again.spent) == (0.5, 1.0) and first.query_id != again.query_id
     assert [c.segment for c in first.cells] == [c.segment for c in again.cells]
     assert [c.count for c in first.cells] != [c.count for c in again.cells]    # fresh noise each time
     retry = partner.answered(first.query_id)
     asked = AudienceQuery(first.query_id, model.digest(), 600.0, ("interest",), 0.5, False)
     assert partner.answer(asked, 0.0, NOW + 2) == retry == first                # a retry: the same answer, no new cost
-    assert partner.pending_spent(NOW + 2) == 1.0
+    assert partner.answer(query(model, 600), 0.0, NOW + 3).spent == 1.5
     with pytest.raises(ProtocolError, match="already used for another query"):
         partner.answer(dataclasses.replace(asked, min_points=601.0), 0.0, NOW + 3)
 
@@ -569,8 +661,23 @@ def test_a_campaign_writes_exactly_the_audience_into_an_owner_only_file(trained,
     assert list(written.columns) == ["id"] and written["id"].tolist() == sorted(expected, key=str.casefold)
     assert any(i.startswith("U") for i in written["id"])          # as the partner's file writes them
     assert len(written) > 100 and not set(written["id"]) & seen_ids()
-    with pytest.raises(ProtocolError, match=f"already has campaign {campaign.campaign_id}"):
-        partner.campaign(answer.query_id, NOW + 2)
+
+
+def test_a_campaign_is_retried_until_the_chain_holds_it(trained, users_file, tmp_path):
+    partner, model = partner_for(tmp_path, trained, users_file)
+    answer = ask(partner, query(model, 600, ["interest"]), 0.0, NOW)
+    campaign = partner.campaign(answer.query_id, NOW + 1)
+    written = campaign.audience_file.read_bytes()
+    assert partner.unrecorded() == ([], [{"campaign_id": campaign.campaign_id, "query_id": answer.query_id,
+                                          "members": answer.total, "time_ms": NOW + 1}])
+    assert partner.campaign(answer.query_id, NOW + 2) == campaign               # a retry: the same campaign
+    assert partner.campaigns() == [campaign] and campaign.audience_file.read_bytes() == written
+    assert partner.unrecorded()[1][0]["time_ms"] == NOW + 1                     # made once, at its first time
+    partner.campaign_recorded("c" + "0" * 31)                                   # unknown: ignored
+    partner.campaign_recorded(campaign.campaign_id)
+    assert partner.unrecorded() == ([], [])
+    with pytest.raises(ProtocolError, match=f"query {answer.query_id} already has campaign {campaign.campaign_id}"):
+        partner.campaign(answer.query_id, NOW + 3)
 
 
 def test_a_campaign_of_an_audience_below_the_minimum_cell_is_refused(trained, users_file, tmp_path):
@@ -583,17 +690,27 @@ def test_a_campaign_of_an_audience_below_the_minimum_cell_is_refused(trained, us
 
 def test_the_record_survives_a_restart(trained, users_file, tmp_path):
     partner, model = partner_for(tmp_path, trained, users_file)
-    answer = partner.answer(query(model, 600), 0.0, NOW)
-    kept = partner.answer(query(model, 600), 0.0, NOW + 1)
-    partner.recorded(kept.query_id)
-    campaign = partner.campaign(answer.query_id, NOW + 2)
+    answer = ask(partner, query(model, 600), 0.0, NOW)
+    kept = partner.answer(query(model, 600), 0.0, NOW + 1)                     # not on the chain yet
+    recorded = partner.campaign(answer.query_id, NOW + 2)
+    partner.campaign_recorded(recorded.campaign_id)
+    pending = partner.campaign(kept.query_id, NOW + 3)                          # not on the chain yet
+    before = partner.unrecorded()
     partner.close()
     again, _ = partner_for(tmp_path, trained, users_file)
     assert again.answered(answer.query_id) == answer and again.model(model.digest()).digest() == model.digest()
+    assert again.answered_at(answer.query_id) == NOW and again.answered_at(kept.query_id) == NOW + 1
     assert again.pending_spent(NOW + 3) == 0.5                      # the recorded one is the chain's to count
-    assert again.campaigns() == [campaign]
-    with pytest.raises(ProtocolError, match="already has campaign"):
+    assert again.unrecorded() == before and [a["query"]["query_id"] for a in before[0]] == [kept.query_id]
+    assert [c["campaign_id"] for c in before[1]] == [pending.campaign_id]
+    assert again.campaigns() == [recorded, pending]
+    with pytest.raises(ProtocolError, match=f"already has campaign {recorded.campaign_id}"):
         again.campaign(answer.query_id, NOW + 4)
+    assert again.campaign(kept.query_id, NOW + 4) == pending                    # still a retry after the restart
+    with pytest.raises(DeniedError, match=f"query {kept.query_id} answered at .* is not on the audience chain yet"):
+        again.answer(query(model, 700), 0.0, NOW + 5)
+    again.recorded(kept.query_id)
+    assert again.answer(query(model, 700), 0.0, NOW + 5).spent == 1.5          # its own record: 0.5 + 0.5 + 0.5
     (tmp_path / "models" / f"{model.digest()}.json").write_text(
         model.to_json().replace(repr(model.part.intercept), repr(model.part.intercept + 1)))
     fresh = AudiencePartner("host", "center", POLICY, tmp_path, users=lambda m: None, seen_ids=lambda m: set())

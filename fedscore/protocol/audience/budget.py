@@ -3,9 +3,13 @@
 Every answered query spends its ε (sequential composition: the answers
 together are differentially private with the sum of their ε). A card center
 may spend at most the partner's ``budget`` in any window of ``window_days``
-days, and at most ``max_epsilon`` on one query. The spend is recomputed from
-the audience chain's query entries by every member, so both sides agree on
-it; the partner adds the queries it answered that no block holds yet.
+days, at most ``max_epsilon`` on one query and at least ``min_epsilon`` (so a
+budget buys at most budget / min_epsilon queries in a window: tiny ε cannot
+buy unlimited questions). The spend is recomputed from the audience chain's
+query entries by every member, so both sides agree on it; the partner takes
+the larger of that and the spend of its own record (every answer it gave, by
+its own answer time), so neither an entry the chain does not hold yet nor
+one dated outside the window lets the budget be spent twice.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ def budget_refusal(spent_so_far: float, epsilon: float, policy: AudiencePolicy) 
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) \
             or epsilon < MIN_EPSILON:
         return f"ε must be a positive number (at least {MIN_EPSILON}), got {epsilon!r}"
+    if epsilon < policy.min_epsilon:
+        return (f"ε {epsilon:g} is less than the {policy.min_epsilon:g} one query must spend "
+                "(the budget buys a bounded number of queries)")
     if epsilon > policy.max_epsilon + SLACK:
         return f"ε {epsilon:g} is more than the {policy.max_epsilon:g} one query may spend"
     if spent_so_far + epsilon > policy.budget + SLACK:

@@ -3,16 +3,21 @@
 One `AudiencePartner` serves one card center, with its state in a folder the
 daemon gives it: ``models/<digest>.json`` (the assembled models),
 ``queries.jsonl`` (every answer, written before it is returned; which of them
-the chain holds; every campaign) and ``campaigns/<campaign id>.csv`` (an
-audience's user ids: the partner's own data, never sent, readable by its
-owner only).
+the chain holds; every campaign and which of them the chain holds) and
+``campaigns/<campaign id>.csv`` (an audience's user ids: the partner's own
+data, never sent, readable by its owner only).
 
-Answering a query checks, in order: the segment columns are exposed, the
-model is held, the ε fits the budget (the chain's spend in the window plus
-the answers no block holds yet), and the audience does not differ from an
-earlier one's by a few users (`differencing`). Only then are the users
-scored, counted per cell, noised and suppressed. Queries are answered one at
-a time, so each sees every earlier one.
+Answering a query checks, in order: no earlier answer is still missing from
+the chain (the card center records each before asking again, so the chain's
+spend and its cut-off rule see every answer), the segment columns are
+exposed, the model is held, the ε fits the budget (the larger of the chain's
+spend in the window and that of this partner's own record, by its own answer
+times) and the cut-off is not near an earlier one's on the same model
+(`differencing`). Each refusal depends only on the queries, never on the
+users, so it reveals nothing about them; the noise and the budget bound what
+pairs of answers reveal. Only then are the users scored, counted per cell,
+noised and suppressed. Queries are answered one at a time, so each sees every
+earlier one.
 
 The cells of an answer are every combination of the segment values some user
 has (sorted), whether or not the audience reaches it: a cell left out would
@@ -24,6 +29,7 @@ does not hold (ProtocolError).
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import logging
 import math
@@ -39,8 +45,8 @@ import pandas as pd
 from fedscore.errors import DataError, DeniedError, ProtocolError
 from fedscore.files import write_atomically
 from fedscore.model.model_file import PartyModel
-from fedscore.protocol.audience.budget import budget_refusal, spent
-from fedscore.protocol.audience.differencing import differencing_refusal
+from fedscore.protocol.audience.budget import DAY_MS, budget_refusal, spent
+from fedscore.protocol.audience.differencing import nearby_cutoff
 from fedscore.protocol.audience.fields import HEX64
 from fedscore.protocol.audience.model import AudienceModel, CardCenterPart, assemble
 from fedscore.protocol.audience.noise import discrete_laplace, noise_bound
@@ -94,6 +100,8 @@ class AudiencePartner:
         self._answers: dict[str, _Answered] = {}
         self._recorded: set[str] = set()
         self._campaigns: dict[str, Campaign] = {}
+        self._campaign_times: dict[str, int] = {}
+        self._campaigns_recorded: set[str] = set()
         self._journal = Journal(self.folder / "queries.jsonl")
         for number, record in enumerate(self._journal.load(), start=1):
             self._replay(record, f"{self._journal.path.name} record {number}")
@@ -139,16 +147,32 @@ class AudiencePartner:
             found = self._answers.get(query_id)
             return None if found is None else found.answer
 
+    def answered_at(self, query_id: str) -> int | None:
+        """When this partner answered the query (unix ms, its own clock); None: it never did."""
+        with self._lock:
+            found = self._answers.get(query_id)
+            return None if found is None else found.time_ms
+
     def pending_spent(self, now_ms: int) -> float:
         """ε of the queries answered here in the window that the chain does not hold yet."""
         with self._lock:
             pending = [(a.time_ms, a.query.epsilon) for q, a in self._answers.items() if q not in self._recorded]
         return spent(pending, now_ms, self.policy.window_days)
 
+    def _own_spent(self, now_ms: int) -> float:
+        """ε of every answer in this partner's record dated in the window by its own answer time, recorded or not:
+        its record is complete (an answer is journalled before it leaves), whatever the chain's entries say."""
+        return spent([(a.time_ms, a.query.epsilon) for a in self._answers.values()], now_ms, self.policy.window_days)
+
+    def _in_window(self, now_ms: int) -> list[_Answered]:
+        start = now_ms - self.policy.window_days * DAY_MS
+        return [a for a in self._answers.values() if a.time_ms > start]
+
     def answer(self, query: AudienceQuery, chain_spent: float, now_ms: int) -> AudienceAnswer:
-        """Count the query's audience per cell, noised and suppressed, or refuse it (DeniedError: a segment column not
-        exposed, too many, over budget, differencing; ProtocolError: a model not held). The answer is recorded
-        before it is returned; the same query asked again (a retry) gets the same answer at no new cost."""
+        """Count the query's audience per cell, noised and suppressed, or refuse it (DeniedError: an earlier answer
+        not on the chain yet, a segment column not exposed, too many, over budget, a nearby cut-off; ProtocolError: a
+        model not held). The answer is recorded before it is returned; the same query asked again (a retry) gets the
+        same answer at no new cost."""
         if isinstance(chain_spent, bool) or not isinstance(chain_spent, (int, float)) or not math.isfinite(chain_spent) \
                 or chain_spent < 0:
             raise ValueError(f"chain_spent must be a non-negative number, got {chain_spent!r}")
@@ -158,17 +182,20 @@ class AudiencePartner:
                 if earlier.query != query:
                     raise ProtocolError(f"query id {query.query_id} was already used for another query")
                 return earlier.answer
+            self._check_all_recorded(query)
             self._check_segments(query)
             model = self.model(query.model)
-            so_far = chain_spent + self.pending_spent(now_ms)
-            refusal = budget_refusal(so_far, query.epsilon, self.policy)
+            so_far = max(float(chain_spent), self._own_spent(now_ms))
+            refusal = budget_refusal(so_far, query.epsilon, self.policy) or nearby_cutoff(
+                query.model, query.unseen_only, query.min_points,
+                [(a.query.query_id, a.query.model, a.query.unseen_only, a.query.min_points)
+                 for a in self._in_window(now_ms)],
+                self.policy.min_points_gap)
             if refusal:
                 raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: {refusal}")
-            scored: dict[str, _Scored] = {}
-            now = self._scored(model, scored)
+            now = self._scored(model)
             keys, codes = _segment_cells(now.users, query.segments)
             member = _members(now, query)
-            self._check_differencing(query, now, member, codes, now_ms, scored)
             counts = np.bincount(codes[member], minlength=len(keys))
             noisy = counts + discrete_laplace(query.epsilon, len(keys), self._rng)
             min_cell = self.policy.min_cell
@@ -176,12 +203,22 @@ class AudiencePartner:
             answer = AudienceAnswer(
                 query_id=query.query_id, model=query.model, cells=cells, total=sum(c.count or 0 for c in cells),
                 min_cell=min_cell, epsilon=float(query.epsilon), noise_bound=noise_bound(query.epsilon),
-                spent=math.fsum([chain_spent, self.pending_spent(now_ms), query.epsilon]), budget=float(self.policy.budget), window_days=self.policy.window_days,
+                spent=math.fsum([so_far, query.epsilon]), budget=float(self.policy.budget),
+                window_days=self.policy.window_days,
             )
             record = {"event": "answer", "time_ms": int(now_ms), "query": query.to_dict(), "answer": answer.to_dict()}
             self._journal.append(record)
             self._answers[query.query_id] = _Answered(query, answer, int(now_ms))
             return answer
+
+    def _check_all_recorded(self, query: AudienceQuery) -> None:
+        """A new query waits until the chain holds every earlier answer: the card center records it first, so the
+        chain's budget and cut-off rules see every answer the card center has."""
+        waiting = next((a for q, a in self._answers.items() if q not in self._recorded), None)
+        if waiting is not None:
+            raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: query {waiting.query.query_id} "
+                              f"answered at {_iso_ms(waiting.time_ms)} is not on the audience chain yet; "
+                              "the card center records it first")
 
     def _check_segments(self, query: AudienceQuery) -> None:
         if len(set(query.segments)) != len(query.segments):
@@ -195,34 +232,11 @@ class AudiencePartner:
             raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: {len(query.segments)} segment "
                               f"columns, at most {self.policy.max_segments} in one query")
 
-    def _scored(self, model: AudienceModel, scored: dict[str, _Scored]) -> _Scored:
-        digest = model.digest()
-        if digest not in scored:
-            users = self._users(model)
-            seen = self._seen_ids(model)
-            scored[digest] = _Scored(users, model.points(users),
-                                     np.fromiter((i in seen for i in users.ids), dtype=bool, count=users.rows))
-        return scored[digest]
-
-    def _check_differencing(self, query: AudienceQuery, now: _Scored, member: np.ndarray, codes: np.ndarray,
-                            now_ms: int, scored: dict[str, _Scored]) -> None:
-        """Each earlier answer in the window, its audience recomputed on the current users: per cell when it had the
-        same segment columns, the whole audience otherwise."""
-        start = now_ms - self.policy.window_days * 86_400_000
-        same, other = [], []
-        for earlier in self._answers.values():
-            if earlier.time_ms <= start:
-                continue
-            then = self._scored(self.model(earlier.query.model), scored)
-            was = _aligned(_members(then, earlier.query), then.users.ids, now.users.ids)
-            if earlier.query.segments == query.segments:
-                same.append((earlier.query.query_id, np.where(was, codes, -1)))
-            else:
-                other.append((earlier.query.query_id, np.where(was, 0, -1)))
-        refusal = (differencing_refusal(np.where(member, codes, -1), same, self.policy.min_cell)
-                   or differencing_refusal(np.where(member, 0, -1), other, self.policy.min_cell))
-        if refusal:
-            raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: {refusal}")
+    def _scored(self, model: AudienceModel) -> _Scored:
+        users = self._users(model)
+        seen = self._seen_ids(model)
+        return _Scored(users, model.points(users), np.fromiter((i in seen for i in users.ids), dtype=bool,
+                                                               count=users.rows))
 
     def recorded(self, query_id: str) -> None:
         """The chain holds this query: its ε is in the chain's spend, no longer pending here. Unknown ids are ignored
@@ -237,7 +251,8 @@ class AudiencePartner:
     def campaign(self, query_id: str, now_ms: int) -> Campaign:
         """Write the audience of an answered query to a file of this partner's user ids (as its users file writes
         them, in the order of their normalised ids); the card center gets the
-        campaign id and the members billed (the answer's total, so billing reveals nothing new)."""
+        campaign id and the members billed (the answer's total, so billing reveals nothing new). Asked again
+        before the chain holds the campaign (a retry), the same campaign; once it holds it, a refusal."""
         with self._lock:
             answered = self._answers.get(query_id)
             if answered is None:
@@ -245,11 +260,13 @@ class AudiencePartner:
                                     "a campaign needs an answered query")
             made = next((c for c in self._campaigns.values() if c.query_id == query_id), None)
             if made is not None:
+                if made.campaign_id not in self._campaigns_recorded:
+                    return made
                 raise ProtocolError(f"query {query_id} already has campaign {made.campaign_id}")
             if answered.answer.total == 0:
                 raise DeniedError(f"party {self.party!r}: every cell of query {query_id} was below the minimum cell size; "
                                   "there is no audience to run a campaign on")
-            now = self._scored(self.model(answered.query.model), {})
+            now = self._scored(self.model(answered.query.model))
             ids = now.users.own_ids[_members(now, answered.query)]
             campaign_id = new_campaign_id()
             path = self.folder / "campaigns" / f"{campaign_id}.csv"
@@ -258,7 +275,28 @@ class AudiencePartner:
             self._journal.append({"event": "campaign", "campaign_id": campaign_id, "query_id": query_id,
                                   "model": campaign.model, "members": campaign.members, "time_ms": int(now_ms)})
             self._campaigns[campaign_id] = campaign
+            self._campaign_times[campaign_id] = int(now_ms)
             return campaign
+
+    def campaign_recorded(self, campaign_id: str) -> None:
+        """The chain holds this campaign: asking for the query's campaign again is refused from now on. Unknown ids
+        are ignored (the chain's own rules judge them)."""
+        with self._lock:
+            if campaign_id in self._campaigns and campaign_id not in self._campaigns_recorded:
+                self._journal.append({"event": "campaign_recorded", "campaign_id": campaign_id})
+                self._campaigns_recorded.add(campaign_id)
+
+    def unrecorded(self) -> tuple[list[dict], list[dict]]:
+        """What this partner gave that the chain does not hold yet, in the order given: the answers ({"query",
+        "answer", "time_ms": its answer time}) and the campaigns ({"campaign_id", "query_id", "members", "time_ms"}),
+        so the card center can record them."""
+        with self._lock:
+            answers = [{"query": a.query.to_dict(), "answer": a.answer.to_dict(), "time_ms": a.time_ms}
+                       for q, a in self._answers.items() if q not in self._recorded]
+            campaigns = [{"campaign_id": c.campaign_id, "query_id": c.query_id, "members": c.members,
+                          "time_ms": self._campaign_times[c.campaign_id]}
+                         for c in self._campaigns.values() if c.campaign_id not in self._campaigns_recorded]
+            return answers, campaigns
 
     def campaigns(self) -> list[Campaign]:
         with self._lock:
@@ -285,6 +323,9 @@ class AudiencePartner:
                 self._campaigns[campaign_id] = Campaign(
                     campaign_id, str(record["query_id"]), str(record["model"]), int(record["members"]),
                     self.folder / "campaigns" / f"{campaign_id}.csv")
+                self._campaign_times[campaign_id] = int(record["time_ms"])
+            elif event == "campaign_recorded":
+                self._campaigns_recorded.add(str(record["campaign_id"]))
             else:
                 raise ValueError(f"unknown event {event!r}")
         except (KeyError, TypeError, ValueError, DataError) as error:
@@ -309,12 +350,10 @@ def _members(scored: _Scored, query: AudienceQuery) -> np.ndarray:
     return member & ~scored.seen if query.unseen_only else member
 
 
-def _aligned(member: np.ndarray, ids: np.ndarray, onto: np.ndarray) -> np.ndarray:
-    """``member`` (per user of ``ids``) per user of ``onto``: False for a user ``ids`` lacks."""
-    if ids is onto or np.array_equal(ids, onto):
-        return member
-    positions = pd.Index(ids).get_indexer(onto)
-    return np.where(positions >= 0, member[np.maximum(positions, 0)], False)
+def _iso_ms(time_ms: int) -> str:
+    """Unix milliseconds as ISO 8601 in UTC, to the millisecond."""
+    moment = datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
 
 
 def _id_file(ids: np.ndarray) -> str:
