@@ -45,7 +45,9 @@ def audience_data(folder, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     held = list(range(200, 1200))   # 600 shared with the card center, 400 strangers
     shop = pd.DataFrame({"id": [people[i] for i in held]})
     for j, scale in enumerate((30.0, -20.0, 12.0)):
-        shop[f"spend_{j}"] = np.round(100 + scale * risk[held] + rng.normal(0, 15, len(held)), 4) + 1e-4 * rng.integers(1, 99, len(held))
+        # six decimals and a tail: values that cannot turn up on the wire by chance (as in test_wire_privacy)
+        shop[f"spend_{j}"] = (np.round(100 + scale * risk[held] + rng.normal(0, 15, len(held)), 6)
+                              + 1e-6 * rng.integers(1, 999, len(held)))
     users = shop.copy()
     users["channel"] = rng.choice(["app", "web", "store", "kiosk"], size=len(held), p=[0.5, 0.3, 0.19, 0.01])
     users["region"] = rng.choice(["north", "south"], size=len(held))

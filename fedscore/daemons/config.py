@@ -204,7 +204,7 @@ def _audience(table: dict[str, Any], where: str) -> AudiencePolicy | None:
         raise ConfigError(f"{where}: audience must be a table ([party.audience])")
     defaults = AudiencePolicy()
     refuse_unknown(settings, {"users", "id_column", "segments", "min_cell", "budget", "window_days", "max_epsilon",
-                              "max_segments"}, at)
+                              "max_segments", "min_epsilon", "min_points_gap"}, at)
     segments = take(settings, "segments", list, [], at)
     if not all(isinstance(s, str) and s for s in segments):
         raise ConfigError(f"{at}: segments must be a list of column names, got {segments!r}")
@@ -217,6 +217,8 @@ def _audience(table: dict[str, Any], where: str) -> AudiencePolicy | None:
         window_days=take(settings, "window_days", int, defaults.window_days, at),
         max_epsilon=float(take(settings, "max_epsilon", (int, float), defaults.max_epsilon, at)),
         max_segments=take(settings, "max_segments", int, defaults.max_segments, at),
+        min_epsilon=float(take(settings, "min_epsilon", (int, float), defaults.min_epsilon, at)),
+        min_points_gap=float(take(settings, "min_points_gap", (int, float), defaults.min_points_gap, at)),
     )
     if not policy.users:
         raise ConfigError(f"{at}: users must name this partner's users file (inside its data folder)")

@@ -42,7 +42,6 @@ are in fedscore.ledger.audience_entries.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedscore.errors import ConfigError
@@ -53,6 +52,7 @@ from fedscore.ledger.audience_entries import (   # the entries' public names, us
     policy_problem,
 )
 from fedscore.ledger.scoring_rules import Layered
+from fedscore.protocol.audience.differencing import nearby_cutoff
 
 DAY_MS = 86_400_000
 MAX_CLOCK_SKEW_MS = 300_000   # an entry may not be dated further ahead of a member's clock
@@ -235,22 +235,9 @@ def _nearby(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
     start = when - policy["window_days"] * DAY_MS
     earlier = [(ident, q["model"], q["unseen_only"], q["min_points"]) for ident, q in seen.queries.items()
                if start < q["time_ms"] <= when]
-    refusal = _nearby_cutoff(query["model"], query["unseen_only"], query["min_points"], earlier,
+    refusal = nearby_cutoff(query["model"], query["unseen_only"], query["min_points"], earlier,
                              policy["min_points_gap"])
     return f"query {query['query_id']}: {refusal}" if refusal else None
-
-
-def _nearby_cutoff(model: str, unseen_only: bool, min_points: float, earlier: Iterable[tuple[str, str, bool, float]],
-                   gap: float) -> str | None:
-    """Why a query with this cut-off may not be answered after the ``earlier`` ones, (query id, model, unseen_only,
-    min_points), None if it may: one on the same model and users whose cut-off is nearer than ``gap`` points, but
-    not the same (a repeat, which the budget pays for). It looks at no user, so it reveals nothing about them."""
-    for qid, other_model, other_unseen, p in earlier:
-        if other_model == model and other_unseen == unseen_only and 0 < abs(min_points - p) < gap:
-            return (f"its cut-off {min_points:g} is within {gap:g} points of query {qid}'s ({p:g}) on the same "
-                    f"model: the users between the two would be counted by subtraction; ask for the same cut-off "
-                    f"or one at least {gap:g} points away")
-    return None
 
 
 def _partner(entry: dict, facts: AudienceFacts) -> str | None:
