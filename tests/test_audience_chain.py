@@ -26,6 +26,7 @@ from fedscore.ledger.verify import LedgerError, verify_chain
 from fedscore.transport.codec import spec_from_proto, spec_to_proto
 
 from conftest import write_job
+from test_chain_rules import Replica   # the partner's replica reached in-process, as the card center reaches it
 
 KEYS = {"bank": SigningKey(b"\x21" * 32), "shop": SigningKey(b"\x22" * 32)}
 ROLES = {"bank": "card_center", "shop": "partner"}
@@ -33,22 +34,6 @@ FEES = FeeContract(per_query=500, per_audience_member=2, per_conversion=300).to_
 POLICY = {"segments": ["category", "region"], "min_cell": 10, "budget": 1.0, "window_days": 30,
           "max_epsilon": 0.5, "max_segments": 2, "min_epsilon": 0.1, "min_points_gap": 10.0}
 MODEL = hashlib.sha256(b"the assembled audience model").hexdigest()
-
-
-class Replica:
-    """The partner's replica reached in-process, as the card center reaches it over the wire."""
-
-    def __init__(self, member: LedgerMember):
-        self.member = member
-
-    def propose_block(self, block):
-        return self.member.sign(block)
-
-    def commit_block(self, block):
-        self.member.commit(block)
-
-    def sign_settlement(self, body: bytes) -> bytes:
-        return self.member.countersign_settlement(body)
 
 
 class Chain:

@@ -51,6 +51,7 @@ from fedscore.ledger.audience_entries import (   # the entries' public names, us
     campaign_entry, canonical, conversion_entry, entry_digest, entry_id, entry_problem, new_conversion_id,
     policy_problem,
 )
+from fedscore.ledger.member import SummaryReview
 from fedscore.ledger.scoring_rules import Layered
 from fedscore.protocol.audience.differencing import nearby_cutoff
 
@@ -283,23 +284,6 @@ def forget_recorded(entry: dict, facts: AudienceFacts) -> None:
         facts.totals.pop(ident, None)
 
 
-@dataclass
-class AudienceReview:
-    """A proposed block's entries, checked one by one against the chain's summary and the block's entries before them."""
-
-    facts: AudienceFacts
-    genesis: dict | None
-    seen: AudienceSeen
-
-    def objection(self, entry: dict) -> str | None:
-        return objection(entry, self.facts, self.genesis, self.seen)
-
-    def add(self, entry: dict) -> None:
-        if self.genesis is None:
-            self.genesis = entry
-        self.seen.add(entry)
-
-
 class AudienceRules:
     """One member's rules for an audience chain. It keeps the genesis entry and a summary (`seen`)."""
 
@@ -320,8 +304,8 @@ class AudienceRules:
         """The genesis entry (the only one kept)."""
         return [] if self.genesis is None else [self.genesis]
 
-    def review(self) -> AudienceReview:
-        return AudienceReview(self.facts, self.genesis, self.seen.copy())
+    def review(self) -> SummaryReview:
+        return SummaryReview(objection, self.facts, self.genesis, self.seen.copy())
 
     def query_spent(self, time_ms: int, epsilon: float) -> float:
         """The `spent` a query dated ``time_ms`` with ``epsilon`` must state, after the committed chain."""

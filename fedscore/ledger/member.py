@@ -16,7 +16,9 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from nacl.signing import SigningKey
 
@@ -59,6 +61,26 @@ class ChainRules(Protocol):
 
 
 Rules = TypeVar("Rules", bound=ChainRules)
+
+
+@dataclass
+class SummaryReview:
+    """A proposed block's entries read one by one against a chain's genesis and a summary of the rest (``seen``),
+    for rules that keep only those (a scoring or an audience chain): ``judge(entry, facts, genesis, seen)`` says
+    why this member cannot sign an entry; each entry it accepts joins the summary before the next is judged."""
+
+    judge: Callable[[dict, Any, dict | None, Any], str | None]
+    facts: Any
+    genesis: dict | None
+    seen: Any
+
+    def objection(self, entry: dict) -> str | None:
+        return self.judge(entry, self.facts, self.genesis, self.seen)
+
+    def add(self, entry: dict) -> None:
+        if self.genesis is None:
+            self.genesis = entry
+        self.seen.add(entry)
 
 
 class LedgerMember(Generic[Rules]):

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from fedscore.ledger import settlement
 from fedscore.ledger.block import encode_entry
+from fedscore.ledger.member import SummaryReview
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 VERIFICATION_ID = re.compile(r"^v[0-9a-f]{31}$")   # never a request id: one namespace of entry ids, no collision
@@ -344,23 +345,6 @@ def forget_recorded(entry: dict, facts: ScoringFacts) -> None:
         facts.unbilled.append(tag)
 
 
-@dataclass
-class ScoringReview:
-    """A proposed block's entries, checked one by one against the chain's summary and the block's entries before them."""
-
-    facts: ScoringFacts
-    genesis: dict | None
-    seen: ScoringSeen
-
-    def objection(self, entry: dict) -> str | None:
-        return objection(entry, self.facts, self.genesis, self.seen)
-
-    def add(self, entry: dict) -> None:
-        if self.genesis is None:
-            self.genesis = entry
-        self.seen.add(entry)
-
-
 class ScoringRules:
     """One member's rules for a model's scoring chain. It keeps the genesis entry and a summary
     (`seen`) only, not every entry: scoring adds one entry per request."""
@@ -382,8 +366,8 @@ class ScoringRules:
         """The genesis entry (the only one kept)."""
         return [] if self.genesis is None else [self.genesis]
 
-    def review(self) -> ScoringReview:
-        return ScoringReview(self.facts, self.genesis, self.seen.copy())
+    def review(self) -> SummaryReview:
+        return SummaryReview(objection, self.facts, self.genesis, self.seen.copy())
 
     def settlement_body(self) -> dict:
         return settlement.scoring_settlement_body(self.genesis, self.seen)

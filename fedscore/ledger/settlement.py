@@ -221,25 +221,23 @@ def training_refusal(body: bytes, entries: list[dict]) -> str | None:
 
 def scoring_refusal(body: bytes, genesis: dict, seen: ScoringSeen) -> str | None:
     """Why a member will not countersign the scoring settlement ``body`` (None: it will)."""
-    try:
-        document = decode_entry(body)
-        problem = scoring_settlement_problem(document, genesis, seen) if isinstance(document, dict) else "not an object"
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        problem = f"it is not readable ({type(error).__name__})"
-    if problem or encode_entry(document) != body:
-        return f"refuses to sign the scoring settlement: {problem or 'not canonical JSON'}"
-    return None
+    return _refusal(body, "scoring", lambda document: scoring_settlement_problem(document, genesis, seen))
 
 
 def audience_refusal(body: bytes, genesis: dict, seen: AudienceSeen) -> str | None:
     """Why a member will not countersign the audience settlement ``body`` (None: it will)."""
+    return _refusal(body, "audience", lambda document: audience_settlement_problem(document, genesis, seen))
+
+
+def _refusal(body: bytes, chain: str, problem_of) -> str | None:
+    """A settlement body read and judged by ``problem_of``: it must be a canonical JSON object it finds no fault in."""
     try:
         document = decode_entry(body)
-        problem = audience_settlement_problem(document, genesis, seen) if isinstance(document, dict) else "not an object"
+        problem = problem_of(document) if isinstance(document, dict) else "not an object"
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         problem = f"it is not readable ({type(error).__name__})"
     if problem or encode_entry(document) != body:
-        return f"refuses to sign the audience settlement: {problem or 'not canonical JSON'}"
+        return f"refuses to sign the {chain} settlement: {problem or 'not canonical JSON'}"
     return None
 
 
