@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from fedscore.errors import ConfigError, ProtocolError
+from fedscore.errors import ConfigError, PeerError, ProtocolError
 from fedscore.job import JOB_ID_PATTERN
 from fedscore.job_file import load_job
 from fedscore.ledger import settlement
@@ -502,3 +502,64 @@ def test_a_genesis_policy_with_a_bad_least_epsilon_or_cut_off_gap_is_refused(tmp
     block = chain.center.propose([audience_start_entry(chain.center.rules.facts)])
     with pytest.raises(LedgerError, match="member 'bank' refuses it: the audience policy must hold exactly"):
         chain.center.sign(block)
+
+
+def test_an_applicant_converts_once_per_campaign(chain):
+    """A conversion reported twice (a retried call, a duplicate application) is billed once: the chain refuses a
+    second conversion of the same applicant digest in one campaign, whatever its id."""
+    model = chain.model()
+    query = chain.query()
+    chain.record(model, query)
+    campaign = chain.campaign(query)
+    chain.record(campaign)
+    first = conversion(campaign)
+    chain.record(first)
+    again = {**conversion(campaign), "applicant": first["applicant"]}
+    chain.refused_by_shop([again], "already has a conversion of this applicant")
+    assert chain.center.rules.conversion_of(campaign["campaign_id"], first["applicant"]) == first["conversion_id"]
+
+
+class LostReply(Replica):
+    """The partner signs the block, but its reply never reaches the card center (once)."""
+
+    lost = 1
+
+    def propose_block(self, block):
+        signature = super().propose_block(block)
+        if self.lost:
+            self.lost -= 1
+            raise PeerError("partner 'shop' did not answer in time")
+        return signature
+
+
+def test_a_block_whose_reply_was_lost_is_proposed_again_unchanged_even_after_a_restart(chain, tmp_path):
+    """The partner signs one block per height: the card center keeps the block it proposed (on disk too) and
+    proposes that same block again, so the pair is never stuck with a signature for a block nobody committed."""
+    from types import SimpleNamespace
+
+    from fedscore.daemons.party.audience import AudienceChain
+    from fedscore.daemons.party.audience_card_center import CardCenterAudience
+    from fedscore.protocol.scoring.batcher import block_from_json
+
+    chain.record(chain.model())
+    acts = CardCenterAudience(SimpleNamespace(name="bank", label="party 'bank'", config=None))
+    flaky = LostReply(chain.shop)
+    pair = AudienceChain(chain.center.rules.facts.chain_id, "bank", "shop", chain.center, peer=flaky)
+    with pytest.raises(PeerError):
+        acts.append(pair, chain.made(chain.query())[0])
+    assert pair.pending is not None and pair.pending_path.is_file()
+    height = chain.center.height
+    assert chain.shop.height == height   # signed at the partner, committed nowhere
+    other = chain.center.propose(chain.made(chain.query(min_points=700))).with_signatures({})
+    with pytest.raises(LedgerError, match="already signed another block at this height"):
+        chain.shop.sign(other.with_signatures({"bank": sign(other, KEYS["bank"])}))
+
+    # the card center restarts: a fresh replica of its chain and the pending block read back from its file
+    chain.center.close()
+    center = LedgerMember("bank", KEYS["bank"], chain.center.path, chain.center.rules.__class__(chain.center.rules.facts))
+    restarted = AudienceChain(pair.chain_id, "bank", "shop", center, peer=Replica(chain.shop),
+                              pending=block_from_json(pair.pending_path.read_text()))
+    acts.resend(restarted)
+    assert center.height == chain.shop.height == height + 1 and restarted.pending is None
+    assert not restarted.pending_path.exists()
+    assert center.head.hash() == chain.shop.head.hash()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -14,14 +15,15 @@ import pytest
 
 from fedscore.cli.runner import submit
 from fedscore.daemons.launcher import LocalConsortium
-from fedscore.errors import FedscoreError
-from fedscore.job_file import load_job
+from fedscore.errors import FedscoreError, PeerError
+from fedscore.job_file import ScoringSettings, load_job
 from fedscore.ledger.block import decode_entry
 from fedscore.ledger.settlement import balances
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.protocol.audience.model import AudienceModel
 from fedscore.protocol.audience.users import load_user_base
+from fedscore.protocol.scoring.scorecard import ScoringPolicy
 from fedscore.transport.clients.audience import AudienceClient, AudiencePeer
 
 from conftest import write_job
@@ -55,6 +57,18 @@ def audience_data(folder, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     shop.to_csv(folder / "shop.csv", index=False)
     users.to_csv(folder / "shop_users.csv", index=False)
     return {"center": center, "shop": shop, "users": users}
+
+
+def once_reachable(call, within: float = 60.0):
+    """``call()`` once the peer it reaches is reachable again: a channel that saw it down retries on a backoff."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return call()
+        except PeerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def chain_entries(path) -> list[dict]:
@@ -142,11 +156,19 @@ def campaign(tmp_path_factory):
             done["second"], _ = query(done["second_cut"], [], 1.0, unseen_only=True)()
             refused("budget", query(float(np.quantile(points, 0.1)), [], 0.6))
             done["campaign"], _ = client.campaign(watched, done["first"]["query_id"])
-            # the partner restarts: its replica of the chain and its records come back from its state
+            # the partner dies: the conversion fails, naming it; once it is back (its replica and records come back
+            # from its state) the conversion goes on the chain, and the same one reported again is not billed twice
             os.killpg(consortium.processes["shop"].pid, signal.SIGKILL)
             consortium.processes["shop"].wait()
-            consortium.restart("shop")
-            done["conversion"], _ = client.conversion(watched, done["campaign"]["campaign_id"], frames["center"]["id"][7])
+            applicant = frames["center"]["id"][7]
+            refused("partner down", lambda: client.conversion(watched, done["campaign"]["campaign_id"], applicant))
+            consortium.restart("shop")   # serving again; the card center's channel reconnects on its own backoff
+            done["conversion"], _ = once_reachable(lambda: client.conversion(watched, done["campaign"]["campaign_id"],
+                                                                             applicant))
+            done["conversion_again"], _ = client.conversion(watched, done["campaign"]["campaign_id"], applicant)
+            # a second part for the same job (another scale) would shift cut-offs past the gap rule: refused
+            refused("second part", lambda: client.handover(
+                watched, "", ScoringSettings(policy=ScoringPolicy(offset=601.0)).to_json()))
             done["settlement"], done["settled"] = client.settle(watched)
         finally:
             client.close()
@@ -204,6 +226,10 @@ def test_each_protection_refuses_its_query(campaign):
     assert "0" * 64 in refusals["unknown model at the partner"]
     assert not attack("budget" not in refusals)
     assert "budget" in refusals["budget"]
+    assert "partner 'shop'" in refusals["partner down"]
+    assert campaign["conversion_again"]["conversion_id"] == campaign["conversion"]["conversion_id"]
+    assert not attack("second part" not in refusals)
+    assert "one part per job" in refusals["second part"]
     assert not attack("unrecorded" not in refusals)
     assert "q" + "2" * 31 in refusals["unrecorded"]
 

@@ -44,7 +44,11 @@ class Proxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:   # the daemon is down (a test stopped it): this caller sees a closed connection
+                client.close()
+                continue
             sent = (bytearray(), bytearray())
             self.captured.append(sent)
             for source, sink, buffer in ((client, server, sent[0]), (server, client, sent[1])):

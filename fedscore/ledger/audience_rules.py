@@ -78,6 +78,7 @@ class AudienceSeen:
     settlements: int = 0
     last_kind: str = ""
     last_time_ms: int = 0           # the latest dated entry's time: the next may not be earlier
+    converted: set[str] = field(default_factory=set)   # "campaign id\napplicant digest": one conversion each
 
     def spent(self, now_ms: int, window_days: int) -> float:
         """ε of the queries dated after now_ms - window, those dated after now_ms included: a query dated
@@ -104,6 +105,7 @@ class AudienceSeen:
             self.unsettled["audience_members"] += entry["members"]
         elif kind == "conversion":
             self.conversions.add(entry["conversion_id"])
+            self.converted.add(conversion_key(entry["campaign_id"], entry["applicant"]))
             self.unsettled["conversions"] += 1
         elif kind == "audience_settlement":
             self.unsettled = {"queries": 0, "audience_members": 0, "conversions": 0}
@@ -112,7 +114,12 @@ class AudienceSeen:
     def copy(self) -> "AudienceSeen":
         """For checking a proposed block without touching the committed summary (conversions: not copied)."""
         return AudienceSeen(set(self.models), dict(self.queries), dict(self.campaigns), Layered(self.conversions),
-                            dict(self.unsettled), self.settlements, self.last_kind, self.last_time_ms)
+                            dict(self.unsettled), self.settlements, self.last_kind, self.last_time_ms,
+                            Layered(self.converted))
+
+
+def conversion_key(campaign_id: str, applicant: str) -> str:
+    return f"{campaign_id}\n{applicant}"
 
 
 # -- objections -------------------------------------------------------------------------------------
@@ -209,6 +216,9 @@ def _on_chain(entry: dict, genesis: dict, seen: AudienceSeen) -> str | None:
         return f"conversion {ident} is already on the chain"
     if entry["campaign_id"] not in seen.campaigns:
         return f"conversion {ident} names campaign {entry['campaign_id']}, which is not on the chain"
+    if conversion_key(entry["campaign_id"], entry["applicant"]) in seen.converted:
+        return (f"conversion {ident}: campaign {entry['campaign_id']} already has a conversion of this applicant "
+                "(an application is billed once)")
     return None
 
 
@@ -293,12 +303,19 @@ class AudienceRules:
         self.facts = facts
         self.seen = AudienceSeen()
         self.genesis: dict | None = None
+        self.conversion_ids: dict[str, str] = {}
 
     def remember(self, entry: dict) -> None:
         if self.genesis is None:
             self.genesis = entry
         self.seen.add(entry)
+        if entry.get("kind") == "conversion":
+            self.conversion_ids[conversion_key(entry["campaign_id"], entry["applicant"])] = entry["conversion_id"]
         forget_recorded(entry, self.facts)
+
+    def conversion_of(self, campaign_id: str, applicant: str) -> str | None:
+        """The conversion id the chain holds for this campaign and applicant digest, if any."""
+        return self.conversion_ids.get(conversion_key(campaign_id, applicant))
 
     def entries(self) -> list[dict]:
         """The genesis entry (the only one kept)."""

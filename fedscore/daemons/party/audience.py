@@ -10,6 +10,7 @@ a query, its noisy counts, a campaign's id and billed count.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import ProtocolError
 from fedscore.job import JobSpec, check_job_id
 from fedscore.ledger.audience_rules import AudienceFacts, AudienceRules, audience_chain_id, entry_digest
+from fedscore.files import write_atomically
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
@@ -32,6 +34,7 @@ from fedscore.protocol.audience.partner import AudiencePartner
 from fedscore.protocol.audience.policy import AudiencePolicy
 from fedscore.protocol.audience.query import AudienceAnswer, AudienceQuery
 from fedscore.protocol.audience.users import UserBase, load_user_base
+from fedscore.protocol.scoring.batcher import block_from_json
 from fedscore.protocol.scoring.journal import now_ms
 from fedscore.daemons.party.audience_card_center import CardCenterAudience
 
@@ -42,6 +45,8 @@ log = logging.getLogger("fedscore.audience")
 
 AUDIENCE_FOLDER = "audience"      # state_dir/audience/<other party>/: the pair's chain, a partner's records
 CHAIN_FILE = "audience.sqlite"
+PENDING_FILE = "pending-block.json"   # the card center's: a block it proposed, proposed again until committed
+HELD_FILE = "held.json"               # the partner's: what an audience_model entry must state of each model it holds
 
 
 @dataclass
@@ -59,9 +64,20 @@ class AudienceChain:
     partner_blocks: int | None = None          # the card center's: the partner's replica height, when known
 
     @property
+    def pending_path(self) -> Path:
+        """The card center's block proposed and not yet committed (fedscore.daemons.party.audience_card_center)."""
+        return self.member.path.parent / PENDING_FILE
+
+    @property
     def reply(self) -> dict:
         head = self.member.head
         return {"chain_id": self.chain_id, "blocks": self.member.height, "head": "" if head is None else head.hash().hex()}
+
+
+def read_held(folder: Path) -> dict[str, dict]:
+    """The models a partner holds for one card center, with what their audience_model entries must state."""
+    path = folder / HELD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def stored_genesis(path: Path) -> dict | None:
@@ -118,13 +134,19 @@ class AudienceHost:
             path.parent.mkdir(parents=True, exist_ok=True)
             facts = self._facts(role, card_center, partner, genesis, members or {}, fees or {}, policy or {})
             chain = AudienceChain(chain_id, card_center, partner, LedgerMember(self.name, self.key, path, AudienceRules(facts)))
-            if role == "partner":
-                try:
+            try:
+                if role == "partner":
                     chain.answers = self._answers(card_center, facts.policy)
                     self._remember_answers(chain)
-                except BaseException:
-                    chain.member.close()
-                    raise
+                elif chain.pending_path.is_file():
+                    pending = block_from_json(chain.pending_path.read_text())
+                    if pending.height >= chain.member.height:
+                        chain.pending = pending   # proposed again, unchanged, by the next act
+                    else:
+                        chain.pending_path.unlink()
+            except BaseException:
+                chain.member.close()
+                raise
             self._chains[chain_id] = chain
             return chain
 
@@ -184,15 +206,20 @@ class AudienceHost:
                         "chain's applies (a chain's policy is fixed when it starts)", self.label, card_center)
             policy = replace(AudiencePolicy.from_dict(stated, f"{self.label}: the audience chain's policy"),
                              users=policy.users, id_column=policy.id_column)
-        return AudiencePartner(self.name, card_center, policy, self.folder(card_center), self._users, self._seen_ids)
+        return AudiencePartner(self.name, card_center, policy, self.folder(card_center),
+                               lambda model: self._users(model, policy), self._seen_ids)
 
     def _remember_answers(self, chain: AudienceChain) -> None:
         """What this partner answered and made that no block holds yet, and the models it holds: the facts it
         signs entries against (after a restart, from its own record)."""
         facts, answers, seen = chain.member.rules.facts, chain.answers, chain.member.rules.seen
-        for digest in sorted(path.stem for path in (self.folder(chain.card_center) / "models").glob("*.json")):
+        for query_id in list(seen.queries):   # on the chain, whatever its record says (a crash inside a commit)
+            answers.recorded(query_id)
+        for campaign_id in list(seen.campaigns):
+            answers.campaign_recorded(campaign_id)
+        for digest, held in read_held(self.folder(chain.card_center)).items():
             facts.models.add(digest)
-            facts.held[digest] = self._held(answers.model(digest))
+            facts.held[digest] = held
         queries, campaigns = answers.unrecorded()
         for record in queries:
             if record["query"]["query_id"] not in seen.queries:
@@ -210,19 +237,15 @@ class AudienceHost:
         facts.answered_at[query.query_id] = answered_ms
         facts.totals[query.query_id] = answer.total
 
-    def _held(self, model: AudienceModel) -> dict:
-        """What an audience_model entry must state of a model this partner holds: its job, the card center's part,
-        and the head of this partner's own replica of the job's training chain."""
-        head = self.scoring.training_facts(model.part.job_id, "partner")[1].training_head
-        return {"job_id": model.part.job_id, "part_digest": model.part.digest(), "training_head": head}
+
 
     def _seen_ids(self, model: AudienceModel) -> set[str]:
         """The users this partner aligned with the card center in the model's job (kept at home at alignment)."""
         return aligned_ids(self.scoring.jobs_dir() / model.part.job_id) or set()
 
-    def _users(self, model: AudienceModel) -> UserBase:
-        """This partner's whole user base, as the model reads it: the users file its audience policy names."""
-        policy = self.policy()
+    def _users(self, model: AudienceModel, policy: AudiencePolicy) -> UserBase:
+        """This partner's whole user base, as the model reads it: the users file its audience policy names, with
+        the segment columns the policy (its chain's) exposes."""
         path = resolve_data_file(self.config.data_dir, policy.users, self.name)
         return load_user_base(path, policy.id_column, list(model.partner_model.features), list(policy.segments), self.name)
 
@@ -240,10 +263,16 @@ class AudienceHost:
                                 "party as its only partner; an audience model has exactly these two parties")
         chain = self.open_chain(card_center, self.name, facts.members, start["fees"], policy.to_dict())
         with chain.lock:
+            held = chain.member.rules.facts.held
+            other = next((d for d, h in held.items() if h["job_id"] == part.job_id and h["part_digest"] != part.digest()), None)
+            if other is not None:   # a second part (another offset, say) would shift the cut-offs past the gap rule
+                raise ProtocolError(f"{self.label} already holds job {part.job_id!r} as model {other}, from another "
+                                    "part; one part per job")
             audience = chain.answers.accept_model(part, model)
+            held[audience.digest()] = {"job_id": part.job_id, "part_digest": part.digest(),
+                                       "training_head": facts.training_head}
             chain.member.rules.facts.models.add(audience.digest())
-            chain.member.rules.facts.held[audience.digest()] = {
-                "job_id": part.job_id, "part_digest": part.digest(), "training_head": facts.training_head}
+            write_atomically(self.folder(card_center) / HELD_FILE, json.dumps(held, sort_keys=True))
         return {"model_digest": audience.digest(), "part_digest": part.digest(), "policy": policy.to_dict()}, chain
 
     def answer_query(self, card_center: str, body: dict) -> tuple[dict, AudienceChain]:
@@ -255,9 +284,13 @@ class AudienceHost:
                 raise ProtocolError(f"{self.label} kept no record of the users it aligned in job {job_id!r}, so it "
                                     "cannot leave them out (unseen_only); ask without it")
         with chain.lock:
-            now = now_ms()
-            spent = chain.member.rules.seen.spent(now, chain.answers.policy.window_days)
-            answer = chain.answers.answer(query, spent, now)
+            seen, now = chain.member.rules.seen, now_ms()
+            if query.model not in seen.models:
+                raise ProtocolError(f"{self.label}: model {query.model} is not on the audience chain with {card_center!r}")
+            window_start = now - chain.answers.policy.window_days * 86_400_000
+            on_chain = [(q, r["model"], r["unseen_only"], r["min_points"]) for q, r in seen.queries.items()
+                        if r["time_ms"] > window_start]
+            answer = chain.answers.answer(query, seen.spent(now, chain.answers.policy.window_days), now, on_chain)
             self._note_answer(chain.member.rules.facts, query, answer, chain.answers.answered_at(query.query_id))
         log.info("audience query %s answered for %s: %d cells, ε %.3g (spent %.3g of %.3g)", query.query_id,
                  card_center, len(answer.cells), answer.epsilon, answer.spent, answer.budget)

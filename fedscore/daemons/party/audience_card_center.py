@@ -19,10 +19,13 @@ from fedscore.ledger.audience_rules import (
     audience_chain_id, audience_model_entry, audience_query_entry, audience_start_entry, campaign_entry,
     conversion_entry, entry_digest, entry_id, new_conversion_id,
 )
+from fedscore.files import write_atomically
+from fedscore.ledger.block import Block
 from fedscore.ledger.cosign import co_sign, propose, settlement_entry
 from fedscore.model.data import normalise_id
 from fedscore.protocol.audience.model import card_center_part
 from fedscore.protocol.audience.query import CAMPAIGN_ID, AudienceAnswer, AudienceQuery, new_query_id
+from fedscore.protocol.scoring.batcher import block_to_json
 from fedscore.protocol.scoring.journal import now_ms
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 from fedscore.transport.clients.audience import AudiencePeer
@@ -77,8 +80,18 @@ class CardCenterAudience:
         self.resend(chain)
         if entry["kind"] not in ("audience_start", "audience_settlement"):
             chain.member.rules.facts.sent[entry_id(entry)] = entry_digest(entry)
-        chain.pending = propose(chain.member, [entry])
+        self.keep_pending(chain, propose(chain.member, [entry]))
         self.resend(chain)
+
+    @staticmethod
+    def keep_pending(chain: AudienceChain, block: Block | None) -> None:
+        """The block proposed and not yet committed, on disk too: after a restart the card center proposes that
+        same block again, the one the partner may have signed (it signs one block per height)."""
+        chain.pending = block
+        if block is None:
+            chain.pending_path.unlink(missing_ok=True)
+        else:
+            write_atomically(chain.pending_path, block_to_json(block))
 
     def resend(self, chain: AudienceChain) -> None:
         """Co-sign and commit the pending block, if any: kept on a failure to reach the partner (the same block
@@ -93,16 +106,18 @@ class CardCenterAudience:
         except PeerError:
             raise   # unreachable: the same block goes again with the next act
         except FedscoreError:
-            chain.pending = None
+            self.keep_pending(chain, None)
             chain.member.abandon_uncommitted()   # refused: this height is free for another block
             raise
-        chain.pending = None
+        self.keep_pending(chain, None)
         chain.partner_blocks = chain.member.height - 1
         chain.peer.commit_block(signed)
         chain.partner_blocks = chain.member.height
 
     def recover(self, chain: AudienceChain) -> None:
-        """Record what the partner answered that no block holds: its answers first, then its campaigns."""
+        """Record what the partner answered that no block holds: the pending block first (it may hold some of
+        them), then its answers, then its campaigns."""
+        self.resend(chain)
         document, blocks = chain.peer.unrecorded()
         self.catch_up(chain, blocks)
         seen = chain.member.rules.seen
@@ -123,8 +138,13 @@ class CardCenterAudience:
                 self.record_campaign(chain, record)
 
     def record_answer(self, chain: AudienceChain, query: AudienceQuery, answer: AudienceAnswer, answered_ms: int) -> None:
-        """The query's entry, dated no earlier than the answer (nor than the chain's last entry)."""
+        """The query's entry, dated no earlier than the answer (nor than the chain's last entry); an answer
+        recorded so late that its time has left the budget window is dated now (a later date only makes the budget
+        count it longer)."""
         when = max(answered_ms, chain.member.rules.seen.last_time_ms)
+        window_ms = int(chain.member.rules.facts.policy["window_days"]) * 86_400_000
+        if when <= now_ms() - window_ms + 60_000:
+            when = max(now_ms(), chain.member.rules.seen.last_time_ms)
         spent = chain.member.rules.query_spent(when, query.epsilon)
         self.append(chain, audience_query_entry(query.to_dict(), answer.digest(), spent, when, answer.total))
 
@@ -170,6 +190,8 @@ class CardCenterAudience:
         with chain.lock:
             self.peer(chain, partner)
             self.catch_up(chain, blocks)
+            if chain.member.height > 0:
+                self.recover(chain)
             if chain.member.height == 0:
                 self.append(chain, audience_start_entry(chain.member.rules.facts))
             if model_digest not in chain.member.rules.seen.models:
@@ -192,7 +214,12 @@ class CardCenterAudience:
             if answer.query_id != query.query_id or answer.model != query.model:
                 raise ProtocolError(f"partner {partner.name!r} answered another query than {query.query_id}")
             self.catch_up(chain, blocks)
-            self.record_answer(chain, query, answer, now_ms())
+            try:
+                self.record_answer(chain, query, answer, now_ms())
+            except PeerError as error:   # answered and paid for: shown now, recorded by the next act
+                log.warning("audience query %s answered but its block did not reach %s (%s); the next act records it",
+                            query.query_id, partner.name, error)
+                return {**answer.to_dict(), "recorded": False}, chain
         return answer.to_dict(), chain
 
     def campaign(self, spec: JobSpec, body: dict) -> tuple[dict, AudienceChain]:
@@ -223,9 +250,12 @@ class CardCenterAudience:
             self.recover(chain)
             if campaign_id not in chain.member.rules.seen.campaigns:
                 raise ProtocolError(f"campaign {campaign_id!r} is not on the audience chain with {partner.name!r}")
-            conversion_id = new_conversion_id()
-            self.append(chain, conversion_entry(conversion_id, campaign_id, secrets.salted_applicant(applicant),
-                                                max(now_ms(), chain.member.rules.seen.last_time_ms)))
+            salted = secrets.salted_applicant(applicant)
+            conversion_id = chain.member.rules.conversion_of(campaign_id, salted)
+            if conversion_id is None:   # an application is one conversion, however often it is reported
+                conversion_id = new_conversion_id()
+                self.append(chain, conversion_entry(conversion_id, campaign_id, salted,
+                                                    max(now_ms(), chain.member.rules.seen.last_time_ms)))
         return {"conversion_id": conversion_id, "campaign_id": campaign_id}, chain
 
     def settle(self, spec: JobSpec) -> tuple[dict, AudienceChain]:

@@ -35,7 +35,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,11 +168,13 @@ class AudiencePartner:
         start = now_ms - self.policy.window_days * DAY_MS
         return [a for a in self._answers.values() if a.time_ms > start]
 
-    def answer(self, query: AudienceQuery, chain_spent: float, now_ms: int) -> AudienceAnswer:
+    def answer(self, query: AudienceQuery, chain_spent: float, now_ms: int,
+               chain_queries: Iterable[tuple[str, str, bool, float]] = ()) -> AudienceAnswer:
         """Count the query's audience per cell, noised and suppressed, or refuse it (DeniedError: an earlier answer
         not on the chain yet, a segment column not exposed, too many, over budget, a nearby cut-off; ProtocolError: a
-        model not held). The answer is recorded before it is returned; the same query asked again (a retry) gets the
-        same answer at no new cost."""
+        model not held). ``chain_queries``: the chain's queries in the window, (id, model, unseen_only, min_points),
+        those dated ahead included: the cut-off rule reads them with its own answers, as the chain will. The answer
+        is recorded before it is returned; the same query asked again (a retry) gets the same answer at no new cost."""
         if isinstance(chain_spent, bool) or not isinstance(chain_spent, (int, float)) or not math.isfinite(chain_spent) \
                 or chain_spent < 0:
             raise ValueError(f"chain_spent must be a non-negative number, got {chain_spent!r}")
@@ -188,8 +190,8 @@ class AudiencePartner:
             so_far = max(float(chain_spent), self._own_spent(now_ms))
             refusal = budget_refusal(so_far, query.epsilon, self.policy) or nearby_cutoff(
                 query.model, query.unseen_only, query.min_points,
-                [(a.query.query_id, a.query.model, a.query.unseen_only, a.query.min_points)
-                 for a in self._in_window(now_ms)],
+                [*((a.query.query_id, a.query.model, a.query.unseen_only, a.query.min_points)
+                   for a in self._in_window(now_ms)), *chain_queries],
                 self.policy.min_points_gap)
             if refusal:
                 raise DeniedError(f"party {self.party!r} refuses query {query.query_id}: {refusal}")
