@@ -4,6 +4,9 @@ every act co-signed on the pair's audience chain; each protection refuses its at
 feature value of the partner crosses the wire (TCP proxies record every byte between the daemons)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import signal
 import time
@@ -13,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedscore.cli import main
 from fedscore.cli.runner import submit
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import FedscoreError, PeerError
@@ -86,11 +90,12 @@ def campaign(tmp_path_factory):
     """The whole story once, through proxies; the tests read what it kept."""
     folder = tmp_path_factory.mktemp("audience")
     frames = audience_data(folder, np.random.default_rng(5))
-    job = write_job(folder, [
-        {"name": "center", "data": "center.csv", "id": "id", "label": "y"},
-        {"name": "shop", "data": "shop.csv", "id": "id"},
-    ], epochs=8, learning_rate=0.5, validation=0.2, min_overlap=50, binning={"max_bins": 5})
-    job.write_text(job.read_text() + "\n[fees]\n" + "".join(f"{k} = {v}\n" for k, v in FEES.items()))
+    parties = [{"name": "center", "data": "center.csv", "id": "id", "label": "y"},
+               {"name": "shop", "data": "shop.csv", "id": "id"}]
+    settings = dict(epochs=8, learning_rate=0.5, validation=0.2, min_overlap=50, binning={"max_bins": 5})
+    fees = "\n[fees]\n" + "".join(f"{k} = {v}\n" for k, v in FEES.items())
+    job = write_job(folder, parties, **settings)
+    job.write_text(job.read_text() + fees)
     spec, base = load_job(job)
     done: dict = {"frames": frames, "folder": folder, "refusals": {}}
     # plaintext on purpose: the proxies read what each message carries, which TLS would hide from them
@@ -169,7 +174,18 @@ def campaign(tmp_path_factory):
             # a second part for the same job (another scale) would shift cut-offs past the gap rule: refused
             refused("second part", lambda: client.handover(
                 watched, "", ScoringSettings(policy=ScoringPolicy(offset=601.0)).to_json()))
-            done["settlement"], done["settled"] = client.settle(watched)
+            # the analyst's command settles: `fedscore audience settle` against the running daemons, its job file
+            # naming where they listen (the partner behind its proxy)
+            (folder / "cli").mkdir()
+            for name in ("center.csv", "shop.csv"):
+                (folder / "cli" / name).write_bytes((folder / name).read_bytes())
+            addresses = {"center": consortium.spec.card_center.address, "shop": proxies["shop"].address}
+            cli_job = write_job(folder / "cli", [{**p, "address": addresses[p["name"]]} for p in parties], **settings)
+            cli_job.write_text(cli_job.read_text() + fees)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(["audience", "settle", "--job", str(cli_job), "--insecure", "--json"]) == 0
+            done["settlement"] = json.loads(printed.getvalue())
         finally:
             client.close()
             for proxy in proxies.values():
