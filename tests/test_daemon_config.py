@@ -117,3 +117,30 @@ def test_data_file_must_stay_inside_the_party_folder(tmp_path):
     for escape in ("../secret.csv", "/etc/passwd", "sub/../../x.csv"):
         with pytest.raises(ConfigError, match="outside its data folder"):
             resolve_data_file(tmp_path / "data", escape, "bureau")
+
+
+def test_a_partners_audience_table_is_read_whole_and_each_bad_value_named(tmp_path):
+    """[party.audience]: what a partner answers audience queries with (fedscore.protocol.audience.policy)."""
+    good = {"users": "users.csv", "segments": ["preference"], "min_cell": 50, "budget": 2, "min_epsilon": 0.2}
+    path = write_config(tmp_path, "party", name="shop")
+    path.write_text(path.read_text() + "\n[party.audience]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in good.items()))
+    policy = load_party_config(path).audience
+    assert (policy.users, policy.segments, policy.min_cell, policy.budget, policy.min_epsilon) == \
+        ("users.csv", ("preference",), 50, 2.0, 0.2)
+    assert (policy.window_days, policy.max_epsilon, policy.min_points_gap) == (30, 1.0, 10.0)   # the defaults
+    (tmp_path / "plain").mkdir()
+    assert load_party_config(write_config(tmp_path / "plain", "party", name="shop")).audience is None
+    for change, fragment in [
+        ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"users": ""}, "users must name this partner's users file"),
+        ({"min_cell": 0}, "min_cell must be a whole number of at least 1"),
+        ({"budget": -1}, "budget must be a positive number"),
+        ({"min_epsilon": 2.0}, "min_epsilon"),
+        ({"segments": ["id"]}, "segments may not name the id column"),
+    ]:
+        table = {**good, **change}
+        path.write_text(write_config(tmp_path, "party", name="shop").read_text() + "\n[party.audience]\n"
+                        + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))
+        with pytest.raises(ConfigError, match="party.audience") as caught:
+            load_party_config(path)
+        assert fragment in str(caught.value)
