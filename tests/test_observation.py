@@ -272,3 +272,43 @@ def test_alarms_a_locked_replica_hides_are_an_error_not_none(tmp_path, monkeypat
     plain.execute("CREATE TABLE blocks (height INTEGER)")
     plain.close()
     assert recorded_alarms(tmp_path / "member.sqlite") == []
+
+
+def test_an_observer_reads_and_keeps_an_audience_chain_and_refuses_a_settlement_the_payee_did_not_sign(tmp_path):
+    """A card center and a partner's audience chain is listed by its own id (Replica service), kept on its two
+    members' signatures; an audience settlement must carry the payer's and the payee's own signatures too."""
+    import shutil
+
+    from fedscore.daemons.chain_reads import ChainReads
+    from fedscore.ledger.block import decode_entry
+    from fedscore.ledger.cosign import settlement_entry
+    from fedscore.proto import fedscore_pb2 as pb
+    from fedscore.transport import codec
+
+    from test_audience_chain import KEYS as PAIR, Chain, conversion
+
+    pair = Chain(tmp_path / "pair").start()
+    model = pair.model()
+    query = pair.query()
+    pair.record(model, query)
+    campaign = pair.campaign(query)
+    pair.record(campaign, conversion(campaign))
+    pair.record(settlement_entry(pair.center, pair.partners))
+    chain_id = pair.center.rules.facts.chain_id
+    state = tmp_path / "bank-state"   # the card center's state: its chain with shop at audience/shop/audience.sqlite
+    (state / "audience" / "shop").mkdir(parents=True)
+    shutil.copy(pair.center.path, state / "audience" / "shop" / "audience.sqlite")
+    reads = ChainReads(state, "party 'bank'")
+    assert [(h.job_id, h.chain, h.blocks) for h in reads.list_chains().chains] == [(chain_id, "audience", 4)]
+    request = pb.ChainBlocksRequest(job_id=chain_id, chain="audience")
+    blocks = [codec.block_from_proto(b) for b in reads.chain_blocks(request)]
+    replica = ObserverReplica(tmp_path / "observer.sqlite", chain_id, "audience")
+    assert replica.receive_all(blocks[:3], "bank") is None and replica.height == 3
+
+    body = {k: v for k, v in decode_entry(blocks[3].entries[0]).items() if k != "signatures"}
+    unsigned = {**body, "signatures": {"bank": countersign(PAIR["bank"], encode_entry(body)).hex()}}   # no payee's
+    forged = make_block(blocks[2], [unsigned])
+    forged = forged.with_signatures({name: sign(forged, key) for name, key in PAIR.items()})
+    with pytest.raises(BlockRefused, match="lacks a valid signature from 'shop'"):
+        replica.receive(forged, "bank")
+    assert replica.receive(blocks[3], "shop") is None and replica.height == 4

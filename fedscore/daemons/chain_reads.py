@@ -1,7 +1,9 @@
 """The Replica service: an observer reads the chain replicas a member holds, and nothing else.
 
 Every party and the coordinator keep their replicas in their state folder, one folder per job
-(``jobs/<job id>/ledger.sqlite`` for the training chain, ``scoring.sqlite`` for the model's scoring chain).
+(``jobs/<job id>/ledger.sqlite`` for the training chain, ``scoring.sqlite`` for the model's scoring chain), and
+a party its audience chains one folder per other party (``audience/<party>/audience.sqlite``, listed by the
+chain's own id).
 An observer lists them and reads their stored blocks a page at a time, opened read-only; the role table
 (fedscore.daemons.access) lets only the observers a member's config names (`observers`) call this service,
 and them nothing else. A page holds only blocks committed before it was read: a block appended meanwhile is
@@ -12,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedscore.errors import ProtocolError, UnknownJobError
-from fedscore.job import check_job_id
+from fedscore.job import JOB_ID_PATTERN, check_job_id
+from fedscore.ledger.block import decode_entry
 from fedscore.ledger.position import UNREADABLE
 from fedscore.ledger.store import LedgerStore
 from fedscore.proto import fedscore_pb2 as pb
@@ -20,7 +23,8 @@ from fedscore.proto import fedscore_pb2_grpc as pb_grpc
 from fedscore.transport import codec
 from fedscore.transport.rpc import servicer_errors
 
-CHAIN_FILES = {"training": "ledger.sqlite", "scoring": "scoring.sqlite"}
+CHAIN_FILES = {"training": "ledger.sqlite", "scoring": "scoring.sqlite", "audience": "audience.sqlite"}
+AUDIENCE_FOLDER = "audience"   # a party's audience chains: audience/<the other party>/audience.sqlite, by chain id
 PAGE_BLOCKS = 500   # blocks per ChainBlocks call at most (the observer asks again from where it got to)
 
 
@@ -40,19 +44,41 @@ class ChainReads:
             folders = []
         for folder in folders:
             for chain, name in CHAIN_FILES.items():
-                if not (folder / name).is_file():
-                    continue
-                try:
-                    store = LedgerStore(folder / name, read_only=True)
-                    try:
-                        blocks, head = store.head_summary()
-                    finally:
-                        store.close()
-                except UNREADABLE:
-                    continue
-                if blocks:
-                    chains.append(pb.ChainHead(job_id=folder.name, chain=chain, blocks=blocks, head=head.hex()))
+                if chain != "audience" and (folder / name).is_file():
+                    chains += self._head(folder.name, chain, folder / name)
+        for chain_id, path in sorted(self._audience_chains().items()):
+            chains += self._head(chain_id, "audience", path)
         return pb.ChainList(chains=chains)
+
+    @staticmethod
+    def _head(job_id: str, chain: str, path: Path) -> list[pb.ChainHead]:
+        """The replica's head, if it can be read and holds a block."""
+        try:
+            store = LedgerStore(path, read_only=True)
+            try:
+                blocks, head = store.head_summary()
+            finally:
+                store.close()
+        except UNREADABLE:
+            return []
+        return [pb.ChainHead(job_id=job_id, chain=chain, blocks=blocks, head=head.hex())] if blocks else []
+
+    def _audience_chains(self) -> dict[str, Path]:
+        """This member's audience chains by their own id (their genesis says it), one folder per other party."""
+        found = {}
+        for path in sorted((self.state_dir / AUDIENCE_FOLDER).glob(f"*/{CHAIN_FILES['audience']}")):
+            try:
+                store = LedgerStore(path, read_only=True)
+                try:
+                    first = next(iter(store.blocks(0, 1)), None)
+                finally:
+                    store.close()
+                chain_id = decode_entry(first.entries[0]).get("chain_id") if first is not None else None
+            except (*UNREADABLE, IndexError):
+                continue
+            if isinstance(chain_id, str) and JOB_ID_PATTERN.fullmatch(chain_id):
+                found[chain_id] = path
+        return found
 
     def chain_blocks(self, request: pb.ChainBlocksRequest) -> list[pb.Block]:
         """The stored blocks of one chain from ``from_height`` on, at most ``limit`` (or a page) of them."""
@@ -71,7 +97,12 @@ class ChainReads:
         check_job_id(job_id, self.label)
         name = CHAIN_FILES.get(chain)
         if name is None:
-            raise ProtocolError(f"{self.label}: no chain kind {chain!r} (training or scoring)")
+            raise ProtocolError(f"{self.label}: no chain kind {chain!r} (training, scoring or audience)")
+        if chain == "audience":
+            path = self._audience_chains().get(job_id)
+            if path is None:
+                raise UnknownJobError(f"{self.label}: no audience chain {job_id} here")
+            return path
         path = self.state_dir / "jobs" / job_id / name
         if not path.is_file():
             raise UnknownJobError(f"{self.label}: no {chain} chain of job {job_id} here")

@@ -31,7 +31,7 @@ from fedscore.errors import ConfigError, FedscoreError, LedgerError
 from fedscore.ledger import merkle
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import MAX_CLOCK_SKEW_NS, UNREADABLE
-from fedscore.ledger.observed_rules import ObservedChain, objection
+from fedscore.ledger.observed_rules import ObservedChain, chain_of_genesis, objection
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import check_link, genesis_members, signature_problems
 
@@ -124,7 +124,8 @@ def recorded_alarms(path: Path, job_id: str = "", chain: str = "") -> list[Equiv
 
 
 class ObserverReplica:
-    """The observer's replica of the ``chain`` ("training" or "scoring") of ``job_id``, in the SQLite file ``path``."""
+    """The observer's replica of the ``chain`` ("training", "scoring" or "audience") of ``job_id`` (an audience
+    chain's id), in the SQLite file ``path``."""
 
     def __init__(self, path: Path, job_id: str, chain: str):
         self.job_id, self.chain = job_id, chain
@@ -211,7 +212,7 @@ class ObserverReplica:
         """The members a genesis ``block`` names, if it is one of this replica's job, served by one of them."""
         try:
             members = genesis_members(block)
-            job_id = decode_entry(block.entries[0]).get("job_id")
+            job_id = chain_of_genesis(decode_entry(block.entries[0]))
         except LedgerError as error:
             raise self._refuse(block, member, str(error).split(": ", 1)[1]) from None
         if job_id != self.job_id:
@@ -286,7 +287,7 @@ class ObserverReplica:
     def _genesis_of(block: Block) -> tuple[object, dict[str, bytes]] | None:
         """The job id and members a genesis names (None: it is no readable genesis)."""
         try:
-            return decode_entry(block.entries[0]).get("job_id"), genesis_members(block)
+            return chain_of_genesis(decode_entry(block.entries[0])), genesis_members(block)
         except LedgerError:
             return None
 

@@ -9,7 +9,10 @@ scoring settlement is bounded: the partners' marks are HMACs under keys only the
 partner hold, so an observer cannot count who contributed to which request; it checks that each line bills
 at most the requests since the previous settlement, at the contract's price, that the lines add up, and
 that the payer and every payee signed it. Entry kinds it has no rule for are accepted on the signatures of
-every member, who each checked them against their own record.
+every member, who each checked them against their own record. An audience chain (a card center and a
+partner's, fedscore.ledger.audience_rules) is kept on its members' signatures: its budget and cut-off rules
+are judged by its two members when they sign, against the time of signing, which an observer replaying the
+chain later cannot re-judge; its settlements must carry the payer's and the payee's signatures.
 """
 from __future__ import annotations
 
@@ -19,13 +22,19 @@ from fedscore.ledger import settlement
 from fedscore.ledger.scoring_rules import entry_problem
 
 TRAINING_KINDS = {"job_start", "alignment", "step", "job_end", "settlement"}
+GENESIS_KINDS = {"job_start": "training", "scoring_start": "scoring", "audience_start": "audience"}
+
+
+def chain_of_genesis(entry: dict) -> object:
+    """The id a chain goes by, from its genesis entry: a job's id, or an audience chain's own id."""
+    return entry.get("chain_id") if entry.get("kind") == "audience_start" else entry.get("job_id")
 
 
 @dataclass
 class ObservedChain:
     """What the chain so far holds, as far as an outsider needs it to judge the next entry."""
 
-    kind: str = ""                                      # "training" or "scoring", from the genesis entry
+    kind: str = ""                                      # "training", "scoring" or "audience", from the genesis entry
     genesis: dict | None = None
     entries: list[dict] = field(default_factory=list)   # a training chain's, every one (they are few)
     kinds: set[str] = field(default_factory=set)
@@ -37,7 +46,7 @@ class ObservedChain:
         kind = entry.get("kind")
         if self.genesis is None:
             self.genesis = entry
-            self.kind = "scoring" if kind == "scoring_start" else "training"
+            self.kind = GENESIS_KINDS.get(kind, "training")
         self.kinds.add(kind)
         if self.kind == "training":
             self.entries.append(entry)
@@ -53,14 +62,16 @@ def objection(entry: dict, chain: ObservedChain) -> str | None:
     """Why an observer cannot accept ``entry`` after ``chain`` (None: nothing the chain shows is wrong with it)."""
     kind = entry.get("kind")
     if chain.genesis is None:
-        if kind not in ("job_start", "scoring_start"):
-            return "the first entry must start a job or a model's scoring"
+        if kind not in GENESIS_KINDS:
+            return "the first entry must start a job, a model's scoring or an audience chain"
         settlement.FeeContract.from_dict(entry.get("fees"), "the genesis entry's fees")   # ConfigError: refused
         return None
-    if kind in ("job_start", "scoring_start"):
+    if kind in GENESIS_KINDS:
         return "a second genesis entry"
     if chain.kind == "training":
         return _training(entry, chain)
+    if chain.kind == "audience":
+        return settlement.signature_problem(entry, chain.genesis["members"]) if kind == "audience_settlement" else None
     if kind == "scoring":
         return _scoring(entry, chain)
     if kind == "scoring_settlement":

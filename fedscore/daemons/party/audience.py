@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
+from fedscore.daemons.chain_reads import AUDIENCE_FOLDER, CHAIN_FILES
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.daemons.party.alignment import aligned_ids
 from fedscore.daemons.party.scoring import ScoringHost
@@ -43,8 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedscore.audience")
 
-AUDIENCE_FOLDER = "audience"      # state_dir/audience/<other party>/: the pair's chain, a partner's records
-CHAIN_FILE = "audience.sqlite"
+CHAIN_FILE = CHAIN_FILES["audience"]   # in state_dir/AUDIENCE_FOLDER/<other party>/, with a partner's records
 PENDING_FILE = "pending-block.json"   # the card center's: a block it proposed, proposed again until committed
 HELD_FILE = "held.json"               # the partner's: what an audience_model entry must state of each model it holds
 
