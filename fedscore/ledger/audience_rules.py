@@ -53,9 +53,10 @@ from fedscore.ledger.audience_entries import (   # the entries' public names, us
 )
 from fedscore.ledger.member import SummaryReview
 from fedscore.ledger.scoring_rules import Layered
+from fedscore.protocol.audience import budget
+from fedscore.protocol.audience.budget import DAY_MS
 from fedscore.protocol.audience.differencing import nearby_cutoff
 
-DAY_MS = 86_400_000
 MAX_CLOCK_SKEW_MS = 300_000   # an entry may not be dated further ahead of a member's clock
 TOLERANCE = 1e-9              # ε sums computed in another order may differ in the last bits
 __all__ = [
@@ -83,8 +84,15 @@ class AudienceSeen:
     def spent(self, now_ms: int, window_days: int) -> float:
         """ε of the queries dated after now_ms - window, those dated after now_ms included: a query dated
         ahead is spent already, or dating queries ahead would let a budget be spent twice."""
+        return budget.spent(((q["time_ms"], q["epsilon"]) for q in self.queries.values()), now_ms, window_days)
+
+    def cutoffs(self, now_ms: int, window_days: int) -> list[tuple[str, str, bool, float]]:
+        """(query id, model, unseen_only, min_points) of the queries in the same window, for the cut-off rule
+        (fedscore.protocol.audience.differencing); entries are never dated before the one they follow, so
+        every earlier one is dated at or before now_ms."""
         start = now_ms - window_days * DAY_MS
-        return sum(q["epsilon"] for q in self.queries.values() if start < q["time_ms"])
+        return [(ident, q["model"], q["unseen_only"], q["min_points"]) for ident, q in self.queries.items()
+                if q["time_ms"] > start]
 
     def add(self, entry: dict) -> None:
         kind = entry.get("kind")
@@ -242,12 +250,9 @@ def _budget(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
 
 def _nearby(entry: dict, policy: dict, seen: AudienceSeen) -> str | None:
     """A cut-off near an earlier query's, on the chain's queries in the window that ends at this one's time."""
-    query, when = entry["query"], entry["time_ms"]
-    start = when - policy["window_days"] * DAY_MS
-    earlier = [(ident, q["model"], q["unseen_only"], q["min_points"]) for ident, q in seen.queries.items()
-               if start < q["time_ms"] <= when]
-    refusal = nearby_cutoff(query["model"], query["unseen_only"], query["min_points"], earlier,
-                             policy["min_points_gap"])
+    query = entry["query"]
+    refusal = nearby_cutoff(query["model"], query["unseen_only"], query["min_points"],
+                            seen.cutoffs(entry["time_ms"], policy["window_days"]), policy["min_points_gap"])
     return f"query {query['query_id']}: {refusal}" if refusal else None
 
 

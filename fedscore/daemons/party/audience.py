@@ -22,11 +22,12 @@ from nacl.signing import SigningKey
 from fedscore.daemons.chain_reads import AUDIENCE_FOLDER, CHAIN_FILES
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.daemons.party.alignment import aligned_ids
+from fedscore.daemons.party.audience_card_center import CardCenterAudience
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import ProtocolError
 from fedscore.job import JobSpec, check_job_id
-from fedscore.ledger.audience_rules import AudienceFacts, AudienceRules, audience_chain_id, entry_digest
 from fedscore.files import write_atomically
+from fedscore.ledger.audience_rules import AudienceFacts, AudienceRules, audience_chain_id, entry_digest
 from fedscore.ledger.block import Block, decode_entry
 from fedscore.ledger.member import LedgerMember
 from fedscore.ledger.store import LedgerStore
@@ -37,7 +38,6 @@ from fedscore.protocol.audience.query import AudienceAnswer, AudienceQuery
 from fedscore.protocol.audience.users import UserBase, load_user_base
 from fedscore.protocol.scoring.batcher import block_from_json
 from fedscore.protocol.scoring.journal import now_ms
-from fedscore.daemons.party.audience_card_center import CardCenterAudience
 
 if TYPE_CHECKING:
     from fedscore.transport.clients.audience import AudiencePeer
@@ -93,6 +93,9 @@ def stored_genesis(path: Path) -> dict | None:
 
 
 class AudienceHost:
+    """This party's audience chains and both sides of them: as a partner it answers here; as a card center its
+    acts are CardCenterAudience's (fedscore.daemons.party.audience_card_center)."""
+
     def __init__(self, config: DaemonConfig, key: SigningKey, scoring: ScoringHost):
         self.config = config
         self.name = config.name
@@ -173,11 +176,17 @@ class AudienceHost:
         """A block was appended: the partner's answers on the chain no longer count as pending in its budget."""
         chain = self.chain(chain_id)
         if chain.answers is not None:
-            seen = chain.member.rules.seen
-            for query_id in list(seen.queries):
-                chain.answers.recorded(query_id)
-            for campaign_id in list(seen.campaigns):
-                chain.answers.campaign_recorded(campaign_id)
+            self._mark_recorded(chain)
+
+    @staticmethod
+    def _mark_recorded(chain: AudienceChain) -> None:
+        """The partner's record says recorded what the chain holds (after a commit, and at start: a crash inside
+        a commit leaves the chain ahead of the record)."""
+        seen = chain.member.rules.seen
+        for query_id in list(seen.queries):
+            chain.answers.recorded(query_id)
+        for campaign_id in list(seen.campaigns):
+            chain.answers.campaign_recorded(campaign_id)
 
     def close_all(self) -> None:
         with self._lock:
@@ -213,10 +222,7 @@ class AudienceHost:
         """What this partner answered and made that no block holds yet, and the models it holds: the facts it
         signs entries against (after a restart, from its own record)."""
         facts, answers, seen = chain.member.rules.facts, chain.answers, chain.member.rules.seen
-        for query_id in list(seen.queries):   # on the chain, whatever its record says (a crash inside a commit)
-            answers.recorded(query_id)
-        for campaign_id in list(seen.campaigns):
-            answers.campaign_recorded(campaign_id)
+        self._mark_recorded(chain)
         for digest, held in read_held(self.folder(chain.card_center)).items():
             facts.models.add(digest)
             facts.held[digest] = held
@@ -236,8 +242,6 @@ class AudienceHost:
         facts.asked[query.query_id] = entry_digest(query.to_dict())
         facts.answered_at[query.query_id] = answered_ms
         facts.totals[query.query_id] = answer.total
-
-
 
     def _seen_ids(self, model: AudienceModel) -> set[str]:
         """The users this partner aligned with the card center in the model's job (kept at home at alignment)."""
@@ -284,13 +288,10 @@ class AudienceHost:
                 raise ProtocolError(f"{self.label} kept no record of the users it aligned in job {job_id!r}, so it "
                                     "cannot leave them out (unseen_only); ask without it")
         with chain.lock:
-            seen, now = chain.member.rules.seen, now_ms()
+            seen, now, window = chain.member.rules.seen, now_ms(), chain.answers.policy.window_days
             if query.model not in seen.models:
                 raise ProtocolError(f"{self.label}: model {query.model} is not on the audience chain with {card_center!r}")
-            window_start = now - chain.answers.policy.window_days * 86_400_000
-            on_chain = [(q, r["model"], r["unseen_only"], r["min_points"]) for q, r in seen.queries.items()
-                        if r["time_ms"] > window_start]
-            answer = chain.answers.answer(query, seen.spent(now, chain.answers.policy.window_days), now, on_chain)
+            answer = chain.answers.answer(query, seen.spent(now, window), now, seen.cutoffs(now, window))
             self._note_answer(chain.member.rules.facts, query, answer, chain.answers.answered_at(query.query_id))
         log.info("audience query %s answered for %s: %d cells, ε %.3g (spent %.3g of %.3g)", query.query_id,
                  card_center, len(answer.cells), answer.epsilon, answer.spent, answer.budget)

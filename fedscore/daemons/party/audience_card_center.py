@@ -13,16 +13,17 @@ import logging
 from typing import TYPE_CHECKING
 
 from fedscore.errors import ConfigError, DataError, FedscoreError, PeerError, ProtocolError
+from fedscore.files import write_atomically
 from fedscore.job import JobSpec, PartySpec
 from fedscore.job_file import ScoringSettings
 from fedscore.ledger.audience_rules import (
     audience_chain_id, audience_model_entry, audience_query_entry, audience_start_entry, campaign_entry,
     conversion_entry, entry_digest, entry_id, new_conversion_id,
 )
-from fedscore.files import write_atomically
 from fedscore.ledger.block import Block
 from fedscore.ledger.cosign import co_sign, propose, settlement_entry
 from fedscore.model.data import normalise_id
+from fedscore.protocol.audience.budget import DAY_MS
 from fedscore.protocol.audience.model import card_center_part
 from fedscore.protocol.audience.query import CAMPAIGN_ID, AudienceAnswer, AudienceQuery, new_query_id
 from fedscore.protocol.scoring.batcher import block_to_json
@@ -142,7 +143,7 @@ class CardCenterAudience:
         recorded so late that its time has left the budget window is dated now (a later date only makes the budget
         count it longer)."""
         when = max(answered_ms, chain.member.rules.seen.last_time_ms)
-        window_ms = int(chain.member.rules.facts.policy["window_days"]) * 86_400_000
+        window_ms = int(chain.member.rules.facts.policy["window_days"]) * DAY_MS
         if when <= now_ms() - window_ms + 60_000:
             when = max(now_ms(), chain.member.rules.seen.last_time_ms)
         spent = chain.member.rules.query_spent(when, query.epsilon)
