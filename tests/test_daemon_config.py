@@ -144,3 +144,31 @@ def test_a_partners_audience_table_is_read_whole_and_each_bad_value_named(tmp_pa
         with pytest.raises(ConfigError, match="party.audience") as caught:
             load_party_config(path)
         assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"engine": "spark"}, 'engine must be "local" or "ray", got \'spark\''),
+    ({"engine": "ray"}, 'engine = "ray" needs ray_address: the head node\'s host:port (e.g. 10.0.0.5:6379) or "auto", '
+                        "got ''"),
+    ({"engine": "ray", "ray_address": "10.0.0.5"}, "got '10.0.0.5'"),
+    ({"engine": "ray", "ray_address": "10.0.0.5:0"}, "got '10.0.0.5:0'"),
+    ({"engine": "ray", "ray_address": "ray://10.0.0.5:10001"}, "is a Ray Client address"),
+    ({"ray_address": "10.0.0.5:6379"}, 'ray_address is set but engine is "local"'),
+])
+def test_engine_settings_are_checked_by_name(tmp_path, settings, fragment):
+    with pytest.raises(ConfigError) as refused:
+        party(tmp_path, **settings)
+    assert str(refused.value).startswith(f"party config {tmp_path / 'party.toml'}") and fragment in str(refused.value)
+
+
+def test_the_engine_is_local_by_default_and_ray_takes_an_address(tmp_path, monkeypatch):
+    from fedscore.crypto import engine
+
+    assert (party(tmp_path).engine, party(tmp_path).ray_address) == ("local", "")
+    for address in ("10.0.0.5:6379", "[fd00::5]:6379", "auto"):
+        config = party(tmp_path, engine="ray", ray_address=address)
+        assert (config.engine, config.ray_address) == ("ray", address)
+    assert type(engine.open_engine("local", 0)) is engine.CryptoPool   # the default install's own pool
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)   # as without the extra
+    with pytest.raises(ConfigError, match=r"pip install fedscore\[ray\]"):
+        engine.open_engine("ray", None, "10.0.0.5:6379")

@@ -30,6 +30,7 @@ PARTY_ONLY = {
     "data_dir", "min_key_bits", "min_batch_rows", "consent_issuers", "card_centers", "consent_max_age_days",
     "consent_max_uses", "http_listen", "scoring_database", "scoring_table", "scoring_id", "feature_names",
     "reason", "max_jobs", "window_days", "max_set_ratio", "verifiers", "audience",
+    "engine", "ray_address",
 }
 REASON_LIMIT = 160   # characters of a partner's reason line
 
@@ -68,6 +69,8 @@ class DaemonConfig:
     observers: tuple[str, ...] = ()          # members (e.g. a regulator) that may read this daemon's chains, only that
     audience: AudiencePolicy | None = None   # as a partner: its users, exposed segments, cell size and privacy budget
                                              # for audience queries ([party.audience]; None: it answers none)
+    engine: str = "local"                    # where its Paillier work runs: "local" (its own processes) or "ray"
+    ray_address: str = ""                    # with engine = "ray": the Ray cluster's head, host:port or "auto"
 
 
 def load_party_config(path: Path | str) -> DaemonConfig:
@@ -191,7 +194,27 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "max_set_ratio": float(max_set_ratio),
         "feature_names": feature_names,
         "audience": _audience(table, where),
+        **_engine(table, where),
     }
+
+
+def _engine(table: dict[str, Any], where: str) -> dict[str, str]:
+    """engine and ray_address: a party's Paillier work on its own processes or on its Ray cluster."""
+    engine = take(table, "engine", str, DaemonConfig.engine, where)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"{where}: engine must be \"local\" or \"ray\", got {engine!r}")
+    ray_address = take(table, "ray_address", str, DaemonConfig.ray_address, where)
+    if engine == "local" and ray_address:
+        raise ConfigError(f"{where}: ray_address is set but engine is \"local\"; set engine = \"ray\" to use it")
+    if engine == "ray":
+        if ray_address.startswith("ray://"):
+            raise ConfigError(f"{where}: ray_address {ray_address!r} is a Ray Client address; give the head node's "
+                              "GCS address (host:port, as `ray start --head` prints) or \"auto\"")
+        match = ADDRESS.fullmatch(ray_address)
+        if ray_address != "auto" and (match is None or not 0 < int(match["port"]) <= 65_535):
+            raise ConfigError(f"{where}: engine = \"ray\" needs ray_address: the head node's host:port "
+                              f"(e.g. 10.0.0.5:6379) or \"auto\", got {ray_address!r}")
+    return {"engine": engine, "ray_address": ray_address}
 
 
 def _audience(table: dict[str, Any], where: str) -> AudiencePolicy | None:

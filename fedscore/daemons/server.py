@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from fedscore.daemons.config import DaemonConfig
-from fedscore.crypto.pool import CryptoPool
+from fedscore.crypto.engine import open_engine
 from fedscore.daemons.access import AccessInterceptor, CallLimits
 from fedscore.errors import ConfigError
 from fedscore.daemons.health import add_health, stopping
@@ -76,7 +76,7 @@ def serve(role: str, config: DaemonConfig, ready_file: Path | None = None, insec
 
         if config.data_dir is None or not config.data_dir.is_dir():
             raise ConfigError(f"party {config.name!r}: data folder {config.data_dir} does not exist")
-        pool = CryptoPool(config.workers or None)
+        pool = open_engine(config.engine, config.workers or None, config.ray_address)
         service = party.PartyService(config, pool)
         party.add_to_server(service, server)
     else:
