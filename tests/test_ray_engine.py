@@ -29,7 +29,10 @@ from fedscore.job_file import load_job  # noqa: E402
 from fedscore.proctable import command, descendants, wait_gone  # noqa: E402
 from fedscore.protocol.training.simulation import build_consortium, load_tables, simulate  # noqa: E402
 
-from conftest import DATA, split_three_ways, write_job  # noqa: E402
+from fedscore.cli.runner import submit  # noqa: E402
+from fedscore.daemons.launcher import LocalConsortium  # noqa: E402
+
+from conftest import DATA, assert_descent_from_recorded_start, breast_parties, split_three_ways, write_job  # noqa: E402
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}   # Ray's smallest object store
 JOB = {"epochs": 2, "batch_size": 100, "l2": 0.05, "learning_rate": 0.3, "validation": 0.25, "precompute_epochs": 1,
@@ -205,3 +208,28 @@ def kill_when_named(victim_file: Path, killed: list[int]) -> None:
         killed.append(pid)
 
 
+
+
+class PartnerOnRay(LocalConsortium):
+    """Every party's daemon as usual, but ``partner``'s config asks for the Ray engine at ``address``."""
+
+    def __init__(self, *args, partner: str, address: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.partner, self.address = partner, address
+
+    def _launch(self, member, role, settings):
+        if member == self.partner:
+            settings = {**settings, "engine": "ray", "ray_address": self.address}
+        return super()._launch(member, role, settings)
+
+
+def test_a_party_daemon_configured_for_ray_trains_through_grpc(breast_folder, cluster):
+    """The partner's daemon joins the cluster as its driver (mutual TLS between the daemons as always) and its
+    share of the job is done by Ray tasks; the model is exactly gradient descent from the recorded start."""
+    spec, base = load_job(write_job(breast_folder, breast_parties(), epochs=2, batch_size=128, validation=0.25))
+    with PartnerOnRay(spec, base, breast_folder / "state", workers=1, partner="host", address=cluster.address) as members:
+        report = submit(members.spec, members.coordinator_address, lambda event: None, tls=members.card_center_identity)
+        assert "Paillier work on the Ray cluster at" in members.log_path("host").read_text()
+        assert "Ray cluster" not in members.log_path("guest").read_text()
+    assert report["epochs"] == 2
+    assert_descent_from_recorded_start(spec, base, report)

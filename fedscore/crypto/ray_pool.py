@@ -31,6 +31,7 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 
 MAX_RETRIES = 3             # tries after a worker or node dies mid-task
+log = logging.getLogger("fedscore.engine")
 SHARED_MIN_BYTES = 100_000  # shared arguments from this size go to the object store once (Ray inlines smaller ones)
 CONNECT_SECONDS = 5.0       # a cluster that does not answer this fast is reported, not waited for
 
@@ -77,6 +78,8 @@ class RayPool(CryptoPool):
             raise ConfigError(f"engine = \"ray\": the Ray cluster at {address!r} has no CPUs for tasks")
         self.workers = workers or cpus
         self._tasks: dict[Callable, object] = {}
+        log.info("Paillier work on the Ray cluster at %s: %d nodes, %d CPUs, up to %d tasks at once", address,
+                 sum(node["Alive"] for node in ray.nodes()), cpus, self.workers)
 
     def close(self) -> None:
         if self._connected_here and ray.is_initialized():
