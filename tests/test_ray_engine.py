@@ -23,7 +23,7 @@ from fedscore.crypto.obfuscation import STANDARD  # noqa: E402
 from fedscore.crypto.paillier import encrypt  # noqa: E402
 from fedscore.crypto.pool import CryptoPool  # noqa: E402
 from fedscore.crypto.psi import new_secret  # noqa: E402
-from fedscore.crypto.ray_pool import RayPool  # noqa: E402
+from fedscore.crypto.ray_pool import RayPool, _narrowed  # noqa: E402
 from fedscore.errors import ConfigError  # noqa: E402
 from fedscore.job_file import load_job  # noqa: E402
 from fedscore.proctable import command, descendants, wait_gone  # noqa: E402
@@ -102,6 +102,7 @@ def test_every_operation_gives_the_local_pools_results(ray_pool, local, keypair)
     sums = ray_pool.weighted_sums(public, ours, matrix)
     assert [private.decrypt_signed(c) for c in sums] == expected
     assert [private.decrypt_signed(c) for c in local.weighted_sums(public, ours, matrix)] == expected
+    assert _narrowed(matrix).dtype == np.int16 and _narrowed(matrix).tolist() == matrix.tolist()   # a quarter shipped
 
     columns = np.array([rng.choice(9, 3, replace=False) for _ in range(300)])   # a row's 1s: distinct columns
     binned = [sum(v for v, row in zip(values, columns) if j in row.tolist()) for j in range(9)]
