@@ -117,9 +117,12 @@ def test_every_operation_gives_the_local_pools_results(ray_pool, local, keypair)
     assert ray_pool.encrypt(public, []) == [] and ray_pool.idle
 
 
-def train(folder: Path, keypair, pool, start: dict | None = None):
+ENCODINGS = {"binned": None, "raw": {"method": "none"}}   # a gradient as sums per bin, or as Xᵀ[[d]]
+
+
+def train(folder: Path, keypair, pool, encoding: str, start: dict | None = None):
     """(weights of each party, losses, the card center's checkpoint at its start) for the three-party job."""
-    spec, base = load_job(write_job(folder, split_three_ways(folder), **JOB))
+    spec, base = load_job(write_job(folder_for(folder), split_three_ways(folder), ENCODINGS[encoding], **JOB))
     consortium = build_consortium(spec, load_tables(spec, base), pool, keypair)
     if start is not None:
         consortium.card_center.restore(start)   # the card center's secret random start, the same on both engines
@@ -129,11 +132,9 @@ def train(folder: Path, keypair, pool, start: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def local_model(tmp_path_factory, keypair, local):
-    folder = tmp_path_factory.mktemp("local")
-    for name in ("breast_hetero_guest.csv", "breast_hetero_host.csv"):
-        (folder / name).write_bytes((DATA / name).read_bytes())
-    return train(folder, keypair, local)
+def local_models(tmp_path_factory, keypair, local):
+    """Each encoding's job trained once on the local engine."""
+    return {encoding: train(tmp_path_factory.mktemp(encoding), keypair, local, encoding) for encoding in ENCODINGS}
 
 
 def folder_for(tmp_path: Path) -> Path:
@@ -152,19 +153,23 @@ def assert_same_model(ours, theirs) -> None:
     assert losses == expected_losses
 
 
-def test_a_job_trained_on_ray_has_the_local_engines_weights_bit_for_bit(tmp_path, keypair, ray_pool, local_model):
-    assert_same_model(train(folder_for(tmp_path), keypair, ray_pool, start=local_model[2]), local_model)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_job_trained_on_ray_has_the_local_engines_weights_bit_for_bit(tmp_path, keypair, ray_pool, local_models,
+                                                                        encoding):
+    local_model = local_models[encoding]
+    assert_same_model(train(tmp_path, keypair, ray_pool, encoding, start=local_model[2]), local_model)
 
 
-def test_a_worker_killed_mid_epoch_is_retried_and_the_model_is_the_same(tmp_path, keypair, ray_pool, local_model,
+def test_a_worker_killed_mid_epoch_is_retried_and_the_model_is_the_same(tmp_path, keypair, ray_pool, local_models,
                                                                         monkeypatch):
-    """The first chunk of one gradient (Xᵀ[[d]], or its sums per bin) waits in its Ray worker until the test SIGKILLs that worker;
-    Ray runs the chunk again on a fresh worker."""
+    """The first chunk of one gradient's Xᵀ[[d]] waits in its Ray worker until the test SIGKILLs that worker; Ray
+    runs the chunk again on a fresh worker."""
+    local_model = local_models["raw"]
     victim_file = tmp_path / "victim"
     original, calls = ray_pool._task, []
 
     def task(fn):
-        if fn in (local_pool._weighted_sum_chunk, local_pool._column_sum_chunk):   # raw columns or bins
+        if fn is local_pool._weighted_sum_chunk:
             calls.append(fn)
             if len(calls) == KILLED_AT:
                 return ray.remote(num_cpus=1, max_retries=ray_pool.max_retries)(waits_to_be_killed(fn, str(victim_file)))
@@ -174,7 +179,7 @@ def test_a_worker_killed_mid_epoch_is_retried_and_the_model_is_the_same(tmp_path
     killed: list[int] = []
     watcher = threading.Thread(target=kill_when_named, args=(victim_file, killed), daemon=True)
     watcher.start()
-    model = train(folder_for(tmp_path / "job"), keypair, ray_pool, start=local_model[2])
+    model = train(tmp_path / "job", keypair, ray_pool, "raw", start=local_model[2])
     watcher.join(timeout=60)
     assert len(calls) > KILLED_AT and killed and killed[0] != os.getpid()
     assert_same_model(model, local_model)
