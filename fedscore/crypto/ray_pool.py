@@ -31,8 +31,8 @@ from fedscore.crypto.obfuscation import DEFAULT_WINDOW_BITS
 from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError
 
-MAX_RETRIES = 3             # tries after a worker or node dies mid-task
 log = logging.getLogger("fedscore.engine")
+MAX_RETRIES = 3             # tries after a worker or node dies mid-task
 SHARED_MIN_BYTES = 100_000  # shared arguments from this size go to the object store once (Ray inlines smaller ones)
 CONNECT_SECONDS = 5.0       # a cluster that does not answer this fast is reported, not waited for
 
