@@ -23,6 +23,7 @@ engine's, and the speed-up from 1 to 2 workers on Ray beside the local one.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -98,10 +99,11 @@ def measure(job_file: Path, keys, rows: int, columns: int, repeats: int) -> dict
 
     from fedscore.crypto.ray_pool import RayPool
 
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    folder = tempfile.mkdtemp(prefix="fedscore-ray-")   # Ray's session: short, its socket paths live in it
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False, "temp_dir": folder})
     pools: dict[str, dict[int, CryptoPool]] = {"local": {}, "ray": {}}
     try:
-        cluster.add_node(**NODE)
+        cluster.add_node(**NODE, temp_dir=folder)
         cluster.wait_for_nodes()
         for workers in (2, 1):   # the first Ray pool joins the cluster, the other shares its connection
             pools["ray"][workers] = RayPool(cluster.address, workers)
@@ -123,6 +125,7 @@ def measure(job_file: Path, keys, rows: int, columns: int, repeats: int) -> dict
                 if workers in pools[engine]:
                     pools[engine][workers].close()
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

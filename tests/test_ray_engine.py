@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,9 +57,10 @@ def test_a_cluster_that_does_not_answer_is_named_at_once():
 def cluster():
     """A head node and a second node, each its own raylet with one CPU; gone, with its processes, at the end."""
     before = descendants(os.getpid())
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    folder = tempfile.mkdtemp(prefix="fedscore-ray-")   # short: Ray's socket paths live in it
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False, "temp_dir": folder})
     try:
-        cluster.add_node(**NODE)
+        cluster.add_node(**NODE, temp_dir=folder)
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -66,6 +69,7 @@ def cluster():
         cluster.shutdown()
         started = {p for p in descendants(os.getpid()) - before if "multiprocessing" not in command(p)}  # not the local pool's
         left = wait_gone(started, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
         assert not left, f"Ray processes left running: {[command(process) for process in left]}"
 
 
