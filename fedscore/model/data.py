@@ -36,7 +36,8 @@ class PartyTable:
     """One party's rows in canonical id order."""
 
     ids: np.ndarray               # normalised id strings, sorted
-    features: np.ndarray          # float64, rows × columns (NaN: missing, or a text column's cell)
+    features: np.ndarray          # float64, rows × columns (NaN: missing, or a text column's cell); a file's
+                                  # table is stored column by column (Fortran order)
     feature_names: list[str]
     labels: np.ndarray | None     # int8 0/1, or None for a partner
     text: dict[str, np.ndarray] = field(default_factory=dict)   # text columns (binning on): stripped cells
@@ -60,10 +61,17 @@ class PartyTable:
         return matrix
 
     def subset(self, rows: np.ndarray) -> "PartyTable":
-        """The given rows, in the given order (e.g. the consortium's aligned order)."""
+        """The given rows, in the given order (e.g. the consortium's aligned order): the table itself when that
+        is every row in order (no copy), else a copy made a column at a time."""
+        rows = np.asarray(rows)
+        if len(rows) == self.rows and np.array_equal(rows, np.arange(self.rows)):
+            return self
+        features = np.empty((len(rows), self.features.shape[1]), dtype=self.features.dtype, order="F")
+        for j in range(self.features.shape[1]):
+            features[:, j] = self.features[rows, j]
         return PartyTable(
             ids=self.ids[rows],
-            features=self.features[rows],
+            features=features,
             feature_names=self.feature_names,
             labels=None if self.labels is None else self.labels[rows],
             text={name: values[rows] for name, values in self.text.items()},
