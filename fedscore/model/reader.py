@@ -132,9 +132,9 @@ def _parquet_module(where: str):
 
 def _read_parquet(path: Path, id_columns: list[str], label: str | None, where: str, lenient: bool, memory_mib: int,
                   rows_per_chunk: int | None) -> PartyTable:
+    parquet = _parquet_module(where)
     import pyarrow as pa
 
-    parquet = _parquet_module(where)
     if not path.exists():
         raise DataError(f"{where}: file does not exist")
     if path.is_dir():
