@@ -137,6 +137,28 @@ def run(job_file: Path, workers: int, watch: Watch) -> tuple[dict | None, dict[s
         return report, read_peaks(consortium)
 
 
+def data_files(args: argparse.Namespace, folder: Path) -> tuple[str, str]:
+    """The two files in ``folder``: written there, or linked from --data (written there first if not yet)."""
+    source = args.data or folder
+    tag = f"{args.rows}x{args.center}+{args.partner}" if args.data else ""
+    suffix = ".parquet" if args.data_format == "parquet" else ".csv"
+    kept = [source / f"{tag}{name}{suffix}" for name in ("card_center", "partner")]
+    if not all(path.exists() for path in kept):
+        source.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        written = write_data(source, args.rows, args.center, args.partner, args.data_format)
+        for name, path in zip(written, kept):
+            (source / name).rename(path)
+        print(f"wrote {args.rows} rows × ({args.center} + {args.partner}) features as {args.data_format} in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+    if args.data:
+        for path in kept:
+            (folder / path.name).symlink_to(path.resolve())
+    size = sum(path.stat().st_size for path in kept) / 2**20
+    print(f"data: {', '.join(path.name for path in kept)} ({size:.0f} MiB)", flush=True)
+    return kept[0].name, kept[1].name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows each party holds (up to 1 000 000 and more)")
@@ -151,15 +173,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="rows per step (0: the whole set, one step an epoch)")
     parser.add_argument("--max-steps", type=int, default=0,
                         help="leave the job after this many steps (0: run the epoch and the evaluation)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a folder to write the data files in and keep, or to take them from when already there")
     args = parse_with_smoke(parser, "400 rows, 5 + 20 features, 512-bit keys: seconds",
                             rows=400, center=5, partner=20, key_bits=512)
     with tempfile.TemporaryDirectory(prefix="fedscore-scale-") as tmp:
         folder = Path(tmp)
-        started = time.perf_counter()
-        names = write_data(folder, args.rows, args.center, args.partner, args.data_format)
-        size = sum((folder / n).stat().st_size for n in names) / 2**20
-        print(f"wrote {args.rows} rows × ({args.center} + {args.partner}) features as {args.data_format} "
-              f"({size:.0f} MiB) in {time.perf_counter() - started:.0f} s", flush=True)
+        names = data_files(args, folder)
         job_file = write_job(folder, names, args.key_bits, args.batch_size, args.binning)
         watch = Watch(args.max_steps)
         started = time.perf_counter()
