@@ -64,14 +64,15 @@ class TableBuilder:
         self.bad_labels = Tally()
         self.kinds: list[str] = [EMPTY] * len(names)
         self.mixed: set[int] = set()
-        self._reset(range(len(names)))
+        count = len(names)
+        # per feature column: rows with a decimal comma, not a number, missing (strict); with binning on, the
+        # column's text cells, and how many cells are present and how many of those are text
+        self.commas, self.not_numeric, self.missing = ([Tally() for _ in range(count)] for _ in range(3))
+        self.cells: dict[int, list[np.ndarray]] = {}
+        self.present, self.textual = [0] * count, [0] * count
 
-    def _reset(self, columns) -> None:
-        if not hasattr(self, "commas"):
-            count = len(self.names)
-            self.commas, self.not_numeric, self.missing = ([Tally() for _ in range(count)] for _ in range(3))
-            self.cells: dict[int, list[np.ndarray]] = {}
-            self.present, self.textual = [0] * count, [0] * count
+    def _reset(self, columns: list[int]) -> None:
+        """Forget what was counted of ``columns``: they will be read again."""
         for j in columns:
             self.commas[j], self.not_numeric[j], self.missing[j] = Tally(), Tally(), Tally()
             self.cells.pop(j, None)
