@@ -48,7 +48,15 @@ class PartyTable:
 
     def column(self, name: str) -> np.ndarray:
         """A feature's raw values: text for a text column, else float64 (NaN: missing)."""
+        if name not in self.text and self.features.shape[1] != len(self.feature_names):
+            raise ValueError(f"the table's feature values were released; column {name!r} is no longer held")
         return self.text[name] if name in self.text else self.features[:, self.feature_names.index(name)]
+
+    def release_features(self) -> None:
+        """Let go of the feature values (8 bytes each) once a training encoding holds all that training reads
+        (a partner's bin codes): every holder of this table sees it. Ids, labels and names stay."""
+        object.__setattr__(self, "features", np.empty((self.rows, 0)))
+        object.__setattr__(self, "text", {})
 
     def columns(self, names: list[str] | None = None) -> list[np.ndarray]:
         return [self.column(n) for n in (self.feature_names if names is None else names)]

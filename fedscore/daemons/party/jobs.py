@@ -241,6 +241,9 @@ class Jobs:
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
             session = PartnerSession(*common, feature_names=self.config.feature_names)
+            if session.encoding.binned:   # its bin codes are all it reads from now on: the values' 8 bytes each go
+                job.table.release_features()
+                session.table.release_features()   # the aligned rows' copy, when not every row aligned
         session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session

@@ -125,6 +125,22 @@ class Encoding:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate(rows).astype(np.int64), np.concatenate(sums)
 
+    def keep(self, features: list[str]) -> "Encoding":
+        """Binning on: the encoding of ``features`` (some of its own), from its bin codes. The bins of a feature
+        are fitted on that feature's training values alone, so refitting them would give the same bins."""
+        positions = [self.features.index(name) for name in features]
+        binner = Binner(features=tuple(self.binner.features[j] for j in positions))
+        width = int(sum(f.size for f in binner.features))
+        penalised = np.ones(width)
+        if self.has_intercept:
+            width += 1
+            penalised = np.append(penalised, 0.0)
+        return Encoding(
+            features=list(features), scaler=None, binner=binner, rows=self.rows, train=self.train, width=width,
+            has_intercept=self.has_intercept, quantisation=np.ones(width), penalised=penalised,
+            codes=np.ascontiguousarray(self.codes[:, positions]),
+        )
+
     def training_rows(self) -> "TrainingRows":
         return TrainingRows(self)
 

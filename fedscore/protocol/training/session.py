@@ -113,7 +113,12 @@ class PartySession:
         (training.encoding). Called again with fewer features when feature selection drops some
         (before training starts).
         """
-        encoding = encode_table(self.table, features, self.train_rows, self.spec.binning, self.has_intercept, self.party)
+        current = getattr(self, "encoding", None)
+        if current is not None and current.binned and set(features) <= set(current.features):
+            encoding = current.keep(features)   # the same bins a refit would give; the table's values not needed
+        else:
+            encoding = encode_table(self.table, features, self.train_rows, self.spec.binning, self.has_intercept,
+                                    self.party)
         self.encoding = encoding                    # builds blocks of the matrix on demand, never the whole
         self.features, self.scaler, self.binner = encoding.features, encoding.scaler, encoding.binner
         self.quantisation, self.penalised = encoding.quantisation, encoding.penalised
