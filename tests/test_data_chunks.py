@@ -241,3 +241,23 @@ def test_a_model_trained_from_parquet_equals_the_one_from_csv(breast_folder, key
     for party in weights[".csv"]:
         np.testing.assert_array_equal(weights[".parquet"][party], weights[".csv"][party])
         assert np.abs(weights[".csv"][party]).sum() > 0
+
+
+def test_a_partner_trains_on_its_bin_codes_once_its_values_are_let_go(breast_folder, keypair, inline_pool):
+    from fedscore.job_file import load_job
+    from fedscore.protocol.training.encoding import encode_table
+    from fedscore.protocol.training.simulation import build_consortium, load_tables
+
+    spec, base = load_job(write_job(breast_folder, breast_parties(), validation=0.25, batch_size=150))
+    host = build_consortium(spec, load_tables(spec, base), inline_pool, keypair).partners["host"]
+    every = list(host.features)
+    keep = every[::2]
+    refit = encode_table(host.table, keep, host.train_rows, spec.binning, False, "host")   # from the values
+    host.table.release_features()
+    assert host.table.features.size == 0
+    with pytest.raises(ValueError, match="released"):
+        host.table.column(host.features[0])
+    assert host.select_features(keep) == every[1::2]
+    assert host.features == keep and host.binner.to_json() == refit.binner.to_json()
+    np.testing.assert_array_equal(host.train_matrix, refit.block(refit.train))
+    np.testing.assert_array_equal(host.encoding.codes, refit.codes)
