@@ -38,7 +38,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
 from fedscore.protocol.training import batch_rule
-from fedscore.protocol.training.encoding import encode_table, integer_column_sums, integer_gradient
+from fedscore.protocol.training.encoding import Encoding, encode_table, integer_column_sums, integer_gradient
 
 
 def one_message_at_a_time(method):
@@ -92,6 +92,7 @@ class PartySession:
             raise DataError(f"party {party!r}: {len(self.train_rows)} training rows is too few to train on")
         self.scaler: Standardiser | None = None
         self.binner: Binner | None = None
+        self.encoding: Encoding | None = None
         self.encode(self.model_features())
         self._message_lock = threading.RLock()
         self._state: StepState | None = None
@@ -113,7 +114,7 @@ class PartySession:
         (training.encoding). Called again with fewer features when feature selection drops some
         (before training starts).
         """
-        current = getattr(self, "encoding", None)
+        current = self.encoding
         if current is not None and current.binned and set(features) <= set(current.features):
             encoding = current.keep(features)   # the same bins a refit would give; the table's values not needed
         else:
