@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedscore.errors import ConfigError
 from fedscore.job import KEY_BITS, NAME_PATTERN
+from fedscore.model.reader import DEFAULT_MEMORY_MIB
 from fedscore.protocol.training.bin_statistics import FEATURE_NAMINGS
 from fedscore.toml_tables import read_toml, refuse_unknown, take
 
@@ -71,6 +72,7 @@ class DaemonConfig:
                                              # for audience queries ([party.audience]; None: it answers none)
     engine: str = "local"                    # where its Paillier work runs: "local" (its own processes) or "ray"
     ray_address: str = ""                    # with engine = "ray": the Ray cluster's head, host:port or "auto"
+    memory_mib: int = DEFAULT_MEMORY_MIB     # a job's data held in memory at most this much (0: no budget)
 
 
 def load_party_config(path: Path | str) -> DaemonConfig:
@@ -195,6 +197,7 @@ def _party_settings(table: dict[str, Any], base: Path, where: str) -> dict[str, 
         "feature_names": feature_names,
         "audience": _audience(table, where),
         **_engine(table, where),
+        **_memory(table, where),
     }
 
 
@@ -269,3 +272,19 @@ def _optional_path(table: dict[str, Any], key: str, base: Path, where: str) -> P
     """A path setting that may be left out or empty (None)."""
     value = take(table, key, str, "", where)
     return base / value if value else None
+
+
+# -- a party's memory budget for a job's data (fedscore.model.reader) ------------------
+
+PARTY_ONLY.add("memory_mib")
+MEMORY_MIB_RANGE = (256, 1 << 20)
+
+
+def _memory(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """``memory_mib``: what a job's data may take in this party's memory (its table and training encoding;
+    chunks being read come out of it too). 0: no budget."""
+    memory_mib = take(table, "memory_mib", int, DaemonConfig.memory_mib, where)
+    low, high = MEMORY_MIB_RANGE
+    if memory_mib != 0 and not low <= memory_mib <= high:
+        raise ConfigError(f"{where}: memory_mib must be 0 (no budget) or between {low} and {high}, got {memory_mib}")
+    return {"memory_mib": memory_mib}

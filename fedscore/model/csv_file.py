@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedscore.errors import DataError
@@ -50,7 +51,14 @@ def sniff_delimiter(text: str) -> str:
 
 def check_shape(text: str, where: str, delimiter: str = ",") -> list[str]:
     """The header, after checking every row has as many fields as the header."""
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header, _ = check_lines(io.StringIO(text), where, delimiter)
+    return header
+
+
+def check_lines(lines: Iterable[str], where: str, delimiter: str = ",") -> tuple[list[str], int]:
+    """(the header, the rows that are not blank), after checking every row has as many fields as the header;
+    ``lines`` is read once, so a file streamed line by line is never held whole."""
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -82,7 +90,7 @@ def check_shape(text: str, where: str, delimiter: str = ",") -> list[str]:
         raise DataError(f"{where}: line {reader.line_num} is not valid CSV ({error})") from None
     if rows == 0:
         raise DataError(f"{where}: has a header but no rows")
-    return header
+    return header, rows
 
 
 SHOWN_COLUMNS = 8   # a header named in an error: its first columns, not all 300
@@ -113,3 +121,45 @@ def read_csv_header(path: Path, where: str) -> tuple[str, list[str], str]:
     text = read_text(path, where)
     delimiter = sniff_delimiter(text)
     return text, check_shape(text, where, delimiter), delimiter
+
+
+def _open(path: Path, where: str):
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{where}: file does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{where}: is a folder, not a CSV file") from None
+    except PermissionError:
+        raise DataError(f"{where}: cannot be read (permission denied)") from None
+
+
+def _decoded(handle, where: str) -> Iterator[str]:
+    """The file's lines as text, one at a time; the first without its byte-order mark."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: line {number} is not UTF-8 text") from None
+
+
+def scan_csv(path: Path, where: str) -> tuple[list[str], str, int]:
+    """(header, delimiter, rows) of a CSV file read line by line, never whole: the same checks and errors as
+    read_csv_header. A line that is not UTF-8 is named before any shape error, as when the file is decoded whole."""
+    with _open(path, where) as handle:
+        lines = _decoded(handle, where)
+        first = next(lines, "")
+        delimiter = sniff_delimiter(first)
+        try:
+            header, rows = check_lines(_chain(first, lines), where, delimiter)
+        except DataError as shape_error:
+            for _ in lines:   # decode the rest: a line that is not UTF-8 is the first thing to fix
+                pass
+            raise shape_error
+    return header, delimiter, rows
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    if first:
+        yield first
+    yield from rest

@@ -4,9 +4,10 @@ Errors name the file, the column and the line (1 = header) but never a raw
 value or an id: the message travels to the coordinator and the job's owner,
 outside the party.
 
-A file's text, delimiter and header are fedscore.model.csv_file's concern; a
-file not separated by commas that writes a number with a decimal comma (2,5)
-has it refused here, not read as text.
+A file's text, delimiter and header are fedscore.model.csv_file's concern, reading
+it in chunks fedscore.model.reader's (a CSV, or a Parquet file); a file not
+separated by commas that writes a number with a decimal comma (2,5) has it
+refused, not read as text.
 
 Id rule (every party applies the same one): each id column is read as text,
 stripped of surrounding whitespace and case-folded; several id columns are
@@ -16,7 +17,6 @@ but "123" and "0123" are not. Private set intersection
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fedscore.errors import DataError
-from fedscore.model.csv_file import found_columns, read_csv_header, require_columns
+from fedscore.model.csv_file import found_columns, require_columns
 from fedscore.plural import plural
 
 ID_SEPARATOR = "\x1f"
@@ -36,7 +36,8 @@ class PartyTable:
     """One party's rows in canonical id order."""
 
     ids: np.ndarray               # normalised id strings, sorted
-    features: np.ndarray          # float64, rows × columns (NaN: missing, or a text column's cell)
+    features: np.ndarray          # float64, rows × columns (NaN: missing, or a text column's cell); a file's
+                                  # table is stored column by column (Fortran order)
     feature_names: list[str]
     labels: np.ndarray | None     # int8 0/1, or None for a partner
     text: dict[str, np.ndarray] = field(default_factory=dict)   # text columns (binning on): stripped cells
@@ -47,7 +48,15 @@ class PartyTable:
 
     def column(self, name: str) -> np.ndarray:
         """A feature's raw values: text for a text column, else float64 (NaN: missing)."""
+        if name not in self.text and self.features.shape[1] != len(self.feature_names):
+            raise ValueError(f"the table's feature values were released; column {name!r} is no longer held")
         return self.text[name] if name in self.text else self.features[:, self.feature_names.index(name)]
+
+    def release_features(self) -> None:
+        """Let go of the feature values (8 bytes each) once a training encoding holds all that training reads
+        (a partner's bin codes): every holder of this table sees it. Ids, labels and names stay."""
+        object.__setattr__(self, "features", np.empty((self.rows, 0)))
+        object.__setattr__(self, "text", {})
 
     def columns(self, names: list[str] | None = None) -> list[np.ndarray]:
         return [self.column(n) for n in (self.feature_names if names is None else names)]
@@ -60,10 +69,17 @@ class PartyTable:
         return matrix
 
     def subset(self, rows: np.ndarray) -> "PartyTable":
-        """The given rows, in the given order (e.g. the consortium's aligned order)."""
+        """The given rows, in the given order (e.g. the consortium's aligned order): the table itself when that
+        is every row in order (no copy), else a copy made a column at a time."""
+        rows = np.asarray(rows)
+        if len(rows) == self.rows and np.array_equal(rows, np.arange(self.rows)):
+            return self
+        features = np.empty((len(rows), self.features.shape[1]), dtype=self.features.dtype, order="F")
+        for j in range(self.features.shape[1]):
+            features[:, j] = self.features[rows, j]
         return PartyTable(
             ids=self.ids[rows],
-            features=self.features[rows],
+            features=features,
             feature_names=self.feature_names,
             labels=None if self.labels is None else self.labels[rows],
             text={name: values[rows] for name, values in self.text.items()},
@@ -96,11 +112,16 @@ class Origin:
 
     where: str            # "party 'bureau': bureau.csv", or "party 'bureau': DataFrame"
     file: bool = True
+    records: bool = False  # a Parquet file: rows are records counted from 1, it has no lines
 
     def row(self, position: int) -> str:
+        if self.records:
+            return f"row {position + 1}"
         return f"line {position + 2}" if self.file else f".iloc[{position}]"
 
     def rows(self, first: int, second: int) -> str:
+        if self.records:
+            return f"rows {first + 1} and {second + 1}"
         if self.file:
             return f"lines {first + 2} and {second + 2}"
         return f".iloc[{first}] and .iloc[{second}]"
@@ -233,50 +254,22 @@ def check_party_rows(
 DECIMAL_COMMA = r"^\s*[-+]?\d+,\d+\s*$"
 
 
-def _refuse_decimal_commas(numbers: pd.DataFrame, delimiter: str, origin: Origin) -> None:
-    """A file not separated by commas may write 2,5 for 2.5: such a number is refused, never read as text."""
-    if delimiter == ",":
-        return
-    for name in numbers.columns:
-        column = numbers[name]
-        if column.dtype.kind in "fiub":
-            continue
-        comma = column.astype(str).str.match(DECIMAL_COMMA).to_numpy()
-        if comma.any():
-            rows = _positions(comma)
-            raise DataError(
-                f"{origin.where}: column {name!r} writes numbers with a decimal comma on {len(rows)} rows (first at "
-                f"{origin.row(rows[0])}); save the file with '.' as the decimal mark"
-            )
-
-
 def load_party_table(
     path: Path | str, id_columns: list[str], label: str | None = None, party: str = "", lenient: bool = False,
-    shown: str = "",
+    shown: str = "", memory_mib: int | None = None,
 ) -> PartyTable:
-    """Read and check one party's CSV; every column but the ids and the label is a feature.
-    ``lenient``: empty cells and text are data (binning on), not errors. ``shown``: the file as its user
-    named it (a job's ``data``), for errors; by default the path as given."""
+    """Read and check one party's data file, a CSV (or a Parquet file, by its name), in chunks
+    (fedscore.model.reader); every column but the ids and the label is a feature. ``lenient``: empty cells
+    and text are data (binning on), not errors. ``shown``: the file as its user named it (a job's ``data``),
+    for errors; by default the path as given. ``memory_mib``: the party's memory budget (default
+    fedscore.model.reader.DEFAULT_MEMORY_MIB; 0: none)."""
+    from fedscore.model.reader import DEFAULT_MEMORY_MIB, read_party_file
+
     path = Path(path)
     shown = shown or str(path)
     where = f"party {party!r}: {shown}" if party else shown
-    text, header, delimiter = read_csv_header(path, where)
-    require_columns(header, id_columns, label, where, delimiter)
-    text_columns = [header.index(c) for c in [*id_columns, *([label] if label is not None else [])]]
-    frame = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=text_columns, dtype=str, keep_default_na=False,
-                        skip_blank_lines=True)
-    frame.columns = [str(c).strip() for c in frame.columns]
-    names = [c for c in header if c not in id_columns and c != label]
-    # Fast path: the parser reads numbers straight into arrays (a 300-column file never becomes
-    # millions of Python strings); only a column that is not all numbers arrives as text.
-    numbers = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=[header.index(n) for n in names], na_values=MISSING,
-                          keep_default_na=False, skip_blank_lines=True) if names else pd.DataFrame(index=frame.index)
-    numbers.columns = names   # positions ascend, as the parser returns them
-    _refuse_decimal_commas(numbers, delimiter, Origin(where))
-    return check_party_rows(
-        [frame[column].astype(str) for column in id_columns], id_columns,
-        frame[label] if label is not None else None, label, numbers, Origin(where), lenient,
-    )
+    budget = DEFAULT_MEMORY_MIB if memory_mib is None else memory_mib
+    return read_party_file(path, id_columns, label, where, lenient, budget)
 
 
 def _ids_as_columns(frame: pd.DataFrame, id_columns: list[str]) -> pd.DataFrame:

@@ -137,7 +137,7 @@ class Jobs:
             raise ProtocolError(f"{self.label}: public key has {public_key.bits} bits, the job says {spec.key_bits}")
         path = resolve_data_file(self.config.data_dir, me.data, self.name)
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name, lenient=spec.binning.enabled,
-                                 shown=me.data)
+                                 shown=me.data, memory_mib=self.config.memory_mib)
         # a partner counts the job against the card center's budget once it takes it (align-only jobs too)
         budget = None if me.is_card_center else self.budget.admit(spec.card_center.name, request.job_id, spec.digest())
         facts = self._facts(spec, public_key)
@@ -241,6 +241,9 @@ class Jobs:
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
             session = PartnerSession(*common, feature_names=self.config.feature_names)
+            if session.encoding.binned:   # its bin codes are all it reads from now on: the values' 8 bytes each go
+                job.table.release_features()
+                session.table.release_features()   # the aligned rows' copy, when not every row aligned
         session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session
@@ -357,7 +360,7 @@ class Jobs:
         if file_digest(path) != saved.data_sha256:
             raise DataError(f"{self.label}: data file {me.data!r} changed since job {job_id!r} started; it cannot resume")
         table = load_party_table(path, list(me.id_columns), me.label, party=self.name,
-                                 lenient=saved.spec.binning.enabled, shown=me.data)
+                                 lenient=saved.spec.binning.enabled, shown=me.data, memory_mib=self.config.memory_mib)
         facts = self._facts(saved.spec, saved.public_key)
         facts.aligned_rows, facts.overlaps = saved.aligned_count, saved.overlaps
         model_file = folder / MODEL_FILE

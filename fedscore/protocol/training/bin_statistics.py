@@ -105,16 +105,15 @@ def encrypted_labels(session: "CardCenterSession") -> list[mpz]:
 
 def encrypted_bin_sums(session: "PartySession", shown: list[str], labels: Sequence[mpz]) -> BinSums:
     """Rows per bin and [[Σ_{i in bin} y_i]] per bin over all of the party's features, re-randomised."""
-    columns = session.bin_columns
-    if session.binner is None or columns is None:
+    if session.binner is None or not session.encoding.binned:
         raise ProtocolError(f"{session.party}: bin sums asked for, but the job does not bin")
     if len(labels) != len(session.train_rows):
         raise ProtocolError(
             f"{session.party}: {len(labels)} encrypted labels, it has {len(session.train_rows)} training rows"
         )
     key, total = session.public_key, session.weights.size
-    rows = np.bincount(columns.ravel(), minlength=total) if columns.size else np.zeros(total, dtype=np.int64)
-    sums = session.pool.column_sums(key, list(labels), columns, total)
+    rows, _ = session.encoding.bin_counts()
+    sums, _ = session.gradient_sums(list(labels), [], np.arange(len(session.train_rows)))
     fresh = paillier.rerandomise_each(key, sums, session.fresh_obfuscators(total))
     bins = [f.size for f in session.binner.features]
     return BinSums(features=list(shown), bins=bins, rows=[int(r) for r in rows], sums=fresh)
@@ -175,7 +174,7 @@ def own_statistics(session: "CardCenterSession") -> list[FeatureStatistics]:
     binner = session.binner
     if binner is None or not binner.features:
         return []
-    indices = binner.bin_indices(session.table.columns(session.features))[session.train_rows]
+    indices = session.encoding.codes[session.train_rows]
     return [
         feature_statistics(bins.feature, *bin_counts(indices[:, j], session.train_labels, bins.size), bins.labels)
         for j, bins in enumerate(binner.features)

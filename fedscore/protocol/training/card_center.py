@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gmpy2 import mpz
+from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
 from fedscore.crypto import paillier
@@ -77,7 +78,7 @@ class CardCenterSession(PartySession):
     def starting_weights(self) -> np.ndarray:
         """Secret random weights and intercept (fedscore.protocol.training.start): at zero, a partner's first
         gradient would give it the labels of the batch."""
-        return secret_start(self.train_matrix)
+        return secret_start(self.encoding.training_rows())
 
     def protected_columns(self) -> dict[str, np.ndarray]:
         """The protected columns it holds, for the fairness table (its own data; never sent)."""
@@ -161,7 +162,7 @@ class CardCenterSession(PartySession):
             raise ProtocolError(f"mask sum has {len(mask_sum)} words, expected {self.table.rows}")
         total -= np.asarray(mask_sum, dtype=np.uint64)
         partner_scores = total.view(np.int64) / 2.0**EVAL_SCORE_BITS
-        own_scores = self.matrix @ self.weights
+        own_scores = self.encoding.scores(self.weights)
         scores = own_scores + partner_scores
         labels = self.labels[self.train_rows]
         self.calibration = fit_calibration(scores[self.train_rows], labels) if self.spec.calibrate else IDENTITY
@@ -219,11 +220,22 @@ class CardCenterSession(PartySession):
     def own_model_scores(self, train: np.ndarray) -> np.ndarray:
         """The baseline "card center alone": a plaintext logistic regression on its own columns; with none (it
         brings labels only, as for an audience model) the base rate's log-odds, the same for every row."""
-        own = self.matrix[:, :-1]  # without the intercept column
+        own = self.own_columns()
         if own.shape[1] == 0:
             rate = float(np.clip(self.labels[train].mean(), 1e-6, 1 - 1e-6))
             return np.full(len(self.labels), np.log(rate / (1 - rate)))
         return LogisticRegression(max_iter=1000).fit(own[train], self.labels[train]).decision_function(own)
+
+    def own_columns(self):
+        """Its matrix without the intercept column, for the plaintext baseline: with bins a sparse 0/1 matrix
+        (a byte per value kept, not 8 per bin), else its standardised columns."""
+        encoding = self.encoding
+        if not encoding.binned or encoding.codes.shape[1] == 0:
+            return self.matrix[:, :-1]
+        rows, features = encoding.codes.shape
+        columns = (encoding.codes.astype(np.int32) + encoding.offsets.astype(np.int32)[None, :]).ravel()
+        starts = np.arange(0, rows * features + 1, features, dtype=np.int64)
+        return sparse.csr_matrix((np.ones(rows * features), columns, starts), shape=(rows, encoding.width - 1))
 
     def validation(self, scores: np.ndarray, rows: np.ndarray) -> dict:
         """What a bank's model validation reads, on ``rows`` (the held-out rows when there are any): the
@@ -248,12 +260,8 @@ class CardCenterSession(PartySession):
 
     def own_bin_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """(training rows, bad rows) per bin of its own attributes, in its weights' order."""
-        columns = self.bin_columns[:, :-1]          # without the intercept
-        total = self.weights.size - 1
-        labels = np.repeat(self.train_labels, columns.shape[1])
-        rows = np.bincount(columns.ravel(), minlength=total)
-        bads = np.bincount(columns.ravel(), weights=labels, minlength=total)
-        return rows.astype(np.int64), np.rint(bads).astype(np.int64)
+        rows, bads = self.encoding.bin_counts(self.train_labels)
+        return rows[:-1], np.rint(bads[:-1]).astype(np.int64)   # without the intercept
 
     def scorecard(self) -> list[dict]:
         """Its own scorecard table: each attribute's training count, bad rate, WOE, weight and points."""

@@ -67,7 +67,7 @@ class PartnerSession(PartySession):
         if self._score_seed is None:
             raise ProtocolError(f"{self.party}: scores asked for before a mask seed was drawn")
         seed, self._score_seed = self._score_seed, None  # one use per seed
-        scores = encode_scores(self.matrix @ self.weights, EVAL_SCORE_BITS).view(np.uint64)
+        scores = encode_scores(self.encoding.scores(self.weights), EVAL_SCORE_BITS).view(np.uint64)
         return scores + word_masks(seed, len(scores))
 
     # -- bin statistics and feature selection, before the first step (fedscore.protocol.training.bin_statistics)

@@ -38,7 +38,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.model.rows import batches, split_rows
 from fedscore.model.scaling import Standardiser
 from fedscore.protocol.training import batch_rule
-from fedscore.protocol.training.encoding import encode_table, integer_column_sums, integer_gradient
+from fedscore.protocol.training.encoding import Encoding, encode_table, integer_column_sums, integer_gradient
 
 
 def one_message_at_a_time(method):
@@ -92,6 +92,7 @@ class PartySession:
             raise DataError(f"party {party!r}: {len(self.train_rows)} training rows is too few to train on")
         self.scaler: Standardiser | None = None
         self.binner: Binner | None = None
+        self.encoding: Encoding | None = None
         self.encode(self.model_features())
         self._message_lock = threading.RLock()
         self._state: StepState | None = None
@@ -113,19 +114,49 @@ class PartySession:
         (training.encoding). Called again with fewer features when feature selection drops some
         (before training starts).
         """
-        encoding = encode_table(self.table, features, self.train_rows, self.spec.binning, self.has_intercept, self.party)
+        current = self.encoding
+        if current is not None and current.binned and set(features) <= set(current.features):
+            encoding = current.keep(features)   # the same bins a refit would give; the table's values not needed
+        else:
+            encoding = encode_table(self.table, features, self.train_rows, self.spec.binning, self.has_intercept,
+                                    self.party)
+        self.encoding = encoding                    # builds blocks of the matrix on demand, never the whole
         self.features, self.scaler, self.binner = encoding.features, encoding.scaler, encoding.binner
-        self.matrix, self.train_matrix = encoding.matrix, encoding.train_matrix   # every row; the training rows
-        self.bin_columns = encoding.bin_columns     # per training row, its columns that are 1 (binning on)
-        self.quantised, self.quantisation = encoding.quantised, encoding.quantisation
-        self.penalised = encoding.penalised
+        self.quantisation, self.penalised = encoding.quantisation, encoding.penalised
+        self._quantised: np.ndarray | None = None   # X̂ given outright instead of the encoding's (tests of attacks)
         self.start = self.starting_weights()        # zero here; the card center's are secret (training.start)
         self.weights = self.start.copy()
-        self.velocity = np.zeros(self.matrix.shape[1])   # heavy-ball momentum: this party's own, like its weights
+        self.velocity = np.zeros(encoding.width)    # heavy-ball momentum: this party's own, like its weights
+
+    # The whole matrices, built when asked for (tests, small tables); the protocol reads blocks instead.
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Every row, encoded."""
+        return self.encoding.block(np.arange(self.encoding.rows))
+
+    @property
+    def train_matrix(self) -> np.ndarray:
+        """The training rows, encoded."""
+        return self.encoding.block(self.train_rows)
+
+    @property
+    def quantised(self) -> np.ndarray:
+        """X̂: the training matrix as integers."""
+        return self.encoding.quantised(self.train_rows) if self._quantised is None else self._quantised
+
+    @quantised.setter
+    def quantised(self, value: np.ndarray) -> None:
+        self._quantised = value
+
+    @property
+    def bin_columns(self) -> np.ndarray | None:
+        """Per training row, its columns that are 1 (binning on)."""
+        return self.encoding.bin_columns(self.train_rows) if self.encoding.binned else None
 
     def starting_weights(self) -> np.ndarray:
         """Where this party's weights start: zero (a partner's start hides nothing from itself)."""
-        return np.zeros(self.train_matrix.shape[1])
+        return np.zeros(self.encoding.width)
 
     @one_message_at_a_time
     def select_features(self, keep: list[str]) -> list[str]:
@@ -234,7 +265,7 @@ class PartySession:
 
     def partial_scores(self, rows: np.ndarray) -> np.ndarray:
         """u_p = X_p w_p for training rows ``rows``."""
-        return self.train_matrix[rows] @ self.weights
+        return self.encoding.scores(self.weights, self.train_rows[rows])
 
     # -- the gradient -------------------------------------------------------
 
@@ -243,20 +274,38 @@ class PartySession:
         """[[X̂ᵀD + r]] per column, freshly randomised, r uniform in Z_n and kept here."""
         state = self._current(step, needs="residual")
         key = self.public_key
-        quantised = self.quantised[state.rows]
-        if self.bin_columns is not None:
-            columns = self.bin_columns[state.rows]
-            encrypted = self.pool.column_sums(key, state.encrypted_rest, columns, self.weights.size)
-            plain = integer_column_sums(columns, state.own_part, self.weights.size)
-        else:
-            encrypted = self.pool.weighted_sums(key, state.encrypted_rest, quantised)
-            plain = integer_gradient(quantised, state.own_part)
+        encrypted, plain = self.gradient_sums(state.encrypted_rest, state.own_part, state.rows)
         masks = [uniform_mask(key.n) for _ in plain]
         state.masks = masks
         gradient = paillier.add_plains(key, encrypted, [p + r for p, r in zip(plain, masks)])
         masked = paillier.rerandomise_each(key, gradient, self.fresh_obfuscators(len(plain)))
         self.record(step, f"gradient/{self.party}", masked, key.ciphertext_bytes)
         return masked
+
+    def gradient_sums(self, encrypted_rest: list[mpz], own_part: list[int], rows: np.ndarray) -> tuple[list[mpz], list[int]]:
+        """([[X̂ᵀ rest]], X̂ᵀ own part) over training rows ``rows``, a block of rows at a time: products of
+        ciphertexts and sums of integers, the same whichever way the rows are cut."""
+        key, total, encoding = self.public_key, self.weights.size, self.encoding
+        positions = self.train_rows[rows]
+        encrypted: list[mpz] | None = None
+        plain = [0] * total
+        cells = encoding.codes.shape[1] + 1 if encoding.binned else None
+        for a, b in encoding.spans(len(positions), cells) if len(positions) else [(0, 0)]:
+            if self._quantised is not None:
+                quantised = self._quantised[rows[a:b]]
+                part = self.pool.weighted_sums(key, encrypted_rest[a:b], quantised)
+                own = integer_gradient(quantised, own_part[a:b])
+            elif encoding.binned:
+                columns = encoding.bin_columns(positions[a:b])
+                part = self.pool.column_sums(key, encrypted_rest[a:b], columns, total)
+                own = integer_column_sums(columns, own_part[a:b], total)
+            else:
+                quantised = encoding.quantised(positions[a:b])
+                part = self.pool.weighted_sums(key, encrypted_rest[a:b], quantised)
+                own = integer_gradient(quantised, own_part[a:b])
+            encrypted = part if encrypted is None else [x * y % key.nsquare for x, y in zip(encrypted, part)]
+            plain = [x + y for x, y in zip(plain, own)]
+        return encrypted or [], plain
 
     @one_message_at_a_time
     def apply_gradient(self, step: Step, masked_values: list[int]) -> None:
@@ -369,8 +418,5 @@ class PartySession:
 
     def feature_parts(self, rows: np.ndarray | None = None) -> list[np.ndarray]:
         """Each feature's contribution to the log-odds on ``rows`` (all rows if None)."""
-        matrix = self.matrix if rows is None else self.matrix[rows]
-        if self.binner is None:
-            return [matrix[:, j] * self.weights[j] for j in range(len(self.features))]
-        return [matrix[:, o: o + f.size] @ self.weights[o: o + f.size]
-                for o, f in zip(self.binner.offsets, self.binner.features)]
+        positions = np.arange(self.encoding.rows) if rows is None else np.asarray(rows)
+        return self.encoding.feature_parts(self.weights, positions)
