@@ -11,7 +11,7 @@ first merged into longer runs, so the buffers stay bounded whatever the
 lists' lengths.
 
 Memory: one run being filled and sorted (about 2.5 × 41 bytes a record) plus
-the merge's buffers (at most about ``run_rows`` records in all). Disk: 41
+the merge's buffers (at most about ``run_rows`` records in all, FAN_IN runs read at once). Disk: 41
 bytes a record, twice that while a merge pass writes longer runs.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ MINE, THEIRS = 0, 1          # the card center's list, the partner's list
 RECORD = np.dtype([("value", f"S{POINT_BYTES}"), ("side", "u1"), ("position", "<i8")])
 DEFAULT_RUN_ROWS = 1_000_000   # 41 MB a run: a sort of this size takes well under a second
 FAN_IN = 64                    # runs merged at once; more are merged in passes
-MIN_BUFFER_ROWS = 256          # a run's read buffer never shrinks below this
+MIN_BUFFER_ROWS = 16           # a run's read buffer never shrinks below this
 REPEATED = "a blinded id repeats: the partner's answer is not a set of distinct ids"
 
 
@@ -133,9 +133,9 @@ class _RunReader:
 
 
 def merged(runs: list[Path], buffer_rows: int) -> Iterator[np.ndarray]:
-    """Every record of ``runs`` (each sorted by value) in value order, in blocks; the merge reads at most
-    about ``buffer_rows`` records at once (never under MIN_BUFFER_ROWS a run)."""
-    readers = [_RunReader(path, max(MIN_BUFFER_ROWS, buffer_rows // max(1, len(runs)))) for path in runs]
+    """Every record of ``runs`` (at most FAN_IN, each sorted by value) in value order, in blocks; the merge
+    holds at most about ``buffer_rows`` records read ahead (never under MIN_BUFFER_ROWS a run)."""
+    readers = [_RunReader(path, max(MIN_BUFFER_ROWS, buffer_rows // FAN_IN)) for path in runs]
     while True:
         live = [reader for reader in readers if reader.fill()]
         if not live:
