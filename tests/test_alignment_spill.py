@@ -96,7 +96,8 @@ def test_alignment_over_many_runs_gives_the_rows_of_one_run_and_leaves_no_file(t
     partner_ids = {name: list(dict.fromkeys(ids)) for name, ids in partner_ids.items()}
     runs_merged = []
     merge_passes = spill.merge_passes
-    monkeypatch.setattr(spill, "merge_passes", lambda runs, *rest: runs_merged.append(len(runs)) or merge_passes(runs, *rest))
+    monkeypatch.setattr(spill, "merge_passes",
+                        lambda runs, *rest: runs_merged.append(len(runs)) or merge_passes(runs, *rest))
     job_folder = tmp_path / "job"
     spilling = CardCenterAlignment.__init__
 
@@ -165,7 +166,8 @@ class StreamedPartner:
 
     def blinded_ids(self):
         for start in range(0, self.rows, 256):
-            ids = [self.shared[i] if i < len(self.shared) else f"p{i}" for i in range(start, min(start + 256, self.rows))]
+            numbers = range(start, min(start + 256, self.rows))
+            ids = [self.shared[i] if i < len(self.shared) else f"p{i}" for i in numbers]
             yield psi.hash_and_blind_all(self.secret, self.domain, ids)
 
     def reblind(self, points, count):
@@ -179,7 +181,8 @@ class StreamedPartner:
 def card_center_peak(tmp_path, inline_pool, partner_rows: int) -> tuple[int, int]:
     """(the card center's traced peak in bytes, its overlap) against a partner of ``partner_rows`` ids."""
     ids = [f"c{i}" for i in range(1000)]
-    center = small_runs(CardCenterAlignment("card_center", table(ids), "job-1", inline_pool), run_rows=200, chunk_rows=256)
+    center = CardCenterAlignment("card_center", table(ids), "job-1", inline_pool)
+    small_runs(center, run_rows=200, chunk_rows=256)
     center.spill_parent = tmp_path
     partner = StreamedPartner(partner_rows, ids[:600], "job-1")
     tracemalloc.start()

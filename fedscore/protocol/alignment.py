@@ -211,7 +211,9 @@ class CardCenterAlignment(PsiParty):
             raise ProtocolError(f"partner re-blinded {mine_runs.count} ids, {self.table.rows} were sent")
         return intersect_runs(mine_runs.close() + theirs_runs.close(), folder, self.table.rows, self.run_rows)
 
-    def _partner_reblinds(self, partner: PartnerPsiHandle, mine: Future, runs: RunWriter, stop: threading.Event) -> None:
+    def _partner_reblinds(
+        self, partner: PartnerPsiHandle, mine: Future, runs: RunWriter, stop: threading.Event
+    ) -> None:
         """My list from disk to the partner, and its re-blinded answer into sorted runs."""
         for chunk in partner.reblind(chunks_of(mine.result(), self.chunk_rows), self.table.rows):
             if stop.is_set():
