@@ -32,6 +32,7 @@ blinded values to sorted runs on disk and intersects them by a merge
 """
 from __future__ import annotations
 
+import queue
 import secrets
 import tempfile
 import threading
@@ -69,6 +70,43 @@ def rechunk(chunks: Iterable[bytes], rows: int) -> Iterator[bytes]:
             pending, held = [], 0
     if pending:
         yield b"".join(pending)
+
+
+def read_ahead(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """``chunks``, produced up to ``depth`` ahead in a thread of their own: whoever makes them (this party's
+    blinding, a peer's stream) goes on while the reader works on the last. Memory: ``depth`` chunks."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    finished, abandoned = object(), threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not abandoned.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(chunks)
+        try:
+            for chunk in source:
+                if not hand_over(chunk):
+                    return
+            hand_over(finished)
+        except BaseException as error:   # the reader raises it
+            hand_over(error)
+        finally:
+            getattr(source, "close", lambda: None)()
+
+    threading.Thread(target=produce, name="psi-read-ahead", daemon=True).start()
+    try:
+        while (item := slots.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        abandoned.set()
 
 
 class PsiParty:
@@ -118,7 +156,7 @@ class PartnerAlignment(PsiParty):
     def blinded_ids(self) -> Iterator[bytes]:
         """This party's blinded ids, chunk by chunk as they are ready (once a job)."""
         self._once("blinded ids")
-        return self.blinded_chunks()
+        return read_ahead(self.blinded_chunks())   # the next chunks are blinded while one is on the wire
 
     def reblind(self, points: bytes | Iterable[bytes], count: int | None = None) -> Iterator[bytes]:
         """The card center's ``count`` points re-blinded, chunk by chunk as they arrive (once a job); the count
@@ -197,7 +235,7 @@ class CardCenterAlignment(PsiParty):
         with ThreadPoolExecutor(max_workers=1) as helper:
             asked = helper.submit(self._partner_reblinds, partner, mine, mine_runs, stop)
             try:
-                for chunk in rechunk(partner.blinded_ids(), self.chunk_rows):
+                for chunk in read_ahead(rechunk(partner.blinded_ids(), self.chunk_rows)):
                     if stop.is_set() or (asked.done() and asked.exception() is not None):
                         break
                     theirs_runs.add(self.reblind_chunk(chunk))
