@@ -36,8 +36,9 @@ import queue
 import secrets
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,28 +49,18 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.model.data import PartyTable
 from fedscore.protocol.ports import PartnerPsiHandle
-from fedscore.protocol.spill import DEFAULT_RUN_ROWS, MINE, THEIRS, RunWriter, SpillFolder, chunks_of, intersect_runs
+from fedscore.protocol.spill import (
+    DEFAULT_RUN_ROWS, MINE, THEIRS, GrowingFile, RunWriter, SpillFolder, intersect_runs,
+)
 from fedscore.protocol.training.fanout import call_each
 
 DEFAULT_CHUNK_ROWS = 1 << 18   # ids blinded per call of the pool: 8 MiB of points, a few seconds of work
+REBLIND_WINDOW = 2             # chunks of mine a partner holds at once while it re-blinds them
 
 
 def psi_domain(job_id: str) -> bytes:
     """Hash-to-curve domain: ids hash differently in every job."""
     return b"fedscore/psi/v1/" + job_id.encode("utf-8") + b"/"
-
-
-def rechunk(chunks: Iterable[bytes], rows: int) -> Iterator[bytes]:
-    """Packed points in pieces of at least ``rows`` points (the last may be shorter): few, large pool calls."""
-    size, pending, held = rows * psi.POINT_BYTES, [], 0
-    for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= size:
-            yield b"".join(pending)
-            pending, held = [], 0
-    if pending:
-        yield b"".join(pending)
 
 
 def read_ahead(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
@@ -178,7 +169,7 @@ class PartnerAlignment(PsiParty):
 
     def _reblinded(self, points: Iterable[bytes], count: int) -> Iterator[bytes]:
         done = 0
-        for chunk in rechunk(points, self.chunk_rows):
+        for chunk in points:    # each piece as it comes: the card center sends more once answered
             done += len(chunk) // psi.POINT_BYTES
             if done > count:
                 raise ProtocolError(f"{self.party}: the card center sent more than the {count} ids it announced")
@@ -218,31 +209,28 @@ class CardCenterAlignment(PsiParty):
     spill_parent: Path | None = None
     run_rows: int = DEFAULT_RUN_ROWS
 
-    def _blind_mine(self, path: Path, stop: threading.Event) -> Path:
-        """My blinded list, chunk by chunk, into ``path``: read back for every partner."""
-        with open(path, "wb") as out:
-            for chunk in self.blinded_chunks(stop):
-                out.write(chunk)
-        return path
-
-    def match(self, partner: PartnerPsiHandle, mine: Future, folder: Path, stop: threading.Event) -> np.ndarray:
+    def match(self, partner: PartnerPsiHandle, mine: GrowingFile, folder: Path, stop: threading.Event) -> np.ndarray:
         """For each position in my list, the partner's position of the same id, or -1.
 
-        The partner re-blinds my list while I re-blind its list as it arrives: both sides work at once, and
-        both doubly-blinded lists go to sorted runs in ``folder``.
+        The partner's blinded list goes to disk as it arrives and I re-blind it from there, while the partner
+        re-blinds my list as I blind it: both sides work at once, and both doubly-blinded lists go to sorted
+        runs in ``folder``.
         """
+        theirs = GrowingFile(folder / "theirs.bin")
         mine_runs, theirs_runs = RunWriter(folder, MINE, self.run_rows), RunWriter(folder, THEIRS, self.run_rows)
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            asked = helper.submit(self._partner_reblinds, partner, mine, mine_runs, stop)
+        with ThreadPoolExecutor(max_workers=2) as helpers:
+            received = helpers.submit(theirs.fill_from, partner.blinded_ids(), stop)
+            asked = helpers.submit(self._partner_reblinds, partner, mine, mine_runs, stop)
             try:
-                for chunk in read_ahead(rechunk(partner.blinded_ids(), self.chunk_rows)):
-                    if stop.is_set() or (asked.done() and asked.exception() is not None):
+                for chunk in theirs.chunks(self.chunk_rows, stop):
+                    if asked.done() and asked.exception() is not None:
                         break
                     theirs_runs.add(self.reblind_chunk(chunk))
+                asked.result()      # what went wrong re-blinding my list, if anything
+                received.result()
             except BaseException:
                 stop.set()
                 raise
-            asked.result()
         if stop.is_set():
             raise ProtocolError("the alignment stopped: another partner's failed")
         if mine_runs.count != self.table.rows:
@@ -250,26 +238,45 @@ class CardCenterAlignment(PsiParty):
         return intersect_runs(mine_runs.close() + theirs_runs.close(), folder, self.table.rows, self.run_rows)
 
     def _partner_reblinds(
-        self, partner: PartnerPsiHandle, mine: Future, runs: RunWriter, stop: threading.Event
+        self, partner: PartnerPsiHandle, mine: GrowingFile, runs: RunWriter, stop: threading.Event
     ) -> None:
-        """My list from disk to the partner, and its re-blinded answer into sorted runs."""
-        for chunk in partner.reblind(chunks_of(mine.result(), self.chunk_rows), self.table.rows):
+        """My list to the partner as it is blinded, REBLIND_WINDOW chunks ahead of its answers (the partner
+        never holds more), and its re-blinded answer into sorted runs."""
+        in_flight = threading.Semaphore(REBLIND_WINDOW)
+        sent: deque[int] = deque()      # points in each chunk sent and not answered yet
+
+        def paced() -> Iterator[bytes]:
+            for chunk in mine.chunks(self.chunk_rows, stop):
+                while not in_flight.acquire(timeout=1.0):
+                    if stop.is_set():
+                        return
+                sent.append(len(chunk) // psi.POINT_BYTES)
+                yield chunk
+
+        answered = 0
+        for chunk in partner.reblind(paced(), self.table.rows):
             if stop.is_set():
                 return
             runs.add(chunk)
             if runs.count > self.table.rows:
                 raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
+            answered += len(chunk) // psi.POINT_BYTES
+            while sent and answered >= sent[0]:
+                answered -= sent.popleft()
+                in_flight.release()
 
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
         stop = threading.Event()
         with SpillFolder(self.spill_parent) as folder:
+            mine = GrowingFile(folder / "mine.bin")     # each partner reads it as it grows
             with ThreadPoolExecutor(max_workers=1) as helper:
-                mine = helper.submit(self._blind_mine, folder / "mine.bin", stop)  # while the partners blind theirs
+                blinding = helper.submit(mine.fill_from, self.blinded_chunks(stop), stop)
                 try:
                     matches = call_each(
                         partners, lambda name, p: self.match(p, mine, Path(tempfile.mkdtemp(dir=folder)), stop),
                         "partner",
                     )
+                    blinding.result()
                 except BaseException:
                     stop.set()
                     raise

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -192,8 +193,63 @@ def intersect_runs(runs: list[Path], folder: Path, mine_count: int, buffer_rows:
     return positions
 
 
-def chunks_of(packed: Path, rows: int) -> Iterator[bytes]:
-    """A file of packed points, ``rows`` points at a time."""
-    with open(packed, "rb") as file:
-        while chunk := file.read(rows * POINT_BYTES):
-            yield chunk
+class GrowingFile:
+    """Packed points written to disk as they arrive and read back, while still being written, by any number of
+    readers: a peer's stream is drained at once (it never waits in a buffer of the sender's or of gRPC's) and
+    is worked on at the reader's own pace."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._out = open(path, "wb")
+        self._written = 0
+        self._finished = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def append(self, packed: bytes) -> None:
+        self._out.write(packed)
+        self._out.flush()
+        with self._changed:
+            self._written += len(packed)
+            self._changed.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """No more points (``error``: the writer failed, and every reader raises it)."""
+        self._out.close()
+        with self._changed:
+            self._finished, self._error = True, error
+            self._changed.notify_all()
+
+    def fill_from(self, chunks: Iterable[bytes], stop: threading.Event) -> int:
+        """Every chunk of ``chunks`` appended (until ``stop``), then finished; the count of points."""
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    break
+                self.append(chunk)
+        except BaseException as error:
+            self.finish(error)
+            raise
+        self.finish()
+        return self._written // POINT_BYTES
+
+    def chunks(self, rows: int, stop: threading.Event) -> Iterator[bytes]:
+        """The points, ``rows`` at a time (the last chunk may be shorter), as soon as they are written."""
+        size, read = rows * POINT_BYTES, 0
+        with open(self.path, "rb") as file:
+            while not stop.is_set():
+                with self._changed:
+                    self._changed.wait_for(
+                        lambda: self._written - read >= size or self._finished or stop.is_set(), timeout=1.0
+                    )
+                    available, finished, error = self._written - read, self._finished, self._error
+                if error is not None:
+                    raise error
+                if available < size and not finished:
+                    continue
+                if not available:
+                    return
+                file.seek(read)
+                chunk = file.read(min(size, available))
+                read += len(chunk)
+                yield chunk
