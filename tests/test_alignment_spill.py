@@ -14,6 +14,7 @@ from fedscore.errors import ProtocolError
 from fedscore.protocol import spill
 from fedscore.protocol.alignment import CardCenterAlignment, PartnerAlignment, psi_domain
 from fedscore.protocol.spill import MINE, THEIRS, RunWriter, intersect_runs
+from fedscore.transport import codec
 
 from test_alignment import align, table
 
@@ -200,3 +201,17 @@ def test_the_card_centers_memory_does_not_grow_with_the_partners_list(tmp_path, 
     # holding the 24 000 more blinded ids would take 768 kB; only a file name per run of 200 is kept
     assert larger_peak - smaller_peak < 0.1 * 24_000 * psi.POINT_BYTES, (smaller_peak, larger_peak)
     assert not any(tmp_path.iterdir())
+
+
+def test_streamed_blocks_carry_uneven_chunks_and_a_gap_or_short_stream_is_refused():
+    chunks = [bytes([n]) * psi.POINT_BYTES * rows for n, rows in enumerate([3, 70_000, 0, 5])]
+    blocks = list(codec.stream_fixed_blocks(iter(chunks), psi.POINT_BYTES, 70_008, "job-1"))
+    assert all(len(b.data) <= codec.BLOCK_BYTES and b.total == 70_008 for b in blocks) and len(blocks) == 4
+    count, data = codec.read_fixed_blocks(iter(blocks), psi.POINT_BYTES)
+    assert count == 70_008 and b"".join(data) == b"".join(chunks)
+    with pytest.raises(ProtocolError, match="malformed block stream"):
+        b"".join(codec.read_fixed_blocks(iter([blocks[0], blocks[2]]), psi.POINT_BYTES)[1])
+    with pytest.raises(ProtocolError, match="stream ended after 65539 of 70008 values"):
+        b"".join(codec.read_fixed_blocks(iter(blocks[:2]), psi.POINT_BYTES)[1])
+    with pytest.raises(ProtocolError, match="an empty stream"):
+        codec.read_fixed_blocks(iter([]), psi.POINT_BYTES)
