@@ -223,10 +223,8 @@ class CardCenterAlignment(PsiParty):
             asked = helpers.submit(self._partner_reblinds, partner, mine, mine_runs, stop)
             try:
                 for chunk in theirs.chunks(self.chunk_rows, stop):
-                    if asked.done() and asked.exception() is not None:
-                        break
                     theirs_runs.add(self.reblind_chunk(chunk))
-                asked.result()      # what went wrong re-blinding my list, if anything
+                asked.result()      # what went wrong re-blinding my list, if anything (it stops the rest)
                 received.result()
             except BaseException:
                 stop.set()
@@ -254,16 +252,20 @@ class CardCenterAlignment(PsiParty):
                 yield chunk
 
         answered = 0
-        for chunk in partner.reblind(paced(), self.table.rows):
-            if stop.is_set():
-                return
-            runs.add(chunk)
-            if runs.count > self.table.rows:
-                raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
-            answered += len(chunk) // psi.POINT_BYTES
-            while sent and answered >= sent[0]:
-                answered -= sent.popleft()
-                in_flight.release()
+        try:
+            for chunk in partner.reblind(paced(), self.table.rows):
+                if stop.is_set():
+                    return
+                runs.add(chunk)
+                if runs.count > self.table.rows:
+                    raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
+                answered += len(chunk) // psi.POINT_BYTES
+                while sent and answered >= sent[0]:
+                    answered -= sent.popleft()
+                    in_flight.release()
+        except BaseException:
+            stop.set()      # a refusal (say, of the set's size) ends the rest of the alignment at once
+            raise
 
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
         stop = threading.Event()
