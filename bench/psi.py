@@ -2,6 +2,11 @@
 
     python bench/psi.py --rows 1000000 [--overlap 0.8] [--workers 0] [--smoke]
     python bench/psi.py --rows 10000000     # bounded memory: each daemon under 2 GiB
+    python bench/psi.py --rows 10000000 --spill-only
+
+`--spill-only` times the card center's spill alone, in this process and
+without crypto: random 32-byte values for both lists (80 % shared) written
+to sorted runs and merged, with the traced peak memory.
 
 Writes two CSVs (a card center and a partner, `--overlap` of the ids shared),
 starts both daemons and a coordinator on loopback, runs the job's alignment
@@ -18,12 +23,14 @@ import argparse
 import os
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fedscore.proctable import descendants
+from fedscore.protocol.spill import DEFAULT_RUN_ROWS, MINE, THEIRS, RunWriter, intersect_runs
 
 from common import parse_with_smoke, peak_mib, run_through_daemons, two_party_job
 from figures import Figure, print_figures
@@ -79,13 +86,48 @@ def daemon_peaks() -> dict[str, float]:
     return peaks
 
 
+def spill_only(rows: int) -> None:
+    """Sorted runs and their merge for two lists of ``rows`` random values: time and traced peak memory."""
+    rng = np.random.default_rng(0)
+    chunk = 1 << 18
+    with tempfile.TemporaryDirectory(prefix="fedscore-spill-") as tmp:
+        folder = Path(tmp)
+        tracemalloc.start()
+        started = time.perf_counter()
+        writers = [RunWriter(folder, side, DEFAULT_RUN_ROWS) for side in (MINE, THEIRS)]
+        shared = 0
+        for start in range(0, rows, chunk):
+            count = min(chunk, rows - start)
+            mine, theirs = rng.bytes(32 * count), bytearray(rng.bytes(32 * count))
+            common = count * 8 // 10
+            theirs[: 32 * common] = mine[: 32 * common]
+            shared += common
+            writers[0].add(mine)
+            writers[1].add(bytes(theirs))
+        runs = writers[0].close() + writers[1].close()
+        written = time.perf_counter() - started
+        positions = intersect_runs(runs, folder, rows, DEFAULT_RUN_ROWS)
+        merged = time.perf_counter() - started - written
+        peak = tracemalloc.get_traced_memory()[1]
+        disk = sum(run.stat().st_size for run in runs)
+    assert np.count_nonzero(positions >= 0) == shared
+    print(f"spill of 2 × {rows} values: runs written in {written:.1f} s (with making the values), merged in "
+          f"{merged:.1f} s; {len(runs)} runs, {disk / 1e6:.0f} MB on disk; traced peak {peak / 2**20:.0f} MiB, "
+          f"of which {positions.nbytes / 2**20:.0f} MiB the positions array (8 B per own id)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="ids per party")
     parser.add_argument("--overlap", type=float, default=0.8)
     parser.add_argument("--workers", type=int, default=0, help="crypto processes per party (0 = every core)")
     parser.add_argument("--key-bits", type=int, default=2048)
+    parser.add_argument("--spill-only", action="store_true",
+                        help="time the card center's sorted runs and merge alone, without crypto or daemons")
     args = parse_with_smoke(parser, "2 000 ids a party, 512-bit keys: seconds", rows=2000, key_bits=512)
+    if args.spill_only:
+        spill_only(args.rows)
+        return
 
     with tempfile.TemporaryDirectory(prefix="fedscore-psi-") as tmp:
         folder = Path(tmp)
