@@ -71,10 +71,8 @@ class RunWriter:
         values = np.frombuffer(packed, dtype=f"S{POINT_BYTES}")
         taken = 0
         while taken < len(values):
-            if not len(self._buffer):
-                self._buffer = np.empty(self.run_rows, dtype=RECORD)
-                self._buffer["side"] = self.side
             room = min(self.run_rows - self._filled, len(values) - taken)
+            self._grow(self._filled + room)
             block = self._buffer[self._filled : self._filled + room]
             block["value"] = values[taken : taken + room]
             block["position"] = np.arange(self.count, self.count + room)
@@ -83,6 +81,15 @@ class RunWriter:
             taken += room
             if self._filled == self.run_rows:
                 self._write()
+
+    def _grow(self, rows: int) -> None:
+        """Room for ``rows`` records: the buffer doubles up to a run, so a short list takes little memory."""
+        if len(self._buffer) >= rows:
+            return
+        grown = np.empty(min(self.run_rows, max(rows, 2 * len(self._buffer))), dtype=RECORD)
+        grown[: self._filled] = self._buffer[: self._filled]
+        grown["side"] = self.side
+        self._buffer = grown
 
     def close(self) -> list[Path]:
         """Write what is left; the runs written, each sorted by value."""
