@@ -26,15 +26,19 @@ class Wire:
         self.partner, self.sent = partner, sent
 
     def blinded_ids(self):
-        out = self.partner.blinded_ids()
-        self.sent["partner"].append(out)
-        return out
+        for chunk in self.partner.blinded_ids():
+            self.sent["partner"].append(chunk)
+            yield chunk
 
-    def reblind(self, points):
-        self.sent["card_center"].append(points)
-        out = self.partner.reblind(points)
-        self.sent["partner"].append(out)
-        return out
+    def reblind(self, points, count):
+        def recorded(chunks):
+            for chunk in chunks:
+                self.sent["card_center"].append(chunk)
+                yield chunk
+
+        for chunk in self.partner.reblind(recorded(points), count):
+            self.sent["partner"].append(chunk)
+            yield chunk
 
     def accept(self, positions):
         self.sent["card_center"].append(np.asarray(positions, dtype="<u8").tobytes())

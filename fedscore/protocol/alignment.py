@@ -24,13 +24,23 @@ C chooses the set it sends: padded with guessed ids, it would learn which
 guesses are the partner's customers. A partner re-blinds at most
 ``max_set_ratio`` times its own count of ids, and the count C sent goes on
 the chain.
+
+Neither party holds a whole list in memory: ids are blinded ``chunk_rows`` at
+a time and stream as they are ready, and the card center spills the doubly
+blinded values to sorted runs on disk and intersects them by a merge
+(fedscore.protocol.spill), so its memory does not grow with a partner's list.
 """
 from __future__ import annotations
 
+import queue
 import secrets
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +49,13 @@ from fedscore.crypto.pool import CryptoPool
 from fedscore.errors import ConfigError, DataError, ProtocolError
 from fedscore.model.data import PartyTable
 from fedscore.protocol.ports import PartnerPsiHandle
+from fedscore.protocol.spill import (
+    DEFAULT_RUN_ROWS, MINE, THEIRS, GrowingFile, RunWriter, SpillFolder, intersect_runs,
+)
 from fedscore.protocol.training.fanout import call_each
+
+DEFAULT_CHUNK_ROWS = 1 << 18   # ids blinded per call of the pool: 8 MiB of points, a few seconds of work
+REBLIND_WINDOW = 2             # chunks of mine a partner holds at once while it re-blinds them
 
 
 def psi_domain(job_id: str) -> bytes:
@@ -47,8 +63,47 @@ def psi_domain(job_id: str) -> bytes:
     return b"fedscore/psi/v1/" + job_id.encode("utf-8") + b"/"
 
 
+def read_ahead(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """``chunks``, produced up to ``depth`` ahead in a thread of their own: whoever makes them (this party's
+    blinding, a peer's stream) goes on while the reader works on the last. Memory: ``depth`` chunks."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    finished, abandoned = object(), threading.Event()
+
+    def hand_over(item: object) -> bool:
+        while not abandoned.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(chunks)
+        try:
+            for chunk in source:
+                if not hand_over(chunk):
+                    return
+            hand_over(finished)
+        except BaseException as error:   # the reader raises it
+            hand_over(error)
+        finally:
+            getattr(source, "close", lambda: None)()
+
+    threading.Thread(target=produce, name="psi-read-ahead", daemon=True).start()
+    try:
+        while (item := slots.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        abandoned.set()
+
+
 class PsiParty:
     """One party's side: its secret scalar and its ids in a private random order."""
+
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
 
     def __init__(self, party: str, table: PartyTable, job_id: str, pool: CryptoPool):
         self.party = party
@@ -59,11 +114,15 @@ class PsiParty:
         # position i of what this party sends is table row self.order[i]
         self.order = np.random.default_rng(secrets.randbits(128)).permutation(table.rows)
 
-    def blinded_ids(self) -> bytes:
-        """X25519(k, H(id)) for every row, in this party's shuffled order, packed."""
-        return self.pool.hash_and_blind(self._secret, self.domain, self.table.ids[self.order].tolist())
+    def blinded_chunks(self, stop: threading.Event | None = None) -> Iterator[bytes]:
+        """X25519(k, H(id)) for every row, in this party's shuffled order, packed, ``chunk_rows`` ids at a time."""
+        for start in range(0, self.table.rows, self.chunk_rows):
+            if stop is not None and stop.is_set():
+                return
+            rows = self.order[start : start + self.chunk_rows]
+            yield self.pool.hash_and_blind(self._secret, self.domain, self.table.ids[rows].tolist())
 
-    def reblind(self, points: bytes) -> bytes:
+    def reblind_chunk(self, points: bytes) -> bytes:
         """X25519(k, P) for each point another party sent, in its order."""
         return self.pool.blind(self._secret, points)
 
@@ -85,13 +144,19 @@ class PartnerAlignment(PsiParty):
             raise ProtocolError(f"{self.party}: {what} was already answered in this job")
         self._answered = self._answered | {what}
 
-    def blinded_ids(self) -> bytes:
+    def blinded_ids(self) -> Iterator[bytes]:
+        """This party's blinded ids, chunk by chunk as they are ready (once a job)."""
         self._once("blinded ids")
-        return super().blinded_ids()
+        return read_ahead(self.blinded_chunks())   # the next chunks are blinded while one is on the wire
 
-    def reblind(self, points: bytes) -> bytes:
+    def reblind(self, points: bytes | Iterable[bytes], count: int | None = None) -> Iterator[bytes]:
+        """The card center's ``count`` points re-blinded, chunk by chunk as they arrive (once a job); the count
+        is checked against ``max_set_ratio`` before any point is re-blinded."""
         self._once("re-blinding")
-        count = len(points) // psi.POINT_BYTES
+        if isinstance(points, bytes):
+            points, count = [points], len(points) // psi.POINT_BYTES
+        if count is None:
+            raise ValueError("reblind needs the count of a stream of points")
         if self.max_set_ratio is not None and count > self.max_set_ratio * self.table.rows:
             raise ConfigError(
                 f"{self.party}: the card center sent {count} ids to intersect with this party's {self.table.rows}, "
@@ -100,7 +165,17 @@ class PartnerAlignment(PsiParty):
                 f"party's customers. Raise max_set_ratio in [party] to take it"
             )
         self.card_center_ids = count
-        return super().reblind(points)
+        return self._reblinded(points, count)
+
+    def _reblinded(self, points: Iterable[bytes], count: int) -> Iterator[bytes]:
+        done = 0
+        for chunk in points:    # each piece as it comes: the card center sends more once answered
+            done += len(chunk) // psi.POINT_BYTES
+            if done > count:
+                raise ProtocolError(f"{self.party}: the card center sent more than the {count} ids it announced")
+            yield self.reblind_chunk(chunk)
+        if done != count:
+            raise ProtocolError(f"{self.party}: the card center sent {done} of the {count} ids it announced")
 
     def accept(self, positions: np.ndarray) -> np.ndarray:
         """Table rows to train on, in id order, from positions in the list this party sent."""
@@ -125,31 +200,88 @@ class Alignment:
 
 
 class CardCenterAlignment(PsiParty):
-    """The card center's side: runs PSI with every partner and fixes the training rows."""
+    """The card center's side: runs PSI with every partner and fixes the training rows.
 
-    def match(self, partner: PartnerPsiHandle, mine: Future) -> np.ndarray:
+    The doubly-blinded lists go to sorted runs of ``run_rows`` values in a temporary folder under
+    ``spill_parent`` (a daemon: the job's folder; None: the system's temporary folder), removed afterwards.
+    """
+
+    spill_parent: Path | None = None
+    run_rows: int = DEFAULT_RUN_ROWS
+
+    def match(self, partner: PartnerPsiHandle, mine: GrowingFile, folder: Path, stop: threading.Event) -> np.ndarray:
         """For each position in my list, the partner's position of the same id, or -1.
 
-        The partner re-blinds my list while I re-blind its list: both sides work at once.
+        The partner's blinded list goes to disk as it arrives and I re-blind it from there, while the partner
+        re-blinds my list as I blind it: both sides work at once, and both doubly-blinded lists go to sorted
+        runs in ``folder``.
         """
-        theirs = partner.blinded_ids()
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            mine_double_call = helper.submit(partner.reblind, mine.result())
-            theirs_double = np.frombuffer(self.reblind(theirs), dtype=f"S{psi.POINT_BYTES}")
-            mine_double = np.frombuffer(mine_double_call.result(), dtype=f"S{psi.POINT_BYTES}")
-        if len(mine_double) != self.table.rows:
-            raise ProtocolError(f"partner re-blinded {len(mine_double)} ids, {self.table.rows} were sent")
-        if len(np.unique(mine_double)) != len(mine_double) or len(np.unique(theirs_double)) != len(theirs_double):
-            raise ProtocolError("a blinded id repeats: the partner's answer is not a set of distinct ids")
-        _, at_mine, at_theirs = np.intersect1d(mine_double, theirs_double, assume_unique=True, return_indices=True)
-        positions = np.full(self.table.rows, -1, dtype=np.int64)
-        positions[at_mine] = at_theirs
-        return positions
+        theirs = GrowingFile(folder / "theirs.bin")
+        mine_runs, theirs_runs = RunWriter(folder, MINE, self.run_rows), RunWriter(folder, THEIRS, self.run_rows)
+        with ThreadPoolExecutor(max_workers=2) as helpers:
+            received = helpers.submit(theirs.fill_from, partner.blinded_ids(), stop)
+            asked = helpers.submit(self._partner_reblinds, partner, mine, mine_runs, stop)
+            try:
+                for chunk in theirs.chunks(self.chunk_rows, stop):
+                    theirs_runs.add(self.reblind_chunk(chunk))
+                asked.result()      # what went wrong re-blinding my list, if anything (it stops the rest)
+                received.result()
+            except BaseException:
+                stop.set()
+                raise
+        if stop.is_set():
+            raise ProtocolError("the alignment stopped: another partner's failed")
+        if mine_runs.count != self.table.rows:
+            raise ProtocolError(f"partner re-blinded {mine_runs.count} ids, {self.table.rows} were sent")
+        return intersect_runs(mine_runs.close() + theirs_runs.close(), folder, self.table.rows, self.run_rows)
+
+    def _partner_reblinds(
+        self, partner: PartnerPsiHandle, mine: GrowingFile, runs: RunWriter, stop: threading.Event
+    ) -> None:
+        """My list to the partner as it is blinded, REBLIND_WINDOW chunks ahead of its answers (the partner
+        never holds more), and its re-blinded answer into sorted runs."""
+        in_flight = threading.Semaphore(REBLIND_WINDOW)
+        sent: deque[int] = deque()      # points in each chunk sent and not answered yet
+
+        def paced() -> Iterator[bytes]:
+            for chunk in mine.chunks(self.chunk_rows, stop):
+                while not in_flight.acquire(timeout=1.0):
+                    if stop.is_set():
+                        return
+                sent.append(len(chunk) // psi.POINT_BYTES)
+                yield chunk
+
+        answered = 0
+        try:
+            for chunk in partner.reblind(paced(), self.table.rows):
+                if stop.is_set():
+                    return
+                runs.add(chunk)
+                if runs.count > self.table.rows:
+                    raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
+                answered += len(chunk) // psi.POINT_BYTES
+                while sent and answered >= sent[0]:
+                    answered -= sent.popleft()
+                    in_flight.release()
+        except BaseException:
+            stop.set()      # a refusal (say, of the set's size) ends the rest of the alignment at once
+            raise
 
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
-        with ThreadPoolExecutor(max_workers=1) as helper:
-            mine = helper.submit(self.blinded_ids)  # while the partners blind theirs
-            matches = call_each(partners, lambda name, p: self.match(p, mine), "partner")
+        stop = threading.Event()
+        with SpillFolder(self.spill_parent) as folder:
+            mine = GrowingFile(folder / "mine.bin")     # each partner reads it as it grows
+            with ThreadPoolExecutor(max_workers=1) as helper:
+                blinding = helper.submit(mine.fill_from, self.blinded_chunks(stop), stop)
+                try:
+                    matches = call_each(
+                        partners, lambda name, p: self.match(p, mine, Path(tempfile.mkdtemp(dir=folder)), stop),
+                        "partner",
+                    )
+                    blinding.result()
+                except BaseException:
+                    stop.set()
+                    raise
         overlaps = {name: int(np.count_nonzero(found >= 0)) for name, found in matches.items()}
         for name, count in overlaps.items():
             if count < min_overlap:

@@ -13,7 +13,7 @@ Who holds which handle:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
@@ -64,10 +64,11 @@ class PartnerTrainingHandle(Protocol):
 
 
 class PartnerPsiHandle(Protocol):
-    """How the card center reaches a partner's alignment."""
+    """How the card center reaches a partner's alignment: lists of packed points stream in chunks, so neither
+    side holds a whole list."""
 
-    def blinded_ids(self) -> bytes: ...
-    def reblind(self, points: bytes) -> bytes: ...
+    def blinded_ids(self) -> Iterable[bytes]: ...
+    def reblind(self, points: Iterable[bytes], count: int) -> Iterable[bytes]: ...
     def accept(self, positions: np.ndarray) -> object: ...
 
 

@@ -8,6 +8,7 @@ checks every ciphertext is a unit modulo n² (0 < c < n², gcd(c, n) = 1).
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, fields
 
@@ -196,29 +197,52 @@ def fixed_blocks(data: bytes, width: int, job_id: str) -> Iterator[pb.FixedBlock
         )
 
 
-def join_fixed_blocks(blocks: Iterable[pb.FixedBlock], width: int) -> bytes:
-    """Reassemble a FixedBlock stream, refusing wrong widths, gaps and oversize totals."""
-    parts: list[bytes] = []
+def stream_fixed_blocks(chunks: Iterable[bytes], width: int, total: int, job_id: str) -> Iterator[pb.FixedBlock]:
+    """Stream ``total`` fixed-width values arriving in chunks of any size, in blocks of at most BLOCK_BYTES,
+    each sent as soon as it is ready."""
+    per_block = max(1, BLOCK_BYTES // width) * width
+    offset = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), per_block):
+            data = chunk[start : start + per_block]
+            yield pb.FixedBlock(job_id=job_id, width=width, offset=offset, total=total, data=data)
+            offset += len(data) // width
+    if offset == 0:
+        yield pb.FixedBlock(job_id=job_id, width=width, offset=0, total=total, data=b"")
+
+
+def read_fixed_blocks(blocks: Iterable[pb.FixedBlock], width: int) -> tuple[int, Iterator[bytes]]:
+    """(the announced count, each block's data as it arrives) of a FixedBlock stream, refusing wrong widths,
+    gaps and oversize totals block by block."""
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        raise ProtocolError("an empty stream where values were expected")
+    if first.width != width:
+        raise ProtocolError(f"values of {first.width} bytes where {width} were expected")
+    if first.total > MAX_VECTOR:
+        raise ProtocolError(f"a vector of {first.total} values is over the limit of {MAX_VECTOR}")
+    return first.total, _checked_blocks(itertools.chain([first], blocks), width, first.total)
+
+
+def _checked_blocks(blocks: Iterator[pb.FixedBlock], width: int, total: int) -> Iterator[bytes]:
     received = 0
-    total = None
     for block in blocks:
         if block.width != width:
             raise ProtocolError(f"values of {block.width} bytes where {width} were expected")
-        if total is None:
-            total = block.total
-            if total > MAX_VECTOR:
-                raise ProtocolError(f"a vector of {total} values is over the limit of {MAX_VECTOR}")
         if block.total != total or block.offset != received or len(block.data) % width:
             raise ProtocolError("malformed block stream (offsets, totals or lengths disagree)")
         received += len(block.data) // width
         if received > total:
             raise ProtocolError(f"more than the announced {total} values")
-        parts.append(block.data)
-    if total is None:
-        raise ProtocolError("an empty stream where values were expected")
+        yield block.data
     if received != total:
         raise ProtocolError(f"stream ended after {received} of {total} values")
-    return b"".join(parts)
+
+
+def join_fixed_blocks(blocks: Iterable[pb.FixedBlock], width: int) -> bytes:
+    """Reassemble a FixedBlock stream, refusing wrong widths, gaps and oversize totals."""
+    return b"".join(read_fixed_blocks(blocks, width)[1])
 
 
 def words(data: bytes) -> np.ndarray:

@@ -2,6 +2,7 @@
 set intersection, fedscore.protocol.alignment) when the coordinator asks; a partner answers it."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -53,7 +54,9 @@ class Alignment:
     def align(self, request: pb.AlignRequest) -> pb.AlignReply:
         job = self.jobs.get(request.job_id)
         handles = {name: client.alignment for name, client in job.partners.items()}
-        result = self._open(job, CardCenterAlignment).align(handles, int(request.min_overlap))
+        aligner = self._open(job, CardCenterAlignment)
+        aligner.spill_parent = self.jobs.job_dir(job.job_id)   # the sorted runs of the intersection, removed after
+        result = aligner.align(handles, int(request.min_overlap))
         job.aligned_rows = result.rows
         facts = job.ledger.rules.facts
         facts.aligned_rows, facts.overlaps = result.aligned_rows, dict(result.overlaps)
@@ -74,19 +77,21 @@ class Alignment:
         require_card_center(context, job, self.label)
         return job, self._open(job, PartnerAlignment)
 
-    def blinded_ids(self, request: pb.JobRef, context: grpc.ServicerContext) -> list[pb.FixedBlock]:
+    def blinded_ids(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.FixedBlock]:
+        """This partner's blinded ids, each block sent as soon as its chunk is blinded."""
         _, aligner = self._partner_side(request.job_id, context)
-        return list(codec.fixed_blocks(aligner.blinded_ids(), psi.POINT_BYTES, request.job_id))
+        yield from codec.stream_fixed_blocks(aligner.blinded_ids(), psi.POINT_BYTES, aligner.table.rows, request.job_id)
 
-    def reblind(self, requests, context: grpc.ServicerContext) -> list[pb.FixedBlock]:
+    def reblind(self, requests, context: grpc.ServicerContext) -> Iterator[pb.FixedBlock]:
+        """The card center's points re-blinded chunk by chunk while they still arrive."""
         first = next(requests, None)
         if first is None:
             raise ProtocolError(f"{self.label}: empty re-blinding stream")
         job, aligner = self._partner_side(first.job_id, context)
-        points = codec.join_fixed_blocks(chain([first], requests), psi.POINT_BYTES)
-        reblinded = aligner.reblind(points)   # refuses a card center's set too large for this party's policy
+        count, points = codec.read_fixed_blocks(chain([first], requests), psi.POINT_BYTES)
+        reblinded = aligner.reblind(points, count)   # refuses a card center's set too large for this party's policy
         job.ledger.rules.facts.card_center_ids = aligner.card_center_ids
-        return list(codec.fixed_blocks(reblinded, psi.POINT_BYTES, first.job_id))
+        yield from codec.stream_fixed_blocks(reblinded, psi.POINT_BYTES, count, first.job_id)
 
     def accept(self, request: pb.FixedBlock, context: grpc.ServicerContext) -> pb.Empty:
         job, aligner = self._partner_side(request.job_id, context)

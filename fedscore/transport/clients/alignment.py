@@ -3,6 +3,10 @@ center runs private set intersection with each partner (an AlignmentClient is th
 fedscore.protocol.ports)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
 import numpy as np
 
 from fedscore.crypto import psi
@@ -25,12 +29,26 @@ class AlignmentClient(ServiceClient):
         """Coordinator -> card center: intersect with every partner."""
         return self._call("Align", pb.AlignRequest(job_id=self.job_id, min_overlap=min_overlap))
 
-    def blinded_ids(self) -> bytes:
-        return self._fixed_stream("PsiBlindedIds", pb.JobRef(job_id=self.job_id), psi.POINT_BYTES)
+    def blinded_ids(self) -> Iterator[bytes]:
+        """The partner's blinded ids, block by block as it sends them."""
+        return self._points("PsiBlindedIds", pb.JobRef(job_id=self.job_id))
 
-    def reblind(self, points: bytes) -> bytes:
-        blocks = codec.fixed_blocks(points, psi.POINT_BYTES, self.job_id)
-        return self._fixed_stream("PsiReblind", blocks, psi.POINT_BYTES)
+    def reblind(self, points: Iterable[bytes], count: int) -> Iterator[bytes]:
+        """``count`` points sent as they are read, their re-blinded values read as the partner answers."""
+        blocks = codec.stream_fixed_blocks(points, psi.POINT_BYTES, count, self.job_id)
+        return self._points("PsiReblind", blocks)
+
+    def _points(self, method: str, request: Any) -> Iterator[bytes]:
+        """A call answered by a stream of points, read as it arrives; the call is cancelled if the reader stops
+        early."""
+        timeout = self.peer.timeout
+        call = getattr(self._stub, method)(request, timeout=timeout)
+        try:
+            yield from codec.read_fixed_blocks(call, psi.POINT_BYTES)[1]
+        except grpc.RpcError as error:
+            raise self.peer.error(error, timeout) from None
+        finally:
+            call.cancel()
 
     def accept(self, positions: np.ndarray) -> None:
         data = np.asarray(positions, dtype="<u8").tobytes()
