@@ -240,11 +240,17 @@ class CardCenterScorer:
                 results[i] = error
         if admitted:
             answers = self.ask_partners_batch([a for _, a in admitted])
-            for (i, one), (scores, replies) in zip(admitted, answers):
-                try:
-                    results[i] = self._answer(one, scores, replies)
-                except FedscoreError as error:   # not recorded (the model is closing): not answered either
+            made = [self._result(one, scores) for (_, one), (scores, _) in zip(admitted, answers)]
+            try:
+                self._journal([entry for _, entry in made])   # the batch's entries at once: one write
+            except FedscoreError as error:   # not recorded (the model is closing): not answered either
+                for i, _ in admitted:
                     results[i] = error
+                return results   # type: ignore[return-value]
+            for (i, one), (scores, replies), (result, _) in zip(admitted, answers, made):
+                if self.scoring_log is not None:
+                    self.scoring_log.record(one.request_id, result, one.values, replies)
+                results[i] = Scored(one.request_id, result, scores)
         return results   # type: ignore[return-value]  # every slot is filled above
 
     def _admit(self, applicant_id: str, features: Mapping[str, object], consent: str) -> _Admitted:
@@ -263,6 +269,14 @@ class CardCenterScorer:
 
     def _answer(self, admitted: _Admitted, scores: dict[str, float | None], replies: dict[str, PartnerReply]) -> Scored:
         """The answer from the partners' scores, its entry journalled for the chain before it is returned."""
+        result, entry = self._result(admitted, scores)
+        self._journal([entry])
+        if self.scoring_log is not None:
+            self.scoring_log.record(admitted.request_id, result, admitted.values, replies)
+        return Scored(admitted.request_id, result, scores)
+
+    def _result(self, admitted: _Admitted, scores: dict[str, float | None]) -> tuple[Answer, dict]:
+        """The answer from the partners' scores, and the request's chain entry."""
         result = center_answer(self.model, admitted.values, scores, admitted.base, self.policy, self.partner_wording)
         marks = {
             name: {"tag": tag, "mark": mark(self.facts.pair_keys[name], tag, scores[name] is not None)}
@@ -272,26 +286,24 @@ class CardCenterScorer:
             admitted.request_id, now_ms(), self.secrets.salted_applicant(admitted.applicant_id),
             self.secrets.seal_consent(admitted.token.to_text()), admitted.token.digest(), marks,
         )
-        self._journal(entry)
-        if self.scoring_log is not None:
-            self.scoring_log.record(admitted.request_id, result, admitted.values, replies)
-        return Scored(admitted.request_id, result, scores)
+        return result, entry
 
     def record_verification(self, entry: dict) -> None:
         """Journal a `verification` entry (fedscore.protocol.scoring.verification) before it is acknowledged;
         the batcher puts it on the chain with the scoring entries."""
-        self._journal(entry)
+        self._journal([entry])
 
-    def _journal(self, entry: dict) -> None:
-        """An entry this card center made, on disk before it is answered for, then pending for the chain and
+    def _journal(self, entries: list[dict]) -> None:
+        """Entries this card center made, on disk before they are answered for, then pending for the chain and
         known as its own (it signs only entries it made)."""
+        digests = [(entry_id(entry), entry_digest(entry)) for entry in entries]
 
         def remember() -> None:
             with self._lock:
-                self.facts.answered[entry_id(entry)] = entry_digest(entry)
-                self.pending.append(entry)
+                self.facts.answered.update(digests)
+                self.pending.extend(entries)
 
-        self.journal.append(entry, before=remember)
+        self.journal.append_many(entries, before=remember)
 
     def take_pending(self, limit: int) -> list[dict]:
         with self._lock:

@@ -73,6 +73,17 @@ class Journal:
             self._handle.write(line)
             self._handle.flush()
 
+    def append_many(self, records: list[dict], before: Callable[[], None] | None = None) -> None:
+        """`append` for several records (a batch's), written and flushed at once."""
+        lines = "".join(json_line(record) for record in records)
+        with self.lock:
+            if self._handle.closed:
+                raise ProtocolError(f"{self.path.name}: the model is closing; requests not recorded")
+            if before is not None:
+                before()
+            self._handle.write(lines)
+            self._handle.flush()
+
     def keep_only(self, keep: Callable[[dict], bool]) -> list[dict]:
         """Rewrite the journal with only the records ``keep`` accepts (those not on the chain yet); returns them."""
         with self.lock:
