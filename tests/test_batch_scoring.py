@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from fedscore.job_file import load_job, load_scoring
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.proto import fedscore_pb2 as pb
-from fedscore.transport.clients.scoring import ScoringClient
+from fedscore.transport.clients.scoring import PartialScoreSender, ScoringClient
 from fedscore.transport.tls import TlsIdentity
 
 from test_scoring_daemons import expected_answers, tls_socket, trained  # noqa: F401  (trained: the fixture)
@@ -149,3 +151,38 @@ def test_the_https_batch_endpoint_answers_each_applicant_and_refuses_what_it_mus
         assert {results[k]["request_id"] for k in (0, 1, 3, 5)} <= on_chain
         client.close_scoring(job_id)
         client.close()
+
+
+class RecordingPartner:
+    """A partner's scoring client that records each call's items; the first call waits until released, so
+    that what is submitted meanwhile queues up."""
+
+    def __init__(self):
+        self.peer = type("Peer", (), {"name": "bureau", "label": "partner 'bureau'", "address": "-"})()
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+
+    def partial_scores(self, items, timeout):
+        self.calls.append([item.tag for item in items])
+        if len(self.calls) == 1:
+            self.release.wait(10)
+        return [pb.PartialScoreResult(known=True, partial_score=float(len(item.tag))) for item in items]
+
+
+def test_a_batch_goes_to_a_partner_in_one_call_never_split_and_may_share_it_with_others():
+    partner = RecordingPartner()
+    sender = PartialScoreSender(partner)
+    try:
+        first = sender.submit(pb.PartialScoreItem(tag="first"), 5.0)
+        while not partner.calls:   # the first call is on the wire: the rest queue behind it
+            time.sleep(0.001)
+        big = sender.submit_many([pb.PartialScoreItem(tag=f"big-{k}") for k in range(PartialScoreSender.MAX_ITEMS + 88)], 5.0)
+        small = sender.submit_many([pb.PartialScoreItem(tag=f"small-{k}") for k in range(300)], 5.0)
+        single = sender.submit(pb.PartialScoreItem(tag="single"), 5.0)
+        partner.release.set()
+        answers = [f.result(5) for f in (first, *big, *small, single)]
+    finally:
+        sender.close()
+    assert answers[0] == 5.0 and answers[-1] == 6.0
+    assert [len(call) for call in partner.calls] == [1, PartialScoreSender.MAX_ITEMS + 88, 301]
+    assert partner.calls[2][:300] == [f"small-{k}" for k in range(300)] and partner.calls[2][300] == "single"
