@@ -1,6 +1,7 @@
 """Batch scoring through real daemons over mutual TLS: each applicant of a batch is scored as if it came alone
 (the same answer as a single call and as the offline model), gets its own chain entry at every member, and
-fails alone; too large a batch is refused whole; the HTTPS endpoint does the same."""
+fails alone; too large a batch is refused whole; the HTTPS endpoint does the same. And what keeps it fast:
+a batch reaches each partner in one call, and the chain's upkeep never makes a request wait for the disk."""
 from __future__ import annotations
 
 import http.client
@@ -16,10 +17,12 @@ import pytest
 from fedscore.cli.demo import SPLIT
 from fedscore.daemons.launcher import LocalConsortium
 from fedscore.errors import DataError
+from fedscore.files import read_json_lines
 from fedscore.job_file import load_job, load_scoring
 from fedscore.ledger.store import LedgerStore
 from fedscore.ledger.verify import verify_chain
 from fedscore.proto import fedscore_pb2 as pb
+from fedscore.protocol.scoring.journal import Journal
 from fedscore.transport.clients.scoring import PartialScoreSender, ScoringClient
 from fedscore.transport.tls import TlsIdentity
 
@@ -186,3 +189,24 @@ def test_a_batch_goes_to_a_partner_in_one_call_never_split_and_may_share_it_with
     assert answers[0] == 5.0 and answers[-1] == 6.0
     assert [len(call) for call in partner.calls] == [1, PartialScoreSender.MAX_ITEMS + 88, 301]
     assert partner.calls[2][:300] == [f"small-{k}" for k in range(300)] and partner.calls[2][300] == "single"
+
+
+def test_pruning_a_journal_keeps_requests_journalled_meanwhile_and_never_makes_them_wait_for_the_disk(tmp_path):
+    journal = Journal(tmp_path / "pending.jsonl")
+    for k in range(6):
+        journal.append({"request_id": f"r{k}", "on_chain": k % 2 == 0})
+    rewrite = journal._temporary
+
+    def slow_disk(data: bytes) -> str:   # while the pruned copy goes to disk, requests are journalled
+        assert not journal.lock.locked()
+        journal.append({"request_id": "late", "on_chain": True})   # kept although keep() would drop it
+        return rewrite(data)
+
+    journal._temporary = slow_disk
+    kept = journal.keep_only(lambda record: not record["on_chain"])
+    journal.append({"request_id": "after", "on_chain": False})
+    journal.close()
+    on_disk = [r["request_id"] for r in read_json_lines(tmp_path / "pending.jsonl")]
+    assert [r["request_id"] for r in kept] == ["r1", "r3", "r5", "late"]
+    assert on_disk == ["r1", "r3", "r5", "late", "after"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pending.jsonl"]   # no temporary file left behind
