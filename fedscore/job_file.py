@@ -133,6 +133,7 @@ class ScoringSettings:
     timeout_ms: float = 500.0          # a partner later than this is listed in partners_missing
     batch_entries: int = 500           # a scoring block when this many requests wait ...
     batch_seconds: float = 1.0         # ... or the oldest waited this long
+    max_batch_applicants: int = 300    # applicants one ScoreBatch call (or POST /v1/score/batch) may carry
     consent_issuers: tuple[str, ...] = ()   # hex Ed25519 keys; a local consortium's parties all trust these
     verifiers: tuple[tuple[str, str], ...] = ()   # (name, hex key): identity verifiers a local card center trusts
 
@@ -148,6 +149,9 @@ class ScoringSettings:
         if not 1 <= self.batch_entries <= 2_000 or not 0.01 <= self.batch_seconds <= 3600:
             # a block of 2 000 entries is about 2.5 MB: within any daemon's message limit (at least 4 MiB)
             raise ConfigError(f"{where}: batch_entries must be 1..2000 and batch_seconds 0.01..3600")
+        if isinstance(self.max_batch_applicants, bool) or not 1 <= self.max_batch_applicants <= 1_000:
+            # each partner is asked about a whole batch in one call, which carries at most 1 024 applicants
+            raise ConfigError(f"{where}: max_batch_applicants must be 1..1000, got {self.max_batch_applicants}")
         return self
 
     @classmethod
@@ -169,7 +173,7 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
     at = f"{where} [scoring]"
     refuse_unknown(
         table, {*POLICY_NUMBERS, "limit_basis", "limit_bands", "limit_step", "limit_cap", "timeout_ms",
-                "batch_entries", "batch_seconds", "consent_issuers", "verifiers"}, at,
+                "batch_entries", "batch_seconds", "max_batch_applicants", "consent_issuers", "verifiers"}, at,
     )
     defaults = ScoringPolicy()
     numbers = {name: float(take(table, name, (int, float), getattr(defaults, name), at)) for name in POLICY_NUMBERS}
@@ -204,6 +208,7 @@ def parse_scoring(document: dict[str, Any], where: str = "job file") -> ScoringS
         timeout_ms=float(take(table, "timeout_ms", (int, float), ScoringSettings.timeout_ms, at)),
         batch_entries=take(table, "batch_entries", int, ScoringSettings.batch_entries, at),
         batch_seconds=float(take(table, "batch_seconds", (int, float), ScoringSettings.batch_seconds, at)),
+        max_batch_applicants=take(table, "max_batch_applicants", int, ScoringSettings.max_batch_applicants, at),
         consent_issuers=tuple(i.lower() for i in issuers),
         verifiers=tuple(sorted((name, key.lower()) for name, key in verifiers.items())),
     )

@@ -104,6 +104,7 @@ ROLE_TABLE: Mapping[str, frozenset[Role]] = MappingProxyType({
     f"{_P}Scoring/SettleScoring": _SELF,
     f"{_P}Scoring/CloseScoring": _SELF | _CARD_CENTER,
     f"{_P}Scoring/RecordVerification": _SELF,   # the card center's verification system, with its certificate
+    f"{_P}Scoring/ScoreBatch": _SELF,
     # marketing audiences: the card center's marketing system (its certificate) asks its own daemon, which asks
     # the partner; the partner then checks the request names the caller as the card center (require)
     f"{_P}Audience/Handover": _SELF,

@@ -6,6 +6,10 @@
            "reasons": [...], "partners_missing": [...]}
       4xx/5xx {"error": "...", "error_class": "..."}: the status and class fedscore.errors gives the failure
       (e.g. 400 a malformed request, 403 a consent refused, 404 no such open model, 500 a bug)
+    POST /v1/score/batch   {"applicants": [{"applicant_id", "features", "consent"}, ...], "job_id": "<optional>"}
+      200 {"job_id", "results": [...]}: one result per applicant, in order: its answer as from /v1/score, or
+      {"error", "error_class", "status"} for that applicant alone (a consent refused, a malformed item);
+      4xx for the whole batch: too many applicants (max_batch_applicants, 300 unless set), none, not JSON
     POST /v1/verifications   {"applicant_id": "...", "method": "face-match", "time": <unix seconds>,
                               "verifier": "<name>", "signature": "<128 hex>", "evidence": {"<file>": "<sha-256 hex>"},
                               "job_id": "<optional>"}
@@ -13,7 +17,7 @@
       next block (fedscore.protocol.scoring.verification); 403 an untrusted verifier or a signature that fails
     GET  /v1/health  200 {"status": "ok", "models": [...]}
 
-It calls the same scoring host as the gRPC Score and RecordVerification methods; nothing else.
+It calls the same scoring host as the gRPC Score, ScoreBatch and RecordVerification methods; nothing else.
 Served over HTTPS with client certificates, like the gRPC port: a client
 must present the card center's own certificate to score (403 otherwise),
 any consortium certificate to read the health page. A connection gets a
@@ -34,10 +38,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from fedscore.daemons.http_gate import ConnectionGate, Link
 from fedscore.daemons.party.scoring import ScoringHost
 from fedscore.errors import AccessError, ConfigError, DataError, FedscoreError, InternalError
+from fedscore.protocol.scoring.card_center import Applicant
 from fedscore.transport.tls import TlsIdentity, certificate_subject_name
 
 log = logging.getLogger("fedscore.http")
 MAX_BODY = 64 * 1024
+MAX_BATCH_BODY = 4 * 1024 * 1024   # a batch of 1 000 applicants (the most max_batch_applicants allows) fits
 SOCKET_TIMEOUT = 10.0     # a client that stops sending mid-request is dropped after this
 
 
@@ -57,6 +63,13 @@ def answer_document(job_id: str, scored) -> dict:
 
 def score_document(host: ScoringHost, document: object) -> dict:
     """Check a JSON request's shape, then score it."""
+    job_id, applicant = read_request(document)
+    job_id, scored = host.score(job_id, applicant.applicant_id, applicant.features, applicant.consent)
+    return answer_document(job_id, scored)
+
+
+def read_request(document: object) -> tuple[str, Applicant]:
+    """One applicant's JSON request, its shape checked: the model named (or "") and the applicant."""
     if not isinstance(document, dict):
         raise DataError("the request must be a JSON object")
     unknown = sorted(set(document) - {"applicant_id", "features", "consent", "job_id"})
@@ -73,8 +86,34 @@ def score_document(host: ScoringHost, document: object) -> dict:
     job_id = document.get("job_id", "")
     if not isinstance(job_id, str):
         raise DataError("job_id must be a string")
-    job_id, scored = host.score(job_id, str(applicant), features, consent)
-    return answer_document(job_id, scored)
+    return job_id, Applicant(str(applicant), features, consent)
+
+
+def batch_document(host: ScoringHost, document: object) -> dict:
+    """Check a JSON batch's shape, then score each applicant; a malformed applicant is refused alone."""
+    if not isinstance(document, dict) or not isinstance(document.get("applicants"), list):
+        raise DataError('the batch must be a JSON object with "applicants", a list of requests as for /v1/score')
+    unknown = sorted(set(document) - {"applicants", "job_id"})
+    if unknown:
+        raise DataError(f"unknown field {unknown[0]!r} in the batch (expected applicants, job_id)")
+    job_id = document.get("job_id", "")
+    if not isinstance(job_id, str):
+        raise DataError("job_id must be a string")
+    batch: list[Applicant | FedscoreError] = []
+    for position, item in enumerate(document["applicants"], 1):
+        try:
+            named, applicant = read_request(item)
+            if named and named != job_id:
+                raise DataError(f"it names model {named!r}; a batch is scored with the batch's job_id alone")
+            batch.append(applicant)
+        except DataError as error:
+            batch.append(DataError(f"applicant {position} of the batch: {error}"))
+    job_id, results = host.score_batch(job_id, batch)
+    return {"job_id": job_id, "results": [
+        {**error_document(result)[1], "status": result.http_status} if isinstance(result, FedscoreError)
+        else answer_document(job_id, result)
+        for result in results
+    ]}
 
 
 VERIFICATION_FIELDS = ("applicant_id", "method", "time", "verifier", "signature", "evidence", "job_id")
@@ -110,7 +149,8 @@ def verification_document(host: ScoringHost, document: object) -> dict:
             "time_ms": entry["time_ms"]}
 
 
-ENDPOINTS = {"/v1/score": score_document, "/v1/verifications": verification_document}
+ENDPOINTS = {"/v1/score": score_document, "/v1/score/batch": batch_document, "/v1/verifications": verification_document}
+BODY_LIMITS = {"/v1/score/batch": MAX_BATCH_BODY}   # every other endpoint: MAX_BODY
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,8 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if not 0 < length <= MAX_BODY:
-            raise DataError(f"the body must be 1 to {MAX_BODY} bytes of JSON, with its Content-Length")
+        limit = BODY_LIMITS.get(self.path.rstrip("/"), MAX_BODY)
+        if not 0 < length <= limit:
+            raise DataError(f"the body must be 1 to {limit} bytes of JSON, with its Content-Length")
         try:
             body = self.rfile.read(length)
             self.request.request_read()
@@ -183,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         answer = ENDPOINTS.get(self.path.rstrip("/"))
         if answer is None:
-            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score or /v1/verifications"})
+            self._send(404, {"error": f"no such endpoint {self.path!r}; POST /v1/score, /v1/score/batch or /v1/verifications"})
             return
         try:
             self._check_caller()

@@ -1687,6 +1687,11 @@ class ScoringStub:
                 request_serializer=fedscore__pb2.RecordVerificationRequest.SerializeToString,
                 response_deserializer=fedscore__pb2.RecordVerificationReply.FromString,
                 _registered_method=True)
+        self.ScoreBatch = channel.unary_unary(
+                '/fedscore.v1.Scoring/ScoreBatch',
+                request_serializer=fedscore__pb2.ScoreBatchRequest.SerializeToString,
+                response_deserializer=fedscore__pb2.ScoreBatchReply.FromString,
+                _registered_method=True)
 
 
 class ScoringServicer:
@@ -1735,6 +1740,13 @@ class ScoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreBatch(self, request, context):
+        """card center: many applicants in one call, each with its own consent, chain entry and answer or refusal
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1767,6 +1779,11 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.RecordVerification,
                     request_deserializer=fedscore__pb2.RecordVerificationRequest.FromString,
                     response_serializer=fedscore__pb2.RecordVerificationReply.SerializeToString,
+            ),
+            'ScoreBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreBatch,
+                    request_deserializer=fedscore__pb2.ScoreBatchRequest.FromString,
+                    response_serializer=fedscore__pb2.ScoreBatchReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1932,6 +1949,33 @@ class Scoring:
             '/fedscore.v1.Scoring/RecordVerification',
             fedscore__pb2.RecordVerificationRequest.SerializeToString,
             fedscore__pb2.RecordVerificationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscore.v1.Scoring/ScoreBatch',
+            fedscore__pb2.ScoreBatchRequest.SerializeToString,
+            fedscore__pb2.ScoreBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

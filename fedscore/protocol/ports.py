@@ -77,3 +77,6 @@ class PartnerScorerHandle(Protocol):
     know the applicant."""
 
     def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future: ...
+    def ask_partial_scores(self, items: list[tuple[str, bytes, str]], timeout: float) -> list[Future]:
+        """A batch's (tag, digest, consent) items asked in one call; a future for each, in order."""
+        ...

@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 from fedscore.daemons.config import DaemonConfig, resolve_data_file
 from fedscore.job import JobSpec, check_job_id
 from fedscore.job_file import ScoringSettings
-from fedscore.errors import ConfigError, DataError, ProtocolError
+from fedscore.errors import ConfigError, DataError, FedscoreError, ProtocolError
 from fedscore.files import write_atomically
 from fedscore.ledger import identity
 from fedscore.ledger.block import decode_entry
@@ -33,7 +33,7 @@ from fedscore.model.model_file import PartyModel
 from fedscore.monitoring.scoring_log import LOG_FOLDER, ScoringLog, own_buckets
 from fedscore.protocol.training.fanout import call_each
 from fedscore.protocol.scoring.batcher import EntryBatcher
-from fedscore.protocol.scoring.card_center import CardCenterScorer, Scored
+from fedscore.protocol.scoring.card_center import Applicant, CardCenterScorer, Scored
 from fedscore.protocol.scoring.consent import ConsentPolicy, ConsentUses
 from fedscore.protocol.scoring.journal import Journal, now_ms
 from fedscore.protocol.scoring.partner import PartnerScorer
@@ -248,6 +248,7 @@ class ScoringHost:
                 model, settings.policy, peers, self.consent_policy(), secrets, facts, journal,
                 timeout=settings.timeout_ms / 1000, on_chain=member.rules.seen.requests.__contains__,
                 uses=self.consent_uses(), scoring_log=ScoringLog(folder / LOG_FOLDER, own_buckets(model, folder)),
+                max_batch=settings.max_batch_applicants,
             )
             sync = lambda: self._sync_partners(spec, member, peers, facts, scorer)   # noqa: E731
             sync()
@@ -329,6 +330,10 @@ class ScoringHost:
     def score(self, job_id: str, applicant_id: str, features: dict, consent: str) -> tuple[str, Scored]:
         served = self.card_center_model(job_id)
         return served.job_id, served.scorer.score(applicant_id, features, consent)
+
+    def score_batch(self, job_id: str, batch: list[Applicant | FedscoreError]) -> tuple[str, list[Scored | FedscoreError]]:
+        served = self.card_center_model(job_id)
+        return served.job_id, served.scorer.score_batch(batch)
 
     def record_verification(self, job_id: str, applicant_id: str, method: str, at: int, verifier: str,
                             signature: bytes, evidence: dict[str, str]) -> tuple[str, dict]:

@@ -32,7 +32,7 @@ from fedscore.errors import ConsentError, DataError, ProtocolError
 from fedscore.ledger import identity
 from fedscore.proto import fedscore_pb2 as pb
 from fedscore.proto import fedscore_pb2_grpc as pb_grpc
-from fedscore.transport import codec
+from fedscore.transport import codec, scoring_batch
 from fedscore.transport.rpc import servicer_errors
 
 
@@ -209,12 +209,10 @@ class ScoringServicer(_Servicer, pb_grpc.ScoringServicer):
 
     def Score(self, request, context):
         job_id, scored = self.domain.score(request.job_id, request.applicant_id, codec.request_features(request), request.consent)
-        result = scored.answer
-        return pb.ScoreReply(
-            request_id=scored.request_id, probability=result.probability, score=result.score,
-            decision=result.decision, credit_limit=result.credit_limit, reasons=list(result.reasons),
-            partners_missing=list(result.partners_missing), job_id=job_id,
-        )
+        return scoring_batch.score_reply(job_id, scored)
+
+    def ScoreBatch(self, request, context):
+        return scoring_batch.batch_reply(*self.domain.score_batch(request.job_id, scoring_batch.batch_applicants(request)))
 
     def PartialScore(self, request, context):
         if len(request.items) > MAX_PARTIAL_SCORES:

@@ -23,6 +23,7 @@ nor another model lets a consent be replayed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 import time
@@ -62,12 +63,7 @@ class ConsentToken:
     signature: bytes        # the applicant's signature over the consent message
 
     def to_text(self) -> str:
-        card_center, purpose = self.card_center.encode(), self.purpose.encode()
-        raw = (
-            bytes([VERSION]) + self.issuer + self.applicant_key + self.certificate + struct.pack(">q", self.issued_at)
-            + bytes([len(card_center)]) + card_center + bytes([len(purpose)]) + purpose + self.signature
-        )
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return _token_text(self)
 
     @classmethod
     def from_text(cls, text: str) -> "ConsentToken":
@@ -91,7 +87,24 @@ class ConsentToken:
 
     def digest(self) -> str:
         """What the chain records of the token in clear: its SHA-256 (the token itself goes encrypted)."""
-        return hashlib.sha256(self.to_text().encode("ascii")).hexdigest()
+        return _token_digest(self)
+
+
+# a request's token is written out and digested several times (its use count, its chain entry, its answer):
+# once each per token is enough
+@functools.lru_cache(maxsize=4096)
+def _token_text(token: ConsentToken) -> str:
+    card_center, purpose = token.card_center.encode(), token.purpose.encode()
+    raw = (
+        bytes([VERSION]) + token.issuer + token.applicant_key + token.certificate + struct.pack(">q", token.issued_at)
+        + bytes([len(card_center)]) + card_center + bytes([len(purpose)]) + purpose + token.signature
+    )
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_digest(token: ConsentToken) -> str:
+    return hashlib.sha256(_token_text(token).encode("ascii")).hexdigest()
 
 
 def certificate_message(digest: bytes, applicant_key: bytes) -> bytes:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fedscore.errors import ProtocolError
-from fedscore.files import cut_torn_tail, read_json_lines, write_atomically
+from fedscore.files import cut_torn_tail, read_json_lines
 
 log = logging.getLogger("fedscore.scoring")
 
@@ -43,6 +45,22 @@ def json_line(record: dict) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
 
 
+def _records(data: bytes, name: str) -> list[dict]:
+    """The records of whole JSON lines, as `read_json_lines` reads a file: one that is not a JSON object is
+    skipped with a warning."""
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif line.strip():
+            log.warning("%s: a line is not readable; skipped", name)
+    return records
+
+
 class Journal:
     """Records a daemon must not lose, one JSON line each, written before the request is answered.
 
@@ -56,6 +74,7 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
+        self._rewriting = threading.Lock()   # one rewrite at a time
         cut_torn_tail(path)
         self._handle = path.open("a", encoding="utf-8")
 
@@ -73,16 +92,62 @@ class Journal:
             self._handle.write(line)
             self._handle.flush()
 
-    def keep_only(self, keep: Callable[[dict], bool]) -> list[dict]:
-        """Rewrite the journal with only the records ``keep`` accepts (those not on the chain yet); returns them."""
+    def append_many(self, records: list[dict], before: Callable[[], None] | None = None) -> None:
+        """`append` for several records (a batch's), written and flushed at once."""
+        lines = "".join(json_line(record) for record in records)
         with self.lock:
-            self._handle.close()
+            if self._handle.closed:
+                raise ProtocolError(f"{self.path.name}: the model is closing; requests not recorded")
+            if before is not None:
+                before()
+            self._handle.write(lines)
+            self._handle.flush()
+
+    def keep_only(self, keep: Callable[[dict], bool]) -> list[dict]:
+        """Rewrite the journal with only the records ``keep`` accepts (those not on the chain yet); returns them.
+
+        The rewrite is flushed to disk, which takes milliseconds: it is done without the lock, so requests
+        are not kept waiting for the disk. Records journalled meanwhile are kept, whatever ``keep`` says:
+        they are copied to the new file, under the lock, just before it replaces the old one."""
+        with self._rewriting:
+            with self.lock:
+                if not self._handle.closed:
+                    self._handle.flush()
+                end = self.path.stat().st_size
+            with self.path.open("rb") as source:
+                kept = [record for record in _records(source.read(end), self.path.name) if keep(record)]
+            temporary = self._temporary("".join(json_line(r) for r in kept).encode("utf-8"))
             try:
-                kept = [r for r in self.load() if keep(r)]
-                write_atomically(self.path, "".join(json_line(r) for r in kept), 0o600)
-            finally:   # a failed rewrite leaves the journal as it was, and open for the next request
-                self._handle = self.path.open("a", encoding="utf-8")
-        return kept
+                with self.lock:
+                    if not self._handle.closed:
+                        self._handle.flush()
+                    with self.path.open("rb") as source:
+                        source.seek(end)
+                        meanwhile = source.read()
+                    if meanwhile:
+                        with open(temporary, "ab") as out:
+                            out.write(meanwhile)
+                    os.replace(temporary, self.path)
+                    if not self._handle.closed:
+                        self._handle.close()
+                        self._handle = self.path.open("a", encoding="utf-8")
+            except BaseException:   # the journal stays as it was, and open for the next request
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        return kept + _records(meanwhile, self.path.name)
+
+    def _temporary(self, data: bytes) -> str:
+        """``data`` in a new owner-only file beside the journal, on disk; returns its name."""
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return temporary
 
     def close(self) -> None:
         with self.lock:

@@ -36,6 +36,14 @@ class ScoringClient(ServiceClient):
         request = codec.score_request(job_id, applicant_id, features, consent)
         return self._call("Score", request)
 
+    def score_batch(self, applicants: list[tuple[str, dict[str, float | str | None], str]],
+                    job_id: str = "") -> pb.ScoreBatchReply:
+        """(applicant id, features, consent) each; the reply has one result per applicant, in order: its answer,
+        or the error that kept it from being scored."""
+        request = pb.ScoreBatchRequest(job_id=job_id, applicants=[
+            codec.score_request("", applicant, features, consent) for applicant, features, consent in applicants])
+        return self._call("ScoreBatch", request)
+
     def settle(self, job_id: str) -> pb.SettleScoringReply:
         return self._call("SettleScoring", pb.JobRef(job_id=job_id), timeout=max(self.peer.timeout, 120.0))
 
@@ -81,33 +89,43 @@ class PartialScoreSender:
 
     A request waits only while the previous call is on the wire: under light
     load every call carries one request, under heavy load many, so the
-    per-call cost of gRPC is paid once for all of them. A request whose
-    deadline passed while it waited is not sent at all.
+    per-call cost of gRPC is paid once for all of them. A batch's requests
+    are queued as one unit and always travel in the same call (alone, if the
+    batch is larger than MAX_ITEMS). A request whose deadline passed while it
+    waited is not sent at all.
     """
 
-    MAX_ITEMS = 256
+    MAX_ITEMS = 512   # requests merged into one call; the partner takes up to 1 024
 
     def __init__(self, client: PartnerScoringClient):
         self.client = client
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()   # units: lists of requests that travel together
+        self._held: list | None = None   # a unit that did not fit in the last call: first in the next
         self._thread = threading.Thread(target=self._run, name=f"partial-scores-{client.peer.name}", daemon=True)
         self._thread.start()
 
     def submit(self, item: pb.PartialScoreItem, timeout: float) -> Future:
         """Queue one request; its item carries the deadline, so a partner never answers after it."""
-        future: Future = Future()
-        item.deadline_ms = answer_deadline_ms(timeout)
-        self._queue.put((item, time.monotonic() + timeout, future))
-        return future
+        return self.submit_many([item], timeout)[0]
+
+    def submit_many(self, items: list[pb.PartialScoreItem], timeout: float) -> list[Future]:
+        """Queue a batch's requests to travel in one call, each with the same deadline; a future for each."""
+        deadline_ms, until = answer_deadline_ms(timeout), time.monotonic() + timeout
+        unit = []
+        for item in items:
+            item.deadline_ms = deadline_ms
+            unit.append((item, until, Future()))
+        self._queue.put(unit)
+        return [future for _, _, future in unit]
 
     def close(self) -> None:
         self._queue.put(None)
 
     def _take(self) -> list | None:
-        first = self._queue.get()
+        first, self._held = self._held or self._queue.get(), None
         if first is None:
             return None
-        batch = [first]
+        batch = list(first)
         while len(batch) < self.MAX_ITEMS:
             try:
                 waiting = self._queue.get_nowait()
@@ -116,7 +134,10 @@ class PartialScoreSender:
             if waiting is None:
                 self._queue.put(None)
                 break
-            batch.append(waiting)
+            if len(batch) + len(waiting) > self.MAX_ITEMS:
+                self._held = waiting
+                break
+            batch.extend(waiting)
         return batch
 
     def _run(self) -> None:
@@ -169,3 +190,8 @@ class ScoringPeer(ChainMember):
     def ask_partial_score(self, tag: str, digest: bytes, consent: str, timeout: float) -> Future:
         """A future of u_k, or None if the partner does not hold the applicant."""
         return self._sender.submit(pb.PartialScoreItem(tag=tag, applicant=digest, consent=consent), timeout)
+
+    def ask_partial_scores(self, items: list[tuple[str, bytes, str]], timeout: float) -> list[Future]:
+        """A batch's (tag, digest, consent) items, asked in one call: a future of u_k (or None) for each."""
+        return self._sender.submit_many(
+            [pb.PartialScoreItem(tag=tag, applicant=digest, consent=consent) for tag, digest, consent in items], timeout)
