@@ -135,7 +135,8 @@ def run_library(interpreter: str, variant: Variant, folder: Path, consortium: Pa
     command += ["--tls", str(consortium)] if variant.tls else []
     work = folder / "work"
     work.mkdir(exist_ok=True)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TMPDIR": str(work)})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TMPDIR": str(work)})   # spu's working folders go in ours
     output = done.stdout + done.stderr
     for trace in _TRACE.findall(output):       # spu writes a trace file per party outside TMPDIR
         Path(trace).unlink(missing_ok=True)
