@@ -13,8 +13,8 @@ Two parties of ``--rows`` ids each (``--overlap`` of them shared), each party a 
 - openmined-psi (`pip install openmined-psi`): ECDH on P-256 with a compressed set; it has no link, its messages
   are bytes (carried by a pipe), so it could ride our own connections.
 
-A library is run in ``--oprf-python`` (an interpreter of a separate environment: spu pins its own numpy and jax)
-or in this one if it imports here; where it imports nowhere, a line says how to install it and it is skipped.
+A library is run in ``--oprf-python`` or $FEDSCORE_OPRF_PYTHON (an interpreter of a separate environment: spu
+pins numpy < 2 and its own jax) or in this one if it imports here; where it imports nowhere, a line says how to install it and it is skipped.
 Prints each variant's median seconds, ids/s (both parties' ids over that time), ours ÷ theirs (how many times
 faster than ours), the peak memory of the larger party and what the partner's side learned.
 Last line (see figures.py): psi_oprf_ours_ids_per_second=... psi_oprf_best_ids_per_second=...
@@ -183,8 +183,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="ids per party")
     parser.add_argument("--overlap", type=float, default=0.8, help="share of each party's ids the other holds too")
     parser.add_argument("--runs", type=int, default=1, help="runs of every variant; medians are reported")
-    parser.add_argument("--oprf-python", help="a Python interpreter of a separate environment where spu and/or "
-                                               "openmined-psi are installed")
+    parser.add_argument("--oprf-python", default=os.environ.get("FEDSCORE_OPRF_PYTHON"),
+                        help="a Python interpreter of a separate environment where spu and/or openmined-psi are "
+                             "installed (default: $FEDSCORE_OPRF_PYTHON)")
     parser.add_argument("--libraries", default="spu,openmined", help="comma-separated: spu, openmined")
     parser.add_argument("--protocols", default=",".join(SPU_PROTOCOLS), help="spu's protocols: rr22, kkrt, ecdh")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one library run may take")
