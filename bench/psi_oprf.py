@@ -9,12 +9,13 @@ Two parties of ``--rows`` ids each (``--overlap`` of them shared), each party a 
   intersects), its messages carried by a pipe; loading the ids is not timed.
 - spu (secretflow's PSI, `pip install spu`): RR22 and KKRT16 (OPRF class) and ECDH on Curve25519, each over spu's
   own link, in the clear and with mutual TLS from certificates made like a consortium's (one CA, one certificate
-  per member); its time includes reading and writing its CSV files.
+  per member); timed from both links being up, reading and writing its CSV files included.
 - openmined-psi (`pip install openmined-psi`): ECDH on P-256 with a compressed set; it has no link, its messages
   are bytes (carried by a pipe), so it could ride our own connections.
 
 A library is run in ``--oprf-python`` or $FEDSCORE_OPRF_PYTHON (an interpreter of a separate environment: spu
-pins numpy < 2 and its own jax) or in this one if it imports here; where it imports nowhere, a line says how to install it and it is skipped.
+pins numpy < 2 and its own jax) or in this one if it imports here; where it imports nowhere, a line says how to
+install it and it is skipped.
 Prints each variant's median seconds, ids/s (both parties' ids over that time), ours ÷ theirs (how many times
 faster than ours), the peak memory of the larger party and what the partner's side learned.
 Last line (see figures.py): psi_oprf_ours_ids_per_second=... psi_oprf_best_ids_per_second=...
