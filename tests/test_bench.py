@@ -30,6 +30,7 @@ FIGURES = {   # what each bench's last line must name
     "observer": ["observer_catchup_blocks_per_second"],
     "paillier": ["paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second"],
     "psi": ["psi_ids_per_second", "psi_peak_mib"],
+    "psi_oprf": ["psi_oprf_ours_ids_per_second", "psi_oprf_best_ids_per_second", "psi_oprf_best_peak_mib"],
     "ray": ["ray_epoch_seconds", "ray_epoch_one_worker_seconds", "ray_speedup_two_workers"],
     "scale": ["scale_epoch_seconds", "scale_peak_mib"],
     "scorecard": ["scorecard_test_auc", "scorecard_auc_gap", "scorecard_brier", "scorecard_brier_gap",
@@ -39,10 +40,10 @@ FIGURES = {   # what each bench's last line must name
     "verification": ["verification_check_ms", "verification_part_bytes"],
 }
 GOALS = {"ledger_verify_blocks_per_second", "psi_ids_per_second", "scoring_p99_ms", "scoring_per_second",
-         "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap"}
+         "scorecard_auc_gap", "scorecard_brier_gap", "scorecard_mean_pd_gap", "psi_oprf_ours_ids_per_second"}
 BASELINES = {"audience_answer_ms", "epoch_seconds", "epoch_inline_seconds", "epoch_binned_seconds", "ledger_verify_blocks_per_second",
              "paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second", "tls_call_us",
-             "scorecard_test_auc", "scorecard_brier",
+             "scorecard_test_auc", "scorecard_brier", "psi_oprf_best_ids_per_second", "psi_oprf_best_peak_mib",
              "ray_epoch_seconds", "ray_epoch_one_worker_seconds", "ray_speedup_two_workers"}
 NEEDS_SHARED_DATA = {"epoch"}
 SMOKE_SECONDS = 600   # a bound for a very busy machine, not an expectation
