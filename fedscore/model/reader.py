@@ -1,8 +1,8 @@
-"""A party's data file read in chunks, never whole: a CSV streamed, or a Parquet file by record batches.
+"""A party's data file read in chunks, never whole: a CSV streamed, or a Parquet file a row group at a time.
 
 The file is read twice, neither time whole. First its shape: a CSV line by line (UTF-8, the delimiter, every
 row as wide as the header; fedscore.model.csv_file), a Parquet file's schema and row count from its
-footer. Then its rows, a chunk at a time, into arrays sized once for the whole table
+footer; a Parquet file's columns are then decoded COLUMN_BLOCK at a time, a row group at a time. Then its rows, a chunk at a time, into arrays sized once for the whole table
 (fedscore.model.reader_rows: the same checks and errors as the whole-file reader). A Parquet file is
 picked by its name (.parquet, .pq) and needs pyarrow (``pip install 'fedscore[parquet]'``).
 
