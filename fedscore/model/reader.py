@@ -1,8 +1,8 @@
-"""A party's data file read in chunks, never whole: a CSV streamed, or a Parquet file by record batches.
+"""A party's data file read in chunks, never whole: a CSV streamed, or a Parquet file a row group at a time.
 
 The file is read twice, neither time whole. First its shape: a CSV line by line (UTF-8, the delimiter, every
 row as wide as the header; fedscore.model.csv_file), a Parquet file's schema and row count from its
-footer. Then its rows, a chunk at a time, into arrays sized once for the whole table
+footer; a Parquet file's columns are then decoded COLUMN_BLOCK at a time, a row group at a time. Then its rows, a chunk at a time, into arrays sized once for the whole table
 (fedscore.model.reader_rows: the same checks and errors as the whole-file reader). A Parquet file is
 picked by its name (.parquet, .pq) and needs pyarrow (``pip install 'fedscore[parquet]'``).
 
@@ -33,6 +33,7 @@ FEATURE_BYTES = 8            # float64 per feature value
 CODE_BYTES = 1               # a bin code per feature value (binning on; at most 255 bins per feature)
 ID_BYTES = 72                # a normalised id: a Python string of ~10 characters and its pointer
 MIB = 1 << 20
+COLUMN_BLOCK = 32            # Parquet columns decoded at once (a row group's whole width would take far more)
 
 
 def is_parquet(path: Path | str) -> bool:
@@ -160,13 +161,24 @@ def _read_parquet(path: Path, id_columns: list[str], label: str | None, where: s
     size = rows_per_chunk or chunk_rows(memory_mib, len(header))
     builder = TableBuilder(rows, id_columns, label, names, Origin(where, records=True), lenient, decimal_commas=False)
     start = 0
-    for batch in file.iter_batches(batch_size=size, columns=given, use_threads=False):
-        columns = {name: batch.column(i) for i, name in enumerate(header)}
-        builder.add_keys(start, [_as_text(columns[c]) for c in id_columns],
-                         _as_text(columns[label]) if label is not None else None)
-        builder.add_features(start, pd.DataFrame({j: _as_parsed(columns[n]) for j, n in enumerate(names)},
-                                                 index=range(batch.num_rows)))
-        start += batch.num_rows
+    for group in range(file.num_row_groups):   # a row group at a time, COLUMN_BLOCK columns at a time
+        keys_read = file.read_row_group(group, columns=[given[header.index(c)] for c in keys], use_threads=False)
+        count = keys_read.num_rows
+        for at in range(0, count, size):
+            part = keys_read.slice(at, size)
+            columns = {name: part.column(i).combine_chunks() for i, name in enumerate(keys)}
+            builder.add_keys(start + at, [_as_text(columns[c]) for c in id_columns],
+                             _as_text(columns[label]) if label is not None else None)
+        for first in range(0, len(names), COLUMN_BLOCK):
+            block = list(range(first, min(len(names), first + COLUMN_BLOCK)))
+            read = file.read_row_group(group, columns=[given[header.index(names[j])] for j in block], use_threads=False)
+            for at in range(0, count, size):
+                part = read.slice(at, size)
+                frame = pd.DataFrame({k: _as_parsed(part.column(k).combine_chunks()) for k in range(len(block))},
+                                     index=range(part.num_rows))
+                builder.add_features(start + at, frame, block)
+            del read
+        start += count
     return builder.finish()
 
 
