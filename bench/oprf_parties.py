@@ -108,9 +108,10 @@ def openmined_party(rank: int, pipe, folder: Path, results) -> None:
         found = -1
     else:
         client = psi.client.CreateWithNewKey(True)
-        pipe.send_bytes(client.CreateRequest(ids).SerializeToString())
+        request = client.CreateRequest(ids).SerializeToString()    # while the partner makes its setup
         setup, response = psi.ServerSetup(), psi.Response()
-        setup.ParseFromString(pipe.recv_bytes())
+        setup.ParseFromString(pipe.recv_bytes())                    # read before sending: a pipe holds little
+        pipe.send_bytes(request)
         response.ParseFromString(pipe.recv_bytes())
         found = len(client.GetIntersection(setup, response))
     results.put((rank, time.perf_counter() - started, found, peak_mib()))
