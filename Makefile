@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/fedscore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,parquet]'
 	touch $@
 
 # `make demo SERVE=1` ends serving the trained model until Ctrl-C; `make serve` serves the last demo's again
