@@ -31,7 +31,7 @@ FIGURES = {   # what each bench's last line must name
     "paillier": ["paillier_encrypt_per_second", "paillier_inner_rows_per_second", "paillier_decrypt_per_second"],
     "psi": ["psi_ids_per_second", "psi_peak_mib"],
     "psi_oprf": ["psi_oprf_ours_ids_per_second", "psi_oprf_best_ids_per_second", "psi_oprf_best_peak_mib"],
-    "ray": ["ray_epoch_seconds", "ray_epoch_one_worker_seconds", "ray_speedup_two_workers"],
+    "ray_engine": ["ray_epoch_seconds", "ray_epoch_one_worker_seconds", "ray_speedup_two_workers"],
     "scale": ["scale_epoch_seconds", "scale_peak_mib"],
     "scorecard": ["scorecard_test_auc", "scorecard_auc_gap", "scorecard_brier", "scorecard_brier_gap",
                   "scorecard_mean_pd_gap", "scorecard_raw_test_auc", "scorecard_raw_brier"],

@@ -1,7 +1,7 @@
 """The same training epoch on the local engine and on the Ray engine with the same cores, side by side, at 1 and
 2 workers; then each engine's bulk encryption and Xᵀ[[d]] rates.
 
-    python bench/ray.py [--rows 4000] [--center 10] [--partner 40] [--key-bits 2048] [--repeat 2] [--smoke]
+    python bench/ray_engine.py [--rows 4000] [--center 10] [--partner 40] [--key-bits 2048] [--repeat 2] [--smoke]
 
 Synthetic rows (seeded): a card center and one partner, whole batch, 2048-bit
 keys, obfuscators made inline (so the engine does all of an epoch's bulk
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from common import parse_with_smoke, two_party_job
-from figures import BENCH_DIR, Figure, print_figures
+from figures import Figure, print_figures
 
 from fedscore.crypto.paillier import generate_keypair
 from fedscore.crypto.pool import CryptoPool
@@ -81,20 +80,9 @@ def operation_rates(pool: CryptoPool, keys, rows: int, columns: int) -> tuple[fl
     return encrypt, rows / (time.perf_counter() - started)
 
 
-def import_ray() -> None:
-    """Import Ray itself: this script is named ray.py, and with its folder on sys.path `import ray` finds it."""
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-    try:
-        import ray  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
 def measure(job_file: Path, keys, rows: int, columns: int, repeats: int) -> dict[str, dict[str, float]]:
     """{engine: {setting: best figure}}: every setting on both engines, taken in turns ``repeats`` times so a busy
     moment on a shared machine falls on both alike; the fastest epoch and the highest rate count."""
-    import_ray()
     from ray.cluster_utils import Cluster
 
     from fedscore.crypto.ray_pool import RayPool
