@@ -213,8 +213,8 @@ class CardCenterAlignment(PsiParty):
         """For each position in my list, the partner's position of the same id, or -1.
 
         The partner's blinded list goes to disk as it arrives and I re-blind it from there, while the partner
-        re-blinds my list as I blind it: both sides work at once, and both doubly-blinded lists go to sorted
-        runs in ``folder``.
+        re-blinds my list: both sides work at once, and both doubly-blinded lists go to sorted runs in
+        ``folder``.
         """
         theirs = GrowingFile(folder / "theirs.bin")
         mine_runs, theirs_runs = RunWriter(folder, MINE, self.run_rows), RunWriter(folder, THEIRS, self.run_rows)
@@ -238,8 +238,11 @@ class CardCenterAlignment(PsiParty):
     def _partner_reblinds(
         self, partner: PartnerPsiHandle, mine: GrowingFile, runs: RunWriter, stop: threading.Event
     ) -> None:
-        """My list to the partner as it is blinded, REBLIND_WINDOW chunks ahead of its answers (the partner
-        never holds more), and its re-blinded answer into sorted runs."""
+        """My list to the partner once it is blinded (a partner's daemon ends a request stream that pauses
+        longer than its idle limit), REBLIND_WINDOW chunks ahead of its answers (the partner never holds
+        more), and its re-blinded answer into sorted runs."""
+        if not mine.wait(stop):
+            return
         in_flight = threading.Semaphore(REBLIND_WINDOW)
         sent: deque[int] = deque()      # points in each chunk sent and not answered yet
 
@@ -270,7 +273,7 @@ class CardCenterAlignment(PsiParty):
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
         stop = threading.Event()
         with SpillFolder(self.spill_parent) as folder:
-            mine = GrowingFile(folder / "mine.bin")     # each partner reads it as it grows
+            mine = GrowingFile(folder / "mine.bin")     # read back for each partner
             with ThreadPoolExecutor(max_workers=1) as helper:
                 blinding = helper.submit(mine.fill_from, self.blinded_chunks(stop), stop)
                 try:
