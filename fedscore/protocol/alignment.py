@@ -36,7 +36,6 @@ import queue
 import secrets
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ from fedscore.protocol.spill import (
 from fedscore.protocol.training.fanout import call_each
 
 DEFAULT_CHUNK_ROWS = 1 << 18   # ids blinded per call of the pool: 8 MiB of points, a few seconds of work
-REBLIND_WINDOW = 2             # chunks of mine a partner holds at once while it re-blinds them
 
 
 def psi_domain(job_id: str) -> bytes:
@@ -239,33 +237,17 @@ class CardCenterAlignment(PsiParty):
         self, partner: PartnerPsiHandle, mine: GrowingFile, runs: RunWriter, stop: threading.Event
     ) -> None:
         """My list to the partner once it is blinded (a partner's daemon ends a request stream that pauses
-        longer than its idle limit), REBLIND_WINDOW chunks ahead of its answers (the partner never holds
-        more), and its re-blinded answer into sorted runs."""
+        longer than its idle limit; gRPC's flow control bounds what the partner holds), and its re-blinded
+        answer into sorted runs."""
         if not mine.wait(stop):
             return
-        in_flight = threading.Semaphore(REBLIND_WINDOW)
-        sent: deque[int] = deque()      # points in each chunk sent and not answered yet
-
-        def paced() -> Iterator[bytes]:
-            for chunk in mine.chunks(self.chunk_rows, stop):
-                while not in_flight.acquire(timeout=1.0):
-                    if stop.is_set():
-                        return
-                sent.append(len(chunk) // psi.POINT_BYTES)
-                yield chunk
-
-        answered = 0
         try:
-            for chunk in partner.reblind(paced(), self.table.rows):
+            for chunk in partner.reblind(mine.chunks(self.chunk_rows, stop), self.table.rows):
                 if stop.is_set():
                     return
                 runs.add(chunk)
                 if runs.count > self.table.rows:
                     raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
-                answered += len(chunk) // psi.POINT_BYTES
-                while sent and answered >= sent[0]:
-                    answered -= sent.popleft()
-                    in_flight.release()
         except BaseException:
             stop.set()      # a refusal (say, of the set's size) ends the rest of the alignment at once
             raise
