@@ -36,7 +36,6 @@ import queue
 import secrets
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ from fedscore.protocol.spill import (
 from fedscore.protocol.training.fanout import call_each
 
 DEFAULT_CHUNK_ROWS = 1 << 18   # ids blinded per call of the pool: 8 MiB of points, a few seconds of work
-REBLIND_WINDOW = 2             # chunks of mine a partner holds at once while it re-blinds them
 
 
 def psi_domain(job_id: str) -> bytes:
@@ -213,8 +211,8 @@ class CardCenterAlignment(PsiParty):
         """For each position in my list, the partner's position of the same id, or -1.
 
         The partner's blinded list goes to disk as it arrives and I re-blind it from there, while the partner
-        re-blinds my list as I blind it: both sides work at once, and both doubly-blinded lists go to sorted
-        runs in ``folder``.
+        re-blinds my list: both sides work at once, and both doubly-blinded lists go to sorted runs in
+        ``folder``.
         """
         theirs = GrowingFile(folder / "theirs.bin")
         mine_runs, theirs_runs = RunWriter(folder, MINE, self.run_rows), RunWriter(folder, THEIRS, self.run_rows)
@@ -238,31 +236,18 @@ class CardCenterAlignment(PsiParty):
     def _partner_reblinds(
         self, partner: PartnerPsiHandle, mine: GrowingFile, runs: RunWriter, stop: threading.Event
     ) -> None:
-        """My list to the partner as it is blinded, REBLIND_WINDOW chunks ahead of its answers (the partner
-        never holds more), and its re-blinded answer into sorted runs."""
-        in_flight = threading.Semaphore(REBLIND_WINDOW)
-        sent: deque[int] = deque()      # points in each chunk sent and not answered yet
-
-        def paced() -> Iterator[bytes]:
-            for chunk in mine.chunks(self.chunk_rows, stop):
-                while not in_flight.acquire(timeout=1.0):
-                    if stop.is_set():
-                        return
-                sent.append(len(chunk) // psi.POINT_BYTES)
-                yield chunk
-
-        answered = 0
+        """My list to the partner once it is blinded (a partner's daemon ends a request stream that pauses
+        longer than its idle limit; gRPC's flow control bounds what the partner holds), and its re-blinded
+        answer into sorted runs."""
+        if not mine.wait(stop):
+            return
         try:
-            for chunk in partner.reblind(paced(), self.table.rows):
+            for chunk in partner.reblind(mine.chunks(self.chunk_rows, stop), self.table.rows):
                 if stop.is_set():
                     return
                 runs.add(chunk)
                 if runs.count > self.table.rows:
                     raise ProtocolError(f"partner re-blinded more ids than the {self.table.rows} that were sent")
-                answered += len(chunk) // psi.POINT_BYTES
-                while sent and answered >= sent[0]:
-                    answered -= sent.popleft()
-                    in_flight.release()
         except BaseException:
             stop.set()      # a refusal (say, of the set's size) ends the rest of the alignment at once
             raise
@@ -270,7 +255,7 @@ class CardCenterAlignment(PsiParty):
     def align(self, partners: Mapping[str, PartnerPsiHandle], min_overlap: int) -> Alignment:
         stop = threading.Event()
         with SpillFolder(self.spill_parent) as folder:
-            mine = GrowingFile(folder / "mine.bin")     # each partner reads it as it grows
+            mine = GrowingFile(folder / "mine.bin")     # read back for each partner
             with ThreadPoolExecutor(max_workers=1) as helper:
                 blinding = helper.submit(mine.fill_from, self.blinded_chunks(stop), stop)
                 try:

@@ -240,6 +240,13 @@ class GrowingFile:
         self.finish()
         return self._written // POINT_BYTES
 
+    def wait(self, stop: threading.Event) -> bool:
+        """Until every point is written (True), or ``stop`` (False)."""
+        with self._changed:
+            while not (self._finished or stop.is_set()):
+                self._changed.wait(timeout=1.0)
+        return not stop.is_set()
+
     def chunks(self, rows: int, stop: threading.Event) -> Iterator[bytes]:
         """The points, ``rows`` at a time (the last chunk may be shorter), as soon as they are written."""
         size, read = rows * POINT_BYTES, 0
