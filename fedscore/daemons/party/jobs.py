@@ -230,6 +230,11 @@ class Jobs:
         session.check_batch(self.config.min_batch_rows, self.label)   # max(min_batch_rows, min_rows_per_column × columns)
         seconds = session.prepare_obfuscators()
         job.session = session
+        if isinstance(session, PartnerSession) and session.encoding.binned:
+            # its bin codes are all it reads from now on: the values' 8 bytes each go (once the session stands,
+            # so a start refused above can be asked again)
+            job.table.release_features()
+            session.table.release_features()   # the aligned rows' copy, when not every row aligned
         self.checkpoint(job)
         log.info("job %s training on %d aligned of %d rows", request.job_id, len(job.aligned_rows), job.table.rows)
         return pb.StartTrainingReply(obfuscation_seconds=seconds, columns=session.weights.size)
@@ -241,9 +246,6 @@ class Jobs:
             session: PartySession = CardCenterSession(*common, partners=partners)
         else:
             session = PartnerSession(*common, feature_names=self.config.feature_names)
-            if session.encoding.binned:   # its bin codes are all it reads from now on: the values' 8 bytes each go
-                job.table.release_features()
-                session.table.release_features()   # the aligned rows' copy, when not every row aligned
         session.facts = job.ledger.rules.facts
         self.pool.warm(job.public_key, job.spec.obfuscation)
         return session

@@ -39,8 +39,8 @@ from fedscore.transport.rpc import servicer_errors
 def translates_errors(cls: type) -> type:
     """Apply ``servicer_errors`` to every gRPC method of a servicer class (the ones named in CamelCase).
 
-    A method that streams its answer is a generator: its whole answer is made first, so that an error
-    becomes the call's status instead of a broken stream.
+    A method that streams its answer is a generator: its messages go as they are made (gRPC's flow control
+    paces them), and an error before or during the stream becomes the call's status.
     """
     handles = servicer_errors("label")
     for name, method in list(vars(cls).items()):
@@ -49,19 +49,36 @@ def translates_errors(cls: type) -> type:
     return cls
 
 
+_END = object()
+
+
 def _streamed(handles: Callable, method: Callable) -> Callable:
-    """A streaming method whose whole answer is made under ``handles`` before its first message goes."""
+    """A streaming method sent message by message, each made under ``handles``.
+
+    The first message is made before any goes, so a refusal (a job not found, a second request) is the
+    call's plain status; a later error ends the stream with its status, after what was already sent.
+    """
 
     @handles
     @functools.wraps(method)
-    def answer(self, request, context):
-        return list(method(self, request, context))
+    def first(self, request, context):
+        messages = method(self, request, context)
+        return messages, next(messages, _END)
+
+    @handles
+    @functools.wraps(method)
+    def following(self, messages, context):
+        return next(messages, _END)
 
     @functools.wraps(method)
     def stream(self, request, context):
-        yield from answer(self, request, context)
+        messages, message = first(self, request, context)
+        while message is not _END:
+            yield message
+            message = following(self, messages, context)
 
     return stream
+
 
 MAX_PARTIAL_SCORES = 1024
 

@@ -54,7 +54,8 @@ def load_user_base(path: Path, id_column: str, features: list[str], segments: li
                 raise DataError(f"{where}: the id column {id_column!r} cannot be a {kind} column")
             if name not in header:
                 raise DataError(f"{where}: {kind} column {name!r} not found ({found_columns(header, delimiter)})")
-    table = load_party_table(path, [id_column], None, party=party, lenient=True, shown=path.name)
+    table = load_party_table(path, [id_column], None, party=party, lenient=True, shown=path.name,
+                             memory_mib=0)   # a user base is scored whole; the budget bounds training data
     matrix = table.raw_rows(list(features))
     frame = pd.read_csv(io.StringIO(text), sep=delimiter, usecols=[header.index(c) for c in [id_column, *segments]],
                         dtype=str, keep_default_na=False, skip_blank_lines=True)

@@ -47,6 +47,7 @@ from fedscore.protocol.scoring.scorecard import Answer, ScoringPolicy
 from fedscore.protocol.scoring.secrets import ScoringSecrets
 
 log = logging.getLogger("fedscore.scoring")
+BATCH_SECONDS_PER_APPLICANT = 0.002   # a batch's extra wait per applicant for partners' answers (each costs one ~0.3 ms)
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,20 @@ class CardCenterScorer:
 
     def ask_partners_batch(self, batch: Sequence[_Admitted]) -> list[tuple[dict[str, float | None], dict[str, PartnerReply]]]:
         """`ask_partners` for a batch: every partner at once, each in one call about every applicant of the
-        batch (under that partner's tag for each); each applicant's scores and reply times, in order."""
-        deadline = time.monotonic() + self.timeout
+        batch (under that partner's tag for each); each applicant's scores and reply times, in order.
+
+        A partner checks a batch's applicants one after another, so the wait grows with the batch: the
+        single call's timeout plus BATCH_SECONDS_PER_APPLICANT for each (several times a partner's measured
+        cost), lest the tail of a large batch come back as partners missing."""
+        timeout = self.timeout + BATCH_SECONDS_PER_APPLICANT * len(batch)
+        deadline = time.monotonic() + timeout
         asked: dict[str, float] = {}
         replied: dict[tuple[str, int], float] = {}
         futures = {}
         for name, handle in self.partners.items():
             asked[name] = time.monotonic()
             items = [(admitted.tags[name], admitted.digest, admitted.consent) for admitted in batch]
-            futures[name] = handle.ask_partial_scores(items, self.timeout)
+            futures[name] = handle.ask_partial_scores(items, timeout)
             for k, future in enumerate(futures[name]):
                 future.add_done_callback(lambda _, key=(name, k): replied.setdefault(key, time.monotonic()))
         answers: list[tuple[dict[str, float | None], dict[str, PartnerReply]]] = []

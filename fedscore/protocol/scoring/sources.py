@@ -52,7 +52,8 @@ class ApplicantSource(Protocol):
 
 class CsvSource:
     def __init__(self, path: Path, id_columns: list[str], features: list[str], party: str = "", raw_values: bool = False):
-        table = load_party_table(path, id_columns, None, party=party, lenient=raw_values)
+        # memory_mib=0: [party] memory_mib bounds a training job's data; a scoring source is looked up whole, as it always was
+        table = load_party_table(path, id_columns, None, party=party, lenient=raw_values, memory_mib=0)
         missing = [f for f in features if f not in table.feature_names]
         if missing:
             raise DataError(f"party {party!r}: {Path(path).name} lacks the model's column {missing[0]!r}")

@@ -31,7 +31,7 @@ class Consortium:
 def load_tables(spec: JobSpec, base: Path) -> dict[str, PartyTable]:
     return {
         p.name: load_party_table(base / p.data, list(p.id_columns), p.label, party=p.name,
-                                 lenient=spec.binning.enabled, shown=p.data)
+                                 lenient=spec.binning.enabled, shown=p.data, memory_mib=0)   # in one process: no daemon's budget
         for p in spec.parties
     }
 
