@@ -241,10 +241,13 @@ class GrowingFile:
         return self._written // POINT_BYTES
 
     def wait(self, stop: threading.Event) -> bool:
-        """Until every point is written (True), or ``stop`` (False)."""
+        """Until every point is written (True), or ``stop`` (False); the writer's error, raised here."""
         with self._changed:
             while not (self._finished or stop.is_set()):
                 self._changed.wait(timeout=1.0)
+            error = self._error
+        if error is not None:
+            raise error
         return not stop.is_set()
 
     def chunks(self, rows: int, stop: threading.Event) -> Iterator[bytes]:
