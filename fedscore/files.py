@@ -19,7 +19,7 @@ from pathlib import Path
 log = logging.getLogger("fedscore.files")
 
 
-def _temporary_copy(path: Path, data: str | bytes) -> str:
+def temporary_copy(path: Path, data: str | bytes) -> str:
     """``data`` in a new owner-only file beside ``path``, flushed to disk; returns its name."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,7 +40,7 @@ def write_atomically(path: Path, text: str | bytes, mode: int = 0o600) -> None:
     describes applicants or a party's data, so other accounts on the machine read none of it.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = _temporary_copy(path, text)
+    temporary = temporary_copy(path, text)
     try:
         os.chmod(temporary, mode)
         os.replace(temporary, path)
@@ -57,7 +57,7 @@ def write_secret(path: Path, data: bytes) -> None:
     to make it. The folder is made owner-only if it does not exist yet.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = _temporary_copy(path, data)   # mkstemp makes it 0o600
+    temporary = temporary_copy(path, data)   # mkstemp makes it 0o600
     try:
         os.link(temporary, path)              # atomic, and fails if path exists
     finally:

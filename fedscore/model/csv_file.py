@@ -17,14 +17,8 @@ from fedscore.errors import DataError
 
 
 def read_text(path: Path, where: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{where}: file does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"{where}: is a folder, not a CSV file") from None
-    except PermissionError:
-        raise DataError(f"{where}: cannot be read (permission denied)") from None
+    with _open(path, where) as file:
+        raw = file.read()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

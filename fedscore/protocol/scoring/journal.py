@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fedscore.errors import ProtocolError
-from fedscore.files import cut_torn_tail, read_json_lines
+from fedscore.files import cut_torn_tail, read_json_lines, temporary_copy
 
 log = logging.getLogger("fedscore.scoring")
 
@@ -138,16 +137,7 @@ class Journal:
 
     def _temporary(self, data: bytes) -> str:
         """``data`` in a new owner-only file beside the journal, on disk; returns its name."""
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return temporary
+        return temporary_copy(self.path, data)
 
     def close(self) -> None:
         with self.lock:
